@@ -1,0 +1,1233 @@
+/* _core.c - the one binding file: fflib's C core as the CPython module fflib._core.
+ *
+ * Every wrapper parses its arguments, checks each array (type, dtype, shape, C order,
+ * alignment, writeability) with an error naming the argument, pulls raw pointers, releases
+ * the GIL around the C work and turns an ff_status into a Python exception.  Arrays go into
+ * C as they are (zero copy); nothing is converted here. */
+#define PY_SSIZE_T_CLEAN
+#define NPY_NO_DEPRECATED_API NPY_1_25_API_VERSION
+/* fflib.h first: NumPy pulls in <complex.h>, whose macro I would clash with the size letter */
+#include "fflib.h"
+#include <Python.h>
+#include <numpy/arrayobject.h>
+#include <stdio.h>
+#include <string.h>
+
+/* ------------------------------------------------------------------ errors and checks */
+
+static PyObject *raise_status(ff_status st, const char *what) {
+    PyObject *exc = PyExc_RuntimeError;
+    switch (st) {
+    case FF_ERR_NOMEM: exc = PyExc_MemoryError; break;
+    case FF_ERR_ARG: case FF_ERR_SHAPE: case FF_ERR_LABEL: case FF_ERR_NONFINITE:
+        exc = PyExc_ValueError; break;
+    default: break;
+    }
+    PyErr_Format(exc, "%s: %s", what, ff_status_str(st));
+    return NULL;
+}
+
+static void shape_str(char *buf, size_t n, int ndim, const npy_intp *shape) {
+    size_t used = (size_t)snprintf(buf, n, "(");
+    for (int i = 0; i < ndim && used < n; i++) {
+        if (shape[i] < 0) used += (size_t)snprintf(buf + used, n - used, "%s*", i ? ", " : "");
+        else used += (size_t)snprintf(buf + used, n - used, "%s%ld", i ? ", " : "", (long)shape[i]);
+    }
+    if (used < n) snprintf(buf + used, n - used, ndim == 1 ? ",)" : ")");
+}
+
+/* Check that o is an ndarray of the given dtype, ndim and shape (-1: any extent), C-contiguous
+ * and aligned, writeable if asked.  Returns it (borrowed) or NULL with an exception set. */
+static PyArrayObject *check_array(PyObject *o, const char *name, int typenum, int ndim,
+                                  const npy_intp *shape, int writable) {
+    const char *tname = typenum == NPY_FLOAT32 ? "float32" : typenum == NPY_INT64 ? "int64"
+                        : typenum == NPY_INT32 ? "int32" : typenum == NPY_UINT8 ? "uint8" : "?";
+    if (!PyArray_Check(o)) {
+        PyErr_Format(PyExc_TypeError, "%s must be a numpy.ndarray of %s, got %s", name, tname,
+                     Py_TYPE(o)->tp_name);
+        return NULL;
+    }
+    PyArrayObject *a = (PyArrayObject *)o;
+    if (PyArray_TYPE(a) != typenum) {
+        PyErr_Format(PyExc_TypeError, "%s must have dtype %s, got %s", name, tname,
+                     PyArray_DESCR(a)->typeobj->tp_name);
+        return NULL;
+    }
+    int ok = PyArray_NDIM(a) == ndim;
+    for (int i = 0; ok && i < ndim; i++)
+        if (shape[i] >= 0 && PyArray_DIM(a, i) != shape[i]) ok = 0;
+    if (!ok) {
+        char want[160], got[160];
+        shape_str(want, sizeof want, ndim, shape);
+        shape_str(got, sizeof got, PyArray_NDIM(a), PyArray_DIMS(a));
+        PyErr_Format(PyExc_ValueError, "%s must have shape %s, got %s", name, want, got);
+        return NULL;
+    }
+    if (!PyArray_IS_C_CONTIGUOUS(a)) {
+        PyErr_Format(PyExc_ValueError, "%s must be C-contiguous (numpy.ascontiguousarray makes a "
+                     "contiguous copy)", name);
+        return NULL;
+    }
+    if (!PyArray_ISALIGNED(a)) {
+        PyErr_Format(PyExc_ValueError, "%s must be aligned", name);
+        return NULL;
+    }
+    if (writable && !PyArray_ISWRITEABLE(a)) {
+        PyErr_Format(PyExc_ValueError, "%s is read-only; an output array must be writeable", name);
+        return NULL;
+    }
+    return a;
+}
+
+#define F32(a) ((float *)PyArray_DATA(a))
+#define I64(a) ((int64_t *)PyArray_DATA(a))
+
+/* Optional array: Py_None gives NULL data with no error. */
+static int opt_array(PyObject *o, const char *name, int typenum, int ndim, const npy_intp *shape,
+                     int writable, void **data) {
+    *data = NULL;
+    if (o == NULL || o == Py_None) return 0;
+    PyArrayObject *a = check_array(o, name, typenum, ndim, shape, writable);
+    if (!a) return -1;
+    *data = PyArray_DATA(a);
+    return 0;
+}
+
+static int check_finite(PyArrayObject *a, const char *name) {
+    int ok;
+    Py_BEGIN_ALLOW_THREADS
+    ok = ff_all_finite(F32(a), (size_t)PyArray_SIZE(a));
+    Py_END_ALLOW_THREADS
+    if (!ok) PyErr_Format(PyExc_ValueError, "%s contains NaN or infinity", name);
+    return ok ? 0 : -1;
+}
+
+static int check_labels(PyArrayObject *y, const char *name, int K) {
+    const int64_t *p = I64(y);
+    for (npy_intp i = 0; i < PyArray_SIZE(y); i++)
+        if (p[i] < 0 || p[i] >= K) {
+            PyErr_Format(PyExc_ValueError, "%s[%ld] = %lld is out of range: labels must be in [0, %d)",
+                         name, (long)i, (long long)p[i], K);
+            return -1;
+        }
+    return 0;
+}
+
+/* ------------------------------------------------------------------ the Net type */
+
+typedef struct {
+    PyObject_HEAD
+    ff_net *net;
+    int busy;                 /* a call is running with the GIL released */
+} NetObject;
+
+static int net_enter(NetObject *self) {
+    if (!self->net) { PyErr_SetString(PyExc_RuntimeError, "the net has been closed"); return -1; }
+    if (self->busy) {
+        PyErr_SetString(PyExc_RuntimeError, "the net is in use by another thread; calls on one "
+                        "net must not overlap");
+        return -1;
+    }
+    self->busy = 1;
+    return 0;
+}
+static void net_leave(NetObject *self) { self->busy = 0; }
+
+static int Net_init(NetObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"input_shape", "num_classes", "seed", NULL};
+    int C, H, W, K;
+    unsigned long long seed = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "(iii)i|K", kwlist, &C, &H, &W, &K, &seed))
+        return -1;
+    if (C <= 0 || H <= 0 || W <= 0) {
+        PyErr_Format(PyExc_ValueError, "input_shape must be positive (C, H, W), got (%d, %d, %d)", C, H, W);
+        return -1;
+    }
+    if (K < 2) {
+        PyErr_Format(PyExc_ValueError, "num_classes must be >= 2, got %d", K);
+        return -1;
+    }
+    if (self->net) ff_net_destroy(self->net);
+    self->net = ff_net_create(C, H, W, K, (uint64_t)seed);
+    if (!self->net) { PyErr_NoMemory(); return -1; }
+    return 0;
+}
+
+static void Net_dealloc(NetObject *self) {
+    ff_net_destroy(self->net);
+    self->net = NULL;
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *status_or_none(ff_status st, const char *what) {
+    if (st != FF_OK) return raise_status(st, what);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Net_add_linear(NetObject *self, PyObject *args) {
+    int out, bias = 1;
+    if (!PyArg_ParseTuple(args, "i|p", &out, &bias)) return NULL;
+    if (out <= 0) return PyErr_Format(PyExc_ValueError, "out_features must be positive, got %d", out);
+    return status_or_none(ff_net_add_linear(self->net, out, bias), "add_linear");
+}
+
+static PyObject *Net_add_conv2d(NetObject *self, PyObject *args) {
+    int out, k, stride, pad, groups, bias;
+    if (!PyArg_ParseTuple(args, "iiiiip", &out, &k, &stride, &pad, &groups, &bias)) return NULL;
+    ff_status st = ff_net_add_conv2d(self->net, out, k, stride, pad, groups, bias);
+    if (st == FF_ERR_SHAPE)
+        return PyErr_Format(PyExc_ValueError, "conv2d(out_channels=%d, kernel_size=%d, padding=%d, "
+                            "groups=%d) does not fit its input: groups must divide the input and "
+                            "output channels and the kernel must fit the padded input", out, k, pad, groups);
+    if (st == FF_ERR_ARG)
+        return PyErr_Format(PyExc_ValueError, "conv2d: out_channels, kernel_size, stride, groups must "
+                            "be positive and padding >= 0 (got %d, %d, %d, %d, %d)", out, k, stride, groups, pad);
+    return status_or_none(st, "add_conv2d");
+}
+
+static PyObject *Net_add_batchnorm2d(NetObject *self, PyObject *args) {
+    float eps, mom; int affine;
+    if (!PyArg_ParseTuple(args, "ffp", &eps, &mom, &affine)) return NULL;
+    return status_or_none(ff_net_add_batchnorm2d(self->net, eps, mom, affine), "add_batchnorm2d");
+}
+
+static PyObject *Net_add_relu(NetObject *self, PyObject *Py_UNUSED(a)) {
+    return status_or_none(ff_net_add_relu(self->net), "add_relu");
+}
+
+static PyObject *Net_add_maxpool2d(NetObject *self, PyObject *args) {
+    int k, s;
+    if (!PyArg_ParseTuple(args, "ii", &k, &s)) return NULL;
+    ff_status st = ff_net_add_maxpool2d(self->net, k, s);
+    if (st == FF_ERR_SHAPE)
+        return PyErr_Format(PyExc_ValueError, "maxpool2d kernel_size %d is larger than its input", k);
+    return status_or_none(st, "add_maxpool2d");
+}
+
+static PyObject *Net_add_flatten(NetObject *self, PyObject *Py_UNUSED(a)) {
+    return status_or_none(ff_net_add_flatten(self->net), "add_flatten");
+}
+
+/* Read a Python sequence of ints into buf (at most cap). */
+static int int_list(PyObject *o, const char *name, int *buf, int cap, int *n) {
+    PyObject *seq = PySequence_Fast(o, "");
+    if (!seq) {
+        PyErr_Format(PyExc_TypeError, "%s must be a sequence of ints", name);
+        return -1;
+    }
+    Py_ssize_t len = PySequence_Fast_GET_SIZE(seq);
+    if (len > cap) {
+        Py_DECREF(seq);
+        PyErr_Format(PyExc_ValueError, "%s has %zd entries, at most %d allowed", name, len, cap);
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < len; i++) {
+        long v = PyLong_AsLong(PySequence_Fast_GET_ITEM(seq, i));
+        if (v == -1 && PyErr_Occurred()) {
+            Py_DECREF(seq);
+            PyErr_Format(PyExc_TypeError, "%s must be a sequence of ints", name);
+            return -1;
+        }
+        buf[i] = (int)v;
+    }
+    *n = (int)len;
+    Py_DECREF(seq);
+    return 0;
+}
+
+static PyObject *Net_set_head(NetObject *self, PyObject *args) {
+    PyObject *o; int sel[256], n;
+    if (!PyArg_ParseTuple(args, "O", &o) || int_list(o, "head layers", sel, 256, &n) < 0) return NULL;
+    ff_status st = ff_net_set_head(self->net, n, sel);
+    if (st == FF_ERR_ARG)
+        return PyErr_Format(PyExc_ValueError, "head layers must be a non-empty increasing list of "
+                            "layer indices in [0, %d)", ff_net_num_layers(self->net));
+    return status_or_none(st, "set_head");
+}
+
+static PyObject *Net_finalize(NetObject *self, PyObject *Py_UNUSED(a)) {
+    if (net_enter(self) < 0) return NULL;
+    ff_status st = ff_net_finalize(self->net);
+    net_leave(self);
+    if (st == FF_ERR_SHAPE)
+        return PyErr_Format(PyExc_ValueError, "num_classes %d does not fit in an input of %d values",
+                            ff_net_num_classes(self->net), ff_net_input_size(self->net));
+    if (st == FF_ERR_ARG)
+        return PyErr_Format(PyExc_ValueError, "a network needs at least one layer with parameters");
+    return status_or_none(st, "finalize");
+}
+
+static PyObject *Net_set_blocks(NetObject *self, PyObject *args) {
+    PyObject *o; int ends[256], n;
+    if (!PyArg_ParseTuple(args, "O", &o) || int_list(o, "block ends", ends, 256, &n) < 0) return NULL;
+    if (n == 0) return PyErr_Format(PyExc_ValueError, "block ends must not be empty");
+    if (net_enter(self) < 0) return NULL;
+    ff_status st = ff_net_set_blocks(self->net, n, ends);
+    net_leave(self);
+    if (st == FF_ERR_ARG)
+        return PyErr_Format(PyExc_ValueError, "block ends must increase strictly, end at the number "
+                            "of layers (%d), and every block must hold a layer with parameters",
+                            ff_net_num_layers(self->net));
+    return status_or_none(st, "set_blocks");
+}
+
+static PyObject *Net_default_blocks(NetObject *self, PyObject *Py_UNUSED(a)) {
+    int ends[256];
+    if (ff_net_num_layers(self->net) == 0) return PyList_New(0);
+    int nb = ff_net_default_blocks(self->net, ends);
+    PyObject *l = PyList_New(nb);
+    if (!l) return NULL;
+    for (int b = 0; b < nb; b++) PyList_SET_ITEM(l, b, PyLong_FromLong(ends[b]));
+    return l;
+}
+
+static PyObject *Net_blocks(NetObject *self, PyObject *Py_UNUSED(a)) {
+    int nb = ff_net_num_blocks(self->net);
+    PyObject *l = PyList_New(nb);
+    if (!l) return NULL;
+    for (int b = 0; b < nb; b++) {
+        int f, e;
+        ff_net_block_range(self->net, b, &f, &e);
+        PyList_SET_ITEM(l, b, Py_BuildValue("(ii)", f, e));
+    }
+    return l;
+}
+
+static PyObject *Net_set_config(NetObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"loss", "goodness", "theta", "alpha", "norm", "norm_eps",
+                             "norm_first", "label_value", NULL};
+    ff_config c = ff_net_get_config(self->net);
+    int loss = c.loss, good = c.goodness, norm = c.norm, nf = c.norm_first;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|iiffifpf", kwlist, &loss, &good, &c.theta,
+                                     &c.alpha, &norm, &c.norm_eps, &nf, &c.label_value))
+        return NULL;
+    c.loss = (ff_loss_kind)loss; c.goodness = (ff_goodness_kind)good; c.norm = (ff_norm_kind)norm;
+    c.norm_first = nf;
+    if (net_enter(self) < 0) return NULL;
+    ff_status st = ff_net_set_config(self->net, &c);
+    net_leave(self);
+    if (st != FF_OK)
+        return PyErr_Format(PyExc_ValueError, "bad FF configuration: loss, goodness and norm must "
+                            "be known kinds, theta finite, alpha > 0, norm_eps >= 0, label_value finite");
+    Py_RETURN_NONE;
+}
+
+static PyObject *Net_get_config(NetObject *self, PyObject *Py_UNUSED(a)) {
+    ff_config c = ff_net_get_config(self->net);
+    return Py_BuildValue("{s:i,s:i,s:d,s:d,s:i,s:d,s:i,s:d}", "loss", (int)c.loss, "goodness",
+                         (int)c.goodness, "theta", (double)c.theta, "alpha", (double)c.alpha,
+                         "norm", (int)c.norm, "norm_eps", (double)c.norm_eps, "norm_first",
+                         c.norm_first, "label_value", (double)c.label_value);
+}
+
+static PyObject *Net_set_opt(NetObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"layer", "kind", "lr", "beta1", "beta2", "eps", "momentum",
+                             "dampening", "nesterov", "weight_decay", NULL};
+    int layer, kind, nesterov = 0;
+    ff_opt_config o = ff_opt_config_default();
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "ii|ffffffpf", kwlist, &layer, &kind, &o.lr,
+                                     &o.beta1, &o.beta2, &o.eps, &o.momentum, &o.dampening,
+                                     &nesterov, &o.weight_decay))
+        return NULL;
+    o.kind = (ff_opt_kind)kind; o.nesterov = nesterov;
+    if (net_enter(self) < 0) return NULL;
+    ff_status st = ff_net_set_opt(self->net, layer, &o);
+    net_leave(self);
+    if (st != FF_OK)
+        return PyErr_Format(PyExc_ValueError, "bad optimiser settings for layer %d: lr and "
+                            "weight_decay must be >= 0, betas in [0, 1), eps >= 0, momentum >= 0, "
+                            "dampening in [0, 1], nesterov needs momentum > 0 and dampening 0 "
+                            "(and the layer must exist)", layer);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Net_get_opt(NetObject *self, PyObject *args) {
+    int layer; ff_opt_config o;
+    if (!PyArg_ParseTuple(args, "i", &layer)) return NULL;
+    if (ff_net_get_opt(self->net, layer, &o) != FF_OK)
+        return PyErr_Format(PyExc_IndexError, "no layer %d", layer);
+    return Py_BuildValue("{s:i,s:d,s:d,s:d,s:d,s:d,s:d,s:O,s:d}", "kind", (int)o.kind, "lr",
+                         (double)o.lr, "beta1", (double)o.beta1, "beta2", (double)o.beta2, "eps",
+                         (double)o.eps, "momentum", (double)o.momentum, "dampening",
+                         (double)o.dampening, "nesterov", o.nesterov ? Py_True : Py_False,
+                         "weight_decay", (double)o.weight_decay);
+}
+
+static PyObject *Net_get_step(NetObject *self, PyObject *args) {
+    int layer;
+    if (!PyArg_ParseTuple(args, "i", &layer)) return NULL;
+    long t = ff_net_get_step(self->net, layer);
+    if (t < 0) return PyErr_Format(PyExc_IndexError, "no layer %d", layer);
+    return PyLong_FromLong(t);
+}
+
+static PyObject *Net_set_step(NetObject *self, PyObject *args) {
+    int layer; long t;
+    if (!PyArg_ParseTuple(args, "il", &layer, &t)) return NULL;
+    if (ff_net_set_step(self->net, layer, t) != FF_OK)
+        return PyErr_Format(PyExc_ValueError, "no layer %d, or negative step %ld", layer, t);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Net_get_rng(NetObject *self, PyObject *Py_UNUSED(a)) {
+    uint64_t s[4];
+    ff_net_get_rng(self->net, s);
+    return Py_BuildValue("(KKKK)", (unsigned long long)s[0], (unsigned long long)s[1],
+                         (unsigned long long)s[2], (unsigned long long)s[3]);
+}
+
+static PyObject *Net_set_rng(NetObject *self, PyObject *args) {
+    unsigned long long a, b, c, d;
+    if (!PyArg_ParseTuple(args, "(KKKK)", &a, &b, &c, &d)) return NULL;
+    if (!(a | b | c | d)) return PyErr_Format(PyExc_ValueError, "rng state must not be all zero");
+    uint64_t s[4] = {a, b, c, d};
+    ff_net_set_rng(self->net, s);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Net_set_training(NetObject *self, PyObject *args) {
+    int t;
+    if (!PyArg_ParseTuple(args, "p", &t)) return NULL;
+    ff_net_set_training(self->net, t);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Net_param(NetObject *self, PyObject *args) {
+    int layer, which;
+    if (!PyArg_ParseTuple(args, "ii", &layer, &which)) return NULL;
+    if (which < 0 || which > FF_P_V_BIAS) return PyErr_Format(PyExc_ValueError, "bad parameter kind %d", which);
+    size_t n;
+    float *p = ff_net_param(self->net, layer, (ff_param_kind)which, &n);
+    if (!p) Py_RETURN_NONE;
+    npy_intp dims[4];
+    int nd = 1;
+    dims[0] = (npy_intp)n;
+    int w = which == FF_P_WEIGHT || which == FF_P_GRAD_WEIGHT || which == FF_P_M_WEIGHT ||
+            which == FF_P_V_WEIGHT;
+    int nl = ff_net_num_layers(self->net);
+    if (w && layer >= -1 && layer < nl) {
+        ff_layer_kind k = layer == -1 ? FF_LAYER_LINEAR : ff_net_layer_kind(self->net, layer);
+        int OC, OH, OW;
+        if (k == FF_LAYER_LINEAR) {
+            if (layer == -1) { OC = ff_net_num_classes(self->net); }
+            else ff_net_layer_shape(self->net, layer, &OC, &OH, &OW);
+            nd = 2; dims[0] = OC; dims[1] = (npy_intp)n / OC;
+        } else if (k == FF_LAYER_CONV2D) {
+            ff_net_layer_shape(self->net, layer, &OC, &OH, &OW);
+            /* (OC, C/groups, KH, KW): KH = KW */
+            npy_intp per = (npy_intp)n / OC;
+            int C, H, W;
+            if (layer > 0) ff_net_layer_shape(self->net, layer - 1, &C, &H, &W);
+            else { C = 0; }
+            (void)H; (void)W;
+            /* kernel area = per / (C/groups); groups unknown here, so find k with k*k | per */
+            npy_intp kk = 1;
+            for (npy_intp t = 1; t * t <= per; t++) if (per % (t * t) == 0) kk = t;
+            (void)C;
+            nd = 4; dims[0] = OC; dims[1] = per / (kk * kk); dims[2] = kk; dims[3] = kk;
+        }
+    }
+    PyObject *arr = PyArray_SimpleNewFromData(nd, dims, NPY_FLOAT32, p);
+    if (!arr) return NULL;
+    Py_INCREF(self);
+    if (PyArray_SetBaseObject((PyArrayObject *)arr, (PyObject *)self) < 0) { Py_DECREF(arr); return NULL; }
+    return arr;
+}
+
+/* x: (B, D) float32 (or any shape whose trailing dims multiply to D) */
+static PyArrayObject *check_x(NetObject *self, PyObject *o, npy_intp *B) {
+    if (!PyArray_Check(o)) {
+        PyErr_Format(PyExc_TypeError, "x must be a numpy.ndarray of float32, got %s", Py_TYPE(o)->tp_name);
+        return NULL;
+    }
+    PyArrayObject *a = (PyArrayObject *)o;
+    int D = ff_net_input_size(self->net);
+    if (PyArray_NDIM(a) < 2) {
+        PyErr_Format(PyExc_ValueError, "x must have shape (B, %d) or (B, C, H, W) with C*H*W = %d, "
+                     "got %d dimension(s)", D, D, PyArray_NDIM(a));
+        return NULL;
+    }
+    npy_intp per = 1;
+    for (int i = 1; i < PyArray_NDIM(a); i++) per *= PyArray_DIM(a, i);
+    if (per != D) {
+        char got[160];
+        shape_str(got, sizeof got, PyArray_NDIM(a), PyArray_DIMS(a));
+        PyErr_Format(PyExc_ValueError, "x must have %d values per sample (the net's input size), got "
+                     "shape %s", D, got);
+        return NULL;
+    }
+    npy_intp shp[8];
+    for (int i = 0; i < PyArray_NDIM(a) && i < 8; i++) shp[i] = PyArray_DIM(a, i);
+    shp[0] = -1;
+    if (!check_array(o, "x", NPY_FLOAT32, PyArray_NDIM(a), shp, 0)) return NULL;
+    *B = PyArray_DIM(a, 0);
+    if (*B == 0) { PyErr_SetString(PyExc_ValueError, "x is an empty batch (0 samples)"); return NULL; }
+    if (*B > 1 << 28) { PyErr_SetString(PyExc_ValueError, "x has too many samples for one call"); return NULL; }
+    if (check_finite(a, "x") < 0) return NULL;
+    return a;
+}
+
+static int finalized(NetObject *self) {
+    if (ff_net_num_blocks(self->net) == 0) {
+        PyErr_SetString(PyExc_RuntimeError, "the net must be finalized first");
+        return 0;
+    }
+    return 1;
+}
+
+static PyObject *Net_train_step(NetObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"x", "labels", "neg_labels", "active", "train_head", "apply_update", NULL};
+    PyObject *xo, *yo, *no = Py_None, *ao = Py_None;
+    int head = 0, apply = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|OOpp", kwlist, &xo, &yo, &no, &ao, &head, &apply))
+        return NULL;
+    if (!finalized(self)) return NULL;
+    npy_intp B;
+    PyArrayObject *x = check_x(self, xo, &B);
+    if (!x) return NULL;
+    npy_intp shB[1] = {B};
+    PyArrayObject *y = check_array(yo, "labels", NPY_INT64, 1, shB, 0);
+    if (!y || check_labels(y, "labels", ff_net_num_classes(self->net)) < 0) return NULL;
+    void *neg = NULL, *act = NULL;
+    if (opt_array(no, "neg_labels", NPY_INT64, 1, shB, 0, &neg) < 0) return NULL;
+    if (neg) {
+        if (check_labels((PyArrayObject *)no, "neg_labels", ff_net_num_classes(self->net)) < 0) return NULL;
+        for (npy_intp i = 0; i < B; i++)
+            if (((int64_t *)neg)[i] == I64(y)[i])
+                return PyErr_Format(PyExc_ValueError, "neg_labels[%ld] equals labels[%ld]: a negative "
+                                    "label must differ from the true one", (long)i, (long)i);
+    }
+    int nb = ff_net_num_blocks(self->net);
+    npy_intp shA[1] = {nb};
+    if (opt_array(ao, "active", NPY_UINT8, 1, shA, 0, &act) < 0) return NULL;
+    if (head && !ff_net_has_head(self->net))
+        return PyErr_Format(PyExc_ValueError, "train_head=True but the net has no one-pass head");
+    npy_intp shL[1] = {nb + 1};
+    PyArrayObject *losses = (PyArrayObject *)PyArray_ZEROS(1, shL, NPY_FLOAT32, 0);
+    if (!losses) return NULL;
+    if (net_enter(self) < 0) { Py_DECREF(losses); return NULL; }
+    ff_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = ff_net_train_step(self->net, F32(x), I64(y), (const int64_t *)neg, (int)B,
+                           (const uint8_t *)act, head, apply, F32(losses));
+    Py_END_ALLOW_THREADS
+    net_leave(self);
+    if (st != FF_OK) {
+        Py_DECREF(losses);
+        if (st == FF_ERR_NONFINITE)
+            return PyErr_Format(PyExc_FloatingPointError, "train_step: the loss became NaN or "
+                                "infinite (diverged? try a lower learning rate); parameters of the "
+                                "failing block were not updated");
+        return raise_status(st, "train_step");
+    }
+    return (PyObject *)losses;
+}
+
+static PyObject *Net_optimizer_step(NetObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"active", "head", NULL};
+    PyObject *ao = Py_None; int head = 0; void *act = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|Op", kwlist, &ao, &head)) return NULL;
+    if (!finalized(self)) return NULL;
+    npy_intp shA[1] = {ff_net_num_blocks(self->net)};
+    if (opt_array(ao, "active", NPY_UINT8, 1, shA, 0, &act) < 0) return NULL;
+    if (head && !ff_net_has_head(self->net))
+        return PyErr_Format(PyExc_ValueError, "head=True but the net has no one-pass head");
+    if (net_enter(self) < 0) return NULL;
+    ff_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = ff_net_optimizer_step(self->net, (const uint8_t *)act, head);
+    Py_END_ALLOW_THREADS
+    net_leave(self);
+    return status_or_none(st, "optimizer_step");
+}
+
+static PyObject *Net_zero_grad(NetObject *self, PyObject *Py_UNUSED(a)) {
+    if (!finalized(self)) return NULL;
+    ff_net_zero_grad(self->net);
+    Py_RETURN_NONE;
+}
+
+/* Shared shape of the inference calls: x in, a fresh float32 array out. */
+typedef enum { INF_GOODNESS, INF_GOODNESS_LABELED, INF_FEATURES, INF_HEAD } inf_kind;
+
+static PyObject *inference(NetObject *self, PyObject *args, inf_kind kind) {
+    PyObject *xo, *yo = Py_None;
+    if (!PyArg_ParseTuple(args, kind == INF_GOODNESS_LABELED ? "O|O" : "O", &xo, &yo)) return NULL;
+    if (!finalized(self)) return NULL;
+    npy_intp B;
+    PyArrayObject *x = check_x(self, xo, &B);
+    if (!x) return NULL;
+    int K = ff_net_num_classes(self->net), nb = ff_net_num_blocks(self->net);
+    void *lab = NULL;
+    if (kind == INF_GOODNESS_LABELED) {
+        npy_intp shB[1] = {B};
+        if (opt_array(yo, "labels", NPY_INT64, 1, shB, 0, &lab) < 0) return NULL;
+        if (lab && check_labels((PyArrayObject *)yo, "labels", K) < 0) return NULL;
+    }
+    if ((kind == INF_FEATURES || kind == INF_HEAD) && !ff_net_has_head(self->net))
+        return PyErr_Format(PyExc_ValueError, "the net has no one-pass head (features and one-pass "
+                            "prediction need one)");
+    npy_intp dims[3];
+    int nd;
+    switch (kind) {
+    case INF_GOODNESS: nd = 3; dims[0] = B; dims[1] = K; dims[2] = nb; break;
+    case INF_GOODNESS_LABELED: nd = 2; dims[0] = B; dims[1] = nb; break;
+    case INF_FEATURES: nd = 2; dims[0] = B; dims[1] = ff_net_feature_size(self->net); break;
+    default: nd = 2; dims[0] = B; dims[1] = K; break;
+    }
+    PyArrayObject *out = (PyArrayObject *)PyArray_EMPTY(nd, dims, NPY_FLOAT32, 0);
+    if (!out) return NULL;
+    if (net_enter(self) < 0) { Py_DECREF(out); return NULL; }
+    ff_status st;
+    Py_BEGIN_ALLOW_THREADS
+    switch (kind) {
+    case INF_GOODNESS: st = ff_net_goodness(self->net, F32(x), (int)B, F32(out)); break;
+    case INF_GOODNESS_LABELED:
+        st = ff_net_goodness_labeled(self->net, F32(x), (const int64_t *)lab, (int)B, F32(out)); break;
+    case INF_FEATURES: st = ff_net_features(self->net, F32(x), (int)B, F32(out)); break;
+    default: st = ff_net_head_predict(self->net, F32(x), (int)B, F32(out)); break;
+    }
+    Py_END_ALLOW_THREADS
+    net_leave(self);
+    if (st != FF_OK) { Py_DECREF(out); return raise_status(st, "inference"); }
+    return (PyObject *)out;
+}
+
+static PyObject *Net_goodness(NetObject *self, PyObject *args) { return inference(self, args, INF_GOODNESS); }
+static PyObject *Net_goodness_labeled(NetObject *self, PyObject *args) { return inference(self, args, INF_GOODNESS_LABELED); }
+static PyObject *Net_features(NetObject *self, PyObject *args) { return inference(self, args, INF_FEATURES); }
+static PyObject *Net_head_predict(NetObject *self, PyObject *args) { return inference(self, args, INF_HEAD); }
+
+static PyObject *Net_info(NetObject *self, PyObject *Py_UNUSED(a)) {
+    ff_net *n = self->net;
+    return Py_BuildValue("{s:i,s:i,s:i,s:i,s:i,s:i,s:n,s:n}", "num_layers", ff_net_num_layers(n),
+                         "num_blocks", ff_net_num_blocks(n), "num_classes", ff_net_num_classes(n),
+                         "input_size", ff_net_input_size(n), "feature_size", ff_net_feature_size(n),
+                         "has_head", ff_net_has_head(n), "num_params", (Py_ssize_t)ff_net_num_params(n),
+                         "workspace_bytes", (Py_ssize_t)ff_net_workspace_bytes(n));
+}
+
+static PyObject *Net_layer_shape(NetObject *self, PyObject *args) {
+    int i, C, H, W;
+    if (!PyArg_ParseTuple(args, "i", &i)) return NULL;
+    if (i < 0 || i >= ff_net_num_layers(self->net)) return PyErr_Format(PyExc_IndexError, "no layer %d", i);
+    ff_net_layer_shape(self->net, i, &C, &H, &W);
+    return Py_BuildValue("(iii)", C, H, W);
+}
+
+static PyObject *Net_reserve(NetObject *self, PyObject *args) {
+    int rows;
+    if (!PyArg_ParseTuple(args, "i", &rows)) return NULL;
+    if (rows <= 0) return PyErr_Format(PyExc_ValueError, "rows must be positive, got %d", rows);
+    if (!finalized(self)) return NULL;
+    if (net_enter(self) < 0) return NULL;
+    ff_status st = ff_net_reserve(self->net, rows);
+    net_leave(self);
+    return status_or_none(st, "reserve");
+}
+
+static PyMethodDef Net_methods[] = {
+    {"add_linear", (PyCFunction)Net_add_linear, METH_VARARGS, "add_linear(out_features, bias=True)"},
+    {"add_conv2d", (PyCFunction)Net_add_conv2d, METH_VARARGS, "add_conv2d(out, kernel, stride, pad, groups, bias)"},
+    {"add_batchnorm2d", (PyCFunction)Net_add_batchnorm2d, METH_VARARGS, "add_batchnorm2d(eps, momentum, affine)"},
+    {"add_relu", (PyCFunction)Net_add_relu, METH_NOARGS, "add_relu()"},
+    {"add_maxpool2d", (PyCFunction)Net_add_maxpool2d, METH_VARARGS, "add_maxpool2d(kernel, stride)"},
+    {"add_flatten", (PyCFunction)Net_add_flatten, METH_NOARGS, "add_flatten()"},
+    {"set_head", (PyCFunction)Net_set_head, METH_VARARGS, "set_head(layers): one-pass head input layers"},
+    {"finalize", (PyCFunction)Net_finalize, METH_NOARGS, "finalize(): allocate and initialise"},
+    {"set_blocks", (PyCFunction)Net_set_blocks, METH_VARARGS, "set_blocks(ends)"},
+    {"default_blocks", (PyCFunction)Net_default_blocks, METH_NOARGS, "default_blocks() -> block ends"},
+    {"blocks", (PyCFunction)Net_blocks, METH_NOARGS, "blocks() -> [(first, last), ...]"},
+    {"set_config", (PyCFunction)(void (*)(void))Net_set_config, METH_VARARGS | METH_KEYWORDS, "set_config(**cfg)"},
+    {"get_config", (PyCFunction)Net_get_config, METH_NOARGS, "get_config() -> dict"},
+    {"set_opt", (PyCFunction)(void (*)(void))Net_set_opt, METH_VARARGS | METH_KEYWORDS, "set_opt(layer, kind, ...)"},
+    {"get_opt", (PyCFunction)Net_get_opt, METH_VARARGS, "get_opt(layer) -> dict"},
+    {"get_step", (PyCFunction)Net_get_step, METH_VARARGS, "get_step(layer) -> int"},
+    {"set_step", (PyCFunction)Net_set_step, METH_VARARGS, "set_step(layer, t)"},
+    {"get_rng", (PyCFunction)Net_get_rng, METH_NOARGS, "get_rng() -> 4-tuple"},
+    {"set_rng", (PyCFunction)Net_set_rng, METH_VARARGS, "set_rng(state)"},
+    {"set_training", (PyCFunction)Net_set_training, METH_VARARGS, "set_training(flag)"},
+    {"param", (PyCFunction)Net_param, METH_VARARGS, "param(layer, kind) -> ndarray view or None"},
+    {"train_step", (PyCFunction)(void (*)(void))Net_train_step, METH_VARARGS | METH_KEYWORDS,
+     "train_step(x, labels, neg_labels=None, active=None, train_head=False, apply_update=True) -> losses"},
+    {"optimizer_step", (PyCFunction)(void (*)(void))Net_optimizer_step, METH_VARARGS | METH_KEYWORDS,
+     "optimizer_step(active=None, head=False)"},
+    {"zero_grad", (PyCFunction)Net_zero_grad, METH_NOARGS, "zero_grad()"},
+    {"goodness", (PyCFunction)Net_goodness, METH_VARARGS, "goodness(x) -> (B, K, nblocks)"},
+    {"goodness_labeled", (PyCFunction)Net_goodness_labeled, METH_VARARGS, "goodness_labeled(x, labels=None) -> (B, nblocks)"},
+    {"features", (PyCFunction)Net_features, METH_VARARGS, "features(x) -> (B, F)"},
+    {"head_predict", (PyCFunction)Net_head_predict, METH_VARARGS, "head_predict(x) -> (B, K) probabilities"},
+    {"info", (PyCFunction)Net_info, METH_NOARGS, "info() -> dict"},
+    {"layer_shape", (PyCFunction)Net_layer_shape, METH_VARARGS, "layer_shape(i) -> (C, H, W)"},
+    {"reserve", (PyCFunction)Net_reserve, METH_VARARGS, "reserve(rows)"},
+    {NULL, NULL, 0, NULL}
+};
+
+static PyTypeObject NetType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "fflib._core.Net",
+    .tp_basicsize = sizeof(NetObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Net(input_shape, num_classes, seed=0): a compiled FF network (the C ff_net).",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Net_init,
+    .tp_dealloc = (destructor)Net_dealloc,
+    .tp_methods = Net_methods,
+};
+
+/* ------------------------------------------------------------------ kernel wrappers (for tests and power users) */
+
+static npy_intp dim(PyArrayObject *a, int i) { return PyArray_DIM(a, i); }
+
+/* out (B,O) = inp (B,I) W^T + b */
+static PyObject *k_linear_forward(PyObject *m, PyObject *args) {
+    PyObject *oo, *io, *wo, *bo;
+    (void)m;
+    if (!PyArg_ParseTuple(args, "OOOO", &oo, &io, &wo, &bo)) return NULL;
+    npy_intp any2[2] = {-1, -1};
+    PyArrayObject *inp = check_array(io, "inp", NPY_FLOAT32, 2, any2, 0), *w;
+    if (!inp) return NULL;
+    npy_intp sw[2] = {-1, dim(inp, 1)};
+    if (!(w = check_array(wo, "weight", NPY_FLOAT32, 2, sw, 0))) return NULL;
+    npy_intp so[2] = {dim(inp, 0), dim(w, 0)}, sb[1] = {dim(w, 0)};
+    PyArrayObject *out = check_array(oo, "out", NPY_FLOAT32, 2, so, 1);
+    void *b;
+    if (!out || opt_array(bo, "bias", NPY_FLOAT32, 1, sb, 0, &b) < 0) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    ff_linear_forward(F32(out), F32(inp), F32(w), (float *)b, (int)so[0], (int)sw[1], (int)so[1]);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *k_linear_backward(PyObject *m, PyObject *args) {
+    PyObject *dio, *dwo, *dbo, *doo, *io, *wo;
+    (void)m;
+    if (!PyArg_ParseTuple(args, "OOOOOO", &dio, &dwo, &dbo, &doo, &io, &wo)) return NULL;
+    npy_intp any2[2] = {-1, -1};
+    PyArrayObject *inp = check_array(io, "inp", NPY_FLOAT32, 2, any2, 0), *w, *dout;
+    if (!inp) return NULL;
+    npy_intp sw[2] = {-1, dim(inp, 1)};
+    if (!(w = check_array(wo, "weight", NPY_FLOAT32, 2, sw, 0))) return NULL;
+    npy_intp so[2] = {dim(inp, 0), dim(w, 0)}, sb[1] = {dim(w, 0)}, si[2] = {dim(inp, 0), dim(inp, 1)};
+    npy_intp swf[2] = {dim(w, 0), dim(w, 1)};
+    if (!(dout = check_array(doo, "dout", NPY_FLOAT32, 2, so, 0))) return NULL;
+    void *di, *dw, *db;
+    if (opt_array(dio, "dinp", NPY_FLOAT32, 2, si, 1, &di) < 0 ||
+        opt_array(dwo, "dweight", NPY_FLOAT32, 2, swf, 1, &dw) < 0 ||
+        opt_array(dbo, "dbias", NPY_FLOAT32, 1, sb, 1, &db) < 0) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    ff_linear_backward(di, dw, db, F32(dout), F32(inp), F32(w), (int)si[0], (int)si[1], (int)so[1]);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+/* Two same-shape float arrays, the first an output. */
+static int pair(PyObject *oo, const char *on, PyObject *io, const char *in, PyArrayObject **out,
+                PyArrayObject **inp) {
+    if (!PyArray_Check(io)) {
+        PyErr_Format(PyExc_TypeError, "%s must be a numpy.ndarray of float32", in);
+        return -1;
+    }
+    int nd = PyArray_NDIM((PyArrayObject *)io);
+    npy_intp shp[32] = {0};
+    if (nd > 32) { PyErr_Format(PyExc_ValueError, "%s has too many dimensions", in); return -1; }
+    for (int i = 0; i < nd; i++) shp[i] = -1;
+    if (!(*inp = check_array(io, in, NPY_FLOAT32, nd, shp, 0))) return -1;
+    for (int i = 0; i < nd; i++) shp[i] = dim(*inp, i);
+    if (!(*out = check_array(oo, on, NPY_FLOAT32, nd, shp, 1))) return -1;
+    return 0;
+}
+
+static PyObject *k_relu_forward(PyObject *m, PyObject *args) {
+    PyObject *oo, *io; PyArrayObject *out, *inp;
+    (void)m;
+    if (!PyArg_ParseTuple(args, "OO", &oo, &io) || pair(oo, "out", io, "inp", &out, &inp) < 0) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    ff_relu_forward(F32(out), F32(inp), (size_t)PyArray_SIZE(inp));
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *k_relu_backward(PyObject *m, PyObject *args) {
+    PyObject *dio, *doo, *oo; PyArrayObject *dinp, *dout, *out, *tmp;
+    (void)m;
+    if (!PyArg_ParseTuple(args, "OOO", &dio, &doo, &oo) || pair(dio, "dinp", doo, "dout", &dinp, &dout) < 0 ||
+        pair(dio, "dinp", oo, "out", &tmp, &out) < 0) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    ff_relu_backward(F32(dinp), F32(dout), F32(out), (size_t)PyArray_SIZE(out));
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *k_lennorm_forward(PyObject *m, PyObject *args) {
+    PyObject *oo, *so, *io; int kind; float eps; PyArrayObject *out, *inp, *scale;
+    (void)m;
+    if (!PyArg_ParseTuple(args, "OOOif", &oo, &so, &io, &kind, &eps) ||
+        pair(oo, "out", io, "inp", &out, &inp) < 0) return NULL;
+    if (PyArray_NDIM(inp) != 2) return PyErr_Format(PyExc_ValueError, "inp must be 2-D (B, D)");
+    npy_intp sb[1] = {dim(inp, 0)};
+    if (!(scale = check_array(so, "scale", NPY_FLOAT32, 1, sb, 1))) return NULL;
+    if (kind < 0 || kind > 2) return PyErr_Format(PyExc_ValueError, "kind must be 0 (none), 1 (l2) or 2 (rms)");
+    Py_BEGIN_ALLOW_THREADS
+    ff_lennorm_forward(F32(out), F32(scale), F32(inp), (int)sb[0], (int)dim(inp, 1), (ff_norm_kind)kind, eps);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *k_lennorm_backward(PyObject *m, PyObject *args) {
+    PyObject *dio, *doo, *io, *so; int kind; float eps; PyArrayObject *dinp, *dout, *inp, *tmp, *scale;
+    (void)m;
+    if (!PyArg_ParseTuple(args, "OOOOif", &dio, &doo, &io, &so, &kind, &eps) ||
+        pair(dio, "dinp", doo, "dout", &dinp, &dout) < 0 || pair(dio, "dinp", io, "inp", &tmp, &inp) < 0)
+        return NULL;
+    if (PyArray_NDIM(inp) != 2) return PyErr_Format(PyExc_ValueError, "inp must be 2-D (B, D)");
+    npy_intp sb[1] = {dim(inp, 0)};
+    if (!(scale = check_array(so, "scale", NPY_FLOAT32, 1, sb, 0))) return NULL;
+    if (kind < 0 || kind > 2) return PyErr_Format(PyExc_ValueError, "kind must be 0 (none), 1 (l2) or 2 (rms)");
+    Py_BEGIN_ALLOW_THREADS
+    ff_lennorm_backward(F32(dinp), F32(dout), F32(inp), F32(scale), (int)sb[0], (int)dim(inp, 1),
+                        (ff_norm_kind)kind, eps);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *k_goodness_forward(PyObject *m, PyObject *args) {
+    PyObject *go, *ao; int kind; PyArrayObject *g, *act;
+    (void)m;
+    if (!PyArg_ParseTuple(args, "OOi", &go, &ao, &kind)) return NULL;
+    npy_intp any2[2] = {-1, -1};
+    if (!(act = check_array(ao, "act", NPY_FLOAT32, 2, any2, 0))) return NULL;
+    npy_intp sb[1] = {dim(act, 0)};
+    if (!(g = check_array(go, "g", NPY_FLOAT32, 1, sb, 1))) return NULL;
+    if (kind < 0 || kind > 1) return PyErr_Format(PyExc_ValueError, "kind must be 0 (sum) or 1 (mean)");
+    Py_BEGIN_ALLOW_THREADS
+    ff_goodness_forward(F32(g), F32(act), (int)sb[0], (int)dim(act, 1), (ff_goodness_kind)kind);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *k_goodness_backward(PyObject *m, PyObject *args) {
+    PyObject *dao, *dgo, *ao; int kind; PyArrayObject *dact, *dg, *act;
+    (void)m;
+    if (!PyArg_ParseTuple(args, "OOOi", &dao, &dgo, &ao, &kind) || pair(dao, "dact", ao, "act", &dact, &act) < 0)
+        return NULL;
+    if (PyArray_NDIM(act) != 2) return PyErr_Format(PyExc_ValueError, "act must be 2-D (B, D)");
+    npy_intp sb[1] = {dim(act, 0)};
+    if (!(dg = check_array(dgo, "dg", NPY_FLOAT32, 1, sb, 0))) return NULL;
+    if (kind < 0 || kind > 1) return PyErr_Format(PyExc_ValueError, "kind must be 0 (sum) or 1 (mean)");
+    Py_BEGIN_ALLOW_THREADS
+    ff_goodness_backward(F32(dact), F32(dg), F32(act), (int)sb[0], (int)dim(act, 1), (ff_goodness_kind)kind);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+/* act (B, C, H, W) with C = J*S; G (B, J) */
+static PyObject *k_group_goodness_forward(PyObject *m, PyObject *args) {
+    PyObject *Go, *ao; int J; PyArrayObject *G, *act;
+    (void)m;
+    if (!PyArg_ParseTuple(args, "OOi", &Go, &ao, &J)) return NULL;
+    npy_intp any4[4] = {-1, -1, -1, -1};
+    if (!(act = check_array(ao, "act", NPY_FLOAT32, 4, any4, 0))) return NULL;
+    if (J <= 0 || dim(act, 1) % J)
+        return PyErr_Format(PyExc_ValueError, "groups J=%d must divide the %ld channels of act", J, (long)dim(act, 1));
+    npy_intp sg[2] = {dim(act, 0), J};
+    if (!(G = check_array(Go, "G", NPY_FLOAT32, 2, sg, 1))) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    ff_group_goodness_forward(F32(G), F32(act), (int)sg[0], J, (int)(dim(act, 1) / J), (int)(dim(act, 2) * dim(act, 3)));
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *k_group_goodness_backward(PyObject *m, PyObject *args) {
+    PyObject *dao, *dGo, *ao; int J; PyArrayObject *dact, *dG, *act;
+    (void)m;
+    if (!PyArg_ParseTuple(args, "OOOi", &dao, &dGo, &ao, &J) || pair(dao, "dact", ao, "act", &dact, &act) < 0)
+        return NULL;
+    if (PyArray_NDIM(act) != 4) return PyErr_Format(PyExc_ValueError, "act must be 4-D (B, C, H, W)");
+    if (J <= 0 || dim(act, 1) % J)
+        return PyErr_Format(PyExc_ValueError, "groups J=%d must divide the %ld channels of act", J, (long)dim(act, 1));
+    npy_intp sg[2] = {dim(act, 0), J};
+    if (!(dG = check_array(dGo, "dG", NPY_FLOAT32, 2, sg, 0))) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    ff_group_goodness_backward(F32(dact), F32(dG), F32(act), (int)sg[0], J, (int)(dim(act, 1) / J),
+                               (int)(dim(act, 2) * dim(act, 3)));
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+/* ff_loss / symba_loss(dgpos, dgneg, gpos, gneg, theta_or_alpha) -> float */
+static PyObject *pair_loss(PyObject *args, int symba) {
+    PyObject *dpo, *dno, *po, *no; float t; PyArrayObject *gp, *gn;
+    if (!PyArg_ParseTuple(args, "OOOOf", &dpo, &dno, &po, &no, &t)) return NULL;
+    npy_intp any1[1] = {-1};
+    if (!(gp = check_array(po, "gpos", NPY_FLOAT32, 1, any1, 0))) return NULL;
+    npy_intp sb[1] = {dim(gp, 0)};
+    if (!(gn = check_array(no, "gneg", NPY_FLOAT32, 1, sb, 0))) return NULL;
+    if (sb[0] == 0) return PyErr_Format(PyExc_ValueError, "gpos is empty");
+    if (symba && !(t > 0.0f)) return PyErr_Format(PyExc_ValueError, "alpha must be > 0, got %g", (double)t);
+    void *dp, *dn;
+    if (opt_array(dpo, "dgpos", NPY_FLOAT32, 1, sb, 1, &dp) < 0 ||
+        opt_array(dno, "dgneg", NPY_FLOAT32, 1, sb, 1, &dn) < 0) return NULL;
+    float L;
+    Py_BEGIN_ALLOW_THREADS
+    L = symba ? ff_symba_loss(dp, dn, F32(gp), F32(gn), (int)sb[0], t)
+              : ff_ff_loss(dp, dn, F32(gp), F32(gn), (int)sb[0], t);
+    Py_END_ALLOW_THREADS
+    return PyFloat_FromDouble(L);
+}
+static PyObject *k_ff_loss(PyObject *m, PyObject *args) { (void)m; return pair_loss(args, 0); }
+static PyObject *k_symba_loss(PyObject *m, PyObject *args) { (void)m; return pair_loss(args, 1); }
+
+static PyObject *k_softmax_xent(PyObject *m, PyObject *args) {
+    PyObject *dlo, *po, *lo, *yo; PyArrayObject *logits, *y;
+    (void)m;
+    if (!PyArg_ParseTuple(args, "OOOO", &dlo, &po, &lo, &yo)) return NULL;
+    npy_intp any2[2] = {-1, -1};
+    if (!(logits = check_array(lo, "logits", NPY_FLOAT32, 2, any2, 0))) return NULL;
+    npy_intp sb[1] = {dim(logits, 0)}, s2[2] = {dim(logits, 0), dim(logits, 1)};
+    if (sb[0] == 0) return PyErr_Format(PyExc_ValueError, "logits is empty");
+    if (!(y = check_array(yo, "labels", NPY_INT64, 1, sb, 0)) ||
+        check_labels(y, "labels", (int)dim(logits, 1)) < 0) return NULL;
+    void *dl, *p;
+    if (opt_array(dlo, "dlogits", NPY_FLOAT32, 2, s2, 1, &dl) < 0 ||
+        opt_array(po, "probs", NPY_FLOAT32, 2, s2, 1, &p) < 0) return NULL;
+    float L;
+    Py_BEGIN_ALLOW_THREADS
+    L = ff_softmax_xent(dl, p, F32(logits), I64(y), (int)sb[0], (int)s2[1]);
+    Py_END_ALLOW_THREADS
+    return PyFloat_FromDouble(L);
+}
+
+static PyObject *k_adam_step(PyObject *m, PyObject *args) {
+    PyObject *po, *mo, *vo, *go; float lr, b1, b2, eps, wd; long t;
+    PyArrayObject *p, *mm, *v, *g, *tmp;
+    (void)m;
+    if (!PyArg_ParseTuple(args, "OOOOfffffl", &po, &mo, &vo, &go, &lr, &b1, &b2, &eps, &wd, &t) ||
+        pair(po, "p", go, "g", &p, &g) < 0 || pair(mo, "m", go, "g", &mm, &tmp) < 0 ||
+        pair(vo, "v", go, "g", &v, &tmp) < 0) return NULL;
+    if (t < 1) return PyErr_Format(PyExc_ValueError, "t must be >= 1, got %ld", t);
+    Py_BEGIN_ALLOW_THREADS
+    ff_adam_step(F32(p), F32(mm), F32(v), F32(g), (size_t)PyArray_SIZE(g), lr, b1, b2, eps, wd, t);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *k_sgd_step(PyObject *m, PyObject *args) {
+    PyObject *po, *bo, *go; float lr, mom, damp, wd; int nest; long t;
+    PyArrayObject *p, *buf, *g, *tmp;
+    (void)m;
+    if (!PyArg_ParseTuple(args, "OOOffffpl", &po, &bo, &go, &lr, &mom, &damp, &wd, &nest, &t) ||
+        pair(po, "p", go, "g", &p, &g) < 0 || pair(bo, "buf", go, "g", &buf, &tmp) < 0) return NULL;
+    if (t < 1) return PyErr_Format(PyExc_ValueError, "t must be >= 1, got %ld", t);
+    Py_BEGIN_ALLOW_THREADS
+    ff_sgd_step(F32(p), F32(buf), F32(g), (size_t)PyArray_SIZE(g), lr, mom, damp, wd, nest, t);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+/* conv2d_forward(out, inp, weight, bias, stride, pad, groups) */
+static int conv_args(PyObject *io, PyObject *wo, int stride, int pad, int groups, PyArrayObject **inp,
+                     PyArrayObject **w, npy_intp so[4]) {
+    npy_intp any4[4] = {-1, -1, -1, -1};
+    if (!(*inp = check_array(io, "inp", NPY_FLOAT32, 4, any4, 0))) return -1;
+    if (!(*w = check_array(wo, "weight", NPY_FLOAT32, 4, any4, 0))) return -1;
+    npy_intp C = dim(*inp, 1), OC = dim(*w, 0), KH = dim(*w, 2), KW = dim(*w, 3);
+    if (stride < 1) { PyErr_Format(PyExc_ValueError, "stride must be >= 1, got %d", stride); return -1; }
+    if (pad < 0) { PyErr_Format(PyExc_ValueError, "padding must be >= 0, got %d", pad); return -1; }
+    if (groups < 1 || C % groups || OC % groups) {
+        PyErr_Format(PyExc_ValueError, "groups=%d must divide in_channels=%ld and out_channels=%ld",
+                     groups, (long)C, (long)OC);
+        return -1;
+    }
+    if (dim(*w, 1) != C / groups) {
+        PyErr_Format(PyExc_ValueError, "weight must have shape (OC, C/groups=%ld, KH, KW), got %ld input "
+                     "channels per group (wrong channel count for inp with %ld channels?)",
+                     (long)(C / groups), (long)dim(*w, 1), (long)C);
+        return -1;
+    }
+    if (dim(*inp, 2) + 2 * pad < KH || dim(*inp, 3) + 2 * pad < KW) {
+        PyErr_Format(PyExc_ValueError, "kernel %ldx%ld is larger than the padded input %ldx%ld", (long)KH,
+                     (long)KW, (long)(dim(*inp, 2) + 2 * pad), (long)(dim(*inp, 3) + 2 * pad));
+        return -1;
+    }
+    so[0] = dim(*inp, 0); so[1] = OC;
+    so[2] = (dim(*inp, 2) + 2 * pad - KH) / stride + 1;
+    so[3] = (dim(*inp, 3) + 2 * pad - KW) / stride + 1;
+    return 0;
+}
+
+static PyObject *k_conv2d_forward(PyObject *m, PyObject *args) {
+    PyObject *oo, *io, *wo, *bo; int stride, pad, groups;
+    PyArrayObject *inp, *w, *out; npy_intp so[4];
+    (void)m;
+    if (!PyArg_ParseTuple(args, "OOOOiii", &oo, &io, &wo, &bo, &stride, &pad, &groups) ||
+        conv_args(io, wo, stride, pad, groups, &inp, &w, so) < 0) return NULL;
+    if (!(out = check_array(oo, "out", NPY_FLOAT32, 4, so, 1))) return NULL;
+    npy_intp sb[1] = {so[1]};
+    void *b;
+    if (opt_array(bo, "bias", NPY_FLOAT32, 1, sb, 0, &b) < 0) return NULL;
+    int C = (int)dim(inp, 1), H = (int)dim(inp, 2), W = (int)dim(inp, 3), KH = (int)dim(w, 2), KW = (int)dim(w, 3);
+    size_t wsn = ff_conv2d_workspace(C, H, W, (int)so[1], KH, KW, stride, pad, groups);
+    float *ws = PyMem_RawMalloc((wsn ? wsn : 1) * sizeof(float));
+    if (!ws) return PyErr_NoMemory();
+    ff_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = ff_conv2d_forward(F32(out), F32(inp), F32(w), b, (int)so[0], C, H, W, (int)so[1], KH, KW,
+                           stride, pad, groups, ws);
+    Py_END_ALLOW_THREADS
+    PyMem_RawFree(ws);
+    return status_or_none(st, "conv2d_forward");
+}
+
+static PyObject *k_conv2d_backward(PyObject *m, PyObject *args) {
+    PyObject *dio, *dwo, *dbo, *doo, *io, *wo; int stride, pad, groups;
+    PyArrayObject *inp, *w, *dout; npy_intp so[4];
+    (void)m;
+    if (!PyArg_ParseTuple(args, "OOOOOOiii", &dio, &dwo, &dbo, &doo, &io, &wo, &stride, &pad, &groups) ||
+        conv_args(io, wo, stride, pad, groups, &inp, &w, so) < 0) return NULL;
+    if (!(dout = check_array(doo, "dout", NPY_FLOAT32, 4, so, 0))) return NULL;
+    npy_intp si[4] = {dim(inp, 0), dim(inp, 1), dim(inp, 2), dim(inp, 3)};
+    npy_intp sw[4] = {dim(w, 0), dim(w, 1), dim(w, 2), dim(w, 3)}, sb[1] = {so[1]};
+    void *di, *dw, *db;
+    if (opt_array(dio, "dinp", NPY_FLOAT32, 4, si, 1, &di) < 0 ||
+        opt_array(dwo, "dweight", NPY_FLOAT32, 4, sw, 1, &dw) < 0 ||
+        opt_array(dbo, "dbias", NPY_FLOAT32, 1, sb, 1, &db) < 0) return NULL;
+    int C = (int)si[1], H = (int)si[2], W = (int)si[3], KH = (int)sw[2], KW = (int)sw[3];
+    size_t wsn = ff_conv2d_workspace(C, H, W, (int)so[1], KH, KW, stride, pad, groups);
+    float *ws = PyMem_RawMalloc((wsn ? wsn : 1) * sizeof(float));
+    if (!ws) return PyErr_NoMemory();
+    ff_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = ff_conv2d_backward(di, dw, db, F32(dout), F32(inp), F32(w), (int)si[0], C, H, W, (int)so[1],
+                            KH, KW, stride, pad, groups, ws);
+    Py_END_ALLOW_THREADS
+    PyMem_RawFree(ws);
+    return status_or_none(st, "conv2d_backward");
+}
+
+/* batchnorm2d_forward_train(out, mean, rstd, running_mean, running_var, inp, gamma, beta, eps, momentum) */
+static PyObject *k_bn_forward_train(PyObject *m, PyObject *args) {
+    PyObject *oo, *mo, *ro, *rmo, *rvo, *io, *go, *bo; float eps, mom;
+    PyArrayObject *out, *inp, *mean, *rstd, *rm, *rv;
+    (void)m;
+    if (!PyArg_ParseTuple(args, "OOOOOOOOff", &oo, &mo, &ro, &rmo, &rvo, &io, &go, &bo, &eps, &mom) ||
+        pair(oo, "out", io, "inp", &out, &inp) < 0) return NULL;
+    if (PyArray_NDIM(inp) != 4) return PyErr_Format(PyExc_ValueError, "inp must be 4-D (N, C, H, W)");
+    if (!(eps > 0.0f)) return PyErr_Format(PyExc_ValueError, "eps must be > 0");
+    npy_intp sc[1] = {dim(inp, 1)};
+    if (!(mean = check_array(mo, "mean", NPY_FLOAT32, 1, sc, 1)) || !(rstd = check_array(ro, "rstd", NPY_FLOAT32, 1, sc, 1)) ||
+        !(rm = check_array(rmo, "running_mean", NPY_FLOAT32, 1, sc, 1)) ||
+        !(rv = check_array(rvo, "running_var", NPY_FLOAT32, 1, sc, 1))) return NULL;
+    void *g, *b;
+    if (opt_array(go, "gamma", NPY_FLOAT32, 1, sc, 0, &g) < 0 || opt_array(bo, "beta", NPY_FLOAT32, 1, sc, 0, &b) < 0)
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    ff_batchnorm2d_forward_train(F32(out), F32(mean), F32(rstd), F32(rm), F32(rv), F32(inp), g, b,
+                                 (int)dim(inp, 0), (int)sc[0], (int)(dim(inp, 2) * dim(inp, 3)), eps, mom);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *k_bn_forward_eval(PyObject *m, PyObject *args) {
+    PyObject *oo, *io, *rmo, *rvo, *go, *bo; float eps;
+    PyArrayObject *out, *inp, *rm, *rv;
+    (void)m;
+    if (!PyArg_ParseTuple(args, "OOOOOOf", &oo, &io, &rmo, &rvo, &go, &bo, &eps) ||
+        pair(oo, "out", io, "inp", &out, &inp) < 0) return NULL;
+    if (PyArray_NDIM(inp) != 4) return PyErr_Format(PyExc_ValueError, "inp must be 4-D (N, C, H, W)");
+    npy_intp sc[1] = {dim(inp, 1)};
+    if (!(rm = check_array(rmo, "running_mean", NPY_FLOAT32, 1, sc, 0)) ||
+        !(rv = check_array(rvo, "running_var", NPY_FLOAT32, 1, sc, 0))) return NULL;
+    void *g, *b;
+    if (opt_array(go, "gamma", NPY_FLOAT32, 1, sc, 0, &g) < 0 || opt_array(bo, "beta", NPY_FLOAT32, 1, sc, 0, &b) < 0)
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    ff_batchnorm2d_forward_eval(F32(out), F32(inp), F32(rm), F32(rv), g, b, (int)dim(inp, 0), (int)sc[0],
+                                (int)(dim(inp, 2) * dim(inp, 3)), eps);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *k_bn_backward(PyObject *m, PyObject *args) {
+    PyObject *dio, *dgo, *dbo, *doo, *io, *mo, *ro, *go;
+    PyArrayObject *dout, *inp, *mean, *rstd, *tmp;
+    (void)m;
+    if (!PyArg_ParseTuple(args, "OOOOOOOO", &dio, &dgo, &dbo, &doo, &io, &mo, &ro, &go) ||
+        pair(doo, "dout", io, "inp", &tmp, &inp) < 0) return NULL;
+    dout = tmp;
+    if (PyArray_NDIM(inp) != 4) return PyErr_Format(PyExc_ValueError, "inp must be 4-D (N, C, H, W)");
+    npy_intp sc[1] = {dim(inp, 1)}, si[4] = {dim(inp, 0), dim(inp, 1), dim(inp, 2), dim(inp, 3)};
+    if (!(mean = check_array(mo, "mean", NPY_FLOAT32, 1, sc, 0)) || !(rstd = check_array(ro, "rstd", NPY_FLOAT32, 1, sc, 0)))
+        return NULL;
+    void *di, *dg, *db, *g;
+    if (opt_array(dio, "dinp", NPY_FLOAT32, 4, si, 1, &di) < 0 || opt_array(dgo, "dgamma", NPY_FLOAT32, 1, sc, 1, &dg) < 0 ||
+        opt_array(dbo, "dbeta", NPY_FLOAT32, 1, sc, 1, &db) < 0 || opt_array(go, "gamma", NPY_FLOAT32, 1, sc, 0, &g) < 0)
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    ff_batchnorm2d_backward(di, dg, db, F32(dout), F32(inp), F32(mean), F32(rstd), g, (int)si[0], (int)si[1],
+                            (int)(si[2] * si[3]));
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *k_maxpool_forward(PyObject *m, PyObject *args) {
+    PyObject *oo, *ao, *io; int k, s; PyArrayObject *out, *am, *inp;
+    (void)m;
+    if (!PyArg_ParseTuple(args, "OOOii", &oo, &ao, &io, &k, &s)) return NULL;
+    npy_intp any4[4] = {-1, -1, -1, -1};
+    if (!(inp = check_array(io, "inp", NPY_FLOAT32, 4, any4, 0))) return NULL;
+    if (k < 1 || s < 1) return PyErr_Format(PyExc_ValueError, "kernel_size and stride must be >= 1, got %d, %d", k, s);
+    if (k > dim(inp, 2) || k > dim(inp, 3))
+        return PyErr_Format(PyExc_ValueError, "kernel_size %d is larger than the input %ldx%ld", k,
+                            (long)dim(inp, 2), (long)dim(inp, 3));
+    npy_intp so[4] = {dim(inp, 0), dim(inp, 1), (dim(inp, 2) - k) / s + 1, (dim(inp, 3) - k) / s + 1};
+    if (!(out = check_array(oo, "out", NPY_FLOAT32, 4, so, 1)) || !(am = check_array(ao, "argmax", NPY_INT32, 4, so, 1)))
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    ff_maxpool2d_forward(F32(out), (int32_t *)PyArray_DATA(am), F32(inp), (int)so[0], (int)so[1],
+                         (int)dim(inp, 2), (int)dim(inp, 3), k, s);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *k_maxpool_backward(PyObject *m, PyObject *args) {
+    PyObject *dio, *doo, *ao; PyArrayObject *dinp, *dout, *am;
+    (void)m;
+    if (!PyArg_ParseTuple(args, "OOO", &dio, &doo, &ao)) return NULL;
+    npy_intp any4[4] = {-1, -1, -1, -1};
+    if (!(dout = check_array(doo, "dout", NPY_FLOAT32, 4, any4, 0))) return NULL;
+    npy_intp so[4] = {dim(dout, 0), dim(dout, 1), dim(dout, 2), dim(dout, 3)};
+    if (!(am = check_array(ao, "argmax", NPY_INT32, 4, so, 0))) return NULL;
+    npy_intp si[4] = {so[0], so[1], -1, -1};
+    if (!(dinp = check_array(dio, "dinp", NPY_FLOAT32, 4, si, 1))) return NULL;
+    /* argmax values index the (H, W) plane: reject any that would write out of bounds */
+    const int32_t *a = (const int32_t *)PyArray_DATA(am);
+    npy_intp plane = dim(dinp, 2) * dim(dinp, 3);
+    for (npy_intp i = 0; i < PyArray_SIZE(am); i++)
+        if (a[i] < 0 || a[i] >= plane) return PyErr_Format(PyExc_ValueError, "argmax[%ld] = %d is outside the input plane", (long)i, a[i]);
+    Py_BEGIN_ALLOW_THREADS
+    ff_maxpool2d_backward(F32(dinp), F32(dout), a, (int)so[0], (int)so[1], (int)dim(dinp, 2), (int)dim(dinp, 3),
+                          (int)so[2], (int)so[3]);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *k_overlay_labels(PyObject *m, PyObject *args) {
+    PyObject *oo, *io, *yo; int K; float v; PyArrayObject *out, *inp;
+    (void)m;
+    if (!PyArg_ParseTuple(args, "OOOif", &oo, &io, &yo, &K, &v) || pair(oo, "out", io, "x", &out, &inp) < 0)
+        return NULL;
+    if (PyArray_NDIM(inp) != 2) return PyErr_Format(PyExc_ValueError, "x must be 2-D (B, D)");
+    if (K < 2 || K > dim(inp, 1)) return PyErr_Format(PyExc_ValueError, "K must be in [2, D], got %d", K);
+    npy_intp sb[1] = {dim(inp, 0)};
+    void *y;
+    if (opt_array(yo, "labels", NPY_INT64, 1, sb, 0, &y) < 0) return NULL;
+    if (y) {
+        const int64_t *p = y;
+        for (npy_intp i = 0; i < sb[0]; i++)
+            if (p[i] < -1 || p[i] >= K)
+                return PyErr_Format(PyExc_ValueError, "labels[%ld] = %lld must be in [0, %d) or -1 (neutral)",
+                                    (long)i, (long long)p[i], K);
+    }
+    ff_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = ff_overlay_labels(F32(out), F32(inp), y, (int)sb[0], (int)dim(inp, 1), K, v);
+    Py_END_ALLOW_THREADS
+    return status_or_none(st, "overlay_labels");
+}
+
+static PyObject *k_all_finite(PyObject *m, PyObject *args) {
+    PyObject *o; PyArrayObject *a; int ok;
+    (void)m;
+    if (!PyArg_ParseTuple(args, "O", &o)) return NULL;
+    if (!PyArray_Check(o)) return PyErr_Format(PyExc_TypeError, "x must be a numpy.ndarray of float32");
+    int nd = PyArray_NDIM((PyArrayObject *)o);
+    npy_intp shp[32] = {0};
+    for (int i = 0; i < nd && i < 32; i++) shp[i] = -1;
+    if (nd > 32 || !(a = check_array(o, "x", NPY_FLOAT32, nd, shp, 0))) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    ok = ff_all_finite(F32(a), (size_t)PyArray_SIZE(a));
+    Py_END_ALLOW_THREADS
+    return PyBool_FromLong(ok);
+}
+
+static PyObject *m_set_num_threads(PyObject *m, PyObject *args) {
+    int n;
+    (void)m;
+    if (!PyArg_ParseTuple(args, "i", &n)) return NULL;
+    if (n < 1) return PyErr_Format(PyExc_ValueError, "n must be >= 1, got %d", n);
+    ff_set_num_threads(n);
+    Py_RETURN_NONE;
+}
+static PyObject *m_get_num_threads(PyObject *m, PyObject *Py_UNUSED(a)) { (void)m; return PyLong_FromLong(ff_get_num_threads()); }
+static PyObject *m_blas_name(PyObject *m, PyObject *Py_UNUSED(a)) { (void)m; return PyUnicode_FromString(ff_blas_name()); }
+
+static PyObject *m_sgemm(PyObject *m, PyObject *args) {
+    /* C (M,N) = A (M,K) B (K,N): for benchmarking the BLAS the core uses */
+    PyObject *co, *ao, *bo; PyArrayObject *A, *Bm, *Cm;
+    (void)m;
+    if (!PyArg_ParseTuple(args, "OOO", &co, &ao, &bo)) return NULL;
+    npy_intp any2[2] = {-1, -1};
+    if (!(A = check_array(ao, "A", NPY_FLOAT32, 2, any2, 0))) return NULL;
+    npy_intp sb[2] = {dim(A, 1), -1};
+    if (!(Bm = check_array(bo, "B", NPY_FLOAT32, 2, sb, 0))) return NULL;
+    npy_intp sc[2] = {dim(A, 0), dim(Bm, 1)};
+    if (!(Cm = check_array(co, "C", NPY_FLOAT32, 2, sc, 1))) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    ff_sgemm(0, 0, (int)sc[0], (int)sc[1], (int)sb[0], 1.0f, F32(A), (int)sb[0], F32(Bm), (int)sc[1], 0.0f,
+             F32(Cm), (int)sc[1]);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef module_methods[] = {
+    {"set_num_threads", m_set_num_threads, METH_VARARGS, "set_num_threads(n): BLAS threads"},
+    {"get_num_threads", m_get_num_threads, METH_NOARGS, "get_num_threads() -> int"},
+    {"blas_name", m_blas_name, METH_NOARGS, "blas_name() -> str"},
+    {"sgemm", m_sgemm, METH_VARARGS, "sgemm(C, A, B): C = A @ B through the core's BLAS"},
+    {"linear_forward", k_linear_forward, METH_VARARGS, "linear_forward(out, inp, weight, bias)"},
+    {"linear_backward", k_linear_backward, METH_VARARGS, "linear_backward(dinp, dweight, dbias, dout, inp, weight) (adds)"},
+    {"relu_forward", k_relu_forward, METH_VARARGS, "relu_forward(out, inp)"},
+    {"relu_backward", k_relu_backward, METH_VARARGS, "relu_backward(dinp, dout, out) (adds)"},
+    {"lennorm_forward", k_lennorm_forward, METH_VARARGS, "lennorm_forward(out, scale, inp, kind, eps)"},
+    {"lennorm_backward", k_lennorm_backward, METH_VARARGS, "lennorm_backward(dinp, dout, inp, scale, kind, eps) (adds)"},
+    {"goodness_forward", k_goodness_forward, METH_VARARGS, "goodness_forward(g, act, kind)"},
+    {"goodness_backward", k_goodness_backward, METH_VARARGS, "goodness_backward(dact, dg, act, kind) (adds)"},
+    {"group_goodness_forward", k_group_goodness_forward, METH_VARARGS, "group_goodness_forward(G, act, J)"},
+    {"group_goodness_backward", k_group_goodness_backward, METH_VARARGS, "group_goodness_backward(dact, dG, act, J) (adds)"},
+    {"ff_loss", k_ff_loss, METH_VARARGS, "ff_loss(dgpos, dgneg, gpos, gneg, theta) -> float"},
+    {"symba_loss", k_symba_loss, METH_VARARGS, "symba_loss(dgpos, dgneg, gpos, gneg, alpha) -> float"},
+    {"softmax_xent", k_softmax_xent, METH_VARARGS, "softmax_xent(dlogits, probs, logits, labels) -> float"},
+    {"adam_step", k_adam_step, METH_VARARGS, "adam_step(p, m, v, g, lr, b1, b2, eps, wd, t)"},
+    {"sgd_step", k_sgd_step, METH_VARARGS, "sgd_step(p, buf, g, lr, momentum, dampening, wd, nesterov, t)"},
+    {"conv2d_forward", k_conv2d_forward, METH_VARARGS, "conv2d_forward(out, inp, weight, bias, stride, pad, groups)"},
+    {"conv2d_backward", k_conv2d_backward, METH_VARARGS, "conv2d_backward(dinp, dweight, dbias, dout, inp, weight, stride, pad, groups) (adds)"},
+    {"batchnorm2d_forward_train", k_bn_forward_train, METH_VARARGS,
+     "batchnorm2d_forward_train(out, mean, rstd, running_mean, running_var, inp, gamma, beta, eps, momentum)"},
+    {"batchnorm2d_forward_eval", k_bn_forward_eval, METH_VARARGS,
+     "batchnorm2d_forward_eval(out, inp, running_mean, running_var, gamma, beta, eps)"},
+    {"batchnorm2d_backward", k_bn_backward, METH_VARARGS,
+     "batchnorm2d_backward(dinp, dgamma, dbeta, dout, inp, mean, rstd, gamma) (adds)"},
+    {"maxpool2d_forward", k_maxpool_forward, METH_VARARGS, "maxpool2d_forward(out, argmax, inp, kernel, stride)"},
+    {"maxpool2d_backward", k_maxpool_backward, METH_VARARGS, "maxpool2d_backward(dinp, dout, argmax) (adds)"},
+    {"overlay_labels", k_overlay_labels, METH_VARARGS, "overlay_labels(out, x, labels, K, value)"},
+    {"all_finite", k_all_finite, METH_VARARGS, "all_finite(x) -> bool"},
+    {NULL, NULL, 0, NULL}
+};
+
+static struct PyModuleDef moduledef = {
+    PyModuleDef_HEAD_INIT, "_core", "fflib's compiled core (see csrc/fflib.h).", -1, module_methods,
+    NULL, NULL, NULL, NULL
+};
+
+PyMODINIT_FUNC PyInit__core(void) {
+    import_array();
+    if (PyType_Ready(&NetType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&moduledef);
+    if (!m) return NULL;
+    Py_INCREF(&NetType);
+    if (PyModule_AddObject(m, "Net", (PyObject *)&NetType) < 0) { Py_DECREF(&NetType); Py_DECREF(m); return NULL; }
+    PyModule_AddIntConstant(m, "VERSION_MAJOR", FF_VERSION_MAJOR);
+    PyModule_AddIntConstant(m, "VERSION_MINOR", FF_VERSION_MINOR);
+    return m;
+}

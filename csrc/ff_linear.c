@@ -1,0 +1,38 @@
+/* ff_linear.c - fully connected layer and ReLU. */
+#include "fflib.h"
+
+/* out (B,O) = inp (B,I) . weight(O,I)^T + bias(O) */
+void ff_linear_forward(float *out, const float *inp, const float *weight, const float *bias,
+                       int B, int I, int O) {
+    float beta = 0.0f;
+    if (bias) {
+        for (int b = 0; b < B; b++) {
+            float *o = out + (size_t)b * O;
+            for (int j = 0; j < O; j++) o[j] = bias[j];
+        }
+        beta = 1.0f;
+    }
+    ff_sgemm(0, 1, B, O, I, 1.0f, inp, I, weight, I, beta, out, O);
+}
+
+/* dinp (B,I) += dout . weight; dweight (O,I) += dout^T . inp; dbias (O) += sum_b dout */
+void ff_linear_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                        const float *inp, const float *weight, int B, int I, int O) {
+    if (dinp) ff_sgemm(0, 0, B, I, O, 1.0f, dout, O, weight, I, 1.0f, dinp, I);
+    if (dweight) ff_sgemm(1, 0, O, I, B, 1.0f, dout, O, inp, I, 1.0f, dweight, I);
+    if (dbias) {
+        for (int b = 0; b < B; b++) {
+            const float *d = dout + (size_t)b * O;
+            for (int j = 0; j < O; j++) dbias[j] += d[j];
+        }
+    }
+}
+
+void ff_relu_forward(float *out, const float *inp, size_t n) {
+    /* written as a select, not fmaxf, so a NaN input stays NaN and is caught later */
+    for (size_t i = 0; i < n; i++) out[i] = inp[i] > 0.0f ? inp[i] : (inp[i] != inp[i] ? inp[i] : 0.0f);
+}
+
+void ff_relu_backward(float *dinp, const float *dout, const float *out, size_t n) {
+    for (size_t i = 0; i < n; i++) dinp[i] += out[i] > 0.0f ? dout[i] : 0.0f;
+}

@@ -1,0 +1,963 @@
+/* ff_net.c - the FF network: layers cut into blocks, each trained by its own local loss.
+ *
+ * Rows.  A training step stacks the rows it needs into one matrix so each layer runs one
+ * GEMM: rows [0,B) positive (true label), [B,2B) negative (wrong label), and, when the
+ * one-pass head trains, [2B,3B) neutral.  Losses and backward use the first T = 2B rows
+ * only; batch-norm statistics come from those T rows too (neutral rows are normalised with
+ * the same statistics and so never influence the gradient).
+ *
+ * Memory.  `carry` holds the normalised input of the block being run; `acts` holds the
+ * outputs of that block's layers (ReLU and Flatten work in place); the next block
+ * reuses `acts`.  Only one block's activations are ever alive.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include "fflib.h"
+
+#define FF_MAX_LAYERS 256
+
+typedef struct {
+    ff_layer_kind kind;
+    int C, H, W;              /* input shape */
+    int OC, OH, OW;           /* output shape */
+    int k, stride, pad, groups, bias, affine;
+    float eps, momentum;      /* batch-norm */
+    size_t w_off, w_n, b_off, b_n;  /* into the parameter (and grad, m, v) arenas */
+    size_t rm_off, rv_off;          /* batch-norm running stats, into `buffers` */
+    size_t sv_off;                  /* batch-norm saved mean and rstd, into `saved` */
+    size_t conv_ws;                 /* conv scratch floats */
+    ff_opt_config opt;
+    long step;
+    /* per-run placement (set while a block runs) */
+    int inplace;              /* output aliases the input */
+    size_t act_off;           /* into acts (floats) */
+    size_t idx_off;           /* maxpool argmax, into acts (int32 slots) */
+} ff_layer;
+
+struct ff_net {
+    int C, H, W, K, D;
+    int nl, finalized, training;
+    ff_layer layers[FF_MAX_LAYERS + 1];   /* layers[nl] is the head (linear) when present */
+    int nblocks, ends[FF_MAX_LAYERS];
+    int has_head, nhead, head_layers[FF_MAX_LAYERS], F;
+    ff_config cfg;
+    uint64_t rng[4];
+    /* arenas */
+    float *params, *grads, *m, *v;
+    size_t nparams;
+    float *buffers, *saved;
+    size_t nbuffers, nsaved;
+    /* workspace */
+    int rows_cap;
+    size_t ws_floats;
+    float *ws;
+    float *carry, *acts, *d0, *d1, *g, *dg, *scale, *conv_ws, *feat, *logits, *dlogits, *xtmp;
+    float *gall;              /* (nl, rows) goodness of every block output, inference */
+    size_t acts_cap;          /* floats per row available in acts */
+    int64_t *lab;             /* per-row labels of the current step */
+};
+
+/* ------------------------------------------------------------------ small helpers */
+
+const char *ff_status_str(ff_status s) {
+    switch (s) {
+    case FF_OK: return "ok";
+    case FF_ERR_NOMEM: return "out of memory";
+    case FF_ERR_ARG: return "invalid argument or configuration";
+    case FF_ERR_SHAPE: return "sizes do not fit together";
+    case FF_ERR_LABEL: return "label out of range (or a negative label equal to the true one)";
+    case FF_ERR_NONFINITE: return "NaN or infinity encountered";
+    case FF_ERR_STATE: return "call not valid in the network's current state";
+    }
+    return "unknown status";
+}
+
+int ff_all_finite(const float *x, size_t n) {
+    /* x - x is 0 for finite values and NaN for inf/NaN; summing keeps one branch per call */
+    float acc = 0.0f;
+    for (size_t i = 0; i < n; i++) acc += x[i] - x[i];
+    return acc == 0.0f;
+}
+
+static uint64_t splitmix64(uint64_t *s) {
+    uint64_t z = (*s += 0x9E3779B97F4A7C15ULL);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+}
+static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+/* xoshiro256** */
+static uint64_t rng_next(uint64_t *s) {
+    uint64_t r = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
+    s[2] ^= s[0]; s[3] ^= s[1]; s[1] ^= s[2]; s[0] ^= s[3];
+    s[2] ^= t; s[3] = rotl(s[3], 45);
+    return r;
+}
+static float rng_uniform(uint64_t *s) { return (float)(rng_next(s) >> 40) * (1.0f / 16777216.0f); }
+static int rng_below(uint64_t *s, int n) { return (int)(((rng_next(s) >> 32) * (uint64_t)n) >> 32); }
+
+static size_t layer_in(const ff_layer *L) { return (size_t)L->C * L->H * L->W; }
+static size_t layer_out(const ff_layer *L) { return (size_t)L->OC * L->OH * L->OW; }
+static int trainable(const ff_layer *L) { return L->w_n + L->b_n > 0; }
+
+ff_status ff_overlay_labels(float *out, const float *x, const int64_t *labels, int B, int D,
+                            int K, float label_value) {
+    if (K > D) return FF_ERR_SHAPE;
+    for (int b = 0; b < B; b++) {
+        float *o = out + (size_t)b * D;
+        if (o != x + (size_t)b * D) memcpy(o, x + (size_t)b * D, (size_t)D * sizeof(float));
+        int64_t y = labels ? labels[b] : -1;
+        if (y >= K) return FF_ERR_LABEL;
+        for (int k = 0; k < K; k++) o[k] = y < 0 ? label_value / K : (k == y ? label_value : 0.0f);
+    }
+    return FF_OK;
+}
+
+ff_config ff_config_default(void) {
+    ff_config c;
+    c.loss = FF_LOSS_FF; c.goodness = FF_GOODNESS_SUM; c.theta = 2.0f; c.alpha = 4.0f;
+    c.norm = FF_NORM_L2; c.norm_eps = 1e-4f; c.norm_first = 1; c.label_value = 1.0f;
+    return c;
+}
+
+ff_opt_config ff_opt_config_default(void) {
+    ff_opt_config o;
+    o.kind = FF_OPT_ADAM; o.lr = 1e-3f; o.beta1 = 0.9f; o.beta2 = 0.999f; o.eps = 1e-8f;
+    o.momentum = 0.0f; o.dampening = 0.0f; o.nesterov = 0; o.weight_decay = 0.0f;
+    return o;
+}
+
+/* ------------------------------------------------------------------ building */
+
+ff_net *ff_net_create(int C, int H, int W, int K, uint64_t seed) {
+    if (C <= 0 || H <= 0 || W <= 0 || K < 2) return NULL;
+    ff_net *net = calloc(1, sizeof(ff_net));
+    if (!net) return NULL;
+    net->C = C; net->H = H; net->W = W; net->K = K; net->D = C * H * W;
+    net->training = 1;
+    net->cfg = ff_config_default();
+    uint64_t s = seed;
+    for (int i = 0; i < 4; i++) net->rng[i] = splitmix64(&s);
+    return net;
+}
+
+void ff_net_destroy(ff_net *net) {
+    if (!net) return;
+    free(net->params); free(net->grads); free(net->m); free(net->v);
+    free(net->buffers); free(net->saved); free(net->ws); free(net->lab);
+    free(net);
+}
+
+static ff_layer *new_layer(ff_net *net, ff_layer_kind kind, ff_status *st) {
+    if (net->finalized) { *st = FF_ERR_STATE; return NULL; }
+    if (net->nl >= FF_MAX_LAYERS) { *st = FF_ERR_ARG; return NULL; }
+    ff_layer *L = &net->layers[net->nl];
+    memset(L, 0, sizeof(*L));
+    L->kind = kind;
+    if (net->nl == 0) { L->C = net->C; L->H = net->H; L->W = net->W; }
+    else {
+        ff_layer *P = &net->layers[net->nl - 1];
+        L->C = P->OC; L->H = P->OH; L->W = P->OW;
+    }
+    L->OC = L->C; L->OH = L->H; L->OW = L->W;
+    L->opt = ff_opt_config_default();
+    *st = FF_OK;
+    return L;
+}
+
+ff_status ff_net_add_linear(ff_net *net, int out_features, int bias) {
+    ff_status st; ff_layer *L = new_layer(net, FF_LAYER_LINEAR, &st);
+    if (!L) return st;
+    if (out_features <= 0) return FF_ERR_ARG;
+    /* a linear layer sees its input flattened */
+    L->C = (int)layer_in(L); L->H = L->W = 1;
+    L->OC = out_features; L->OH = L->OW = 1;
+    L->w_n = (size_t)out_features * L->C; L->b_n = bias ? (size_t)out_features : 0;
+    L->bias = bias != 0;
+    net->nl++;
+    return FF_OK;
+}
+
+ff_status ff_net_add_conv2d(ff_net *net, int out_channels, int kernel, int stride, int pad,
+                            int groups, int bias) {
+    ff_status st; ff_layer *L = new_layer(net, FF_LAYER_CONV2D, &st);
+    if (!L) return st;
+    if (out_channels <= 0 || kernel <= 0 || stride <= 0 || pad < 0 || groups <= 0) return FF_ERR_ARG;
+    if (L->C % groups || out_channels % groups) return FF_ERR_SHAPE;
+    if (L->H + 2 * pad < kernel || L->W + 2 * pad < kernel) return FF_ERR_SHAPE;
+    L->OC = out_channels; L->k = kernel; L->stride = stride; L->pad = pad; L->groups = groups;
+    L->OH = (L->H + 2 * pad - kernel) / stride + 1;
+    L->OW = (L->W + 2 * pad - kernel) / stride + 1;
+    L->w_n = (size_t)out_channels * (L->C / groups) * kernel * kernel;
+    L->b_n = bias ? (size_t)out_channels : 0;
+    L->bias = bias != 0;
+    L->conv_ws = ff_conv2d_workspace(L->C, L->H, L->W, L->OC, kernel, kernel, stride, pad, groups);
+    net->nl++;
+    return FF_OK;
+}
+
+ff_status ff_net_add_batchnorm2d(ff_net *net, float eps, float momentum, int affine) {
+    ff_status st; ff_layer *L = new_layer(net, FF_LAYER_BATCHNORM2D, &st);
+    if (!L) return st;
+    if (!(eps > 0.0f) || !(momentum >= 0.0f && momentum <= 1.0f)) return FF_ERR_ARG;
+    L->eps = eps; L->momentum = momentum; L->affine = affine != 0;
+    L->w_n = L->b_n = affine ? (size_t)L->C : 0;
+    net->nl++;
+    return FF_OK;
+}
+
+ff_status ff_net_add_relu(ff_net *net) {
+    ff_status st; ff_layer *L = new_layer(net, FF_LAYER_RELU, &st);
+    if (!L) return st;
+    net->nl++;
+    return FF_OK;
+}
+
+ff_status ff_net_add_maxpool2d(ff_net *net, int kernel, int stride) {
+    ff_status st; ff_layer *L = new_layer(net, FF_LAYER_MAXPOOL2D, &st);
+    if (!L) return st;
+    if (kernel <= 0 || stride <= 0) return FF_ERR_ARG;
+    if (kernel > L->H || kernel > L->W) return FF_ERR_SHAPE;
+    L->k = kernel; L->stride = stride;
+    L->OH = (L->H - kernel) / stride + 1; L->OW = (L->W - kernel) / stride + 1;
+    net->nl++;
+    return FF_OK;
+}
+
+ff_status ff_net_add_flatten(ff_net *net) {
+    ff_status st; ff_layer *L = new_layer(net, FF_LAYER_FLATTEN, &st);
+    if (!L) return st;
+    L->OC = (int)layer_in(L); L->OH = L->OW = 1;
+    net->nl++;
+    return FF_OK;
+}
+
+ff_status ff_net_set_head(ff_net *net, int nsel, const int *sel) {
+    if (net->finalized) return FF_ERR_STATE;
+    if (nsel <= 0 || nsel > net->nl) return FF_ERR_ARG;
+    for (int i = 0; i < nsel; i++)
+        if (sel[i] < 0 || sel[i] >= net->nl || (i && sel[i] <= sel[i - 1])) return FF_ERR_ARG;
+    net->has_head = 1; net->nhead = nsel; net->F = 0;
+    for (int i = 0; i < nsel; i++) {
+        net->head_layers[i] = sel[i];
+        net->F += (int)layer_out(&net->layers[sel[i]]);
+    }
+    return FF_OK;
+}
+
+ff_status ff_net_set_blocks(ff_net *net, int nblocks, const int *ends) {
+    if (nblocks <= 0 || nblocks > net->nl || ends[nblocks - 1] != net->nl) return FF_ERR_ARG;
+    int prev = 0;
+    for (int b = 0; b < nblocks; b++) {
+        if (ends[b] <= prev) return FF_ERR_ARG;
+        int any = 0;
+        for (int i = prev; i < ends[b]; i++) any |= trainable(&net->layers[i]);
+        if (!any) return FF_ERR_ARG;
+        prev = ends[b];
+    }
+    net->nblocks = nblocks;
+    memcpy(net->ends, ends, (size_t)nblocks * sizeof(int));
+    /* a new cut may need a larger activation area: re-reserve lazily */
+    if (net->rows_cap) {
+        int rows = net->rows_cap;
+        net->rows_cap = 0;
+        return ff_net_reserve(net, rows);
+    }
+    return FF_OK;
+}
+
+int ff_net_default_blocks(const ff_net *net, int *ends) {
+    /* cut before every Linear/Conv2d; a BatchNorm2d directly before a conv joins it; never
+     * leave a block without parameters */
+    int nb = 0;
+    for (int i = 1; i < net->nl; i++) {
+        ff_layer_kind k = net->layers[i].kind, pk = net->layers[i - 1].kind;
+        int starts = ((k == FF_LAYER_LINEAR || k == FF_LAYER_CONV2D) && pk != FF_LAYER_BATCHNORM2D) ||
+                     k == FF_LAYER_BATCHNORM2D;
+        if (starts) {
+            int first = nb ? ends[nb - 1] : 0, any = 0;
+            for (int j = first; j < i; j++) any |= trainable(&net->layers[j]);
+            if (any) ends[nb++] = i;
+        }
+    }
+    ends[nb++] = net->nl;
+    return nb;
+}
+
+static ff_status default_blocks(ff_net *net) {
+    int ends[FF_MAX_LAYERS];
+    int nb = ff_net_default_blocks(net, ends);
+    return ff_net_set_blocks(net, nb, ends);
+}
+
+static void init_uniform(uint64_t *rng, float *p, size_t n, float bound) {
+    for (size_t i = 0; i < n; i++) p[i] = (2.0f * rng_uniform(rng) - 1.0f) * bound;
+}
+
+ff_status ff_net_finalize(ff_net *net) {
+    if (net->finalized) return FF_ERR_STATE;
+    if (net->nl == 0) return FF_ERR_ARG;
+    int any = 0;
+    for (int i = 0; i < net->nl; i++) any |= trainable(&net->layers[i]);
+    if (!any) return FF_ERR_ARG;
+    if (net->K > net->D) return FF_ERR_SHAPE;   /* the label must fit in the input */
+    if (net->has_head) {
+        ff_layer *Hd = &net->layers[net->nl];
+        memset(Hd, 0, sizeof(*Hd));
+        Hd->kind = FF_LAYER_LINEAR; Hd->C = net->F; Hd->H = Hd->W = 1;
+        Hd->OC = net->K; Hd->OH = Hd->OW = 1; Hd->bias = 1;
+        Hd->w_n = (size_t)net->K * net->F; Hd->b_n = (size_t)net->K;
+        Hd->opt = ff_opt_config_default();
+    }
+    int nall = net->nl + net->has_head;
+    size_t np = 0, nb = 0, ns = 0;
+    for (int i = 0; i < nall; i++) {
+        ff_layer *L = &net->layers[i];
+        /* align each array to 16 floats so SIMD loads never straddle parameter arrays */
+        L->w_off = np; np += (L->w_n + 15) & ~(size_t)15;
+        L->b_off = np; np += (L->b_n + 15) & ~(size_t)15;
+        if (L->kind == FF_LAYER_BATCHNORM2D) {
+            L->rm_off = nb; L->rv_off = nb + (size_t)L->C; nb += 2 * (size_t)L->C;
+            L->sv_off = ns; ns += 2 * (size_t)L->C;
+        }
+    }
+    net->nparams = np; net->nbuffers = nb; net->nsaved = ns;
+    net->params = calloc(np ? np : 1, sizeof(float));
+    net->grads = calloc(np ? np : 1, sizeof(float));
+    net->m = calloc(np ? np : 1, sizeof(float));
+    net->v = calloc(np ? np : 1, sizeof(float));
+    net->buffers = calloc(nb ? nb : 1, sizeof(float));
+    net->saved = calloc(ns ? ns : 1, sizeof(float));
+    if (!net->params || !net->grads || !net->m || !net->v || !net->buffers || !net->saved)
+        return FF_ERR_NOMEM;
+    for (int i = 0; i < nall; i++) {
+        ff_layer *L = &net->layers[i];
+        if (L->kind == FF_LAYER_LINEAR || L->kind == FF_LAYER_CONV2D) {
+            size_t fan_in = L->w_n / (size_t)L->OC;
+            float bound = 1.0f / sqrtf((float)fan_in);
+            init_uniform(net->rng, net->params + L->w_off, L->w_n, bound);
+            init_uniform(net->rng, net->params + L->b_off, L->b_n, bound);
+        } else if (L->kind == FF_LAYER_BATCHNORM2D) {
+            for (size_t c = 0; c < L->w_n; c++) net->params[L->w_off + c] = 1.0f;
+            for (int c = 0; c < L->C; c++) net->buffers[L->rv_off + (size_t)c] = 1.0f;
+        }
+    }
+    net->finalized = 1;
+    if (!net->nblocks) return default_blocks(net);
+    return FF_OK;
+}
+
+/* ------------------------------------------------------------------ configuration */
+
+ff_status ff_net_set_config(ff_net *net, const ff_config *c) {
+    if (!(c->theta == c->theta) || !isfinite(c->theta) || !isfinite(c->alpha) || !(c->alpha > 0.0f))
+        return FF_ERR_ARG;
+    if (c->loss != FF_LOSS_FF && c->loss != FF_LOSS_SYMBA) return FF_ERR_ARG;
+    if (c->goodness != FF_GOODNESS_SUM && c->goodness != FF_GOODNESS_MEAN) return FF_ERR_ARG;
+    if (c->norm != FF_NORM_NONE && c->norm != FF_NORM_L2 && c->norm != FF_NORM_RMS) return FF_ERR_ARG;
+    if (!(c->norm_eps >= 0.0f) || !isfinite(c->label_value)) return FF_ERR_ARG;
+    net->cfg = *c;
+    return FF_OK;
+}
+ff_config ff_net_get_config(const ff_net *net) { return net->cfg; }
+
+static ff_layer *layer_at(ff_net *net, int layer) {
+    if (layer == -1) return net->has_head && net->finalized ? &net->layers[net->nl] : NULL;
+    if (layer < 0 || layer >= net->nl) return NULL;
+    return &net->layers[layer];
+}
+
+ff_status ff_net_set_opt(ff_net *net, int layer, const ff_opt_config *o) {
+    ff_layer *L = layer_at(net, layer);
+    if (!L) return FF_ERR_ARG;
+    if (o->kind != FF_OPT_ADAM && o->kind != FF_OPT_SGD) return FF_ERR_ARG;
+    if (!(o->lr >= 0.0f) || !isfinite(o->lr) || !(o->weight_decay >= 0.0f)) return FF_ERR_ARG;
+    if (!(o->beta1 >= 0.0f && o->beta1 < 1.0f) || !(o->beta2 >= 0.0f && o->beta2 < 1.0f) ||
+        !(o->eps >= 0.0f) || !(o->momentum >= 0.0f) || !(o->dampening >= 0.0f && o->dampening <= 1.0f))
+        return FF_ERR_ARG;
+    if (o->nesterov && (o->momentum <= 0.0f || o->dampening != 0.0f)) return FF_ERR_ARG;
+    L->opt = *o;
+    return FF_OK;
+}
+ff_status ff_net_get_opt(const ff_net *net, int layer, ff_opt_config *o) {
+    ff_layer *L = layer_at((ff_net *)net, layer);
+    if (!L) return FF_ERR_ARG;
+    *o = L->opt;
+    return FF_OK;
+}
+long ff_net_get_step(const ff_net *net, int layer) {
+    ff_layer *L = layer_at((ff_net *)net, layer);
+    return L ? L->step : -1;
+}
+ff_status ff_net_set_step(ff_net *net, int layer, long t) {
+    ff_layer *L = layer_at(net, layer);
+    if (!L || t < 0) return FF_ERR_ARG;
+    L->step = t;
+    return FF_OK;
+}
+void ff_net_get_rng(const ff_net *net, uint64_t st[4]) { memcpy(st, net->rng, sizeof(net->rng)); }
+void ff_net_set_rng(ff_net *net, const uint64_t st[4]) { memcpy(net->rng, st, sizeof(net->rng)); }
+void ff_net_set_training(ff_net *net, int training) { net->training = training != 0; }
+
+int ff_net_num_layers(const ff_net *net) { return net->nl; }
+int ff_net_num_blocks(const ff_net *net) { return net->nblocks; }
+int ff_net_num_classes(const ff_net *net) { return net->K; }
+int ff_net_input_size(const ff_net *net) { return net->D; }
+int ff_net_feature_size(const ff_net *net) { return net->has_head ? net->F : 0; }
+int ff_net_has_head(const ff_net *net) { return net->has_head; }
+ff_layer_kind ff_net_layer_kind(const ff_net *net, int layer) { return net->layers[layer].kind; }
+void ff_net_layer_shape(const ff_net *net, int layer, int *C, int *H, int *W) {
+    const ff_layer *L = &net->layers[layer];
+    *C = L->OC; *H = L->OH; *W = L->OW;
+}
+void ff_net_block_range(const ff_net *net, int b, int *first, int *last) {
+    *first = b ? net->ends[b - 1] : 0;
+    *last = net->ends[b];
+}
+size_t ff_net_num_params(const ff_net *net) {
+    size_t n = 0;
+    for (int i = 0; i < net->nl + net->has_head; i++) n += net->layers[i].w_n + net->layers[i].b_n;
+    return n;
+}
+size_t ff_net_workspace_bytes(const ff_net *net) { return net->ws_floats * sizeof(float); }
+
+float *ff_net_param(ff_net *net, int layer, ff_param_kind which, size_t *count) {
+    ff_layer *L = layer_at(net, layer);
+    *count = 0;
+    if (!L || !net->finalized) return NULL;
+    float *base = NULL;
+    size_t off = 0, n = 0;
+    switch (which) {
+    case FF_P_WEIGHT: case FF_P_GRAD_WEIGHT: case FF_P_M_WEIGHT: case FF_P_V_WEIGHT:
+        off = L->w_off; n = L->w_n; break;
+    case FF_P_BIAS: case FF_P_GRAD_BIAS: case FF_P_M_BIAS: case FF_P_V_BIAS:
+        off = L->b_off; n = L->b_n; break;
+    case FF_P_RUNNING_MEAN: case FF_P_RUNNING_VAR:
+        if (L->kind != FF_LAYER_BATCHNORM2D) return NULL;
+        *count = (size_t)L->C;
+        return net->buffers + (which == FF_P_RUNNING_MEAN ? L->rm_off : L->rv_off);
+    }
+    switch (which) {
+    case FF_P_WEIGHT: case FF_P_BIAS: base = net->params; break;
+    case FF_P_GRAD_WEIGHT: case FF_P_GRAD_BIAS: base = net->grads; break;
+    case FF_P_M_WEIGHT: case FF_P_M_BIAS: base = net->m; break;
+    default: base = net->v; break;
+    }
+    if (!n) return NULL;
+    *count = n;
+    return base + off;
+}
+
+/* ------------------------------------------------------------------ workspace */
+
+/* Floats per row needed by the activations of block [f, l) (ReLU/Flatten in place). */
+static size_t block_act_floats(const ff_net *net, int f, int l) {
+    size_t n = 0;
+    for (int i = f; i < l; i++) {
+        const ff_layer *L = &net->layers[i];
+        int inplace = i > f && (L->kind == FF_LAYER_RELU || L->kind == FF_LAYER_FLATTEN);
+        if (!inplace) n += layer_out(L);
+        if (L->kind == FF_LAYER_MAXPOOL2D) n += layer_out(L);  /* argmax slots */
+    }
+    return n;
+}
+
+ff_status ff_net_reserve(ff_net *net, int rows) {
+    if (!net->finalized) return FF_ERR_STATE;
+    if (rows <= 0) return FF_ERR_ARG;
+    if (rows < net->K) rows = net->K;        /* multi-pass needs K rows for one sample */
+    /* acts must fit the largest block of the current cut, and of any single layer */
+    size_t acts = 0, maxio = (size_t)net->D, convws = 0;
+    for (int b = 0; b < net->nblocks; b++) {
+        int f = b ? net->ends[b - 1] : 0, l = net->ends[b];
+        size_t a = block_act_floats(net, f, l);
+        if (a > acts) acts = a;
+    }
+    for (int i = 0; i < net->nl; i++) {
+        const ff_layer *L = &net->layers[i];
+        size_t a = block_act_floats(net, i, i + 1);
+        if (a > acts) acts = a;
+        if (layer_out(L) > maxio) maxio = layer_out(L);
+        if (L->conv_ws > convws) convws = L->conv_ws;
+    }
+    if (rows <= net->rows_cap && acts <= net->acts_cap) return FF_OK;
+    if (rows < net->rows_cap) rows = net->rows_cap;
+    if (acts < net->acts_cap) acts = net->acts_cap;
+    size_t R = (size_t)rows, F = (size_t)(net->has_head ? net->F : 0), K = (size_t)net->K;
+    size_t need = R * maxio        /* carry */
+                + R * acts         /* acts */
+                + 2 * R * maxio    /* d0, d1 */
+                + 3 * R            /* g, dg, scale */
+                + convws
+                + R * F            /* feat */
+                + 2 * R * K        /* logits, dlogits */
+                + R * (size_t)net->D  /* xtmp: overlaid inputs */
+                + R * (size_t)net->nl; /* gall */
+    float *ws = malloc(need * sizeof(float));
+    int64_t *lab = malloc(R * sizeof(int64_t));
+    if (!ws || !lab) { free(ws); free(lab); return FF_ERR_NOMEM; }
+    free(net->ws); free(net->lab);
+    net->ws = ws; net->lab = lab; net->ws_floats = need;
+    float *p = ws;
+    net->carry = p; p += R * maxio;
+    net->acts = p; p += R * acts;
+    net->d0 = p; p += R * maxio;
+    net->d1 = p; p += R * maxio;
+    net->g = p; p += R;
+    net->dg = p; p += R;
+    net->scale = p; p += R;
+    net->conv_ws = p; p += convws;
+    net->feat = p; p += R * F;
+    net->logits = p; p += R * K;
+    net->dlogits = p; p += R * K;
+    net->xtmp = p; p += R * (size_t)net->D;
+    net->gall = p;
+    net->rows_cap = rows; net->acts_cap = acts;
+    return FF_OK;
+}
+
+/* ------------------------------------------------------------------ running blocks */
+
+/* Place the outputs of block [f, l) in acts. */
+static void place_block(ff_net *net, int f, int l, int R) {
+    size_t off = 0;
+    for (int i = f; i < l; i++) {
+        ff_layer *L = &net->layers[i];
+        L->inplace = i > f && (L->kind == FF_LAYER_RELU || L->kind == FF_LAYER_FLATTEN);
+        if (!L->inplace) { L->act_off = off; off += (size_t)R * layer_out(L); }
+        else L->act_off = net->layers[i - 1].act_off;
+        if (L->kind == FF_LAYER_MAXPOOL2D) { L->idx_off = off; off += (size_t)R * layer_out(L); }
+    }
+}
+
+static float *act_of(ff_net *net, int i) { return net->acts + net->layers[i].act_off; }
+
+/* Forward block [f, l) on R rows whose input (R, in_size(f)) is `in`.  Batch-norm layers
+ * take statistics from the first T rows (training mode) and update running stats if
+ * `update_stats`. */
+static ff_status block_forward(ff_net *net, int f, int l, const float *in, int R, int T,
+                               int update_stats) {
+    place_block(net, f, l, R);
+    for (int i = f; i < l; i++) {
+        ff_layer *L = &net->layers[i];
+        const float *x = i == f ? in : act_of(net, i - 1);
+        float *y = act_of(net, i);
+        const float *w = net->params + L->w_off, *bias = L->b_n ? net->params + L->b_off : NULL;
+        size_t nin = layer_in(L), nout = layer_out(L);
+        ff_status st = FF_OK;
+        switch (L->kind) {
+        case FF_LAYER_LINEAR:
+            ff_linear_forward(y, x, w, bias, R, (int)nin, L->OC);
+            break;
+        case FF_LAYER_CONV2D:
+            st = ff_conv2d_forward(y, x, w, bias, R, L->C, L->H, L->W, L->OC, L->k, L->k,
+                                   L->stride, L->pad, L->groups, net->conv_ws);
+            break;
+        case FF_LAYER_BATCHNORM2D: {
+            const float *gm = L->affine ? w : NULL, *bt = L->affine ? bias : NULL;
+            float *mean = net->saved + L->sv_off, *rstd = mean + L->C;
+            int HW = L->H * L->W;
+            if (net->training) {
+                /* statistics from the first T rows; the rest normalised with them */
+                float *rm = net->buffers + L->rm_off, *rv = net->buffers + L->rv_off;
+                float mom = update_stats ? L->momentum : 0.0f;
+                ff_batchnorm2d_forward_train(y, mean, rstd, rm, rv, x, gm, bt, T, L->C, HW,
+                                             L->eps, mom);
+                for (int r = T; r < R; r++)
+                    for (int c = 0; c < L->C; c++) {
+                        const float *xc = x + ((size_t)r * L->C + c) * HW;
+                        float *yc = y + ((size_t)r * L->C + c) * HW;
+                        float sc = rstd[c] * (gm ? gm[c] : 1.0f), sh = bt ? bt[c] : 0.0f;
+                        for (int h = 0; h < HW; h++) yc[h] = (xc[h] - mean[c]) * sc + sh;
+                    }
+            } else {
+                ff_batchnorm2d_forward_eval(y, x, net->buffers + L->rm_off,
+                                            net->buffers + L->rv_off, gm, bt, R, L->C, HW, L->eps);
+            }
+            break;
+        }
+        case FF_LAYER_RELU:
+            ff_relu_forward(y, x, (size_t)R * nin);
+            break;
+        case FF_LAYER_MAXPOOL2D:
+            ff_maxpool2d_forward(y, (int32_t *)(net->acts + L->idx_off), x, R, L->C, L->H, L->W,
+                                 L->k, L->stride);
+            break;
+        case FF_LAYER_FLATTEN:
+            if (y != x) memcpy(y, x, (size_t)R * nout * sizeof(float));
+            break;
+        }
+        if (st != FF_OK) return st;
+    }
+    return FF_OK;
+}
+
+/* Backward through block [f, l) on the first T rows, from dout (T, out_size(l-1)) which is
+ * net->d0 on entry.  Adds weight gradients; input gradients stay inside the block. */
+static ff_status block_backward(ff_net *net, int f, int l, const float *in, int T) {
+    float *dcur = net->d0, *dnext = net->d1;
+    for (int i = l - 1; i >= f; i--) {
+        ff_layer *L = &net->layers[i];
+        const float *x = i == f ? in : act_of(net, i - 1);
+        const float *y = act_of(net, i);
+        size_t nin = layer_in(L), nout = layer_out(L);
+        int need_dx = i > f;
+        /* does anything below this layer in the block have parameters? if not, stop */
+        int below = 0;
+        for (int j = f; j < i; j++) below |= trainable(&net->layers[j]);
+        need_dx = need_dx && below;
+        float *dx = need_dx ? dnext : NULL;
+        if (dx) memset(dx, 0, (size_t)T * nin * sizeof(float));
+        const float *w = net->params + L->w_off;
+        float *gw = net->grads + L->w_off, *gb = L->b_n ? net->grads + L->b_off : NULL;
+        ff_status st = FF_OK;
+        switch (L->kind) {
+        case FF_LAYER_LINEAR:
+            ff_linear_backward(dx, gw, gb, dcur, x, w, T, (int)nin, L->OC);
+            break;
+        case FF_LAYER_CONV2D:
+            st = ff_conv2d_backward(dx, gw, gb, dcur, x, w, T, L->C, L->H, L->W, L->OC, L->k, L->k,
+                                    L->stride, L->pad, L->groups, net->conv_ws);
+            break;
+        case FF_LAYER_BATCHNORM2D: {
+            float *mean = net->saved + L->sv_off, *rstd = mean + L->C;
+            ff_batchnorm2d_backward(dx, L->affine ? gw : NULL, L->affine ? gb : NULL, dcur, x,
+                                    mean, rstd, L->affine ? w : NULL, T, L->C, L->H * L->W);
+            break;
+        }
+        case FF_LAYER_RELU:
+            if (dx) ff_relu_backward(dx, dcur, y, (size_t)T * nin);
+            break;
+        case FF_LAYER_MAXPOOL2D:
+            if (dx) ff_maxpool2d_backward(dx, dcur, (const int32_t *)(net->acts + L->idx_off), T,
+                                          L->C, L->H, L->W, L->OH, L->OW);
+            break;
+        case FF_LAYER_FLATTEN:
+            if (dx) memcpy(dx, dcur, (size_t)T * nout * sizeof(float));
+            break;
+        }
+        if (st != FF_OK) return st;
+        if (!dx) break;
+        float *t = dcur; dcur = dnext; dnext = t;
+        (void)nout;
+    }
+    return FF_OK;
+}
+
+static void layer_opt_step(ff_net *net, ff_layer *L) {
+    if (!trainable(L)) return;
+    L->step++;
+    const ff_opt_config *o = &L->opt;
+    size_t offs[2] = {L->w_off, L->b_off}, ns[2] = {L->w_n, L->b_n};
+    for (int k = 0; k < 2; k++) {
+        if (!ns[k]) continue;
+        float *p = net->params + offs[k], *g = net->grads + offs[k];
+        if (o->kind == FF_OPT_ADAM)
+            ff_adam_step(p, net->m + offs[k], net->v + offs[k], g, ns[k], o->lr, o->beta1,
+                         o->beta2, o->eps, o->weight_decay, L->step);
+        else
+            ff_sgd_step(p, net->m + offs[k], g, ns[k], o->lr, o->momentum, o->dampening,
+                        o->weight_decay, o->nesterov, L->step);
+    }
+}
+
+static void zero_layer_grads(ff_net *net, const ff_layer *L) {
+    if (L->w_n) memset(net->grads + L->w_off, 0, L->w_n * sizeof(float));
+    if (L->b_n) memset(net->grads + L->b_off, 0, L->b_n * sizeof(float));
+}
+
+void ff_net_zero_grad(ff_net *net) {
+    if (net->grads) memset(net->grads, 0, net->nparams * sizeof(float));
+}
+
+/* Normalise block output y (R rows of D) into the carry (the next block's input). */
+static void pass_on(ff_net *net, const float *y, int R, int D) {
+    ff_lennorm_forward(net->carry, net->scale, y, R, D, net->cfg.norm, net->cfg.norm_eps);
+}
+
+/* Copy the normalised output of layer i (rows [r0, r0+n)) into its slot of feat. */
+static void gather_features(ff_net *net, int i, const float *ynorm, int r0, int n) {
+    size_t col = 0;
+    for (int h = 0; h < net->nhead; h++) {
+        int li = net->head_layers[h];
+        size_t d = layer_out(&net->layers[li]);
+        if (li == i) {
+            for (int r = 0; r < n; r++)
+                memcpy(net->feat + (size_t)r * net->F + col, ynorm + (size_t)(r0 + r) * d,
+                       d * sizeof(float));
+            return;
+        }
+        col += d;
+    }
+}
+
+static int is_head_layer(const ff_net *net, int i) {
+    for (int h = 0; h < net->nhead; h++) if (net->head_layers[h] == i) return 1;
+    return 0;
+}
+
+/* Normalise the raw input rows (R, D) into carry (or copy when norm_first is off). */
+static void load_input(ff_net *net, const float *xin, int R) {
+    if (net->cfg.norm_first) pass_on(net, xin, R, net->D);
+    else memcpy(net->carry, xin, (size_t)R * net->D * sizeof(float));
+}
+
+/* Run blocks up to (excluding) `stop`, starting from the carry; after each layer that feeds the
+ * head, gather features from rows [fr0, fr0 + fn); record goodness of each block output into
+ * gout[b * R + r] when gout is non-NULL. */
+static ff_status forward_eval(ff_net *net, int R, int stop, int fr0, int fn, float *gout) {
+    for (int b = 0; b < stop; b++) {
+        int f = b ? net->ends[b - 1] : 0, l = net->ends[b];
+        ff_status st = block_forward(net, f, l, net->carry, R, R, 0);
+        if (st != FF_OK) return st;
+        /* features of head layers inside this block */
+        for (int i = f; i < l; i++) {
+            if (fn && is_head_layer(net, i)) {
+                size_t d = layer_out(&net->layers[i]);
+                /* normalise just the feature rows, via d0 */
+                ff_lennorm_forward(net->d0, net->scale, act_of(net, i) + (size_t)fr0 * d, fn,
+                                   (int)d, net->cfg.norm, net->cfg.norm_eps);
+                gather_features(net, i, net->d0, 0, fn);
+            }
+        }
+        int D = (int)layer_out(&net->layers[l - 1]);
+        if (gout) ff_goodness_forward(gout + (size_t)b * R, act_of(net, l - 1), R, D, net->cfg.goodness);
+        if (b + 1 < stop) pass_on(net, act_of(net, l - 1), R, D);
+    }
+    return FF_OK;
+}
+
+static int last_head_block(const ff_net *net) {
+    int lastl = net->head_layers[net->nhead - 1];
+    for (int b = 0; b < net->nblocks; b++) if (net->ends[b] > lastl) return b;
+    return net->nblocks - 1;
+}
+
+static ff_status check_labels(const ff_net *net, const int64_t *labels, int B) {
+    for (int b = 0; b < B; b++) if (labels[b] < 0 || labels[b] >= net->K) return FF_ERR_LABEL;
+    return FF_OK;
+}
+
+static void softmax_rows(float *probs, const float *logits, int n, int K) {
+    for (int r = 0; r < n; r++) {
+        const float *z = logits + (size_t)r * K;
+        float *p = probs + (size_t)r * K, m = z[0];
+        for (int k = 1; k < K; k++) m = z[k] > m ? z[k] : m;
+        double sum = 0.0;
+        for (int k = 0; k < K; k++) sum += exp((double)z[k] - m);
+        for (int k = 0; k < K; k++) p[k] = (float)(exp((double)z[k] - m) / sum);
+    }
+}
+
+/* Head forward (+ optionally backward and update) on n feature rows with labels. */
+static float head_run(ff_net *net, int n, const int64_t *labels, float *probs, int train,
+                      int apply_update) {
+    ff_layer *Hd = &net->layers[net->nl];
+    const float *w = net->params + Hd->w_off, *bias = net->params + Hd->b_off;
+    ff_linear_forward(net->logits, net->feat, w, bias, n, net->F, net->K);
+    if (!train) {
+        softmax_rows(probs, net->logits, n, net->K);
+        return 0.0f;
+    }
+    float loss = ff_softmax_xent(net->dlogits, probs, net->logits, labels, n, net->K);
+    if (apply_update) zero_layer_grads(net, Hd);
+    ff_linear_backward(NULL, net->grads + Hd->w_off, net->grads + Hd->b_off, net->dlogits,
+                       net->feat, w, n, net->F, net->K);
+    if (apply_update) layer_opt_step(net, Hd);
+    return loss;
+}
+
+ff_status ff_net_train_step(ff_net *net, const float *x, const int64_t *labels,
+                            const int64_t *neg_labels, int B, const uint8_t *active,
+                            int train_head, int apply_update, float *losses) {
+    if (!net->finalized) return FF_ERR_STATE;
+    if (B <= 0) return FF_ERR_ARG;
+    if (train_head && !net->has_head) return FF_ERR_STATE;
+    ff_status st = check_labels(net, labels, B);
+    if (st != FF_OK) return st;
+    if (neg_labels) {
+        st = check_labels(net, neg_labels, B);
+        if (st != FF_OK) return st;
+        for (int b = 0; b < B; b++) if (neg_labels[b] == labels[b]) return FF_ERR_LABEL;
+    }
+    int K = net->K, D = net->D, nb = net->nblocks;
+    int T = 2 * B, R = train_head ? 3 * B : T;
+    st = ff_net_reserve(net, R);
+    if (st != FF_OK) return st;
+    if (!apply_update) ff_net_zero_grad(net);
+    if (losses) for (int b = 0; b <= nb; b++) losses[b] = 0.0f;
+
+    /* rows: positive, negative, neutral labels */
+    int64_t *lab = net->lab;
+    for (int b = 0; b < B; b++) {
+        lab[b] = labels[b];
+        if (neg_labels) lab[B + b] = neg_labels[b];
+        else {
+            int k = rng_below(net->rng, K - 1);
+            lab[B + b] = k >= labels[b] ? k + 1 : k;
+        }
+        if (train_head) lab[T + b] = -1;
+    }
+    for (int r = 0; r < R; r++) {
+        const float *src = x + (size_t)(r % B) * D;
+        ff_overlay_labels(net->xtmp + (size_t)r * D, src, lab + r, 1, D, K, net->cfg.label_value);
+    }
+    load_input(net, net->xtmp, R);
+
+    /* how far forward do we need to go? */
+    int stop = 0;
+    for (int b = 0; b < nb; b++) if (!active || active[b]) stop = b + 1;
+    if (train_head) { int hb = last_head_block(net) + 1; if (hb > stop) stop = hb; }
+
+    for (int b = 0; b < stop; b++) {
+        int f = b ? net->ends[b - 1] : 0, l = net->ends[b];
+        int on = !active || active[b];
+        st = block_forward(net, f, l, net->carry, R, T, on);
+        if (st != FF_OK) return st;
+        const float *in = net->carry;
+        int Dout = (int)layer_out(&net->layers[l - 1]);
+        float *y = act_of(net, l - 1);
+        if (on) {
+            float *g = net->g, *dg = net->dg;
+            ff_goodness_forward(g, y, T, Dout, net->cfg.goodness);
+            float loss = net->cfg.loss == FF_LOSS_FF
+                             ? ff_ff_loss(dg, dg + B, g, g + B, B, net->cfg.theta)
+                             : ff_symba_loss(dg, dg + B, g, g + B, B, net->cfg.alpha);
+            if (!isfinite(loss)) return FF_ERR_NONFINITE;
+            if (losses) losses[b] = loss;
+            memset(net->d0, 0, (size_t)T * Dout * sizeof(float));
+            ff_goodness_backward(net->d0, dg, y, T, Dout, net->cfg.goodness);
+            if (apply_update) for (int i = f; i < l; i++) zero_layer_grads(net, &net->layers[i]);
+            st = block_backward(net, f, l, in, T);
+            if (st != FF_OK) return st;
+        }
+        /* head features from the neutral rows */
+        if (train_head)
+            for (int i = f; i < l; i++)
+                if (is_head_layer(net, i)) {
+                    size_t d = layer_out(&net->layers[i]);
+                    ff_lennorm_forward(net->d1, net->scale, act_of(net, i) + (size_t)T * d, B,
+                                       (int)d, net->cfg.norm, net->cfg.norm_eps);
+                    gather_features(net, i, net->d1, 0, B);
+                }
+        if (b + 1 < stop) pass_on(net, y, R, Dout);
+        /* the update comes after the output was passed on, so every block of this step sees
+         * its predecessors' pre-update outputs (the same as computing all grads, then stepping) */
+        if (on && apply_update)
+            for (int i = f; i < l; i++) layer_opt_step(net, &net->layers[i]);
+    }
+    if (train_head) {
+        float hl = head_run(net, B, labels, net->logits + (size_t)B * K, 1, apply_update);
+        if (!isfinite(hl)) return FF_ERR_NONFINITE;
+        if (losses) losses[nb] = hl;
+    }
+    return FF_OK;
+}
+
+ff_status ff_net_optimizer_step(ff_net *net, const uint8_t *active, int head) {
+    if (!net->finalized) return FF_ERR_STATE;
+    if (head && !net->has_head) return FF_ERR_STATE;
+    for (int b = 0; b < net->nblocks; b++) {
+        if (active && !active[b]) continue;
+        int f = b ? net->ends[b - 1] : 0, l = net->ends[b];
+        for (int i = f; i < l; i++) layer_opt_step(net, &net->layers[i]);
+    }
+    if (head) layer_opt_step(net, &net->layers[net->nl]);
+    return FF_OK;
+}
+
+/* ------------------------------------------------------------------ inference */
+
+/* Rows worth reserving for an inference call wanting `want` rows: enough for large GEMMs,
+ * but the workspace capped near 256 MB (an image net's rows are large). */
+static int inference_rows(const ff_net *net, int want) {
+    size_t per_row = (size_t)net->D * 2;
+    for (int i = 0; i < net->nl; i++) per_row += 4 * layer_out(&net->layers[i]);
+    size_t cap = ((size_t)256 << 20) / (per_row * sizeof(float));
+    int rows = want < 2048 ? want : 2048;
+    if ((size_t)rows > cap) rows = (int)cap;
+    return rows < net->K ? net->K : rows;
+}
+
+ff_status ff_net_goodness(ff_net *net, const float *x, int B, float *out) {
+    if (!net->finalized) return FF_ERR_STATE;
+    if (B <= 0) return FF_ERR_ARG;
+    int K = net->K, D = net->D, nb = net->nblocks;
+    ff_status st = ff_net_reserve(net, inference_rows(net, B * K));
+    if (st != FF_OK) return st;
+    int chunk = net->rows_cap / K;
+    for (int s0 = 0; s0 < B; s0 += chunk) {
+        int n = B - s0 < chunk ? B - s0 : chunk, R = n * K;
+        for (int s = 0; s < n; s++)
+            for (int k = 0; k < K; k++) {
+                int64_t y = k;
+                ff_overlay_labels(net->xtmp + ((size_t)s * K + k) * D, x + (size_t)(s0 + s) * D,
+                                  &y, 1, D, K, net->cfg.label_value);
+            }
+        load_input(net, net->xtmp, R);
+        for (int b = 0; b < nb; b++) {
+            int f = b ? net->ends[b - 1] : 0, l = net->ends[b];
+            st = block_forward(net, f, l, net->carry, R, R, 0);
+            if (st != FF_OK) return st;
+            int Dout = (int)layer_out(&net->layers[l - 1]);
+            float *y = act_of(net, l - 1);
+            ff_goodness_forward(net->g, y, R, Dout, net->cfg.goodness);
+            for (int r = 0; r < R; r++) out[((size_t)s0 * K + r) * nb + b] = net->g[r];
+            if (b + 1 < nb) pass_on(net, y, R, Dout);
+        }
+    }
+    return FF_OK;
+}
+
+ff_status ff_net_goodness_labeled(ff_net *net, const float *x, const int64_t *labels, int B,
+                                  float *out) {
+    if (!net->finalized) return FF_ERR_STATE;
+    if (B <= 0) return FF_ERR_ARG;
+    if (labels) { ff_status st = check_labels(net, labels, B); if (st != FF_OK) return st; }
+    int D = net->D, nb = net->nblocks;
+    ff_status st = ff_net_reserve(net, inference_rows(net, B));
+    if (st != FF_OK) return st;
+    int chunk = net->rows_cap;
+    for (int s0 = 0; s0 < B; s0 += chunk) {
+        int n = B - s0 < chunk ? B - s0 : chunk;
+        ff_overlay_labels(net->xtmp, x + (size_t)s0 * D, labels ? labels + s0 : NULL, n, D,
+                          net->K, net->cfg.label_value);
+        load_input(net, net->xtmp, n);
+        st = forward_eval(net, n, nb, 0, 0, net->gall);
+        if (st != FF_OK) return st;
+        for (int r = 0; r < n; r++)
+            for (int b = 0; b < nb; b++) out[(size_t)(s0 + r) * nb + b] = net->gall[(size_t)b * n + r];
+    }
+    return FF_OK;
+}
+
+static ff_status features_chunked(ff_net *net, const float *x, int B, float *feat_out,
+                                  float *probs) {
+    if (!net->finalized) return FF_ERR_STATE;
+    if (!net->has_head) return FF_ERR_STATE;
+    if (B <= 0) return FF_ERR_ARG;
+    int D = net->D, F = net->F, K = net->K;
+    ff_status st = ff_net_reserve(net, inference_rows(net, B));
+    if (st != FF_OK) return st;
+    int chunk = net->rows_cap;
+    int stop = last_head_block(net) + 1;
+    for (int s0 = 0; s0 < B; s0 += chunk) {
+        int n = B - s0 < chunk ? B - s0 : chunk;
+        ff_overlay_labels(net->xtmp, x + (size_t)s0 * D, NULL, n, D, K, net->cfg.label_value);
+        load_input(net, net->xtmp, n);
+        st = forward_eval(net, n, stop, 0, n, NULL);
+        if (st != FF_OK) return st;
+        if (feat_out) memcpy(feat_out + (size_t)s0 * F, net->feat, (size_t)n * F * sizeof(float));
+        if (probs) head_run(net, n, NULL, probs + (size_t)s0 * K, 0, 0);
+    }
+    return FF_OK;
+}
+
+ff_status ff_net_features(ff_net *net, const float *x, int B, float *feat) {
+    return features_chunked(net, x, B, feat, NULL);
+}
+
+ff_status ff_net_head_predict(ff_net *net, const float *x, int B, float *probs) {
+    return features_chunked(net, x, B, NULL, probs);
+}

@@ -1,0 +1,344 @@
+/*
+ * fflib.h - the public C API of fflib's core (plain C11, usable without Python).
+ *
+ * Conventions (as in llm.c):
+ *   - kernels take outputs first, then saved state, then inputs, weights, sizes;
+ *   - every backward kernel ADDS into its gradient buffers (dinp, dweight, ...);
+ *     the caller zeroes them.  A NULL gradient pointer means "not needed";
+ *   - all arrays are dense, row-major (C order), float32 unless stated;
+ *   - kernels never allocate, print, exit or abort; scratch memory comes from a
+ *     workspace the caller owns.  Functions that can fail return ff_status.
+ *
+ * Size letters, the same everywhere:
+ *   B  rows of a batch (samples, or samples x labels in multi-pass inference)
+ *   I  input features, O output features, D features of a row
+ *   K  classes (J when they are channel groups), S channels per group
+ *   N  images, C channels, H W height width, OC OH OW the output's
+ *   KH KW kernel size; HW = H*W
+ * Labels are int64 in [0, K).
+ */
+#ifndef FFLIB_H
+#define FFLIB_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define FF_VERSION_MAJOR 0
+#define FF_VERSION_MINOR 1
+
+typedef enum {
+    FF_OK = 0,
+    FF_ERR_NOMEM,     /* an allocation failed */
+    FF_ERR_ARG,       /* a bad argument or configuration (message via ff_status_str) */
+    FF_ERR_SHAPE,     /* sizes that do not fit together */
+    FF_ERR_LABEL,     /* a label outside [0, K) */
+    FF_ERR_NONFINITE, /* NaN or inf met in the inputs */
+    FF_ERR_STATE      /* the call is not valid in the net's current state */
+} ff_status;
+
+/* A static string describing s (never NULL, never owned by the caller). */
+const char *ff_status_str(ff_status s);
+
+/* ------------------------------------------------------------------ BLAS */
+/* Row-major C(M,N) = alpha * op(A) op(B) + beta * C; op(A) is (M,Kd), op(B) (Kd,N).
+ * ta/tb non-zero mean transposed.  OpenBLAS when built with it, a plain loop otherwise. */
+void ff_sgemm(int ta, int tb, int M, int N, int Kd, float alpha, const float *A, int lda,
+              const float *Bm, int ldb, float beta, float *Cm, int ldc);
+void ff_set_num_threads(int n);   /* BLAS threads (n >= 1) */
+int ff_get_num_threads(void);
+const char *ff_blas_name(void);   /* "openblas (scipy-openblas32)", "openblas", "reference loop" */
+
+/* ------------------------------------------------------------------ linear */
+/* out (B,O) = inp (B,I) . weight(O,I)^T + bias(O).  bias may be NULL. */
+void ff_linear_forward(float *out, const float *inp, const float *weight, const float *bias,
+                       int B, int I, int O);
+/* dinp (B,I) += dout(B,O) . weight(O,I); dweight (O,I) += dout^T . inp; dbias (O) += sum_b dout. */
+void ff_linear_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                        const float *inp, const float *weight, int B, int I, int O);
+
+/* ------------------------------------------------------------------ relu */
+/* out (n) = max(inp, 0); out may alias inp. */
+void ff_relu_forward(float *out, const float *inp, size_t n);
+/* dinp (n) += dout * (out > 0). */
+void ff_relu_backward(float *dinp, const float *dout, const float *out, size_t n);
+
+/* ------------------------------------------------------------------ length normalisation */
+typedef enum { FF_NORM_NONE = 0, FF_NORM_L2 = 1, FF_NORM_RMS = 2 } ff_norm_kind;
+/* Per row of D: out = inp * scale[b] with
+ *   L2:  scale = 1 / (sqrt(sum_d x^2) + eps)      (Hinton's "length" normalisation)
+ *   RMS: scale = 1 / sqrt(mean_d x^2 + eps)
+ *   NONE: scale = 1.
+ * inp, out (B,D), scale (B).  out may alias inp. */
+void ff_lennorm_forward(float *out, float *scale, const float *inp, int B, int D,
+                        ff_norm_kind kind, float eps);
+/* dinp (B,D) += d out / d inp applied to dout; inp and scale as saved by the forward. */
+void ff_lennorm_backward(float *dinp, const float *dout, const float *inp, const float *scale,
+                         int B, int D, ff_norm_kind kind, float eps);
+
+/* ------------------------------------------------------------------ goodness and losses */
+typedef enum { FF_GOODNESS_SUM = 0, FF_GOODNESS_MEAN = 1 } ff_goodness_kind;
+/* g (B) = sum_d act^2 (or mean_d), act (B,D). */
+void ff_goodness_forward(float *g, const float *act, int B, int D, ff_goodness_kind kind);
+/* dact (B,D) += dg[b] * 2 act (/ D for the mean). */
+void ff_goodness_backward(float *dact, const float *dg, const float *act, int B, int D,
+                          ff_goodness_kind kind);
+/* Channel-group goodness (CwComp eq. 2): act (B, J*S, HW) -> G (B,J) = mean over the
+ * group's S channels and HW positions of act^2. */
+void ff_group_goodness_forward(float *G, const float *act, int B, int J, int S, int HW);
+/* dact (B, J*S, HW) += dG[b,j] * 2 act / (S*HW). */
+void ff_group_goodness_backward(float *dact, const float *dG, const float *act, int B, int J,
+                                int S, int HW);
+
+/* softplus(z) = log(1 + exp(z)), stable for every finite z; sigmoid likewise. */
+double ff_softplus(double z);
+double ff_sigmoid(double z);
+
+/* FF loss (eq. 1), averaged over the batch:
+ *   L = (1/B) sum_b [ softplus(theta - gpos[b]) + softplus(gneg[b] - theta) ].
+ * Returns L; dgpos, dgneg (B) receive dL/dg (overwritten), either may be NULL. */
+float ff_ff_loss(float *dgpos, float *dgneg, const float *gpos, const float *gneg, int B,
+                 float theta);
+/* SymBa loss: L = (1/B) sum_b softplus(-alpha (gpos[b] - gneg[b])). */
+float ff_symba_loss(float *dgpos, float *dgneg, const float *gpos, const float *gneg, int B,
+                    float alpha);
+/* Softmax cross-entropy: L = -(1/B) sum_b log softmax(logits[b])[labels[b]].
+ * logits (B,K); probs (B,K) or NULL receives the softmax; dlogits (B,K) or NULL is
+ * OVERWRITTEN with (probs - onehot)/B.  Labels must be checked by the caller. */
+float ff_softmax_xent(float *dlogits, float *probs, const float *logits, const int64_t *labels,
+                      int B, int K);
+
+/* ------------------------------------------------------------------ optimisers */
+/* PyTorch semantics.  t is the step number after this step (t >= 1).
+ * Adam with L2 weight decay (g += wd p):  m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;
+ *   p -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps).   p, m, v, g (n). */
+void ff_adam_step(float *p, float *m, float *v, const float *g, size_t n, float lr, float b1,
+                  float b2, float eps, float wd, long t);
+/* SGD with momentum: g += wd p; buf = g at t == 1 else momentum buf + (1 - dampening) g;
+ * p -= lr (g + momentum buf if nesterov else buf).  momentum 0 means plain SGD (buf unused). */
+void ff_sgd_step(float *p, float *buf, const float *g, size_t n, float lr, float momentum,
+                 float dampening, float wd, int nesterov, long t);
+
+/* ------------------------------------------------------------------ convolution, batch-norm, pooling (NCHW) */
+/* OH = (H + 2 pad - KH) / stride + 1, likewise OW.  weight (OC, C/groups, KH, KW), bias (OC).
+ * The workspace ws holds ff_conv2d_workspace(...) floats, owned by the caller. */
+size_t ff_conv2d_workspace(int C, int H, int W, int OC, int KH, int KW, int stride, int pad,
+                           int groups);
+/* out (N,OC,OH,OW) = conv(inp (N,C,H,W)) + bias.  bias may be NULL. */
+ff_status ff_conv2d_forward(float *out, const float *inp, const float *weight, const float *bias,
+                            int N, int C, int H, int W, int OC, int KH, int KW, int stride,
+                            int pad, int groups, float *ws);
+/* dinp (N,C,H,W) +=, dweight +=, dbias +=; any of the three may be NULL. */
+ff_status ff_conv2d_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                             const float *inp, const float *weight, int N, int C, int H, int W,
+                             int OC, int KH, int KW, int stride, int pad, int groups, float *ws);
+
+/* BatchNorm2d, training mode: batch statistics over (N, HW) per channel; saves mean (C) and
+ * rstd (C) = 1/sqrt(var_biased + eps); running_mean/var (C) updated as in PyTorch
+ * (running = (1-momentum) running + momentum batch, the variance unbiased).  gamma, beta (C)
+ * may be NULL (no affine).  inp, out (N,C,HW). */
+void ff_batchnorm2d_forward_train(float *out, float *mean, float *rstd, float *running_mean,
+                                  float *running_var, const float *inp, const float *gamma,
+                                  const float *beta, int N, int C, int HW, float eps,
+                                  float momentum);
+/* Eval mode: out = (inp - running_mean) / sqrt(running_var + eps) * gamma + beta. */
+void ff_batchnorm2d_forward_eval(float *out, const float *inp, const float *running_mean,
+                                 const float *running_var, const float *gamma, const float *beta,
+                                 int N, int C, int HW, float eps);
+/* Training-mode backward: dinp +=, dgamma +=, dbeta += (each may be NULL). */
+void ff_batchnorm2d_backward(float *dinp, float *dgamma, float *dbeta, const float *dout,
+                             const float *inp, const float *mean, const float *rstd,
+                             const float *gamma, int N, int C, int HW);
+
+/* MaxPool2d (no padding): OH = (H - K) / stride + 1.  argmax (N,C,OH,OW) int32 holds the
+ * flat index h*W + w of each window's maximum (first one on ties), for the backward. */
+void ff_maxpool2d_forward(float *out, int32_t *argmax, const float *inp, int N, int C, int H,
+                          int W, int K, int stride);
+/* dinp (N,C,H,W) += dout scattered through argmax. */
+void ff_maxpool2d_backward(float *dinp, const float *dout, const int32_t *argmax, int N, int C,
+                           int H, int W, int OH, int OW);
+
+/* ------------------------------------------------------------------ the FF network */
+/*
+ * An ff_net is a sequence of layers (LINEAR, CONV2D, BATCHNORM2D, RELU, MAXPOOL2D, FLATTEN)
+ * cut into blocks.  A block is a chain of layers trained by one local loss on its output's
+ * goodness; gradients flow inside a block and never between blocks.  The block's output is
+ * length-normalised (config.norm) before the next block sees it.  Greedy FF is one
+ * Linear/Conv (+ReLU, +pool) per block, a chunked update is n of them, backprop is a
+ * single block.  Blocks can be re-cut at any time (ff_net_set_blocks) without touching
+ * parameters: alternating chunkings cost nothing.
+ *
+ * An optional one-pass head (a linear softmax layer) reads the concatenated normalised
+ * outputs of chosen blocks for inputs carrying the neutral label.
+ *
+ * Memory: parameters, gradients and optimiser state live in one arena each; activations
+ * live in a workspace sized for the largest block (not the whole network) times the row
+ * count reserved by ff_net_reserve.
+ */
+typedef struct ff_net ff_net;
+
+typedef enum {
+    FF_LAYER_LINEAR = 0,
+    FF_LAYER_CONV2D = 1,
+    FF_LAYER_BATCHNORM2D = 2,
+    FF_LAYER_RELU = 3,
+    FF_LAYER_MAXPOOL2D = 4,
+    FF_LAYER_FLATTEN = 5
+} ff_layer_kind;
+
+typedef enum { FF_LOSS_FF = 0, FF_LOSS_SYMBA = 1 } ff_loss_kind;
+typedef enum { FF_OPT_SGD = 0, FF_OPT_ADAM = 1 } ff_opt_kind;
+
+/* Which parameter array of a layer (or of the head, layer index -1). */
+typedef enum {
+    FF_P_WEIGHT = 0,     /* linear (O,I), conv (OC,C/groups,KH,KW), batchnorm gamma (C) */
+    FF_P_BIAS = 1,       /* linear (O), conv (OC), batchnorm beta (C) */
+    FF_P_RUNNING_MEAN = 2, FF_P_RUNNING_VAR = 3, /* batchnorm buffers (C), not trained */
+    FF_P_GRAD_WEIGHT = 4, FF_P_GRAD_BIAS = 5,
+    FF_P_M_WEIGHT = 6, FF_P_M_BIAS = 7,   /* Adam m, or SGD momentum buffer */
+    FF_P_V_WEIGHT = 8, FF_P_V_BIAS = 9    /* Adam v */
+} ff_param_kind;
+
+typedef struct {
+    ff_loss_kind loss;
+    ff_goodness_kind goodness;
+    float theta;          /* FF loss threshold */
+    float alpha;          /* SymBa scale */
+    ff_norm_kind norm;    /* normalisation of every block's input ... */
+    float norm_eps;
+    int norm_first;       /* ... including the first block's (the raw input) when non-zero */
+    float label_value;    /* value written into the label pixels (one-hot), e.g. 1.0 */
+} ff_config;
+
+typedef struct {
+    ff_opt_kind kind;
+    float lr, beta1, beta2, eps;          /* Adam */
+    float momentum, dampening;            /* SGD */
+    int nesterov;
+    float weight_decay;
+} ff_opt_config;
+
+/* Defaults: FF loss, sum goodness, theta 2, alpha 4, L2 norm eps 1e-4, norm_first 1,
+ * label_value 1; Adam lr 1e-3, betas (0.9, 0.999), eps 1e-8. */
+ff_config ff_config_default(void);
+ff_opt_config ff_opt_config_default(void);
+
+/* Create an empty net for inputs of shape (C,H,W) (an MLP uses C = features, H = W = 1) and
+ * K classes.  seed drives initialisation and negative-label sampling.  NULL if out of memory.
+ * The net owns everything it allocates; ff_net_destroy frees it all. */
+ff_net *ff_net_create(int C, int H, int W, int K, uint64_t seed);
+void ff_net_destroy(ff_net *net);
+
+/* Append a layer (before ff_net_finalize).  Shapes follow from the previous layer. */
+ff_status ff_net_add_linear(ff_net *net, int out_features, int bias);
+ff_status ff_net_add_conv2d(ff_net *net, int out_channels, int kernel, int stride, int pad,
+                            int groups, int bias);
+ff_status ff_net_add_batchnorm2d(ff_net *net, float eps, float momentum, int affine);
+ff_status ff_net_add_relu(ff_net *net);
+ff_status ff_net_add_maxpool2d(ff_net *net, int kernel, int stride);
+ff_status ff_net_add_flatten(ff_net *net);
+/* Add a one-pass head (linear + softmax) reading the concatenated normalised outputs of the
+ * nsel layers in sel (strictly increasing layer indices; normally the last layer of each
+ * chosen block).  Optional; after the layers are added, before finalize. */
+ff_status ff_net_set_head(ff_net *net, int nsel, const int *sel);
+/* Allocate arenas and initialise parameters (PyTorch's default uniform(-1/sqrt(fan_in), ..)). */
+ff_status ff_net_finalize(ff_net *net);
+
+/* Cut the layers into nblocks blocks: block b is layers [ends[b-1], ends[b]) with ends[-1]=0;
+ * ends strictly increasing, ends[nblocks-1] = number of layers.  Every block must contain
+ * a trainable layer.  Valid before or after finalize; with no call, ff_net_finalize cuts
+ * before every Linear/Conv2d (a BatchNorm2d joins the conv that follows it). */
+ff_status ff_net_set_blocks(ff_net *net, int nblocks, const int *ends);
+/* The default cut of the layers added so far into ends (room for one int per layer);
+ * returns the number of blocks. */
+int ff_net_default_blocks(const ff_net *net, int *ends);
+
+ff_status ff_net_set_config(ff_net *net, const ff_config *cfg);
+ff_config ff_net_get_config(const ff_net *net);
+/* Optimiser of layer l (l = -1: the head); every trainable layer has its own state. */
+ff_status ff_net_set_opt(ff_net *net, int layer, const ff_opt_config *opt);
+ff_status ff_net_get_opt(const ff_net *net, int layer, ff_opt_config *opt);
+/* Per-layer optimiser step counter (for save/load). */
+long ff_net_get_step(const ff_net *net, int layer);
+ff_status ff_net_set_step(ff_net *net, int layer, long t);
+/* The RNG state (4 words) for save/load. */
+void ff_net_get_rng(const ff_net *net, uint64_t state[4]);
+void ff_net_set_rng(ff_net *net, const uint64_t state[4]);
+/* Training (batch-norm batch statistics) or evaluation mode. */
+void ff_net_set_training(ff_net *net, int training);
+
+/* Introspection. */
+int ff_net_num_layers(const ff_net *net);
+int ff_net_num_blocks(const ff_net *net);
+int ff_net_num_classes(const ff_net *net);
+int ff_net_input_size(const ff_net *net);            /* C*H*W */
+int ff_net_feature_size(const ff_net *net);          /* head input width, 0 without head */
+int ff_net_has_head(const ff_net *net);
+ff_layer_kind ff_net_layer_kind(const ff_net *net, int layer);
+/* The layer's output shape (C,H,W). */
+void ff_net_layer_shape(const ff_net *net, int layer, int *C, int *H, int *W);
+/* Block b's layer range [first, last). */
+void ff_net_block_range(const ff_net *net, int b, int *first, int *last);
+/* Pointer to a parameter array and its element count (0 and NULL when absent).  The
+ * pointer stays valid until ff_net_destroy. */
+float *ff_net_param(ff_net *net, int layer, ff_param_kind which, size_t *count);
+size_t ff_net_num_params(const ff_net *net);          /* trainable floats incl. the head */
+/* Bytes of workspace currently reserved. */
+size_t ff_net_workspace_bytes(const ff_net *net);
+
+/* Size the workspace for batches of up to `rows` rows (training uses 3 rows per sample with
+ * a head, 2 without; inference K rows per sample in chunks).  Allocates; call it outside
+ * hot loops.  The step functions call it themselves when a batch outgrows it. */
+ff_status ff_net_reserve(ff_net *net, int rows);
+
+/* One FF training step on a minibatch.
+ *   x (B, C*H*W): raw inputs (never modified); labels (B) in [0,K);
+ *   neg_labels (B) or NULL: negative labels, each != labels[b]; NULL draws them uniformly
+ *     from the K-1 wrong classes with the net's RNG;
+ *   active (nblocks) or NULL (all): a block with active[b] == 0 runs forward only (so later
+ *     blocks see its output) and is neither trained nor its optimiser state touched;
+ *     blocks after the last active one are skipped altogether;
+ *   train_head: also train the one-pass head on the neutral-label rows;
+ *   losses (nblocks + 1) or NULL: per-block local loss (0 for inactive blocks), then the head's.
+ * Positive, negative (and neutral) rows go through each block together; each block is
+ * forwarded, its loss and local gradients computed, its optimiser stepped.  With
+ * apply_update == 0 the gradients are left in the gradient arena (zeroed first) and no
+ * parameter changes (ff_net_optimizer_step applies them). */
+ff_status ff_net_train_step(ff_net *net, const float *x, const int64_t *labels,
+                            const int64_t *neg_labels, int B, const uint8_t *active,
+                            int train_head, int apply_update, float *losses);
+/* Apply one optimiser step to the layers of the active blocks (NULL: all) and, if head, to
+ * the head, from the gradients in the gradient arena. */
+ff_status ff_net_optimizer_step(ff_net *net, const uint8_t *active, int head);
+/* Zero the whole gradient arena. */
+void ff_net_zero_grad(ff_net *net);
+
+/* Multi-pass goodness: for every sample and every candidate label k, the goodness of every
+ * block's output.  x (B, C*H*W); out (B, K, nblocks). */
+ff_status ff_net_goodness(ff_net *net, const float *x, int B, float *out);
+/* Goodness of every block for inputs carrying the given labels (labels NULL: neutral label).
+ * out (B, nblocks). */
+ff_status ff_net_goodness_labeled(ff_net *net, const float *x, const int64_t *labels, int B,
+                                  float *out);
+/* One-pass head input: the concatenated normalised outputs of the head's blocks for
+ * neutral-label inputs.  feat (B, feature_size). */
+ff_status ff_net_features(ff_net *net, const float *x, int B, float *feat);
+/* One-pass prediction: softmax of the head.  probs (B, K). */
+ff_status ff_net_head_predict(ff_net *net, const float *x, int B, float *probs);
+
+/* 1 if all n values are finite, else 0. */
+int ff_all_finite(const float *x, size_t n);
+
+/* Write the label encoding: out (B, C*H*W) = x with the first K values of each row (of the
+ * first channel plane for images) replaced by label_value * onehot(label) (label -1:
+ * the neutral label, label_value/K everywhere). */
+ff_status ff_overlay_labels(float *out, const float *x, const int64_t *labels, int B, int D,
+                            int K, float label_value);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* FFLIB_H */

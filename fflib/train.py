@@ -1,0 +1,158 @@
+"""The training loop: epochs, seeded shuffling, negatives, schedules, progress, history.
+
+Each minibatch is one call into C (:meth:`FFModel.train_step`); Python only orders the data.
+"""
+import time
+
+import numpy as np
+
+from .nn import as_float32_batch
+
+
+def _rng(random_state):
+    if isinstance(random_state, np.random.Generator):
+        return random_state
+    return np.random.default_rng(random_state)
+
+
+def hard_negative_labels(model, x, y, rng, batch_size=1000):
+    """Draw one wrong label per sample from the model's own belief: softmax over labels of the
+    summed multi-pass goodness, the true label excluded (Hinton's "hard" negatives)."""
+    out = np.empty(len(y), dtype=np.int64)
+    for s in range(0, len(y), batch_size):
+        g = model.goodness(x[s:s + batch_size]).sum(axis=2).astype(np.float64)
+        yy = y[s:s + batch_size]
+        g[np.arange(len(yy)), yy] = -np.inf
+        g -= g.max(axis=1, keepdims=True)
+        p = np.exp(g)
+        p /= p.sum(axis=1, keepdims=True)
+        cdf = np.cumsum(p, axis=1)
+        u = rng.random(len(yy))[:, None] * cdf[:, -1:]
+        k = np.minimum((cdf < u).sum(axis=1), p.shape[1] - 1)
+        # guard against rounding landing on the true label
+        bad = k == yy
+        k[bad] = (yy[bad] + 1 + rng.integers(0, p.shape[1] - 1, bad.sum())) % p.shape[1]
+        out[s:s + batch_size] = k
+    return out
+
+
+def evaluate(model, x, y, batch_size=1000, multipass_blocks=None):
+    """Test error in percent with both inferences (one-pass only with a head) and per-block
+    multi-pass accuracy.  Returns a dict."""
+    x = as_float32_batch(x, "x", int(np.prod(model.input_shape)))
+    y = model._check_y(y, x.shape[0])
+    was_training = model.training
+    model.eval()
+    try:
+        g = np.concatenate([model.goodness(x[s:s + batch_size]) for s in range(0, len(y), batch_size)])
+        sel = model._block_selection(multipass_blocks)
+        res = {"multi_pass": float(100.0 * (g[:, :, sel].sum(axis=2).argmax(axis=1) != y).mean()),
+               "block_accuracy": [float((g[:, :, b].argmax(axis=1) == y).mean()) for b in range(g.shape[2])]}
+        if model.has_head:
+            p = np.concatenate([model.predict_proba(x[s:s + batch_size]) for s in range(0, len(y), batch_size)])
+            res["one_pass"] = float(100.0 * (p.argmax(axis=1) != y).mean())
+    finally:
+        model.train(was_training)
+    return res
+
+
+def _windows(model, epochs, order, windows):
+    nb = model.num_blocks
+    if windows is not None:
+        if len(windows) != nb:
+            raise ValueError(f"windows needs one (start, end) per block ({nb}), got {len(windows)}")
+        w = [(int(a), int(b)) for a, b in windows]
+        if any(not (0 <= a < b) for a, b in w):
+            raise ValueError(f"each window must satisfy 0 <= start < end, got {windows!r}")
+        return w, max(b for _, b in w)
+    if order == "simultaneous":
+        return [(0, epochs)] * nb, epochs
+    if order == "layerwise":
+        return [(b * epochs, (b + 1) * epochs) for b in range(nb)], nb * epochs
+    raise ValueError(f"order must be 'simultaneous' or 'layerwise', got {order!r}")
+
+
+def fit(model, x, y, *, epochs=10, batch_size=100, optimizer=None, scheduler=None, order="simultaneous",
+        windows=None, negatives="uniform", train_head=True, head_epochs=0, random_state=0, progress=True,
+        x_val=None, y_val=None, callback=None):
+    """Train ``model`` on (x, y) with FF, one C call per minibatch.
+
+    order : "simultaneous" (every block on every minibatch) or "layerwise" (each block trained
+        for ``epochs`` epochs before the next sees data).
+    windows : per-block (start, end) epoch windows, overriding ``order``.
+    negatives : "uniform" (a wrong label drawn uniformly, in C) or "hard" (drawn from the
+        model's own softmax over wrong labels, recomputed each epoch).
+    train_head : train the one-pass head alongside the blocks; ``head_epochs`` extra epochs
+        train the head alone afterwards.
+    scheduler : stepped once per epoch.
+    Ctrl-C stops cleanly after the current minibatch; the history says ``interrupted``.
+    Returns the history: a dict with ``epochs`` (per-epoch mean block losses, head loss, lr,
+    seconds, optional validation error), ``train_seconds`` and ``interrupted``.
+    """
+    from .optim import Adam
+    x = as_float32_batch(x, "x", int(np.prod(model.input_shape)))
+    y = model._check_y(y, x.shape[0])
+    if isinstance(epochs, bool) or int(epochs) != epochs or epochs < 0:
+        raise ValueError(f"epochs must be an int >= 0, got {epochs!r}")
+    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size <= 0:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if negatives not in ("uniform", "hard"):
+        raise ValueError(f"negatives must be 'uniform' or 'hard', got {negatives!r}")
+    if head_epochs < 0:
+        raise ValueError(f"head_epochs must be >= 0, got {head_epochs!r}")
+    train_head = bool(train_head) and model.has_head
+    if optimizer is None:
+        optimizer = Adam(model)
+    rng = _rng(random_state)
+    wins, total = _windows(model, int(epochs), order, windows)
+    total_epochs = total + (int(head_epochs) if train_head else 0)
+    n, nb = len(y), model.num_blocks
+    history = {"epochs": [], "interrupted": False}
+    model.train()
+    t_start = time.perf_counter()
+    try:
+        for epoch in range(total_epochs):
+            head_only = epoch >= total
+            active = np.array([0 if head_only else int(a <= epoch < b) for a, b in wins], dtype=np.uint8)
+            t0 = time.perf_counter()
+            perm = rng.permutation(n)
+            neg = hard_negative_labels(model, x, y, rng) if negatives == "hard" and not head_only else None
+            sums = np.zeros(nb + 1)
+            steps = 0
+            bar = _progress(range(0, n, batch_size), progress, f"epoch {epoch + 1}/{total_epochs}")
+            for s in bar:
+                idx = perm[s:s + batch_size]
+                xb = np.ascontiguousarray(x[idx])
+                nb_labels = None if neg is None else np.ascontiguousarray(neg[idx])
+                losses = model.train_step(xb, np.ascontiguousarray(y[idx]), nb_labels, active, train_head)
+                sums += losses
+                steps += 1
+                if progress and hasattr(bar, "set_postfix") and steps % 20 == 0:
+                    bar.set_postfix(loss=" ".join(f"{v:.3f}" for v in sums[:nb] / steps))
+            rec = {"epoch": epoch + 1, "block_loss": [float(v) for v in sums[:nb] / max(steps, 1)],
+                   "head_loss": float(sums[nb] / max(steps, 1)) if train_head else None,
+                   "active": active.tolist(), "lr": optimizer.lr,
+                   "seconds": time.perf_counter() - t0}
+            if x_val is not None:
+                rec["val"] = evaluate(model, x_val, y_val)
+                model.train()
+            history["epochs"].append(rec)
+            if scheduler is not None:
+                scheduler.step()
+            if callback is not None:
+                callback(rec)
+    except KeyboardInterrupt:
+        history["interrupted"] = True
+    history["train_seconds"] = time.perf_counter() - t_start
+    model.eval()
+    return history
+
+
+def _progress(it, enabled, desc):
+    if not enabled:
+        return it
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # tqdm is a dependency, but keep training if it is absent
+        return it
+    return tqdm(it, desc=desc, leave=False, unit="batch")

@@ -1,0 +1,36 @@
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_data_dir():
+    """The real datasets: $FFLIB_DATA, else ../shared/data beside the repository."""
+    env = os.environ.get("FFLIB_DATA")
+    if env:
+        return Path(env)
+    return REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def data_dir():
+    d = shared_data_dir()
+    if not (d / "mnist" / "train-images-idx3-ubyte.gz").exists() and not (d / "train-images-idx3-ubyte.gz").exists():
+        pytest.skip(f"real MNIST not found under {d} (set FFLIB_DATA)")
+    return d
+
+
+@pytest.fixture(scope="session")
+def mnist(data_dir):
+    import fflib
+    x, y = fflib.datasets.load_mnist(root=data_dir)
+    xt, yt = fflib.datasets.load_mnist(root=data_dir, train=False)
+    return x.reshape(len(x), -1), y, xt.reshape(len(xt), -1), yt
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
