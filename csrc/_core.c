@@ -164,6 +164,17 @@ static PyObject *status_or_none(ff_status st, const char *what) {
     Py_RETURN_NONE;
 }
 
+static PyObject *Net_set_label_encoding(NetObject *self, PyObject *args) {
+    int kind;
+    if (!PyArg_ParseTuple(args, "i", &kind)) return NULL;
+    ff_status st = ff_net_set_label_encoding(self->net, (ff_label_kind)kind);
+    if (st == FF_ERR_STATE)
+        return PyErr_Format(PyExc_RuntimeError, "the label encoding must be chosen before layers are added");
+    if (st != FF_OK)
+        return PyErr_Format(PyExc_ValueError, "label encoding %d is unknown or needs an image input", kind);
+    Py_RETURN_NONE;
+}
+
 static PyObject *Net_add_linear(NetObject *self, PyObject *args) {
     int out, bias = 1;
     if (!PyArg_ParseTuple(args, "i|p", &out, &bias)) return NULL;
@@ -250,8 +261,9 @@ static PyObject *Net_finalize(NetObject *self, PyObject *Py_UNUSED(a)) {
     ff_status st = ff_net_finalize(self->net);
     net_leave(self);
     if (st == FF_ERR_SHAPE)
-        return PyErr_Format(PyExc_ValueError, "num_classes %d does not fit in an input of %d values",
-                            ff_net_num_classes(self->net), ff_net_input_size(self->net));
+        return PyErr_Format(PyExc_ValueError, "num_classes %d does not fit a one-hot label into the "
+                            "input (the first K values of a flat input, or of each channel plane "
+                            "of an image)", ff_net_num_classes(self->net));
     if (st == FF_ERR_ARG)
         return PyErr_Format(PyExc_ValueError, "a network needs at least one layer with parameters");
     return status_or_none(st, "finalize");
@@ -404,27 +416,13 @@ static PyObject *Net_param(NetObject *self, PyObject *args) {
     dims[0] = (npy_intp)n;
     int w = which == FF_P_WEIGHT || which == FF_P_GRAD_WEIGHT || which == FF_P_M_WEIGHT ||
             which == FF_P_V_WEIGHT;
-    int nl = ff_net_num_layers(self->net);
-    if (w && layer >= -1 && layer < nl) {
-        ff_layer_kind k = layer == -1 ? FF_LAYER_LINEAR : ff_net_layer_kind(self->net, layer);
-        int OC, OH, OW;
-        if (k == FF_LAYER_LINEAR) {
-            if (layer == -1) { OC = ff_net_num_classes(self->net); }
-            else ff_net_layer_shape(self->net, layer, &OC, &OH, &OW);
-            nd = 2; dims[0] = OC; dims[1] = (npy_intp)n / OC;
-        } else if (k == FF_LAYER_CONV2D) {
-            ff_net_layer_shape(self->net, layer, &OC, &OH, &OW);
-            /* (OC, C/groups, KH, KW): KH = KW */
-            npy_intp per = (npy_intp)n / OC;
-            int C, H, W;
-            if (layer > 0) ff_net_layer_shape(self->net, layer - 1, &C, &H, &W);
-            else { C = 0; }
-            (void)H; (void)W;
-            /* kernel area = per / (C/groups); groups unknown here, so find k with k*k | per */
-            npy_intp kk = 1;
-            for (npy_intp t = 1; t * t <= per; t++) if (per % (t * t) == 0) kk = t;
-            (void)C;
-            nd = 4; dims[0] = OC; dims[1] = per / (kk * kk); dims[2] = kk; dims[3] = kk;
+    ff_layer_info li;
+    if (w && layer == -2) {   /* label embedding (K, H*W) */
+        nd = 2; dims[0] = ff_net_num_classes(self->net); dims[1] = (npy_intp)n / dims[0];
+    } else if (w && ff_net_layer_info(self->net, layer, &li) == FF_OK) {
+        if (li.kind == FF_LAYER_LINEAR) { nd = 2; dims[0] = li.OC; dims[1] = (npy_intp)li.C * li.H * li.W; }
+        else if (li.kind == FF_LAYER_CONV2D) {
+            nd = 4; dims[0] = li.OC; dims[1] = li.C / li.groups; dims[2] = dims[3] = li.kernel;
         }
     }
     PyObject *arr = PyArray_SimpleNewFromData(nd, dims, NPY_FLOAT32, p);
@@ -607,6 +605,15 @@ static PyObject *Net_info(NetObject *self, PyObject *Py_UNUSED(a)) {
                          "workspace_bytes", (Py_ssize_t)ff_net_workspace_bytes(n));
 }
 
+static PyObject *Net_layer_info(NetObject *self, PyObject *args) {
+    int i; ff_layer_info li;
+    if (!PyArg_ParseTuple(args, "i", &i)) return NULL;
+    if (ff_net_layer_info(self->net, i, &li) != FF_OK) return PyErr_Format(PyExc_IndexError, "no layer %d", i);
+    return Py_BuildValue("{s:i,s:(iii),s:(iii),s:i,s:i,s:i,s:i,s:i}", "kind", (int)li.kind, "in_shape", li.C,
+                         li.H, li.W, "out_shape", li.OC, li.OH, li.OW, "kernel", li.kernel, "stride", li.stride,
+                         "pad", li.pad, "groups", li.groups, "bias", li.bias);
+}
+
 static PyObject *Net_layer_shape(NetObject *self, PyObject *args) {
     int i, C, H, W;
     if (!PyArg_ParseTuple(args, "i", &i)) return NULL;
@@ -627,6 +634,7 @@ static PyObject *Net_reserve(NetObject *self, PyObject *args) {
 }
 
 static PyMethodDef Net_methods[] = {
+    {"set_label_encoding", (PyCFunction)Net_set_label_encoding, METH_VARARGS, "set_label_encoding(kind)"},
     {"add_linear", (PyCFunction)Net_add_linear, METH_VARARGS, "add_linear(out_features, bias=True)"},
     {"add_conv2d", (PyCFunction)Net_add_conv2d, METH_VARARGS, "add_conv2d(out, kernel, stride, pad, groups, bias)"},
     {"add_batchnorm2d", (PyCFunction)Net_add_batchnorm2d, METH_VARARGS, "add_batchnorm2d(eps, momentum, affine)"},
@@ -658,6 +666,7 @@ static PyMethodDef Net_methods[] = {
     {"features", (PyCFunction)Net_features, METH_VARARGS, "features(x) -> (B, F)"},
     {"head_predict", (PyCFunction)Net_head_predict, METH_VARARGS, "head_predict(x) -> (B, K) probabilities"},
     {"info", (PyCFunction)Net_info, METH_NOARGS, "info() -> dict"},
+    {"layer_info", (PyCFunction)Net_layer_info, METH_VARARGS, "layer_info(i) -> dict"},
     {"layer_shape", (PyCFunction)Net_layer_shape, METH_VARARGS, "layer_shape(i) -> (C, H, W)"},
     {"reserve", (PyCFunction)Net_reserve, METH_VARARGS, "reserve(rows)"},
     {NULL, NULL, 0, NULL}

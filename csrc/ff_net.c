@@ -36,9 +36,13 @@ typedef struct {
 } ff_layer;
 
 struct ff_net {
-    int C, H, W, K, D;
+    int C, H, W, K, D;        /* raw input shape, D = C*H*W */
+    int Din;                  /* encoded input size seen by layer 0 (D, or D + H*W with an embedding) */
+    ff_label_kind label;
+    float *pattern;           /* (K, H*W) label patterns: Fourier waves, or NULL */
     int nl, finalized, training;
-    ff_layer layers[FF_MAX_LAYERS + 1];   /* layers[nl] is the head (linear) when present */
+    ff_layer layers[FF_MAX_LAYERS + 2];   /* layers[nl]: the head (linear), when present;
+                                             layers[nl+1]: the label embedding, when used */
     int nblocks, ends[FF_MAX_LAYERS];
     int has_head, nhead, head_layers[FF_MAX_LAYERS], F;
     ff_config cfg;
@@ -54,6 +58,7 @@ struct ff_net {
     float *ws;
     float *carry, *acts, *d0, *d1, *g, *dg, *scale, *conv_ws, *feat, *logits, *dlogits, *xtmp;
     float *gall;              /* (nl, rows) goodness of every block output, inference */
+    float *dxin, *scale0;     /* gradient w.r.t. the encoded input; its normalisation scales */
     size_t acts_cap;          /* floats per row available in acts */
     int64_t *lab;             /* per-row labels of the current step */
 };
@@ -114,6 +119,62 @@ ff_status ff_overlay_labels(float *out, const float *x, const int64_t *labels, i
     return FF_OK;
 }
 
+ff_status ff_net_set_label_encoding(ff_net *net, ff_label_kind kind) {
+    if (net->nl > 0 || net->finalized) return FF_ERR_STATE;
+    if (kind < FF_LABEL_ONEHOT || kind > FF_LABEL_NONE) return FF_ERR_ARG;
+    if (kind == FF_LABEL_FOURIER && net->H * net->W == 1) return FF_ERR_ARG;  /* needs an image */
+    net->label = kind;
+    net->Din = net->D + (kind == FF_LABEL_EMBEDDING ? net->H * net->W : 0);
+    return FF_OK;
+}
+
+ff_label_kind ff_net_label_encoding(const ff_net *net) { return net->label; }
+
+/* Encode one raw sample x (D) with label y (-1: neutral) into out (Din). */
+static void encode_row(const ff_net *net, float *out, const float *x, int64_t y) {
+    int K = net->K, HW = net->H * net->W;
+    float v = net->cfg.label_value;
+    memcpy(out, x, (size_t)net->D * sizeof(float));
+    switch (net->label) {
+    case FF_LABEL_ONEHOT:
+        if (HW == 1) {
+            for (int k = 0; k < K; k++) out[k] = y < 0 ? v / K : (k == y ? v : 0.0f);
+        } else {   /* the first K pixels of every channel plane */
+            for (int c = 0; c < net->C; c++)
+                for (int k = 0; k < K; k++) out[(size_t)c * HW + k] = y < 0 ? v / K : (k == y ? v : 0.0f);
+        }
+        break;
+    case FF_LABEL_FOURIER:   /* superposed on every channel; neutral: the mean of all waves */
+        for (int c = 0; c < net->C; c++) {
+            float *o = out + (size_t)c * HW;
+            if (y >= 0) {
+                const float *p = net->pattern + (size_t)y * HW;
+                for (int i = 0; i < HW; i++) o[i] += v * p[i];
+            } else {
+                for (int k = 0; k < K; k++) {
+                    const float *p = net->pattern + (size_t)k * HW;
+                    for (int i = 0; i < HW; i++) o[i] += v / K * p[i];
+                }
+            }
+        }
+        break;
+    case FF_LABEL_EMBEDDING: {   /* the extra channel; neutral: the mean map */
+        const ff_layer *E = &net->layers[net->nl + 1];
+        const float *emb = net->params + E->w_off;
+        float *o = out + net->D;
+        if (y >= 0) memcpy(o, emb + (size_t)y * HW, (size_t)HW * sizeof(float));
+        else {
+            for (int i = 0; i < HW; i++) o[i] = 0.0f;
+            for (int k = 0; k < K; k++)
+                for (int i = 0; i < HW; i++) o[i] += emb[(size_t)k * HW + i] / K;
+        }
+        break;
+    }
+    case FF_LABEL_NONE:
+        break;
+    }
+}
+
 ff_config ff_config_default(void) {
     ff_config c;
     c.loss = FF_LOSS_FF; c.goodness = FF_GOODNESS_SUM; c.theta = 2.0f; c.alpha = 4.0f;
@@ -134,7 +195,8 @@ ff_net *ff_net_create(int C, int H, int W, int K, uint64_t seed) {
     if (C <= 0 || H <= 0 || W <= 0 || K < 2) return NULL;
     ff_net *net = calloc(1, sizeof(ff_net));
     if (!net) return NULL;
-    net->C = C; net->H = H; net->W = W; net->K = K; net->D = C * H * W;
+    net->C = C; net->H = H; net->W = W; net->K = K; net->D = net->Din = C * H * W;
+    net->label = FF_LABEL_ONEHOT;
     net->training = 1;
     net->cfg = ff_config_default();
     uint64_t s = seed;
@@ -145,7 +207,7 @@ ff_net *ff_net_create(int C, int H, int W, int K, uint64_t seed) {
 void ff_net_destroy(ff_net *net) {
     if (!net) return;
     free(net->params); free(net->grads); free(net->m); free(net->v);
-    free(net->buffers); free(net->saved); free(net->ws); free(net->lab);
+    free(net->buffers); free(net->saved); free(net->ws); free(net->lab); free(net->pattern);
     free(net);
 }
 
@@ -155,7 +217,9 @@ static ff_layer *new_layer(ff_net *net, ff_layer_kind kind, ff_status *st) {
     ff_layer *L = &net->layers[net->nl];
     memset(L, 0, sizeof(*L));
     L->kind = kind;
-    if (net->nl == 0) { L->C = net->C; L->H = net->H; L->W = net->W; }
+    if (net->nl == 0) {
+        L->C = net->C + (net->label == FF_LABEL_EMBEDDING); L->H = net->H; L->W = net->W;
+    }
     else {
         ff_layer *P = &net->layers[net->nl - 1];
         L->C = P->OC; L->H = P->OH; L->W = P->OW;
@@ -291,6 +355,27 @@ static ff_status default_blocks(ff_net *net) {
     return ff_net_set_blocks(net, nb, ends);
 }
 
+static int slot_used(const ff_net *net, int i) {
+    if (i < net->nl) return 1;
+    if (i == net->nl) return net->has_head;
+    return i == net->nl + 1 && net->label == FF_LABEL_EMBEDDING;
+}
+
+/* Scodellaro-style spatially extended labels: class k is a plane wave over the whole image,
+ *   p_k(h, w) = cos(2 pi (h cos(phi_k) + w sin(phi_k)) / lambda_k),
+ * orientation phi_k = pi k / K and wavelength lambda_k = max(H, W) / (2 + k mod 3) pixels, so
+ * classes differ in orientation and, every third class, in frequency. */
+static void fourier_patterns(float *p, int K, int H, int W) {
+    const double pi = 3.14159265358979323846;
+    for (int k = 0; k < K; k++) {
+        double phi = pi * k / K, lam = (double)(H > W ? H : W) / (2 + k % 3);
+        for (int h = 0; h < H; h++)
+            for (int w = 0; w < W; w++)
+                p[((size_t)k * H + h) * W + w] =
+                    (float)cos(2.0 * pi * (h * cos(phi) + w * sin(phi)) / lam);
+    }
+}
+
 static void init_uniform(uint64_t *rng, float *p, size_t n, float bound) {
     for (size_t i = 0; i < n; i++) p[i] = (2.0f * rng_uniform(rng) - 1.0f) * bound;
 }
@@ -301,7 +386,9 @@ ff_status ff_net_finalize(ff_net *net) {
     int any = 0;
     for (int i = 0; i < net->nl; i++) any |= trainable(&net->layers[i]);
     if (!any) return FF_ERR_ARG;
-    if (net->K > net->D) return FF_ERR_SHAPE;   /* the label must fit in the input */
+    /* a one-hot label must fit: in the row of a flat input, in each channel plane of an image */
+    if (net->label == FF_LABEL_ONEHOT &&
+        (net->H * net->W == 1 ? net->K > net->D : net->K > net->H * net->W)) return FF_ERR_SHAPE;
     if (net->has_head) {
         ff_layer *Hd = &net->layers[net->nl];
         memset(Hd, 0, sizeof(*Hd));
@@ -310,9 +397,24 @@ ff_status ff_net_finalize(ff_net *net) {
         Hd->w_n = (size_t)net->K * net->F; Hd->b_n = (size_t)net->K;
         Hd->opt = ff_opt_config_default();
     }
-    int nall = net->nl + net->has_head;
+    if (net->label == FF_LABEL_EMBEDDING) {
+        /* one trainable H*W map per class, fed to layer 0 as an extra input channel */
+        ff_layer *E = &net->layers[net->nl + 1];
+        memset(E, 0, sizeof(*E));
+        E->kind = FF_LAYER_LINEAR; E->C = net->H * net->W; E->H = E->W = 1;
+        E->OC = net->K; E->OH = E->OW = 1;
+        E->w_n = (size_t)net->K * net->H * net->W;
+        E->opt = ff_opt_config_default();
+    }
+    if (net->label == FF_LABEL_FOURIER) {
+        net->pattern = malloc((size_t)net->K * net->H * net->W * sizeof(float));
+        if (!net->pattern) return FF_ERR_NOMEM;
+        fourier_patterns(net->pattern, net->K, net->H, net->W);
+    }
+    int nall = net->nl + 2;
     size_t np = 0, nb = 0, ns = 0;
     for (int i = 0; i < nall; i++) {
+        if (!slot_used(net, i)) continue;
         ff_layer *L = &net->layers[i];
         /* align each array to 16 floats so SIMD loads never straddle parameter arrays */
         L->w_off = np; np += (L->w_n + 15) & ~(size_t)15;
@@ -332,8 +434,11 @@ ff_status ff_net_finalize(ff_net *net) {
     if (!net->params || !net->grads || !net->m || !net->v || !net->buffers || !net->saved)
         return FF_ERR_NOMEM;
     for (int i = 0; i < nall; i++) {
+        if (!slot_used(net, i)) continue;
         ff_layer *L = &net->layers[i];
-        if (L->kind == FF_LAYER_LINEAR || L->kind == FF_LAYER_CONV2D) {
+        if (i == net->nl + 1) {   /* the label embedding: small random maps */
+            init_uniform(net->rng, net->params + L->w_off, L->w_n, 0.5f * net->cfg.label_value);
+        } else if (L->kind == FF_LAYER_LINEAR || L->kind == FF_LAYER_CONV2D) {
             size_t fan_in = L->w_n / (size_t)L->OC;
             float bound = 1.0f / sqrtf((float)fan_in);
             init_uniform(net->rng, net->params + L->w_off, L->w_n, bound);
@@ -364,6 +469,8 @@ ff_config ff_net_get_config(const ff_net *net) { return net->cfg; }
 
 static ff_layer *layer_at(ff_net *net, int layer) {
     if (layer == -1) return net->has_head && net->finalized ? &net->layers[net->nl] : NULL;
+    if (layer == -2)
+        return net->label == FF_LABEL_EMBEDDING && net->finalized ? &net->layers[net->nl + 1] : NULL;
     if (layer < 0 || layer >= net->nl) return NULL;
     return &net->layers[layer];
 }
@@ -411,13 +518,24 @@ void ff_net_layer_shape(const ff_net *net, int layer, int *C, int *H, int *W) {
     const ff_layer *L = &net->layers[layer];
     *C = L->OC; *H = L->OH; *W = L->OW;
 }
+ff_status ff_net_layer_info(const ff_net *net, int layer, ff_layer_info *info) {
+    const ff_layer *L = layer_at((ff_net *)net, layer);
+    if (!L) return FF_ERR_ARG;
+    info->kind = L->kind; info->C = L->C; info->H = L->H; info->W = L->W;
+    info->OC = L->OC; info->OH = L->OH; info->OW = L->OW;
+    info->kernel = L->k; info->stride = L->stride; info->pad = L->pad; info->groups = L->groups;
+    info->bias = L->bias;
+    return FF_OK;
+}
+
 void ff_net_block_range(const ff_net *net, int b, int *first, int *last) {
     *first = b ? net->ends[b - 1] : 0;
     *last = net->ends[b];
 }
 size_t ff_net_num_params(const ff_net *net) {
     size_t n = 0;
-    for (int i = 0; i < net->nl + net->has_head; i++) n += net->layers[i].w_n + net->layers[i].b_n;
+    for (int i = 0; i < net->nl + 2; i++)
+        if (slot_used(net, i)) n += net->layers[i].w_n + net->layers[i].b_n;
     return n;
 }
 size_t ff_net_workspace_bytes(const ff_net *net) { return net->ws_floats * sizeof(float); }
@@ -468,7 +586,7 @@ ff_status ff_net_reserve(ff_net *net, int rows) {
     if (rows <= 0) return FF_ERR_ARG;
     if (rows < net->K) rows = net->K;        /* multi-pass needs K rows for one sample */
     /* acts must fit the largest block of the current cut, and of any single layer */
-    size_t acts = 0, maxio = (size_t)net->D, convws = 0;
+    size_t acts = 0, maxio = (size_t)net->Din, convws = 0;
     for (int b = 0; b < net->nblocks; b++) {
         int f = b ? net->ends[b - 1] : 0, l = net->ends[b];
         size_t a = block_act_floats(net, f, l);
@@ -492,7 +610,8 @@ ff_status ff_net_reserve(ff_net *net, int rows) {
                 + convws
                 + R * F            /* feat */
                 + 2 * R * K        /* logits, dlogits */
-                + R * (size_t)net->D  /* xtmp: overlaid inputs */
+                + 2 * R * (size_t)net->Din  /* xtmp (encoded inputs), dxin (their gradient) */
+                + R                 /* scale0 */
                 + R * (size_t)net->nl; /* gall */
     float *ws = malloc(need * sizeof(float));
     int64_t *lab = malloc(R * sizeof(int64_t));
@@ -511,7 +630,9 @@ ff_status ff_net_reserve(ff_net *net, int rows) {
     net->feat = p; p += R * F;
     net->logits = p; p += R * K;
     net->dlogits = p; p += R * K;
-    net->xtmp = p; p += R * (size_t)net->D;
+    net->xtmp = p; p += R * (size_t)net->Din;
+    net->dxin = p; p += R * (size_t)net->Din;
+    net->scale0 = p; p += R;
     net->gall = p;
     net->rows_cap = rows; net->acts_cap = acts;
     return FF_OK;
@@ -594,20 +715,19 @@ static ff_status block_forward(ff_net *net, int f, int l, const float *in, int R
 }
 
 /* Backward through block [f, l) on the first T rows, from dout (T, out_size(l-1)) which is
- * net->d0 on entry.  Adds weight gradients; input gradients stay inside the block. */
-static ff_status block_backward(ff_net *net, int f, int l, const float *in, int T) {
+ * net->d0 on entry.  Adds weight gradients; input gradients stay inside the block, except
+ * that din (or NULL) receives the gradient w.r.t. the block's input (for a label embedding). */
+static ff_status block_backward(ff_net *net, int f, int l, const float *in, int T, float *din) {
     float *dcur = net->d0, *dnext = net->d1;
     for (int i = l - 1; i >= f; i--) {
         ff_layer *L = &net->layers[i];
         const float *x = i == f ? in : act_of(net, i - 1);
         const float *y = act_of(net, i);
         size_t nin = layer_in(L), nout = layer_out(L);
-        int need_dx = i > f;
-        /* does anything below this layer in the block have parameters? if not, stop */
-        int below = 0;
-        for (int j = f; j < i; j++) below |= trainable(&net->layers[j]);
-        need_dx = need_dx && below;
-        float *dx = need_dx ? dnext : NULL;
+        /* an input gradient is needed if something below in the block has parameters */
+        int below = i == f && din != NULL;
+        for (int j = f; j < i; j++) below |= trainable(&net->layers[j]) || (j == f && din != NULL);
+        float *dx = below ? (i == f ? din : dnext) : NULL;
         if (dx) memset(dx, 0, (size_t)T * nin * sizeof(float));
         const float *w = net->params + L->w_off;
         float *gw = net->grads + L->w_off, *gb = L->b_n ? net->grads + L->b_off : NULL;
@@ -667,6 +787,28 @@ static void zero_layer_grads(ff_net *net, const ff_layer *L) {
     if (L->b_n) memset(net->grads + L->b_off, 0, L->b_n * sizeof(float));
 }
 
+/* The label embedding is trained by block 0's loss: dxin holds the gradient w.r.t. block 0's
+ * (normalised) input; undo the input normalisation, then add each row's extra-channel gradient
+ * to its label's map. */
+static void embedding_backward(ff_net *net, int T, int apply_update) {
+    ff_layer *E = &net->layers[net->nl + 1];
+    int HW = net->H * net->W, Din = net->Din;
+    const float *d = net->dxin;
+    if (net->cfg.norm_first) {
+        memset(net->d0, 0, (size_t)T * Din * sizeof(float));
+        ff_lennorm_backward(net->d0, net->dxin, net->xtmp, net->scale0, T, Din, net->cfg.norm,
+                            net->cfg.norm_eps);
+        d = net->d0;
+    }
+    if (apply_update) zero_layer_grads(net, E);
+    float *g = net->grads + E->w_off;
+    for (int r = 0; r < T; r++) {
+        const float *dr = d + (size_t)r * Din + net->D;
+        float *gk = g + (size_t)net->lab[r] * HW;
+        for (int i = 0; i < HW; i++) gk[i] += dr[i];
+    }
+}
+
 void ff_net_zero_grad(ff_net *net) {
     if (net->grads) memset(net->grads, 0, net->nparams * sizeof(float));
 }
@@ -697,10 +839,12 @@ static int is_head_layer(const ff_net *net, int i) {
     return 0;
 }
 
-/* Normalise the raw input rows (R, D) into carry (or copy when norm_first is off). */
-static void load_input(ff_net *net, const float *xin, int R) {
-    if (net->cfg.norm_first) pass_on(net, xin, R, net->D);
-    else memcpy(net->carry, xin, (size_t)R * net->D * sizeof(float));
+/* Normalise the encoded input rows (R, Din) in xtmp into carry (or copy when norm_first is off). */
+static void load_input(ff_net *net, int R) {
+    if (net->cfg.norm_first)
+        ff_lennorm_forward(net->carry, net->scale0, net->xtmp, R, net->Din, net->cfg.norm,
+                           net->cfg.norm_eps);
+    else memcpy(net->carry, net->xtmp, (size_t)R * net->Din * sizeof(float));
 }
 
 /* Run blocks up to (excluding) `stop`, starting from the carry; after each layer that feeds the
@@ -799,11 +943,9 @@ ff_status ff_net_train_step(ff_net *net, const float *x, const int64_t *labels,
         }
         if (train_head) lab[T + b] = -1;
     }
-    for (int r = 0; r < R; r++) {
-        const float *src = x + (size_t)(r % B) * D;
-        ff_overlay_labels(net->xtmp + (size_t)r * D, src, lab + r, 1, D, K, net->cfg.label_value);
-    }
-    load_input(net, net->xtmp, R);
+    for (int r = 0; r < R; r++)
+        encode_row(net, net->xtmp + (size_t)r * net->Din, x + (size_t)(r % B) * D, lab[r]);
+    load_input(net, R);
 
     /* how far forward do we need to go? */
     int stop = 0;
@@ -829,8 +971,10 @@ ff_status ff_net_train_step(ff_net *net, const float *x, const int64_t *labels,
             memset(net->d0, 0, (size_t)T * Dout * sizeof(float));
             ff_goodness_backward(net->d0, dg, y, T, Dout, net->cfg.goodness);
             if (apply_update) for (int i = f; i < l; i++) zero_layer_grads(net, &net->layers[i]);
-            st = block_backward(net, f, l, in, T);
+            int embed = b == 0 && net->label == FF_LABEL_EMBEDDING;
+            st = block_backward(net, f, l, in, T, embed ? net->dxin : NULL);
             if (st != FF_OK) return st;
+            if (embed) embedding_backward(net, T, apply_update);
         }
         /* head features from the neutral rows */
         if (train_head)
@@ -844,8 +988,10 @@ ff_status ff_net_train_step(ff_net *net, const float *x, const int64_t *labels,
         if (b + 1 < stop) pass_on(net, y, R, Dout);
         /* the update comes after the output was passed on, so every block of this step sees
          * its predecessors' pre-update outputs (the same as computing all grads, then stepping) */
-        if (on && apply_update)
+        if (on && apply_update) {
             for (int i = f; i < l; i++) layer_opt_step(net, &net->layers[i]);
+            if (b == 0 && net->label == FF_LABEL_EMBEDDING) layer_opt_step(net, &net->layers[net->nl + 1]);
+        }
     }
     if (train_head) {
         float hl = head_run(net, B, labels, net->logits + (size_t)B * K, 1, apply_update);
@@ -862,6 +1008,7 @@ ff_status ff_net_optimizer_step(ff_net *net, const uint8_t *active, int head) {
         if (active && !active[b]) continue;
         int f = b ? net->ends[b - 1] : 0, l = net->ends[b];
         for (int i = f; i < l; i++) layer_opt_step(net, &net->layers[i]);
+        if (b == 0 && net->label == FF_LABEL_EMBEDDING) layer_opt_step(net, &net->layers[net->nl + 1]);
     }
     if (head) layer_opt_step(net, &net->layers[net->nl]);
     return FF_OK;
@@ -872,7 +1019,7 @@ ff_status ff_net_optimizer_step(ff_net *net, const uint8_t *active, int head) {
 /* Rows worth reserving for an inference call wanting `want` rows: enough for large GEMMs,
  * but the workspace capped near 256 MB (an image net's rows are large). */
 static int inference_rows(const ff_net *net, int want) {
-    size_t per_row = (size_t)net->D * 2;
+    size_t per_row = (size_t)net->Din * 3;
     for (int i = 0; i < net->nl; i++) per_row += 4 * layer_out(&net->layers[i]);
     size_t cap = ((size_t)256 << 20) / (per_row * sizeof(float));
     int rows = want < 2048 ? want : 2048;
@@ -890,12 +1037,9 @@ ff_status ff_net_goodness(ff_net *net, const float *x, int B, float *out) {
     for (int s0 = 0; s0 < B; s0 += chunk) {
         int n = B - s0 < chunk ? B - s0 : chunk, R = n * K;
         for (int s = 0; s < n; s++)
-            for (int k = 0; k < K; k++) {
-                int64_t y = k;
-                ff_overlay_labels(net->xtmp + ((size_t)s * K + k) * D, x + (size_t)(s0 + s) * D,
-                                  &y, 1, D, K, net->cfg.label_value);
-            }
-        load_input(net, net->xtmp, R);
+            for (int k = 0; k < K; k++)
+                encode_row(net, net->xtmp + ((size_t)s * K + k) * net->Din, x + (size_t)(s0 + s) * D, k);
+        load_input(net, R);
         for (int b = 0; b < nb; b++) {
             int f = b ? net->ends[b - 1] : 0, l = net->ends[b];
             st = block_forward(net, f, l, net->carry, R, R, 0);
@@ -921,9 +1065,10 @@ ff_status ff_net_goodness_labeled(ff_net *net, const float *x, const int64_t *la
     int chunk = net->rows_cap;
     for (int s0 = 0; s0 < B; s0 += chunk) {
         int n = B - s0 < chunk ? B - s0 : chunk;
-        ff_overlay_labels(net->xtmp, x + (size_t)s0 * D, labels ? labels + s0 : NULL, n, D,
-                          net->K, net->cfg.label_value);
-        load_input(net, net->xtmp, n);
+        for (int r = 0; r < n; r++)
+            encode_row(net, net->xtmp + (size_t)r * net->Din, x + (size_t)(s0 + r) * D,
+                       labels ? labels[s0 + r] : -1);
+        load_input(net, n);
         st = forward_eval(net, n, nb, 0, 0, net->gall);
         if (st != FF_OK) return st;
         for (int r = 0; r < n; r++)
@@ -944,8 +1089,9 @@ static ff_status features_chunked(ff_net *net, const float *x, int B, float *fea
     int stop = last_head_block(net) + 1;
     for (int s0 = 0; s0 < B; s0 += chunk) {
         int n = B - s0 < chunk ? B - s0 : chunk;
-        ff_overlay_labels(net->xtmp, x + (size_t)s0 * D, NULL, n, D, K, net->cfg.label_value);
-        load_input(net, net->xtmp, n);
+        for (int r = 0; r < n; r++)
+            encode_row(net, net->xtmp + (size_t)r * net->Din, x + (size_t)(s0 + r) * D, -1);
+        load_input(net, n);
         st = forward_eval(net, n, stop, 0, n, NULL);
         if (st != FF_OK) return st;
         if (feat_out) memcpy(feat_out + (size_t)s0 * F, net->feat, (size_t)n * F * sizeof(float));

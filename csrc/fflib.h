@@ -190,6 +190,14 @@ typedef enum {
 } ff_layer_kind;
 
 typedef enum { FF_LOSS_FF = 0, FF_LOSS_SYMBA = 1 } ff_loss_kind;
+/* How the label enters the input (see ff_net_set_label_encoding). */
+typedef enum {
+    FF_LABEL_ONEHOT = 0,    /* label_value * onehot in the first K values of the row (flat input)
+                               or of every channel plane (images); neutral: label_value/K */
+    FF_LABEL_FOURIER = 1,   /* label_value * a per-class plane wave added to every channel */
+    FF_LABEL_EMBEDDING = 2, /* an extra input channel holding a trained (H,W) map per class */
+    FF_LABEL_NONE = 3       /* no label in the input (channel-wise competitive learning) */
+} ff_label_kind;
 typedef enum { FF_OPT_SGD = 0, FF_OPT_ADAM = 1 } ff_opt_kind;
 
 /* Which parameter array of a layer (or of the head, layer index -1). */
@@ -233,6 +241,9 @@ ff_net *ff_net_create(int C, int H, int W, int K, uint64_t seed);
 void ff_net_destroy(ff_net *net);
 
 /* Append a layer (before ff_net_finalize).  Shapes follow from the previous layer. */
+/* Choose the label encoding; before the first layer is added (an embedding adds a channel). */
+ff_status ff_net_set_label_encoding(ff_net *net, ff_label_kind kind);
+ff_label_kind ff_net_label_encoding(const ff_net *net);
 ff_status ff_net_add_linear(ff_net *net, int out_features, int bias);
 ff_status ff_net_add_conv2d(ff_net *net, int out_channels, int kernel, int stride, int pad,
                             int groups, int bias);
@@ -258,7 +269,8 @@ int ff_net_default_blocks(const ff_net *net, int *ends);
 
 ff_status ff_net_set_config(ff_net *net, const ff_config *cfg);
 ff_config ff_net_get_config(const ff_net *net);
-/* Optimiser of layer l (l = -1: the head); every trainable layer has its own state. */
+/* Optimiser of layer l (l = -1: the head, -2: the label embedding, (K, H*W)); every trainable
+ * layer has its own state.  ff_net_param, get/set_step take the same indices. */
 ff_status ff_net_set_opt(ff_net *net, int layer, const ff_opt_config *opt);
 ff_status ff_net_get_opt(const ff_net *net, int layer, ff_opt_config *opt);
 /* Per-layer optimiser step counter (for save/load). */
@@ -280,6 +292,14 @@ int ff_net_has_head(const ff_net *net);
 ff_layer_kind ff_net_layer_kind(const ff_net *net, int layer);
 /* The layer's output shape (C,H,W). */
 void ff_net_layer_shape(const ff_net *net, int layer, int *C, int *H, int *W);
+typedef struct {
+    ff_layer_kind kind;
+    int C, H, W;          /* input shape (a linear layer's input counts as (features, 1, 1)) */
+    int OC, OH, OW;       /* output shape */
+    int kernel, stride, pad, groups, bias;
+} ff_layer_info;
+/* Describe layer l (-1: the head). */
+ff_status ff_net_layer_info(const ff_net *net, int layer, ff_layer_info *info);
 /* Block b's layer range [first, last). */
 void ff_net_block_range(const ff_net *net, int b, int *first, int *last);
 /* Pointer to a parameter array and its element count (0 and NULL when absent).  The

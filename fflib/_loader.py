@@ -19,6 +19,12 @@ def _preload_openblas():
 
 
 _preload_openblas()
-from . import _core  # noqa: E402
+try:
+    from . import _core  # noqa: E402
+except ImportError as e:  # the usual cause: importing the source tree, which has no build
+    raise ImportError(
+        f"fflib's compiled core could not be imported ({e}). If you are inside the fflib source "
+        "directory, Python imports the unbuilt sources from there: run from another directory, "
+        "or build in place with `pip install -e .`.") from e
 
 __all__ = ["_core"]

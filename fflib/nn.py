@@ -13,6 +13,7 @@ from ._loader import _core
 LOSSES = {"ff": 0, "symba": 1}
 GOODNESS = {"sum": 0, "mean": 1}
 NORMS = {"none": 0, "l2": 1, "rms": 2}
+LABEL_ENCODINGS = {"onehot": 0, "fourier": 1, "embedding": 2, "none": 3}
 _P_WEIGHT, _P_BIAS, _P_RMEAN, _P_RVAR = 0, 1, 2, 3
 _P_GW, _P_GB, _P_MW, _P_MB, _P_VW, _P_VB = 4, 5, 6, 7, 8, 9
 FORMAT_VERSION = 1
@@ -257,8 +258,16 @@ class FFModel:
         Length normalisation of each block's input; ``norm_eps`` its epsilon.
     normalize_input : bool
         Also normalise the raw input (with its label) before the first block.
+    label_encoding : {"onehot", "fourier", "embedding", "none"}
+        How the label enters the input: one-hot in the first K values (of each channel plane for
+        images); a per-class plane wave added to the image (Scodellaro et al. 2024; class k has
+        orientation pi k/K and wavelength max(H, W)/(2 + k mod 3) pixels); a trained extra input
+        channel holding one (H, W) map per class (Dooms et al. 2023), trained by block 0's loss
+        (so the first layer sees C+1 channels);
+        or none (channel-wise competitive learning needs no label in the input).
     label_value : float
-        Value of the one-hot label pixels (the neutral label is label_value/K everywhere).
+        One-hot value, Fourier amplitude, or embedding initial scale; the neutral label is the
+        mean over classes (label_value/K for one-hot).
     head_blocks : "auto", None or list of int
         Blocks whose normalised outputs feed the one-pass softmax head; "auto" = blocks 2..L
         (all but the first, as in Hinton's paper; the only block if there is one); None = no head.
@@ -268,7 +277,7 @@ class FFModel:
 
     def __init__(self, layers, input_shape, num_classes=10, *, blocks=None, loss="ff", threshold=2.0,
                  alpha=4.0, goodness="sum", norm="l2", norm_eps=1e-4, normalize_input=True,
-                 label_value=1.0, head_blocks="auto", seed=0):
+                 label_value=1.0, label_encoding="onehot", head_blocks="auto", seed=0):
         if not layers:
             raise ValueError("layers must be a non-empty list of fflib layers (a model needs at least one layer)")
         for i, layer in enumerate(layers):
@@ -298,8 +307,12 @@ class FFModel:
         self._hparams = dict(loss=loss, threshold=float(threshold), alpha=float(alpha),
                              goodness=goodness, norm=norm, norm_eps=float(norm_eps),
                              normalize_input=bool(normalize_input), label_value=float(label_value))
+        self.label_encoding = label_encoding
         net = _core.Net(input_shape, self.num_classes, self.seed)
+        net.set_label_encoding(_choice("label_encoding", label_encoding, LABEL_ENCODINGS))
         shape = input_shape
+        if label_encoding == "embedding":  # the label map is one more input channel
+            shape = (shape[0] + 1, shape[1], shape[2])
         for i, layer in enumerate(self.layers):
             size = shape[0] * shape[1] * shape[2]
             try:
@@ -389,11 +402,16 @@ class FFModel:
         """One-pass head bias (K,), a view of C memory, or None."""
         return self._net.param(-1, _P_BIAS) if self.has_head else None
 
+    @property
+    def label_embedding(self):
+        """The trained label maps (K, H*W) of ``label_encoding="embedding"`` (a view), or None."""
+        return self._net.param(-2, _P_WEIGHT)
+
     def trainable_layers(self):
-        """Indices of layers with parameters (plus -1 for the head when present)."""
+        """Indices of layers with parameters, then -2 for a label embedding and -1 for the head."""
         idx = [i for i in range(len(self.layers)) if self._net.param(i, _P_WEIGHT) is not None
                or self._net.param(i, _P_BIAS) is not None]
-        return idx + ([-1] if self.has_head else [])
+        return idx + ([-2] if self.label_embedding is not None else []) + ([-1] if self.has_head else [])
 
     def parameters(self):
         """All trainable arrays (views of C memory), layer by layer, head last."""
@@ -515,6 +533,7 @@ class FFModel:
             "input_shape": list(self.input_shape), "num_classes": self.num_classes,
             "blocks": [e for _, e in self.blocks], "head_blocks": self._head_blocks_arg,
             "head_layers": self._head_layers, "seed": self.seed, "config": self.config,
+            "label_encoding": self.label_encoding,
         }
 
     @classmethod
@@ -533,15 +552,15 @@ class FFModel:
         head = arch.get("head_blocks", "auto")
         cfg = arch.get("config", {})
         model = cls(layers, tuple(arch["input_shape"]), arch["num_classes"], head_blocks=head,
-                    seed=arch.get("seed", 0), **cfg)
+                    seed=arch.get("seed", 0), label_encoding=arch.get("label_encoding", "onehot"), **cfg)
         if [e for _, e in model.blocks] != list(arch["blocks"]):
             model.set_blocks(arch["blocks"])
         return model
 
     def _state_items(self):
         names = {_P_WEIGHT: "weight", _P_BIAS: "bias", _P_RMEAN: "running_mean", _P_RVAR: "running_var"}
-        for i in list(range(len(self.layers))) + ([-1] if self.has_head else []):
-            prefix = "head" if i == -1 else f"layers.{i}"
+        for i in list(range(len(self.layers))) + [-2, -1]:
+            prefix = {-1: "head", -2: "label_embedding"}.get(i, f"layers.{i}")
             for which, name in names.items():
                 p = self._net.param(i, which)
                 if p is not None:
@@ -570,7 +589,7 @@ class FFModel:
         """Optimiser moments, step counters and the RNG state (for exact resumption)."""
         out = {}
         for i in self.trainable_layers():
-            prefix = "head" if i == -1 else f"layers.{i}"
+            prefix = {-1: "head", -2: "label_embedding"}.get(i, f"layers.{i}")
             for which, name in ((_P_MW, "m_weight"), (_P_MB, "m_bias"), (_P_VW, "v_weight"), (_P_VB, "v_bias")):
                 p = self._net.param(i, which)
                 if p is not None:
@@ -582,7 +601,7 @@ class FFModel:
     def load_optimizer_state(self, state):
         """Restore what :meth:`optimizer_state` returned."""
         for i in self.trainable_layers():
-            prefix = "head" if i == -1 else f"layers.{i}"
+            prefix = {-1: "head", -2: "label_embedding"}.get(i, f"layers.{i}")
             for which, name in ((_P_MW, "m_weight"), (_P_MB, "m_bias"), (_P_VW, "v_weight"), (_P_VB, "v_bias")):
                 p = self._net.param(i, which)
                 key = f"{prefix}.{name}"

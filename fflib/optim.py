@@ -15,7 +15,7 @@ class _Optimizer:
             raise ValueError(f"lr must be a finite number >= 0, got {lr!r}")
         self.model = model
         all_layers = model.trainable_layers()
-        if layers is None:
+        if layers is None:   # every layer and a label embedding; the head below
             layers = [i for i in all_layers if i != -1]
         else:
             layers = [int(i) for i in layers]

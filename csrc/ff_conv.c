@@ -1,0 +1,315 @@
+/* ff_conv.c - 2-D convolution (NCHW) as im2col + sgemm.
+ *
+ * The GEMMs run on chunks of about FF_CONV_COLS output positions (columns): a band of output
+ * rows of one image when its plane is large, or nb whole images when planes are small, so
+ * small planes still give BLAS wide products while the column matrix of one group
+ * (Cg*KH*KW, columns) stays near cache size.  The workspace is bounded by the image shape
+ * alone, never by the batch size.  A 1x1, stride-1, unpadded conv on one image is a plain
+ * GEMM on the input (no column matrix). */
+#include <limits.h>
+#include <string.h>
+#include "fflib.h"
+
+/* target GEMM width in output positions */
+#ifndef FF_CONV_COLS
+#define FF_CONV_COLS 1024
+#endif
+
+typedef struct {
+    int C, H, W, OC, KH, KW, stride, pad, groups;
+    int OH, OW, OHW, Cg, OCg, CgK; /* CgK = Cg*KH*KW, the GEMM's inner dimension */
+    int nb;                        /* images per chunk (> 1 only when rows == OH) */
+    int rows;                      /* output rows per chunk */
+    int direct;                    /* 1x1, stride 1, pad 0: the input is its own column matrix */
+} conv_shape;
+
+/* Checks the sizes and fills s.  The checks mirror what PyTorch would reject. */
+static ff_status conv_setup(conv_shape *s, int C, int H, int W, int OC, int KH, int KW,
+                            int stride, int pad, int groups) {
+    if (KH < 1 || KW < 1 || stride < 1 || pad < 0 || groups < 1) return FF_ERR_ARG;
+    if (C < 1 || H < 1 || W < 1 || OC < 1) return FF_ERR_SHAPE;
+    if (C % groups != 0 || OC % groups != 0) return FF_ERR_SHAPE;
+    if ((long long)KH > (long long)H + 2LL * pad || (long long)KW > (long long)W + 2LL * pad)
+        return FF_ERR_SHAPE;
+    s->C = C; s->H = H; s->W = W; s->OC = OC; s->KH = KH; s->KW = KW;
+    s->stride = stride; s->pad = pad; s->groups = groups;
+    s->OH = (int)(((long long)H + 2LL * pad - KH) / stride + 1);
+    s->OW = (int)(((long long)W + 2LL * pad - KW) / stride + 1);
+    s->Cg = C / groups;
+    s->OCg = OC / groups;
+    /* every GEMM dimension and leading dimension must fit in an int */
+    long long ohw = (long long)s->OH * s->OW, cgk = (long long)s->Cg * KH * KW;
+    if (ohw > INT_MAX || cgk > INT_MAX || (long long)H * W > INT_MAX) return FF_ERR_SHAPE;
+    s->OHW = (int)ohw;
+    s->CgK = (int)cgk;
+    s->direct = KH == 1 && KW == 1 && stride == 1 && pad == 0;
+    if (s->OHW >= FF_CONV_COLS) {
+        s->nb = 1;
+        /* the direct path needs no column matrix, so it takes whole images */
+        s->rows = s->direct ? s->OH : (FF_CONV_COLS / s->OW > 0 ? FF_CONV_COLS / s->OW : 1);
+        if (s->rows > s->OH) s->rows = s->OH;
+    } else {
+        s->nb = FF_CONV_COLS / s->OHW;
+        s->rows = s->OH;
+    }
+    return FF_OK;
+}
+
+/* Floats of workspace: the column matrix (CgK, cols), plus with nb > 1 a (OCg, cols) matrix
+ * holding the chunk's output (forward) or output gradient (backward) in GEMM layout; cols =
+ * nb*rows*OW <= max(FF_CONV_COLS, OW).  The backward reuses the column matrix for the
+ * column gradient. */
+static size_t conv_ws_floats(const conv_shape *s) {
+    size_t cols = (size_t)s->nb * s->rows * s->OW;
+    if (s->nb == 1) return s->direct ? 0 : (size_t)s->CgK * cols;
+    return ((size_t)s->CgK + (size_t)s->OCg) * cols;
+}
+
+size_t ff_conv2d_workspace(int C, int H, int W, int OC, int KH, int KW, int stride, int pad,
+                           int groups) {
+    conv_shape s;
+    if (conv_setup(&s, C, H, W, OC, KH, KW, stride, pad, groups) != FF_OK) return 0;
+    return conv_ws_floats(&s);
+}
+
+/* Output columns [lo, hi) of a kernel column kw read inside the input row; the others
+ * fall in the zero padding.  iw = ow*stride + kw - pad. */
+static void conv_valid_range(const conv_shape *s, int kw, int *lo, int *hi) {
+    int a = s->pad - kw; /* need ow*stride >= a */
+    int l = a <= 0 ? 0 : (a + s->stride - 1) / s->stride;
+    int b = s->W + s->pad - kw; /* need ow*stride < b */
+    int h = b <= 0 ? 0 : (b + s->stride - 1) / s->stride;
+    if (h > s->OW) h = s->OW;
+    if (l > h) l = h;
+    *lo = l;
+    *hi = h;
+}
+
+/* col (CgK, nb*R*OW) <- patches of channels [g*Cg, (g+1)*Cg) of images img (nb,C,H,W) for
+ * output rows [oh0, oh0+R).  Row (c,kh,kw), column (i,oh-oh0,ow) holds
+ * img[i, g*Cg+c, oh*stride-pad+kh, ow*stride-pad+kw], zero in the padding. */
+static void im2col(float *col, const float *img, const conv_shape *s, int g, int nb, int oh0,
+                   int R) {
+    const size_t cols = (size_t)nb * R * s->OW, HW = (size_t)s->H * s->W;
+    const size_t img_size = (size_t)s->C * HW;
+    const int OW = s->OW, st = s->stride;
+    for (int c = 0; c < s->Cg; c++) {
+        for (int kh = 0; kh < s->KH; kh++) {
+            for (int kw = 0; kw < s->KW; kw++) {
+                float *d = col + ((size_t)(c * s->KH + kh) * s->KW + kw) * cols;
+                int lo, hi;
+                conv_valid_range(s, kw, &lo, &hi);
+                const int iw0 = lo * st + kw - s->pad;
+                for (int i = 0; i < nb; i++) {
+                    const float *plane = img + i * img_size + (size_t)(g * s->Cg + c) * HW;
+                    for (int oh = oh0; oh < oh0 + R; oh++, d += OW) {
+                        int ih = oh * st - s->pad + kh;
+                        if (ih < 0 || ih >= s->H || lo == hi) {
+                            memset(d, 0, (size_t)OW * sizeof(float));
+                            continue;
+                        }
+                        const float *src = plane + (size_t)ih * s->W + iw0;
+                        for (int ow = 0; ow < lo; ow++) d[ow] = 0.0f;
+                        if (st == 1) {
+                            memcpy(d + lo, src, (size_t)(hi - lo) * sizeof(float));
+                        } else {
+                            for (int ow = lo, j = 0; ow < hi; ow++, j += st) d[ow] = src[j];
+                        }
+                        for (int ow = hi; ow < OW; ow++) d[ow] = 0.0f;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/* dimg (nb,C,H,W) channels of group g += col (CgK, nb*R*OW) folded back: the adjoint of
+ * im2col for output rows [oh0, oh0+R). */
+static void col2im(float *dimg, const float *col, const conv_shape *s, int g, int nb, int oh0,
+                   int R) {
+    const size_t cols = (size_t)nb * R * s->OW, HW = (size_t)s->H * s->W;
+    const size_t img_size = (size_t)s->C * HW;
+    const int OW = s->OW, st = s->stride;
+    for (int c = 0; c < s->Cg; c++) {
+        for (int kh = 0; kh < s->KH; kh++) {
+            for (int kw = 0; kw < s->KW; kw++) {
+                const float *d = col + ((size_t)(c * s->KH + kh) * s->KW + kw) * cols;
+                int lo, hi;
+                conv_valid_range(s, kw, &lo, &hi);
+                if (lo == hi) continue;
+                const int iw0 = lo * st + kw - s->pad;
+                for (int i = 0; i < nb; i++) {
+                    float *plane = dimg + i * img_size + (size_t)(g * s->Cg + c) * HW;
+                    for (int oh = oh0; oh < oh0 + R; oh++, d += OW) {
+                        int ih = oh * st - s->pad + kh;
+                        if (ih < 0 || ih >= s->H) continue;
+                        float *dst = plane + (size_t)ih * s->W + iw0;
+                        if (st == 1) {
+                            const float *e = d + lo;
+                            for (int j = 0; j < hi - lo; j++) dst[j] += e[j];
+                        } else {
+                            for (int ow = lo, j = 0; ow < hi; ow++, j += st) dst[j] += d[ow];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/* out (N,OC,OH,OW) = conv(inp (N,C,H,W)) + bias */
+ff_status ff_conv2d_forward(float *out, const float *inp, const float *weight, const float *bias,
+                            int N, int C, int H, int W, int OC, int KH, int KW, int stride,
+                            int pad, int groups, float *ws) {
+    conv_shape s;
+    ff_status st = conv_setup(&s, C, H, W, OC, KH, KW, stride, pad, groups);
+    if (st != FF_OK) return st;
+    if (N < 0) return FF_ERR_SHAPE;
+    if (N == 0) return FF_OK;
+    if (!out || !inp || !weight || (!ws && conv_ws_floats(&s) > 0)) return FF_ERR_ARG;
+    const size_t in_img = (size_t)C * H * W, out_img = (size_t)OC * s.OHW;
+    const size_t cols_max = (size_t)s.nb * s.rows * s.OW;
+    for (int n0 = 0; n0 < N; n0 += s.nb) {
+        const int nb = N - n0 < s.nb ? N - n0 : s.nb;
+        const float *x = inp + (size_t)n0 * in_img;
+        float *y = out + (size_t)n0 * out_img;
+        for (int oh0 = 0; oh0 < s.OH; oh0 += s.rows) {
+            const int R = s.OH - oh0 < s.rows ? s.OH - oh0 : s.rows;
+            const int cols = nb * R * s.OW;
+            const size_t off = (size_t)oh0 * s.OW; /* the band's first output position */
+            for (int g = 0; g < groups; g++) {
+                const float *wg = weight + (size_t)g * s.OCg * s.CgK;
+                const float *colm = ws;
+                int ldcol = cols;
+                if (s.direct && nb == 1) {
+                    colm = x + (size_t)g * s.Cg * s.OHW + off;
+                    ldcol = s.OHW;
+                } else {
+                    im2col(ws, x, &s, g, nb, oh0, R);
+                }
+                if (nb == 1) {
+                    /* the product lands straight in the output: (OCg, cols) of image n0 */
+                    float *yg = y + (size_t)g * s.OCg * s.OHW + off;
+                    ff_sgemm(0, 0, s.OCg, cols, s.CgK, 1.0f, wg, s.CgK, colm, ldcol, 0.0f, yg,
+                             s.OHW);
+                    if (bias) {
+                        for (int o = 0; o < s.OCg; o++) {
+                            float b = bias[g * s.OCg + o], *p = yg + (size_t)o * s.OHW;
+                            for (int j = 0; j < cols; j++) p[j] += b;
+                        }
+                    }
+                } else {
+                    /* (OCg, nb*OHW) in scratch, then scattered to NCHW with the bias */
+                    float *tmp = ws + (size_t)s.CgK * cols_max;
+                    ff_sgemm(0, 0, s.OCg, cols, s.CgK, 1.0f, wg, s.CgK, colm, ldcol, 0.0f, tmp,
+                             cols);
+                    for (int o = 0; o < s.OCg; o++) {
+                        float b = bias ? bias[g * s.OCg + o] : 0.0f;
+                        for (int i = 0; i < nb; i++) {
+                            const float *t = tmp + (size_t)o * cols + (size_t)i * s.OHW;
+                            float *p = y + i * out_img + (size_t)(g * s.OCg + o) * s.OHW;
+                            for (int j = 0; j < s.OHW; j++) p[j] = t[j] + b;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    return FF_OK;
+}
+
+/* Sum of n floats in double, eight independent lanes so the loop pipelines (and vectorises). */
+static double sum_f64(const float *x, size_t n) {
+    double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int l = 0; l < 8; l++) acc[l] += x[i + l];
+    double s = 0.0;
+    for (; i < n; i++) s += x[i];
+    for (int l = 0; l < 8; l++) s += acc[l];
+    return s;
+}
+
+/* dinp (N,C,H,W) +=, dweight (OC,C/groups,KH,KW) +=, dbias (OC) += from dout (N,OC,OH,OW) */
+ff_status ff_conv2d_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                             const float *inp, const float *weight, int N, int C, int H, int W,
+                             int OC, int KH, int KW, int stride, int pad, int groups, float *ws) {
+    conv_shape s;
+    ff_status st = conv_setup(&s, C, H, W, OC, KH, KW, stride, pad, groups);
+    if (st != FF_OK) return st;
+    if (N < 0) return FF_ERR_SHAPE;
+    if (N == 0) return FF_OK;
+    if ((dinp || dweight || dbias) && !dout) return FF_ERR_ARG;
+    if ((dweight && !inp) || (dinp && !weight)) return FF_ERR_ARG;
+    if ((dinp || dweight) && !ws && conv_ws_floats(&s) > 0) return FF_ERR_ARG;
+    const size_t in_img = (size_t)C * H * W, out_img = (size_t)OC * s.OHW;
+    const size_t cols_max = (size_t)s.nb * s.rows * s.OW;
+
+    if (dbias) {
+        for (int o = 0; o < OC; o++) {
+            double acc = 0.0;
+            for (int n = 0; n < N; n++)
+                acc += sum_f64(dout + n * out_img + (size_t)o * s.OHW, (size_t)s.OHW);
+            dbias[o] += (float)acc;
+        }
+    }
+    if (!dinp && !dweight) return FF_OK;
+
+    for (int n0 = 0; n0 < N; n0 += s.nb) {
+        const int nb = N - n0 < s.nb ? N - n0 : s.nb;
+        const float *x = inp ? inp + (size_t)n0 * in_img : NULL;
+        float *dx = dinp ? dinp + (size_t)n0 * in_img : NULL;
+        for (int oh0 = 0; oh0 < s.OH; oh0 += s.rows) {
+            const int R = s.OH - oh0 < s.rows ? s.OH - oh0 : s.rows;
+            const int cols = nb * R * s.OW;
+            const size_t off = (size_t)oh0 * s.OW;
+            for (int g = 0; g < groups; g++) {
+                const float *wg = weight ? weight + (size_t)g * s.OCg * s.CgK : NULL;
+                /* the chunk's output gradient for this group as an (OCg, cols) matrix */
+                const float *dg;
+                int lddg;
+                if (nb == 1) {
+                    dg = dout + (size_t)n0 * out_img + (size_t)g * s.OCg * s.OHW + off;
+                    lddg = s.OHW;
+                } else {
+                    float *tmp = ws + (size_t)s.CgK * cols_max;
+                    for (int o = 0; o < s.OCg; o++)
+                        for (int i = 0; i < nb; i++)
+                            memcpy(tmp + (size_t)o * cols + (size_t)i * s.OHW,
+                                   dout + (size_t)(n0 + i) * out_img + (size_t)(g * s.OCg + o) * s.OHW,
+                                   (size_t)s.OHW * sizeof(float));
+                    dg = tmp;
+                    lddg = cols;
+                }
+                const int direct = s.direct && nb == 1;
+                if (dweight) {
+                    /* dW_g (OCg, CgK) += dout_g (OCg, cols) . col^T (cols, CgK) */
+                    const float *colm = ws;
+                    int ldcol = cols;
+                    if (direct) {
+                        colm = x + (size_t)g * s.Cg * s.OHW + off;
+                        ldcol = s.OHW;
+                    } else {
+                        im2col(ws, x, &s, g, nb, oh0, R);
+                    }
+                    ff_sgemm(0, 1, s.OCg, s.CgK, cols, 1.0f, dg, lddg, colm, ldcol, 1.0f,
+                             dweight + (size_t)g * s.OCg * s.CgK, s.CgK);
+                }
+                if (dinp) {
+                    if (direct) {
+                        /* dinp_g (Cg, cols) += W_g^T (Cg, OCg) . dout_g */
+                        float *dxg = dx + (size_t)g * s.Cg * s.OHW + off;
+                        ff_sgemm(1, 0, s.Cg, cols, s.OCg, 1.0f, wg, s.CgK, dg, lddg, 1.0f, dxg,
+                                 s.OHW);
+                    } else {
+                        /* dcol (CgK, cols) = W_g^T . dout_g, then folded back into dinp */
+                        ff_sgemm(1, 0, s.CgK, cols, s.OCg, 1.0f, wg, s.CgK, dg, lddg, 0.0f, ws,
+                                 cols);
+                        col2im(dx, ws, &s, g, nb, oh0, R);
+                    }
+                }
+            }
+        }
+    }
+    return FF_OK;
+}
