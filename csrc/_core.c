@@ -215,6 +215,14 @@ static PyObject *Net_add_maxpool2d(NetObject *self, PyObject *args) {
     return status_or_none(st, "add_maxpool2d");
 }
 
+static PyObject *Net_add_lennorm(NetObject *self, PyObject *args) {
+    int kind; float eps;
+    if (!PyArg_ParseTuple(args, "if", &kind, &eps)) return NULL;
+    ff_status st = ff_net_add_lennorm(self->net, (ff_norm_kind)kind, eps);
+    if (st == FF_ERR_ARG) return PyErr_Format(PyExc_ValueError, "lennorm: kind must be l2/rms/none and eps >= 0");
+    return status_or_none(st, "add_lennorm");
+}
+
 static PyObject *Net_add_flatten(NetObject *self, PyObject *Py_UNUSED(a)) {
     return status_or_none(ff_net_add_flatten(self->net), "add_flatten");
 }
@@ -293,6 +301,21 @@ static PyObject *Net_default_blocks(NetObject *self, PyObject *Py_UNUSED(a)) {
     return l;
 }
 
+static PyObject *Net_set_block_ranges(NetObject *self, PyObject *args) {
+    PyObject *fo, *lo; int firsts[256], lasts[256], nf, nl;
+    if (!PyArg_ParseTuple(args, "OO", &fo, &lo) || int_list(fo, "block firsts", firsts, 256, &nf) < 0 ||
+        int_list(lo, "block lasts", lasts, 256, &nl) < 0) return NULL;
+    if (nf != nl || nf == 0) return PyErr_Format(PyExc_ValueError, "need one (first, last) per block");
+    if (net_enter(self) < 0) return NULL;
+    ff_status st = ff_net_set_block_ranges(self->net, nf, firsts, lasts);
+    net_leave(self);
+    if (st == FF_ERR_ARG)
+        return PyErr_Format(PyExc_ValueError, "block ranges must start at 0, end at the number of layers (%d), "
+                            "have increasing firsts and lasts with no gaps (each first <= the previous last), "
+                            "and every block must hold a layer with parameters", ff_net_num_layers(self->net));
+    return status_or_none(st, "set_block_ranges");
+}
+
 static PyObject *Net_blocks(NetObject *self, PyObject *Py_UNUSED(a)) {
     int nb = ff_net_num_blocks(self->net);
     PyObject *l = PyList_New(nb);
@@ -307,29 +330,29 @@ static PyObject *Net_blocks(NetObject *self, PyObject *Py_UNUSED(a)) {
 
 static PyObject *Net_set_config(NetObject *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"loss", "goodness", "theta", "alpha", "norm", "norm_eps",
-                             "norm_first", "label_value", NULL};
+                             "label_value", "pvn_weight", NULL};
     ff_config c = ff_net_get_config(self->net);
-    int loss = c.loss, good = c.goodness, norm = c.norm, nf = c.norm_first;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "|iiffifpf", kwlist, &loss, &good, &c.theta,
-                                     &c.alpha, &norm, &c.norm_eps, &nf, &c.label_value))
+    int loss = c.loss, good = c.goodness, norm = c.norm;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|iiffifff", kwlist, &loss, &good, &c.theta,
+                                     &c.alpha, &norm, &c.norm_eps, &c.label_value, &c.pvn_weight))
         return NULL;
     c.loss = (ff_loss_kind)loss; c.goodness = (ff_goodness_kind)good; c.norm = (ff_norm_kind)norm;
-    c.norm_first = nf;
     if (net_enter(self) < 0) return NULL;
     ff_status st = ff_net_set_config(self->net, &c);
     net_leave(self);
     if (st != FF_OK)
         return PyErr_Format(PyExc_ValueError, "bad FF configuration: loss, goodness and norm must "
-                            "be known kinds, theta finite, alpha > 0, norm_eps >= 0, label_value finite");
+                            "be known kinds, theta finite, alpha > 0, norm_eps >= 0, label_value finite, "
+                            "pvn_weight in [0, 1]");
     Py_RETURN_NONE;
 }
 
 static PyObject *Net_get_config(NetObject *self, PyObject *Py_UNUSED(a)) {
     ff_config c = ff_net_get_config(self->net);
-    return Py_BuildValue("{s:i,s:i,s:d,s:d,s:i,s:d,s:i,s:d}", "loss", (int)c.loss, "goodness",
+    return Py_BuildValue("{s:i,s:i,s:d,s:d,s:i,s:d,s:d,s:d}", "loss", (int)c.loss, "goodness",
                          (int)c.goodness, "theta", (double)c.theta, "alpha", (double)c.alpha,
-                         "norm", (int)c.norm, "norm_eps", (double)c.norm_eps, "norm_first",
-                         c.norm_first, "label_value", (double)c.label_value);
+                         "norm", (int)c.norm, "norm_eps", (double)c.norm_eps, "label_value",
+                         (double)c.label_value, "pvn_weight", (double)c.pvn_weight);
 }
 
 static PyObject *Net_set_opt(NetObject *self, PyObject *args, PyObject *kw) {
@@ -640,11 +663,13 @@ static PyMethodDef Net_methods[] = {
     {"add_batchnorm2d", (PyCFunction)Net_add_batchnorm2d, METH_VARARGS, "add_batchnorm2d(eps, momentum, affine)"},
     {"add_relu", (PyCFunction)Net_add_relu, METH_NOARGS, "add_relu()"},
     {"add_maxpool2d", (PyCFunction)Net_add_maxpool2d, METH_VARARGS, "add_maxpool2d(kernel, stride)"},
+    {"add_lennorm", (PyCFunction)Net_add_lennorm, METH_VARARGS, "add_lennorm(kind, eps)"},
     {"add_flatten", (PyCFunction)Net_add_flatten, METH_NOARGS, "add_flatten()"},
     {"set_head", (PyCFunction)Net_set_head, METH_VARARGS, "set_head(layers): one-pass head input layers"},
     {"finalize", (PyCFunction)Net_finalize, METH_NOARGS, "finalize(): allocate and initialise"},
     {"set_blocks", (PyCFunction)Net_set_blocks, METH_VARARGS, "set_blocks(ends)"},
     {"default_blocks", (PyCFunction)Net_default_blocks, METH_NOARGS, "default_blocks() -> block ends"},
+    {"set_block_ranges", (PyCFunction)Net_set_block_ranges, METH_VARARGS, "set_block_ranges(firsts, lasts)"},
     {"blocks", (PyCFunction)Net_blocks, METH_NOARGS, "blocks() -> [(first, last), ...]"},
     {"set_config", (PyCFunction)(void (*)(void))Net_set_config, METH_VARARGS | METH_KEYWORDS, "set_config(**cfg)"},
     {"get_config", (PyCFunction)Net_get_config, METH_NOARGS, "get_config() -> dict"},

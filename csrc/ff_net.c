@@ -22,7 +22,8 @@ typedef struct {
     int C, H, W;              /* input shape */
     int OC, OH, OW;           /* output shape */
     int k, stride, pad, groups, bias, affine;
-    float eps, momentum;      /* batch-norm */
+    float eps, momentum;      /* batch-norm; eps also for length normalisation */
+    ff_norm_kind norm;        /* length normalisation */
     size_t w_off, w_n, b_off, b_n;  /* into the parameter (and grad, m, v) arenas */
     size_t rm_off, rv_off;          /* batch-norm running stats, into `buffers` */
     size_t sv_off;                  /* batch-norm saved mean and rstd, into `saved` */
@@ -32,7 +33,7 @@ typedef struct {
     /* per-run placement (set while a block runs) */
     int inplace;              /* output aliases the input */
     size_t act_off;           /* into acts (floats) */
-    size_t idx_off;           /* maxpool argmax, into acts (int32 slots) */
+    size_t idx_off;           /* maxpool argmax (int32 slots) or lennorm scales, into acts */
 } ff_layer;
 
 struct ff_net {
@@ -43,7 +44,9 @@ struct ff_net {
     int nl, finalized, training;
     ff_layer layers[FF_MAX_LAYERS + 2];   /* layers[nl]: the head (linear), when present;
                                              layers[nl+1]: the label embedding, when used */
-    int nblocks, ends[FF_MAX_LAYERS];
+    int nblocks, firsts[FF_MAX_LAYERS], ends[FF_MAX_LAYERS];   /* block b: layers [firsts[b], ends[b]) */
+    uint8_t starts_block[FF_MAX_LAYERS];   /* some block starts at this layer (no in-place output) */
+    int nseg, seg_ends[FF_MAX_LAYERS];     /* distinct block ends: the segments inference runs */
     int has_head, nhead, head_layers[FF_MAX_LAYERS], F;
     ff_config cfg;
     uint64_t rng[4];
@@ -57,8 +60,8 @@ struct ff_net {
     size_t ws_floats;
     float *ws;
     float *carry, *acts, *d0, *d1, *g, *dg, *scale, *conv_ws, *feat, *logits, *dlogits, *xtmp;
-    float *gall;              /* (nl, rows) goodness of every block output, inference */
-    float *dxin, *scale0;     /* gradient w.r.t. the encoded input; its normalisation scales */
+    float *G;                 /* (rows, K) group goodness */
+    float *dxin;              /* gradient w.r.t. the encoded input (label embedding) */
     size_t acts_cap;          /* floats per row available in acts */
     int64_t *lab;             /* per-row labels of the current step */
 };
@@ -178,7 +181,7 @@ static void encode_row(const ff_net *net, float *out, const float *x, int64_t y)
 ff_config ff_config_default(void) {
     ff_config c;
     c.loss = FF_LOSS_FF; c.goodness = FF_GOODNESS_SUM; c.theta = 2.0f; c.alpha = 4.0f;
-    c.norm = FF_NORM_L2; c.norm_eps = 1e-4f; c.norm_first = 1; c.label_value = 1.0f;
+    c.norm = FF_NORM_L2; c.norm_eps = 1e-4f; c.label_value = 1.0f; c.pvn_weight = 0.0f;
     return c;
 }
 
@@ -271,6 +274,16 @@ ff_status ff_net_add_batchnorm2d(ff_net *net, float eps, float momentum, int aff
     return FF_OK;
 }
 
+ff_status ff_net_add_lennorm(ff_net *net, ff_norm_kind kind, float eps) {
+    ff_status st; ff_layer *L = new_layer(net, FF_LAYER_LENNORM, &st);
+    if (!L) return st;
+    if (kind != FF_NORM_L2 && kind != FF_NORM_RMS && kind != FF_NORM_NONE) return FF_ERR_ARG;
+    if (!(eps >= 0.0f) || !isfinite(eps)) return FF_ERR_ARG;
+    L->norm = kind; L->eps = eps;
+    net->nl++;
+    return FF_OK;
+}
+
 ff_status ff_net_add_relu(ff_net *net) {
     ff_status st; ff_layer *L = new_layer(net, FF_LAYER_RELU, &st);
     if (!L) return st;
@@ -310,19 +323,27 @@ ff_status ff_net_set_head(ff_net *net, int nsel, const int *sel) {
     return FF_OK;
 }
 
-ff_status ff_net_set_blocks(ff_net *net, int nblocks, const int *ends) {
-    if (nblocks <= 0 || nblocks > net->nl || ends[nblocks - 1] != net->nl) return FF_ERR_ARG;
-    int prev = 0;
+ff_status ff_net_set_block_ranges(ff_net *net, int nblocks, const int *firsts, const int *lasts) {
+    if (nblocks <= 0 || nblocks > net->nl || firsts[0] != 0 || lasts[nblocks - 1] != net->nl)
+        return FF_ERR_ARG;
     for (int b = 0; b < nblocks; b++) {
-        if (ends[b] <= prev) return FF_ERR_ARG;
+        if (lasts[b] <= firsts[b] || lasts[b] > net->nl) return FF_ERR_ARG;
+        /* ordered, gap-free, each block ending after the previous one and starting inside it */
+        if (b && (firsts[b] <= firsts[b - 1] || firsts[b] > lasts[b - 1] || lasts[b] <= lasts[b - 1]))
+            return FF_ERR_ARG;
         int any = 0;
-        for (int i = prev; i < ends[b]; i++) any |= trainable(&net->layers[i]);
+        for (int i = firsts[b]; i < lasts[b]; i++) any |= trainable(&net->layers[i]);
         if (!any) return FF_ERR_ARG;
-        prev = ends[b];
     }
     net->nblocks = nblocks;
-    memcpy(net->ends, ends, (size_t)nblocks * sizeof(int));
-    /* a new cut may need a larger activation area: re-reserve lazily */
+    memcpy(net->firsts, firsts, (size_t)nblocks * sizeof(int));
+    memcpy(net->ends, lasts, (size_t)nblocks * sizeof(int));
+    memset(net->starts_block, 0, sizeof(net->starts_block));
+    for (int b = 0; b < nblocks; b++) net->starts_block[firsts[b]] = 1;
+    /* block ends are strictly increasing, so they are already the distinct segment ends */
+    net->nseg = nblocks;
+    memcpy(net->seg_ends, lasts, (size_t)nblocks * sizeof(int));
+    /* a new cut may need a larger activation area: re-reserve */
     if (net->rows_cap) {
         int rows = net->rows_cap;
         net->rows_cap = 0;
@@ -331,19 +352,26 @@ ff_status ff_net_set_blocks(ff_net *net, int nblocks, const int *ends) {
     return FF_OK;
 }
 
+ff_status ff_net_set_blocks(ff_net *net, int nblocks, const int *ends) {
+    int firsts[FF_MAX_LAYERS];
+    if (nblocks <= 0 || nblocks > net->nl) return FF_ERR_ARG;
+    for (int b = 0; b < nblocks; b++) firsts[b] = b ? ends[b - 1] : 0;
+    return ff_net_set_block_ranges(net, nblocks, firsts, ends);
+}
+
 int ff_net_default_blocks(const ff_net *net, int *ends) {
-    /* cut before every Linear/Conv2d; a BatchNorm2d directly before a conv joins it; never
-     * leave a block without parameters */
+    /* a block per Linear/Conv2d, which takes along the LenNorm/BatchNorm2d/Flatten layers
+     * directly before it and the ReLU/MaxPool2d after it; never a block without parameters */
     int nb = 0;
     for (int i = 1; i < net->nl; i++) {
-        ff_layer_kind k = net->layers[i].kind, pk = net->layers[i - 1].kind;
-        int starts = ((k == FF_LAYER_LINEAR || k == FF_LAYER_CONV2D) && pk != FF_LAYER_BATCHNORM2D) ||
-                     k == FF_LAYER_BATCHNORM2D;
-        if (starts) {
-            int first = nb ? ends[nb - 1] : 0, any = 0;
-            for (int j = first; j < i; j++) any |= trainable(&net->layers[j]);
-            if (any) ends[nb++] = i;
-        }
+        ff_layer_kind k = net->layers[i].kind;
+        if (k != FF_LAYER_LINEAR && k != FF_LAYER_CONV2D) continue;
+        int first = nb ? ends[nb - 1] : 0, s = i, any = 0;
+        while (s - 1 > first && (net->layers[s - 1].kind == FF_LAYER_LENNORM ||
+                                 net->layers[s - 1].kind == FF_LAYER_BATCHNORM2D ||
+                                 net->layers[s - 1].kind == FF_LAYER_FLATTEN)) s--;
+        for (int j = first; j < s; j++) any |= trainable(&net->layers[j]) && net->layers[j].kind != FF_LAYER_BATCHNORM2D;
+        if (any) ends[nb++] = s;
     }
     ends[nb++] = net->nl;
     return nb;
@@ -458,7 +486,8 @@ ff_status ff_net_finalize(ff_net *net) {
 ff_status ff_net_set_config(ff_net *net, const ff_config *c) {
     if (!(c->theta == c->theta) || !isfinite(c->theta) || !isfinite(c->alpha) || !(c->alpha > 0.0f))
         return FF_ERR_ARG;
-    if (c->loss != FF_LOSS_FF && c->loss != FF_LOSS_SYMBA) return FF_ERR_ARG;
+    if (c->loss < FF_LOSS_FF || c->loss > FF_LOSS_XENT) return FF_ERR_ARG;
+    if (!(c->pvn_weight >= 0.0f && c->pvn_weight <= 1.0f)) return FF_ERR_ARG;
     if (c->goodness != FF_GOODNESS_SUM && c->goodness != FF_GOODNESS_MEAN) return FF_ERR_ARG;
     if (c->norm != FF_NORM_NONE && c->norm != FF_NORM_L2 && c->norm != FF_NORM_RMS) return FF_ERR_ARG;
     if (!(c->norm_eps >= 0.0f) || !isfinite(c->label_value)) return FF_ERR_ARG;
@@ -529,7 +558,7 @@ ff_status ff_net_layer_info(const ff_net *net, int layer, ff_layer_info *info) {
 }
 
 void ff_net_block_range(const ff_net *net, int b, int *first, int *last) {
-    *first = b ? net->ends[b - 1] : 0;
+    *first = net->firsts[b];
     *last = net->ends[b];
 }
 size_t ff_net_num_params(const ff_net *net) {
@@ -569,14 +598,21 @@ float *ff_net_param(ff_net *net, int layer, ff_param_kind which, size_t *count) 
 
 /* ------------------------------------------------------------------ workspace */
 
-/* Floats per row needed by the activations of block [f, l) (ReLU/Flatten in place). */
+/* A layer's output may overwrite its input (ReLU, Flatten) unless it opens a block: then the
+ * input belongs to the block before and may still be needed. */
+static int runs_inplace(const ff_net *net, int i, int f) {
+    ff_layer_kind k = net->layers[i].kind;
+    return i > f && !net->starts_block[i] && (k == FF_LAYER_RELU || k == FF_LAYER_FLATTEN);
+}
+
+/* Floats per row needed by the activations of layers [f, l) run as one stretch. */
 static size_t block_act_floats(const ff_net *net, int f, int l) {
     size_t n = 0;
     for (int i = f; i < l; i++) {
         const ff_layer *L = &net->layers[i];
-        int inplace = i > f && (L->kind == FF_LAYER_RELU || L->kind == FF_LAYER_FLATTEN);
-        if (!inplace) n += layer_out(L);
+        if (!runs_inplace(net, i, f)) n += layer_out(L);
         if (L->kind == FF_LAYER_MAXPOOL2D) n += layer_out(L);  /* argmax slots */
+        if (L->kind == FF_LAYER_LENNORM) n += 1;               /* the row's scale */
     }
     return n;
 }
@@ -585,11 +621,10 @@ ff_status ff_net_reserve(ff_net *net, int rows) {
     if (!net->finalized) return FF_ERR_STATE;
     if (rows <= 0) return FF_ERR_ARG;
     if (rows < net->K) rows = net->K;        /* multi-pass needs K rows for one sample */
-    /* acts must fit the largest block of the current cut, and of any single layer */
+    /* acts must fit the largest block, inference segment and single layer */
     size_t acts = 0, maxio = (size_t)net->Din, convws = 0;
     for (int b = 0; b < net->nblocks; b++) {
-        int f = b ? net->ends[b - 1] : 0, l = net->ends[b];
-        size_t a = block_act_floats(net, f, l);
+        size_t a = block_act_floats(net, net->firsts[b], net->ends[b]);
         if (a > acts) acts = a;
     }
     for (int i = 0; i < net->nl; i++) {
@@ -607,12 +642,11 @@ ff_status ff_net_reserve(ff_net *net, int rows) {
                 + R * acts         /* acts */
                 + 2 * R * maxio    /* d0, d1 */
                 + 3 * R            /* g, dg, scale */
+                + R * K            /* G: group goodness */
                 + convws
                 + R * F            /* feat */
                 + 2 * R * K        /* logits, dlogits */
-                + 2 * R * (size_t)net->Din  /* xtmp (encoded inputs), dxin (their gradient) */
-                + R                 /* scale0 */
-                + R * (size_t)net->nl; /* gall */
+                + 2 * R * (size_t)net->Din;  /* xtmp (encoded inputs), dxin (their gradient) */
     float *ws = malloc(need * sizeof(float));
     int64_t *lab = malloc(R * sizeof(int64_t));
     if (!ws || !lab) { free(ws); free(lab); return FF_ERR_NOMEM; }
@@ -626,39 +660,39 @@ ff_status ff_net_reserve(ff_net *net, int rows) {
     net->g = p; p += R;
     net->dg = p; p += R;
     net->scale = p; p += R;
+    net->G = p; p += R * K;
     net->conv_ws = p; p += convws;
     net->feat = p; p += R * F;
     net->logits = p; p += R * K;
     net->dlogits = p; p += R * K;
     net->xtmp = p; p += R * (size_t)net->Din;
-    net->dxin = p; p += R * (size_t)net->Din;
-    net->scale0 = p; p += R;
-    net->gall = p;
+    net->dxin = p;
     net->rows_cap = rows; net->acts_cap = acts;
     return FF_OK;
 }
 
-/* ------------------------------------------------------------------ running blocks */
+/* ------------------------------------------------------------------ running layers */
 
-/* Place the outputs of block [f, l) in acts. */
+/* Place the outputs of layers [f, l) in acts. */
 static void place_block(ff_net *net, int f, int l, int R) {
     size_t off = 0;
     for (int i = f; i < l; i++) {
         ff_layer *L = &net->layers[i];
-        L->inplace = i > f && (L->kind == FF_LAYER_RELU || L->kind == FF_LAYER_FLATTEN);
+        L->inplace = runs_inplace(net, i, f);
         if (!L->inplace) { L->act_off = off; off += (size_t)R * layer_out(L); }
         else L->act_off = net->layers[i - 1].act_off;
         if (L->kind == FF_LAYER_MAXPOOL2D) { L->idx_off = off; off += (size_t)R * layer_out(L); }
+        if (L->kind == FF_LAYER_LENNORM) { L->idx_off = off; off += (size_t)R; }
     }
 }
 
 static float *act_of(ff_net *net, int i) { return net->acts + net->layers[i].act_off; }
 
-/* Forward block [f, l) on R rows whose input (R, in_size(f)) is `in`.  Batch-norm layers
- * take statistics from the first T rows (training mode) and update running stats if
- * `update_stats`. */
+/* Forward layers [f, l) on R rows whose input (R, in_size(f)) is `in`.  Batch-norm layers take
+ * statistics from the first T rows in training mode (the other rows are normalised with
+ * them); those at index >= update_from also update their running statistics. */
 static ff_status block_forward(ff_net *net, int f, int l, const float *in, int R, int T,
-                               int update_stats) {
+                               int update_from) {
     place_block(net, f, l, R);
     for (int i = f; i < l; i++) {
         ff_layer *L = &net->layers[i];
@@ -680,9 +714,8 @@ static ff_status block_forward(ff_net *net, int f, int l, const float *in, int R
             float *mean = net->saved + L->sv_off, *rstd = mean + L->C;
             int HW = L->H * L->W;
             if (net->training) {
-                /* statistics from the first T rows; the rest normalised with them */
                 float *rm = net->buffers + L->rm_off, *rv = net->buffers + L->rv_off;
-                float mom = update_stats ? L->momentum : 0.0f;
+                float mom = i >= update_from ? L->momentum : 0.0f;
                 ff_batchnorm2d_forward_train(y, mean, rstd, rm, rv, x, gm, bt, T, L->C, HW,
                                              L->eps, mom);
                 for (int r = T; r < R; r++)
@@ -708,13 +741,16 @@ static ff_status block_forward(ff_net *net, int f, int l, const float *in, int R
         case FF_LAYER_FLATTEN:
             if (y != x) memcpy(y, x, (size_t)R * nout * sizeof(float));
             break;
+        case FF_LAYER_LENNORM:
+            ff_lennorm_forward(y, net->acts + L->idx_off, x, R, (int)nin, L->norm, L->eps);
+            break;
         }
         if (st != FF_OK) return st;
     }
     return FF_OK;
 }
 
-/* Backward through block [f, l) on the first T rows, from dout (T, out_size(l-1)) which is
+/* Backward through layers [f, l) on the first T rows, from dout (T, out_size(l-1)) which is
  * net->d0 on entry.  Adds weight gradients; input gradients stay inside the block, except
  * that din (or NULL) receives the gradient w.r.t. the block's input (for a label embedding). */
 static ff_status block_backward(ff_net *net, int f, int l, const float *in, int T, float *din) {
@@ -725,8 +761,8 @@ static ff_status block_backward(ff_net *net, int f, int l, const float *in, int 
         const float *y = act_of(net, i);
         size_t nin = layer_in(L), nout = layer_out(L);
         /* an input gradient is needed if something below in the block has parameters */
-        int below = i == f && din != NULL;
-        for (int j = f; j < i; j++) below |= trainable(&net->layers[j]) || (j == f && din != NULL);
+        int below = din != NULL;
+        for (int j = f; j < i; j++) below |= trainable(&net->layers[j]);
         float *dx = below ? (i == f ? din : dnext) : NULL;
         if (dx) memset(dx, 0, (size_t)T * nin * sizeof(float));
         const float *w = net->params + L->w_off;
@@ -756,11 +792,13 @@ static ff_status block_backward(ff_net *net, int f, int l, const float *in, int 
         case FF_LAYER_FLATTEN:
             if (dx) memcpy(dx, dcur, (size_t)T * nout * sizeof(float));
             break;
+        case FF_LAYER_LENNORM:
+            if (dx) ff_lennorm_backward(dx, dcur, x, net->acts + L->idx_off, T, (int)nin, L->norm, L->eps);
+            break;
         }
         if (st != FF_OK) return st;
         if (!dx) break;
         float *t = dcur; dcur = dnext; dnext = t;
-        (void)nout;
     }
     return FF_OK;
 }
@@ -787,50 +825,20 @@ static void zero_layer_grads(ff_net *net, const ff_layer *L) {
     if (L->b_n) memset(net->grads + L->b_off, 0, L->b_n * sizeof(float));
 }
 
-/* The label embedding is trained by block 0's loss: dxin holds the gradient w.r.t. block 0's
- * (normalised) input; undo the input normalisation, then add each row's extra-channel gradient
- * to its label's map. */
-static void embedding_backward(ff_net *net, int T, int apply_update) {
-    ff_layer *E = &net->layers[net->nl + 1];
-    int HW = net->H * net->W, Din = net->Din;
-    const float *d = net->dxin;
-    if (net->cfg.norm_first) {
-        memset(net->d0, 0, (size_t)T * Din * sizeof(float));
-        ff_lennorm_backward(net->d0, net->dxin, net->xtmp, net->scale0, T, Din, net->cfg.norm,
-                            net->cfg.norm_eps);
-        d = net->d0;
-    }
-    if (apply_update) zero_layer_grads(net, E);
-    float *g = net->grads + E->w_off;
-    for (int r = 0; r < T; r++) {
-        const float *dr = d + (size_t)r * Din + net->D;
-        float *gk = g + (size_t)net->lab[r] * HW;
-        for (int i = 0; i < HW; i++) gk[i] += dr[i];
-    }
-}
-
 void ff_net_zero_grad(ff_net *net) {
     if (net->grads) memset(net->grads, 0, net->nparams * sizeof(float));
 }
 
-/* Normalise block output y (R rows of D) into the carry (the next block's input). */
-static void pass_on(ff_net *net, const float *y, int R, int D) {
-    ff_lennorm_forward(net->carry, net->scale, y, R, D, net->cfg.norm, net->cfg.norm_eps);
-}
-
-/* Copy the normalised output of layer i (rows [r0, r0+n)) into its slot of feat. */
-static void gather_features(ff_net *net, int i, const float *ynorm, int r0, int n) {
-    size_t col = 0;
-    for (int h = 0; h < net->nhead; h++) {
-        int li = net->head_layers[h];
-        size_t d = layer_out(&net->layers[li]);
-        if (li == i) {
-            for (int r = 0; r < n; r++)
-                memcpy(net->feat + (size_t)r * net->F + col, ynorm + (size_t)(r0 + r) * d,
-                       d * sizeof(float));
-            return;
-        }
-        col += d;
+/* The label embedding is trained by the loss of the block holding layer 0: dxin holds the
+ * gradient w.r.t. the encoded input; each row's extra-channel gradient goes to its label's map. */
+static void embedding_backward(ff_net *net, int T) {
+    ff_layer *E = &net->layers[net->nl + 1];
+    int HW = net->H * net->W, Din = net->Din;
+    float *g = net->grads + E->w_off;
+    for (int r = 0; r < T; r++) {
+        const float *dr = net->dxin + (size_t)r * Din + net->D;
+        float *gk = g + (size_t)net->lab[r] * HW;
+        for (int i = 0; i < HW; i++) gk[i] += dr[i];
     }
 }
 
@@ -839,43 +847,15 @@ static int is_head_layer(const ff_net *net, int i) {
     return 0;
 }
 
-/* Normalise the encoded input rows (R, Din) in xtmp into carry (or copy when norm_first is off). */
-static void load_input(ff_net *net, int R) {
-    if (net->cfg.norm_first)
-        ff_lennorm_forward(net->carry, net->scale0, net->xtmp, R, net->Din, net->cfg.norm,
-                           net->cfg.norm_eps);
-    else memcpy(net->carry, net->xtmp, (size_t)R * net->Din * sizeof(float));
-}
-
-/* Run blocks up to (excluding) `stop`, starting from the carry; after each layer that feeds the
- * head, gather features from rows [fr0, fr0 + fn); record goodness of each block output into
- * gout[b * R + r] when gout is non-NULL. */
-static ff_status forward_eval(ff_net *net, int R, int stop, int fr0, int fn, float *gout) {
-    for (int b = 0; b < stop; b++) {
-        int f = b ? net->ends[b - 1] : 0, l = net->ends[b];
-        ff_status st = block_forward(net, f, l, net->carry, R, R, 0);
-        if (st != FF_OK) return st;
-        /* features of head layers inside this block */
-        for (int i = f; i < l; i++) {
-            if (fn && is_head_layer(net, i)) {
-                size_t d = layer_out(&net->layers[i]);
-                /* normalise just the feature rows, via d0 */
-                ff_lennorm_forward(net->d0, net->scale, act_of(net, i) + (size_t)fr0 * d, fn,
-                                   (int)d, net->cfg.norm, net->cfg.norm_eps);
-                gather_features(net, i, net->d0, 0, fn);
-            }
-        }
-        int D = (int)layer_out(&net->layers[l - 1]);
-        if (gout) ff_goodness_forward(gout + (size_t)b * R, act_of(net, l - 1), R, D, net->cfg.goodness);
-        if (b + 1 < stop) pass_on(net, act_of(net, l - 1), R, D);
-    }
-    return FF_OK;
-}
-
-static int last_head_block(const ff_net *net) {
-    int lastl = net->head_layers[net->nhead - 1];
-    for (int b = 0; b < net->nblocks; b++) if (net->ends[b] > lastl) return b;
-    return net->nblocks - 1;
+/* Copy the normalised output of head layer i, rows [r0, r0 + n), into its columns of feat. */
+static void gather_features(ff_net *net, int i, int r0, int n) {
+    size_t col = 0, d = layer_out(&net->layers[i]);
+    for (int h = 0; h < net->nhead && net->head_layers[h] != i; h++)
+        col += layer_out(&net->layers[net->head_layers[h]]);
+    ff_lennorm_forward(net->d1, net->scale, act_of(net, i) + (size_t)r0 * d, n, (int)d, net->cfg.norm,
+                       net->cfg.norm_eps);
+    for (int r = 0; r < n; r++)
+        memcpy(net->feat + (size_t)r * net->F + col, net->d1 + (size_t)r * d, d * sizeof(float));
 }
 
 static ff_status check_labels(const ff_net *net, const int64_t *labels, int B) {
@@ -894,9 +874,8 @@ static void softmax_rows(float *probs, const float *logits, int n, int K) {
     }
 }
 
-/* Head forward (+ optionally backward and update) on n feature rows with labels. */
-static float head_run(ff_net *net, int n, const int64_t *labels, float *probs, int train,
-                      int apply_update) {
+/* Head forward (+ backward when training) on n feature rows. */
+static float head_run(ff_net *net, int n, const int64_t *labels, float *probs, int train) {
     ff_layer *Hd = &net->layers[net->nl];
     const float *w = net->params + Hd->w_off, *bias = net->params + Hd->b_off;
     ff_linear_forward(net->logits, net->feat, w, bias, n, net->F, net->K);
@@ -905,12 +884,77 @@ static float head_run(ff_net *net, int n, const int64_t *labels, float *probs, i
         return 0.0f;
     }
     float loss = ff_softmax_xent(net->dlogits, probs, net->logits, labels, n, net->K);
-    if (apply_update) zero_layer_grads(net, Hd);
     ff_linear_backward(NULL, net->grads + Hd->w_off, net->grads + Hd->b_off, net->dlogits,
                        net->feat, w, n, net->F, net->K);
-    if (apply_update) layer_opt_step(net, Hd);
     return loss;
 }
+
+/* Losses that read the class from the output (channel groups, logits) need no label in the
+ * input and no negative rows. */
+static int label_free_loss(ff_loss_kind k) { return k == FF_LOSS_CWC || k == FF_LOSS_PVN || k == FF_LOSS_XENT; }
+
+/* PvN on group goodness G (B,J): FF loss of G[b,y] against the mean of the other groups. */
+static float pvn_loss(float *dG, const float *G, const int64_t *y, int B, int J, float theta, float w) {
+    double L = 0.0;
+    for (int b = 0; b < B; b++) {
+        const float *g = G + (size_t)b * J;
+        double other = 0.0;
+        for (int j = 0; j < J; j++) if (j != y[b]) other += g[j];
+        other /= (J - 1);
+        double zp = (double)theta - g[y[b]], zn = other - theta;
+        L += ff_softplus(zp) + ff_softplus(zn);
+        double sp = -ff_sigmoid(zp) / B, sn = ff_sigmoid(zn) / B / (J - 1);
+        for (int j = 0; j < J; j++) dG[(size_t)b * J + j] += (float)(w * (j == y[b] ? sp : sn));
+    }
+    return (float)(L / B);
+}
+
+/* The local loss of a block whose output y (R rows of Dout = C*HW) was just computed, and its
+ * gradient w.r.t. y in d0 (T rows).  Rows: FF/SymBa [0,B) positive, [B,2B) negative; the
+ * label-free losses [0,B) with labels lab. */
+static ff_status block_loss(ff_net *net, const ff_layer *last, const float *y, int B, int T,
+                            float *loss_out) {
+    const ff_config *c = &net->cfg;
+    int K = net->K, Dout = (int)layer_out(last);
+    float *d0 = net->d0, loss;
+    memset(d0, 0, (size_t)T * Dout * sizeof(float));
+    switch (c->loss) {
+    case FF_LOSS_FF: case FF_LOSS_SYMBA:
+        ff_goodness_forward(net->g, y, T, Dout, c->goodness);
+        loss = c->loss == FF_LOSS_FF ? ff_ff_loss(net->dg, net->dg + B, net->g, net->g + B, B, c->theta)
+                                     : ff_symba_loss(net->dg, net->dg + B, net->g, net->g + B, B, c->alpha);
+        ff_goodness_backward(d0, net->dg, y, T, Dout, c->goodness);
+        break;
+    case FF_LOSS_CWC: case FF_LOSS_PVN: {
+        if (last->OC % K) return FF_ERR_SHAPE;
+        int S = last->OC / K, HW = last->OH * last->OW;
+        float *dG = net->dlogits, w = c->loss == FF_LOSS_PVN ? 1.0f : c->pvn_weight;
+        ff_group_goodness_forward(net->G, y, B, K, S, HW);
+        loss = 0.0f;
+        if (w < 1.0f) {
+            loss = (1.0f - w) * ff_softmax_xent(dG, NULL, net->G, net->lab, B, K);
+            for (size_t i = 0; i < (size_t)B * K; i++) dG[i] *= 1.0f - w;
+        } else {
+            memset(dG, 0, (size_t)B * K * sizeof(float));
+        }
+        if (w > 0.0f) loss += w * pvn_loss(dG, net->G, net->lab, B, K, c->theta, w);
+        ff_group_goodness_backward(d0, dG, y, B, K, S, HW);
+        break;
+    }
+    case FF_LOSS_XENT:
+        if (Dout != K) return FF_ERR_SHAPE;
+        loss = ff_softmax_xent(d0, NULL, y, net->lab, B, K);
+        break;
+    default:
+        return FF_ERR_ARG;
+    }
+    if (!isfinite(loss)) return FF_ERR_NONFINITE;
+    *loss_out = loss;
+    return FF_OK;
+}
+
+/* Does block b contain layer 0 (and so train a label embedding)? */
+static int holds_input(const ff_net *net, int b) { return net->firsts[b] == 0; }
 
 ff_status ff_net_train_step(ff_net *net, const float *x, const int64_t *labels,
                             const int64_t *neg_labels, int B, const uint8_t *active,
@@ -920,83 +964,96 @@ ff_status ff_net_train_step(ff_net *net, const float *x, const int64_t *labels,
     if (train_head && !net->has_head) return FF_ERR_STATE;
     ff_status st = check_labels(net, labels, B);
     if (st != FF_OK) return st;
-    if (neg_labels) {
+    int free_ = label_free_loss(net->cfg.loss);
+    if (neg_labels && !free_) {
         st = check_labels(net, neg_labels, B);
         if (st != FF_OK) return st;
         for (int b = 0; b < B; b++) if (neg_labels[b] == labels[b]) return FF_ERR_LABEL;
     }
     int K = net->K, D = net->D, nb = net->nblocks;
-    int T = 2 * B, R = train_head ? 3 * B : T;
+    /* training rows T, and B neutral rows for the head; the label-free losses see only
+     * neutral-label rows, which also serve the head */
+    int T = free_ ? B : 2 * B;
+    int head_rows_at = free_ ? 0 : T;
+    int R = train_head && !free_ ? T + B : T;
     st = ff_net_reserve(net, R);
     if (st != FF_OK) return st;
-    if (!apply_update) ff_net_zero_grad(net);
     if (losses) for (int b = 0; b <= nb; b++) losses[b] = 0.0f;
 
-    /* rows: positive, negative, neutral labels */
     int64_t *lab = net->lab;
     for (int b = 0; b < B; b++) {
         lab[b] = labels[b];
-        if (neg_labels) lab[B + b] = neg_labels[b];
-        else {
-            int k = rng_below(net->rng, K - 1);
-            lab[B + b] = k >= labels[b] ? k + 1 : k;
+        if (!free_) {
+            if (neg_labels) lab[B + b] = neg_labels[b];
+            else {
+                int k = rng_below(net->rng, K - 1);
+                lab[B + b] = k >= labels[b] ? k + 1 : k;
+            }
         }
-        if (train_head) lab[T + b] = -1;
+        if (R > T) lab[T + b] = -1;
     }
     for (int r = 0; r < R; r++)
-        encode_row(net, net->xtmp + (size_t)r * net->Din, x + (size_t)(r % B) * D, lab[r]);
-    load_input(net, R);
+        encode_row(net, net->xtmp + (size_t)r * net->Din, x + (size_t)(r % B) * D, free_ ? -1 : lab[r]);
 
-    /* how far forward do we need to go? */
-    int stop = 0;
-    for (int b = 0; b < nb; b++) if (!active || active[b]) stop = b + 1;
-    if (train_head) { int hb = last_head_block(net) + 1; if (hb > stop) stop = hb; }
+    /* layers in an active block are trained; their gradients are zeroed first and every
+     * layer steps once at the end (a layer in two overlapping blocks sums both gradients) */
+    uint8_t train_layer[FF_MAX_LAYERS + 2] = {0};
+    int stop = 0, embed = 0;
+    for (int b = 0; b < nb; b++) {
+        if (active && !active[b]) continue;
+        stop = b + 1;
+        for (int i = net->firsts[b]; i < net->ends[b]; i++) train_layer[i] = 1;
+        if (holds_input(net, b) && net->label == FF_LABEL_EMBEDDING) embed = 1;
+    }
+    if (train_head) {
+        int lastl = net->head_layers[net->nhead - 1];
+        for (int b = 0; b < nb; b++) if (net->ends[b] > lastl) { if (b + 1 > stop) stop = b + 1; break; }
+    }
+    if (!apply_update) ff_net_zero_grad(net);
+    else {
+        for (int i = 0; i < net->nl; i++) if (train_layer[i]) zero_layer_grads(net, &net->layers[i]);
+        if (embed) zero_layer_grads(net, &net->layers[net->nl + 1]);
+        if (train_head) zero_layer_grads(net, &net->layers[net->nl]);
+    }
 
+    /* carry = the input of the block about to run */
+    memcpy(net->carry, net->xtmp, (size_t)R * net->Din * sizeof(float));
     for (int b = 0; b < stop; b++) {
-        int f = b ? net->ends[b - 1] : 0, l = net->ends[b];
+        int f = net->firsts[b], l = net->ends[b];
         int on = !active || active[b];
-        st = block_forward(net, f, l, net->carry, R, T, on);
+        /* batch-norm running stats: updated once per layer, by the first block running it */
+        st = block_forward(net, f, l, net->carry, R, T, on ? (b ? net->ends[b - 1] : 0) : net->nl);
         if (st != FF_OK) return st;
-        const float *in = net->carry;
-        int Dout = (int)layer_out(&net->layers[l - 1]);
-        float *y = act_of(net, l - 1);
+        ff_layer *last = &net->layers[l - 1];
         if (on) {
-            float *g = net->g, *dg = net->dg;
-            ff_goodness_forward(g, y, T, Dout, net->cfg.goodness);
-            float loss = net->cfg.loss == FF_LOSS_FF
-                             ? ff_ff_loss(dg, dg + B, g, g + B, B, net->cfg.theta)
-                             : ff_symba_loss(dg, dg + B, g, g + B, B, net->cfg.alpha);
-            if (!isfinite(loss)) return FF_ERR_NONFINITE;
-            if (losses) losses[b] = loss;
-            memset(net->d0, 0, (size_t)T * Dout * sizeof(float));
-            ff_goodness_backward(net->d0, dg, y, T, Dout, net->cfg.goodness);
-            if (apply_update) for (int i = f; i < l; i++) zero_layer_grads(net, &net->layers[i]);
-            int embed = b == 0 && net->label == FF_LABEL_EMBEDDING;
-            st = block_backward(net, f, l, in, T, embed ? net->dxin : NULL);
+            float loss;
+            st = block_loss(net, last, act_of(net, l - 1), B, T, &loss);
             if (st != FF_OK) return st;
-            if (embed) embedding_backward(net, T, apply_update);
+            if (losses) losses[b] = loss;
+            int emb = holds_input(net, b) && net->label == FF_LABEL_EMBEDDING;
+            st = block_backward(net, f, l, net->carry, T, emb ? net->dxin : NULL);
+            if (st != FF_OK) return st;
+            if (emb) embedding_backward(net, T);
         }
-        /* head features from the neutral rows */
         if (train_head)
             for (int i = f; i < l; i++)
-                if (is_head_layer(net, i)) {
-                    size_t d = layer_out(&net->layers[i]);
-                    ff_lennorm_forward(net->d1, net->scale, act_of(net, i) + (size_t)T * d, B,
-                                       (int)d, net->cfg.norm, net->cfg.norm_eps);
-                    gather_features(net, i, net->d1, 0, B);
-                }
-        if (b + 1 < stop) pass_on(net, y, R, Dout);
-        /* the update comes after the output was passed on, so every block of this step sees
-         * its predecessors' pre-update outputs (the same as computing all grads, then stepping) */
-        if (on && apply_update) {
-            for (int i = f; i < l; i++) layer_opt_step(net, &net->layers[i]);
-            if (b == 0 && net->label == FF_LABEL_EMBEDDING) layer_opt_step(net, &net->layers[net->nl + 1]);
+                if (is_head_layer(net, i) && (b == 0 || i >= net->ends[b - 1]))
+                    gather_features(net, i, head_rows_at, B);
+        /* the next block's input: the output of the layer before its first */
+        if (b + 1 < stop) {
+            int src = net->firsts[b + 1] - 1;
+            memcpy(net->carry, act_of(net, src), (size_t)R * layer_out(&net->layers[src]) * sizeof(float));
         }
     }
     if (train_head) {
-        float hl = head_run(net, B, labels, net->logits + (size_t)B * K, 1, apply_update);
+        float hl = head_run(net, B, labels, net->logits + (size_t)B * K, 1);
         if (!isfinite(hl)) return FF_ERR_NONFINITE;
         if (losses) losses[nb] = hl;
+    }
+    if (apply_update) {
+        for (int i = 0; i < net->nl; i++) if (train_layer[i]) layer_opt_step(net, &net->layers[i]);
+        if (embed) layer_opt_step(net, &net->layers[net->nl + 1]);
+        if (train_head) layer_opt_step(net, &net->layers[net->nl]);
     }
     return FF_OK;
 }
@@ -1004,12 +1061,15 @@ ff_status ff_net_train_step(ff_net *net, const float *x, const int64_t *labels,
 ff_status ff_net_optimizer_step(ff_net *net, const uint8_t *active, int head) {
     if (!net->finalized) return FF_ERR_STATE;
     if (head && !net->has_head) return FF_ERR_STATE;
+    uint8_t train_layer[FF_MAX_LAYERS] = {0};
+    int embed = 0;
     for (int b = 0; b < net->nblocks; b++) {
         if (active && !active[b]) continue;
-        int f = b ? net->ends[b - 1] : 0, l = net->ends[b];
-        for (int i = f; i < l; i++) layer_opt_step(net, &net->layers[i]);
-        if (b == 0 && net->label == FF_LABEL_EMBEDDING) layer_opt_step(net, &net->layers[net->nl + 1]);
+        for (int i = net->firsts[b]; i < net->ends[b]; i++) train_layer[i] = 1;
+        if (holds_input(net, b) && net->label == FF_LABEL_EMBEDDING) embed = 1;
     }
+    for (int i = 0; i < net->nl; i++) if (train_layer[i]) layer_opt_step(net, &net->layers[i]);
+    if (embed) layer_opt_step(net, &net->layers[net->nl + 1]);
     if (head) layer_opt_step(net, &net->layers[net->nl]);
     return FF_OK;
 }
@@ -1027,29 +1087,72 @@ static int inference_rows(const ff_net *net, int want) {
     return rows < net->K ? net->K : rows;
 }
 
+/* The class scores of the block ending at layer l-1 for R rows, into out[r * stride]
+ * (K values per row for the label-free losses, 1 for FF/SymBa goodness). */
+static void block_scores(ff_net *net, int l, int R, float *out, size_t stride, size_t kstride) {
+    const ff_layer *last = &net->layers[l - 1];
+    const float *y = act_of(net, l - 1);
+    int K = net->K, Dout = (int)layer_out(last);
+    switch (net->cfg.loss) {
+    case FF_LOSS_CWC: case FF_LOSS_PVN:
+        if (last->OC % K == 0) {
+            ff_group_goodness_forward(net->G, y, R, K, last->OC / K, last->OH * last->OW);
+            for (int r = 0; r < R; r++)
+                for (int k = 0; k < K; k++) out[r * stride + k * kstride] = net->G[(size_t)r * K + k];
+        } else {
+            for (int r = 0; r < R; r++) for (int k = 0; k < K; k++) out[r * stride + k * kstride] = 0.0f;
+        }
+        break;
+    case FF_LOSS_XENT:
+        for (int r = 0; r < R; r++)
+            for (int k = 0; k < K; k++)
+                out[r * stride + k * kstride] = Dout == K ? y[(size_t)r * K + k] : 0.0f;
+        break;
+    default:
+        ff_goodness_forward(net->g, y, R, Dout, net->cfg.goodness);
+        for (int r = 0; r < R; r++) out[r * stride] = net->g[r];
+    }
+}
+
+/* Run the segments (layers between consecutive block ends) up to and including segment
+ * `stop - 1` on the R rows in carry; after each block end call `scores` (if out) and gather
+ * head features from rows [0, fn). */
+static ff_status run_segments(ff_net *net, int R, int stop, int fn, float *out, size_t rstride,
+                              size_t kstride, int per_label) {
+    int f = 0;
+    for (int b = 0; b < stop; b++) {
+        int l = net->ends[b];
+        ff_status st = block_forward(net, f, l, net->carry, R, R, net->nl);
+        if (st != FF_OK) return st;
+        for (int i = f; i < l; i++) if (fn && is_head_layer(net, i)) gather_features(net, i, 0, fn);
+        if (out) block_scores(net, l, R, out + b, rstride, per_label ? 0 : kstride);
+        if (b + 1 < stop)
+            memcpy(net->carry, act_of(net, l - 1), (size_t)R * layer_out(&net->layers[l - 1]) * sizeof(float));
+        f = l;
+    }
+    return FF_OK;
+}
+
 ff_status ff_net_goodness(ff_net *net, const float *x, int B, float *out) {
     if (!net->finalized) return FF_ERR_STATE;
     if (B <= 0) return FF_ERR_ARG;
-    int K = net->K, D = net->D, nb = net->nblocks;
-    ff_status st = ff_net_reserve(net, inference_rows(net, B * K));
+    int K = net->K, D = net->D, nb = net->nblocks, Din = net->Din;
+    /* FF/SymBa: one row per (sample, label); label-free losses: one neutral row per sample */
+    int per = label_free_loss(net->cfg.loss) ? 1 : K;
+    ff_status st = ff_net_reserve(net, inference_rows(net, B * per));
     if (st != FF_OK) return st;
-    int chunk = net->rows_cap / K;
+    int chunk = net->rows_cap / per;
     for (int s0 = 0; s0 < B; s0 += chunk) {
-        int n = B - s0 < chunk ? B - s0 : chunk, R = n * K;
+        int n = B - s0 < chunk ? B - s0 : chunk, R = n * per;
         for (int s = 0; s < n; s++)
-            for (int k = 0; k < K; k++)
-                encode_row(net, net->xtmp + ((size_t)s * K + k) * net->Din, x + (size_t)(s0 + s) * D, k);
-        load_input(net, R);
-        for (int b = 0; b < nb; b++) {
-            int f = b ? net->ends[b - 1] : 0, l = net->ends[b];
-            st = block_forward(net, f, l, net->carry, R, R, 0);
-            if (st != FF_OK) return st;
-            int Dout = (int)layer_out(&net->layers[l - 1]);
-            float *y = act_of(net, l - 1);
-            ff_goodness_forward(net->g, y, R, Dout, net->cfg.goodness);
-            for (int r = 0; r < R; r++) out[((size_t)s0 * K + r) * nb + b] = net->g[r];
-            if (b + 1 < nb) pass_on(net, y, R, Dout);
-        }
+            for (int k = 0; k < per; k++)
+                encode_row(net, net->xtmp + ((size_t)s * per + k) * Din, x + (size_t)(s0 + s) * D,
+                           per == 1 ? -1 : k);
+        memcpy(net->carry, net->xtmp, (size_t)R * Din * sizeof(float));
+        /* out (B, K, nb): row r = s*per + k is at (s0 + s, k); label-free rows fill all K */
+        st = run_segments(net, R, nb, 0, out + (size_t)s0 * K * nb, per == 1 ? (size_t)K * nb : (size_t)nb,
+                          (size_t)nb, 0);
+        if (st != FF_OK) return st;
     }
     return FF_OK;
 }
@@ -1058,21 +1161,20 @@ ff_status ff_net_goodness_labeled(ff_net *net, const float *x, const int64_t *la
                                   float *out) {
     if (!net->finalized) return FF_ERR_STATE;
     if (B <= 0) return FF_ERR_ARG;
+    if (label_free_loss(net->cfg.loss)) return FF_ERR_STATE;
     if (labels) { ff_status st = check_labels(net, labels, B); if (st != FF_OK) return st; }
-    int D = net->D, nb = net->nblocks;
+    int D = net->D, nb = net->nblocks, Din = net->Din;
     ff_status st = ff_net_reserve(net, inference_rows(net, B));
     if (st != FF_OK) return st;
     int chunk = net->rows_cap;
     for (int s0 = 0; s0 < B; s0 += chunk) {
         int n = B - s0 < chunk ? B - s0 : chunk;
         for (int r = 0; r < n; r++)
-            encode_row(net, net->xtmp + (size_t)r * net->Din, x + (size_t)(s0 + r) * D,
+            encode_row(net, net->xtmp + (size_t)r * Din, x + (size_t)(s0 + r) * D,
                        labels ? labels[s0 + r] : -1);
-        load_input(net, n);
-        st = forward_eval(net, n, nb, 0, 0, net->gall);
+        memcpy(net->carry, net->xtmp, (size_t)n * Din * sizeof(float));
+        st = run_segments(net, n, nb, 0, out + (size_t)s0 * nb, (size_t)nb, 0, 1);
         if (st != FF_OK) return st;
-        for (int r = 0; r < n; r++)
-            for (int b = 0; b < nb; b++) out[(size_t)(s0 + r) * nb + b] = net->gall[(size_t)b * n + r];
     }
     return FF_OK;
 }
@@ -1082,20 +1184,21 @@ static ff_status features_chunked(ff_net *net, const float *x, int B, float *fea
     if (!net->finalized) return FF_ERR_STATE;
     if (!net->has_head) return FF_ERR_STATE;
     if (B <= 0) return FF_ERR_ARG;
-    int D = net->D, F = net->F, K = net->K;
+    int D = net->D, F = net->F, K = net->K, Din = net->Din;
     ff_status st = ff_net_reserve(net, inference_rows(net, B));
     if (st != FF_OK) return st;
-    int chunk = net->rows_cap;
-    int stop = last_head_block(net) + 1;
+    int chunk = net->rows_cap, stop = net->nblocks;
+    int lastl = net->head_layers[net->nhead - 1];
+    for (int b = 0; b < net->nblocks; b++) if (net->ends[b] > lastl) { stop = b + 1; break; }
     for (int s0 = 0; s0 < B; s0 += chunk) {
         int n = B - s0 < chunk ? B - s0 : chunk;
         for (int r = 0; r < n; r++)
-            encode_row(net, net->xtmp + (size_t)r * net->Din, x + (size_t)(s0 + r) * D, -1);
-        load_input(net, n);
-        st = forward_eval(net, n, stop, 0, n, NULL);
+            encode_row(net, net->xtmp + (size_t)r * Din, x + (size_t)(s0 + r) * D, -1);
+        memcpy(net->carry, net->xtmp, (size_t)n * Din * sizeof(float));
+        st = run_segments(net, n, stop, n, NULL, 0, 0, 0);
         if (st != FF_OK) return st;
         if (feat_out) memcpy(feat_out + (size_t)s0 * F, net->feat, (size_t)n * F * sizeof(float));
-        if (probs) head_run(net, n, NULL, probs + (size_t)s0 * K, 0, 0);
+        if (probs) head_run(net, n, NULL, probs + (size_t)s0 * K, 0);
     }
     return FF_OK;
 }

@@ -186,10 +186,18 @@ typedef enum {
     FF_LAYER_BATCHNORM2D = 2,
     FF_LAYER_RELU = 3,
     FF_LAYER_MAXPOOL2D = 4,
-    FF_LAYER_FLATTEN = 5
+    FF_LAYER_FLATTEN = 5,
+    FF_LAYER_LENNORM = 6      /* length normalisation of each row (no parameters) */
 } ff_layer_kind;
 
-typedef enum { FF_LOSS_FF = 0, FF_LOSS_SYMBA = 1 } ff_loss_kind;
+/* Local losses.  FF and SymBa compare the goodness of positive rows (true label in the input)
+ * with negative rows (a wrong label).  The others read the class from the block's output and
+ * need no negative rows: CwC (softmax cross-entropy over the K channel-group goodness values,
+ * CwComp eq. 3), PvN (the FF loss of G[y] against the mean of the other groups, threshold
+ * theta), and XENT (softmax cross-entropy on a K-wide output: the backprop baseline). */
+typedef enum {
+    FF_LOSS_FF = 0, FF_LOSS_SYMBA = 1, FF_LOSS_CWC = 2, FF_LOSS_PVN = 3, FF_LOSS_XENT = 4
+} ff_loss_kind;
 /* How the label enters the input (see ff_net_set_label_encoding). */
 typedef enum {
     FF_LABEL_ONEHOT = 0,    /* label_value * onehot in the first K values of the row (flat input)
@@ -215,10 +223,10 @@ typedef struct {
     ff_goodness_kind goodness;
     float theta;          /* FF loss threshold */
     float alpha;          /* SymBa scale */
-    ff_norm_kind norm;    /* normalisation of every block's input ... */
+    ff_norm_kind norm;    /* normalisation of the one-pass head's input features */
     float norm_eps;
-    int norm_first;       /* ... including the first block's (the raw input) when non-zero */
-    float label_value;    /* value written into the label pixels (one-hot), e.g. 1.0 */
+    float label_value;    /* one-hot value, Fourier amplitude, embedding initial scale */
+    float pvn_weight;     /* with FF_LOSS_CWC: (1-w) CwC + w PvN; 0 = pure CwC */
 } ff_config;
 
 typedef struct {
@@ -229,8 +237,8 @@ typedef struct {
     float weight_decay;
 } ff_opt_config;
 
-/* Defaults: FF loss, sum goodness, theta 2, alpha 4, L2 norm eps 1e-4, norm_first 1,
- * label_value 1; Adam lr 1e-3, betas (0.9, 0.999), eps 1e-8. */
+/* Defaults: FF loss, sum goodness, theta 2, alpha 4, L2 head norm eps 1e-4, label_value 1,
+ * pvn_weight 0; Adam lr 1e-3, betas (0.9, 0.999), eps 1e-8. */
 ff_config ff_config_default(void);
 ff_opt_config ff_opt_config_default(void);
 
@@ -249,6 +257,8 @@ ff_status ff_net_add_conv2d(ff_net *net, int out_channels, int kernel, int strid
                             int groups, int bias);
 ff_status ff_net_add_batchnorm2d(ff_net *net, float eps, float momentum, int affine);
 ff_status ff_net_add_relu(ff_net *net);
+/* Length normalisation (L2 or RMS, see ff_lennorm_forward): what an FF block passes on. */
+ff_status ff_net_add_lennorm(ff_net *net, ff_norm_kind kind, float eps);
 ff_status ff_net_add_maxpool2d(ff_net *net, int kernel, int stride);
 ff_status ff_net_add_flatten(ff_net *net);
 /* Add a one-pass head (linear + softmax) reading the concatenated normalised outputs of the
@@ -260,9 +270,14 @@ ff_status ff_net_finalize(ff_net *net);
 
 /* Cut the layers into nblocks blocks: block b is layers [ends[b-1], ends[b]) with ends[-1]=0;
  * ends strictly increasing, ends[nblocks-1] = number of layers.  Every block must contain
- * a trainable layer.  Valid before or after finalize; with no call, ff_net_finalize cuts
- * before every Linear/Conv2d (a BatchNorm2d joins the conv that follows it). */
+ * a trainable layer.  Valid before or after finalize; with no call, ff_net_finalize uses
+ * ff_net_default_blocks. */
 ff_status ff_net_set_blocks(ff_net *net, int nblocks, const int *ends);
+/* General blocks [firsts[b], lasts[b]) that may overlap (overlapping local updates): firsts
+ * and lasts strictly increasing, firsts[0] = 0, lasts[nblocks-1] = number of layers, and
+ * firsts[b] <= lasts[b-1] (no gaps).  A layer in two blocks gets the sum of both blocks'
+ * gradients and one optimiser step; each block recomputes its layers from its input. */
+ff_status ff_net_set_block_ranges(ff_net *net, int nblocks, const int *firsts, const int *lasts);
 /* The default cut of the layers added so far into ends (room for one int per layer);
  * returns the number of blocks. */
 int ff_net_default_blocks(const ff_net *net, int *ends);
@@ -336,11 +351,12 @@ ff_status ff_net_optimizer_step(ff_net *net, const uint8_t *active, int head);
 /* Zero the whole gradient arena. */
 void ff_net_zero_grad(ff_net *net);
 
-/* Multi-pass goodness: for every sample and every candidate label k, the goodness of every
- * block's output.  x (B, C*H*W); out (B, K, nblocks). */
+/* Class scores of every block's output, out (B, K, nblocks): with FF/SymBa losses the
+ * multi-pass goodness (each sample run once per candidate label k); with CwC/PvN the group
+ * goodness G of the neutral-label input (one pass); with XENT the logits of K-wide blocks. */
 ff_status ff_net_goodness(ff_net *net, const float *x, int B, float *out);
 /* Goodness of every block for inputs carrying the given labels (labels NULL: neutral label).
- * out (B, nblocks). */
+ * out (B, nblocks).  FF/SymBa losses only. */
 ff_status ff_net_goodness_labeled(ff_net *net, const float *x, const int64_t *labels, int B,
                                   float *out);
 /* One-pass head input: the concatenated normalised outputs of the head's blocks for

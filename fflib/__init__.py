@@ -9,13 +9,13 @@ Quick start::
     print(clf.score(Xt, yt))
 
 Building blocks (PyTorch-like): :class:`Linear`, :class:`ReLU`, :class:`Conv2d`,
-:class:`BatchNorm2d`, :class:`MaxPool2d`, :class:`Flatten`, :class:`FFModel`, optimisers
+:class:`BatchNorm2d`, :class:`MaxPool2d`, :class:`Flatten`, :class:`LenNorm`, :class:`FFModel`, optimisers
 :class:`Adam`, :class:`SGD`, schedulers :class:`MultiStepLR`, :class:`LinearCooldown`, and the
 training loop :func:`fit`.
 """
 from ._loader import _core
 from . import datasets
-from .nn import (Layer, Linear, ReLU, Conv2d, BatchNorm2d, MaxPool2d, Flatten, FFModel, mlp)
+from .nn import (Layer, Linear, ReLU, Conv2d, BatchNorm2d, MaxPool2d, Flatten, LenNorm, FFModel, mlp)
 from .optim import Adam, SGD, MultiStepLR, LinearCooldown
 from .train import fit, evaluate
 from .classifier import FFClassifier
@@ -39,7 +39,7 @@ def blas_name():
 
 
 __all__ = [
-    "Layer", "Linear", "ReLU", "Conv2d", "BatchNorm2d", "MaxPool2d", "Flatten", "FFModel", "mlp",
+    "Layer", "Linear", "ReLU", "Conv2d", "BatchNorm2d", "MaxPool2d", "Flatten", "LenNorm", "FFModel", "mlp",
     "Adam", "SGD", "MultiStepLR", "LinearCooldown", "fit", "evaluate", "FFClassifier",
     "datasets", "set_num_threads", "get_num_threads", "blas_name", "__version__",
 ]

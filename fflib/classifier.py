@@ -66,7 +66,7 @@ class FFClassifier:
         threshold = self.threshold
         if threshold is None:  # per unit for mean goodness, per layer for sum goodness
             threshold = 2.0 if self.goodness == "mean" else float(hidden[0])
-        return FFModel(mlp((n_features,) + hidden), n_features, n_classes, loss=self.loss,
+        return FFModel(mlp((n_features,) + hidden, norm=self.norm), n_features, n_classes, loss=self.loss,
                        threshold=threshold, goodness=self.goodness, norm=self.norm, seed=seed)
 
     def fit(self, X, y):

@@ -10,7 +10,7 @@ import numpy as np
 
 from ._loader import _core
 
-LOSSES = {"ff": 0, "symba": 1}
+LOSSES = {"ff": 0, "symba": 1, "cwc": 2, "pvn": 3, "xent": 4}
 GOODNESS = {"sum": 0, "mean": 1}
 NORMS = {"none": 0, "l2": 1, "rms": 2}
 LABEL_ENCODINGS = {"onehot": 0, "fourier": 1, "embedding": 2, "none": 3}
@@ -117,6 +117,27 @@ class ReLU(Layer):
         net.add_relu()
 
 
+class LenNorm(Layer):
+    """Length normalisation of each sample: ``x / (||x|| + eps)`` ("l2", Hinton's) or
+    ``x / sqrt(mean(x^2) + eps)`` ("rms").  What one FF block passes to the next: only the
+    direction of the activity vector, not its goodness."""
+
+    kind = "lennorm"
+
+    def __init__(self, norm="l2", eps=1e-4):
+        super().__init__()
+        _choice("norm", norm, NORMS)
+        if not (eps >= 0) or not np.isfinite(eps):
+            raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
+        self.norm, self.eps = norm, float(eps)
+
+    def config(self):
+        return {"norm": self.norm, "eps": self.eps}
+
+    def _add_to(self, net, in_shape):
+        net.add_lennorm(NORMS[self.norm], self.eps)
+
+
 class Flatten(Layer):
     """Flatten (C, H, W) to C*H*W features (free: no copy)."""
 
@@ -206,15 +227,20 @@ class MaxPool2d(Layer):
         net.add_maxpool2d(self.kernel_size, self.stride)
 
 
-LAYER_TYPES = {cls.kind: cls for cls in (Linear, ReLU, Flatten, Conv2d, BatchNorm2d, MaxPool2d)}
+LAYER_TYPES = {cls.kind: cls for cls in (Linear, ReLU, Flatten, Conv2d, BatchNorm2d, MaxPool2d, LenNorm)}
 
 
-def mlp(sizes, bias=True):
-    """Layers of an FF MLP: ``mlp([784, 500, 100])`` gives Linear(784, 500), ReLU, Linear(500, 100), ReLU."""
+def mlp(sizes, norm="l2", eps=1e-4, normalize_input=True, bias=True):
+    """Layers of an FF MLP: ``mlp([784, 500, 100])`` gives LenNorm, Linear(784, 500), ReLU,
+    LenNorm, Linear(500, 100), ReLU: every FF layer sees a length-normalised input (the raw
+    input too unless ``normalize_input=False``); ``norm="none"`` leaves the LenNorm layers out."""
     if len(sizes) < 2:
         raise ValueError(f"mlp needs at least an input and one layer size, got {sizes!r}")
+    _choice("norm", norm, NORMS)
     layers = []
-    for a, b in zip(sizes[:-1], sizes[1:]):
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        if norm != "none" and (i > 0 or normalize_input):
+            layers.append(LenNorm(norm, eps))
         layers += [Linear(a, b, bias=bias), ReLU()]
     return layers
 
@@ -246,18 +272,21 @@ class FFModel:
         K; the one-hot label is written into the first K input values.
     blocks : list of int, optional
         Block ends (exclusive layer indices); default: a new block at every Linear/Conv2d.
-    loss : {"ff", "symba"}
-        FF softplus loss with threshold (eq. 1) or SymBa.
+    loss : {"ff", "symba", "cwc", "pvn", "xent"}
+        FF softplus loss with threshold (eq. 1); SymBa; channel-wise competitive CwC (softmax
+        cross-entropy over the K channel-group goodness values, eq. 3) or PvN (FF loss of the
+        true group's goodness against the mean of the others), mixed by ``pvn_weight``; or
+        softmax cross-entropy on a K-wide output (the backprop baseline).  The last three need
+        no label in the input and no negatives.
     threshold : float
-        theta of the FF loss.
+        theta of the FF and PvN losses.
     alpha : float
         SymBa scale.
     goodness : {"sum", "mean"}
-        Sum or mean of squared activities.
+        Sum or mean of squared activities (FF, SymBa).
     norm : {"l2", "rms", "none"}
-        Length normalisation of each block's input; ``norm_eps`` its epsilon.
-    normalize_input : bool
-        Also normalise the raw input (with its label) before the first block.
+        Normalisation of the one-pass head's input features; ``norm_eps`` its epsilon.  (The
+        normalisation between blocks is a :class:`LenNorm` layer in ``layers``.)
     label_encoding : {"onehot", "fourier", "embedding", "none"}
         How the label enters the input: one-hot in the first K values (of each channel plane for
         images); a per-class plane wave added to the image (Scodellaro et al. 2024; class k has
@@ -276,7 +305,7 @@ class FFModel:
     """
 
     def __init__(self, layers, input_shape, num_classes=10, *, blocks=None, loss="ff", threshold=2.0,
-                 alpha=4.0, goodness="sum", norm="l2", norm_eps=1e-4, normalize_input=True,
+                 alpha=4.0, goodness="sum", norm="l2", norm_eps=1e-4, pvn_weight=0.0,
                  label_value=1.0, label_encoding="onehot", head_blocks="auto", seed=0):
         if not layers:
             raise ValueError("layers must be a non-empty list of fflib layers (a model needs at least one layer)")
@@ -306,7 +335,7 @@ class FFModel:
         self.seed = int(seed)
         self._hparams = dict(loss=loss, threshold=float(threshold), alpha=float(alpha),
                              goodness=goodness, norm=norm, norm_eps=float(norm_eps),
-                             normalize_input=bool(normalize_input), label_value=float(label_value))
+                             pvn_weight=float(pvn_weight), label_value=float(label_value))
         self.label_encoding = label_encoding
         net = _core.Net(input_shape, self.num_classes, self.seed)
         net.set_label_encoding(_choice("label_encoding", label_encoding, LABEL_ENCODINGS))
@@ -365,8 +394,19 @@ class FFModel:
         optimiser state are untouched, so alternating chunkings between iterations is cheap."""
         self._net.set_blocks([int(e) for e in ends])
 
+    def set_block_ranges(self, ranges):
+        """Blocks as (first, last) layer ranges that may overlap (overlapping local updates):
+        a layer in two blocks is trained by the sum of both blocks' gradients."""
+        ranges = [(int(a), int(b)) for a, b in ranges]
+        self._net.set_block_ranges([a for a, _ in ranges], [b for _, b in ranges])
+
+    def default_blocks(self):
+        """The default cut (block ends): one block per Linear/Conv2d with the LenNorm,
+        BatchNorm2d and Flatten layers before it and the ReLU/MaxPool2d after it."""
+        return self._net.default_blocks()
+
     def set_config(self, **kw):
-        """Change loss, threshold, alpha, goodness, norm, norm_eps, normalize_input, label_value."""
+        """Change loss, threshold, alpha, goodness, norm, norm_eps, pvn_weight, label_value."""
         unknown = set(kw) - set(self._hparams)
         if unknown:
             raise TypeError(f"unknown FFModel settings: {sorted(unknown)}")
@@ -375,11 +415,13 @@ class FFModel:
             raise ValueError(f"threshold must be finite, got {h['threshold']!r}")
         if not (h["alpha"] > 0):
             raise ValueError(f"alpha must be > 0, got {h['alpha']!r}")
+        if not (0 <= h["pvn_weight"] <= 1):
+            raise ValueError(f"pvn_weight must be in [0, 1], got {h['pvn_weight']!r}")
         self._net.set_config(loss=_choice("loss", h["loss"], LOSSES),
                              goodness=_choice("goodness", h["goodness"], GOODNESS),
                              theta=float(h["threshold"]), alpha=float(h["alpha"]),
                              norm=_choice("norm", h["norm"], NORMS), norm_eps=float(h["norm_eps"]),
-                             norm_first=bool(h["normalize_input"]), label_value=float(h["label_value"]))
+                             label_value=float(h["label_value"]), pvn_weight=float(h["pvn_weight"]))
         self._hparams = h
 
     @property
@@ -531,7 +573,7 @@ class FFModel:
         return {
             "layers": [{"kind": l.kind, **l.config()} for l in self.layers],
             "input_shape": list(self.input_shape), "num_classes": self.num_classes,
-            "blocks": [e for _, e in self.blocks], "head_blocks": self._head_blocks_arg,
+            "blocks": [list(r) for r in self.blocks], "head_blocks": self._head_blocks_arg,
             "head_layers": self._head_layers, "seed": self.seed, "config": self.config,
             "label_encoding": self.label_encoding,
         }
@@ -553,8 +595,9 @@ class FFModel:
         cfg = arch.get("config", {})
         model = cls(layers, tuple(arch["input_shape"]), arch["num_classes"], head_blocks=head,
                     seed=arch.get("seed", 0), label_encoding=arch.get("label_encoding", "onehot"), **cfg)
-        if [e for _, e in model.blocks] != list(arch["blocks"]):
-            model.set_blocks(arch["blocks"])
+        ranges = [tuple(r) for r in arch["blocks"]]
+        if model.blocks != ranges:
+            model.set_block_ranges(ranges)
         return model
 
     def _state_items(self):

@@ -13,6 +13,11 @@ def small_model(seed=0, **kw):
     return fflib.FFModel(fflib.mlp([20, 13, 7]), 20, 4, seed=seed, **kw)
 
 
+def layer(m, i):
+    """The i-th Linear layer of a model."""
+    return [l for l in m.layers if l.kind == "linear"][i]
+
+
 def batch(rng, n=9, d=20, k=4):
     return rng.random((n, d), dtype=np.float32), rng.integers(0, k, n)
 
@@ -20,13 +25,13 @@ def batch(rng, n=9, d=20, k=4):
 # ---------------------------------------------------------------- zero copy
 def test_parameters_share_memory_with_the_core(rng):
     m = small_model()
-    w1, w2 = m.layers[0].weight, m.layers[0].weight
+    w1, w2 = layer(m, 0).weight, layer(m, 0).weight
     assert np.shares_memory(w1, w2)          # both are views of the same C arena
     assert w1.dtype == np.float32 and w1.shape == (13, 20)
     x, y = batch(rng)
     before = m.goodness(x)
     w1[...] = 0.0                             # an in-place change from Python ...
-    m.layers[0].bias[...] = 0.0
+    layer(m, 0).bias[...] = 0.0
     g = m.goodness(x)                         # ... is seen by the C kernels,
     assert np.all(g[:, :, 0] == 0) and not np.all(before[:, :, 0] == 0)
     w1[...] = 0.25
@@ -36,7 +41,7 @@ def test_parameters_share_memory_with_the_core(rng):
 
 
 def test_views_keep_the_net_alive(rng):
-    w = small_model().layers[0].weight       # the model itself is dropped here
+    w = layer(small_model(), 0).weight       # the model itself is dropped here
     w += 1.0                                  # still valid memory: the array holds the net
     assert np.isfinite(w).all()
 
@@ -142,7 +147,7 @@ def test_bad_structure():
     with pytest.raises(ValueError, match="block ends must increase"):
         m.set_blocks([2, 1])
     with pytest.raises(ValueError, match="block ends must increase"):
-        m.set_blocks([1, 2, 4])   # block [1, 2) is a ReLU alone: nothing to train
+        m.set_blocks([2, 3, 6])   # block [2, 3) is a ReLU alone: nothing to train
 
 
 @pytest.mark.parametrize("make, msg", [
@@ -261,8 +266,8 @@ def test_state_dict_round_trip_and_checks(rng):
     x, _ = batch(rng)
     assert np.array_equal(m.goodness(x), m2.goodness(x))
     sd = m.state_dict()
-    sd["layers.0.weight"] = sd["layers.0.weight"][:, :3]
-    with pytest.raises(ValueError, match="layers.0.weight: shape"):
+    sd["layers.1.weight"] = sd["layers.1.weight"][:, :3]
+    with pytest.raises(ValueError, match="layers.1.weight: shape"):
         m2.load_state_dict(sd)
     with pytest.raises(KeyError, match="missing"):
         m2.load_state_dict({})
@@ -271,10 +276,10 @@ def test_state_dict_round_trip_and_checks(rng):
 def test_active_mask_leaves_inactive_blocks_untouched(rng):
     m = small_model()
     x, y = batch(rng)
-    w0, w1 = m.layers[0].weight.copy(), m.layers[2].weight.copy()
+    w0, w1 = layer(m, 0).weight.copy(), layer(m, 1).weight.copy()
     losses = m.train_step(x, y, active=[0, 1], train_head=False)
-    assert np.array_equal(m.layers[0].weight, w0)      # block 0 frozen
-    assert not np.array_equal(m.layers[2].weight, w1)  # block 1 trained on block 0's output
+    assert np.array_equal(layer(m, 0).weight, w0)      # block 0 frozen
+    assert not np.array_equal(layer(m, 1).weight, w1)  # block 1 trained on block 0's output
     assert losses[0] == 0 and losses[1] > 0
 
 
@@ -302,7 +307,7 @@ def test_schedules():
         s.step()
         lrs.append(opt.lr)
     np.testing.assert_allclose(lrs, [1.0, 0.1, 0.1, 0.01, 0.01])
-    assert m._net.get_opt(0)["lr"] == pytest.approx(0.01)   # pushed into the C core
+    assert m._net.get_opt(1)["lr"] == pytest.approx(0.01)   # pushed into the C core (layer 1: Linear)
     opt2 = fflib.SGD(small_model(), lr=1.0, momentum=0.9)
     c = fflib.LinearCooldown(opt2, total=10, start=5)
     vals = []

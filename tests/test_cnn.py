@@ -12,9 +12,9 @@ F = torch.nn.functional
 
 
 def small_cnn(batchnorm=True):
-    layers = models.conv_block(2, 6, 3, padding=1, pool=2, batchnorm=batchnorm)
-    layers += models.conv_block(6, 8, 3, padding=0, batchnorm=batchnorm, groups=2)
-    layers += [fflib.Flatten(), fflib.Linear(8 * 2 * 2, 9), fflib.ReLU()]
+    layers = models.conv_block(2, 6, 3, padding=1, pool=2, batchnorm=batchnorm, norm="rms")
+    layers += models.conv_block(6, 8, 3, padding=0, batchnorm=batchnorm, groups=2, norm="rms")
+    layers += [fflib.Flatten(), fflib.LenNorm("rms"), fflib.Linear(8 * 2 * 2, 9), fflib.ReLU()]
     return layers
 
 
@@ -37,8 +37,8 @@ def encode(x, y, K, enc, value, model):
 
 
 class TorchFFCNN:
-    """The same FF CNN with torch autograd: per block, detached input (length-normalised),
-    forward, goodness of the block output, FF loss over positive then negative rows."""
+    """The same FF CNN with torch autograd: per block, detached input, forward, goodness of
+    the block output, FF loss over positive then negative rows."""
 
     def __init__(self, model):
         self.model = model
@@ -65,6 +65,10 @@ class TorchFFCNN:
             return F.max_pool2d(h, layer.kernel_size, layer.stride)
         if layer.kind == "flatten":
             return h.reshape(h.shape[0], -1)
+        if layer.kind == "lennorm":
+            flat = h.reshape(h.shape[0], -1)
+            assert layer.norm == "rms"
+            return (flat / torch.sqrt((flat ** 2).mean(1, keepdim=True) + layer.eps)).reshape(h.shape)
         if layer.kind == "linear":
             return F.linear(h.reshape(h.shape[0], -1), p("weight"), p("bias"))
         raise ValueError(layer.kind)
@@ -75,10 +79,7 @@ class TorchFFCNN:
         h = torch.tensor(xin)
         out = []
         for first, last in self.model.blocks:
-            flat = h.reshape(h.shape[0], -1)
-            if cfg["normalize_input"] or first > 0:
-                flat = flat / torch.sqrt((flat ** 2).mean(1, keepdim=True) + cfg["norm_eps"])
-            h = flat.reshape(h.shape).detach()
+            h = h.detach()
             for i in range(first, last):
                 h = self.run_layer(i, h)
             g = (h.reshape(h.shape[0], -1) ** 2).mean(1)
@@ -146,8 +147,8 @@ def test_fourier_encoding_matches_documented_pattern(rng):
 
 
 def test_label_embedding_is_trained_by_the_first_block(rng):
-    model = fflib.FFModel(small_cnn(False)[0:0] + [fflib.Conv2d(3, 6, 3, padding=1), fflib.ReLU(),
-                          fflib.Conv2d(6, 4, 3), fflib.ReLU()], (2, 6, 6), 4, goodness="mean",
+    model = fflib.FFModel([fflib.LenNorm("rms"), fflib.Conv2d(3, 6, 3, padding=1), fflib.ReLU(),
+                           fflib.LenNorm("rms"), fflib.Conv2d(6, 4, 3), fflib.ReLU()], (2, 6, 6), 4, goodness="mean",
                           threshold=1.0, norm="rms", label_encoding="embedding", head_blocks=None, seed=6)
     emb = model.label_embedding
     assert emb.shape == (4, 36)
@@ -157,8 +158,8 @@ def test_label_embedding_is_trained_by_the_first_block(rng):
     model.compute_grads(x.reshape(5, -1), y, neg)
     # torch: the embedding map of the label is the third input channel, a leaf with a gradient
     temb = torch.tensor(emb.copy(), requires_grad=True)
-    w = torch.tensor(model.layers[0].weight.copy())
-    b = torch.tensor(model.layers[0].bias.copy())
+    w = torch.tensor(model.layers[1].weight.copy())
+    b = torch.tensor(model.layers[1].bias.copy())
     lab = torch.tensor(np.concatenate([y, neg]))
     xin = torch.cat([torch.tensor(np.concatenate([x, x])), temb[lab].reshape(10, 1, 6, 6)], dim=1)
     flat = xin.reshape(10, -1)
@@ -182,6 +183,7 @@ def test_survey_cnns_build_and_shapes():
     layers, shape = models.mnist_cnn()
     m = fflib.FFModel(layers, shape, 10)
     assert m.num_blocks == 3 and m._net.layer_shape(len(layers) - 1) == (100, 1, 1)
+    assert m.blocks == [(0, 4), (4, 8), (8, 12)]
     assert m.layers[-2].weight.shape == (100, 256)   # the survey's 256x100 linear layer
     layers, shape = models.cifar10_cnn()
     m = fflib.FFModel(layers, shape, 10, head_blocks=None)

@@ -18,16 +18,19 @@ static unsigned lcg(unsigned *s) { *s = *s * 1664525u + 1013904223u; return *s >
 int main(void) {
     ff_net *net = ff_net_create(D, 1, 1, K, 42);
     if (!net) { fprintf(stderr, "ff_net_create failed\n"); return 1; }
+    /* two FF layers, each length-normalising its input: [norm, linear, relu] x 2 */
+    CHECK(ff_net_add_lennorm(net, FF_NORM_RMS, 1e-4f));
     CHECK(ff_net_add_linear(net, 40, 1));
     CHECK(ff_net_add_relu(net));
+    CHECK(ff_net_add_lennorm(net, FF_NORM_RMS, 1e-4f));
     CHECK(ff_net_add_linear(net, 20, 1));
     CHECK(ff_net_add_relu(net));
-    int head_layers[1] = {3};
+    int head_layers[1] = {5};
     CHECK(ff_net_set_head(net, 1, head_layers));
     CHECK(ff_net_finalize(net));
     if (ff_net_num_blocks(net) != 2) { fprintf(stderr, "expected 2 blocks\n"); return 1; }
     ff_config cfg = ff_config_default();
-    cfg.goodness = FF_GOODNESS_MEAN; cfg.theta = 1.0f; cfg.norm = FF_NORM_RMS;
+    cfg.goodness = FF_GOODNESS_MEAN; cfg.theta = 1.0f; cfg.norm = FF_NORM_RMS;  /* head features */
     CHECK(ff_net_set_config(net, &cfg));
     ff_opt_config opt = ff_opt_config_default();
     opt.lr = 0.01f;
