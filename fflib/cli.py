@@ -16,6 +16,7 @@ import time
 import numpy as np
 
 from . import datasets
+from . import models as zoo
 
 
 class _Parser(argparse.ArgumentParser):
@@ -73,15 +74,24 @@ def build_parser():
     t.add_argument("--dataset", default="sample", choices=datasets.DATASET_NAMES,
                    help="sample (embedded MNIST subset, the default), mnist, fashion-mnist, cifar10")
     t.add_argument("--data-dir", default=None, help="dataset directory (default: $FFLIB_DATA)")
-    t.add_argument("--model", default="mlp", choices=["mlp"], help="model family")
-    t.add_argument("--layers", type=_int_list, default=[500, 100], help="hidden sizes, e.g. 500,100")
+    t.add_argument("--model", default="mlp", choices=zoo.ZOO,
+                   help="mlp (the survey's FF MLP), cnn (the survey's FF CNN for the dataset), "
+                        "cwcomp, ff_tiny .. ff_deep (channel-wise competitive CNNs)")
+    t.add_argument("--layers", type=_int_list, default=[500, 100], help="MLP hidden sizes, e.g. 500,100")
     t.add_argument("--epochs", type=_positive(int), default=None, help="epochs (default 10; 5 on sample)")
-    t.add_argument("--batch-size", type=_positive(int), default=100)
+    t.add_argument("--batch-size", type=_positive(int), default=None, help="default 100 (128 for CwC models)")
     t.add_argument("--lr", type=_positive(float), default=None, help="Adam learning rate")
-    t.add_argument("--threshold", type=_finite, default=None, help="FF loss threshold theta")
+    t.add_argument("--threshold", type=_finite, default=None, help="FF / PvN loss threshold theta")
     t.add_argument("--goodness", choices=["sum", "mean"], default="mean")
-    t.add_argument("--norm", choices=["l2", "rms", "none"], default="rms")
-    t.add_argument("--loss", choices=["ff", "symba"], default="ff")
+    t.add_argument("--norm", choices=["l2", "rms", "none"], default="rms",
+                   help="length normalisation between MLP layers (and of the one-pass head input)")
+    t.add_argument("--loss", choices=["ff", "symba", "cwc", "pvn"], default=None,
+                   help="default: symba for mlp/cnn, cwc for the CwC models")
+    t.add_argument("--label-encoding", choices=["onehot", "fourier", "embedding"], default=None,
+                   help="how the label enters the input of mlp/cnn (default onehot)")
+    t.add_argument("--routine", choices=["greedy", "chunked", "overlapping", "backprop"], default="greedy")
+    t.add_argument("--chunk-size", type=_positive(int), default=2, help="units per chunk")
+    t.add_argument("--alternate", action="store_true", help="shift the chunks every iteration")
     t.add_argument("--order", choices=["simultaneous", "layerwise"], default="simultaneous")
     t.add_argument("--negatives", choices=["uniform", "hard"], default="uniform")
     t.add_argument("--milestones", type=_int_list, default=None, help="MultiStepLR epochs, e.g. 30,45")
@@ -92,10 +102,12 @@ def build_parser():
     t.add_argument("--out", default=None, help="write results as JSON to this file")
     t.add_argument("--save", default=None, help="save the trained model (.npz)")
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
+    sub.add_parser("models", help="list the model zoo with parameter counts")
     return p
 
 
-DEFAULTS = {"lr": 0.003, "threshold": {"mean": 1.0, "sum": None}, "epochs": 10, "epochs_sample": 5}
+DEFAULTS = {"lr": 0.003, "lr_cwc": 0.01, "epochs": 10, "epochs_sample": 5}
+CWC_MODELS = ("cwcomp",) + tuple(zoo.LIGHT_MODELS)
 
 
 def train_command(a):
@@ -112,30 +124,56 @@ def train_command(a):
             xt, yt = datasets.load(a.dataset, root=a.data_dir, train=False)
     except (FileNotFoundError, datasets.DatasetError) as e:
         _bad(str(e).replace("\n", " "))
+    image_shape = tuple(x.shape[1:])
     x = x.reshape(len(x), -1)
     xt = xt.reshape(len(xt), -1)
+    cwc = a.model in CWC_MODELS
+    if cwc and a.label_encoding:
+        _bad(f"--label-encoding does not apply to {a.model} (channel-wise competitive models take no label in the input)")
+    loss = a.loss or ("cwc" if cwc else "symba")
+    if not cwc and loss in ("cwc", "pvn") and a.model == "mlp":
+        _bad(f"--loss {loss} needs a convolutional model with one channel group per class (cwcomp, ff_tiny, ...)")
     epochs = a.epochs or (DEFAULTS["epochs_sample"] if a.dataset == "sample" else DEFAULTS["epochs"])
-    lr = a.lr or DEFAULTS["lr"]
+    lr = a.lr or (DEFAULTS["lr_cwc"] if cwc else DEFAULTS["lr"])
+    batch_size = a.batch_size or (128 if cwc else 100)
     threshold = a.threshold
     if threshold is None:
-        threshold = 1.0 if a.goodness == "mean" else float(a.layers[0])
-    sizes = [x.shape[1]] + a.layers
-    config = {"dataset": a.dataset, "data_dir": a.data_dir, "model": a.model, "layers": sizes,
-              "epochs": epochs, "batch_size": a.batch_size, "lr": lr, "threshold": threshold,
-              "goodness": a.goodness, "norm": a.norm, "loss": a.loss, "order": a.order,
-              "negatives": a.negatives, "milestones": a.milestones, "gamma": a.gamma,
+        threshold = 2.0 if loss == "pvn" else (1.0 if a.goodness == "mean" else float(a.layers[0]))
+    kw = dict(loss=loss, threshold=threshold, seed=a.seed)
+    if not cwc:
+        kw.update(goodness=a.goodness, norm=a.norm, label_encoding=a.label_encoding or "onehot")
+    try:
+        if a.model == "mlp":
+            sizes = [x.shape[1]] + a.layers
+            model = FFModel(mlp(sizes, norm=a.norm), x.shape[1], 10, **kw)
+        elif a.model == "cnn":
+            layers, shape = zoo.survey_cnn(a.dataset, norm=None if a.norm == "none" else a.norm)
+            if shape != image_shape:
+                _bad(f"the survey CNN for {a.dataset} expects images {shape}, got {image_shape}")
+            model = FFModel(layers, shape, 10, **kw)
+        else:
+            if a.model in zoo.LIGHT_MODELS and image_shape != (3, 32, 32):
+                _bad(f"{a.model} is a CIFAR-10 model (3x32x32 images); use --dataset cifar10")
+            model = zoo.build(a.model, a.dataset, **kw)
+    except ValueError as e:
+        _bad(str(e))
+    config = {"dataset": a.dataset, "data_dir": a.data_dir, "model": a.model,
+              "layers": [x.shape[1]] + a.layers if a.model == "mlp" else None,
+              "epochs": epochs, "batch_size": batch_size, "lr": lr, "threshold": threshold,
+              "goodness": a.goodness, "norm": a.norm, "loss": loss, "label_encoding": a.label_encoding,
+              "routine": a.routine, "chunk_size": a.chunk_size, "alternate": a.alternate,
+              "order": a.order, "negatives": a.negatives, "milestones": a.milestones, "gamma": a.gamma,
               "cooldown": a.cooldown, "seed": a.seed, "threads": a.threads,
-              "num_train": int(len(y)), "num_test": int(len(yt))}
-    model = FFModel(mlp(sizes), x.shape[1], 10, loss=a.loss, threshold=threshold, goodness=a.goodness,
-                    norm=a.norm, seed=a.seed)
+              "num_train": int(len(y)), "num_test": int(len(yt)),
+              "num_params": model.num_parameters(), "num_params_with_head": model.num_parameters(head=True)}
     opt = Adam(model, lr=lr)
     sched = None
     if a.milestones:
         sched = MultiStepLR(opt, a.milestones, a.gamma)
     elif a.cooldown:
         sched = LinearCooldown(opt, epochs if a.order == "simultaneous" else epochs * model.num_blocks)
-    print(f"fflib: training {'-'.join(map(str, sizes))} FF MLP on {a.dataset} "
-          f"({len(y)} train / {len(yt)} test), {epochs} epochs", flush=True)
+    print(f"fflib: training {a.model} ({model.num_parameters()} parameters, {loss} loss, {a.routine}) "
+          f"on {a.dataset} ({len(y)} train / {len(yt)} test), {epochs} epochs", flush=True)
 
     def report(rec):
         print(f"epoch {rec['epoch']:3d}  block losses "
@@ -143,9 +181,15 @@ def train_command(a):
               + (f"  head {rec['head_loss']:.4f}" if rec["head_loss"] is not None else "")
               + f"  {rec['seconds']:.1f}s", flush=True)
 
-    hist = fit(model, x, y, epochs=epochs, batch_size=a.batch_size, optimizer=opt, scheduler=sched,
-               order=a.order, negatives=a.negatives, random_state=a.seed,
-               progress=not a.no_progress and sys.stderr.isatty(), callback=report)
+    if (a.negatives == "hard" or a.order != "simultaneous") and loss in ("cwc", "pvn"):
+        _bad("--negatives hard and --order layerwise apply to the ff and symba losses only")
+    try:
+        hist = fit(model, x, y, epochs=epochs, batch_size=batch_size, optimizer=opt, scheduler=sched,
+                   order=a.order, negatives=a.negatives, routine=a.routine, chunk_size=a.chunk_size,
+                   alternate=a.alternate, random_state=a.seed,
+                   progress=not a.no_progress and sys.stderr.isatty(), callback=report)
+    except ValueError as e:
+        _bad(str(e))
     if hist["interrupted"]:
         print("fflib: interrupted; evaluating the model as it is", flush=True)
     t0 = time.perf_counter()
@@ -189,5 +233,23 @@ def main(argv=None):
         except KeyboardInterrupt:  # during loading or evaluation: nothing to save
             sys.stderr.write("fflib: interrupted\n")
             return 130
+    if a.command == "models":
+        return models_command()
     parser.print_help()
     return 2
+
+
+def models_command():
+    """Print the model zoo with trainable parameter counts (ours and the survey's)."""
+    print(f"{'model':12s} {'input':10s} {'blocks':>6s} {'params':>10s} {'+ head':>10s} {'survey':>10s}")
+    for name in zoo.ZOO:
+        ds = "mnist" if name in ("mlp", "cnn", "cwcomp") else "cifar10"
+        m = zoo.build(name, ds)
+        shape = "x".join(map(str, m.input_shape)) if m.input_shape[1] > 1 else str(m.input_shape[0])
+        survey = zoo.SURVEY_PARAMS.get(name)
+        print(f"{name:12s} {shape:10s} {m.num_blocks:6d} {m.num_parameters():10,d} "
+              f"{m.num_parameters(head=True):10,d} {'-' if survey is None else format(survey, ','):>10s}")
+    print("\nparams: the FF layers; + head: with the one-pass softmax head.  The survey's counts for the\n"
+          "light models also include a 10x32x32 label embedding its code creates but does not use and\n"
+          "2F affine parameters normalising the head's F inputs: ours + 2F + 10,240 = the survey's.")
+    return 0

@@ -63,3 +63,88 @@ def survey_cnn(dataset, batchnorm=False, norm="rms"):
     if dataset == "cifar10":
         return cifar10_cnn(batchnorm, norm)
     raise ValueError(f"no survey CNN for dataset {dataset!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The survey's light models (Table IV) and a CwComp network, for channel-wise competitive
+# learning (loss "cwc"/"pvn", label_encoding "none", no negatives).
+
+#: channels (input first) and kernel sizes from the survey's Table III.
+LIGHT_MODELS = {
+    "ff_tiny": ((3, 50, 50, 50, 50), (3, 3, 3, 4)),
+    "ff_small": ((3, 50, 50, 70, 70), (3, 3, 3, 4)),
+    "ff_medium": ((3, 50, 50, 100, 150), (3, 3, 3, 4)),
+    "ff_optimal": ((3, 50, 50, 100, 160, 160), (3, 3, 3, 4, 3)),
+    "ff_deep": ((3, 130, 130, 260, 260, 260, 510), (3, 3, 3, 5, 3, 3)),
+}
+
+#: trainable parameters the survey reports (they include a 10 x 32 x 32 label embedding its
+#: code always creates and a 2F-parameter normalisation of the head input, see light_model).
+SURVEY_PARAMS = {"ff_tiny": 164706, "ff_small": 239266, "ff_medium": 484506, "ff_optimal": 754386,
+                 "ff_deep": 4131346}
+
+
+def light_model(name, input_shape=(3, 32, 32)):
+    """FF_tiny, FF_small, FF_medium, FF_optimal or FF_deep: blocks BatchNorm2d -> Conv2d
+    (kernel from the table, padding 1, no bias) -> ReLU, with a 2x2 max pool after blocks 1
+    and 3 (and 6 in FF_deep: its three pools), as in the Trifecta code the survey builds on.
+    On 32x32 inputs: 32 -> 16 -> 16 -> 8 -> 7 (k=4) / 6 (k=5).  Use it with loss "cwc": the
+    channels of every block split into one group per class.  The one-pass head reads the last
+    two blocks (``head_blocks=[-2, -1]`` in :func:`build`)."""
+    if name not in LIGHT_MODELS:
+        raise ValueError(f"unknown light model {name!r}; choose from {sorted(LIGHT_MODELS)}")
+    channels, kernels = LIGHT_MODELS[name]
+    pools = {0, 2, 5} if name == "ff_deep" else {0, 2}
+    layers = []
+    for i, k in enumerate(kernels):
+        layers += conv_block(channels[i], channels[i + 1], k, padding=1, pool=2 if i in pools else None,
+                             batchnorm=True, bias=False)
+    return layers, tuple(input_shape)
+
+
+def cwcomp(input_shape=(1, 28, 28), num_classes=10):
+    """A CwComp CNN for 28x28 images (Papachristodoulou et al., AAAI 2024, reference code):
+    four blocks Conv2d(3x3, padding 1) -> ReLU -> [MaxPool2d(2) after blocks 2 and 4] ->
+    BatchNorm2d, with 20, 80, 240, 480 channels; blocks 2 and 4 are grouped convolutions with
+    one group per class (CFSE).  Train with loss "cwc" and label_encoding "none"; each block
+    ends after its BatchNorm2d (:func:`build` cuts it so)."""
+    c, layers = input_shape[0], []
+    for i, out in enumerate((20, 80, 240, 480)):
+        layers += [Conv2d(c, out, 3, padding=1, groups=num_classes if i % 2 else 1), ReLU()]
+        if i % 2:
+            layers.append(MaxPool2d(2))
+        layers.append(BatchNorm2d(out, eps=1e-4))
+        c = out
+    return layers, tuple(input_shape)
+
+
+ZOO = ("mlp", "cnn", "cwcomp") + tuple(LIGHT_MODELS)
+
+
+def build(name, dataset="cifar10", seed=0, **model_kw):
+    """An :class:`fflib.FFModel` by zoo name with the settings its paper uses: ``mlp`` and
+    ``cnn`` (the survey's original FF networks for ``dataset``), ``cwcomp`` and the light
+    models (CwC loss, no label in the input, one-pass head on the last two blocks)."""
+    from .nn import FFModel
+    image = (1, 28, 28) if dataset in ("mnist", "fashion-mnist", "sample") else (3, 32, 32)
+    if name == "mlp":
+        layers, shape = mlp([image[0] * image[1] * image[2], 500, 100], norm="rms"), image
+        kw = dict(loss="symba", goodness="mean", threshold=1.0, norm="rms")
+    elif name == "cnn":
+        layers, shape = survey_cnn(dataset)
+        kw = dict(loss="symba", goodness="mean", threshold=1.0, norm="rms")
+    elif name == "cwcomp":
+        layers, shape = cwcomp(image)
+        # CwComp's goodness is that of each layer's final (batch-normalised) output
+        kw = dict(loss="cwc", label_encoding="none", norm="none", threshold=2.0,
+                  blocks=[i + 1 for i, l in enumerate(layers) if l.kind == "batchnorm2d"])
+    elif name in LIGHT_MODELS:
+        layers, shape = light_model(name, image)
+        kw = dict(loss="cwc", label_encoding="none", norm="none", threshold=2.0)
+    else:
+        raise ValueError(f"unknown model {name!r}; choose from {ZOO}")
+    kw.update(model_kw)
+    if name in ("cwcomp",) + tuple(LIGHT_MODELS) and "head_blocks" not in model_kw:
+        n_units = sum(1 for l in layers if l.kind == "conv2d")
+        kw["head_blocks"] = [n_units - 2, n_units - 1]
+    return FFModel(layers, shape, 10, seed=seed, **kw)

@@ -352,6 +352,7 @@ class FFModel:
         self._net = net
         # head: chosen by blocks of the default/explicit cut, stored as layer indices
         ends = net.default_blocks() if blocks is None else [int(e) for e in blocks]
+        self._units = list(ends)
         self._head_blocks_arg = head_blocks
         self._head_layers = self._head_layers_for(head_blocks, ends)
         if self._head_layers:
@@ -401,9 +402,10 @@ class FFModel:
         self._net.set_block_ranges([a for a, _ in ranges], [b for _, b in ranges])
 
     def default_blocks(self):
-        """The default cut (block ends): one block per Linear/Conv2d with the LenNorm,
-        BatchNorm2d and Flatten layers before it and the ReLU/MaxPool2d after it."""
-        return self._net.default_blocks()
+        """The model's units (block ends): the ``blocks`` given at construction, else one block
+        per Linear/Conv2d with the LenNorm, BatchNorm2d and Flatten layers before it and the
+        ReLU/MaxPool2d after it.  Training routines group these units into chunks."""
+        return list(self._units)
 
     def set_config(self, **kw):
         """Change loss, threshold, alpha, goodness, norm, norm_eps, pvn_weight, label_value."""

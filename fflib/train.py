@@ -7,6 +7,7 @@ import time
 import numpy as np
 
 from .nn import as_float32_batch
+from .routines import ROUTINES, block_ranges, unit_ranges
 
 
 def _rng(random_state):
@@ -37,14 +38,24 @@ def hard_negative_labels(model, x, y, rng, batch_size=1000):
 
 
 def evaluate(model, x, y, batch_size=1000, multipass_blocks=None):
-    """Test error in percent with both inferences (one-pass only with a head) and per-block
-    multi-pass accuracy.  Returns a dict."""
+    """Test error in percent with both inferences and per-layer accuracy, in eval mode.
+
+    Scores are taken per *unit* (FF layer), whatever chunking the model was trained with:
+    ``multi_pass`` is the error of the argmax of the class scores (multi-pass goodness for
+    FF/SymBa; channel-group goodness for CwC/PvN, no extra passes) summed over
+    ``multipass_blocks`` (default: every unit for FF/SymBa, the last two for CwC/PvN);
+    ``one_pass`` that of the softmax head (when the model has one); ``block_accuracy`` the
+    accuracy of each unit alone.  Returns a dict."""
     x = as_float32_batch(x, "x", int(np.prod(model.input_shape)))
     y = model._check_y(y, x.shape[0])
     was_training = model.training
+    saved = model.blocks
     model.eval()
     try:
+        model.set_block_ranges(unit_ranges(model))
         g = np.concatenate([model.goodness(x[s:s + batch_size]) for s in range(0, len(y), batch_size)])
+        if multipass_blocks is None and model.config["loss"] in ("cwc", "pvn"):
+            multipass_blocks = [-2, -1] if g.shape[2] > 1 else [-1]
         sel = model._block_selection(multipass_blocks)
         res = {"multi_pass": float(100.0 * (g[:, :, sel].sum(axis=2).argmax(axis=1) != y).mean()),
                "block_accuracy": [float((g[:, :, b].argmax(axis=1) == y).mean()) for b in range(g.shape[2])]}
@@ -52,6 +63,7 @@ def evaluate(model, x, y, batch_size=1000, multipass_blocks=None):
             p = np.concatenate([model.predict_proba(x[s:s + batch_size]) for s in range(0, len(y), batch_size)])
             res["one_pass"] = float(100.0 * (p.argmax(axis=1) != y).mean())
     finally:
+        model.set_block_ranges(saved)
         model.train(was_training)
     return res
 
@@ -73,9 +85,13 @@ def _windows(model, epochs, order, windows):
 
 
 def fit(model, x, y, *, epochs=10, batch_size=100, optimizer=None, scheduler=None, order="simultaneous",
-        windows=None, negatives="uniform", train_head=True, head_epochs=0, random_state=0, progress=True,
-        x_val=None, y_val=None, callback=None):
+        windows=None, negatives="uniform", train_head=True, head_epochs=0, routine=None, chunk_size=2,
+        alternate=False, random_state=0, progress=True, x_val=None, y_val=None, callback=None):
     """Train ``model`` on (x, y) with FF, one C call per minibatch.
+
+    routine : None (keep the model's current blocks), "greedy", "chunked", "overlapping" or
+        "backprop" with ``chunk_size`` units per chunk (see :mod:`fflib.routines`);
+        ``alternate`` (chunked only) shifts the chunking by one unit every iteration.
 
     order : "simultaneous" (every block on every minibatch) or "layerwise" (each block trained
         for ``epochs`` epochs before the next sees data).
@@ -103,6 +119,20 @@ def fit(model, x, y, *, epochs=10, batch_size=100, optimizer=None, scheduler=Non
     train_head = bool(train_head) and model.has_head
     if optimizer is None:
         optimizer = Adam(model)
+    cuts = None
+    if routine is not None:
+        cuts = [block_ranges(model, routine, chunk_size, 0)]
+        if alternate:
+            if routine != "chunked" or windows is not None:
+                raise ValueError("alternate needs routine 'chunked' and no windows")
+            shifted = block_ranges(model, "chunked", chunk_size, 1)
+            cuts.append(shifted)
+            if len(shifted) != len(cuts[0]):
+                raise ValueError("alternating chunkings must have the same number of blocks; "
+                                 "choose a chunk_size that divides the number of units")
+        model.set_block_ranges(cuts[0])
+    elif alternate:
+        raise ValueError(f"alternate needs a routine, one of {ROUTINES}")
     rng = _rng(random_state)
     wins, total = _windows(model, int(epochs), order, windows)
     total_epochs = total + (int(head_epochs) if train_head else 0)
@@ -124,6 +154,8 @@ def fit(model, x, y, *, epochs=10, batch_size=100, optimizer=None, scheduler=Non
                 idx = perm[s:s + batch_size]
                 xb = np.ascontiguousarray(x[idx])
                 nb_labels = None if neg is None else np.ascontiguousarray(neg[idx])
+                if cuts is not None and len(cuts) > 1:
+                    model.set_block_ranges(cuts[steps % 2])
                 losses = model.train_step(xb, np.ascontiguousarray(y[idx]), nb_labels, active, train_head)
                 sums += losses
                 steps += 1

@@ -1,0 +1,428 @@
+"""fflib against a plain PyTorch implementation of the same FF training (tests/torch_ff.py).
+
+Whole-network checks: the same initial weights, batches and negative labels give the same
+per-block losses every step and the same weights after 20 steps (Adam and SGD, sum and mean
+goodness, with and without the one-pass head, FF and SymBa losses), the same gradients from
+``compute_grads``, and the same multi-pass goodness and one-pass probabilities.  Kernel
+checks: fflib._core's kernels against torch autograd / torch.optim on odd shapes.
+
+Everything runs single-threaded (fflib and torch) so that results are reproducible.
+"""
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+import fflib  # noqa: E402
+from fflib import _core  # noqa: E402
+from fflib.nn import Linear  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from torch_ff import TorchFFMLP  # noqa: E402
+
+STEPS = 20
+BATCH = 64
+REL = 1e-4          # norm-wise relative tolerance of whole-network results
+
+
+@pytest.fixture(scope="module", autouse=True)
+def single_thread():
+    old_ff, old_torch = fflib.get_num_threads(), torch.get_num_threads()
+    fflib.set_num_threads(1)
+    torch.set_num_threads(1)
+    yield
+    fflib.set_num_threads(old_ff)
+    torch.set_num_threads(old_torch)
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    x, y = fflib.datasets.load_sample()
+    xt, yt = fflib.datasets.load_sample(train=False)
+    return x.reshape(len(x), -1), y, xt.reshape(len(xt), -1)[:300], yt[:300]
+
+
+def batches(x, y, n, batch=BATCH, seed=0, K=10):
+    """n (x, y, neg) minibatches with explicit negative labels (each != y)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        idx = rng.choice(len(y), batch, replace=False)
+        yb = np.ascontiguousarray(y[idx])
+        neg = ((yb + rng.integers(1, K, batch)) % K).astype(np.int64)
+        out.append((np.ascontiguousarray(x[idx]), yb, neg))
+    return out
+
+
+def rel_err(a, b):
+    """||a - b|| / ||b|| in float64."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+
+
+def assert_close(a, b, rel=REL, atol=None, what=""):
+    """Norm-wise relative error below rel, and elementwise |a - b| <= atol + rel |b| with atol
+    a fraction of the array's scale (default rel * max|b|)."""
+    a, b = np.asarray(a), np.asarray(b)
+    assert a.shape == b.shape, f"{what}: shape {a.shape} != {b.shape}"
+    e = rel_err(a, b)
+    assert e < rel, f"{what}: norm-wise relative error {e:.3g} >= {rel:g}"
+    if atol is None:
+        atol = rel * float(np.max(np.abs(b))) if b.size else 0.0
+    np.testing.assert_allclose(a, b, rtol=rel, atol=atol, err_msg=what)
+
+
+ADAM_LR = 3e-3
+# Elementwise slack for Adam-trained weights.  Adam scales each update by 1/sqrt(v): an element
+# whose gradient is tiny (a unit that has just come alive) moves by ~lr whatever the gradient's
+# magnitude, so float32 rounding noise in that gradient (1e-6 relative, norm-wise) can show as
+# ~1e-5 = 0.4% of lr in single elements (seen: 1.3e-5 with the closed-form torch gradient).
+ADAM_ATOL = 0.02 * ADAM_LR
+
+OPTIMIZERS = {
+    "adam": (lambda m: fflib.Adam(m, lr=ADAM_LR), dict(optimizer="adam", lr=ADAM_LR)),
+    "sgd": (lambda m: fflib.SGD(m, lr=0.05, momentum=0.9, weight_decay=1e-4),
+            dict(optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=1e-4)),
+}
+
+
+def make_pair(sizes, goodness="sum", head=True, opt="adam", seed=3, **cfg):
+    """An fflib FFModel with an optimiser and a TorchFFMLP with the same weights and settings."""
+    model = fflib.FFModel(fflib.mlp(sizes), sizes[0], 10, goodness=goodness,
+                          head_blocks="auto" if head else None, seed=seed, **cfg)
+    make_ff_opt, torch_opt = OPTIMIZERS[opt]
+    ff_opt = make_ff_opt(model)
+    net = TorchFFMLP.from_fflib(model, **torch_opt)
+    return model, ff_opt, net
+
+
+def linear_layers(model):
+    return [l for l in model.layers if isinstance(l, Linear)]
+
+
+def compare_weights(model, net, w0=None):
+    """All weights (and the head) within REL; with w0 also the changes since w0."""
+    layers, head = net.state_arrays()
+    atol = ADAM_ATOL if net.opt_settings["optimizer"] == "adam" else None
+    for i, (lin, (W, b)) in enumerate(zip(linear_layers(model), layers)):
+        assert_close(lin.weight, W, atol=atol, what=f"layer {i} weight")
+        assert_close(lin.bias, b, atol=atol, what=f"layer {i} bias")
+        if w0 is not None:
+            # the update itself must agree too (a stricter test than the weights)
+            assert rel_err(lin.weight - w0[i], W - w0[i]) < 1e-3, f"layer {i} weight change"
+    if head is not None:
+        assert_close(model.head_weight, head[0], atol=atol, what="head weight")
+        assert_close(model.head_bias, head[1], atol=atol, what="head bias")
+
+
+def train_both(model, net, data, train_head):
+    """Run both trainings over data; per-step losses must agree."""
+    for step, (xb, yb, neg) in enumerate(data):
+        lf = model.train_step(xb, yb, neg, train_head=train_head)
+        lt = net.step(xb, yb, neg, train_head=train_head)
+        assert lf.shape == lt.shape
+        np.testing.assert_allclose(lf, lt, rtol=REL, atol=1e-6, err_msg=f"losses at step {step}")
+    return lf
+
+
+# ---------------------------------------------------------------------------- training
+
+@pytest.mark.parametrize("sizes", [[784, 31, 17], [784, 500, 100]], ids=["784-31-17", "784-500-100"])
+@pytest.mark.parametrize("opt", ["adam", "sgd"])
+@pytest.mark.parametrize("goodness", ["sum", "mean"])
+@pytest.mark.parametrize("head", [True, False], ids=["head", "nohead"])
+def test_training_matches_torch(mnist, sizes, opt, goodness, head):
+    x, y, _, _ = mnist
+    model, _, net = make_pair(sizes, goodness, head, opt)
+    w0 = [lin.weight.copy() for lin in linear_layers(model)]
+    last = train_both(model, net, batches(x, y, STEPS), train_head=head)
+    assert np.all(np.isfinite(last))
+    compare_weights(model, net, w0)
+
+
+def test_training_matches_torch_manual_gradients(mnist):
+    """The benchmark's closed-form-gradient variant of the torch baseline is the same training."""
+    x, y, _, _ = mnist
+    model, _, net = make_pair([784, 500, 100], "sum", True, "adam")
+    net.grad = "manual"
+    train_both(model, net, batches(x, y, STEPS), train_head=True)
+    compare_weights(model, net)
+
+
+def test_training_other_settings(mnist):
+    """RMS normalisation, no input normalisation, label value 2, a 3-block net with a head on
+    blocks 2 and 3 (concatenated features), Nesterov SGD with dampening 0."""
+    x, y, _, _ = mnist
+    model = fflib.FFModel(fflib.mlp([784, 40, 30, 20], norm="rms", normalize_input=False), 784, 10,
+                          goodness="mean", norm="rms", label_value=2.0, threshold=1.5, seed=5)
+    fflib.SGD(model, lr=0.02, momentum=0.8, nesterov=True)
+    net = TorchFFMLP.from_fflib(model, optimizer="sgd", lr=0.02, momentum=0.8, nesterov=True)
+    assert net.head_blocks == [1, 2] and not net.normalize_input and net.norm == net.head_norm == "rms"
+    train_both(model, net, batches(x, y, 10, seed=4), train_head=True)
+    compare_weights(model, net)
+
+
+@pytest.mark.parametrize("sizes", [[784, 31, 17], [784, 500, 100]], ids=["784-31-17", "784-500-100"])
+@pytest.mark.parametrize("opt", ["adam", "sgd"])
+def test_symba_matches_torch(mnist, sizes, opt):
+    x, y, _, _ = mnist
+    model, _, net = make_pair(sizes, "sum", True, opt, loss="symba", alpha=4.0)
+    assert net.loss_kind == "symba" and net.alpha == 4.0
+    train_both(model, net, batches(x, y, 5, seed=1), train_head=True)
+    # SymBa's gradient is a difference of nearly equal positive and negative terms (the two rows
+    # differ only in the label pixels), so float32 rounding is amplified: torch's first-layer
+    # gradient is ~2e-5 away (norm-wise) from the float64 value, fflib's (double accumulation
+    # in goodness and norms) ~3e-6.  Adam turns that into up to ~5% of lr in single tiny-
+    # gradient elements, so the elementwise slack is wider; the norm-wise bound stays 1e-4.
+    atol = 0.25 * ADAM_LR if opt == "adam" else None
+    layers, head = net.state_arrays()
+    for i, (lin, (W, b)) in enumerate(zip(linear_layers(model), layers)):
+        assert_close(lin.weight, W, atol=atol, what=f"layer {i} weight")
+        assert_close(lin.bias, b, atol=atol, what=f"layer {i} bias")
+    assert_close(model.head_weight, head[0], atol=atol, what="head weight")
+    assert_close(model.head_bias, head[1], atol=atol, what="head bias")
+
+
+def test_train_step_without_head_training(mnist):
+    """A model with a head, stepped with train_head=False: the head does not move."""
+    x, y, _, _ = mnist
+    model, _, net = make_pair([784, 31, 17], "sum", True, "adam")
+    h0 = model.head_weight.copy()
+    train_both(model, net, batches(x, y, 5, seed=2), train_head=False)
+    np.testing.assert_array_equal(model.head_weight, h0)
+    compare_weights(model, net)
+
+
+# ---------------------------------------------------------------------------- gradients
+
+def fflib_head_grads(model):
+    return model._net.param(-1, 4).copy(), model._net.param(-1, 5).copy()
+
+
+@pytest.mark.parametrize("goodness", ["sum", "mean"])
+@pytest.mark.parametrize("loss", ["ff", "symba"])
+def test_compute_grads_equal_autograd(mnist, goodness, loss):
+    x, y, _, _ = mnist
+    model, ff_opt, net = make_pair([784, 31, 17], goodness, True, "adam", loss=loss)
+    # take a couple of steps first so the gradients are not those of the initialisation only
+    train_both(model, net, batches(x, y, 2, seed=7), train_head=True)
+    (xb, yb, neg), = batches(x, y, 1, seed=8)
+    lf = model.compute_grads(xb, yb, neg)
+    lt = net.step(xb, yb, neg, update=False)
+    np.testing.assert_allclose(lf, lt, rtol=REL, atol=1e-6)
+    tgrads, thead = net.grads()
+    for i, (lin, (gW, gb)) in enumerate(zip(linear_layers(model), tgrads)):
+        assert_close(lin.grad_weight, gW, rel=1e-5 if goodness == "sum" else 1e-4, what=f"layer {i} dW")
+        assert_close(lin.grad_bias, gb, what=f"layer {i} db")
+    hW, hb = fflib_head_grads(model)
+    assert_close(hW, thead[0], what="head dW")
+    assert_close(hb, thead[1], what="head db")
+    # applying them: fflib's optimiser step == torch's
+    ff_opt.step()
+    for opt in net.opts + [net.head_opt]:
+        opt.step()
+    compare_weights(model, net)
+
+
+# ---------------------------------------------------------------------------- inference
+
+@pytest.mark.parametrize("sizes", [[784, 31, 17], [784, 500, 100]], ids=["784-31-17", "784-500-100"])
+def test_inference_matches_torch(mnist, sizes):
+    x, y, xt, yt = mnist
+    model, _, net = make_pair(sizes, "sum", True, "adam")
+    train_both(model, net, batches(x, y, STEPS, seed=11), train_head=True)
+    gf, gt = model.goodness(xt), net.goodness(xt)
+    assert gf.shape == gt.shape == (len(xt), 10, 2)
+    assert_close(gf, gt, what="multi-pass goodness")
+    pf, pt = model.predict_proba(xt), net.predict_proba(xt)
+    assert pf.shape == pt.shape == (len(xt), 10)
+    np.testing.assert_allclose(pf, pt, rtol=1e-4, atol=1e-6)
+    assert_close(model.features(xt), net.features(xt).numpy(), what="head features")
+    # the predictions themselves (ties are impossible at this precision in practice)
+    assert np.mean(model.predict_multipass(xt) == net.predict_multipass(xt)) >= 0.99
+    assert np.mean(model.predict_onepass(xt) == net.predict_onepass(xt)) >= 0.99
+
+
+# ---------------------------------------------------------------------------- kernels
+
+KRTOL = 1e-5
+SHAPES = [(1, 3, 7), (7, 13, 3), (13, 33, 7), (33, 7, 13)]   # (B, I, O)
+
+
+def t32(a, grad=False):
+    return torch.tensor(np.asarray(a, dtype=np.float32), requires_grad=grad)
+
+
+def kclose(a, b, what=""):
+    assert_close(a, b, rel=KRTOL, atol=KRTOL * max(1.0, float(np.max(np.abs(np.asarray(b))))) * 0.1,
+                 what=what)
+
+
+def rnd(rng, *shape):
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+@pytest.mark.parametrize("B,I,O", SHAPES)
+def test_kernel_linear(B, I, O):
+    rng = np.random.default_rng(B * 100 + I)
+    x, W, b, dout = rnd(rng, B, I), rnd(rng, O, I), rnd(rng, O), rnd(rng, B, O)
+    for bias in (b, None):
+        out = np.empty((B, O), np.float32)
+        _core.linear_forward(out, x, W, bias)
+        tx, tW = t32(x, True), t32(W, True)
+        tb = t32(b, True) if bias is not None else None
+        ref = torch.nn.functional.linear(tx, tW, tb)
+        kclose(out, ref.detach().numpy(), "linear forward")
+        ref.backward(t32(dout))
+        # backward adds into what is there
+        pre_i, pre_w, pre_b = rnd(rng, B, I), rnd(rng, O, I), rnd(rng, O)
+        di, dw, db = pre_i.copy(), pre_w.copy(), pre_b.copy()
+        _core.linear_backward(di, dw, db, dout, x, W)
+        kclose(di - pre_i, tx.grad.numpy(), "linear dinp")
+        kclose(dw - pre_w, tW.grad.numpy(), "linear dweight")
+        kclose(db - pre_b, dout.sum(axis=0), "linear dbias")
+    # NULL gradients are skipped
+    dw = np.zeros((O, I), np.float32)
+    _core.linear_backward(None, dw, None, dout, x, W)
+    kclose(dw, dout.T.astype(np.float64) @ x, "linear dweight alone")
+
+
+@pytest.mark.parametrize("n", [1, 3, 7, 13, 33])
+def test_kernel_relu(n):
+    rng = np.random.default_rng(n)
+    x, dout = rnd(rng, n, 5), rnd(rng, n, 5)
+    out = np.empty_like(x)
+    _core.relu_forward(out, x)
+    tx = t32(x, True)
+    ref = torch.relu(tx)
+    np.testing.assert_array_equal(out, ref.detach().numpy())
+    ref.backward(t32(dout))
+    pre = rnd(rng, n, 5)
+    dinp = pre.copy()
+    _core.relu_backward(dinp, dout, out)
+    np.testing.assert_allclose(dinp - pre, tx.grad.numpy(), rtol=KRTOL, atol=1e-6)
+
+
+@pytest.mark.parametrize("B,D", [(1, 3), (7, 13), (13, 33), (3, 7)])
+@pytest.mark.parametrize("kind", [1, 2], ids=["l2", "rms"])
+@pytest.mark.parametrize("eps", [1e-4, 0.5])
+def test_kernel_lennorm(B, D, kind, eps):
+    rng = np.random.default_rng(B * 10 + D)
+    x, dout = rnd(rng, B, D), rnd(rng, B, D)
+    out, scale = np.empty_like(x), np.empty(B, np.float32)
+    _core.lennorm_forward(out, scale, x, kind, eps)
+    tx = t32(x, True)
+    if kind == 1:
+        ref = tx / (torch.linalg.vector_norm(tx, dim=1, keepdim=True) + eps)
+    else:
+        ref = tx / torch.sqrt(tx.square().mean(dim=1, keepdim=True) + eps)
+    kclose(out, ref.detach().numpy(), "lennorm forward")
+    kclose(out, x * scale[:, None], "lennorm scale")
+    ref.backward(t32(dout))
+    pre = rnd(rng, B, D)
+    dinp = pre.copy()
+    _core.lennorm_backward(dinp, dout, x, scale, kind, eps)
+    kclose(dinp - pre, tx.grad.numpy(), "lennorm backward")
+
+
+@pytest.mark.parametrize("B,D", [(1, 3), (7, 13), (13, 33)])
+@pytest.mark.parametrize("kind", [0, 1], ids=["sum", "mean"])
+def test_kernel_goodness(B, D, kind):
+    rng = np.random.default_rng(D)
+    a, dg = rnd(rng, B, D), rnd(rng, B)
+    g = np.empty(B, np.float32)
+    _core.goodness_forward(g, a, kind)
+    ta = t32(a, True)
+    ref = ta.square().sum(1) if kind == 0 else ta.square().mean(1)
+    kclose(g, ref.detach().numpy(), "goodness forward")
+    ref.backward(t32(dg))
+    pre = rnd(rng, B, D)
+    dact = pre.copy()
+    _core.goodness_backward(dact, dg, a, kind)
+    kclose(dact - pre, ta.grad.numpy(), "goodness backward")
+
+
+@pytest.mark.parametrize("B", [1, 3, 7, 13, 33])
+def test_kernel_ff_and_symba_loss(B):
+    rng = np.random.default_rng(B)
+    # goodness values spread over the softplus' whole range, including far tails
+    gpos = (rng.standard_normal(B) * 8 + 2).astype(np.float32)
+    gneg = (rng.standard_normal(B) * 8 + 2).astype(np.float32)
+    for name, fn, param in (("ff", _core.ff_loss, 2.0), ("symba", _core.symba_loss, 4.0)):
+        dp, dn = np.empty(B, np.float32), np.empty(B, np.float32)
+        L = fn(dp, dn, gpos, gneg, param)
+        tp, tn = t32(gpos, True), t32(gneg, True)
+        if name == "ff":
+            ref = (torch.nn.functional.softplus(param - tp) + torch.nn.functional.softplus(tn - param)).mean()
+        else:
+            ref = torch.nn.functional.softplus(-param * (tp - tn)).mean()
+        ref.backward()
+        assert L == pytest.approx(float(ref.detach()), rel=KRTOL, abs=1e-7), name
+        np.testing.assert_allclose(dp, tp.grad.numpy(), rtol=KRTOL, atol=1e-8, err_msg=name)
+        np.testing.assert_allclose(dn, tn.grad.numpy(), rtol=KRTOL, atol=1e-8, err_msg=name)
+        # NULL gradients are allowed
+        assert fn(None, None, gpos, gneg, param) == L
+
+
+@pytest.mark.parametrize("B,K", [(1, 3), (7, 13), (13, 7), (33, 10)])
+def test_kernel_softmax_xent(B, K):
+    rng = np.random.default_rng(B + K)
+    logits = (rnd(rng, B, K) * 5).astype(np.float32)
+    labels = rng.integers(0, K, B).astype(np.int64)
+    dl, probs = np.empty((B, K), np.float32), np.empty((B, K), np.float32)
+    L = _core.softmax_xent(dl, probs, logits, labels)
+    tl = t32(logits, True)
+    ref = torch.nn.functional.cross_entropy(tl, torch.from_numpy(labels))
+    ref.backward()
+    # the loss value against float64 (a confident sample's loss lse - z_y cancels in float32)
+    ref64 = torch.nn.functional.cross_entropy(tl.detach().double(), torch.from_numpy(labels))
+    assert L == pytest.approx(float(ref64), rel=KRTOL)
+    np.testing.assert_allclose(probs, torch.softmax(tl, 1).detach().numpy(), rtol=KRTOL, atol=1e-7)
+    np.testing.assert_allclose(dl, tl.grad.numpy(), rtol=KRTOL, atol=1e-7)
+
+
+def _torch_opt_run(make, p0, grads):
+    p = t32(p0, True)
+    opt = make([p])
+    for g in grads:
+        p.grad = t32(g)
+        opt.step()
+    return p.detach().numpy(), opt.state[p]
+
+
+@pytest.mark.parametrize("n", [1, 3, 7, 13, 33])
+@pytest.mark.parametrize("wd", [0.0, 0.01])
+def test_kernel_adam_step(n, wd):
+    rng = np.random.default_rng(n)
+    p0 = rnd(rng, n)
+    grads = [rnd(rng, n) * s for s in (1.0, 0.1, 3.0, 1e-3, 0.5, 2.0, 0.01)]
+    lr, b1, b2, eps = 0.01, 0.8, 0.95, 1e-6
+    p, m, v = p0.copy(), np.zeros(n, np.float32), np.zeros(n, np.float32)
+    for t, g in enumerate(grads, start=1):
+        _core.adam_step(p, m, v, g, lr, b1, b2, eps, wd, t)
+    ref, state = _torch_opt_run(
+        lambda ps: torch.optim.Adam(ps, lr=lr, betas=(b1, b2), eps=eps, weight_decay=wd), p0, grads)
+    kclose(p, ref, "adam p")
+    kclose(m, state["exp_avg"].numpy(), "adam m")
+    kclose(v, state["exp_avg_sq"].numpy(), "adam v")
+
+
+@pytest.mark.parametrize("n", [1, 3, 7, 13, 33])
+@pytest.mark.parametrize("momentum,dampening,wd,nesterov", [
+    (0.0, 0.0, 0.0, False), (0.9, 0.0, 1e-4, False), (0.9, 0.3, 0.01, False), (0.8, 0.0, 0.01, True)])
+def test_kernel_sgd_step(n, momentum, dampening, wd, nesterov):
+    rng = np.random.default_rng(n + 1)
+    p0 = rnd(rng, n)
+    grads = [rnd(rng, n) * s for s in (1.0, 0.1, 3.0, 0.5, 2.0)]
+    lr = 0.05
+    p, buf = p0.copy(), np.zeros(n, np.float32)
+    for t, g in enumerate(grads, start=1):
+        _core.sgd_step(p, buf, g, lr, momentum, dampening, wd, nesterov, t)
+    ref, state = _torch_opt_run(
+        lambda ps: torch.optim.SGD(ps, lr=lr, momentum=momentum, dampening=dampening, weight_decay=wd,
+                                   nesterov=nesterov), p0, grads)
+    kclose(p, ref, "sgd p")
+    if momentum:
+        kclose(buf, state["momentum_buffer"].numpy(), "sgd momentum buffer")
