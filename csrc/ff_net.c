@@ -46,13 +46,18 @@ struct ff_net {
                                              layers[nl+1]: the label embedding, when used */
     int nblocks, firsts[FF_MAX_LAYERS], ends[FF_MAX_LAYERS];   /* block b: layers [firsts[b], ends[b]) */
     uint8_t starts_block[FF_MAX_LAYERS];   /* some block starts at this layer (no in-place output) */
-    int nseg, seg_ends[FF_MAX_LAYERS];     /* distinct block ends: the segments inference runs */
     int has_head, nhead, head_layers[FF_MAX_LAYERS], F;
     ff_config cfg;
     uint64_t rng[4];
-    /* arenas */
+    /* arenas.  Gradients: a full arena (grads) exists only when needed (split compute_grads /
+     * optimizer_step, overlapping blocks, gradient views from Python); otherwise the fused step
+     * keeps one block's gradients in gscratch and the head's and embedding's in gtail, and
+     * steps each block right after its backward, so a training step holds one block's
+     * gradients rather than the whole network's. */
     float *params, *grads, *m, *v;
-    size_t nparams;
+    size_t nparams, tail_off;     /* tail_off: where the head and embedding parameters start */
+    float *gtail, *gscratch;
+    size_t gscratch_cap, gscratch_base;
     float *buffers, *saved;
     size_t nbuffers, nsaved;
     /* workspace */
@@ -209,7 +214,8 @@ ff_net *ff_net_create(int C, int H, int W, int K, uint64_t seed) {
 
 void ff_net_destroy(ff_net *net) {
     if (!net) return;
-    free(net->params); free(net->grads); free(net->m); free(net->v);
+    free(net->params); free(net->grads); free(net->m); free(net->v); free(net->gtail);
+    free(net->gscratch);
     free(net->buffers); free(net->saved); free(net->ws); free(net->lab); free(net->pattern);
     free(net);
 }
@@ -340,16 +346,8 @@ ff_status ff_net_set_block_ranges(ff_net *net, int nblocks, const int *firsts, c
     memcpy(net->ends, lasts, (size_t)nblocks * sizeof(int));
     memset(net->starts_block, 0, sizeof(net->starts_block));
     for (int b = 0; b < nblocks; b++) net->starts_block[firsts[b]] = 1;
-    /* block ends are strictly increasing, so they are already the distinct segment ends */
-    net->nseg = nblocks;
-    memcpy(net->seg_ends, lasts, (size_t)nblocks * sizeof(int));
-    /* a new cut may need a larger activation area: re-reserve */
-    if (net->rows_cap) {
-        int rows = net->rows_cap;
-        net->rows_cap = 0;
-        return ff_net_reserve(net, rows);
-    }
-    return FF_OK;
+    /* a new cut may need a larger activation area (reserve only ever grows it) */
+    return net->rows_cap ? ff_net_reserve(net, net->rows_cap) : FF_OK;
 }
 
 ff_status ff_net_set_blocks(ff_net *net, int nblocks, const int *ends) {
@@ -381,6 +379,22 @@ static ff_status default_blocks(ff_net *net) {
     int ends[FF_MAX_LAYERS];
     int nb = ff_net_default_blocks(net, ends);
     return ff_net_set_blocks(net, nb, ends);
+}
+
+/* Allocate the full gradient arena (once), carrying over the head's and embedding's. */
+static ff_status full_grads(ff_net *net) {
+    if (net->grads) return FF_OK;
+    net->grads = calloc(net->nparams ? net->nparams : 1, sizeof(float));
+    if (!net->grads) return FF_ERR_NOMEM;
+    memcpy(net->grads + net->tail_off, net->gtail, (net->nparams - net->tail_off) * sizeof(float));
+    return FF_OK;
+}
+
+/* Where the gradient of the parameter at arena offset off lives. */
+static float *grad_at(ff_net *net, size_t off) {
+    if (net->grads) return net->grads + off;
+    if (off >= net->tail_off) return net->gtail + (off - net->tail_off);
+    return net->gscratch + (off - net->gscratch_base);
 }
 
 static int slot_used(const ff_net *net, int i) {
@@ -442,6 +456,7 @@ ff_status ff_net_finalize(ff_net *net) {
     int nall = net->nl + 2;
     size_t np = 0, nb = 0, ns = 0;
     for (int i = 0; i < nall; i++) {
+        if (i == net->nl) net->tail_off = np;
         if (!slot_used(net, i)) continue;
         ff_layer *L = &net->layers[i];
         /* align each array to 16 floats so SIMD loads never straddle parameter arrays */
@@ -454,12 +469,12 @@ ff_status ff_net_finalize(ff_net *net) {
     }
     net->nparams = np; net->nbuffers = nb; net->nsaved = ns;
     net->params = calloc(np ? np : 1, sizeof(float));
-    net->grads = calloc(np ? np : 1, sizeof(float));
     net->m = calloc(np ? np : 1, sizeof(float));
     net->v = calloc(np ? np : 1, sizeof(float));
+    net->gtail = calloc(np - net->tail_off + 1, sizeof(float));
     net->buffers = calloc(nb ? nb : 1, sizeof(float));
     net->saved = calloc(ns ? ns : 1, sizeof(float));
-    if (!net->params || !net->grads || !net->m || !net->v || !net->buffers || !net->saved)
+    if (!net->params || !net->m || !net->v || !net->gtail || !net->buffers || !net->saved)
         return FF_ERR_NOMEM;
     for (int i = 0; i < nall; i++) {
         if (!slot_used(net, i)) continue;
@@ -587,7 +602,10 @@ float *ff_net_param(ff_net *net, int layer, ff_param_kind which, size_t *count) 
     }
     switch (which) {
     case FF_P_WEIGHT: case FF_P_BIAS: base = net->params; break;
-    case FF_P_GRAD_WEIGHT: case FF_P_GRAD_BIAS: base = net->grads; break;
+    case FF_P_GRAD_WEIGHT: case FF_P_GRAD_BIAS:
+        if (full_grads(net) != FF_OK) return NULL;
+        base = net->grads;
+        break;
     case FF_P_M_WEIGHT: case FF_P_M_BIAS: base = net->m; break;
     default: base = net->v; break;
     }
@@ -633,6 +651,19 @@ ff_status ff_net_reserve(ff_net *net, int rows) {
         if (a > acts) acts = a;
         if (layer_out(L) > maxio) maxio = layer_out(L);
         if (L->conv_ws > convws) convws = L->conv_ws;
+    }
+    /* the largest block's parameter span, for its gradients in the lean fused step */
+    size_t span = 0;
+    for (int b = 0; b < net->nblocks; b++) {
+        int f = net->firsts[b], l = net->ends[b];
+        size_t hi = l < net->nl ? net->layers[l].w_off : net->tail_off;
+        if (hi - net->layers[f].w_off > span) span = hi - net->layers[f].w_off;
+    }
+    if (span > net->gscratch_cap) {
+        float *g = malloc(span * sizeof(float));
+        if (!g) return FF_ERR_NOMEM;
+        free(net->gscratch);
+        net->gscratch = g; net->gscratch_cap = span;
     }
     if (rows <= net->rows_cap && acts <= net->acts_cap) return FF_OK;
     if (rows < net->rows_cap) rows = net->rows_cap;
@@ -766,7 +797,7 @@ static ff_status block_backward(ff_net *net, int f, int l, const float *in, int 
         float *dx = below ? (i == f ? din : dnext) : NULL;
         if (dx) memset(dx, 0, (size_t)T * nin * sizeof(float));
         const float *w = net->params + L->w_off;
-        float *gw = net->grads + L->w_off, *gb = L->b_n ? net->grads + L->b_off : NULL;
+        float *gw = grad_at(net, L->w_off), *gb = L->b_n ? grad_at(net, L->b_off) : NULL;
         ff_status st = FF_OK;
         switch (L->kind) {
         case FF_LAYER_LINEAR:
@@ -810,7 +841,7 @@ static void layer_opt_step(ff_net *net, ff_layer *L) {
     size_t offs[2] = {L->w_off, L->b_off}, ns[2] = {L->w_n, L->b_n};
     for (int k = 0; k < 2; k++) {
         if (!ns[k]) continue;
-        float *p = net->params + offs[k], *g = net->grads + offs[k];
+        float *p = net->params + offs[k], *g = grad_at(net, offs[k]);
         if (o->kind == FF_OPT_ADAM)
             ff_adam_step(p, net->m + offs[k], net->v + offs[k], g, ns[k], o->lr, o->beta1,
                          o->beta2, o->eps, o->weight_decay, L->step);
@@ -821,12 +852,13 @@ static void layer_opt_step(ff_net *net, ff_layer *L) {
 }
 
 static void zero_layer_grads(ff_net *net, const ff_layer *L) {
-    if (L->w_n) memset(net->grads + L->w_off, 0, L->w_n * sizeof(float));
-    if (L->b_n) memset(net->grads + L->b_off, 0, L->b_n * sizeof(float));
+    if (L->w_n) memset(grad_at(net, L->w_off), 0, L->w_n * sizeof(float));
+    if (L->b_n) memset(grad_at(net, L->b_off), 0, L->b_n * sizeof(float));
 }
 
 void ff_net_zero_grad(ff_net *net) {
     if (net->grads) memset(net->grads, 0, net->nparams * sizeof(float));
+    if (net->gtail) memset(net->gtail, 0, (net->nparams - net->tail_off) * sizeof(float));
 }
 
 /* The label embedding is trained by the loss of the block holding layer 0: dxin holds the
@@ -834,7 +866,7 @@ void ff_net_zero_grad(ff_net *net) {
 static void embedding_backward(ff_net *net, int T) {
     ff_layer *E = &net->layers[net->nl + 1];
     int HW = net->H * net->W, Din = net->Din;
-    float *g = net->grads + E->w_off;
+    float *g = grad_at(net, E->w_off);
     for (int r = 0; r < T; r++) {
         const float *dr = net->dxin + (size_t)r * Din + net->D;
         float *gk = g + (size_t)net->lab[r] * HW;
@@ -884,7 +916,7 @@ static float head_run(ff_net *net, int n, const int64_t *labels, float *probs, i
         return 0.0f;
     }
     float loss = ff_softmax_xent(net->dlogits, probs, net->logits, labels, n, net->K);
-    ff_linear_backward(NULL, net->grads + Hd->w_off, net->grads + Hd->b_off, net->dlogits,
+    ff_linear_backward(NULL, grad_at(net, Hd->w_off), grad_at(net, Hd->b_off), net->dlogits,
                        net->feat, w, n, net->F, net->K);
     return loss;
 }
@@ -1009,9 +1041,18 @@ ff_status ff_net_train_step(ff_net *net, const float *x, const int64_t *labels,
         int lastl = net->head_layers[net->nhead - 1];
         for (int b = 0; b < nb; b++) if (net->ends[b] > lastl) { if (b + 1 > stop) stop = b + 1; break; }
     }
+    /* lean: a block's gradients live in gscratch and it steps right after its backward */
+    int overlap = 0;
+    for (int b = 1; b < nb; b++) overlap |= net->firsts[b] < net->ends[b - 1];
+    int lean = apply_update && !net->grads && !overlap;
+    if (!lean) {
+        st = full_grads(net);
+        if (st != FF_OK) return st;
+    }
     if (!apply_update) ff_net_zero_grad(net);
     else {
-        for (int i = 0; i < net->nl; i++) if (train_layer[i]) zero_layer_grads(net, &net->layers[i]);
+        if (!lean)
+            for (int i = 0; i < net->nl; i++) if (train_layer[i]) zero_layer_grads(net, &net->layers[i]);
         if (embed) zero_layer_grads(net, &net->layers[net->nl + 1]);
         if (train_head) zero_layer_grads(net, &net->layers[net->nl]);
     }
@@ -1031,9 +1072,16 @@ ff_status ff_net_train_step(ff_net *net, const float *x, const int64_t *labels,
             if (st != FF_OK) return st;
             if (losses) losses[b] = loss;
             int emb = holds_input(net, b) && net->label == FF_LABEL_EMBEDDING;
+            if (lean) {
+                net->gscratch_base = net->layers[f].w_off;
+                size_t hi = l < net->nl ? net->layers[l].w_off : net->tail_off;
+                memset(net->gscratch, 0, (hi - net->gscratch_base) * sizeof(float));
+            }
             st = block_backward(net, f, l, net->carry, T, emb ? net->dxin : NULL);
             if (st != FF_OK) return st;
             if (emb) embedding_backward(net, T);
+            if (lean)   /* the next block's input was computed before this update */
+                for (int i = f; i < l; i++) layer_opt_step(net, &net->layers[i]);
         }
         if (train_head)
             for (int i = f; i < l; i++)
@@ -1051,7 +1099,8 @@ ff_status ff_net_train_step(ff_net *net, const float *x, const int64_t *labels,
         if (losses) losses[nb] = hl;
     }
     if (apply_update) {
-        for (int i = 0; i < net->nl; i++) if (train_layer[i]) layer_opt_step(net, &net->layers[i]);
+        if (!lean)
+            for (int i = 0; i < net->nl; i++) if (train_layer[i]) layer_opt_step(net, &net->layers[i]);
         if (embed) layer_opt_step(net, &net->layers[net->nl + 1]);
         if (train_head) layer_opt_step(net, &net->layers[net->nl]);
     }
@@ -1060,6 +1109,8 @@ ff_status ff_net_train_step(ff_net *net, const float *x, const int64_t *labels,
 
 ff_status ff_net_optimizer_step(ff_net *net, const uint8_t *active, int head) {
     if (!net->finalized) return FF_ERR_STATE;
+    ff_status st = full_grads(net);
+    if (st != FF_OK) return st;
     if (head && !net->has_head) return FF_ERR_STATE;
     uint8_t train_layer[FF_MAX_LAYERS] = {0};
     int embed = 0;

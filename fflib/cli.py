@@ -88,7 +88,7 @@ def build_parser():
     t.add_argument("--loss", choices=["ff", "symba", "cwc", "pvn"], default=None,
                    help="default: symba for mlp/cnn, cwc for the CwC models")
     t.add_argument("--label-encoding", choices=["onehot", "fourier", "embedding"], default=None,
-                   help="how the label enters the input of mlp/cnn (default onehot)")
+                   help="how the label enters the input (default: onehot for mlp, embedding for cnn)")
     t.add_argument("--routine", choices=["greedy", "chunked", "overlapping", "backprop"], default="greedy")
     t.add_argument("--chunk-size", type=_positive(int), default=2, help="units per chunk")
     t.add_argument("--alternate", action="store_true", help="shift the chunks every iteration")
@@ -147,7 +147,9 @@ def train_command(a):
             sizes = [x.shape[1]] + a.layers
             model = FFModel(mlp(sizes, norm=a.norm), x.shape[1], 10, **kw)
         elif a.model == "cnn":
-            layers, shape = zoo.survey_cnn(a.dataset, norm=None if a.norm == "none" else a.norm)
+            kw["label_encoding"] = a.label_encoding or "embedding"
+            layers, shape = zoo.survey_cnn(a.dataset, norm=None if a.norm == "none" else a.norm,
+                                           label_encoding=kw["label_encoding"])
             if shape != image_shape:
                 _bad(f"the survey CNN for {a.dataset} expects images {shape}, got {image_shape}")
             model = FFModel(layers, shape, 10, **kw)

@@ -29,39 +29,42 @@ def cifar10_mlp(norm="l2"):
     return mlp([3072, 3072, 2000, 1000], norm=norm), (3072, 1, 1)
 
 
-def mnist_cnn(batchnorm=False, norm="rms"):
+def mnist_cnn(batchnorm=False, norm="rms", label_channels=0):
     """The survey's MNIST CNN: conv 32, conv 64, then a linear layer 256x100.
 
     Choices the survey leaves open: 5x5 kernels without padding and 2x2 then 4x4 max pooling,
     which bring 28x28 to exactly the 256 (64 x 2 x 2) inputs of the 256x100 linear layer:
     28 -conv5-> 24 -pool2-> 12 -conv5-> 8 -pool4-> 2.  Three FF blocks, each length-normalising
-    its input (``norm``; None for none).
+    its input (``norm``; None for none).  ``label_channels=1`` for the label embedding's
+    extra input channel.
     """
-    layers = conv_block(1, 32, 5, pool=2, batchnorm=batchnorm, norm=norm)
+    layers = conv_block(1 + label_channels, 32, 5, pool=2, batchnorm=batchnorm, norm=norm)
     layers += conv_block(32, 64, 5, pool=4, batchnorm=batchnorm, norm=norm)
     layers += [Flatten()] + ([LenNorm(norm)] if norm else []) + [Linear(256, 100), ReLU()]
     return layers, (1, 28, 28)
 
 
-def cifar10_cnn(batchnorm=False, norm="rms"):
+def cifar10_cnn(batchnorm=False, norm="rms", label_channels=0):
     """The survey's CIFAR-10 CNN: four conv layers of 128, 264, 512, 1024 filters.
 
     Choices the survey leaves open: 3x3 kernels with padding 1 and a 2x2 max pool after each
     conv (32 -> 16 -> 8 -> 4 -> 2).  Four FF blocks, each length-normalising its input.
     """
-    layers, c = [], 3
+    layers, c = [], 3 + label_channels
     for out in (128, 264, 512, 1024):
         layers += conv_block(c, out, 3, padding=1, pool=2, batchnorm=batchnorm, norm=norm)
         c = out
     return layers, (3, 32, 32)
 
 
-def survey_cnn(dataset, batchnorm=False, norm="rms"):
-    """The survey's original FF CNN for ``dataset`` (mnist, fashion-mnist, sample, cifar10)."""
+def survey_cnn(dataset, batchnorm=False, norm="rms", label_encoding="embedding"):
+    """The survey's original FF CNN for ``dataset`` (mnist, fashion-mnist, sample, cifar10),
+    with the extra input channel a label embedding needs."""
+    extra = int(label_encoding == "embedding")
     if dataset in ("mnist", "fashion-mnist", "sample"):
-        return mnist_cnn(batchnorm, norm)
+        return mnist_cnn(batchnorm, norm, extra)
     if dataset == "cifar10":
-        return cifar10_cnn(batchnorm, norm)
+        return cifar10_cnn(batchnorm, norm, extra)
     raise ValueError(f"no survey CNN for dataset {dataset!r}")
 
 
@@ -131,8 +134,11 @@ def build(name, dataset="cifar10", seed=0, **model_kw):
         layers, shape = mlp([image[0] * image[1] * image[2], 500, 100], norm="rms"), image
         kw = dict(loss="symba", goodness="mean", threshold=1.0, norm="rms")
     elif name == "cnn":
-        layers, shape = survey_cnn(dataset)
-        kw = dict(loss="symba", goodness="mean", threshold=1.0, norm="rms")
+        enc = model_kw.get("label_encoding", "embedding")
+        layers, shape = survey_cnn(dataset, label_encoding=enc)
+        # a trained label channel: one-hot pixels in a corner or waves leave the first conv
+        # layer unable to tell labels apart (measured), a learned map does not
+        kw = dict(loss="symba", goodness="mean", threshold=1.0, norm="rms", label_encoding=enc)
     elif name == "cwcomp":
         layers, shape = cwcomp(image)
         # CwComp's goodness is that of each layer's final (batch-normalised) output
