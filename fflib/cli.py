@@ -78,7 +78,7 @@ def build_parser():
                    help="mlp (the survey's FF MLP), cnn (the survey's FF CNN for the dataset), "
                         "cwcomp, ff_tiny .. ff_deep (channel-wise competitive CNNs)")
     t.add_argument("--layers", type=_int_list, default=[500, 100], help="MLP hidden sizes, e.g. 500,100")
-    t.add_argument("--epochs", type=_positive(int), default=None, help="epochs (default 10; 5 on sample)")
+    t.add_argument("--epochs", type=_positive(int), default=None, help="epochs (default 10)")
     t.add_argument("--batch-size", type=_positive(int), default=None, help="default 100 (128 for CwC models)")
     t.add_argument("--lr", type=_positive(float), default=None, help="Adam learning rate")
     t.add_argument("--threshold", type=_finite, default=None, help="FF / PvN loss threshold theta")
@@ -96,7 +96,9 @@ def build_parser():
     t.add_argument("--negatives", choices=["uniform", "hard"], default="uniform")
     t.add_argument("--milestones", type=_int_list, default=None, help="MultiStepLR epochs, e.g. 30,45")
     t.add_argument("--gamma", type=_positive(float), default=0.1)
-    t.add_argument("--cooldown", action="store_true", help="linear LR cooldown over the second half")
+    t.add_argument("--no-cooldown", dest="cooldown", action="store_false",
+                   help="constant learning rate (default: linear cooldown over the second half, "
+                        "unless --milestones are given)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=_positive(int), default=None, help="BLAS threads")
     t.add_argument("--out", default=None, help="write results as JSON to this file")
@@ -106,7 +108,7 @@ def build_parser():
     return p
 
 
-DEFAULTS = {"lr": 0.003, "lr_cwc": 0.01, "epochs": 10, "epochs_sample": 5}
+DEFAULTS = {"lr": 0.003, "lr_cwc": 0.01, "epochs": 10, "epochs_sample": 10}
 CWC_MODELS = ("cwcomp",) + tuple(zoo.LIGHT_MODELS)
 
 

@@ -105,14 +105,14 @@ def light_model(name, input_shape=(3, 32, 32)):
     return layers, tuple(input_shape)
 
 
-def cwcomp(input_shape=(1, 28, 28), num_classes=10):
+def cwcomp(input_shape=(1, 28, 28), num_classes=10, channels=(20, 80, 240, 480)):
     """A CwComp CNN for 28x28 images (Papachristodoulou et al., AAAI 2024, reference code):
     four blocks Conv2d(3x3, padding 1) -> ReLU -> [MaxPool2d(2) after blocks 2 and 4] ->
-    BatchNorm2d, with 20, 80, 240, 480 channels; blocks 2 and 4 are grouped convolutions with
+    BatchNorm2d, with 20, 80, 240, 480 channels (``channels``); blocks 2 and 4 are grouped convolutions with
     one group per class (CFSE).  Train with loss "cwc" and label_encoding "none"; each block
     ends after its BatchNorm2d (:func:`build` cuts it so)."""
     c, layers = input_shape[0], []
-    for i, out in enumerate((20, 80, 240, 480)):
+    for i, out in enumerate(channels):
         layers += [Conv2d(c, out, 3, padding=1, groups=num_classes if i % 2 else 1), ReLU()]
         if i % 2:
             layers.append(MaxPool2d(2))
@@ -140,7 +140,7 @@ def build(name, dataset="cifar10", seed=0, **model_kw):
         # layer unable to tell labels apart (measured), a learned map does not
         kw = dict(loss="symba", goodness="mean", threshold=1.0, norm="rms", label_encoding=enc)
     elif name == "cwcomp":
-        layers, shape = cwcomp(image)
+        layers, shape = cwcomp(image, channels=model_kw.pop("channels", (20, 80, 240, 480)))
         # CwComp's goodness is that of each layer's final (batch-normalised) output
         kw = dict(loss="cwc", label_encoding="none", norm="none", threshold=2.0,
                   blocks=[i + 1 for i, l in enumerate(layers) if l.kind == "batchnorm2d"])

@@ -1,0 +1,76 @@
+"""The command-line contract: python -m fflib train ... (JSON keys, exit codes, interrupts)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+
+def run(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "fflib", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=os.path.dirname(os.path.dirname(__file__)) + "/tests")
+
+
+def test_train_on_the_sample_writes_the_json_contract(tmp_path):
+    out = tmp_path / "r.json"
+    res = run("train", "--epochs", "1", "--seed", "3", "--threads", "1", "--out", str(out), "--no-progress")
+    assert res.returncode == 0, res.stderr
+    assert "test error: one-pass" in res.stdout and "multi-pass" in res.stdout
+    r = json.loads(out.read_text())
+    for key in ("config", "test_error", "train_error", "epochs", "train_seconds", "peak_rss_mb"):
+        assert key in r
+    for part in ("test_error", "train_error"):
+        assert set(r[part]) == {"one_pass", "multi_pass"}
+        assert all(0.0 <= v <= 100.0 for v in r[part].values())
+    assert r["test_error"]["multi_pass"] < 60.0          # one epoch on 10,000 real images learns
+    assert len(r["epochs"]) == 1 and len(r["epochs"][0]["block_loss"]) == 2
+    assert r["epochs"][0]["seconds"] > 0 and r["peak_rss_mb"] > 0
+    assert r["config"]["dataset"] == "sample" and r["config"]["seed"] == 3
+
+
+@pytest.mark.parametrize("args, msg", [
+    (["train", "--epochs", "0"], "--epochs"),
+    (["train", "--batch-size", "-4"], "--batch-size"),
+    (["train", "--lr", "nan"], "--lr"),
+    (["train", "--layers", "500,x"], "--layers"),
+    (["train", "--dataset", "imagenet"], "--dataset"),
+    (["train", "--model", "resnet"], "--model"),
+    (["train", "--threshold", "inf"], "--threshold"),
+    (["train", "--dataset", "mnist", "--data-dir", "/nonexistent/dir"], "not found"),
+    (["train", "--model", "ff_tiny"], "CIFAR-10 model"),
+    (["train", "--bogus"], "unrecognized"),
+])
+def test_bad_arguments_exit_2_with_one_line(args, msg):
+    res = run(*args)
+    assert res.returncode == 2
+    lines = [l for l in res.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1 and msg.lower() in lines[0].lower(), res.stderr
+
+
+def test_models_lists_the_zoo():
+    res = run("models")
+    assert res.returncode == 0
+    for name in ("mlp", "cnn", "cwcomp", "ff_tiny", "ff_small", "ff_medium", "ff_optimal", "ff_deep"):
+        assert name in res.stdout
+    assert "164,706" in res.stdout          # the survey's count, shown beside ours
+
+
+def test_ctrl_c_stops_cleanly_and_still_writes(tmp_path):
+    out = tmp_path / "r.json"
+    proc = subprocess.Popen([sys.executable, "-m", "fflib", "train", "--epochs", "50", "--threads", "1",
+                             "--out", str(out), "--no-progress"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=str(tmp_path))
+    # wait until the first epoch has been reported, then interrupt
+    t0 = time.time()
+    line = ""
+    while not line.startswith("epoch") and time.time() - t0 < 120:
+        line = proc.stdout.readline()
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "interrupted" in stdout
+    r = json.loads(out.read_text())
+    assert r["interrupted"] is True and 1 <= len(r["epochs"]) < 50
