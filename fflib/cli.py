@@ -99,6 +99,9 @@ def build_parser():
     t.add_argument("--no-cooldown", dest="cooldown", action="store_false",
                    help="constant learning rate (default: linear cooldown over the second half, "
                         "unless --milestones are given)")
+    t.add_argument("--val-size", type=int, default=0,
+                   help="hold out the last N training samples as a validation set, evaluated every "
+                        "epoch (tune on it, never on the test set)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=_positive(int), default=None, help="BLAS threads")
     t.add_argument("--out", default=None, help="write results as JSON to this file")
@@ -129,6 +132,11 @@ def train_command(a):
     image_shape = tuple(x.shape[1:])
     x = x.reshape(len(x), -1)
     xt = xt.reshape(len(xt), -1)
+    if not 0 <= a.val_size < len(x):
+        _bad(f"--val-size must be in [0, {len(x)}), got {a.val_size}")
+    xv = yv = None
+    if a.val_size:
+        x, xv, y, yv = x[:-a.val_size], x[-a.val_size:], y[:-a.val_size], y[-a.val_size:]
     cwc = a.model in CWC_MODELS
     if cwc and a.label_encoding:
         _bad(f"--label-encoding does not apply to {a.model} (channel-wise competitive models take no label in the input)")
@@ -168,7 +176,7 @@ def train_command(a):
               "routine": a.routine, "chunk_size": a.chunk_size, "alternate": a.alternate,
               "order": a.order, "negatives": a.negatives, "milestones": a.milestones, "gamma": a.gamma,
               "cooldown": a.cooldown, "seed": a.seed, "threads": a.threads,
-              "num_train": int(len(y)), "num_test": int(len(yt)),
+              "num_train": int(len(y)), "num_test": int(len(yt)), "val_size": a.val_size,
               "num_params": model.num_parameters(), "num_params_with_head": model.num_parameters(head=True)}
     opt = Adam(model, lr=lr)
     sched = None
@@ -180,9 +188,11 @@ def train_command(a):
           f"on {a.dataset} ({len(y)} train / {len(yt)} test), {epochs} epochs", flush=True)
 
     def report(rec):
+        val = rec.get("val")
         print(f"epoch {rec['epoch']:3d}  block losses "
               + " ".join(f"{v:.4f}" for v in rec["block_loss"])
               + (f"  head {rec['head_loss']:.4f}" if rec["head_loss"] is not None else "")
+              + (f"  val {val.get('one_pass', float('nan')):.2f}% / {val['multi_pass']:.2f}%" if val else "")
               + f"  {rec['seconds']:.1f}s", flush=True)
 
     if (a.negatives == "hard" or a.order != "simultaneous") and loss in ("cwc", "pvn"):
@@ -190,7 +200,7 @@ def train_command(a):
     try:
         hist = fit(model, x, y, epochs=epochs, batch_size=batch_size, optimizer=opt, scheduler=sched,
                    order=a.order, negatives=a.negatives, routine=a.routine, chunk_size=a.chunk_size,
-                   alternate=a.alternate, random_state=a.seed,
+                   alternate=a.alternate, random_state=a.seed, x_val=xv, y_val=yv,
                    progress=not a.no_progress and sys.stderr.isatty(), callback=report)
     except ValueError as e:
         _bad(str(e))
@@ -206,7 +216,9 @@ def train_command(a):
         "train_error": {"one_pass": train["one_pass"], "multi_pass": train["multi_pass"]},
         "block_accuracy_test": test["block_accuracy"],
         "epochs": [{"epoch": r["epoch"], "block_loss": r["block_loss"], "head_loss": r["head_loss"],
-                    "lr": r["lr"], "seconds": r["seconds"]} for r in hist["epochs"]],
+                    "lr": r["lr"], "seconds": r["seconds"],
+                    **({"val_error": {k: r["val"][k] for k in ("one_pass", "multi_pass") if k in r["val"]}}
+                       if "val" in r else {})} for r in hist["epochs"]],
         "train_seconds": hist["train_seconds"], "test_eval_seconds": eval_seconds,
         "interrupted": hist["interrupted"], "peak_rss_mb": peak_rss_mb(),
         "blas": __import__("fflib").blas_name(), "num_params": model.num_parameters(head=True),
