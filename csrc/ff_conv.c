@@ -5,14 +5,15 @@
  * small planes still give BLAS wide products while the column matrix of one group
  * (Cg*KH*KW, columns) stays near cache size.  The workspace is bounded by the image shape
  * alone, never by the batch size.  A 1x1, stride-1, unpadded conv on one image is a plain
- * GEMM on the input (no column matrix). */
+ * GEMM on the input (no column matrix).
+ */
 #include <limits.h>
 #include <string.h>
 #include "fflib.h"
 
 /* target GEMM width in output positions */
 #ifndef FF_CONV_COLS
-#define FF_CONV_COLS 1024
+#define FF_CONV_COLS 512
 #endif
 
 typedef struct {
@@ -33,15 +34,19 @@ static ff_status conv_setup(conv_shape *s, int C, int H, int W, int OC, int KH, 
         return FF_ERR_SHAPE;
     s->C = C; s->H = H; s->W = W; s->OC = OC; s->KH = KH; s->KW = KW;
     s->stride = stride; s->pad = pad; s->groups = groups;
-    s->OH = (int)(((long long)H + 2LL * pad - KH) / stride + 1);
-    s->OW = (int)(((long long)W + 2LL * pad - KW) / stride + 1);
+    long long oh = ((long long)H + 2LL * pad - KH) / stride + 1;
+    long long ow = ((long long)W + 2LL * pad - KW) / stride + 1;
+    /* every GEMM dimension and leading dimension must fit in an int */
+    long long cgkh = (long long)(C / groups) * KH;
+    if (oh > INT_MAX || ow > INT_MAX || oh * ow > INT_MAX || (long long)H * W > INT_MAX ||
+        cgkh > INT_MAX || cgkh * KW > INT_MAX)
+        return FF_ERR_SHAPE;
+    s->OH = (int)oh;
+    s->OW = (int)ow;
     s->Cg = C / groups;
     s->OCg = OC / groups;
-    /* every GEMM dimension and leading dimension must fit in an int */
-    long long ohw = (long long)s->OH * s->OW, cgk = (long long)s->Cg * KH * KW;
-    if (ohw > INT_MAX || cgk > INT_MAX || (long long)H * W > INT_MAX) return FF_ERR_SHAPE;
-    s->OHW = (int)ohw;
-    s->CgK = (int)cgk;
+    s->OHW = s->OH * s->OW;
+    s->CgK = s->Cg * KH * KW;
     s->direct = KH == 1 && KW == 1 && stride == 1 && pad == 0;
     if (s->OHW >= FF_CONV_COLS) {
         s->nb = 1;
@@ -55,10 +60,9 @@ static ff_status conv_setup(conv_shape *s, int C, int H, int W, int OC, int KH, 
     return FF_OK;
 }
 
-/* Floats of workspace: the column matrix (CgK, cols), plus with nb > 1 a (OCg, cols) matrix
- * holding the chunk's output (forward) or output gradient (backward) in GEMM layout; cols =
- * nb*rows*OW <= max(FF_CONV_COLS, OW).  The backward reuses the column matrix for the
- * column gradient. */
+/* Floats of workspace, forward and backward alike: the column matrix (CgK, cols),
+ * plus with nb > 1 a (OCg, cols) matrix holding the chunk's output (forward) or output
+ * gradient (backward) in GEMM layout; cols = nb*rows*OW <= max(FF_CONV_COLS, OW). */
 static size_t conv_ws_floats(const conv_shape *s) {
     size_t cols = (size_t)s->nb * s->rows * s->OW;
     if (s->nb == 1) return s->direct ? 0 : (size_t)s->CgK * cols;
@@ -69,7 +73,7 @@ size_t ff_conv2d_workspace(int C, int H, int W, int OC, int KH, int KW, int stri
                            int groups) {
     conv_shape s;
     if (conv_setup(&s, C, H, W, OC, KH, KW, stride, pad, groups) != FF_OK) return 0;
-    return conv_ws_floats(&s);
+    return conv_ws_floats(&s); /* the backward needs the same */
 }
 
 /* Output columns [lo, hi) of a kernel column kw read inside the input row; the others
@@ -93,29 +97,52 @@ static void im2col(float *col, const float *img, const conv_shape *s, int g, int
     const size_t cols = (size_t)nb * R * s->OW, HW = (size_t)s->H * s->W;
     const size_t img_size = (size_t)s->C * HW;
     const int OW = s->OW, st = s->stride;
+    /* stride 1 with OW == W ("same" padding): the rows of a band are one contiguous run of
+     * the input shifted by kw - pad, so one copy per band, then the columns that wrapped
+     * around a row edge are zeroed */
+    const int same = st == 1 && OW == s->W;
     for (int c = 0; c < s->Cg; c++) {
         for (int kh = 0; kh < s->KH; kh++) {
+            /* output rows [oa, ob) of the band read inside the input */
+            int oa = (s->pad - kh + st - 1) / st, ob = (s->H + s->pad - kh + st - 1) / st;
+            if (s->pad - kh <= 0) oa = 0;
+            if (s->H + s->pad - kh <= 0) ob = 0;
+            if (oa < oh0) oa = oh0;
+            if (ob > oh0 + R) ob = oh0 + R;
+            if (ob < oa) ob = oa;
             for (int kw = 0; kw < s->KW; kw++) {
                 float *d = col + ((size_t)(c * s->KH + kh) * s->KW + kw) * cols;
                 int lo, hi;
                 conv_valid_range(s, kw, &lo, &hi);
                 const int iw0 = lo * st + kw - s->pad;
-                for (int i = 0; i < nb; i++) {
+                for (int i = 0; i < nb; i++, d += (size_t)R * OW) {
                     const float *plane = img + i * img_size + (size_t)(g * s->Cg + c) * HW;
-                    for (int oh = oh0; oh < oh0 + R; oh++, d += OW) {
-                        int ih = oh * st - s->pad + kh;
-                        if (ih < 0 || ih >= s->H || lo == hi) {
-                            memset(d, 0, (size_t)OW * sizeof(float));
-                            continue;
+                    if (lo == hi || oa == ob) {
+                        memset(d, 0, (size_t)R * OW * sizeof(float));
+                        continue;
+                    }
+                    memset(d, 0, (size_t)(oa - oh0) * OW * sizeof(float));
+                    memset(d + (size_t)(ob - oh0) * OW, 0, (size_t)(oh0 + R - ob) * OW * sizeof(float));
+                    float *dr = d + (size_t)(oa - oh0) * OW;
+                    const float *src = plane + (size_t)(oa * st - s->pad + kh) * s->W + iw0;
+                    if (same) {
+                        memcpy(dr + lo, src, ((size_t)(ob - oa - 1) * OW + (size_t)(hi - lo)) * sizeof(float));
+                        for (int oh = oa; oh < ob; oh++, dr += OW) {
+                            for (int ow = 0; ow < lo; ow++) dr[ow] = 0.0f;
+                            for (int ow = hi; ow < OW; ow++) dr[ow] = 0.0f;
                         }
-                        const float *src = plane + (size_t)ih * s->W + iw0;
-                        for (int ow = 0; ow < lo; ow++) d[ow] = 0.0f;
-                        if (st == 1) {
-                            memcpy(d + lo, src, (size_t)(hi - lo) * sizeof(float));
+                        continue;
+                    }
+                    for (int oh = oa; oh < ob; oh++, dr += OW, src += (size_t)st * s->W) {
+                        for (int ow = 0; ow < lo; ow++) dr[ow] = 0.0f;
+                        if (st == 1 && hi - lo >= 32) {
+                            memcpy(dr + lo, src, (size_t)(hi - lo) * sizeof(float));
+                        } else if (st == 1) { /* short rows: a call costs more than the copy */
+                            for (int j = 0; j < hi - lo; j++) dr[lo + j] = src[j];
                         } else {
-                            for (int ow = lo, j = 0; ow < hi; ow++, j += st) d[ow] = src[j];
+                            for (int ow = lo, j = 0; ow < hi; ow++, j += st) dr[ow] = src[j];
                         }
-                        for (int ow = hi; ow < OW; ow++) d[ow] = 0.0f;
+                        for (int ow = hi; ow < OW; ow++) dr[ow] = 0.0f;
                     }
                 }
             }
@@ -190,8 +217,8 @@ ff_status ff_conv2d_forward(float *out, const float *inp, const float *weight, c
                 if (nb == 1) {
                     /* the product lands straight in the output: (OCg, cols) of image n0 */
                     float *yg = y + (size_t)g * s.OCg * s.OHW + off;
-                    ff_sgemm(0, 0, s.OCg, cols, s.CgK, 1.0f, wg, s.CgK, colm, ldcol, 0.0f, yg,
-                             s.OHW);
+                    ff_sgemm(0, 0, s.OCg, cols, s.CgK, 1.0f, wg, s.CgK, colm, ldcol, 0.0f,
+                             yg, s.OHW);
                     if (bias) {
                         for (int o = 0; o < s.OCg; o++) {
                             float b = bias[g * s.OCg + o], *p = yg + (size_t)o * s.OHW;
@@ -201,8 +228,8 @@ ff_status ff_conv2d_forward(float *out, const float *inp, const float *weight, c
                 } else {
                     /* (OCg, nb*OHW) in scratch, then scattered to NCHW with the bias */
                     float *tmp = ws + (size_t)s.CgK * cols_max;
-                    ff_sgemm(0, 0, s.OCg, cols, s.CgK, 1.0f, wg, s.CgK, colm, ldcol, 0.0f, tmp,
-                             cols);
+                    ff_sgemm(0, 0, s.OCg, cols, s.CgK, 1.0f, wg, s.CgK, colm, ldcol, 0.0f,
+                             tmp, cols);
                     for (int o = 0; o < s.OCg; o++) {
                         float b = bias ? bias[g * s.OCg + o] : 0.0f;
                         for (int i = 0; i < nb; i++) {

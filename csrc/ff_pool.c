@@ -12,25 +12,30 @@ void ff_maxpool2d_forward(float *out, int32_t *argmax, const float *inp, int N, 
     const size_t planes = (size_t)N * C, HW = (size_t)H * W, OHW = (size_t)OH * OW;
     for (size_t p = 0; p < planes; p++) {
         const float *x = inp + p * HW;
-        float *y = out + p * OHW;
-        int32_t *a = argmax + p * OHW;
         for (int oh = 0; oh < OH; oh++) {
-            for (int ow = 0; ow < OW; ow++) {
-                int best_i = oh * stride * W + ow * stride;
-                float best = x[best_i];
-                for (int kh = 0; kh < K; kh++) {
-                    const int r = (oh * stride + kh) * W + ow * stride;
-                    for (int kw = 0; kw < K; kw++) {
-                        float v = x[r + kw];
-                        /* best == best: once a NaN is held nothing replaces it */
-                        if (v > best || (v != v && best == best)) {
-                            best = v;
-                            best_i = r + kw;
+            /* a whole output row at a time, window offset by window offset: the inner loop
+             * over ow is branch-free (a compare branch mispredicts on real data) */
+            float *y = out + p * OHW + (size_t)oh * OW;
+            int32_t *a = argmax + p * OHW + (size_t)oh * OW;
+            for (int kh = 0; kh < K; kh++) {
+                for (int kw = 0; kw < K; kw++) {
+                    const int base = (oh * stride + kh) * W + kw;
+                    const float *xr = x + base;
+                    if (kh == 0 && kw == 0) {
+                        for (int ow = 0; ow < OW; ow++) {
+                            y[ow] = xr[ow * stride];
+                            a[ow] = base + ow * stride;
                         }
+                        continue;
+                    }
+                    for (int ow = 0; ow < OW; ow++) {
+                        float v = xr[ow * stride], b = y[ow];
+                        /* b == b: once a NaN is held nothing replaces it */
+                        int take = (v > b) | ((v != v) & (b == b));
+                        y[ow] = take ? v : b;
+                        a[ow] = take ? base + ow * stride : a[ow];
                     }
                 }
-                y[oh * OW + ow] = best;
-                a[oh * OW + ow] = best_i;
             }
         }
     }
