@@ -1094,7 +1094,7 @@ ff_status ff_net_train_step(ff_net *net, const float *x, const int64_t *labels,
         }
     }
     if (train_head) {
-        float hl = head_run(net, B, labels, net->logits + (size_t)B * K, 1);
+        float hl = head_run(net, B, labels, NULL, 1);   /* training needs no probabilities */
         if (!isfinite(hl)) return FF_ERR_NONFINITE;
         if (losses) losses[nb] = hl;
     }

@@ -225,3 +225,22 @@ def test_bad_cwc_setups(rng):
         routines.block_ranges(tiny_cwc(), "random")
     with pytest.raises(ValueError, match="overlapping chunks need chunk_size >= 2"):
         routines.block_ranges(tiny_cwc(), "overlapping", 1)
+
+
+def test_head_gradient_independent_of_earlier_batch_sizes(rng):
+    """Regression: the head's training probabilities once overran into its gradient buffer when
+    a label-free model saw a batch smaller than the workspace."""
+    x = rng.random((16, 2, 8, 8), dtype=np.float32).reshape(16, -1)
+    y = rng.integers(0, 4, 16)
+    fresh, used = tiny_cwc(head_blocks=[2, 3], seed=5), tiny_cwc(head_blocks=[2, 3], seed=5)
+    used.compute_grads(x, y)                  # a larger batch first sizes the workspace
+    fresh.compute_grads(x[:3], y[:3])
+    used.compute_grads(x[:3], y[:3])
+    gw_f, gw_u = fresh._net.param(-1, 4), used._net.param(-1, 4)
+    np.testing.assert_allclose(gw_u, gw_f, rtol=1e-6, atol=1e-9)
+    # and against a direct computation from the head's features
+    feats = fresh.features(x[:3]).astype(np.float64)
+    W, b = fresh.head_weight.astype(np.float64), fresh.head_bias.astype(np.float64)
+    fresh.eval()
+    _, _, dlogits = ref.softmax_xent(feats @ W.T + b, y[:3])
+    np.testing.assert_allclose(gw_f, dlogits.T @ feats, rtol=1e-4, atol=1e-7)
