@@ -54,6 +54,8 @@ from pathlib import Path
 
 import numpy as np
 
+from proc_memory import hwm_mb, reset_peak_rss, rss_mb  # noqa: E402  (beside this script)
+
 REPO = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent
 K = 10
@@ -149,30 +151,6 @@ def warmup_of(name, args):
     return 1 if name == "cifar_cnn" else max(args.warmup, 1)
 
 
-def rss_mb():
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    return float("nan")
-
-
-def hwm_mb():
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    return float("nan")
-
-
-def reset_peak_rss():
-    """Reset the kernel's peak-RSS mark (VmHWM) to the current RSS; False if not possible."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
 
 
 def maxrss_mb():

@@ -45,6 +45,8 @@ from pathlib import Path
 
 import numpy as np
 
+from proc_memory import hwm_mb, reset_peak_rss, rss_mb  # noqa: E402  (beside this script)
+
 REPO = Path(__file__).resolve().parents[1]
 FRAMEWORKS = ("fflib", "torch", "torch_manual")
 DESCRIPTION = {
@@ -133,30 +135,6 @@ def gemm_shapes(sizes, B, head):
     return shapes
 
 
-def rss_mb():
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    return float("nan")
-
-
-def hwm_mb():
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    return float("nan")
-
-
-def reset_peak_rss():
-    """Reset the kernel's peak-RSS mark (VmHWM) to the current RSS; False if not possible."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
 
 
 def load_mnist(data_dir, train, n=None):
