@@ -36,11 +36,11 @@ RUNS = {
     "cwcomp_mnist": ("MNIST CwComp CNN, Table II 0.8 / 0.7 (CwComp 0.58)",
                      ["--dataset", "mnist", "--model", "cwcomp", "--epochs", "10", "--milestones", "8"]),
     "ff_tiny_cifar10": ("CIFAR-10 FF_tiny, Table IV 24.4 / 24.1",
-                        ["--dataset", "cifar10", "--model", "ff_tiny", "--epochs", "60", "--milestones",
-                         "30,45,55", "--gamma", "0.2", "--val-size", "5000"]),
+                        ["--dataset", "cifar10", "--model", "ff_tiny", "--epochs", "50", "--milestones", "25,35,45",
+                         "--gamma", "0.2", "--augment", "crop4+flip", "--val-size", "5000"]),
     "ff_small_cifar10": ("CIFAR-10 FF_small, Table IV 23.4 / 23.1",
-                         ["--dataset", "cifar10", "--model", "ff_small", "--epochs", "60", "--milestones",
-                          "30,45,55", "--gamma", "0.2", "--val-size", "5000"]),
+                         ["--dataset", "cifar10", "--model", "ff_small", "--epochs", "50", "--milestones", "25,35,45",
+                          "--gamma", "0.2", "--augment", "crop4+flip", "--val-size", "5000"]),
 }
 
 

@@ -94,6 +94,9 @@ def build_parser():
     t.add_argument("--alternate", action="store_true", help="shift the chunks every iteration")
     t.add_argument("--order", choices=["simultaneous", "layerwise"], default="simultaneous")
     t.add_argument("--negatives", choices=["uniform", "hard"], default="uniform")
+    t.add_argument("--augment", default=None,
+                   help="image augmentation of training batches: flip, cropN (random shift by up to N "
+                        "pixels), joined by +, e.g. crop4+flip for CIFAR-10, crop2 for MNIST")
     t.add_argument("--milestones", type=_int_list, default=None, help="MultiStepLR epochs, e.g. 30,45")
     t.add_argument("--gamma", type=_positive(float), default=0.1)
     t.add_argument("--no-cooldown", dest="cooldown", action="store_false",
@@ -175,7 +178,7 @@ def train_command(a):
               "goodness": a.goodness, "norm": a.norm, "loss": loss, "label_encoding": a.label_encoding,
               "routine": a.routine, "chunk_size": a.chunk_size, "alternate": a.alternate,
               "order": a.order, "negatives": a.negatives, "milestones": a.milestones, "gamma": a.gamma,
-              "cooldown": a.cooldown, "seed": a.seed, "threads": a.threads,
+              "cooldown": a.cooldown, "augment": a.augment, "seed": a.seed, "threads": a.threads,
               "num_train": int(len(y)), "num_test": int(len(yt)), "val_size": a.val_size,
               "num_params": model.num_parameters(), "num_params_with_head": model.num_parameters(head=True)}
     opt = Adam(model, lr=lr)
@@ -200,7 +203,7 @@ def train_command(a):
     try:
         hist = fit(model, x, y, epochs=epochs, batch_size=batch_size, optimizer=opt, scheduler=sched,
                    order=a.order, negatives=a.negatives, routine=a.routine, chunk_size=a.chunk_size,
-                   alternate=a.alternate, random_state=a.seed, x_val=xv, y_val=yv,
+                   alternate=a.alternate, augment=a.augment, random_state=a.seed, x_val=xv, y_val=yv,
                    progress=not a.no_progress and sys.stderr.isatty(), callback=report)
     except ValueError as e:
         _bad(str(e))

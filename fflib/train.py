@@ -7,6 +7,7 @@ import time
 import numpy as np
 
 from .nn import as_float32_batch
+from .augment import parse as parse_augment
 from .routines import ROUTINES, block_ranges, unit_ranges
 
 
@@ -86,7 +87,8 @@ def _windows(model, epochs, order, windows):
 
 def fit(model, x, y, *, epochs=10, batch_size=100, optimizer=None, scheduler=None, order="simultaneous",
         windows=None, negatives="uniform", train_head=True, head_epochs=0, routine=None, chunk_size=2,
-        alternate=False, random_state=0, progress=True, x_val=None, y_val=None, callback=None):
+        alternate=False, augment=None, random_state=0, progress=True, x_val=None, y_val=None,
+        callback=None):
     """Train ``model`` on (x, y) with FF, one C call per minibatch.
 
     routine : None (keep the model's current blocks), "greedy", "chunked", "overlapping" or
@@ -98,6 +100,8 @@ def fit(model, x, y, *, epochs=10, batch_size=100, optimizer=None, scheduler=Non
     windows : per-block (start, end) epoch windows, overriding ``order``.
     negatives : "uniform" (a wrong label drawn uniformly, in C) or "hard" (drawn from the
         model's own softmax over wrong labels, recomputed each epoch).
+    augment : image augmentation of every training minibatch, e.g. ``"crop4+flip"`` (see
+        :mod:`fflib.augment`); None for none.
     train_head : train the one-pass head alongside the blocks; ``head_epochs`` extra epochs
         train the head alone afterwards.
     scheduler : stepped once per epoch.
@@ -117,6 +121,10 @@ def fit(model, x, y, *, epochs=10, batch_size=100, optimizer=None, scheduler=Non
     if head_epochs < 0:
         raise ValueError(f"head_epochs must be >= 0, got {head_epochs!r}")
     train_head = bool(train_head) and model.has_head
+    aug = parse_augment(augment)
+    if aug is not None and model.input_shape[1] * model.input_shape[2] == 1:
+        raise ValueError(f"augment {augment!r} needs an image model (input_shape (C, H, W) with H, W > 1), "
+                         f"got input_shape {model.input_shape}")
     if optimizer is None:
         optimizer = Adam(model)
     cuts = None
@@ -153,6 +161,8 @@ def fit(model, x, y, *, epochs=10, batch_size=100, optimizer=None, scheduler=Non
             for s in bar:
                 idx = perm[s:s + batch_size]
                 xb = np.ascontiguousarray(x[idx])
+                if aug is not None:
+                    aug(xb.reshape((len(idx),) + tuple(model.input_shape)), rng)
                 nb_labels = None if neg is None else np.ascontiguousarray(neg[idx])
                 if cuts is not None and len(cuts) > 1:
                     model.set_block_ranges(cuts[steps % 2])

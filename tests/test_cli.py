@@ -42,6 +42,8 @@ def test_train_on_the_sample_writes_the_json_contract(tmp_path):
     (["train", "--dataset", "mnist", "--data-dir", "/nonexistent/dir"], "not found"),
     (["train", "--model", "ff_tiny"], "CIFAR-10 model"),
     (["train", "--bogus"], "unrecognized"),
+    (["train", "--augment", "flip"], "needs an image model"),
+    (["train", "--model", "cnn", "--augment", "rotate15"], "unknown part 'rotate15'"),
 ])
 def test_bad_arguments_exit_2_with_one_line(args, msg):
     res = run(*args)
