@@ -14,8 +14,8 @@ from setuptools import Extension, setup
 sources = sorted(glob.glob("csrc/*.c"))
 define_macros = [("NPY_NO_DEPRECATED_API", "NPY_1_25_API_VERSION")]
 include_dirs = ["csrc", numpy.get_include()]
-library_dirs, libraries, extra_link_args = [], [], []
-extra_compile_args = ["-std=c11", "-O3", "-Wall", "-Wextra", "-fno-math-errno"]
+library_dirs, libraries, extra_link_args = [], [], ["-pthread"]
+extra_compile_args = ["-std=c11", "-O3", "-Wall", "-Wextra", "-fno-math-errno", "-pthread"]
 if os.environ.get("FFLIB_NATIVE", "0") == "1":
     extra_compile_args.append("-march=native")
 

@@ -1001,13 +1001,14 @@ static PyObject *k_conv2d_forward(PyObject *m, PyObject *args) {
     void *b;
     if (opt_array(bo, "bias", NPY_FLOAT32, 1, sb, 0, &b) < 0) return NULL;
     int C = (int)dim(inp, 1), H = (int)dim(inp, 2), W = (int)dim(inp, 3), KH = (int)dim(w, 2), KW = (int)dim(w, 3);
-    size_t wsn = ff_conv2d_workspace(C, H, W, (int)so[1], KH, KW, stride, pad, groups);
+    int parts = ff_get_num_threads();
+    size_t wsn = ff_conv2d_workspace(C, H, W, (int)so[1], KH, KW, stride, pad, groups, parts);
     float *ws = PyMem_RawMalloc((wsn ? wsn : 1) * sizeof(float));
     if (!ws) return PyErr_NoMemory();
     ff_status st;
     Py_BEGIN_ALLOW_THREADS
     st = ff_conv2d_forward(F32(out), F32(inp), F32(w), b, (int)so[0], C, H, W, (int)so[1], KH, KW,
-                           stride, pad, groups, ws);
+                           stride, pad, groups, ws, parts);
     Py_END_ALLOW_THREADS
     PyMem_RawFree(ws);
     return status_or_none(st, "conv2d_forward");
@@ -1027,13 +1028,14 @@ static PyObject *k_conv2d_backward(PyObject *m, PyObject *args) {
         opt_array(dwo, "dweight", NPY_FLOAT32, 4, sw, 1, &dw) < 0 ||
         opt_array(dbo, "dbias", NPY_FLOAT32, 1, sb, 1, &db) < 0) return NULL;
     int C = (int)si[1], H = (int)si[2], W = (int)si[3], KH = (int)sw[2], KW = (int)sw[3];
-    size_t wsn = ff_conv2d_workspace(C, H, W, (int)so[1], KH, KW, stride, pad, groups);
+    int parts = ff_get_num_threads();
+    size_t wsn = ff_conv2d_workspace(C, H, W, (int)so[1], KH, KW, stride, pad, groups, parts);
     float *ws = PyMem_RawMalloc((wsn ? wsn : 1) * sizeof(float));
     if (!ws) return PyErr_NoMemory();
     ff_status st;
     Py_BEGIN_ALLOW_THREADS
     st = ff_conv2d_backward(di, dw, db, F32(dout), F32(inp), F32(w), (int)si[0], C, H, W, (int)so[1],
-                            KH, KW, stride, pad, groups, ws);
+                            KH, KW, stride, pad, groups, ws, parts);
     Py_END_ALLOW_THREADS
     PyMem_RawFree(ws);
     return status_or_none(st, "conv2d_backward");

@@ -60,20 +60,27 @@ static ff_status conv_setup(conv_shape *s, int C, int H, int W, int OC, int KH, 
     return FF_OK;
 }
 
-/* Floats of workspace, forward and backward alike: the column matrix (CgK, cols),
+/* Floats of workspace of one part, forward and backward alike: the column matrix (CgK, cols),
  * plus with nb > 1 a (OCg, cols) matrix holding the chunk's output (forward) or output
  * gradient (backward) in GEMM layout; cols = nb*rows*OW <= max(FF_CONV_COLS, OW). */
-static size_t conv_ws_floats(const conv_shape *s) {
+static size_t part_ws_floats(const conv_shape *s) {
     size_t cols = (size_t)s->nb * s->rows * s->OW;
     if (s->nb == 1) return s->direct ? 0 : (size_t)s->CgK * cols;
     return ((size_t)s->CgK + (size_t)s->OCg) * cols;
 }
 
+/* Floats of workspace for `parts` parts: each part's column matrices, and for parts after the
+ * first a private weight gradient (OC, CgK) that the backward sums at the end. */
+static size_t conv_ws_floats(const conv_shape *s, int parts) {
+    if (parts < 1) parts = 1;
+    return (size_t)parts * part_ws_floats(s) + (size_t)(parts - 1) * s->OC * s->CgK;
+}
+
 size_t ff_conv2d_workspace(int C, int H, int W, int OC, int KH, int KW, int stride, int pad,
-                           int groups) {
+                           int groups, int parts) {
     conv_shape s;
     if (conv_setup(&s, C, H, W, OC, KH, KW, stride, pad, groups) != FF_OK) return 0;
-    return conv_ws_floats(&s); /* the backward needs the same */
+    return conv_ws_floats(&s, parts); /* the backward needs the same */
 }
 
 /* Output columns [lo, hi) of a kernel column kw read inside the input row; the others
@@ -184,20 +191,15 @@ static void col2im(float *dimg, const float *col, const conv_shape *s, int g, in
     }
 }
 
-/* out (N,OC,OH,OW) = conv(inp (N,C,H,W)) + bias */
-ff_status ff_conv2d_forward(float *out, const float *inp, const float *weight, const float *bias,
-                            int N, int C, int H, int W, int OC, int KH, int KW, int stride,
-                            int pad, int groups, float *ws) {
-    conv_shape s;
-    ff_status st = conv_setup(&s, C, H, W, OC, KH, KW, stride, pad, groups);
-    if (st != FF_OK) return st;
-    if (N < 0) return FF_ERR_SHAPE;
-    if (N == 0) return FF_OK;
-    if (!out || !inp || !weight || (!ws && conv_ws_floats(&s) > 0)) return FF_ERR_ARG;
-    const size_t in_img = (size_t)C * H * W, out_img = (size_t)OC * s.OHW;
+/* Forward on images [n_begin, n_end) (whole chunks), with one part's workspace ws. */
+static void conv_forward_range(float *out, const float *inp, const float *weight, const float *bias,
+                               const conv_shape *sp, int n_begin, int n_end, float *ws) {
+    const conv_shape s = *sp;
+    const int groups = s.groups;
+    const size_t in_img = (size_t)s.C * s.H * s.W, out_img = (size_t)s.OC * s.OHW;
     const size_t cols_max = (size_t)s.nb * s.rows * s.OW;
-    for (int n0 = 0; n0 < N; n0 += s.nb) {
-        const int nb = N - n0 < s.nb ? N - n0 : s.nb;
+    for (int n0 = n_begin; n0 < n_end; n0 += s.nb) {
+        const int nb = n_end - n0 < s.nb ? n_end - n0 : s.nb;
         const float *x = inp + (size_t)n0 * in_img;
         float *y = out + (size_t)n0 * out_img;
         for (int oh0 = 0; oh0 < s.OH; oh0 += s.rows) {
@@ -242,48 +244,18 @@ ff_status ff_conv2d_forward(float *out, const float *inp, const float *weight, c
             }
         }
     }
-    return FF_OK;
 }
 
-/* Sum of n floats in double, eight independent lanes so the loop pipelines (and vectorises). */
-static double sum_f64(const float *x, size_t n) {
-    double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8)
-        for (int l = 0; l < 8; l++) acc[l] += x[i + l];
-    double s = 0.0;
-    for (; i < n; i++) s += x[i];
-    for (int l = 0; l < 8; l++) s += acc[l];
-    return s;
-}
-
-/* dinp (N,C,H,W) +=, dweight (OC,C/groups,KH,KW) +=, dbias (OC) += from dout (N,OC,OH,OW) */
-ff_status ff_conv2d_backward(float *dinp, float *dweight, float *dbias, const float *dout,
-                             const float *inp, const float *weight, int N, int C, int H, int W,
-                             int OC, int KH, int KW, int stride, int pad, int groups, float *ws) {
-    conv_shape s;
-    ff_status st = conv_setup(&s, C, H, W, OC, KH, KW, stride, pad, groups);
-    if (st != FF_OK) return st;
-    if (N < 0) return FF_ERR_SHAPE;
-    if (N == 0) return FF_OK;
-    if ((dinp || dweight || dbias) && !dout) return FF_ERR_ARG;
-    if ((dweight && !inp) || (dinp && !weight)) return FF_ERR_ARG;
-    if ((dinp || dweight) && !ws && conv_ws_floats(&s) > 0) return FF_ERR_ARG;
-    const size_t in_img = (size_t)C * H * W, out_img = (size_t)OC * s.OHW;
+/* dinp +=, dweight += on images [n_begin, n_end), with one part's workspace ws. */
+static void conv_backward_range(float *dinp, float *dweight, const float *dout, const float *inp,
+                                const float *weight, const conv_shape *sp, int n_begin, int n_end,
+                                float *ws) {
+    const conv_shape s = *sp;
+    const int groups = s.groups;
+    const size_t in_img = (size_t)s.C * s.H * s.W, out_img = (size_t)s.OC * s.OHW;
     const size_t cols_max = (size_t)s.nb * s.rows * s.OW;
-
-    if (dbias) {
-        for (int o = 0; o < OC; o++) {
-            double acc = 0.0;
-            for (int n = 0; n < N; n++)
-                acc += sum_f64(dout + n * out_img + (size_t)o * s.OHW, (size_t)s.OHW);
-            dbias[o] += (float)acc;
-        }
-    }
-    if (!dinp && !dweight) return FF_OK;
-
-    for (int n0 = 0; n0 < N; n0 += s.nb) {
-        const int nb = N - n0 < s.nb ? N - n0 : s.nb;
+    for (int n0 = n_begin; n0 < n_end; n0 += s.nb) {
+        const int nb = n_end - n0 < s.nb ? n_end - n0 : s.nb;
         const float *x = inp ? inp + (size_t)n0 * in_img : NULL;
         float *dx = dinp ? dinp + (size_t)n0 * in_img : NULL;
         for (int oh0 = 0; oh0 < s.OH; oh0 += s.rows) {
@@ -337,6 +309,114 @@ ff_status ff_conv2d_backward(float *dinp, float *dweight, float *dbias, const fl
                 }
             }
         }
+    }
+}
+
+/* A convolution split into parts, each a run of whole chunks of images with its own workspace. */
+typedef struct {
+    const conv_shape *s;
+    float *out, *dinp, *dweight;
+    const float *inp, *weight, *bias, *dout;
+    int N, parts, backward;
+    float *ws;
+} conv_job;
+
+/* Images [lo, hi) of part p: whole chunks of nb images, spread evenly. */
+static void part_images(const conv_job *j, int p, int *lo, int *hi) {
+    const int nb = j->s->nb, chunks = (j->N + nb - 1) / nb;
+    long long a = (long long)chunks * p / j->parts, b = (long long)chunks * (p + 1) / j->parts;
+    *lo = (int)(a * nb);
+    *hi = (int)(b * nb < j->N ? b * nb : j->N);
+}
+
+static void conv_part(void *ctx, int p, int nparts) {
+    (void)nparts;
+    const conv_job *j = ctx;
+    int lo, hi;
+    part_images(j, p, &lo, &hi);
+    float *ws = j->ws ? j->ws + (size_t)p * part_ws_floats(j->s) : NULL;
+    if (!j->backward) {
+        if (hi > lo) conv_forward_range(j->out, j->inp, j->weight, j->bias, j->s, lo, hi, ws);
+        return;
+    }
+    float *dw = j->dweight;
+    if (dw && p > 0) { /* a private gradient, summed into dweight after the join */
+        size_t nw = (size_t)j->s->OC * j->s->CgK;
+        dw = j->ws + (size_t)j->parts * part_ws_floats(j->s) + (size_t)(p - 1) * nw;
+        memset(dw, 0, nw * sizeof(float));
+    }
+    if (hi > lo) conv_backward_range(j->dinp, dw, j->dout, j->inp, j->weight, j->s, lo, hi, ws);
+}
+
+/* How many parts to split N images into: at most ws_parts (what ws was sized for), the
+ * threads free to run them, and the number of chunks. */
+static int conv_parts(const conv_shape *s, int N, int ws_parts) {
+    int chunks = (N + s->nb - 1) / s->nb, p = ff_parallel_width();
+    if (p > ws_parts) p = ws_parts;
+    if (p > chunks) p = chunks;
+    return p < 1 ? 1 : p;
+}
+
+/* out (N,OC,OH,OW) = conv(inp (N,C,H,W)) + bias */
+ff_status ff_conv2d_forward(float *out, const float *inp, const float *weight, const float *bias,
+                            int N, int C, int H, int W, int OC, int KH, int KW, int stride,
+                            int pad, int groups, float *ws, int ws_parts) {
+    conv_shape s;
+    ff_status st = conv_setup(&s, C, H, W, OC, KH, KW, stride, pad, groups);
+    if (st != FF_OK) return st;
+    if (N < 0 || ws_parts < 1) return N < 0 ? FF_ERR_SHAPE : FF_ERR_ARG;
+    if (N == 0) return FF_OK;
+    if (!out || !inp || !weight || (!ws && conv_ws_floats(&s, 1) > 0)) return FF_ERR_ARG;
+    conv_job j = {&s, out, NULL, NULL, inp, weight, bias, NULL, N, conv_parts(&s, N, ws_parts), 0, ws};
+    ff_parallel_run(conv_part, &j, j.parts);
+    return FF_OK;
+}
+
+/* Sum of n floats in double, eight independent lanes so the loop pipelines (and vectorises). */
+static double sum_f64(const float *x, size_t n) {
+    double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int l = 0; l < 8; l++) acc[l] += x[i + l];
+    double s = 0.0;
+    for (; i < n; i++) s += x[i];
+    for (int l = 0; l < 8; l++) s += acc[l];
+    return s;
+}
+
+/* dinp (N,C,H,W) +=, dweight (OC,C/groups,KH,KW) +=, dbias (OC) += from dout (N,OC,OH,OW) */
+ff_status ff_conv2d_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                             const float *inp, const float *weight, int N, int C, int H, int W,
+                             int OC, int KH, int KW, int stride, int pad, int groups, float *ws,
+                             int ws_parts) {
+    conv_shape s;
+    ff_status st = conv_setup(&s, C, H, W, OC, KH, KW, stride, pad, groups);
+    if (st != FF_OK) return st;
+    if (N < 0 || ws_parts < 1) return N < 0 ? FF_ERR_SHAPE : FF_ERR_ARG;
+    if (N == 0) return FF_OK;
+    if ((dinp || dweight || dbias) && !dout) return FF_ERR_ARG;
+    if ((dweight && !inp) || (dinp && !weight)) return FF_ERR_ARG;
+    if ((dinp || dweight) && !ws && conv_ws_floats(&s, 1) > 0) return FF_ERR_ARG;
+    const size_t out_img = (size_t)OC * s.OHW;
+
+    if (dbias) {
+        for (int o = 0; o < OC; o++) {
+            double acc = 0.0;
+            for (int n = 0; n < N; n++)
+                acc += sum_f64(dout + n * out_img + (size_t)o * s.OHW, (size_t)s.OHW);
+            dbias[o] += (float)acc;
+        }
+    }
+    if (!dinp && !dweight) return FF_OK;
+    /* private weight gradients need workspace that ws == NULL (a direct conv) lacks */
+    int parts = conv_parts(&s, N, ws ? ws_parts : 1);
+    conv_job j = {&s, NULL, dinp, dweight, inp, weight, NULL, dout, N, parts, 1, ws};
+    ff_parallel_run(conv_part, &j, parts);
+    if (dweight && parts > 1) {
+        const size_t nw = (size_t)OC * s.CgK;
+        const float *priv = ws + (size_t)parts * part_ws_floats(&s);
+        for (int p = 1; p < parts; p++, priv += nw)
+            for (size_t i = 0; i < nw; i++) dweight[i] += priv[i];
     }
     return FF_OK;
 }

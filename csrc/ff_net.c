@@ -68,6 +68,8 @@ struct ff_net {
     float *G;                 /* (rows, K) group goodness */
     float *dxin;              /* gradient w.r.t. the encoded input (label embedding) */
     size_t acts_cap;          /* floats per row available in acts */
+    size_t convws_cap;        /* floats of conv_ws */
+    int conv_parts;           /* parallel parts conv_ws has room for */
     int64_t *lab;             /* per-row labels of the current step */
 };
 
@@ -265,7 +267,7 @@ ff_status ff_net_add_conv2d(ff_net *net, int out_channels, int kernel, int strid
     L->w_n = (size_t)out_channels * (L->C / groups) * kernel * kernel;
     L->b_n = bias ? (size_t)out_channels : 0;
     L->bias = bias != 0;
-    L->conv_ws = ff_conv2d_workspace(L->C, L->H, L->W, L->OC, kernel, kernel, stride, pad, groups);
+    L->conv_ws = ff_conv2d_workspace(L->C, L->H, L->W, L->OC, kernel, kernel, stride, pad, groups, 1);
     net->nl++;
     return FF_OK;
 }
@@ -641,6 +643,8 @@ ff_status ff_net_reserve(ff_net *net, int rows) {
     if (rows < net->K) rows = net->K;        /* multi-pass needs K rows for one sample */
     /* acts must fit the largest block, inference segment and single layer */
     size_t acts = 0, maxio = (size_t)net->Din, convws = 0;
+    int parts = ff_get_num_threads();  /* conv scratch for that many image groups at once */
+    if (parts < net->conv_parts) parts = net->conv_parts;
     for (int b = 0; b < net->nblocks; b++) {
         size_t a = block_act_floats(net, net->firsts[b], net->ends[b]);
         if (a > acts) acts = a;
@@ -650,7 +654,11 @@ ff_status ff_net_reserve(ff_net *net, int rows) {
         size_t a = block_act_floats(net, i, i + 1);
         if (a > acts) acts = a;
         if (layer_out(L) > maxio) maxio = layer_out(L);
-        if (L->conv_ws > convws) convws = L->conv_ws;
+        if (L->kind == FF_LAYER_CONV2D) {
+            size_t c = ff_conv2d_workspace(L->C, L->H, L->W, L->OC, L->k, L->k, L->stride, L->pad,
+                                           L->groups, parts);
+            if (c > convws) convws = c;
+        }
     }
     /* the largest block's parameter span, for its gradients in the lean fused step */
     size_t span = 0;
@@ -665,9 +673,10 @@ ff_status ff_net_reserve(ff_net *net, int rows) {
         free(net->gscratch);
         net->gscratch = g; net->gscratch_cap = span;
     }
-    if (rows <= net->rows_cap && acts <= net->acts_cap) return FF_OK;
+    if (rows <= net->rows_cap && acts <= net->acts_cap && convws <= net->convws_cap) return FF_OK;
     if (rows < net->rows_cap) rows = net->rows_cap;
     if (acts < net->acts_cap) acts = net->acts_cap;
+    if (convws < net->convws_cap) convws = net->convws_cap;
     size_t R = (size_t)rows, F = (size_t)(net->has_head ? net->F : 0), K = (size_t)net->K;
     size_t need = R * maxio        /* carry */
                 + R * acts         /* acts */
@@ -699,6 +708,7 @@ ff_status ff_net_reserve(ff_net *net, int rows) {
     net->xtmp = p; p += R * (size_t)net->Din;
     net->dxin = p;
     net->rows_cap = rows; net->acts_cap = acts;
+    net->convws_cap = convws; net->conv_parts = parts;
     return FF_OK;
 }
 
@@ -738,7 +748,7 @@ static ff_status block_forward(ff_net *net, int f, int l, const float *in, int R
             break;
         case FF_LAYER_CONV2D:
             st = ff_conv2d_forward(y, x, w, bias, R, L->C, L->H, L->W, L->OC, L->k, L->k,
-                                   L->stride, L->pad, L->groups, net->conv_ws);
+                                   L->stride, L->pad, L->groups, net->conv_ws, net->conv_parts);
             break;
         case FF_LAYER_BATCHNORM2D: {
             const float *gm = L->affine ? w : NULL, *bt = L->affine ? bias : NULL;
@@ -805,7 +815,7 @@ static ff_status block_backward(ff_net *net, int f, int l, const float *in, int 
             break;
         case FF_LAYER_CONV2D:
             st = ff_conv2d_backward(dx, gw, gb, dcur, x, w, T, L->C, L->H, L->W, L->OC, L->k, L->k,
-                                    L->stride, L->pad, L->groups, net->conv_ws);
+                                    L->stride, L->pad, L->groups, net->conv_ws, net->conv_parts);
             break;
         case FF_LAYER_BATCHNORM2D: {
             float *mean = net->saved + L->sv_off, *rstd = mean + L->C;

@@ -48,9 +48,21 @@ const char *ff_status_str(ff_status s);
  * ta/tb non-zero mean transposed.  OpenBLAS when built with it, a plain loop otherwise. */
 void ff_sgemm(int ta, int tb, int M, int N, int Kd, float alpha, const float *A, int lda,
               const float *Bm, int ldb, float beta, float *Cm, int ldc);
-void ff_set_num_threads(int n);   /* BLAS threads (n >= 1) */
-int ff_get_num_threads(void);
 const char *ff_blas_name(void);   /* "openblas (scipy-openblas32)", "openblas", "reference loop" */
+void ff_blas_set_threads(int n);  /* OpenBLAS's own threads; fflib keeps it at 1 */
+
+/* ------------------------------------------------------------------ threads (ff_thread.c) */
+/* fflib's worker threads: n >= 1 threads in all (the caller and n - 1 sleeping workers).
+ * A GEMM of ff_sgemm large enough is split into n panels; a convolution into n groups of
+ * images.  Results depend on n only through the order of floating-point sums. */
+void ff_set_num_threads(int n);
+int ff_get_num_threads(void);
+/* fn(ctx, p, nparts) for p in [0, nparts), on up to ff_get_num_threads() threads; returns when
+ * all are done.  Inside a part (or when another job is running) it runs inline. */
+typedef void (*ff_task_fn)(void *ctx, int part, int nparts);
+void ff_parallel_run(ff_task_fn fn, void *ctx, int nparts);
+/* Threads a job started here would get: 1 inside a job, else ff_get_num_threads(). */
+int ff_parallel_width(void);
 
 /* ------------------------------------------------------------------ linear */
 /* out (B,O) = inp (B,I) . weight(O,I)^T + bias(O).  bias may be NULL. */
@@ -124,17 +136,20 @@ void ff_sgd_step(float *p, float *buf, const float *g, size_t n, float lr, float
 
 /* ------------------------------------------------------------------ convolution, batch-norm, pooling (NCHW) */
 /* OH = (H + 2 pad - KH) / stride + 1, likewise OW.  weight (OC, C/groups, KH, KW), bias (OC).
- * The workspace ws holds ff_conv2d_workspace(...) floats, owned by the caller. */
+ * The workspace ws holds ff_conv2d_workspace(..., parts) floats, owned by the caller: room for
+ * `parts` groups of images to run in parallel (pass the same parts as ws_parts to the kernels;
+ * they use min(ws_parts, threads) of them). */
 size_t ff_conv2d_workspace(int C, int H, int W, int OC, int KH, int KW, int stride, int pad,
-                           int groups);
+                           int groups, int parts);
 /* out (N,OC,OH,OW) = conv(inp (N,C,H,W)) + bias.  bias may be NULL. */
 ff_status ff_conv2d_forward(float *out, const float *inp, const float *weight, const float *bias,
                             int N, int C, int H, int W, int OC, int KH, int KW, int stride,
-                            int pad, int groups, float *ws);
+                            int pad, int groups, float *ws, int ws_parts);
 /* dinp (N,C,H,W) +=, dweight +=, dbias +=; any of the three may be NULL. */
 ff_status ff_conv2d_backward(float *dinp, float *dweight, float *dbias, const float *dout,
                              const float *inp, const float *weight, int N, int C, int H, int W,
-                             int OC, int KH, int KW, int stride, int pad, int groups, float *ws);
+                             int OC, int KH, int KW, int stride, int pad, int groups, float *ws,
+                             int ws_parts);
 
 /* BatchNorm2d, training mode: batch statistics over (N, HW) per channel; saves mean (C) and
  * rstd (C) = 1/sqrt(var_biased + eps); running_mean/var (C) updated as in PyTorch

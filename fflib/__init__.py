@@ -24,13 +24,38 @@ __version__ = "0.1.0"
 
 
 def set_num_threads(n):
-    """Set the number of threads used by the C core's BLAS (OpenBLAS); n >= 1."""
+    """Set the number of threads the C core uses, n in [1, 64].  fflib runs its own worker
+    threads (sleeping when idle) and keeps OpenBLAS single-threaded: large GEMMs are split into
+    panels and convolutions into groups of images.  The default is $FFLIB_NUM_THREADS, else
+    the number of CPUs this process may run on."""
+    if isinstance(n, bool) or int(n) != n or not 1 <= n <= 64:
+        raise ValueError(f"set_num_threads: n must be an int in [1, 64], got {n!r}")
     _core.set_num_threads(int(n))
 
 
 def get_num_threads():
-    """Return the number of BLAS threads the C core uses."""
+    """Return the number of threads the C core uses."""
     return _core.get_num_threads()
+
+
+def _default_threads():
+    import os
+    env = os.environ.get("FFLIB_NUM_THREADS")
+    if env:
+        try:
+            n = int(env)
+        except ValueError:
+            raise ValueError(f"FFLIB_NUM_THREADS must be an int in [1, 64], got {env!r}") from None
+        if not 1 <= n <= 64:
+            raise ValueError(f"FFLIB_NUM_THREADS must be an int in [1, 64], got {env!r}")
+        return n
+    try:
+        return max(1, min(64, len(os.sched_getaffinity(0))))
+    except AttributeError:
+        return max(1, min(64, os.cpu_count() or 1))
+
+
+set_num_threads(_default_threads())
 
 
 def blas_name():

@@ -81,6 +81,8 @@ def build_parser():
     t.add_argument("--epochs", type=_positive(int), default=None, help="epochs (default 10)")
     t.add_argument("--batch-size", type=_positive(int), default=None, help="default 100 (128 for CwC models)")
     t.add_argument("--lr", type=_positive(float), default=None, help="Adam learning rate")
+    t.add_argument("--head-lr", type=_positive(float), default=None,
+                   help="learning rate of the one-pass head (default: --lr, a tenth of it for the CwC models)")
     t.add_argument("--threshold", type=_finite, default=None, help="FF / PvN loss threshold theta")
     t.add_argument("--goodness", choices=["sum", "mean"], default="mean")
     t.add_argument("--norm", choices=["l2", "rms", "none"], default="rms",
@@ -148,6 +150,8 @@ def train_command(a):
         _bad(f"--loss {loss} needs a convolutional model with one channel group per class (cwcomp, ff_tiny, ...)")
     epochs = a.epochs or (DEFAULTS["epochs_sample"] if a.dataset == "sample" else DEFAULTS["epochs"])
     lr = a.lr or (DEFAULTS["lr_cwc"] if cwc else DEFAULTS["lr"])
+    # the CwC models' heads read thousands of features: at the blocks' rate they diverge (measured)
+    head_lr = a.head_lr or (lr / 10 if cwc else lr)
     batch_size = a.batch_size or (128 if cwc else 100)
     threshold = a.threshold
     if threshold is None:
@@ -174,14 +178,15 @@ def train_command(a):
         _bad(str(e))
     config = {"dataset": a.dataset, "data_dir": a.data_dir, "model": a.model,
               "layers": [x.shape[1]] + a.layers if a.model == "mlp" else None,
-              "epochs": epochs, "batch_size": batch_size, "lr": lr, "threshold": threshold,
+              "epochs": epochs, "batch_size": batch_size, "lr": lr, "head_lr": head_lr,
+              "threshold": threshold,
               "goodness": a.goodness, "norm": a.norm, "loss": loss, "label_encoding": a.label_encoding,
               "routine": a.routine, "chunk_size": a.chunk_size, "alternate": a.alternate,
               "order": a.order, "negatives": a.negatives, "milestones": a.milestones, "gamma": a.gamma,
               "cooldown": a.cooldown, "augment": a.augment, "seed": a.seed, "threads": a.threads,
               "num_train": int(len(y)), "num_test": int(len(yt)), "val_size": a.val_size,
               "num_params": model.num_parameters(), "num_params_with_head": model.num_parameters(head=True)}
-    opt = Adam(model, lr=lr)
+    opt = Adam(model, lr=lr, head_lr=head_lr)
     sched = None
     if a.milestones:
         sched = MultiStepLR(opt, a.milestones, a.gamma)

@@ -146,7 +146,9 @@ def build(name, dataset="cifar10", seed=0, **model_kw):
                   blocks=[i + 1 for i, l in enumerate(layers) if l.kind == "batchnorm2d"])
     elif name in LIGHT_MODELS:
         layers, shape = light_model(name, image)
-        kw = dict(loss="cwc", label_encoding="none", norm="none", threshold=2.0)
+        # the blocks end in ReLU (their BatchNorm opens the next block), so the head's input is
+        # RMS-normalised, as the survey's head normalises its input (its 2F affine parameters)
+        kw = dict(loss="cwc", label_encoding="none", norm="rms", threshold=2.0)
     else:
         raise ValueError(f"unknown model {name!r}; choose from {ZOO}")
     kw.update(model_kw)

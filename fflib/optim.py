@@ -10,9 +10,12 @@ _ADAM, _SGD = 1, 0
 
 
 class _Optimizer:
-    def __init__(self, model, lr, layers, head):
+    def __init__(self, model, lr, layers, head, head_lr=None):
         if not (np.isfinite(lr) and lr >= 0):
             raise ValueError(f"lr must be a finite number >= 0, got {lr!r}")
+        if head_lr is not None and not (np.isfinite(head_lr) and head_lr >= 0):
+            raise ValueError(f"head_lr must be None or a finite number >= 0, got {head_lr!r}")
+        self.head_lr = None if head_lr is None else float(head_lr)
         self.model = model
         all_layers = model.trainable_layers()
         if layers is None:   # every layer and a label embedding; the head below
@@ -41,8 +44,12 @@ class _Optimizer:
         self._apply()
 
     def _apply(self):
+        g = self.param_groups[0]
         for i in self.layers:
-            self.model._net.set_opt(i, **self._settings(self.param_groups[0]["lr"]))
+            lr = g["lr"]
+            if i == -1 and self.head_lr is not None:   # the head follows the schedule's factor
+                lr = self.head_lr * (g["lr"] / g["initial_lr"] if g["initial_lr"] > 0 else 1.0)
+            self.model._net.set_opt(i, **self._settings(lr))
 
     def step(self, active=None):
         """Apply one update from the gradients left by :meth:`FFModel.compute_grads`.  (The
@@ -57,20 +64,24 @@ class _Optimizer:
 
     def state_dict(self):
         """Settings and learning rate (moments live with the model: FFModel.optimizer_state)."""
-        return {"param_groups": [dict(g) for g in self.param_groups], "layers": list(self.layers)}
+        return {"param_groups": [dict(g) for g in self.param_groups], "layers": list(self.layers),
+                "head_lr": self.head_lr}
 
     def load_state_dict(self, state):
         """Restore :meth:`state_dict` output."""
         self.param_groups = [dict(g) for g in state["param_groups"]]
+        self.head_lr = state.get("head_lr", self.head_lr)
         self._apply()
 
 
 class Adam(_Optimizer):
     """Adam (PyTorch semantics, L2 ``weight_decay`` added to the gradient), one state per layer.
 
-    ``layers``: indices of the layers it drives (default all); ``head``: also the one-pass head."""
+    ``layers``: indices of the layers it drives (default all); ``head``: also the one-pass head;
+    ``head_lr``: the head's learning rate if not ``lr`` (schedulers scale both alike)."""
 
-    def __init__(self, model, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, layers=None, head=True):
+    def __init__(self, model, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, layers=None, head=True,
+                 head_lr=None):
         b1, b2 = betas
         if not (0 <= b1 < 1 and 0 <= b2 < 1):
             raise ValueError(f"betas must be in [0, 1), got {betas!r}")
@@ -79,7 +90,7 @@ class Adam(_Optimizer):
         if not (weight_decay >= 0):
             raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
         self.betas, self.eps, self.weight_decay = (float(b1), float(b2)), float(eps), float(weight_decay)
-        super().__init__(model, lr, layers, head)
+        super().__init__(model, lr, layers, head, head_lr)
 
     def _settings(self, lr):
         return dict(kind=_ADAM, lr=lr, beta1=self.betas[0], beta2=self.betas[1], eps=self.eps,
@@ -90,7 +101,7 @@ class SGD(_Optimizer):
     """SGD with momentum, dampening, Nesterov and L2 weight decay (PyTorch semantics)."""
 
     def __init__(self, model, lr=0.01, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False,
-                 layers=None, head=True):
+                 layers=None, head=True, head_lr=None):
         if not (momentum >= 0):
             raise ValueError(f"momentum must be >= 0, got {momentum!r}")
         if not (0 <= dampening <= 1):
@@ -101,7 +112,7 @@ class SGD(_Optimizer):
             raise ValueError("nesterov needs momentum > 0 and dampening 0")
         self.momentum, self.dampening = float(momentum), float(dampening)
         self.weight_decay, self.nesterov = float(weight_decay), bool(nesterov)
-        super().__init__(model, lr, layers, head)
+        super().__init__(model, lr, layers, head, head_lr)
 
     def _settings(self, lr):
         return dict(kind=_SGD, lr=lr, momentum=self.momentum, dampening=self.dampening,

@@ -158,6 +158,8 @@ def test_bad_structure():
     (lambda m: fflib.SGD(m, nesterov=True), "nesterov"),
     (lambda m: fflib.MultiStepLR(fflib.Adam(m), [5, 3]), "milestones"),
     (lambda m: fflib.LinearCooldown(fflib.Adam(m), 0), "start < total"),
+    (lambda m: fflib.Adam(m, head_lr=-0.1), "head_lr must be"),
+    (lambda m: fflib.SGD(m, head_lr=float("inf")), "head_lr must be"),
 ])
 def test_bad_optimiser_settings(make, msg):
     with pytest.raises(ValueError, match=msg):
@@ -315,6 +317,23 @@ def test_schedules():
         c.step()
         vals.append(opt2.lr)
     np.testing.assert_allclose(vals, [1, 1, 1, 1, 1, 0.8, 0.6, 0.4, 0.2, 0.0], atol=1e-12)
+
+
+def test_head_lr_follows_the_schedule_and_can_freeze_the_head(rng):
+    m = small_model()
+    opt = fflib.Adam(m, lr=1.0, head_lr=0.05)
+    s = fflib.MultiStepLR(opt, [1], gamma=0.1)
+    assert m._net.get_opt(-1)["lr"] == pytest.approx(0.05) and m._net.get_opt(1)["lr"] == pytest.approx(1.0)
+    s.step()
+    assert m._net.get_opt(-1)["lr"] == pytest.approx(0.005) and m._net.get_opt(1)["lr"] == pytest.approx(0.1)
+    assert opt.state_dict()["head_lr"] == 0.05
+    x, y = batch(rng, n=20)
+    m2 = small_model()
+    fflib.Adam(m2, lr=0.01, head_lr=0.0)
+    head, first = m2.head_weight.copy(), m2.state_dict()
+    m2.train_step(x, y)
+    assert np.array_equal(m2.head_weight, head)                     # frozen head
+    assert any(not np.array_equal(v, first[k]) for k, v in m2.state_dict().items())
 
 
 def test_layerwise_order_trains_blocks_one_after_another(rng):

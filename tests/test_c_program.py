@@ -19,7 +19,7 @@ def _compile(tmp_path, blas):
         sob = pytest.importorskip("scipy_openblas32")
         cmd += ["-DFF_USE_SCIPY_OPENBLAS=1", "-I", sob.get_include_dir(), "-L", sob.get_lib_dir(),
                 "-l" + sob.get_library(), "-Wl,-rpath," + sob.get_lib_dir()]
-    cmd += ["-lm"]
+    cmd += ["-lm", "-pthread"]
     res = subprocess.run(cmd, capture_output=True, text=True)
     assert res.returncode == 0, f"compile failed:\n{res.stderr}"
     assert res.stderr == "", f"compiler warnings:\n{res.stderr}"

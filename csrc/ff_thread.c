@@ -1,0 +1,140 @@
+/* ff_thread.c - fflib's own worker threads.
+ *
+ * OpenBLAS always runs single-threaded; fflib parallelises itself: a large GEMM is split into
+ * independent row or column panels (ff_sgemm), and a convolution into groups of images
+ * (ff_conv.c).  Workers sleep on a condition variable between jobs, so an idle fflib never
+ * spins on a core another process wants (OpenBLAS's own workers busy-wait after every call,
+ * which made two threads slower than one on small convolution GEMMs of a shared machine).
+ *
+ * The workers are created once, when the thread count is first raised above one, never in a
+ * kernel's hot path.  A job started from inside a job, or while another thread of the process
+ * runs one, runs inline on the calling thread.  After fork() the child starts with no workers.
+ */
+#include <pthread.h>
+#include "fflib.h"
+
+#define FF_MAX_THREADS 64
+
+static pthread_mutex_t pool_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t work_cv = PTHREAD_COND_INITIALIZER;
+static pthread_cond_t done_cv = PTHREAD_COND_INITIALIZER;
+static pthread_mutex_t run_mu = PTHREAD_MUTEX_INITIALIZER; /* one job at a time */
+static int num_threads = 1;     /* the caller plus num_threads - 1 workers */
+static int started = 0;         /* workers created */
+static unsigned long job_gen = 0;
+static ff_task_fn job_fn = NULL;
+static void *job_ctx = NULL;
+static int job_parts = 0, job_next = 0, job_pending = 0;
+static _Thread_local int in_job = 0;
+static int atfork_set = 0;
+
+/* Runs parts of the current job until none is left.  Called with pool_mu held; returns with it held. */
+static void drain(void) {
+    while (job_next < job_parts) {
+        int p = job_next++;
+        ff_task_fn fn = job_fn;
+        void *ctx = job_ctx;
+        int n = job_parts;
+        pthread_mutex_unlock(&pool_mu);
+        fn(ctx, p, n);
+        pthread_mutex_lock(&pool_mu);
+        if (--job_pending == 0) pthread_cond_signal(&done_cv);
+    }
+}
+
+static void *worker(void *arg) {
+    (void)arg;
+    in_job = 1;
+    pthread_mutex_lock(&pool_mu);
+    unsigned long seen = job_gen;
+    for (;;) {
+        while (job_gen == seen) pthread_cond_wait(&work_cv, &pool_mu);
+        seen = job_gen;
+        drain();
+    }
+    return NULL;
+}
+
+static void after_fork_child(void) {
+    /* the workers do not exist in the child; the locks are re-created unlocked */
+    pthread_mutex_t m = PTHREAD_MUTEX_INITIALIZER;
+    pthread_cond_t c = PTHREAD_COND_INITIALIZER;
+    pool_mu = m;
+    run_mu = m;
+    work_cv = c;
+    done_cv = c;
+    started = 0;
+    job_parts = job_next = job_pending = 0;
+}
+
+/* Creates workers up to num_threads - 1; returns how many exist. */
+static int ensure_workers(void) {
+    if (!atfork_set) {
+        pthread_atfork(NULL, NULL, after_fork_child);
+        atfork_set = 1;
+    }
+    while (started < num_threads - 1) {
+        pthread_t t;
+        pthread_attr_t attr;
+        if (pthread_attr_init(&attr) != 0) break;
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        int rc = pthread_create(&t, &attr, worker, NULL);
+        pthread_attr_destroy(&attr);
+        if (rc != 0) break; /* fewer workers: the job still runs, on fewer threads */
+        started++;
+    }
+    return started;
+}
+
+void ff_set_num_threads(int n) {
+    if (n < 1) n = 1;
+    if (n > FF_MAX_THREADS) n = FF_MAX_THREADS;
+    ff_blas_set_threads(1);
+    pthread_mutex_lock(&run_mu);
+    num_threads = n;
+    if (n > 1) {
+        pthread_mutex_lock(&pool_mu);
+        ensure_workers();
+        pthread_mutex_unlock(&pool_mu);
+    }
+    pthread_mutex_unlock(&run_mu);
+}
+
+int ff_get_num_threads(void) { return num_threads; }
+
+int ff_parallel_width(void) { return in_job ? 1 : num_threads; }
+
+void ff_parallel_run(ff_task_fn fn, void *ctx, int nparts) {
+    if (nparts <= 0) return;
+    if (nparts == 1 || num_threads <= 1 || in_job || pthread_mutex_trylock(&run_mu) != 0) {
+        int saved = in_job;
+        in_job = 1;
+        for (int p = 0; p < nparts; p++) fn(ctx, p, nparts);
+        in_job = saved;
+        return;
+    }
+    pthread_mutex_lock(&pool_mu);
+    if (started == 0 && ensure_workers() == 0) { /* no worker could be created */
+        pthread_mutex_unlock(&pool_mu);
+        pthread_mutex_unlock(&run_mu);
+        in_job = 1;
+        for (int p = 0; p < nparts; p++) fn(ctx, p, nparts);
+        in_job = 0;
+        return;
+    }
+    job_fn = fn;
+    job_ctx = ctx;
+    job_parts = nparts;
+    job_next = 0;
+    job_pending = nparts;
+    job_gen++;
+    pthread_cond_broadcast(&work_cv);
+    in_job = 1;
+    drain();
+    while (job_pending > 0) pthread_cond_wait(&done_cv, &pool_mu);
+    in_job = 0;
+    job_fn = NULL;
+    job_parts = 0;
+    pthread_mutex_unlock(&pool_mu);
+    pthread_mutex_unlock(&run_mu);
+}
