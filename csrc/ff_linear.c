@@ -28,11 +28,32 @@ void ff_linear_backward(float *dinp, float *dweight, float *dbias, const float *
     }
 }
 
-void ff_relu_forward(float *out, const float *inp, size_t n) {
+typedef struct {
+    float *out;
+    const float *a, *b;
+} relu_job;
+
+static void relu_fwd_range(void *ctx, size_t lo, size_t hi) {
+    const relu_job *j = ctx;
+    float *out = j->out;
+    const float *inp = j->a;
     /* written as a select, not fmaxf, so a NaN input stays NaN and is caught later */
-    for (size_t i = 0; i < n; i++) out[i] = inp[i] > 0.0f ? inp[i] : (inp[i] != inp[i] ? inp[i] : 0.0f);
+    for (size_t i = lo; i < hi; i++) out[i] = inp[i] > 0.0f ? inp[i] : (inp[i] != inp[i] ? inp[i] : 0.0f);
+}
+
+void ff_relu_forward(float *out, const float *inp, size_t n) {
+    relu_job j = {out, inp, NULL};
+    ff_parallel_for(relu_fwd_range, &j, n, FF_PAR_MIN_FLOATS);
+}
+
+static void relu_bwd_range(void *ctx, size_t lo, size_t hi) {
+    const relu_job *j = ctx;
+    float *dinp = j->out;
+    const float *dout = j->a, *out = j->b;
+    for (size_t i = lo; i < hi; i++) dinp[i] += ff_select(out[i] > 0.0f, dout[i], 0.0f);
 }
 
 void ff_relu_backward(float *dinp, const float *dout, const float *out, size_t n) {
-    for (size_t i = 0; i < n; i++) dinp[i] += out[i] > 0.0f ? dout[i] : 0.0f;
+    relu_job j = {dinp, dout, out};
+    ff_parallel_for(relu_bwd_range, &j, n, FF_PAR_MIN_FLOATS);
 }

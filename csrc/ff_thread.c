@@ -138,3 +138,28 @@ void ff_parallel_run(ff_task_fn fn, void *ctx, int nparts) {
     pthread_mutex_unlock(&pool_mu);
     pthread_mutex_unlock(&run_mu);
 }
+
+typedef struct {
+    ff_range_fn fn;
+    void *ctx;
+    size_t n;
+} range_job;
+
+static void range_part(void *ctx, int p, int nparts) {
+    const range_job *j = ctx;
+    size_t lo = j->n * (size_t)p / (size_t)nparts, hi = j->n * (size_t)(p + 1) / (size_t)nparts;
+    if (hi > lo) j->fn(j->ctx, lo, hi);
+}
+
+void ff_parallel_for(ff_range_fn fn, void *ctx, size_t n, size_t min_per_part) {
+    if (n == 0) return;
+    size_t parts = (size_t)ff_parallel_width();
+    if (min_per_part < 1) min_per_part = 1;
+    if (parts > n / min_per_part) parts = n / min_per_part;
+    if (parts <= 1) {
+        fn(ctx, 0, n);
+        return;
+    }
+    range_job j = {fn, ctx, n};
+    ff_parallel_run(range_part, &j, (int)parts);
+}

@@ -63,6 +63,25 @@ typedef void (*ff_task_fn)(void *ctx, int part, int nparts);
 void ff_parallel_run(ff_task_fn fn, void *ctx, int nparts);
 /* Threads a job started here would get: 1 inside a job, else ff_get_num_threads(). */
 int ff_parallel_width(void);
+/* fn(ctx, lo, hi) over contiguous ranges covering [0, n), at most one range per thread and
+ * none shorter than min_per_part (a single call [0, n) when n is small). */
+typedef void (*ff_range_fn)(void *ctx, size_t lo, size_t hi);
+void ff_parallel_for(ff_range_fn fn, void *ctx, size_t n, size_t min_per_part);
+/* Elementwise kernels split their work when it reaches this many floats. */
+#define FF_PAR_MIN_FLOATS 32768
+
+/* take ? a : b without a branch (a data-dependent branch mispredicts half the time on real
+ * activations: measured 4-7x slower ReLU backward and max pooling). */
+static inline float ff_select(int take, float a, float b) {
+    union { float f; uint32_t u; } x = {a}, y = {b};
+    uint32_t m = 0u - (uint32_t)(take != 0);
+    x.u = (x.u & m) | (y.u & ~m);
+    return x.f;
+}
+static inline int32_t ff_select_i32(int take, int32_t a, int32_t b) {
+    int32_t m = -(int32_t)(take != 0);
+    return (a & m) | (b & ~m);
+}
 
 /* ------------------------------------------------------------------ linear */
 /* out (B,O) = inp (B,I) . weight(O,I)^T + bias(O).  bias may be NULL. */

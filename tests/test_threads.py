@@ -126,3 +126,38 @@ def test_worker_pool_survives_fork(threads, rng):
     p.join(timeout=120)
     assert p.exitcode == 0, "the forked child hung or crashed"
     assert q.get(timeout=5) == pytest.approx(float(np.abs(out).sum()), rel=1e-6)
+
+
+def test_elementwise_kernels_are_bitwise_the_same_on_any_thread_count(threads, rng):
+    """ReLU, max pooling and batch norm split over elements, planes and channels: nothing is
+    summed across threads, so the results are identical."""
+    x = rng.standard_normal((64, 24, 18, 18), dtype=np.float32)
+    x[0, 0, 0, :3] = np.nan                                       # NaN handling too
+    g = rng.standard_normal(x.shape, dtype=np.float32)
+    gamma, beta = rng.standard_normal(24, dtype=np.float32), rng.standard_normal(24, dtype=np.float32)
+    res = []
+    for t in (1, 2, 3):
+        threads(t)
+        r = {}
+        r["relu"] = np.empty_like(x)
+        _core.relu_forward(r["relu"], x)
+        r["drelu"] = np.zeros_like(x)
+        _core.relu_backward(r["drelu"], g, r["relu"])
+        for k in (2, 3):
+            oh = (18 - k) // k + 1
+            out, am = np.empty((64, 24, oh, oh), np.float32), np.empty((64, 24, oh, oh), np.int32)
+            _core.maxpool2d_forward(out, am, x, k, k)
+            dx = np.zeros_like(x)
+            _core.maxpool2d_backward(dx, np.ascontiguousarray(g[:, :, :oh, :oh]), am)
+            r[f"pool{k}"], r[f"argmax{k}"], r[f"dpool{k}"] = out, am, dx
+        xb = np.nan_to_num(x)
+        y, mean, rstd = np.empty_like(xb), np.empty(24, np.float32), np.empty(24, np.float32)
+        rm, rv = np.zeros(24, np.float32), np.ones(24, np.float32)
+        _core.batchnorm2d_forward_train(y, mean, rstd, rm, rv, xb, gamma, beta, 1e-5, 0.1)
+        dx, dg, db = np.zeros_like(xb), np.zeros(24, np.float32), np.zeros(24, np.float32)
+        _core.batchnorm2d_backward(dx, dg, db, g, xb, mean, rstd, gamma)
+        r.update(bn=y, mean=mean, rstd=rstd, rm=rm, rv=rv, dbn=dx, dgamma=dg, dbeta=db)
+        res.append(r)
+    for r in res[1:]:
+        for k, v in r.items():
+            assert np.array_equal(v, res[0][k], equal_nan=True), k
