@@ -10,26 +10,15 @@ from fflib import models
 
 pytestmark = pytest.mark.slow
 
-# Budgets that fit CI (2 cores, 20 minutes for everything).  Measured on the full MNIST test
-# set: the survey CNN reaches 4.01 / 3.91 % after 3 epochs and 2.27 / 2.71 % after 8 (the
-# issue's 2% bar needs more epochs than CI affords); a slimmed CwComp (20/40/80/160 channels)
-# reaches 1.54 / 1.40 % after 4 epochs and 1.37 / 1.51 % after 8 (the 1.0% bar needs the full
-# 20/80/240/480 network, about five times the compute).
+# Budgets that fit CI (2 cores, 20 minutes for everything); the conv nets run on fflib's
+# default threads (all CPUs).  Measured on the full MNIST test set (one-pass / multi-pass): the
+# survey CNN 3.91 / 4.01 % after 3 epochs and 2.71 / 2.27 after 8; a slimmed CwComp
+# (20/40/80/160 channels) with random 2-pixel shifts and a head at a tenth of the blocks' rate
+# 0.85 / 1.42 % after 6 epochs (1.06 / 1.72 after 4 without the shifts).
 CNN_EPOCHS = 3
 CWC_CHANNELS = (20, 40, 80, 160)
-CWC_EPOCHS = 4
-CWC_MILESTONES = [3]
-
-
-@pytest.fixture
-def one_thread():
-    """The conv nets' GEMMs are small: on two threads OpenBLAS's spinning workers cost more
-    than they give, badly so when another process holds a core (measured 2x slower), so these
-    tests run single-threaded."""
-    old = fflib.get_num_threads()
-    fflib.set_num_threads(1)
-    yield
-    fflib.set_num_threads(old)
+CWC_EPOCHS = 6
+CWC_MILESTONES = [4]
 
 
 def train_mlp(mnist, **kw):
@@ -61,9 +50,9 @@ def test_mnist_mlp_ff_loss_under_3_percent(mnist):
     assert res["one_pass"] <= 3.0 and res["multi_pass"] <= 3.0
 
 
-def fit_and_evaluate(model, mnist, epochs, lr, batch_size, scheduler="cooldown", **fit_kw):
+def fit_and_evaluate(model, mnist, epochs, lr, batch_size, scheduler="cooldown", head_lr=None, **fit_kw):
     x, y, xt, yt = mnist
-    opt = fflib.Adam(model, lr=lr)
+    opt = fflib.Adam(model, lr=lr, head_lr=head_lr)
     sched = fflib.LinearCooldown(opt, epochs) if scheduler == "cooldown" else \
         fflib.MultiStepLR(opt, scheduler, gamma=0.1)
     t0 = time.perf_counter()
@@ -76,16 +65,19 @@ def fit_and_evaluate(model, mnist, epochs, lr, batch_size, scheduler="cooldown",
     return res
 
 
-def test_mnist_survey_cnn_beats_the_survey(mnist, one_thread):
+def test_mnist_survey_cnn_beats_the_survey(mnist):
     """The survey's MNIST CNN (conv 32, conv 64, linear 256x100) with a learned label channel,
     SymBa loss, 3 epochs: at or below the survey's own 4.4 / 5.0 % (both inferences <= 4.5%)."""
     res = fit_and_evaluate(models.build("cnn", "mnist"), mnist, epochs=CNN_EPOCHS, lr=0.003, batch_size=100)
     assert res["one_pass"] <= 4.5 and res["multi_pass"] <= 4.5
 
 
-def test_mnist_cwcomp_small(mnist, one_thread):
+def test_mnist_cwcomp_under_1_percent(mnist):
     """A slimmed CwComp CNN (channel groups, CwC loss, no negatives, no label in the input),
-    4 epochs: <= 2.0% with both inferences (multi-pass = group goodness of the last two layers)."""
+    6 epochs with random shifts of up to 2 pixels: <= 1.0% with the one-pass softmax head on the
+    last two layers (CwComp's own predictor; the survey: 0.8 / 0.7, CwComp 0.58) and <= 2.0% with
+    the group goodness of the last two layers."""
     model = models.build("cwcomp", "mnist", channels=CWC_CHANNELS)
-    res = fit_and_evaluate(model, mnist, epochs=CWC_EPOCHS, lr=0.01, batch_size=128, scheduler=CWC_MILESTONES)
-    assert res["one_pass"] <= 2.0 and res["multi_pass"] <= 2.0
+    res = fit_and_evaluate(model, mnist, epochs=CWC_EPOCHS, lr=0.01, head_lr=0.001, batch_size=128,
+                           scheduler=CWC_MILESTONES, augment="crop2")
+    assert res["one_pass"] <= 1.0 and res["multi_pass"] <= 2.0
