@@ -12,10 +12,12 @@ pytestmark = pytest.mark.slow
 
 # Budgets that fit CI (2 cores, 20 minutes for everything); the conv nets run on fflib's
 # default threads (all CPUs).  Measured on the full MNIST test set (one-pass / multi-pass): the
-# survey CNN 3.91 / 4.01 % after 3 epochs and 2.71 / 2.27 after 8; a slimmed CwComp
+# survey CNN with random 2-pixel shifts 3.03 / 3.05 % after 4 epochs and 2.72 / 2.32 after 6
+# (without shifts 3.44 / 2.68 after 6; the issue's 2% bar needs more epochs than CI affords,
+# see benchmarks/reproduce.py cnn_mnist); a slimmed CwComp
 # (20/40/80/160 channels) with random 2-pixel shifts and a head at a tenth of the blocks' rate
 # 0.85 / 1.42 % after 6 epochs (1.06 / 1.72 after 4 without the shifts).
-CNN_EPOCHS = 3
+CNN_EPOCHS = 4
 CWC_CHANNELS = (20, 40, 80, 160)
 CWC_EPOCHS = 6
 CWC_MILESTONES = [4]
@@ -67,9 +69,11 @@ def fit_and_evaluate(model, mnist, epochs, lr, batch_size, scheduler="cooldown",
 
 def test_mnist_survey_cnn_beats_the_survey(mnist):
     """The survey's MNIST CNN (conv 32, conv 64, linear 256x100) with a learned label channel,
-    SymBa loss, 3 epochs: at or below the survey's own 4.4 / 5.0 % (both inferences <= 4.5%)."""
-    res = fit_and_evaluate(models.build("cnn", "mnist"), mnist, epochs=CNN_EPOCHS, lr=0.003, batch_size=100)
-    assert res["one_pass"] <= 4.5 and res["multi_pass"] <= 4.5
+    SymBa loss, random 2-pixel shifts, 4 epochs: below the survey's own 4.4 / 5.0 % (both
+    inferences <= 3.5%)."""
+    res = fit_and_evaluate(models.build("cnn", "mnist"), mnist, epochs=CNN_EPOCHS, lr=0.003, batch_size=100,
+                           augment="crop2")
+    assert res["one_pass"] <= 3.5 and res["multi_pass"] <= 3.5
 
 
 def test_mnist_cwcomp_under_1_percent(mnist):
