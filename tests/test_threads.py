@@ -161,3 +161,20 @@ def test_elementwise_kernels_are_bitwise_the_same_on_any_thread_count(threads, r
     for r in res[1:]:
         for k, v in r.items():
             assert np.array_equal(v, res[0][k], equal_nan=True), k
+
+
+def test_changing_the_thread_count_between_steps_regrows_the_workspace(threads):
+    x, y = fflib.datasets.load_sample(True)
+    x = x[:192].reshape(192, -1)
+    m = models.build("cwcomp", "mnist", channels=(10, 20, 20, 40))
+    threads(1)
+    m.train_step(x[:64], y[:64])
+    ws1 = m._net.info()["workspace_bytes"]
+    threads(3)                                  # room for three groups of images now
+    m.train_step(x[64:128], y[64:128])
+    assert m._net.info()["workspace_bytes"] > ws1
+    threads(1)
+    losses = m.train_step(x[128:], y[128:128 + 64])
+    assert np.isfinite(losses).all()
+    m.eval()
+    assert (m.predict_onepass(x[:64]) >= 0).all()
