@@ -29,6 +29,7 @@ def test_train_on_the_sample_writes_the_json_contract(tmp_path):
     assert len(r["epochs"]) == 1 and len(r["epochs"][0]["block_loss"]) == 2
     assert r["epochs"][0]["seconds"] > 0 and r["peak_rss_mb"] > 0
     assert r["config"]["dataset"] == "sample" and r["config"]["seed"] == 3
+    assert r["train_error_samples"] == min(10000, r["config"]["num_train"])
 
 
 @pytest.mark.parametrize("args, msg", [
