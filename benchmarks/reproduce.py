@@ -70,7 +70,10 @@ def table():
         rows.append(f"| {name} | {survey} | {len(r['epochs'])}/{r['config']['epochs']}{note} | "
                     f"{te['one_pass']:.2f} / {te['multi_pass']:.2f} | {r['train_seconds'] / 60:.1f} min | "
                     f"{r['peak_rss_mb']:.0f} |")
-    text = "# Reproduction runs (fflib CLI)\n\n" + "\n".join(rows) + "\n"
+    text = ("# Reproduction runs (fflib CLI)\n\n" + "\n".join(rows) + "\n\n"
+            "Test error on the full test set; CIFAR-10 runs hold out the last 5,000 training images for "
+            "validation. The runs of 2026-11-27 ran with `--threads 1`, two or three at a time on the 2-core "
+            "machine, so their wall times are upper bounds.\n")
     (HERE / "results" / "reproduce.md").write_text(text)
     print(text)
 
