@@ -54,7 +54,7 @@ from pathlib import Path
 
 import numpy as np
 
-from proc_memory import hwm_mb, reset_peak_rss, rss_mb  # noqa: E402  (beside this script)
+from benchutil import cpu_name, hwm_mb, median, reset_peak_rss, rss_mb  # noqa: E402  (beside this script)
 
 REPO = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent
@@ -659,6 +659,17 @@ def worker_breakdown(args):
             "parts": parts, "sum_s": sum(parts.values())}
 
 
+# torch.profiler operator names (lower case, no underscores) -> kind, first match wins
+TORCH_KINDS = (
+    ("conv backward", lambda nm: "conv" in nm and "backward" in nm),
+    ("conv forward", lambda nm: "conv" in nm),
+    ("batchnorm fwd+bwd", lambda nm: "batchnorm" in nm),
+    ("relu fwd+bwd", lambda nm: "relu" in nm or "thresholdbackward" in nm),
+    ("maxpool fwd+bwd", lambda nm: "maxpool" in nm),
+    ("Adam", lambda nm: "adam" in nm),
+)
+
+
 def worker_profile(args):
     """torch's training step by operator kind: torch.profiler self CPU time per step."""
     import torch
@@ -688,20 +699,8 @@ def worker_profile(args):
     for ev in prof.key_averages():
         nm = ev.key.lower().replace("_", "")   # aten::convolution_backward, ConvolutionBackward0, ...
         t = ev.self_cpu_time_total / 1e6 / n
-        if "conv" in nm and "backward" in nm:
-            kinds["conv backward"] += t
-        elif "conv" in nm:
-            kinds["conv forward"] += t
-        elif "batchnorm" in nm:
-            kinds["batchnorm fwd+bwd"] += t
-        elif "relu" in nm or "thresholdbackward" in nm:
-            kinds["relu fwd+bwd"] += t
-        elif "maxpool" in nm:
-            kinds["maxpool fwd+bwd"] += t
-        elif "adam" in nm:
-            kinds["Adam"] += t
-        else:
-            kinds["other (elementwise, reductions, copies, autograd)"] += t
+        kind = next((k for k, test in TORCH_KINDS if test(nm)), "other (elementwise, reductions, copies, autograd)")
+        kinds[kind] += t
     return {"model": args.model, "batch_size": B, "profiled_step_s": wall, "kinds": kinds}
 
 
@@ -746,22 +745,9 @@ def prepare_data(args, tmp):
     return files
 
 
-def median(vals):
-    vals = [v for v in vals if v is not None]
-    return statistics.median(vals) if vals else None
-
-
 def machine_info(args):
     import fflib
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    cpu = cpu_name()
     load = list(os.getloadavg())
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
             "numpy": np.__version__, "fflib_blas": fflib.blas_name(), "threads": args.thread_list,

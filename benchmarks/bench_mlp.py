@@ -45,7 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
-from proc_memory import hwm_mb, reset_peak_rss, rss_mb  # noqa: E402  (beside this script)
+from benchutil import cpu_name, hwm_mb, median, reset_peak_rss, rss_mb  # noqa: E402  (beside this script)
 
 REPO = Path(__file__).resolve().parents[1]
 FRAMEWORKS = ("fflib", "torch", "torch_manual")
@@ -438,22 +438,9 @@ def run_worker(args, framework, task, batch_size=None):
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def median(vals):
-    vals = [v for v in vals if v is not None]
-    return statistics.median(vals) if vals else None
-
-
 def machine_info(args):
     import fflib
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    cpu = cpu_name()
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
             "numpy": np.__version__, "fflib_blas": fflib.blas_name(), "threads": args.threads,
             "load_average_at_start": list(os.getloadavg())}

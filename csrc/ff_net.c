@@ -27,7 +27,6 @@ typedef struct {
     size_t w_off, w_n, b_off, b_n;  /* into the parameter (and grad, m, v) arenas */
     size_t rm_off, rv_off;          /* batch-norm running stats, into `buffers` */
     size_t sv_off;                  /* batch-norm saved mean and rstd, into `saved` */
-    size_t conv_ws;                 /* conv scratch floats */
     ff_opt_config opt;
     long step;
     /* per-run placement (set while a block runs) */
@@ -267,7 +266,6 @@ ff_status ff_net_add_conv2d(ff_net *net, int out_channels, int kernel, int strid
     L->w_n = (size_t)out_channels * (L->C / groups) * kernel * kernel;
     L->b_n = bias ? (size_t)out_channels : 0;
     L->bias = bias != 0;
-    L->conv_ws = ff_conv2d_workspace(L->C, L->H, L->W, L->OC, kernel, kernel, stride, pad, groups, 1);
     net->nl++;
     return FF_OK;
 }
