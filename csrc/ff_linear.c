@@ -50,7 +50,10 @@ static void relu_bwd_range(void *ctx, size_t lo, size_t hi) {
     const relu_job *j = ctx;
     float *dinp = j->out;
     const float *dout = j->a, *out = j->b;
-    for (size_t i = lo; i < hi; i++) dinp[i] += ff_select(out[i] > 0.0f, dout[i], 0.0f);
+    if (dinp == dout)   /* in place: mask the gradient */
+        for (size_t i = lo; i < hi; i++) dinp[i] = ff_select(out[i] > 0.0f, dinp[i], 0.0f);
+    else
+        for (size_t i = lo; i < hi; i++) dinp[i] += ff_select(out[i] > 0.0f, dout[i], 0.0f);
 }
 
 void ff_relu_backward(float *dinp, const float *dout, const float *out, size_t n) {

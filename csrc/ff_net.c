@@ -59,18 +59,27 @@ struct ff_net {
     size_t gscratch_cap, gscratch_base;
     float *buffers, *saved;
     size_t nbuffers, nsaved;
-    /* workspace */
-    int rows_cap;
+    /* workspace: forward buffers for rows_cap rows, backward buffers for train_cap rows (a
+     * training step's neutral head rows run forward only) */
+    int rows_cap, train_cap;
     size_t ws_floats;
     float *ws;
     float *carry, *acts, *d0, *d1, *g, *dg, *scale, *conv_ws, *feat, *logits, *dlogits, *xtmp;
     float *G;                 /* (rows, K) group goodness */
     float *dxin;              /* gradient w.r.t. the encoded input (label embedding) */
     size_t acts_cap;          /* floats per row available in acts */
+    size_t carry_w, d0_w, d1_w, head_w;  /* floats per row of carry, d0, d1; head scratch in d1 */
+    float *fuse_ws;           /* scratch of the fused conv -> ReLU -> max-pool triples */
+    size_t fuse_cap;          /* its floats */
     size_t convws_cap;        /* floats of conv_ws */
     int conv_parts;           /* parallel parts conv_ws has room for */
     int64_t *lab;             /* per-row labels of the current step */
 };
+
+static ff_status reserve_rows(ff_net *net, int rows, int trows);
+
+/* Floats of scratch a fused Conv2d -> ReLU -> MaxPool2d runs through (see fused_triple). */
+#define FF_FUSE_FLOATS ((size_t)1 << 22)
 
 /* ------------------------------------------------------------------ small helpers */
 
@@ -347,7 +356,7 @@ ff_status ff_net_set_block_ranges(ff_net *net, int nblocks, const int *firsts, c
     memset(net->starts_block, 0, sizeof(net->starts_block));
     for (int b = 0; b < nblocks; b++) net->starts_block[firsts[b]] = 1;
     /* a new cut may need a larger activation area (reserve only ever grows it) */
-    return net->rows_cap ? ff_net_reserve(net, net->rows_cap) : FF_OK;
+    return net->rows_cap ? reserve_rows(net, net->rows_cap, net->train_cap) : FF_OK;
 }
 
 ff_status ff_net_set_blocks(ff_net *net, int nblocks, const int *ends) {
@@ -616,6 +625,30 @@ float *ff_net_param(ff_net *net, int layer, ff_param_kind which, size_t *count) 
 
 /* ------------------------------------------------------------------ workspace */
 
+static int is_head_layer(const ff_net *net, int i) {
+    for (int h = 0; h < net->nhead; h++) if (net->head_layers[h] == i) return 1;
+    return 0;
+}
+
+/* Conv2d -> ReLU -> MaxPool2d at layers i, i+1, i+2, all inside the run [f, l), none of the
+ * three's outputs needed outside it (no block starts inside, the conv and ReLU feed no head):
+ * the conv output is then only an intermediate.  Such a triple runs in chunks of rows through
+ * a small scratch (net->fuse_ws) and keeps only the pooled output and its argmax; its
+ * backward masks the pooled gradient by (pooled > 0), which is the ReLU's mask at every
+ * argmax, and runs pool and conv backward chunk by chunk through the same scratch. */
+static int fused_triple(const ff_net *net, int i, int l) {
+    return i + 2 < l && net->layers[i].kind == FF_LAYER_CONV2D &&
+           net->layers[i + 1].kind == FF_LAYER_RELU && net->layers[i + 2].kind == FF_LAYER_MAXPOOL2D &&
+           !net->starts_block[i + 1] && !net->starts_block[i + 2] &&
+           !is_head_layer(net, i) && !is_head_layer(net, i + 1);
+}
+
+/* Rows per chunk of a fused triple whose conv output has `w` floats per row. */
+static int fuse_rows(size_t w) {
+    size_t r = FF_FUSE_FLOATS / (w ? w : 1);
+    return r < 1 ? 1 : r > (1u << 20) ? (1 << 20) : (int)r;
+}
+
 /* A layer's output may overwrite its input (ReLU, Flatten) unless it opens a block: then the
  * input belongs to the block before and may still be needed. */
 static int runs_inplace(const ff_net *net, int i, int f) {
@@ -628,6 +661,7 @@ static size_t block_act_floats(const ff_net *net, int f, int l) {
     size_t n = 0;
     for (int i = f; i < l; i++) {
         const ff_layer *L = &net->layers[i];
+        if (fused_triple(net, i, l)) { i++; continue; }   /* conv and ReLU: no stored output */
         if (!runs_inplace(net, i, f)) n += layer_out(L);
         if (L->kind == FF_LAYER_MAXPOOL2D) n += layer_out(L);  /* argmax slots */
         if (L->kind == FF_LAYER_LENNORM) n += 1;               /* the row's scale */
@@ -635,29 +669,77 @@ static size_t block_act_floats(const ff_net *net, int f, int l) {
     return n;
 }
 
-ff_status ff_net_reserve(ff_net *net, int rows) {
+/* Widths (floats per row) of the backward ping-pong buffers d0 and d1 for block [f, l):
+ * d0 receives the loss gradient of the block's output, then every layer but an in-place ReLU
+ * writes its input gradient to the other buffer (the first layer writes to din instead). */
+static void backward_widths(const ff_net *net, int f, int l, size_t w[2]) {
+    int cur = 0;
+    if (layer_out(&net->layers[l - 1]) > w[0]) w[0] = layer_out(&net->layers[l - 1]);
+    for (int i = l - 1; i > f; i--) {
+        const ff_layer *L = &net->layers[i];
+        if (i - 2 >= f && fused_triple(net, i - 2, l)) {   /* conv input gradient, unless i-2 == f */
+            i -= 2;
+            if (i == f) break;
+            L = &net->layers[i];
+        } else if (L->kind == FF_LAYER_RELU) continue;
+        cur ^= 1;
+        if (layer_in(L) > w[cur]) w[cur] = layer_in(L);
+    }
+}
+
+/* Scratch floats the fused triples of the run [f, l) need on up to `rows` rows. */
+static size_t fuse_floats(const ff_net *net, int f, int l, int rows) {
+    size_t n = 0;
+    for (int i = f; i < l; i++) {
+        if (!fused_triple(net, i, l)) continue;
+        size_t w = layer_out(&net->layers[i]), r = (size_t)fuse_rows(w);
+        if (r > (size_t)rows) r = (size_t)rows;
+        if (r * w > n) n = r * w;
+    }
+    return n;
+}
+
+/* Size the workspace for forward passes of `rows` rows of which the first `trows` also run
+ * backward (trows 0: keep the current backward capacity).  Every buffer is as wide as the
+ * current cut needs: carry holds a block's input, acts the largest block's activations, d0
+ * and d1 its gradients (and d1 the head's normalised features). */
+static ff_status reserve_rows(ff_net *net, int rows, int trows) {
     if (!net->finalized) return FF_ERR_STATE;
-    if (rows <= 0) return FF_ERR_ARG;
+    if (rows <= 0 || trows < 0 || trows > rows) return FF_ERR_ARG;
     if (rows < net->K) rows = net->K;        /* multi-pass needs K rows for one sample */
-    /* acts must fit the largest block, inference segment and single layer */
-    size_t acts = 0, maxio = (size_t)net->Din, convws = 0;
+    size_t acts = 0, carry = (size_t)net->Din, dw[2] = {0, 0}, headw = 0, convws = 0, fuse = 0;
     int parts = ff_get_num_threads();  /* conv scratch for that many image groups at once */
     if (parts < net->conv_parts) parts = net->conv_parts;
     for (int b = 0; b < net->nblocks; b++) {
-        size_t a = block_act_floats(net, net->firsts[b], net->ends[b]);
+        int f = net->firsts[b], l = net->ends[b];
+        size_t a = block_act_floats(net, f, l);
         if (a > acts) acts = a;
+        /* a block's input (training) and a segment's output (inference) pass through carry */
+        if (f > 0 && layer_out(&net->layers[f - 1]) > carry) carry = layer_out(&net->layers[f - 1]);
+        if (layer_out(&net->layers[l - 1]) > carry) carry = layer_out(&net->layers[l - 1]);
+        backward_widths(net, f, l, dw);
+        size_t fz = fuse_floats(net, f, l, rows);
+        if (fz > fuse) fuse = fz;
     }
     for (int i = 0; i < net->nl; i++) {
         const ff_layer *L = &net->layers[i];
         size_t a = block_act_floats(net, i, i + 1);
         if (a > acts) acts = a;
-        if (layer_out(L) > maxio) maxio = layer_out(L);
         if (L->kind == FF_LAYER_CONV2D) {
             size_t c = ff_conv2d_workspace(L->C, L->H, L->W, L->OC, L->k, L->k, L->stride, L->pad,
                                            L->groups, parts);
             if (c > convws) convws = c;
         }
     }
+    /* inference runs segments between block ends, which may span layers of two blocks */
+    for (int b = 0, f = 0; b < net->nblocks; f = net->ends[b], b++) {
+        size_t a = block_act_floats(net, f, net->ends[b]), fz = fuse_floats(net, f, net->ends[b], rows);
+        if (a > acts) acts = a;
+        if (fz > fuse) fuse = fz;
+    }
+    for (int h = 0; h < net->nhead; h++)
+        if (layer_out(&net->layers[net->head_layers[h]]) > headw)
+            headw = layer_out(&net->layers[net->head_layers[h]]);
     /* the largest block's parameter span, for its gradients in the lean fused step */
     size_t span = 0;
     for (int b = 0; b < net->nblocks; b++) {
@@ -671,43 +753,57 @@ ff_status ff_net_reserve(ff_net *net, int rows) {
         free(net->gscratch);
         net->gscratch = g; net->gscratch_cap = span;
     }
-    if (rows <= net->rows_cap && acts <= net->acts_cap && convws <= net->convws_cap) return FF_OK;
-    if (rows < net->rows_cap) rows = net->rows_cap;
-    if (acts < net->acts_cap) acts = net->acts_cap;
-    if (convws < net->convws_cap) convws = net->convws_cap;
-    size_t R = (size_t)rows, F = (size_t)(net->has_head ? net->F : 0), K = (size_t)net->K;
-    size_t need = R * maxio        /* carry */
+    if (rows <= net->rows_cap && trows <= net->train_cap && acts <= net->acts_cap &&
+        carry <= net->carry_w && dw[0] <= net->d0_w && dw[1] <= net->d1_w && headw <= net->head_w &&
+        convws <= net->convws_cap && fuse <= net->fuse_cap)
+        return FF_OK;
+    /* grow only: every capacity is the larger of the old and the new */
+#define FF_GROW(v, cap) do { if ((v) < (cap)) (v) = (cap); } while (0)
+    FF_GROW(rows, net->rows_cap); FF_GROW(trows, net->train_cap); FF_GROW(acts, net->acts_cap);
+    FF_GROW(carry, net->carry_w); FF_GROW(dw[0], net->d0_w); FF_GROW(dw[1], net->d1_w);
+    FF_GROW(headw, net->head_w); FF_GROW(convws, net->convws_cap); FF_GROW(fuse, net->fuse_cap);
+#undef FF_GROW
+    size_t R = (size_t)rows, T = (size_t)trows, F = (size_t)(net->has_head ? net->F : 0);
+    size_t K = (size_t)net->K, Din = (size_t)net->Din;
+    size_t d1 = T * dw[1] > R * headw ? T * dw[1] : R * headw;
+    size_t need = R * carry        /* carry */
                 + R * acts         /* acts */
-                + 2 * R * maxio    /* d0, d1 */
+                + T * dw[0] + d1   /* d0, d1 */
                 + 3 * R            /* g, dg, scale */
                 + R * K            /* G: group goodness */
-                + convws
+                + convws + fuse
                 + R * F            /* feat */
                 + 2 * R * K        /* logits, dlogits */
-                + 2 * R * (size_t)net->Din;  /* xtmp (encoded inputs), dxin (their gradient) */
-    float *ws = malloc(need * sizeof(float));
+                + R * Din + T * Din;  /* xtmp (encoded inputs), dxin (their gradient) */
+    float *ws = malloc((need ? need : 1) * sizeof(float));
     int64_t *lab = malloc(R * sizeof(int64_t));
     if (!ws || !lab) { free(ws); free(lab); return FF_ERR_NOMEM; }
     free(net->ws); free(net->lab);
     net->ws = ws; net->lab = lab; net->ws_floats = need;
     float *p = ws;
-    net->carry = p; p += R * maxio;
+    net->carry = p; p += R * carry;
     net->acts = p; p += R * acts;
-    net->d0 = p; p += R * maxio;
-    net->d1 = p; p += R * maxio;
+    net->d0 = p; p += T * dw[0];
+    net->d1 = p; p += d1;
     net->g = p; p += R;
     net->dg = p; p += R;
     net->scale = p; p += R;
     net->G = p; p += R * K;
     net->conv_ws = p; p += convws;
+    net->fuse_ws = p; p += fuse;
     net->feat = p; p += R * F;
     net->logits = p; p += R * K;
     net->dlogits = p; p += R * K;
-    net->xtmp = p; p += R * (size_t)net->Din;
+    net->xtmp = p; p += R * Din;
     net->dxin = p;
-    net->rows_cap = rows; net->acts_cap = acts;
-    net->convws_cap = convws; net->conv_parts = parts;
+    net->rows_cap = rows; net->train_cap = trows; net->acts_cap = acts;
+    net->carry_w = carry; net->d0_w = dw[0]; net->d1_w = dw[1]; net->head_w = headw;
+    net->convws_cap = convws; net->conv_parts = parts; net->fuse_cap = fuse;
     return FF_OK;
+}
+
+ff_status ff_net_reserve(ff_net *net, int rows) {
+    return reserve_rows(net, rows, rows);
 }
 
 /* ------------------------------------------------------------------ running layers */
@@ -717,6 +813,12 @@ static void place_block(ff_net *net, int f, int l, int R) {
     size_t off = 0;
     for (int i = f; i < l; i++) {
         ff_layer *L = &net->layers[i];
+        if (fused_triple(net, i, l)) {   /* outputs in fuse_ws, chunk by chunk */
+            L->inplace = net->layers[i + 1].inplace = 0;
+            L->act_off = net->layers[i + 1].act_off = (size_t)-1;
+            i++;
+            continue;
+        }
         L->inplace = runs_inplace(net, i, f);
         if (!L->inplace) { L->act_off = off; off += (size_t)R * layer_out(L); }
         else L->act_off = net->layers[i - 1].act_off;
@@ -727,6 +829,53 @@ static void place_block(ff_net *net, int f, int l, int R) {
 
 static float *act_of(ff_net *net, int i) { return net->acts + net->layers[i].act_off; }
 
+/* Forward of the fused triple at layers i..i+2 on R rows of input x: conv, ReLU and pool
+ * chunk by chunk through fuse_ws; the pool output and argmax land in acts. */
+static ff_status triple_forward(ff_net *net, int i, const float *x, int R) {
+    const ff_layer *L = &net->layers[i], *P = &net->layers[i + 2];
+    const float *w = net->params + L->w_off, *bias = L->b_n ? net->params + L->b_off : NULL;
+    size_t cin = layer_in(L), cout = layer_out(L), pout = layer_out(P);
+    int c = fuse_rows(cout);
+    float *y = act_of(net, i + 2);
+    int32_t *idx = (int32_t *)(net->acts + P->idx_off);
+    for (int r0 = 0; r0 < R; r0 += c) {
+        int n = R - r0 < c ? R - r0 : c;
+        ff_status st = ff_conv2d_forward(net->fuse_ws, x + (size_t)r0 * cin, w, bias, n, L->C, L->H,
+                                         L->W, L->OC, L->k, L->k, L->stride, L->pad, L->groups,
+                                         net->conv_ws, net->conv_parts);
+        if (st != FF_OK) return st;
+        ff_relu_forward(net->fuse_ws, net->fuse_ws, (size_t)n * cout);
+        ff_maxpool2d_forward(y + (size_t)r0 * pout, idx + (size_t)r0 * pout, net->fuse_ws, n, P->C,
+                             P->H, P->W, P->k, P->stride);
+    }
+    return FF_OK;
+}
+
+/* Backward of the fused triple at layers i..i+2 on T rows: dout (T, pool out) is masked in
+ * place by (pooled > 0); dx (or NULL) += the gradient w.r.t. the conv input x. */
+static ff_status triple_backward(ff_net *net, int i, const float *x, float *dout, float *dx, int T) {
+    const ff_layer *L = &net->layers[i], *P = &net->layers[i + 2];
+    const float *w = net->params + L->w_off;
+    float *gw = grad_at(net, L->w_off), *gb = L->b_n ? grad_at(net, L->b_off) : NULL;
+    size_t cin = layer_in(L), cout = layer_out(L), pout = layer_out(P);
+    int c = fuse_rows(cout);
+    const float *y = act_of(net, i + 2);
+    const int32_t *idx = (const int32_t *)(net->acts + P->idx_off);
+    ff_relu_backward(dout, dout, y, (size_t)T * pout);
+    for (int r0 = 0; r0 < T; r0 += c) {
+        int n = T - r0 < c ? T - r0 : c;
+        memset(net->fuse_ws, 0, (size_t)n * cout * sizeof(float));
+        ff_maxpool2d_backward(net->fuse_ws, dout + (size_t)r0 * pout, idx + (size_t)r0 * pout, n,
+                              P->C, P->H, P->W, P->OH, P->OW);
+        ff_status st = ff_conv2d_backward(dx ? dx + (size_t)r0 * cin : NULL, gw, gb, net->fuse_ws,
+                                          x + (size_t)r0 * cin, w, n, L->C, L->H, L->W, L->OC, L->k,
+                                          L->k, L->stride, L->pad, L->groups, net->conv_ws,
+                                          net->conv_parts);
+        if (st != FF_OK) return st;
+    }
+    return FF_OK;
+}
+
 /* Forward layers [f, l) on R rows whose input (R, in_size(f)) is `in`.  Batch-norm layers take
  * statistics from the first T rows in training mode (the other rows are normalised with
  * them); those at index >= update_from also update their running statistics. */
@@ -736,6 +885,12 @@ static ff_status block_forward(ff_net *net, int f, int l, const float *in, int R
     for (int i = f; i < l; i++) {
         ff_layer *L = &net->layers[i];
         const float *x = i == f ? in : act_of(net, i - 1);
+        if (fused_triple(net, i, l)) {
+            ff_status st = triple_forward(net, i, x, R);
+            if (st != FF_OK) return st;
+            i += 2;
+            continue;
+        }
         float *y = act_of(net, i);
         const float *w = net->params + L->w_off, *bias = L->b_n ? net->params + L->b_off : NULL;
         size_t nin = layer_in(L), nout = layer_out(L);
@@ -795,6 +950,20 @@ static ff_status block_forward(ff_net *net, int f, int l, const float *in, int R
 static ff_status block_backward(ff_net *net, int f, int l, const float *in, int T, float *din) {
     float *dcur = net->d0, *dnext = net->d1;
     for (int i = l - 1; i >= f; i--) {
+        if (i - 2 >= f && fused_triple(net, i - 2, l)) {
+            int c = i - 2;
+            const float *x = c == f ? in : act_of(net, c - 1);
+            int below = din != NULL;
+            for (int j = f; j < c; j++) below |= trainable(&net->layers[j]);
+            float *dx = below ? (c == f ? din : dnext) : NULL;
+            if (dx) memset(dx, 0, (size_t)T * layer_in(&net->layers[c]) * sizeof(float));
+            ff_status st = triple_backward(net, c, x, dcur, dx, T);
+            if (st != FF_OK) return st;
+            if (!dx) break;
+            float *t = dcur; dcur = dnext; dnext = t;
+            i = c;
+            continue;
+        }
         ff_layer *L = &net->layers[i];
         const float *x = i == f ? in : act_of(net, i - 1);
         const float *y = act_of(net, i);
@@ -802,6 +971,11 @@ static ff_status block_backward(ff_net *net, int f, int l, const float *in, int 
         /* an input gradient is needed if something below in the block has parameters */
         int below = din != NULL;
         for (int j = f; j < i; j++) below |= trainable(&net->layers[j]);
+        if (L->kind == FF_LAYER_RELU && i > f) {   /* in place: dcur stays the current buffer */
+            if (!below) break;
+            ff_relu_backward(dcur, dcur, y, (size_t)T * nin);
+            continue;
+        }
         float *dx = below ? (i == f ? din : dnext) : NULL;
         if (dx) memset(dx, 0, (size_t)T * nin * sizeof(float));
         const float *w = net->params + L->w_off;
@@ -821,7 +995,7 @@ static ff_status block_backward(ff_net *net, int f, int l, const float *in, int 
                                     mean, rstd, L->affine ? w : NULL, T, L->C, L->H * L->W);
             break;
         }
-        case FF_LAYER_RELU:
+        case FF_LAYER_RELU:   /* i == f only: otherwise masked in place above */
             if (dx) ff_relu_backward(dx, dcur, y, (size_t)T * nin);
             break;
         case FF_LAYER_MAXPOOL2D:
@@ -882,10 +1056,6 @@ static void embedding_backward(ff_net *net, int T) {
     }
 }
 
-static int is_head_layer(const ff_net *net, int i) {
-    for (int h = 0; h < net->nhead; h++) if (net->head_layers[h] == i) return 1;
-    return 0;
-}
 
 /* Copy the normalised output of head layer i, rows [r0, r0 + n), into its columns of feat. */
 static void gather_features(ff_net *net, int i, int r0, int n) {
@@ -1016,7 +1186,7 @@ ff_status ff_net_train_step(ff_net *net, const float *x, const int64_t *labels,
     int T = free_ ? B : 2 * B;
     int head_rows_at = free_ ? 0 : T;
     int R = train_head && !free_ ? T + B : T;
-    st = ff_net_reserve(net, R);
+    st = reserve_rows(net, R, T);
     if (st != FF_OK) return st;
     if (losses) for (int b = 0; b <= nb; b++) losses[b] = 0.0f;
 
@@ -1198,7 +1368,7 @@ ff_status ff_net_goodness(ff_net *net, const float *x, int B, float *out) {
     int K = net->K, D = net->D, nb = net->nblocks, Din = net->Din;
     /* FF/SymBa: one row per (sample, label); label-free losses: one neutral row per sample */
     int per = label_free_loss(net->cfg.loss) ? 1 : K;
-    ff_status st = ff_net_reserve(net, inference_rows(net, B * per));
+    ff_status st = reserve_rows(net, inference_rows(net, B * per), 0);
     if (st != FF_OK) return st;
     int chunk = net->rows_cap / per;
     for (int s0 = 0; s0 < B; s0 += chunk) {
@@ -1223,7 +1393,7 @@ ff_status ff_net_goodness_labeled(ff_net *net, const float *x, const int64_t *la
     if (label_free_loss(net->cfg.loss)) return FF_ERR_STATE;
     if (labels) { ff_status st = check_labels(net, labels, B); if (st != FF_OK) return st; }
     int D = net->D, nb = net->nblocks, Din = net->Din;
-    ff_status st = ff_net_reserve(net, inference_rows(net, B));
+    ff_status st = reserve_rows(net, inference_rows(net, B), 0);
     if (st != FF_OK) return st;
     int chunk = net->rows_cap;
     for (int s0 = 0; s0 < B; s0 += chunk) {
@@ -1244,7 +1414,7 @@ static ff_status features_chunked(ff_net *net, const float *x, int B, float *fea
     if (!net->has_head) return FF_ERR_STATE;
     if (B <= 0) return FF_ERR_ARG;
     int D = net->D, F = net->F, K = net->K, Din = net->Din;
-    ff_status st = ff_net_reserve(net, inference_rows(net, B));
+    ff_status st = reserve_rows(net, inference_rows(net, B), 0);
     if (st != FF_OK) return st;
     int chunk = net->rows_cap, stop = net->nblocks;
     int lastl = net->head_layers[net->nhead - 1];

@@ -94,7 +94,8 @@ void ff_linear_backward(float *dinp, float *dweight, float *dbias, const float *
 /* ------------------------------------------------------------------ relu */
 /* out (n) = max(inp, 0); out may alias inp. */
 void ff_relu_forward(float *out, const float *inp, size_t n);
-/* dinp (n) += dout * (out > 0). */
+/* dinp (n) += dout * (out > 0); with dinp == dout the gradient is masked in place instead
+ * (dinp = dout * (out > 0)). */
 void ff_relu_backward(float *dinp, const float *dout, const float *out, size_t n);
 
 /* ------------------------------------------------------------------ length normalisation */

@@ -40,6 +40,9 @@ def test_relu(rng, B, D):
     dx = np.zeros_like(x)
     _core.relu_backward(dx, dout, out)
     close(dx, ref.relu_backward(dout, out))
+    d = dout.copy()                     # the same array as dinp and dout: masked in place
+    _core.relu_backward(d, d, out)
+    close(d, ref.relu_backward(dout, out))
     nan = np.array([[np.nan, -1.0, 2.0]], np.float32)   # NaN is not hidden by the ReLU
     o = np.zeros_like(nan)
     _core.relu_forward(o, nan)
