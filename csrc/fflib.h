@@ -211,7 +211,10 @@ void ff_maxpool2d_backward(float *dinp, const float *dout, const int32_t *argmax
  *
  * Memory: parameters, gradients and optimiser state live in one arena each; activations
  * live in a workspace sized for the largest block (not the whole network) times the row
- * count reserved by ff_net_reserve.
+ * count reserved by ff_net_reserve, and backward buffers for the rows that train (not the
+ * head's neutral rows).  A Conv2d -> ReLU -> MaxPool2d run inside a block keeps only the
+ * pooled output and its argmax: the conv output passes through a 16 MB scratch, a chunk of
+ * rows at a time, forward and backward.
  */
 typedef struct ff_net ff_net;
 
