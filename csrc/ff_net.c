@@ -944,6 +944,14 @@ static ff_status block_forward(ff_net *net, int f, int l, const float *in, int R
     return FF_OK;
 }
 
+/* Does layer i of the block starting at f need its input gradient: is there a parameter
+ * below it in the block, or a din that wants the block's input gradient? */
+static int needs_input_grad(const ff_net *net, int f, int i, const float *din) {
+    int below = din != NULL;
+    for (int j = f; j < i; j++) below |= trainable(&net->layers[j]);
+    return below;
+}
+
 /* Backward through layers [f, l) on the first T rows, from dout (T, out_size(l-1)) which is
  * net->d0 on entry.  Adds weight gradients; input gradients stay inside the block, except
  * that din (or NULL) receives the gradient w.r.t. the block's input (for a label embedding). */
@@ -953,9 +961,7 @@ static ff_status block_backward(ff_net *net, int f, int l, const float *in, int 
         if (i - 2 >= f && fused_triple(net, i - 2, l)) {
             int c = i - 2;
             const float *x = c == f ? in : act_of(net, c - 1);
-            int below = din != NULL;
-            for (int j = f; j < c; j++) below |= trainable(&net->layers[j]);
-            float *dx = below ? (c == f ? din : dnext) : NULL;
+            float *dx = needs_input_grad(net, f, c, din) ? (c == f ? din : dnext) : NULL;
             if (dx) memset(dx, 0, (size_t)T * layer_in(&net->layers[c]) * sizeof(float));
             ff_status st = triple_backward(net, c, x, dcur, dx, T);
             if (st != FF_OK) return st;
@@ -968,9 +974,7 @@ static ff_status block_backward(ff_net *net, int f, int l, const float *in, int 
         const float *x = i == f ? in : act_of(net, i - 1);
         const float *y = act_of(net, i);
         size_t nin = layer_in(L), nout = layer_out(L);
-        /* an input gradient is needed if something below in the block has parameters */
-        int below = din != NULL;
-        for (int j = f; j < i; j++) below |= trainable(&net->layers[j]);
+        int below = needs_input_grad(net, f, i, din);
         if (L->kind == FF_LAYER_RELU && i > f) {   /* in place: dcur stays the current buffer */
             if (!below) break;
             ff_relu_backward(dcur, dcur, y, (size_t)T * nin);
