@@ -126,8 +126,9 @@ ZOO = ("mlp", "cnn", "cwcomp") + tuple(LIGHT_MODELS)
 
 def build(name, dataset="cifar10", seed=0, **model_kw):
     """An :class:`fflib.FFModel` by zoo name with the settings its paper uses: ``mlp`` and
-    ``cnn`` (the survey's original FF networks for ``dataset``), ``cwcomp`` and the light
-    models (CwC loss, no label in the input, one-pass head on the last two blocks)."""
+    ``cnn`` (the survey's original FF networks for ``dataset``; the 28x28 CNN's one-pass head
+    reads all three blocks, the CIFAR-10 CNN's blocks 2-4), ``cwcomp`` and the light models
+    (CwC loss, no label in the input, one-pass head on the last two blocks)."""
     from .nn import FFModel
     image = (1, 28, 28) if dataset in ("mnist", "fashion-mnist", "sample") else (3, 32, 32)
     if name == "mlp":
@@ -139,6 +140,10 @@ def build(name, dataset="cifar10", seed=0, **model_kw):
         # a trained label channel: one-hot pixels in a corner or waves leave the first conv
         # layer unable to tell labels apart (measured), a learned map does not
         kw = dict(loss="symba", goodness="mean", threshold=1.0, norm="rms", label_encoding=enc)
+        if image[0] == 1:
+            # the 28x28 CNN's one-pass head reads all three blocks (4,964 features): measured
+            # 1.62 % after 6 epochs, against 2.72 % reading blocks 2-3 only (356 features)
+            kw["head_blocks"] = [0, 1, 2]
     elif name == "cwcomp":
         layers, shape = cwcomp(image, channels=model_kw.pop("channels", (20, 80, 240, 480)))
         # CwComp's goodness is that of each layer's final (batch-normalised) output

@@ -12,12 +12,12 @@ pytestmark = pytest.mark.slow
 
 # Budgets that fit CI (2 cores, 20 minutes for everything); the conv nets run on fflib's
 # default threads (all CPUs).  Measured on the full MNIST test set (one-pass / multi-pass): the
-# survey CNN with random 2-pixel shifts 3.03 / 3.05 % after 4 epochs and 2.72 / 2.32 after 6
-# (without shifts 3.44 / 2.68 after 6; the issue's 2% bar needs more epochs than CI affords,
-# see benchmarks/reproduce.py cnn_mnist); a slimmed CwComp
+# survey CNN (head on all three blocks, Adam 3e-3, head 6e-3, random 2-pixel shifts) 1.27 / 1.85 %
+# after 10 epochs; at 4e-3 for 8 epochs 1.59 / 2.14; with the head on blocks 2-3 only 3.03 / 3.05
+# after 4 epochs and 2.72 / 2.32 after 6; a slimmed CwComp
 # (20/40/80/160 channels) with random 2-pixel shifts and a head at a tenth of the blocks' rate
 # 0.85 / 1.42 % after 6 epochs (1.06 / 1.72 after 4 without the shifts).
-CNN_EPOCHS = 4
+CNN_EPOCHS = 12
 CWC_CHANNELS = (20, 40, 80, 160)
 CWC_EPOCHS = 6
 CWC_MILESTONES = [4]
@@ -67,13 +67,13 @@ def fit_and_evaluate(model, mnist, epochs, lr, batch_size, scheduler="cooldown",
     return res
 
 
-def test_mnist_survey_cnn_beats_the_survey(mnist):
+def test_mnist_survey_cnn_under_2_percent(mnist):
     """The survey's MNIST CNN (conv 32, conv 64, linear 256x100) with a learned label channel,
-    SymBa loss, random 2-pixel shifts, 4 epochs: below the survey's own 4.4 / 5.0 % (both
-    inferences <= 3.5%)."""
-    res = fit_and_evaluate(models.build("cnn", "mnist"), mnist, epochs=CNN_EPOCHS, lr=0.003, batch_size=100,
-                           augment="crop2")
-    assert res["one_pass"] <= 3.5 and res["multi_pass"] <= 3.5
+    SymBa loss, random 2-pixel shifts, 10 epochs: at most 2% test error with both inferences
+    (the issue's bar; the survey reports 4.4 / 5.0)."""
+    res = fit_and_evaluate(models.build("cnn", "mnist"), mnist, epochs=CNN_EPOCHS, lr=0.003, head_lr=0.006,
+                           batch_size=100, augment="crop2")
+    assert res["one_pass"] <= 2.0 and res["multi_pass"] <= 2.0
 
 
 def test_mnist_cwcomp_under_1_percent(mnist):
