@@ -63,11 +63,13 @@ def test_models_lists_the_zoo():
 
 def test_ctrl_c_stops_cleanly_and_still_writes(tmp_path):
     out = tmp_path / "r.json"
-    # far more epochs than can finish before the signal, however loaded the machine (with 50, a
-    # starved test process once read the first epoch line only after the run had ended)
+    # the child starts with SIGINT at its default action: a test run launched in the background
+    # (`cmd &`) inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler
+    # (the signal was lost and the run went on to its last epoch)
     proc = subprocess.Popen([sys.executable, "-m", "fflib", "train", "--epochs", "5000", "--threads", "1",
                              "--out", str(out), "--no-progress"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=str(tmp_path))
+                            stderr=subprocess.PIPE, text=True, cwd=str(tmp_path),
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     # wait until the first epoch has been reported, then interrupt
     t0 = time.time()
     line = ""
