@@ -6,10 +6,12 @@
  * C as they are (zero copy); nothing is converted here. */
 #define PY_SSIZE_T_CLEAN
 #define NPY_NO_DEPRECATED_API NPY_1_25_API_VERSION
-/* fflib.h first: NumPy pulls in <complex.h>, whose macro I would clash with the size letter */
-#include "fflib.h"
+/* Python.h before any system header (it sets _POSIX_C_SOURCE); fflib.h before NumPy, which
+ * pulls in <complex.h>, whose macro I would clash with the size letter */
 #include <Python.h>
+#include "fflib.h"
 #include <numpy/arrayobject.h>
+#include <limits.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -133,23 +135,94 @@ static int net_enter(NetObject *self) {
 }
 static void net_leave(NetObject *self) { self->busy = 0; }
 
+/* Any method: the net exists (a bare Net.__new__ has none) and no GIL-free call is running on
+ * it (the in-use guard: a second thread gets an error, never a race). */
+static int net_check(NetObject *self) {
+    if (!self->net) {
+        PyErr_SetString(PyExc_RuntimeError, "the net is not initialised (construct it as Net(input_shape, "
+                        "num_classes, seed))");
+        return -1;
+    }
+    if (self->busy) {
+        PyErr_SetString(PyExc_RuntimeError, "the net is in use by another thread; calls on one "
+                        "net must not overlap");
+        return -1;
+    }
+    return 0;
+}
+#define GUARD(self) do { if (net_check(self) < 0) return NULL; } while (0)
+
+/* A failed core call: the exception type follows the status, the text is the core's own
+ * reason (ff_net_last_error), prefixed by the operation. */
+static PyObject *raise_net(NetObject *self, ff_status st, const char *what) {
+    const char *msg = self->net ? ff_net_last_error(self->net) : "";
+    if (!msg[0]) return raise_status(st, what);
+    PyObject *exc = PyExc_ValueError;
+    if (st == FF_ERR_NOMEM) exc = PyExc_MemoryError;
+    else if (st == FF_ERR_STATE) exc = PyExc_RuntimeError;
+    else if (st == FF_ERR_NONFINITE) exc = PyExc_FloatingPointError;
+    PyErr_Format(exc, "%s: %s", what, msg);
+    return NULL;
+}
+
+static PyObject *net_status(NetObject *self, ff_status st, const char *what) {
+    if (st != FF_OK) return raise_net(self, st, what);
+    Py_RETURN_NONE;
+}
+
+/* An int argument that must fit the core's int, with a message naming it. */
+static int int_arg(PyObject *o, const char *name, int *out) {
+    int overflow = 0;
+    long long v = PyLong_AsLongLongAndOverflow(o, &overflow);
+    if (v == -1 && PyErr_Occurred()) {
+        PyErr_Format(PyExc_TypeError, "%s must be an int, got %s", name, Py_TYPE(o)->tp_name);
+        return -1;
+    }
+    if (overflow || v < INT_MIN || v > INT_MAX) {
+        PyErr_Format(PyExc_ValueError, "%s is out of range: %R", name, o);
+        return -1;
+    }
+    *out = (int)v;
+    return 0;
+}
+
 static int Net_init(NetObject *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"input_shape", "num_classes", "seed", NULL};
-    int C, H, W, K;
+    PyObject *shape, *ko, *so = NULL;
+    int dims[3], K;
     unsigned long long seed = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "(iii)i|K", kwlist, &C, &H, &W, &K, &seed))
-        return -1;
-    if (C <= 0 || H <= 0 || W <= 0) {
-        PyErr_Format(PyExc_ValueError, "input_shape must be positive (C, H, W), got (%d, %d, %d)", C, H, W);
-        return -1;
-    }
-    if (K < 2) {
-        PyErr_Format(PyExc_ValueError, "num_classes must be >= 2, got %d", K);
+    if (self->net) {
+        PyErr_SetString(PyExc_RuntimeError, "Net.__init__ cannot be called again on a live net (its "
+                        "memory may be viewed by arrays): build a new Net");
         return -1;
     }
-    if (self->net) ff_net_destroy(self->net);
-    self->net = ff_net_create(C, H, W, K, (uint64_t)seed);
-    if (!self->net) { PyErr_NoMemory(); return -1; }
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|O", kwlist, &shape, &ko, &so)) return -1;
+    PyObject *seq = PySequence_Fast(shape, "input_shape must be a (C, H, W) tuple of ints");
+    if (!seq) return -1;
+    if (PySequence_Fast_GET_SIZE(seq) != 3) {
+        Py_DECREF(seq);
+        PyErr_Format(PyExc_ValueError, "input_shape must be a (C, H, W) tuple of 3 ints, got %R", shape);
+        return -1;
+    }
+    static const char *names[3] = {"input_shape[0] (C)", "input_shape[1] (H)", "input_shape[2] (W)"};
+    for (int i = 0; i < 3; i++)
+        if (int_arg(PySequence_Fast_GET_ITEM(seq, i), names[i], &dims[i]) < 0) { Py_DECREF(seq); return -1; }
+    Py_DECREF(seq);
+    if (int_arg(ko, "num_classes", &K) < 0) return -1;
+    if (so) {
+        seed = PyLong_AsUnsignedLongLong(so);
+        if (seed == (unsigned long long)-1 && PyErr_Occurred()) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_ValueError, "seed must be an int in [0, 2**64), got %R", so);
+            return -1;
+        }
+    }
+    char msg[256];
+    ff_net *net;
+    ff_status st = ff_net_new(&net, dims[0], dims[1], dims[2], K, (uint64_t)seed, msg, sizeof msg);
+    if (st == FF_ERR_NOMEM) { PyErr_NoMemory(); return -1; }
+    if (st != FF_OK) { PyErr_SetString(PyExc_ValueError, msg); return -1; }
+    self->net = net;
     return 0;
 }
 
@@ -165,66 +238,61 @@ static PyObject *status_or_none(ff_status st, const char *what) {
 }
 
 static PyObject *Net_set_label_encoding(NetObject *self, PyObject *args) {
+    GUARD(self);
     int kind;
+    GUARD(self);
     if (!PyArg_ParseTuple(args, "i", &kind)) return NULL;
-    ff_status st = ff_net_set_label_encoding(self->net, (ff_label_kind)kind);
-    if (st == FF_ERR_STATE)
-        return PyErr_Format(PyExc_RuntimeError, "the label encoding must be chosen before layers are added");
-    if (st != FF_OK)
-        return PyErr_Format(PyExc_ValueError, "label encoding %d is unknown or needs an image input", kind);
-    Py_RETURN_NONE;
+    return net_status(self, ff_net_set_label_encoding(self->net, (ff_label_kind)kind), "label_encoding");
 }
 
 static PyObject *Net_add_linear(NetObject *self, PyObject *args) {
+    GUARD(self);
     int out, bias = 1;
+    GUARD(self);
     if (!PyArg_ParseTuple(args, "i|p", &out, &bias)) return NULL;
-    if (out <= 0) return PyErr_Format(PyExc_ValueError, "out_features must be positive, got %d", out);
-    return status_or_none(ff_net_add_linear(self->net, out, bias), "add_linear");
+    return net_status(self, ff_net_add_linear(self->net, out, bias), "add_linear");
 }
 
 static PyObject *Net_add_conv2d(NetObject *self, PyObject *args) {
+    GUARD(self);
     int out, k, stride, pad, groups, bias;
+    GUARD(self);
     if (!PyArg_ParseTuple(args, "iiiiip", &out, &k, &stride, &pad, &groups, &bias)) return NULL;
-    ff_status st = ff_net_add_conv2d(self->net, out, k, stride, pad, groups, bias);
-    if (st == FF_ERR_SHAPE)
-        return PyErr_Format(PyExc_ValueError, "conv2d(out_channels=%d, kernel_size=%d, padding=%d, "
-                            "groups=%d) does not fit its input: groups must divide the input and "
-                            "output channels and the kernel must fit the padded input", out, k, pad, groups);
-    if (st == FF_ERR_ARG)
-        return PyErr_Format(PyExc_ValueError, "conv2d: out_channels, kernel_size, stride, groups must "
-                            "be positive and padding >= 0 (got %d, %d, %d, %d, %d)", out, k, stride, groups, pad);
-    return status_or_none(st, "add_conv2d");
+    return net_status(self, ff_net_add_conv2d(self->net, out, k, stride, pad, groups, bias), "add_conv2d");
 }
 
 static PyObject *Net_add_batchnorm2d(NetObject *self, PyObject *args) {
+    GUARD(self);
     float eps, mom; int affine;
+    GUARD(self);
     if (!PyArg_ParseTuple(args, "ffp", &eps, &mom, &affine)) return NULL;
-    return status_or_none(ff_net_add_batchnorm2d(self->net, eps, mom, affine), "add_batchnorm2d");
+    return net_status(self, ff_net_add_batchnorm2d(self->net, eps, mom, affine), "add_batchnorm2d");
 }
 
 static PyObject *Net_add_relu(NetObject *self, PyObject *Py_UNUSED(a)) {
-    return status_or_none(ff_net_add_relu(self->net), "add_relu");
+    GUARD(self);
+    return net_status(self, ff_net_add_relu(self->net), "add_relu");
 }
 
 static PyObject *Net_add_maxpool2d(NetObject *self, PyObject *args) {
+    GUARD(self);
     int k, s;
+    GUARD(self);
     if (!PyArg_ParseTuple(args, "ii", &k, &s)) return NULL;
-    ff_status st = ff_net_add_maxpool2d(self->net, k, s);
-    if (st == FF_ERR_SHAPE)
-        return PyErr_Format(PyExc_ValueError, "maxpool2d kernel_size %d is larger than its input", k);
-    return status_or_none(st, "add_maxpool2d");
+    return net_status(self, ff_net_add_maxpool2d(self->net, k, s), "add_maxpool2d");
 }
 
 static PyObject *Net_add_lennorm(NetObject *self, PyObject *args) {
+    GUARD(self);
     int kind; float eps;
+    GUARD(self);
     if (!PyArg_ParseTuple(args, "if", &kind, &eps)) return NULL;
-    ff_status st = ff_net_add_lennorm(self->net, (ff_norm_kind)kind, eps);
-    if (st == FF_ERR_ARG) return PyErr_Format(PyExc_ValueError, "lennorm: kind must be l2/rms/none and eps >= 0");
-    return status_or_none(st, "add_lennorm");
+    return net_status(self, ff_net_add_lennorm(self->net, (ff_norm_kind)kind, eps), "add_lennorm");
 }
 
 static PyObject *Net_add_flatten(NetObject *self, PyObject *Py_UNUSED(a)) {
-    return status_or_none(ff_net_add_flatten(self->net), "add_flatten");
+    GUARD(self);
+    return net_status(self, ff_net_add_flatten(self->net), "add_flatten");
 }
 
 /* Read a Python sequence of ints into buf (at most cap). */
@@ -255,40 +323,30 @@ static int int_list(PyObject *o, const char *name, int *buf, int cap, int *n) {
 }
 
 static PyObject *Net_set_head(NetObject *self, PyObject *args) {
+    GUARD(self);
     PyObject *o; int sel[256], n;
+    GUARD(self);
     if (!PyArg_ParseTuple(args, "O", &o) || int_list(o, "head layers", sel, 256, &n) < 0) return NULL;
-    ff_status st = ff_net_set_head(self->net, n, sel);
-    if (st == FF_ERR_ARG)
-        return PyErr_Format(PyExc_ValueError, "head layers must be a non-empty increasing list of "
-                            "layer indices in [0, %d)", ff_net_num_layers(self->net));
-    return status_or_none(st, "set_head");
+    return net_status(self, ff_net_set_head(self->net, n, sel), "head_blocks");
 }
 
 static PyObject *Net_finalize(NetObject *self, PyObject *Py_UNUSED(a)) {
     if (net_enter(self) < 0) return NULL;
     ff_status st = ff_net_finalize(self->net);
     net_leave(self);
-    if (st == FF_ERR_SHAPE)
-        return PyErr_Format(PyExc_ValueError, "num_classes %d does not fit a one-hot label into the "
-                            "input (the first K values of a flat input, or of each channel plane "
-                            "of an image)", ff_net_num_classes(self->net));
-    if (st == FF_ERR_ARG)
-        return PyErr_Format(PyExc_ValueError, "a network needs at least one layer with parameters");
-    return status_or_none(st, "finalize");
+    return net_status(self, st, "finalize");
 }
 
 static PyObject *Net_set_blocks(NetObject *self, PyObject *args) {
+    GUARD(self);
     PyObject *o; int ends[256], n;
+    GUARD(self);
     if (!PyArg_ParseTuple(args, "O", &o) || int_list(o, "block ends", ends, 256, &n) < 0) return NULL;
-    if (n == 0) return PyErr_Format(PyExc_ValueError, "block ends must not be empty");
+    if (n == 0) return PyErr_Format(PyExc_ValueError, "blocks: block ends must not be empty");
     if (net_enter(self) < 0) return NULL;
     ff_status st = ff_net_set_blocks(self->net, n, ends);
     net_leave(self);
-    if (st == FF_ERR_ARG)
-        return PyErr_Format(PyExc_ValueError, "block ends must increase strictly, end at the number "
-                            "of layers (%d), and every block must hold a layer with parameters",
-                            ff_net_num_layers(self->net));
-    return status_or_none(st, "set_blocks");
+    return net_status(self, st, "blocks");
 }
 
 static PyObject *Net_default_blocks(NetObject *self, PyObject *Py_UNUSED(a)) {
@@ -302,18 +360,16 @@ static PyObject *Net_default_blocks(NetObject *self, PyObject *Py_UNUSED(a)) {
 }
 
 static PyObject *Net_set_block_ranges(NetObject *self, PyObject *args) {
+    GUARD(self);
     PyObject *fo, *lo; int firsts[256], lasts[256], nf, nl;
+    GUARD(self);
     if (!PyArg_ParseTuple(args, "OO", &fo, &lo) || int_list(fo, "block firsts", firsts, 256, &nf) < 0 ||
         int_list(lo, "block lasts", lasts, 256, &nl) < 0) return NULL;
-    if (nf != nl || nf == 0) return PyErr_Format(PyExc_ValueError, "need one (first, last) per block");
+    if (nf != nl || nf == 0) return PyErr_Format(PyExc_ValueError, "block ranges: need one (first, last) per block");
     if (net_enter(self) < 0) return NULL;
     ff_status st = ff_net_set_block_ranges(self->net, nf, firsts, lasts);
     net_leave(self);
-    if (st == FF_ERR_ARG)
-        return PyErr_Format(PyExc_ValueError, "block ranges must start at 0, end at the number of layers (%d), "
-                            "have increasing firsts and lasts with no gaps (each first <= the previous last), "
-                            "and every block must hold a layer with parameters", ff_net_num_layers(self->net));
-    return status_or_none(st, "set_block_ranges");
+    return net_status(self, st, "block ranges");
 }
 
 static PyObject *Net_blocks(NetObject *self, PyObject *Py_UNUSED(a)) {
@@ -329,8 +385,10 @@ static PyObject *Net_blocks(NetObject *self, PyObject *Py_UNUSED(a)) {
 }
 
 static PyObject *Net_set_config(NetObject *self, PyObject *args, PyObject *kw) {
+    GUARD(self);
     static char *kwlist[] = {"loss", "goodness", "theta", "alpha", "norm", "norm_eps",
                              "label_value", "pvn_weight", NULL};
+    GUARD(self);
     ff_config c = ff_net_get_config(self->net);
     int loss = c.loss, good = c.goodness, norm = c.norm;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "|iiffifff", kwlist, &loss, &good, &c.theta,
@@ -340,11 +398,19 @@ static PyObject *Net_set_config(NetObject *self, PyObject *args, PyObject *kw) {
     if (net_enter(self) < 0) return NULL;
     ff_status st = ff_net_set_config(self->net, &c);
     net_leave(self);
-    if (st != FF_OK)
-        return PyErr_Format(PyExc_ValueError, "bad FF configuration: loss, goodness and norm must "
-                            "be known kinds, theta finite, alpha > 0, norm_eps >= 0, label_value finite, "
-                            "pvn_weight in [0, 1]");
-    Py_RETURN_NONE;
+    return net_status(self, st, "config");
+}
+
+static PyObject *Net_set_block_loss(NetObject *self, PyObject *args, PyObject *kw) {
+    GUARD(self);
+    static char *kwlist[] = {"block", "loss", "goodness", "theta", "alpha", "pvn_weight", NULL};
+    int b, loss, good;
+    float theta, alpha, pvn;
+    GUARD(self);
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "iiifff", kwlist, &b, &loss, &good, &theta, &alpha, &pvn))
+        return NULL;
+    return net_status(self, ff_net_set_block_loss(self->net, b, (ff_loss_kind)loss, (ff_goodness_kind)good,
+                                                  theta, alpha, pvn), "block loss");
 }
 
 static PyObject *Net_get_config(NetObject *self, PyObject *Py_UNUSED(a)) {
@@ -356,6 +422,7 @@ static PyObject *Net_get_config(NetObject *self, PyObject *Py_UNUSED(a)) {
 }
 
 static PyObject *Net_set_opt(NetObject *self, PyObject *args, PyObject *kw) {
+    GUARD(self);
     static char *kwlist[] = {"layer", "kind", "lr", "beta1", "beta2", "eps", "momentum",
                              "dampening", "nesterov", "weight_decay", NULL};
     int layer, kind, nesterov = 0;
@@ -368,19 +435,15 @@ static PyObject *Net_set_opt(NetObject *self, PyObject *args, PyObject *kw) {
     if (net_enter(self) < 0) return NULL;
     ff_status st = ff_net_set_opt(self->net, layer, &o);
     net_leave(self);
-    if (st != FF_OK)
-        return PyErr_Format(PyExc_ValueError, "bad optimiser settings for layer %d: lr and "
-                            "weight_decay must be >= 0, betas in [0, 1), eps >= 0, momentum >= 0, "
-                            "dampening in [0, 1], nesterov needs momentum > 0 and dampening 0 "
-                            "(and the layer must exist)", layer);
-    Py_RETURN_NONE;
+    return net_status(self, st, "optimizer");
 }
 
 static PyObject *Net_get_opt(NetObject *self, PyObject *args) {
+    GUARD(self);
     int layer; ff_opt_config o;
     if (!PyArg_ParseTuple(args, "i", &layer)) return NULL;
     if (ff_net_get_opt(self->net, layer, &o) != FF_OK)
-        return PyErr_Format(PyExc_IndexError, "no layer %d", layer);
+        return PyErr_Format(PyExc_IndexError, "%s", ff_net_last_error(self->net));
     return Py_BuildValue("{s:i,s:d,s:d,s:d,s:d,s:d,s:d,s:O,s:d}", "kind", (int)o.kind, "lr",
                          (double)o.lr, "beta1", (double)o.beta1, "beta2", (double)o.beta2, "eps",
                          (double)o.eps, "momentum", (double)o.momentum, "dampening",
@@ -389,6 +452,7 @@ static PyObject *Net_get_opt(NetObject *self, PyObject *args) {
 }
 
 static PyObject *Net_get_step(NetObject *self, PyObject *args) {
+    GUARD(self);
     int layer;
     if (!PyArg_ParseTuple(args, "i", &layer)) return NULL;
     long t = ff_net_get_step(self->net, layer);
@@ -397,11 +461,10 @@ static PyObject *Net_get_step(NetObject *self, PyObject *args) {
 }
 
 static PyObject *Net_set_step(NetObject *self, PyObject *args) {
+    GUARD(self);
     int layer; long t;
     if (!PyArg_ParseTuple(args, "il", &layer, &t)) return NULL;
-    if (ff_net_set_step(self->net, layer, t) != FF_OK)
-        return PyErr_Format(PyExc_ValueError, "no layer %d, or negative step %ld", layer, t);
-    Py_RETURN_NONE;
+    return net_status(self, ff_net_set_step(self->net, layer, t), "step");
 }
 
 static PyObject *Net_get_rng(NetObject *self, PyObject *Py_UNUSED(a)) {
@@ -412,6 +475,7 @@ static PyObject *Net_get_rng(NetObject *self, PyObject *Py_UNUSED(a)) {
 }
 
 static PyObject *Net_set_rng(NetObject *self, PyObject *args) {
+    GUARD(self);
     unsigned long long a, b, c, d;
     if (!PyArg_ParseTuple(args, "(KKKK)", &a, &b, &c, &d)) return NULL;
     if (!(a | b | c | d)) return PyErr_Format(PyExc_ValueError, "rng state must not be all zero");
@@ -421,6 +485,7 @@ static PyObject *Net_set_rng(NetObject *self, PyObject *args) {
 }
 
 static PyObject *Net_set_training(NetObject *self, PyObject *args) {
+    GUARD(self);
     int t;
     if (!PyArg_ParseTuple(args, "p", &t)) return NULL;
     ff_net_set_training(self->net, t);
@@ -428,6 +493,7 @@ static PyObject *Net_set_training(NetObject *self, PyObject *args) {
 }
 
 static PyObject *Net_param(NetObject *self, PyObject *args) {
+    GUARD(self);
     int layer, which;
     if (!PyArg_ParseTuple(args, "ii", &layer, &which)) return NULL;
     if (which < 0 || which > FF_P_V_BIAS) return PyErr_Format(PyExc_ValueError, "bad parameter kind %d", which);
@@ -497,6 +563,7 @@ static int finalized(NetObject *self) {
 }
 
 static PyObject *Net_train_step(NetObject *self, PyObject *args, PyObject *kw) {
+    GUARD(self);
     static char *kwlist[] = {"x", "labels", "neg_labels", "active", "train_head", "apply_update", NULL};
     PyObject *xo, *yo, *no = Py_None, *ao = Py_None;
     int head = 0, apply = 1;
@@ -535,16 +602,13 @@ static PyObject *Net_train_step(NetObject *self, PyObject *args, PyObject *kw) {
     net_leave(self);
     if (st != FF_OK) {
         Py_DECREF(losses);
-        if (st == FF_ERR_NONFINITE)
-            return PyErr_Format(PyExc_FloatingPointError, "train_step: the loss became NaN or "
-                                "infinite (diverged? try a lower learning rate); parameters of the "
-                                "failing block were not updated");
-        return raise_status(st, "train_step");
+        return raise_net(self, st, "train_step");
     }
     return (PyObject *)losses;
 }
 
 static PyObject *Net_optimizer_step(NetObject *self, PyObject *args, PyObject *kw) {
+    GUARD(self);
     static char *kwlist[] = {"active", "head", NULL};
     PyObject *ao = Py_None; int head = 0; void *act = NULL;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "|Op", kwlist, &ao, &head)) return NULL;
@@ -559,13 +623,43 @@ static PyObject *Net_optimizer_step(NetObject *self, PyObject *args, PyObject *k
     st = ff_net_optimizer_step(self->net, (const uint8_t *)act, head);
     Py_END_ALLOW_THREADS
     net_leave(self);
-    return status_or_none(st, "optimizer_step");
+    return net_status(self, st, "optimizer_step");
 }
 
 static PyObject *Net_zero_grad(NetObject *self, PyObject *Py_UNUSED(a)) {
     if (!finalized(self)) return NULL;
     ff_net_zero_grad(self->net);
     Py_RETURN_NONE;
+}
+
+static PyObject *Net_check_grad(NetObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"x", "labels", "neg_labels", "train_head", "eps", "seed", NULL};
+    PyObject *xo, *yo, *no = Py_None;
+    int head = 0;
+    float eps = 1e-3f;
+    unsigned long long seed = 0;
+    GUARD(self);
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|OpfK", kwlist, &xo, &yo, &no, &head, &eps, &seed))
+        return NULL;
+    if (!finalized(self)) return NULL;
+    npy_intp B;
+    PyArrayObject *x = check_x(self, xo, &B);
+    if (!x) return NULL;
+    npy_intp shB[1] = {B};
+    PyArrayObject *y = check_array(yo, "labels", NPY_INT64, 1, shB, 0);
+    if (!y) return NULL;
+    void *neg = NULL;
+    if (opt_array(no, "neg_labels", NPY_INT64, 1, shB, 0, &neg) < 0) return NULL;
+    double fd = 0, an = 0, rel = 0;
+    if (net_enter(self) < 0) return NULL;
+    ff_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = ff_net_check_grad(self->net, F32(x), I64(y), (const int64_t *)neg, (int)B, head, eps,
+                           (uint64_t)seed, &fd, &an, &rel);
+    Py_END_ALLOW_THREADS
+    net_leave(self);
+    if (st != FF_OK) return raise_net(self, st, "check_grad");
+    return Py_BuildValue("(ddd)", fd, an, rel);
 }
 
 /* Shared shape of the inference calls: x in, a fresh float32 array out. */
@@ -610,14 +704,18 @@ static PyObject *inference(NetObject *self, PyObject *args, inf_kind kind) {
     }
     Py_END_ALLOW_THREADS
     net_leave(self);
-    if (st != FF_OK) { Py_DECREF(out); return raise_status(st, "inference"); }
+    if (st != FF_OK) { Py_DECREF(out); return raise_net(self, st, "inference"); }
     return (PyObject *)out;
 }
 
-static PyObject *Net_goodness(NetObject *self, PyObject *args) { return inference(self, args, INF_GOODNESS); }
-static PyObject *Net_goodness_labeled(NetObject *self, PyObject *args) { return inference(self, args, INF_GOODNESS_LABELED); }
-static PyObject *Net_features(NetObject *self, PyObject *args) { return inference(self, args, INF_FEATURES); }
-static PyObject *Net_head_predict(NetObject *self, PyObject *args) { return inference(self, args, INF_HEAD); }
+static PyObject *Net_goodness(NetObject *self, PyObject *args) {
+    GUARD(self); return inference(self, args, INF_GOODNESS); }
+static PyObject *Net_goodness_labeled(NetObject *self, PyObject *args) {
+    GUARD(self); return inference(self, args, INF_GOODNESS_LABELED); }
+static PyObject *Net_features(NetObject *self, PyObject *args) {
+    GUARD(self); return inference(self, args, INF_FEATURES); }
+static PyObject *Net_head_predict(NetObject *self, PyObject *args) {
+    GUARD(self); return inference(self, args, INF_HEAD); }
 
 static PyObject *Net_info(NetObject *self, PyObject *Py_UNUSED(a)) {
     ff_net *n = self->net;
@@ -629,6 +727,7 @@ static PyObject *Net_info(NetObject *self, PyObject *Py_UNUSED(a)) {
 }
 
 static PyObject *Net_layer_info(NetObject *self, PyObject *args) {
+    GUARD(self);
     int i; ff_layer_info li;
     if (!PyArg_ParseTuple(args, "i", &i)) return NULL;
     if (ff_net_layer_info(self->net, i, &li) != FF_OK) return PyErr_Format(PyExc_IndexError, "no layer %d", i);
@@ -638,6 +737,7 @@ static PyObject *Net_layer_info(NetObject *self, PyObject *args) {
 }
 
 static PyObject *Net_layer_shape(NetObject *self, PyObject *args) {
+    GUARD(self);
     int i, C, H, W;
     if (!PyArg_ParseTuple(args, "i", &i)) return NULL;
     if (i < 0 || i >= ff_net_num_layers(self->net)) return PyErr_Format(PyExc_IndexError, "no layer %d", i);
@@ -646,6 +746,7 @@ static PyObject *Net_layer_shape(NetObject *self, PyObject *args) {
 }
 
 static PyObject *Net_reserve(NetObject *self, PyObject *args) {
+    GUARD(self);
     int rows;
     if (!PyArg_ParseTuple(args, "i", &rows)) return NULL;
     if (rows <= 0) return PyErr_Format(PyExc_ValueError, "rows must be positive, got %d", rows);
@@ -653,7 +754,7 @@ static PyObject *Net_reserve(NetObject *self, PyObject *args) {
     if (net_enter(self) < 0) return NULL;
     ff_status st = ff_net_reserve(self->net, rows);
     net_leave(self);
-    return status_or_none(st, "reserve");
+    return net_status(self, st, "reserve");
 }
 
 static PyMethodDef Net_methods[] = {
@@ -694,6 +795,10 @@ static PyMethodDef Net_methods[] = {
     {"layer_info", (PyCFunction)Net_layer_info, METH_VARARGS, "layer_info(i) -> dict"},
     {"layer_shape", (PyCFunction)Net_layer_shape, METH_VARARGS, "layer_shape(i) -> (C, H, W)"},
     {"reserve", (PyCFunction)Net_reserve, METH_VARARGS, "reserve(rows)"},
+    {"set_block_loss", (PyCFunction)(void (*)(void))Net_set_block_loss, METH_VARARGS | METH_KEYWORDS,
+     "set_block_loss(block, loss, goodness, theta, alpha, pvn_weight): block b's own loss"},
+    {"check_grad", (PyCFunction)(void (*)(void))Net_check_grad, METH_VARARGS | METH_KEYWORDS,
+     "check_grad(x, labels, neg_labels=None, train_head=False, eps=1e-3, seed=0) -> (fd, analytic, rel)"},
     {NULL, NULL, 0, NULL}
 };
 
@@ -1264,6 +1369,25 @@ PyMODINIT_FUNC PyInit__core(void) {
     Py_INCREF(&NetType);
     if (PyModule_AddObject(m, "Net", (PyObject *)&NetType) < 0) { Py_DECREF(&NetType); Py_DECREF(m); return NULL; }
     PyModule_AddIntConstant(m, "VERSION_MAJOR", FF_VERSION_MAJOR);
+    /* the core's enum tables, name -> value: the Python layer builds its choices from these */
+    struct { const char *attr; const char *(*name)(int); } tables[] = {
+        {"LAYER_KINDS", ff_layer_kind_name}, {"LOSSES", ff_loss_name}, {"LABEL_ENCODINGS", ff_label_name},
+        {"NORMS", ff_norm_name}, {"GOODNESS", ff_goodness_name}, {"OPTIMIZERS", ff_opt_name},
+        {"PARAM_KINDS", ff_param_name}};
+    for (size_t t = 0; t < sizeof(tables) / sizeof(tables[0]); t++) {
+        PyObject *d = PyDict_New();
+        if (!d) { Py_DECREF(m); return NULL; }
+        for (int k = 0; tables[t].name(k); k++) {
+            PyObject *v = PyLong_FromLong(k);
+            if (!v || PyDict_SetItemString(d, tables[t].name(k), v) < 0) {
+                Py_XDECREF(v); Py_DECREF(d); Py_DECREF(m); return NULL;
+            }
+            Py_DECREF(v);
+        }
+        if (PyModule_AddObject(m, tables[t].attr, d) < 0) { Py_DECREF(d); Py_DECREF(m); return NULL; }
+    }
+    PyModule_AddIntConstant(m, "HEAD", FF_LAYER_HEAD);
+    PyModule_AddIntConstant(m, "EMBEDDING", FF_LAYER_EMBEDDING);
     PyModule_AddIntConstant(m, "VERSION_MINOR", FF_VERSION_MINOR);
     return m;
 }

@@ -1,6 +1,10 @@
-/* ff_loss.c - goodness and the local losses computed from it. */
+/* ff_loss.c - goodness, the local losses computed from it, and the loss table: one row per
+ * loss with what it needs (negative rows, channel groups, a K-wide output), its value and
+ * gradient on a block's output, and its class scores for inference.  Adding a loss is a row
+ * here and an enum value in fflib.h. */
 #include <math.h>
-#include "fflib.h"
+#include <string.h>
+#include "ff_internal.h"
 
 void ff_goodness_forward(float *g, const float *act, int B, int D, ff_goodness_kind kind) {
     for (int b = 0; b < B; b++) {
@@ -99,3 +103,99 @@ float ff_softmax_xent(float *dlogits, float *probs, const float *logits, const i
     }
     return (float)(L / B);
 }
+
+void ff_softmax_rows(float *probs, const float *logits, int n, int K) {
+    for (int r = 0; r < n; r++) {
+        const float *z = logits + (size_t)r * K;
+        float *p = probs + (size_t)r * K, m = z[0];
+        for (int k = 1; k < K; k++) m = z[k] > m ? z[k] : m;
+        double sum = 0.0;
+        for (int k = 0; k < K; k++) sum += exp((double)z[k] - m);
+        for (int k = 0; k < K; k++) p[k] = (float)(exp((double)z[k] - m) / sum);
+    }
+}
+
+/* ------------------------------------------------------------------ the loss table */
+
+/* FF (eq. 1) and SymBa on the goodness of positive rows [0,B) and negative rows [B,2B). */
+static float pair_loss(const ff_block_loss *bl, const float *y, float *dy, int B, int T, int OC,
+                       int HW, int K, const int64_t *labels, const ff_loss_scratch *s) {
+    (void)K; (void)labels;
+    int D = OC * HW;
+    ff_goodness_forward(s->g, y, T, D, bl->goodness);
+    float loss = bl->kind == FF_LOSS_FF ? ff_ff_loss(s->dg, s->dg + B, s->g, s->g + B, B, bl->theta)
+                                        : ff_symba_loss(s->dg, s->dg + B, s->g, s->g + B, B, bl->alpha);
+    ff_goodness_backward(dy, s->dg, y, T, D, bl->goodness);
+    return loss;
+}
+static void goodness_scores(const ff_block_loss *bl, const float *y, int R, int OC, int HW, int K,
+                            float *out, size_t stride, size_t kstride, const ff_loss_scratch *s) {
+    (void)K; (void)kstride;
+    ff_goodness_forward(s->g, y, R, OC * HW, bl->goodness);
+    for (int r = 0; r < R; r++) out[r * stride] = s->g[r];
+}
+
+/* PvN on group goodness G (B,J): FF loss of G[b,y] against the mean of the other groups;
+ * dG += w dL/dG. */
+static float pvn_loss(float *dG, const float *G, const int64_t *y, int B, int J, float theta, float w) {
+    double L = 0.0;
+    for (int b = 0; b < B; b++) {
+        const float *g = G + (size_t)b * J;
+        double other = 0.0;
+        for (int j = 0; j < J; j++) if (j != y[b]) other += g[j];
+        other /= (J - 1);
+        double zp = (double)theta - g[y[b]], zn = other - theta;
+        L += ff_softplus(zp) + ff_softplus(zn);
+        double sp = -ff_sigmoid(zp) / B, sn = ff_sigmoid(zn) / B / (J - 1);
+        for (int j = 0; j < J; j++) dG[(size_t)b * J + j] += (float)(w * (j == y[b] ? sp : sn));
+    }
+    return (float)(L / B);
+}
+
+/* CwC (CwComp eq. 3: softmax cross-entropy over the K group goodness values), mixed with PvN
+ * by pvn_weight w: (1-w) CwC + w PvN.  PvN alone is w = 1. */
+static float group_loss(const ff_block_loss *bl, const float *y, float *dy, int B, int T, int OC,
+                        int HW, int K, const int64_t *labels, const ff_loss_scratch *s) {
+    (void)T;
+    int S = OC / K;
+    float w = bl->kind == FF_LOSS_PVN ? 1.0f : bl->pvn_weight, loss = 0.0f;
+    ff_group_goodness_forward(s->G, y, B, K, S, HW);
+    if (w < 1.0f) {
+        loss = (1.0f - w) * ff_softmax_xent(s->dG, NULL, s->G, labels, B, K);
+        for (size_t i = 0; i < (size_t)B * K; i++) s->dG[i] *= 1.0f - w;
+    } else {
+        memset(s->dG, 0, (size_t)B * K * sizeof(float));
+    }
+    if (w > 0.0f) loss += w * pvn_loss(s->dG, s->G, labels, B, K, bl->theta, w);
+    ff_group_goodness_backward(dy, s->dG, y, B, K, S, HW);
+    return loss;
+}
+static void group_scores(const ff_block_loss *bl, const float *y, int R, int OC, int HW, int K,
+                         float *out, size_t stride, size_t kstride, const ff_loss_scratch *s) {
+    (void)bl;
+    ff_group_goodness_forward(s->G, y, R, K, OC / K, HW);
+    for (int r = 0; r < R; r++)
+        for (int k = 0; k < K; k++) out[r * stride + k * kstride] = s->G[(size_t)r * K + k];
+}
+
+/* Softmax cross-entropy on a K-wide output (the backprop baseline). */
+static float xent_loss(const ff_block_loss *bl, const float *y, float *dy, int B, int T, int OC,
+                       int HW, int K, const int64_t *labels, const ff_loss_scratch *s) {
+    (void)bl; (void)T; (void)OC; (void)HW; (void)s;
+    return ff_softmax_xent(dy, NULL, y, labels, B, K);
+}
+static void logit_scores(const ff_block_loss *bl, const float *y, int R, int OC, int HW, int K,
+                         float *out, size_t stride, size_t kstride, const ff_loss_scratch *s) {
+    (void)bl; (void)OC; (void)HW; (void)s;
+    for (int r = 0; r < R; r++)
+        for (int k = 0; k < K; k++) out[r * stride + k * kstride] = y[(size_t)r * K + k];
+}
+
+/* by ff_loss_kind */
+const ff_loss_ops ff_losses[FF_NUM_LOSSES] = {
+    [FF_LOSS_FF] = {"ff", 1, 0, 0, pair_loss, goodness_scores},
+    [FF_LOSS_SYMBA] = {"symba", 1, 0, 0, pair_loss, goodness_scores},
+    [FF_LOSS_CWC] = {"cwc", 0, 1, 0, group_loss, group_scores},
+    [FF_LOSS_PVN] = {"pvn", 0, 1, 0, group_loss, group_scores},
+    [FF_LOSS_XENT] = {"xent", 0, 0, 1, xent_loss, logit_scores},
+};

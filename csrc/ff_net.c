@@ -1,87 +1,30 @@
 /* ff_net.c - the FF network: layers cut into blocks, each trained by its own local loss.
  *
+ * This file only orchestrates: what a layer kind does is a row of ff_layer_kinds[]
+ * (ff_layers.c), what a loss does is a row of ff_losses[] (ff_loss.c), and how a block runs
+ * is its plan, compiled once per cut (compile_plan) and walked by forward, backward and the
+ * workspace sizing alike.
+ *
  * Rows.  A training step stacks the rows it needs into one matrix so each layer runs one
  * GEMM: rows [0,B) positive (true label), [B,2B) negative (wrong label), and, when the
  * one-pass head trains, [2B,3B) neutral.  Losses and backward use the first T = 2B rows
- * only; batch-norm statistics come from those T rows too (neutral rows are normalised with
- * the same statistics and so never influence the gradient).
+ * only; batch-norm statistics come from those T rows too.  Losses without negatives train on
+ * B neutral-label rows, which also serve the head.
  *
  * Memory.  `carry` holds the normalised input of the block being run; `acts` holds the
- * outputs of that block's layers (ReLU and Flatten work in place); the next block
+ * outputs of that block's steps (in-place steps share their input's slot); the next block
  * reuses `acts`.  Only one block's activations are ever alive.
  */
+#include <limits.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include "fflib.h"
-
-#define FF_MAX_LAYERS 256
-
-typedef struct {
-    ff_layer_kind kind;
-    int C, H, W;              /* input shape */
-    int OC, OH, OW;           /* output shape */
-    int k, stride, pad, groups, bias, affine;
-    float eps, momentum;      /* batch-norm; eps also for length normalisation */
-    ff_norm_kind norm;        /* length normalisation */
-    size_t w_off, w_n, b_off, b_n;  /* into the parameter (and grad, m, v) arenas */
-    size_t rm_off, rv_off;          /* batch-norm running stats, into `buffers` */
-    size_t sv_off;                  /* batch-norm saved mean and rstd, into `saved` */
-    ff_opt_config opt;
-    long step;
-    /* per-run placement (set while a block runs) */
-    int inplace;              /* output aliases the input */
-    size_t act_off;           /* into acts (floats) */
-    size_t idx_off;           /* maxpool argmax (int32 slots) or lennorm scales, into acts */
-} ff_layer;
-
-struct ff_net {
-    int C, H, W, K, D;        /* raw input shape, D = C*H*W */
-    int Din;                  /* encoded input size seen by layer 0 (D, or D + H*W with an embedding) */
-    ff_label_kind label;
-    float *pattern;           /* (K, H*W) label patterns: Fourier waves, or NULL */
-    int nl, finalized, training;
-    ff_layer layers[FF_MAX_LAYERS + 2];   /* layers[nl]: the head (linear), when present;
-                                             layers[nl+1]: the label embedding, when used */
-    int nblocks, firsts[FF_MAX_LAYERS], ends[FF_MAX_LAYERS];   /* block b: layers [firsts[b], ends[b]) */
-    uint8_t starts_block[FF_MAX_LAYERS];   /* some block starts at this layer (no in-place output) */
-    int has_head, nhead, head_layers[FF_MAX_LAYERS], F;
-    ff_config cfg;
-    uint64_t rng[4];
-    /* arenas.  Gradients: a full arena (grads) exists only when needed (split compute_grads /
-     * optimizer_step, overlapping blocks, gradient views from Python); otherwise the fused step
-     * keeps one block's gradients in gscratch and the head's and embedding's in gtail, and
-     * steps each block right after its backward, so a training step holds one block's
-     * gradients rather than the whole network's. */
-    float *params, *grads, *m, *v;
-    size_t nparams, tail_off;     /* tail_off: where the head and embedding parameters start */
-    float *gtail, *gscratch;
-    size_t gscratch_cap, gscratch_base;
-    float *buffers, *saved;
-    size_t nbuffers, nsaved;
-    /* workspace: forward buffers for rows_cap rows, backward buffers for train_cap rows (a
-     * training step's neutral head rows run forward only) */
-    int rows_cap, train_cap;
-    size_t ws_floats;
-    float *ws;
-    float *carry, *acts, *d0, *d1, *g, *dg, *scale, *conv_ws, *feat, *logits, *dlogits, *xtmp;
-    float *G;                 /* (rows, K) group goodness */
-    float *dxin;              /* gradient w.r.t. the encoded input (label embedding) */
-    size_t acts_cap;          /* floats per row available in acts */
-    size_t carry_w, d0_w, d1_w, head_w;  /* floats per row of carry, d0, d1; head scratch in d1 */
-    float *fuse_ws;           /* scratch of the fused conv -> ReLU -> max-pool triples */
-    size_t fuse_cap;          /* its floats */
-    size_t convws_cap;        /* floats of conv_ws */
-    int conv_parts;           /* parallel parts conv_ws has room for */
-    int64_t *lab;             /* per-row labels of the current step */
-};
+#include "ff_internal.h"
 
 static ff_status reserve_rows(ff_net *net, int rows, int trows);
 
-/* Floats of scratch a fused Conv2d -> ReLU -> MaxPool2d runs through (see fused_triple). */
-#define FF_FUSE_FLOATS ((size_t)1 << 22)
-
-/* ------------------------------------------------------------------ small helpers */
+/* ------------------------------------------------------------------ errors */
 
 const char *ff_status_str(ff_status s) {
     switch (s) {
@@ -96,6 +39,16 @@ const char *ff_status_str(ff_status s) {
     return "unknown status";
 }
 
+ff_status ff_fail(ff_net *net, ff_status st, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(net->err, sizeof(net->err), fmt, ap);
+    va_end(ap);
+    return st;
+}
+
+const char *ff_net_last_error(const ff_net *net) { return net->err; }
+
 int ff_all_finite(const float *x, size_t n) {
     /* x - x is 0 for finite values and NaN for inf/NaN; summing keeps one branch per call */
     float acc = 0.0f;
@@ -103,26 +56,27 @@ int ff_all_finite(const float *x, size_t n) {
     return acc == 0.0f;
 }
 
-static uint64_t splitmix64(uint64_t *s) {
-    uint64_t z = (*s += 0x9E3779B97F4A7C15ULL);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-    return z ^ (z >> 31);
-}
-static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
-/* xoshiro256** */
-static uint64_t rng_next(uint64_t *s) {
-    uint64_t r = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
-    s[2] ^= s[0]; s[3] ^= s[1]; s[1] ^= s[2]; s[0] ^= s[3];
-    s[2] ^= t; s[3] = rotl(s[3], 45);
-    return r;
-}
-static float rng_uniform(uint64_t *s) { return (float)(rng_next(s) >> 40) * (1.0f / 16777216.0f); }
-static int rng_below(uint64_t *s, int n) { return (int)(((rng_next(s) >> 32) * (uint64_t)n) >> 32); }
+/* ------------------------------------------------------------------ names of the enums */
 
-static size_t layer_in(const ff_layer *L) { return (size_t)L->C * L->H * L->W; }
-static size_t layer_out(const ff_layer *L) { return (size_t)L->OC * L->OH * L->OW; }
-static int trainable(const ff_layer *L) { return L->w_n + L->b_n > 0; }
+#define FF_NAMES(fn, ...) const char *fn(int k) { \
+        static const char *const t[] = {__VA_ARGS__}; \
+        return k >= 0 && k < (int)(sizeof(t) / sizeof(t[0])) ? t[k] : NULL; }
+const char *ff_layer_kind_name(int k) { return k >= 0 && k < FF_NUM_LAYER_KINDS ? ff_layer_kinds[k].name : NULL; }
+const char *ff_loss_name(int k) { return k >= 0 && k < FF_NUM_LOSSES ? ff_losses[k].name : NULL; }
+FF_NAMES(ff_label_name, "onehot", "fourier", "embedding", "none")
+FF_NAMES(ff_norm_name, "none", "l2", "rms")
+FF_NAMES(ff_goodness_name, "sum", "mean")
+FF_NAMES(ff_opt_name, "sgd", "adam")
+FF_NAMES(ff_param_name, "weight", "bias", "running_mean", "running_var", "grad_weight", "grad_bias",
+         "m_weight", "m_bias", "v_weight", "v_bias")
+#undef FF_NAMES
+
+/* ------------------------------------------------------------------ the label encoder */
+
+/* One-hot label y (-1: neutral, v/K everywhere) into o[0..K). */
+static void onehot_fill(float *o, int K, int64_t y, float v) {
+    for (int k = 0; k < K; k++) o[k] = y < 0 ? v / K : (k == y ? v : 0.0f);
+}
 
 ff_status ff_overlay_labels(float *out, const float *x, const int64_t *labels, int B, int D,
                             int K, float label_value) {
@@ -132,35 +86,20 @@ ff_status ff_overlay_labels(float *out, const float *x, const int64_t *labels, i
         if (o != x + (size_t)b * D) memcpy(o, x + (size_t)b * D, (size_t)D * sizeof(float));
         int64_t y = labels ? labels[b] : -1;
         if (y >= K) return FF_ERR_LABEL;
-        for (int k = 0; k < K; k++) o[k] = y < 0 ? label_value / K : (k == y ? label_value : 0.0f);
+        onehot_fill(o, K, y, label_value);
     }
     return FF_OK;
 }
 
-ff_status ff_net_set_label_encoding(ff_net *net, ff_label_kind kind) {
-    if (net->nl > 0 || net->finalized) return FF_ERR_STATE;
-    if (kind < FF_LABEL_ONEHOT || kind > FF_LABEL_NONE) return FF_ERR_ARG;
-    if (kind == FF_LABEL_FOURIER && net->H * net->W == 1) return FF_ERR_ARG;  /* needs an image */
-    net->label = kind;
-    net->Din = net->D + (kind == FF_LABEL_EMBEDDING ? net->H * net->W : 0);
-    return FF_OK;
-}
-
-ff_label_kind ff_net_label_encoding(const ff_net *net) { return net->label; }
-
-/* Encode one raw sample x (D) with label y (-1: neutral) into out (Din). */
+/* Encode one raw sample x (D) with label y (-1: neutral) into out (Din): the one encoder that
+ * training, inference and ff_overlay_labels share. */
 static void encode_row(const ff_net *net, float *out, const float *x, int64_t y) {
     int K = net->K, HW = net->H * net->W;
     float v = net->cfg.label_value;
     memcpy(out, x, (size_t)net->D * sizeof(float));
     switch (net->label) {
-    case FF_LABEL_ONEHOT:
-        if (HW == 1) {
-            for (int k = 0; k < K; k++) out[k] = y < 0 ? v / K : (k == y ? v : 0.0f);
-        } else {   /* the first K pixels of every channel plane */
-            for (int c = 0; c < net->C; c++)
-                for (int k = 0; k < K; k++) out[(size_t)c * HW + k] = y < 0 ? v / K : (k == y ? v : 0.0f);
-        }
+    case FF_LABEL_ONEHOT:   /* the first K values of a flat row, or of every channel plane */
+        for (int c = 0; c < (HW == 1 ? 1 : net->C); c++) onehot_fill(out + (size_t)c * HW, K, y, v);
         break;
     case FF_LABEL_FOURIER:   /* superposed on every channel; neutral: the mean of all waves */
         for (int c = 0; c < net->C; c++) {
@@ -177,8 +116,7 @@ static void encode_row(const ff_net *net, float *out, const float *x, int64_t y)
         }
         break;
     case FF_LABEL_EMBEDDING: {   /* the extra channel; neutral: the mean map */
-        const ff_layer *E = &net->layers[net->nl + 1];
-        const float *emb = net->params + E->w_off;
+        const float *emb = net->params + net->embed.w_off;
         float *o = out + net->D;
         if (y >= 0) memcpy(o, emb + (size_t)y * HW, (size_t)HW * sizeof(float));
         else {
@@ -207,209 +145,376 @@ ff_opt_config ff_opt_config_default(void) {
     return o;
 }
 
+static ff_block_loss loss_of(const ff_config *c) {
+    ff_block_loss bl = {c->loss, c->goodness, c->theta, c->alpha, c->pvn_weight};
+    return bl;
+}
+
 /* ------------------------------------------------------------------ building */
 
-ff_net *ff_net_create(int C, int H, int W, int K, uint64_t seed) {
-    if (C <= 0 || H <= 0 || W <= 0 || K < 2) return NULL;
+ff_status ff_net_new(ff_net **out, int C, int H, int W, int K, uint64_t seed, char *msg, size_t n) {
+    *out = NULL;
+    if (C <= 0 || H <= 0 || W <= 0 || C > FF_MAX_DIM || H > FF_MAX_DIM || W > FF_MAX_DIM ||
+        (size_t)C * H * W + (size_t)H * W > FF_MAX_ROW_FLOATS) {
+        if (msg) snprintf(msg, n, "input_shape must be (C, H, W) with each in [1, %d] and C*H*W + H*W "
+                          "at most %zu, got (%d, %d, %d)", FF_MAX_DIM, FF_MAX_ROW_FLOATS, C, H, W);
+        return FF_ERR_ARG;
+    }
+    if (K < 2 || K > FF_MAX_CLASSES) {
+        if (msg) snprintf(msg, n, "num_classes must be in [2, %d], got %d", FF_MAX_CLASSES, K);
+        return FF_ERR_ARG;
+    }
     ff_net *net = calloc(1, sizeof(ff_net));
-    if (!net) return NULL;
+    if (!net) {
+        if (msg) snprintf(msg, n, "out of memory creating the network");
+        return FF_ERR_NOMEM;
+    }
     net->C = C; net->H = H; net->W = W; net->K = K; net->D = net->Din = C * H * W;
     net->label = FF_LABEL_ONEHOT;
     net->training = 1;
     net->cfg = ff_config_default();
+    net->loss = loss_of(&net->cfg);
     uint64_t s = seed;
-    for (int i = 0; i < 4; i++) net->rng[i] = splitmix64(&s);
-    return net;
+    for (int i = 0; i < 4; i++) net->rng[i] = ff_splitmix64(&s);
+    *out = net;
+    return FF_OK;
+}
+
+ff_net *ff_net_create(int C, int H, int W, int K, uint64_t seed) {
+    ff_net *net;
+    return ff_net_new(&net, C, H, W, K, seed, NULL, 0) == FF_OK ? net : NULL;
+}
+
+static void free_work(ff_work *w) {
+    free(w->ws); free(w->lab); free(w->gscratch);
+    memset(w, 0, sizeof(*w));
+}
+
+static void free_blocks(ff_net *net) {
+    for (int b = 0; b < net->nblocks && net->blocks; b++) {
+        free(net->blocks[b].train.steps);
+        free(net->blocks[b].seg.steps);
+    }
+    free(net->blocks);
+    net->blocks = NULL;
 }
 
 void ff_net_destroy(ff_net *net) {
     if (!net) return;
     free(net->params); free(net->grads); free(net->m); free(net->v); free(net->gtail);
-    free(net->gscratch);
-    free(net->buffers); free(net->saved); free(net->ws); free(net->lab); free(net->pattern);
+    free(net->buffers); free(net->saved); free(net->pattern);
+    free_work(&net->work);
+    free_blocks(net);
     free(net);
 }
 
-static ff_layer *new_layer(ff_net *net, ff_layer_kind kind, ff_status *st) {
-    if (net->finalized) { *st = FF_ERR_STATE; return NULL; }
-    if (net->nl >= FF_MAX_LAYERS) { *st = FF_ERR_ARG; return NULL; }
-    ff_layer *L = &net->layers[net->nl];
-    memset(L, 0, sizeof(*L));
-    L->kind = kind;
+static const char *kind_name(ff_layer_kind k) {
+    return (int)k >= 0 && k < FF_NUM_LAYER_KINDS ? ff_layer_kinds[k].name : "?";
+}
+
+ff_status ff_net_set_label_encoding(ff_net *net, ff_label_kind kind) {
+    if (net->nl > 0 || net->finalized)
+        return ff_fail(net, FF_ERR_STATE, "the label encoding must be chosen before layers are added");
+    if (kind < FF_LABEL_ONEHOT || kind > FF_LABEL_NONE)
+        return ff_fail(net, FF_ERR_ARG, "label_encoding must be onehot (0), fourier (1), embedding (2) "
+                       "or none (3), got %d", (int)kind);
+    if ((kind == FF_LABEL_FOURIER || kind == FF_LABEL_EMBEDDING) && net->H * net->W == 1)
+        return ff_fail(net, FF_ERR_ARG, "label_encoding %s needs an image input (C, H, W) with H*W > 1; "
+                       "this input is flat (%d values): use onehot", kind == FF_LABEL_FOURIER ?
+                       "fourier" : "embedding", net->D);
+    net->label = kind;
+    net->Din = net->D + (kind == FF_LABEL_EMBEDDING ? net->H * net->W : 0);
+    return FF_OK;
+}
+
+ff_label_kind ff_net_label_encoding(const ff_net *net) { return net->label; }
+
+/* Append a layer of `kind` whose settings are in *proto: its input shape follows the previous
+ * layer, its output shape and parameter sizes come from the kind's shape rule. */
+static ff_status add_layer(ff_net *net, const ff_layer *proto) {
+    if (net->finalized) return ff_fail(net, FF_ERR_STATE, "layers cannot be added after finalize");
+    if (net->nl >= FF_MAX_LAYERS)
+        return ff_fail(net, FF_ERR_ARG, "a network holds at most %d layers", FF_MAX_LAYERS);
+    ff_layer L = *proto;
     if (net->nl == 0) {
-        L->C = net->C + (net->label == FF_LABEL_EMBEDDING); L->H = net->H; L->W = net->W;
+        L.C = net->C + (net->label == FF_LABEL_EMBEDDING); L.H = net->H; L.W = net->W;
+    } else {
+        const ff_layer *P = &net->layers[net->nl - 1];
+        L.C = P->OC; L.H = P->OH; L.W = P->OW;
     }
-    else {
-        ff_layer *P = &net->layers[net->nl - 1];
-        L->C = P->OC; L->H = P->OH; L->W = P->OW;
-    }
-    L->OC = L->C; L->OH = L->H; L->OW = L->W;
-    L->opt = ff_opt_config_default();
-    *st = FF_OK;
-    return L;
+    if (!L.OC) L.OC = L.C;
+    L.OH = L.H; L.OW = L.W;
+    L.opt = ff_opt_config_default();
+    ff_status st = ff_layer_kinds[L.kind].shape(net, &L);
+    if (st != FF_OK) return st;
+    net->layers[net->nl++] = L;
+    return FF_OK;
 }
 
 ff_status ff_net_add_linear(ff_net *net, int out_features, int bias) {
-    ff_status st; ff_layer *L = new_layer(net, FF_LAYER_LINEAR, &st);
-    if (!L) return st;
-    if (out_features <= 0) return FF_ERR_ARG;
-    /* a linear layer sees its input flattened */
-    L->C = (int)layer_in(L); L->H = L->W = 1;
-    L->OC = out_features; L->OH = L->OW = 1;
-    L->w_n = (size_t)out_features * L->C; L->b_n = bias ? (size_t)out_features : 0;
-    L->bias = bias != 0;
-    net->nl++;
-    return FF_OK;
+    ff_layer L = {0};
+    L.kind = FF_LAYER_LINEAR; L.bias = bias != 0;
+    L.OC = out_features;
+    if (out_features <= 0)
+        return ff_fail(net, FF_ERR_ARG, "linear: out_features must be positive, got %d", out_features);
+    return add_layer(net, &L);
 }
 
 ff_status ff_net_add_conv2d(ff_net *net, int out_channels, int kernel, int stride, int pad,
                             int groups, int bias) {
-    ff_status st; ff_layer *L = new_layer(net, FF_LAYER_CONV2D, &st);
-    if (!L) return st;
-    if (out_channels <= 0 || kernel <= 0 || stride <= 0 || pad < 0 || groups <= 0) return FF_ERR_ARG;
-    if (L->C % groups || out_channels % groups) return FF_ERR_SHAPE;
-    if (L->H + 2 * pad < kernel || L->W + 2 * pad < kernel) return FF_ERR_SHAPE;
-    L->OC = out_channels; L->k = kernel; L->stride = stride; L->pad = pad; L->groups = groups;
-    L->OH = (L->H + 2 * pad - kernel) / stride + 1;
-    L->OW = (L->W + 2 * pad - kernel) / stride + 1;
-    L->w_n = (size_t)out_channels * (L->C / groups) * kernel * kernel;
-    L->b_n = bias ? (size_t)out_channels : 0;
-    L->bias = bias != 0;
-    net->nl++;
-    return FF_OK;
+    ff_layer L = {0};
+    L.kind = FF_LAYER_CONV2D; L.k = kernel; L.stride = stride; L.pad = pad; L.groups = groups;
+    L.bias = bias != 0;
+    L.OC = out_channels;
+    if (out_channels <= 0)
+        return ff_fail(net, FF_ERR_ARG, "conv2d: out_channels must be positive, got %d", out_channels);
+    return add_layer(net, &L);
 }
 
 ff_status ff_net_add_batchnorm2d(ff_net *net, float eps, float momentum, int affine) {
-    ff_status st; ff_layer *L = new_layer(net, FF_LAYER_BATCHNORM2D, &st);
-    if (!L) return st;
-    if (!(eps > 0.0f) || !(momentum >= 0.0f && momentum <= 1.0f)) return FF_ERR_ARG;
-    L->eps = eps; L->momentum = momentum; L->affine = affine != 0;
-    L->w_n = L->b_n = affine ? (size_t)L->C : 0;
-    net->nl++;
-    return FF_OK;
+    ff_layer L = {0};
+    L.kind = FF_LAYER_BATCHNORM2D; L.eps = eps; L.momentum = momentum; L.affine = affine != 0;
+    return add_layer(net, &L);
 }
 
 ff_status ff_net_add_lennorm(ff_net *net, ff_norm_kind kind, float eps) {
-    ff_status st; ff_layer *L = new_layer(net, FF_LAYER_LENNORM, &st);
-    if (!L) return st;
-    if (kind != FF_NORM_L2 && kind != FF_NORM_RMS && kind != FF_NORM_NONE) return FF_ERR_ARG;
-    if (!(eps >= 0.0f) || !isfinite(eps)) return FF_ERR_ARG;
-    L->norm = kind; L->eps = eps;
-    net->nl++;
-    return FF_OK;
+    ff_layer L = {0};
+    L.kind = FF_LAYER_LENNORM; L.norm = kind; L.eps = eps;
+    return add_layer(net, &L);
 }
 
 ff_status ff_net_add_relu(ff_net *net) {
-    ff_status st; ff_layer *L = new_layer(net, FF_LAYER_RELU, &st);
-    if (!L) return st;
-    net->nl++;
-    return FF_OK;
+    ff_layer L = {0};
+    L.kind = FF_LAYER_RELU;
+    return add_layer(net, &L);
 }
 
 ff_status ff_net_add_maxpool2d(ff_net *net, int kernel, int stride) {
-    ff_status st; ff_layer *L = new_layer(net, FF_LAYER_MAXPOOL2D, &st);
-    if (!L) return st;
-    if (kernel <= 0 || stride <= 0) return FF_ERR_ARG;
-    if (kernel > L->H || kernel > L->W) return FF_ERR_SHAPE;
-    L->k = kernel; L->stride = stride;
-    L->OH = (L->H - kernel) / stride + 1; L->OW = (L->W - kernel) / stride + 1;
-    net->nl++;
-    return FF_OK;
+    ff_layer L = {0};
+    L.kind = FF_LAYER_MAXPOOL2D; L.k = kernel; L.stride = stride;
+    return add_layer(net, &L);
 }
 
 ff_status ff_net_add_flatten(ff_net *net) {
-    ff_status st; ff_layer *L = new_layer(net, FF_LAYER_FLATTEN, &st);
-    if (!L) return st;
-    L->OC = (int)layer_in(L); L->OH = L->OW = 1;
-    net->nl++;
-    return FF_OK;
+    ff_layer L = {0};
+    L.kind = FF_LAYER_FLATTEN;
+    return add_layer(net, &L);
 }
 
 ff_status ff_net_set_head(ff_net *net, int nsel, const int *sel) {
-    if (net->finalized) return FF_ERR_STATE;
-    if (nsel <= 0 || nsel > net->nl) return FF_ERR_ARG;
-    for (int i = 0; i < nsel; i++)
-        if (sel[i] < 0 || sel[i] >= net->nl || (i && sel[i] <= sel[i - 1])) return FF_ERR_ARG;
-    net->has_head = 1; net->nhead = nsel; net->F = 0;
+    if (net->finalized) return ff_fail(net, FF_ERR_STATE, "the head must be set before finalize");
+    if (nsel <= 0 || nsel > net->nl)
+        return ff_fail(net, FF_ERR_ARG, "the head needs 1 to %d layers, got %d", net->nl, nsel);
+    size_t F = 0;
     for (int i = 0; i < nsel; i++) {
-        net->head_layers[i] = sel[i];
-        net->F += (int)layer_out(&net->layers[sel[i]]);
+        if (sel[i] < 0 || sel[i] >= net->nl || (i && sel[i] <= sel[i - 1]))
+            return ff_fail(net, FF_ERR_ARG, "head layers must be strictly increasing layer indices in "
+                           "[0, %d); entry %d is %d", net->nl, i, sel[i]);
+        F += ff_layer_out(&net->layers[sel[i]]);
+    }
+    if (F > FF_MAX_ROW_FLOATS)
+        return ff_fail(net, FF_ERR_SHAPE, "the head's input would have %zu features, at most %zu", F,
+                       FF_MAX_ROW_FLOATS);
+    net->has_head = 1; net->nhead = nsel; net->F = (int)F;
+    memcpy(net->head_layers, sel, (size_t)nsel * sizeof(int));
+    return FF_OK;
+}
+
+static int is_head_layer(const ff_net *net, int i) {
+    for (int h = 0; h < net->nhead; h++) if (net->head_layers[h] == i) return 1;
+    return 0;
+}
+
+/* ------------------------------------------------------------------ plans */
+
+/* Conv2d -> ReLU -> MaxPool2d at layers i..i+2 of the run [f, l), none of the conv's and
+ * ReLU's outputs needed outside the run (no block starts inside, neither feeds the head). */
+static int fusable(const ff_net *net, int i, int l) {
+    return i + 2 < l && net->layers[i].kind == FF_LAYER_CONV2D &&
+           net->layers[i + 1].kind == FF_LAYER_RELU && net->layers[i + 2].kind == FF_LAYER_MAXPOOL2D &&
+           !net->starts_block[i + 1] && !net->starts_block[i + 2] &&
+           !is_head_layer(net, i) && !is_head_layer(net, i + 1);
+}
+
+/* Compile layers [f, l) into p: steps, their places in acts, and for training (din: whether
+ * the block's input gradient is wanted, for a label embedding) where every input gradient
+ * goes.  The walk below is the one forward, backward and reserve_rows follow. */
+static ff_status compile_plan(ff_net *net, int f, int l, int din, ff_plan *p) {
+    free(p->steps);
+    memset(p, 0, sizeof(*p));
+    p->first = f; p->last = l;
+    p->steps = calloc((size_t)(l - f), sizeof(ff_step));
+    if (!p->steps) return ff_fail(net, FF_ERR_NOMEM, "out of memory compiling a block plan");
+    size_t off = 0;
+    for (int i = f; i < l; i++) {
+        ff_step *s = &p->steps[p->nsteps++];
+        const ff_layer *L = &net->layers[i];
+        s->layer = s->last = i;
+        if (fusable(net, i, l)) {
+            s->op = FF_STEP_FUSED;
+            s->last = i + 2;
+            if (ff_layer_out(L) > p->fuse_w) p->fuse_w = ff_layer_out(L);
+            L = &net->layers[i + 2];
+            i += 2;
+        }
+        s->inplace = s->op == FF_STEP_LAYER && i > f && !net->starts_block[i] &&
+                     (ff_layer_kinds[L->kind].flags & FF_KF_INPLACE);
+        if (s->inplace) s->out_off = p->steps[p->nsteps - 2].out_off;
+        else { s->out_off = off; off += ff_layer_out(L); }
+        s->aux_off = off;
+        off += ff_layer_kinds[L->kind].aux_floats(L);
+    }
+    p->act_floats = off;
+    /* backward: d0 receives the loss gradient of the output; every step but an in-place
+     * ReLU writes its input gradient to the other buffer (the first step to din) */
+    int cur = 0;
+    p->dw[0] = ff_layer_out(&net->layers[l - 1]);
+    for (int s = p->nsteps - 1; s >= 0; s--) {
+        ff_step *st = &p->steps[s];
+        int below = din;
+        for (int j = f; j < st->layer; j++) below |= ff_layer_trainable(&net->layers[j]);
+        st->dy_buf = cur;
+        if (!below) { st->dx_buf = FF_DX_NONE; break; }
+        if (st->op == FF_STEP_LAYER && s > 0 && net->layers[st->layer].kind == FF_LAYER_RELU) {
+            st->dx_buf = cur;   /* masked in place */
+            continue;
+        }
+        if (s == 0) { st->dx_buf = FF_DX_DIN; break; }
+        cur ^= 1;
+        st->dx_buf = cur;
+        size_t in = ff_layer_in(&net->layers[st->layer]);
+        if (in > p->dw[cur]) p->dw[cur] = in;
+    }
+    return FF_OK;
+}
+
+/* The step of plan p whose output is layer i's output (NULL: not stored). */
+static const ff_step *step_of(const ff_plan *p, int i) {
+    for (int s = 0; s < p->nsteps; s++) {
+        const ff_step *st = &p->steps[s];
+        if (st->last == i) return st;
+        if (st->layer <= i && i < st->last) return NULL;   /* inside a fused step */
+    }
+    return NULL;
+}
+
+static float *out_of(ff_net *net, const ff_plan *p, int i, int R) {
+    const ff_step *st = step_of(p, i);
+    return st ? net->work.acts + st->out_off * (size_t)R : NULL;
+}
+
+/* Does block b contain layer 0 (and so train a label embedding)? */
+static int holds_input(const ff_net *net, int b) { return net->blocks[b].first == 0; }
+
+/* The loss of a block must fit its output: checked at a cut and at a change of loss. */
+static ff_status check_block_loss(ff_net *net, int b, int for_training) {
+    const ff_block *B = &net->blocks[b];
+    const ff_loss_ops *lo = &ff_losses[B->loss.kind];
+    const ff_layer *L = &net->layers[B->last - 1];
+    if (lo->needs_groups && L->OC % net->K)
+        return ff_fail(net, FF_ERR_SHAPE, "loss %s reads %d channel groups, but block %d ends in layer "
+                       "%d (%s) with %d channels, not divisible by %d", lo->name, net->K, b, B->last - 1,
+                       kind_name(L->kind), L->OC, net->K);
+    if (lo->needs_k_wide && (size_t)net->K != ff_layer_out(L) && for_training)
+        return ff_fail(net, FF_ERR_SHAPE, "loss xent needs a block output of num_classes = %d values, "
+                       "but block %d ends in layer %d (%s) with %zu", net->K, b, B->last - 1,
+                       kind_name(L->kind), ff_layer_out(L));
+    return FF_OK;
+}
+
+/* (Re)compile every block's plans; their losses are the net's. */
+static ff_status compile_blocks(ff_net *net) {
+    for (int b = 0, prev = 0; b < net->nblocks; prev = net->blocks[b].last, b++) {
+        ff_block *B = &net->blocks[b];
+        B->loss = net->loss;
+        int din = holds_input(net, b) && net->label == FF_LABEL_EMBEDDING;
+        ff_status st = compile_plan(net, B->first, B->last, din, &B->train);
+        if (st == FF_OK) st = compile_plan(net, prev, B->last, 0, &B->seg);
+        if (st != FF_OK) return st;
     }
     return FF_OK;
 }
 
 ff_status ff_net_set_block_ranges(ff_net *net, int nblocks, const int *firsts, const int *lasts) {
-    if (nblocks <= 0 || nblocks > net->nl || firsts[0] != 0 || lasts[nblocks - 1] != net->nl)
-        return FF_ERR_ARG;
+    if (net->nl == 0) return ff_fail(net, FF_ERR_STATE, "blocks need layers: add layers first");
+    if (nblocks <= 0 || nblocks > net->nl)
+        return ff_fail(net, FF_ERR_ARG, "need 1 to %d blocks, got %d", net->nl, nblocks);
+    if (firsts[0] != 0 || lasts[nblocks - 1] != net->nl)
+        return ff_fail(net, FF_ERR_ARG, "blocks must start at layer 0 and end at the number of layers "
+                       "(%d); got first %d, last %d", net->nl, firsts[0], lasts[nblocks - 1]);
     for (int b = 0; b < nblocks; b++) {
-        if (lasts[b] <= firsts[b] || lasts[b] > net->nl) return FF_ERR_ARG;
+        if (lasts[b] <= firsts[b] || lasts[b] > net->nl || firsts[b] < 0)
+            return ff_fail(net, FF_ERR_ARG, "block %d = [%d, %d) is empty or outside [0, %d)", b,
+                           firsts[b], lasts[b], net->nl);
         /* ordered, gap-free, each block ending after the previous one and starting inside it */
         if (b && (firsts[b] <= firsts[b - 1] || firsts[b] > lasts[b - 1] || lasts[b] <= lasts[b - 1]))
-            return FF_ERR_ARG;
+            return ff_fail(net, FF_ERR_ARG, "block %d = [%d, %d) after [%d, %d): firsts and lasts must "
+                           "increase and each block start no later than the previous one ends", b,
+                           firsts[b], lasts[b], firsts[b - 1], lasts[b - 1]);
         int any = 0;
-        for (int i = firsts[b]; i < lasts[b]; i++) any |= trainable(&net->layers[i]);
-        if (!any) return FF_ERR_ARG;
+        for (int i = firsts[b]; i < lasts[b]; i++) any |= ff_layer_trainable(&net->layers[i]);
+        if (!any)
+            return ff_fail(net, FF_ERR_ARG, "block %d = [%d, %d) holds no layer with parameters", b,
+                           firsts[b], lasts[b]);
     }
+    ff_block *blocks = calloc((size_t)nblocks, sizeof(ff_block));
+    if (!blocks) return ff_fail(net, FF_ERR_NOMEM, "out of memory for %d blocks", nblocks);
+    free_blocks(net);
+    net->blocks = blocks;
     net->nblocks = nblocks;
-    memcpy(net->firsts, firsts, (size_t)nblocks * sizeof(int));
-    memcpy(net->ends, lasts, (size_t)nblocks * sizeof(int));
     memset(net->starts_block, 0, sizeof(net->starts_block));
-    for (int b = 0; b < nblocks; b++) net->starts_block[firsts[b]] = 1;
+    for (int b = 0; b < nblocks; b++) {
+        blocks[b].first = firsts[b]; blocks[b].last = lasts[b];
+        net->starts_block[firsts[b]] = 1;
+    }
+    ff_status st = compile_blocks(net);
+    if (st != FF_OK) return st;
+    if (ff_losses[net->loss.kind].needs_groups)
+        for (int b = 0; b < nblocks; b++) if ((st = check_block_loss(net, b, 0)) != FF_OK) return st;
     /* a new cut may need a larger activation area (reserve only ever grows it) */
-    return net->rows_cap ? reserve_rows(net, net->rows_cap, net->train_cap) : FF_OK;
+    return net->work.rows_cap ? reserve_rows(net, net->work.rows_cap, net->work.train_cap) : FF_OK;
 }
 
 ff_status ff_net_set_blocks(ff_net *net, int nblocks, const int *ends) {
     int firsts[FF_MAX_LAYERS];
-    if (nblocks <= 0 || nblocks > net->nl) return FF_ERR_ARG;
+    if (nblocks <= 0 || nblocks > net->nl)
+        return ff_fail(net, FF_ERR_ARG, "need 1 to %d block ends, got %d", net->nl, nblocks);
     for (int b = 0; b < nblocks; b++) firsts[b] = b ? ends[b - 1] : 0;
     return ff_net_set_block_ranges(net, nblocks, firsts, ends);
 }
 
 int ff_net_default_blocks(const ff_net *net, int *ends) {
-    /* a block per Linear/Conv2d, which takes along the LenNorm/BatchNorm2d/Flatten layers
-     * directly before it and the ReLU/MaxPool2d after it; never a block without parameters */
+    /* a block per unit kind (Linear, Conv2d), which takes along the leading layers directly
+     * before it (LenNorm, BatchNorm2d, Flatten) and what follows it; never a block without
+     * parameters */
     int nb = 0;
     for (int i = 1; i < net->nl; i++) {
-        ff_layer_kind k = net->layers[i].kind;
-        if (k != FF_LAYER_LINEAR && k != FF_LAYER_CONV2D) continue;
+        if (!(ff_layer_kinds[net->layers[i].kind].flags & FF_KF_UNIT)) continue;
         int first = nb ? ends[nb - 1] : 0, s = i, any = 0;
-        while (s - 1 > first && (net->layers[s - 1].kind == FF_LAYER_LENNORM ||
-                                 net->layers[s - 1].kind == FF_LAYER_BATCHNORM2D ||
-                                 net->layers[s - 1].kind == FF_LAYER_FLATTEN)) s--;
-        for (int j = first; j < s; j++) any |= trainable(&net->layers[j]) && net->layers[j].kind != FF_LAYER_BATCHNORM2D;
+        while (s - 1 > first && (ff_layer_kinds[net->layers[s - 1].kind].flags & FF_KF_LEADS)) s--;
+        for (int j = first; j < s; j++)
+            any |= ff_layer_trainable(&net->layers[j]) && (ff_layer_kinds[net->layers[j].kind].flags & FF_KF_UNIT);
         if (any) ends[nb++] = s;
     }
     ends[nb++] = net->nl;
     return nb;
 }
 
-static ff_status default_blocks(ff_net *net) {
-    int ends[FF_MAX_LAYERS];
-    int nb = ff_net_default_blocks(net, ends);
-    return ff_net_set_blocks(net, nb, ends);
-}
+/* ------------------------------------------------------------------ finalize */
 
-/* Allocate the full gradient arena (once), carrying over the head's and embedding's. */
+/* Allocate the full gradient arena (once). */
 static ff_status full_grads(ff_net *net) {
     if (net->grads) return FF_OK;
     net->grads = calloc(net->nparams ? net->nparams : 1, sizeof(float));
-    if (!net->grads) return FF_ERR_NOMEM;
-    memcpy(net->grads + net->tail_off, net->gtail, (net->nparams - net->tail_off) * sizeof(float));
+    if (!net->grads) return ff_fail(net, FF_ERR_NOMEM, "out of memory for the gradient arena (%zu floats)",
+                                    net->nparams);
     return FF_OK;
 }
 
-/* Where the gradient of the parameter at arena offset off lives. */
-static float *grad_at(ff_net *net, size_t off) {
-    if (net->grads) return net->grads + off;
+float *ff_grad_at(const ff_net *net, const ff_work *w, size_t off) {
+    if (!w->lean) return net->grads + off;
     if (off >= net->tail_off) return net->gtail + (off - net->tail_off);
-    return net->gscratch + (off - net->gscratch_base);
-}
-
-static int slot_used(const ff_net *net, int i) {
-    if (i < net->nl) return 1;
-    if (i == net->nl) return net->has_head;
-    return i == net->nl + 1 && net->label == FF_LABEL_EMBEDDING;
+    return w->gscratch + (off - w->gscratch_base);
 }
 
 /* Scodellaro-style spatially extended labels: class k is a plane wave over the whole image,
@@ -427,21 +532,30 @@ static void fourier_patterns(float *p, int K, int H, int W) {
     }
 }
 
-static void init_uniform(uint64_t *rng, float *p, size_t n, float bound) {
-    for (size_t i = 0; i < n; i++) p[i] = (2.0f * rng_uniform(rng) - 1.0f) * bound;
+/* Place layer L's parameters at the end of the arena (16-float aligned arrays). */
+static void place_params(ff_layer *L, size_t *np, size_t *nb, size_t *ns) {
+    L->w_off = *np; *np += (L->w_n + 15) & ~(size_t)15;
+    L->b_off = *np; *np += (L->b_n + 15) & ~(size_t)15;
+    if (ff_layer_kinds[L->kind].flags & FF_KF_STATS) {
+        L->rm_off = *nb; L->rv_off = *nb + (size_t)L->C; *nb += 2 * (size_t)L->C;
+        L->sv_off = *ns; *ns += 2 * (size_t)L->C;
+    }
 }
 
 ff_status ff_net_finalize(ff_net *net) {
-    if (net->finalized) return FF_ERR_STATE;
-    if (net->nl == 0) return FF_ERR_ARG;
+    if (net->finalized) return ff_fail(net, FF_ERR_STATE, "the network is already finalized");
+    if (net->nl == 0) return ff_fail(net, FF_ERR_ARG, "a network needs at least one layer");
     int any = 0;
-    for (int i = 0; i < net->nl; i++) any |= trainable(&net->layers[i]);
-    if (!any) return FF_ERR_ARG;
+    for (int i = 0; i < net->nl; i++) any |= ff_layer_trainable(&net->layers[i]);
+    if (!any) return ff_fail(net, FF_ERR_ARG, "a network needs at least one layer with parameters");
     /* a one-hot label must fit: in the row of a flat input, in each channel plane of an image */
-    if (net->label == FF_LABEL_ONEHOT &&
-        (net->H * net->W == 1 ? net->K > net->D : net->K > net->H * net->W)) return FF_ERR_SHAPE;
+    if (net->label == FF_LABEL_ONEHOT && (net->H * net->W == 1 ? net->K > net->D : net->K > net->H * net->W))
+        return ff_fail(net, FF_ERR_SHAPE, "num_classes %d does not fit a one-hot label into the input: "
+                       "it needs K values %s (%d)", net->K, net->H * net->W == 1 ?
+                       "of the flat input" : "in every channel plane", net->H * net->W == 1 ? net->D :
+                       net->H * net->W);
     if (net->has_head) {
-        ff_layer *Hd = &net->layers[net->nl];
+        ff_layer *Hd = &net->head;
         memset(Hd, 0, sizeof(*Hd));
         Hd->kind = FF_LAYER_LINEAR; Hd->C = net->F; Hd->H = Hd->W = 1;
         Hd->OC = net->K; Hd->OH = Hd->OW = 1; Hd->bias = 1;
@@ -450,7 +564,7 @@ ff_status ff_net_finalize(ff_net *net) {
     }
     if (net->label == FF_LABEL_EMBEDDING) {
         /* one trainable H*W map per class, fed to layer 0 as an extra input channel */
-        ff_layer *E = &net->layers[net->nl + 1];
+        ff_layer *E = &net->embed;
         memset(E, 0, sizeof(*E));
         E->kind = FF_LAYER_LINEAR; E->C = net->H * net->W; E->H = E->W = 1;
         E->OC = net->K; E->OH = E->OW = 1;
@@ -459,23 +573,14 @@ ff_status ff_net_finalize(ff_net *net) {
     }
     if (net->label == FF_LABEL_FOURIER) {
         net->pattern = malloc((size_t)net->K * net->H * net->W * sizeof(float));
-        if (!net->pattern) return FF_ERR_NOMEM;
+        if (!net->pattern) return ff_fail(net, FF_ERR_NOMEM, "out of memory for the label patterns");
         fourier_patterns(net->pattern, net->K, net->H, net->W);
     }
-    int nall = net->nl + 2;
     size_t np = 0, nb = 0, ns = 0;
-    for (int i = 0; i < nall; i++) {
-        if (i == net->nl) net->tail_off = np;
-        if (!slot_used(net, i)) continue;
-        ff_layer *L = &net->layers[i];
-        /* align each array to 16 floats so SIMD loads never straddle parameter arrays */
-        L->w_off = np; np += (L->w_n + 15) & ~(size_t)15;
-        L->b_off = np; np += (L->b_n + 15) & ~(size_t)15;
-        if (L->kind == FF_LAYER_BATCHNORM2D) {
-            L->rm_off = nb; L->rv_off = nb + (size_t)L->C; nb += 2 * (size_t)L->C;
-            L->sv_off = ns; ns += 2 * (size_t)L->C;
-        }
-    }
+    for (int i = 0; i < net->nl; i++) place_params(&net->layers[i], &np, &nb, &ns);
+    net->tail_off = np;
+    if (net->has_head) place_params(&net->head, &np, &nb, &ns);
+    if (net->label == FF_LABEL_EMBEDDING) place_params(&net->embed, &np, &nb, &ns);
     net->nparams = np; net->nbuffers = nb; net->nsaved = ns;
     net->params = calloc(np ? np : 1, sizeof(float));
     net->m = calloc(np ? np : 1, sizeof(float));
@@ -484,65 +589,122 @@ ff_status ff_net_finalize(ff_net *net) {
     net->buffers = calloc(nb ? nb : 1, sizeof(float));
     net->saved = calloc(ns ? ns : 1, sizeof(float));
     if (!net->params || !net->m || !net->v || !net->gtail || !net->buffers || !net->saved)
-        return FF_ERR_NOMEM;
-    for (int i = 0; i < nall; i++) {
-        if (!slot_used(net, i)) continue;
+        return ff_fail(net, FF_ERR_NOMEM, "out of memory for %zu parameters", np);
+    for (int i = 0; i < net->nl; i++) {
         ff_layer *L = &net->layers[i];
-        if (i == net->nl + 1) {   /* the label embedding: small random maps */
-            init_uniform(net->rng, net->params + L->w_off, L->w_n, 0.5f * net->cfg.label_value);
-        } else if (L->kind == FF_LAYER_LINEAR || L->kind == FF_LAYER_CONV2D) {
-            size_t fan_in = L->w_n / (size_t)L->OC;
-            float bound = 1.0f / sqrtf((float)fan_in);
-            init_uniform(net->rng, net->params + L->w_off, L->w_n, bound);
-            init_uniform(net->rng, net->params + L->b_off, L->b_n, bound);
-        } else if (L->kind == FF_LAYER_BATCHNORM2D) {
-            for (size_t c = 0; c < L->w_n; c++) net->params[L->w_off + c] = 1.0f;
-            for (int c = 0; c < L->C; c++) net->buffers[L->rv_off + (size_t)c] = 1.0f;
-        }
+        ff_layer_kinds[L->kind].init(net, L, net->rng);
+    }
+    if (net->has_head) ff_layer_kinds[FF_LAYER_LINEAR].init(net, &net->head, net->rng);
+    if (net->label == FF_LABEL_EMBEDDING) {   /* small random maps */
+        float bound = 0.5f * net->cfg.label_value, *p = net->params + net->embed.w_off;
+        for (size_t i = 0; i < net->embed.w_n; i++) p[i] = (2.0f * ff_rng_uniform(net->rng) - 1.0f) * bound;
     }
     net->finalized = 1;
-    if (!net->nblocks) return default_blocks(net);
-    return FF_OK;
+    if (!net->nblocks) {
+        int ends[FF_MAX_LAYERS];
+        int n = ff_net_default_blocks(net, ends);
+        return ff_net_set_blocks(net, n, ends);
+    }
+    return compile_blocks(net);
 }
 
 /* ------------------------------------------------------------------ configuration */
 
 ff_status ff_net_set_config(ff_net *net, const ff_config *c) {
-    if (!(c->theta == c->theta) || !isfinite(c->theta) || !isfinite(c->alpha) || !(c->alpha > 0.0f))
-        return FF_ERR_ARG;
-    if (c->loss < FF_LOSS_FF || c->loss > FF_LOSS_XENT) return FF_ERR_ARG;
-    if (!(c->pvn_weight >= 0.0f && c->pvn_weight <= 1.0f)) return FF_ERR_ARG;
-    if (c->goodness != FF_GOODNESS_SUM && c->goodness != FF_GOODNESS_MEAN) return FF_ERR_ARG;
-    if (c->norm != FF_NORM_NONE && c->norm != FF_NORM_L2 && c->norm != FF_NORM_RMS) return FF_ERR_ARG;
-    if (!(c->norm_eps >= 0.0f) || !isfinite(c->label_value)) return FF_ERR_ARG;
+    if ((int)c->loss < 0 || c->loss >= FF_NUM_LOSSES)
+        return ff_fail(net, FF_ERR_ARG, "loss must be one of ff (0), symba (1), cwc (2), pvn (3), xent (4), "
+                       "got %d", (int)c->loss);
+    if (!isfinite(c->theta)) return ff_fail(net, FF_ERR_ARG, "threshold must be finite, got %g", (double)c->theta);
+    if (!isfinite(c->alpha) || !(c->alpha > 0.0f))
+        return ff_fail(net, FF_ERR_ARG, "alpha must be finite and > 0, got %g", (double)c->alpha);
+    if (!(c->pvn_weight >= 0.0f && c->pvn_weight <= 1.0f))
+        return ff_fail(net, FF_ERR_ARG, "pvn_weight must be in [0, 1], got %g", (double)c->pvn_weight);
+    if (c->goodness != FF_GOODNESS_SUM && c->goodness != FF_GOODNESS_MEAN)
+        return ff_fail(net, FF_ERR_ARG, "goodness must be sum (0) or mean (1), got %d", (int)c->goodness);
+    if (c->norm != FF_NORM_NONE && c->norm != FF_NORM_L2 && c->norm != FF_NORM_RMS)
+        return ff_fail(net, FF_ERR_ARG, "norm must be none (0), l2 (1) or rms (2), got %d", (int)c->norm);
+    if (!(c->norm_eps >= 0.0f) || !isfinite(c->norm_eps))
+        return ff_fail(net, FF_ERR_ARG, "norm_eps must be finite and >= 0, got %g", (double)c->norm_eps);
+    if (!isfinite(c->label_value))
+        return ff_fail(net, FF_ERR_ARG, "label_value must be finite, got %g", (double)c->label_value);
+    ff_block_loss old = net->loss;
+    net->loss = loss_of(c);
+    for (int b = 0; b < net->nblocks; b++) {
+        net->blocks[b].loss = net->loss;
+        ff_status st = ff_losses[c->loss].needs_groups ? check_block_loss(net, b, 0) : FF_OK;
+        if (st != FF_OK) {
+            net->loss = old;
+            for (int j = 0; j < net->nblocks; j++) net->blocks[j].loss = old;
+            return st;
+        }
+    }
     net->cfg = *c;
     return FF_OK;
 }
 ff_config ff_net_get_config(const ff_net *net) { return net->cfg; }
 
+ff_status ff_net_set_block_loss(ff_net *net, int b, ff_loss_kind loss, ff_goodness_kind goodness,
+                                float theta, float alpha, float pvn_weight) {
+    if (b < 0 || b >= net->nblocks)
+        return ff_fail(net, FF_ERR_ARG, "block %d does not exist (the net has %d)", b, net->nblocks);
+    if ((int)loss < 0 || loss >= FF_NUM_LOSSES || (goodness != FF_GOODNESS_SUM && goodness != FF_GOODNESS_MEAN) ||
+        !isfinite(theta) || !(alpha > 0.0f) || !isfinite(alpha) || !(pvn_weight >= 0.0f && pvn_weight <= 1.0f))
+        return ff_fail(net, FF_ERR_ARG, "block %d: loss %d, goodness %d, theta %g, alpha %g, pvn_weight %g: "
+                       "need a known loss and goodness, finite theta, alpha > 0, pvn_weight in [0, 1]", b,
+                       (int)loss, (int)goodness, (double)theta, (double)alpha, (double)pvn_weight);
+    if (ff_losses[loss].negatives != ff_losses[net->loss.kind].negatives)
+        return ff_fail(net, FF_ERR_ARG, "block %d: loss %s builds its rows differently from the net's %s "
+                       "(negatives or not); all blocks of a step must agree", b, ff_losses[loss].name,
+                       ff_losses[net->loss.kind].name);
+    ff_block_loss old = net->blocks[b].loss, bl = {loss, goodness, theta, alpha, pvn_weight};
+    net->blocks[b].loss = bl;
+    ff_status st = check_block_loss(net, b, 0);
+    if (st != FF_OK) net->blocks[b].loss = old;
+    return st;
+}
+
 static ff_layer *layer_at(ff_net *net, int layer) {
-    if (layer == -1) return net->has_head && net->finalized ? &net->layers[net->nl] : NULL;
-    if (layer == -2)
-        return net->label == FF_LABEL_EMBEDDING && net->finalized ? &net->layers[net->nl + 1] : NULL;
+    if (layer == FF_LAYER_HEAD) return net->has_head && net->finalized ? &net->head : NULL;
+    if (layer == FF_LAYER_EMBEDDING)
+        return net->label == FF_LABEL_EMBEDDING && net->finalized ? &net->embed : NULL;
     if (layer < 0 || layer >= net->nl) return NULL;
     return &net->layers[layer];
 }
 
+static ff_status no_layer(ff_net *net, int layer) {
+    return ff_fail(net, FF_ERR_ARG, "layer %d does not exist (layers 0..%d, %d: the head%s, %d: the "
+                   "label embedding%s)", layer, net->nl - 1, FF_LAYER_HEAD, net->has_head ? "" : ", absent",
+                   FF_LAYER_EMBEDDING, net->label == FF_LABEL_EMBEDDING ? "" : ", absent");
+}
+
+/* float32-representable and finite */
+static int finite_f(float x) { return isfinite(x); }
+
 ff_status ff_net_set_opt(ff_net *net, int layer, const ff_opt_config *o) {
     ff_layer *L = layer_at(net, layer);
-    if (!L) return FF_ERR_ARG;
-    if (o->kind != FF_OPT_ADAM && o->kind != FF_OPT_SGD) return FF_ERR_ARG;
-    if (!(o->lr >= 0.0f) || !isfinite(o->lr) || !(o->weight_decay >= 0.0f)) return FF_ERR_ARG;
-    if (!(o->beta1 >= 0.0f && o->beta1 < 1.0f) || !(o->beta2 >= 0.0f && o->beta2 < 1.0f) ||
-        !(o->eps >= 0.0f) || !(o->momentum >= 0.0f) || !(o->dampening >= 0.0f && o->dampening <= 1.0f))
-        return FF_ERR_ARG;
-    if (o->nesterov && (o->momentum <= 0.0f || o->dampening != 0.0f)) return FF_ERR_ARG;
+    if (!L) return no_layer(net, layer);
+    if (o->kind != FF_OPT_ADAM && o->kind != FF_OPT_SGD)
+        return ff_fail(net, FF_ERR_ARG, "optimizer kind must be sgd (0) or adam (1), got %d", (int)o->kind);
+    if (!finite_f(o->lr) || !(o->lr >= 0.0f))
+        return ff_fail(net, FF_ERR_ARG, "lr must be finite and >= 0, got %g", (double)o->lr);
+    if (!finite_f(o->weight_decay) || !(o->weight_decay >= 0.0f))
+        return ff_fail(net, FF_ERR_ARG, "weight_decay must be finite and >= 0, got %g", (double)o->weight_decay);
+    if (!(o->beta1 >= 0.0f && o->beta1 < 1.0f) || !(o->beta2 >= 0.0f && o->beta2 < 1.0f))
+        return ff_fail(net, FF_ERR_ARG, "betas must be in [0, 1), got (%g, %g)", (double)o->beta1, (double)o->beta2);
+    if (!finite_f(o->eps) || !(o->eps >= 0.0f))
+        return ff_fail(net, FF_ERR_ARG, "eps must be finite and >= 0, got %g", (double)o->eps);
+    if (!finite_f(o->momentum) || !(o->momentum >= 0.0f))
+        return ff_fail(net, FF_ERR_ARG, "momentum must be finite and >= 0, got %g", (double)o->momentum);
+    if (!(o->dampening >= 0.0f && o->dampening <= 1.0f))
+        return ff_fail(net, FF_ERR_ARG, "dampening must be in [0, 1], got %g", (double)o->dampening);
+    if (o->nesterov && (o->momentum <= 0.0f || o->dampening != 0.0f))
+        return ff_fail(net, FF_ERR_ARG, "nesterov needs momentum > 0 and dampening 0");
     L->opt = *o;
     return FF_OK;
 }
 ff_status ff_net_get_opt(const ff_net *net, int layer, ff_opt_config *o) {
     ff_layer *L = layer_at((ff_net *)net, layer);
-    if (!L) return FF_ERR_ARG;
+    if (!L) return no_layer((ff_net *)net, layer);
     *o = L->opt;
     return FF_OK;
 }
@@ -552,7 +714,8 @@ long ff_net_get_step(const ff_net *net, int layer) {
 }
 ff_status ff_net_set_step(ff_net *net, int layer, long t) {
     ff_layer *L = layer_at(net, layer);
-    if (!L || t < 0) return FF_ERR_ARG;
+    if (!L) return no_layer(net, layer);
+    if (t < 0) return ff_fail(net, FF_ERR_ARG, "step must be >= 0, got %ld", t);
     L->step = t;
     return FF_OK;
 }
@@ -566,6 +729,7 @@ int ff_net_num_classes(const ff_net *net) { return net->K; }
 int ff_net_input_size(const ff_net *net) { return net->D; }
 int ff_net_feature_size(const ff_net *net) { return net->has_head ? net->F : 0; }
 int ff_net_has_head(const ff_net *net) { return net->has_head; }
+int ff_net_is_finalized(const ff_net *net) { return net->finalized; }
 ff_layer_kind ff_net_layer_kind(const ff_net *net, int layer) { return net->layers[layer].kind; }
 void ff_net_layer_shape(const ff_net *net, int layer, int *C, int *H, int *W) {
     const ff_layer *L = &net->layers[layer];
@@ -573,7 +737,7 @@ void ff_net_layer_shape(const ff_net *net, int layer, int *C, int *H, int *W) {
 }
 ff_status ff_net_layer_info(const ff_net *net, int layer, ff_layer_info *info) {
     const ff_layer *L = layer_at((ff_net *)net, layer);
-    if (!L) return FF_ERR_ARG;
+    if (!L) return no_layer((ff_net *)net, layer);
     info->kind = L->kind; info->C = L->C; info->H = L->H; info->W = L->W;
     info->OC = L->OC; info->OH = L->OH; info->OW = L->OW;
     info->kernel = L->k; info->stride = L->stride; info->pad = L->pad; info->groups = L->groups;
@@ -582,16 +746,17 @@ ff_status ff_net_layer_info(const ff_net *net, int layer, ff_layer_info *info) {
 }
 
 void ff_net_block_range(const ff_net *net, int b, int *first, int *last) {
-    *first = net->firsts[b];
-    *last = net->ends[b];
+    *first = net->blocks[b].first;
+    *last = net->blocks[b].last;
 }
 size_t ff_net_num_params(const ff_net *net) {
     size_t n = 0;
-    for (int i = 0; i < net->nl + 2; i++)
-        if (slot_used(net, i)) n += net->layers[i].w_n + net->layers[i].b_n;
+    for (int i = 0; i < net->nl; i++) n += net->layers[i].w_n + net->layers[i].b_n;
+    if (net->has_head) n += net->head.w_n + net->head.b_n;
+    if (net->label == FF_LABEL_EMBEDDING) n += net->embed.w_n;
     return n;
 }
-size_t ff_net_workspace_bytes(const ff_net *net) { return net->ws_floats * sizeof(float); }
+size_t ff_net_workspace_bytes(const ff_net *net) { return net->work.ws_floats * sizeof(float); }
 
 float *ff_net_param(ff_net *net, int layer, ff_param_kind which, size_t *count) {
     ff_layer *L = layer_at(net, layer);
@@ -605,166 +770,95 @@ float *ff_net_param(ff_net *net, int layer, ff_param_kind which, size_t *count) 
     case FF_P_BIAS: case FF_P_GRAD_BIAS: case FF_P_M_BIAS: case FF_P_V_BIAS:
         off = L->b_off; n = L->b_n; break;
     case FF_P_RUNNING_MEAN: case FF_P_RUNNING_VAR:
-        if (L->kind != FF_LAYER_BATCHNORM2D) return NULL;
+        if (!(ff_layer_kinds[L->kind].flags & FF_KF_STATS) || layer < 0) return NULL;
         *count = (size_t)L->C;
         return net->buffers + (which == FF_P_RUNNING_MEAN ? L->rm_off : L->rv_off);
+    default:
+        return NULL;
     }
     switch (which) {
     case FF_P_WEIGHT: case FF_P_BIAS: base = net->params; break;
     case FF_P_GRAD_WEIGHT: case FF_P_GRAD_BIAS:
-        if (full_grads(net) != FF_OK) return NULL;
-        base = net->grads;
+        base = net->grads;   /* the split step's arena: NULL until a compute-only step ran */
         break;
     case FF_P_M_WEIGHT: case FF_P_M_BIAS: base = net->m; break;
     default: base = net->v; break;
     }
-    if (!n) return NULL;
+    if (!n || !base) return NULL;
     *count = n;
     return base + off;
 }
 
 /* ------------------------------------------------------------------ workspace */
 
-static int is_head_layer(const ff_net *net, int i) {
-    for (int h = 0; h < net->nhead; h++) if (net->head_layers[h] == i) return 1;
-    return 0;
-}
-
-/* Conv2d -> ReLU -> MaxPool2d at layers i, i+1, i+2, all inside the run [f, l), none of the
- * three's outputs needed outside it (no block starts inside, the conv and ReLU feed no head):
- * the conv output is then only an intermediate.  Such a triple runs in chunks of rows through
- * a small scratch (net->fuse_ws) and keeps only the pooled output and its argmax; its
- * backward masks the pooled gradient by (pooled > 0), which is the ReLU's mask at every
- * argmax, and runs pool and conv backward chunk by chunk through the same scratch. */
-static int fused_triple(const ff_net *net, int i, int l) {
-    return i + 2 < l && net->layers[i].kind == FF_LAYER_CONV2D &&
-           net->layers[i + 1].kind == FF_LAYER_RELU && net->layers[i + 2].kind == FF_LAYER_MAXPOOL2D &&
-           !net->starts_block[i + 1] && !net->starts_block[i + 2] &&
-           !is_head_layer(net, i) && !is_head_layer(net, i + 1);
-}
-
-/* Rows per chunk of a fused triple whose conv output has `w` floats per row. */
-static int fuse_rows(size_t w) {
-    size_t r = FF_FUSE_FLOATS / (w ? w : 1);
-    return r < 1 ? 1 : r > (1u << 20) ? (1 << 20) : (int)r;
-}
-
-/* A layer's output may overwrite its input (ReLU, Flatten) unless it opens a block: then the
- * input belongs to the block before and may still be needed. */
-static int runs_inplace(const ff_net *net, int i, int f) {
-    ff_layer_kind k = net->layers[i].kind;
-    return i > f && !net->starts_block[i] && (k == FF_LAYER_RELU || k == FF_LAYER_FLATTEN);
-}
-
-/* Floats per row needed by the activations of layers [f, l) run as one stretch. */
-static size_t block_act_floats(const ff_net *net, int f, int l) {
-    size_t n = 0;
-    for (int i = f; i < l; i++) {
-        const ff_layer *L = &net->layers[i];
-        if (fused_triple(net, i, l)) { i++; continue; }   /* conv and ReLU: no stored output */
-        if (!runs_inplace(net, i, f)) n += layer_out(L);
-        if (L->kind == FF_LAYER_MAXPOOL2D) n += layer_out(L);  /* argmax slots */
-        if (L->kind == FF_LAYER_LENNORM) n += 1;               /* the row's scale */
-    }
-    return n;
-}
-
-/* Widths (floats per row) of the backward ping-pong buffers d0 and d1 for block [f, l):
- * d0 receives the loss gradient of the block's output, then every layer but an in-place ReLU
- * writes its input gradient to the other buffer (the first layer writes to din instead). */
-static void backward_widths(const ff_net *net, int f, int l, size_t w[2]) {
-    int cur = 0;
-    if (layer_out(&net->layers[l - 1]) > w[0]) w[0] = layer_out(&net->layers[l - 1]);
-    for (int i = l - 1; i > f; i--) {
-        const ff_layer *L = &net->layers[i];
-        if (i - 2 >= f && fused_triple(net, i - 2, l)) {   /* conv input gradient, unless i-2 == f */
-            i -= 2;
-            if (i == f) break;
-            L = &net->layers[i];
-        } else if (L->kind == FF_LAYER_RELU) continue;
-        cur ^= 1;
-        if (layer_in(L) > w[cur]) w[cur] = layer_in(L);
-    }
-}
-
-/* Scratch floats the fused triples of the run [f, l) need on up to `rows` rows. */
-static size_t fuse_floats(const ff_net *net, int f, int l, int rows) {
-    size_t n = 0;
-    for (int i = f; i < l; i++) {
-        if (!fused_triple(net, i, l)) continue;
-        size_t w = layer_out(&net->layers[i]), r = (size_t)fuse_rows(w);
-        if (r > (size_t)rows) r = (size_t)rows;
-        if (r * w > n) n = r * w;
-    }
-    return n;
-}
-
 /* Size the workspace for forward passes of `rows` rows of which the first `trows` also run
- * backward (trows 0: keep the current backward capacity).  Every buffer is as wide as the
- * current cut needs: carry holds a block's input, acts the largest block's activations, d0
- * and d1 its gradients (and d1 the head's normalised features). */
+ * backward (trows 0: keep the current backward capacity), from the compiled plans. */
 static ff_status reserve_rows(ff_net *net, int rows, int trows) {
-    if (!net->finalized) return FF_ERR_STATE;
-    if (rows <= 0 || trows < 0 || trows > rows) return FF_ERR_ARG;
+    ff_work *w = &net->work;
+    if (!net->finalized) return ff_fail(net, FF_ERR_STATE, "the network is not finalized");
+    if (rows <= 0 || trows < 0 || trows > rows)
+        return ff_fail(net, FF_ERR_ARG, "rows must be positive (got %d) and training rows in [0, rows] "
+                       "(got %d)", rows, trows);
     if (rows < net->K) rows = net->K;        /* multi-pass needs K rows for one sample */
     size_t acts = 0, carry = (size_t)net->Din, dw[2] = {0, 0}, headw = 0, convws = 0, fuse = 0;
     int parts = ff_get_num_threads();  /* conv scratch for that many image groups at once */
-    if (parts < net->conv_parts) parts = net->conv_parts;
+    if (parts < w->conv_parts) parts = w->conv_parts;
     for (int b = 0; b < net->nblocks; b++) {
-        int f = net->firsts[b], l = net->ends[b];
-        size_t a = block_act_floats(net, f, l);
-        if (a > acts) acts = a;
+        const ff_block *B = &net->blocks[b];
+        const ff_plan *plans[2] = {&B->train, &B->seg};
+        for (int q = 0; q < 2; q++) {
+            const ff_plan *p = plans[q];
+            if (p->act_floats > acts) acts = p->act_floats;
+            for (int s = 0; s < p->nsteps; s++) {
+                if (p->steps[s].op != FF_STEP_FUSED) continue;
+                size_t cw = ff_layer_out(&net->layers[p->steps[s].layer]), r = (size_t)ff_fuse_rows(cw);
+                if (r > (size_t)rows) r = (size_t)rows;
+                if (r * cw > fuse) fuse = r * cw;
+            }
+        }
+        for (int k = 0; k < 2; k++) if (B->train.dw[k] > dw[k]) dw[k] = B->train.dw[k];
         /* a block's input (training) and a segment's output (inference) pass through carry */
-        if (f > 0 && layer_out(&net->layers[f - 1]) > carry) carry = layer_out(&net->layers[f - 1]);
-        if (layer_out(&net->layers[l - 1]) > carry) carry = layer_out(&net->layers[l - 1]);
-        backward_widths(net, f, l, dw);
-        size_t fz = fuse_floats(net, f, l, rows);
-        if (fz > fuse) fuse = fz;
+        if (B->first > 0 && ff_layer_out(&net->layers[B->first - 1]) > carry)
+            carry = ff_layer_out(&net->layers[B->first - 1]);
+        if (ff_layer_out(&net->layers[B->last - 1]) > carry) carry = ff_layer_out(&net->layers[B->last - 1]);
     }
     for (int i = 0; i < net->nl; i++) {
         const ff_layer *L = &net->layers[i];
-        size_t a = block_act_floats(net, i, i + 1);
-        if (a > acts) acts = a;
-        if (L->kind == FF_LAYER_CONV2D) {
-            size_t c = ff_conv2d_workspace(L->C, L->H, L->W, L->OC, L->k, L->k, L->stride, L->pad,
-                                           L->groups, parts);
-            if (c > convws) convws = c;
-        }
-    }
-    /* inference runs segments between block ends, which may span layers of two blocks */
-    for (int b = 0, f = 0; b < net->nblocks; f = net->ends[b], b++) {
-        size_t a = block_act_floats(net, f, net->ends[b]), fz = fuse_floats(net, f, net->ends[b], rows);
-        if (a > acts) acts = a;
-        if (fz > fuse) fuse = fz;
+        if (L->kind != FF_LAYER_CONV2D) continue;
+        size_t c = ff_conv2d_workspace(L->C, L->H, L->W, L->OC, L->k, L->k, L->stride, L->pad, L->groups, parts);
+        if (c > convws) convws = c;
     }
     for (int h = 0; h < net->nhead; h++)
-        if (layer_out(&net->layers[net->head_layers[h]]) > headw)
-            headw = layer_out(&net->layers[net->head_layers[h]]);
+        if (ff_layer_out(&net->layers[net->head_layers[h]]) > headw)
+            headw = ff_layer_out(&net->layers[net->head_layers[h]]);
     /* the largest block's parameter span, for its gradients in the lean fused step */
     size_t span = 0;
     for (int b = 0; b < net->nblocks; b++) {
-        int f = net->firsts[b], l = net->ends[b];
+        int f = net->blocks[b].first, l = net->blocks[b].last;
         size_t hi = l < net->nl ? net->layers[l].w_off : net->tail_off;
         if (hi - net->layers[f].w_off > span) span = hi - net->layers[f].w_off;
     }
-    if (span > net->gscratch_cap) {
+    if (span > w->gscratch_cap) {
         float *g = malloc(span * sizeof(float));
-        if (!g) return FF_ERR_NOMEM;
-        free(net->gscratch);
-        net->gscratch = g; net->gscratch_cap = span;
+        if (!g) return ff_fail(net, FF_ERR_NOMEM, "out of memory for a block's gradients (%zu floats)", span);
+        free(w->gscratch);
+        w->gscratch = g; w->gscratch_cap = span;
     }
-    if (rows <= net->rows_cap && trows <= net->train_cap && acts <= net->acts_cap &&
-        carry <= net->carry_w && dw[0] <= net->d0_w && dw[1] <= net->d1_w && headw <= net->head_w &&
-        convws <= net->convws_cap && fuse <= net->fuse_cap)
+    if (rows <= w->rows_cap && trows <= w->train_cap && acts <= w->acts_cap && carry <= w->carry_w &&
+        dw[0] <= w->dw_cap[0] && dw[1] <= w->dw_cap[1] && headw <= w->head_w &&
+        convws <= w->convws_cap && fuse <= w->fuse_cap)
         return FF_OK;
     /* grow only: every capacity is the larger of the old and the new */
 #define FF_GROW(v, cap) do { if ((v) < (cap)) (v) = (cap); } while (0)
-    FF_GROW(rows, net->rows_cap); FF_GROW(trows, net->train_cap); FF_GROW(acts, net->acts_cap);
-    FF_GROW(carry, net->carry_w); FF_GROW(dw[0], net->d0_w); FF_GROW(dw[1], net->d1_w);
-    FF_GROW(headw, net->head_w); FF_GROW(convws, net->convws_cap); FF_GROW(fuse, net->fuse_cap);
+    FF_GROW(rows, w->rows_cap); FF_GROW(trows, w->train_cap); FF_GROW(acts, w->acts_cap);
+    FF_GROW(carry, w->carry_w); FF_GROW(dw[0], w->dw_cap[0]); FF_GROW(dw[1], w->dw_cap[1]);
+    FF_GROW(headw, w->head_w); FF_GROW(convws, w->convws_cap); FF_GROW(fuse, w->fuse_cap);
 #undef FF_GROW
     size_t R = (size_t)rows, T = (size_t)trows, F = (size_t)(net->has_head ? net->F : 0);
     size_t K = (size_t)net->K, Din = (size_t)net->Din;
+    size_t widest = acts + carry + dw[0] + dw[1] + headw + F + 2 * Din + 3 * K + 3;
+    if (widest > ((size_t)1 << 52) / R)   /* keeps the sum below from wrapping around */
+        return ff_fail(net, FF_ERR_NOMEM, "a workspace for %d rows of up to %zu floats is too large", rows, widest);
     size_t d1 = T * dw[1] > R * headw ? T * dw[1] : R * headw;
     size_t need = R * carry        /* carry */
                 + R * acts         /* acts */
@@ -777,257 +871,103 @@ static ff_status reserve_rows(ff_net *net, int rows, int trows) {
                 + R * Din + T * Din;  /* xtmp (encoded inputs), dxin (their gradient) */
     float *ws = malloc((need ? need : 1) * sizeof(float));
     int64_t *lab = malloc(R * sizeof(int64_t));
-    if (!ws || !lab) { free(ws); free(lab); return FF_ERR_NOMEM; }
-    free(net->ws); free(net->lab);
-    net->ws = ws; net->lab = lab; net->ws_floats = need;
+    if (!ws || !lab) {
+        free(ws); free(lab);
+        return ff_fail(net, FF_ERR_NOMEM, "out of memory for a %zu MB workspace", need * sizeof(float) >> 20);
+    }
+    free(w->ws); free(w->lab);
+    w->ws = ws; w->lab = lab; w->ws_floats = need;
     float *p = ws;
-    net->carry = p; p += R * carry;
-    net->acts = p; p += R * acts;
-    net->d0 = p; p += T * dw[0];
-    net->d1 = p; p += d1;
-    net->g = p; p += R;
-    net->dg = p; p += R;
-    net->scale = p; p += R;
-    net->G = p; p += R * K;
-    net->conv_ws = p; p += convws;
-    net->fuse_ws = p; p += fuse;
-    net->feat = p; p += R * F;
-    net->logits = p; p += R * K;
-    net->dlogits = p; p += R * K;
-    net->xtmp = p; p += R * Din;
-    net->dxin = p;
-    net->rows_cap = rows; net->train_cap = trows; net->acts_cap = acts;
-    net->carry_w = carry; net->d0_w = dw[0]; net->d1_w = dw[1]; net->head_w = headw;
-    net->convws_cap = convws; net->conv_parts = parts; net->fuse_cap = fuse;
+    w->carry = p; p += R * carry;
+    w->acts = p; p += R * acts;
+    w->d[0] = p; p += T * dw[0];
+    w->d[1] = p; p += d1;
+    w->g = p; p += R;
+    w->dg = p; p += R;
+    w->scale = p; p += R;
+    w->G = p; p += R * K;
+    w->conv_ws = p; p += convws;
+    w->fuse_ws = p; p += fuse;
+    w->feat = p; p += R * F;
+    w->logits = p; p += R * K;
+    w->dlogits = p; p += R * K;
+    w->xtmp = p; p += R * Din;
+    w->dxin = p;
+    w->rows_cap = rows; w->train_cap = trows; w->acts_cap = acts;
+    w->carry_w = carry; w->dw_cap[0] = dw[0]; w->dw_cap[1] = dw[1]; w->head_w = headw;
+    w->convws_cap = convws; w->conv_parts = parts; w->fuse_cap = fuse;
     return FF_OK;
 }
 
 ff_status ff_net_reserve(ff_net *net, int rows) {
+    if (rows <= 0) return ff_fail(net, FF_ERR_ARG, "rows must be positive, got %d", rows);
     return reserve_rows(net, rows, rows);
 }
 
-/* ------------------------------------------------------------------ running layers */
+/* ------------------------------------------------------------------ running a plan */
 
-/* Place the outputs of layers [f, l) in acts. */
-static void place_block(ff_net *net, int f, int l, int R) {
-    size_t off = 0;
-    for (int i = f; i < l; i++) {
-        ff_layer *L = &net->layers[i];
-        if (fused_triple(net, i, l)) {   /* outputs in fuse_ws, chunk by chunk */
-            L->inplace = net->layers[i + 1].inplace = 0;
-            L->act_off = net->layers[i + 1].act_off = (size_t)-1;
-            i++;
-            continue;
+/* Forward plan p on R rows whose input (R, in_size(first)) is `in`.  Batch-norm layers take
+ * statistics from the first T rows in training mode; those at index >= update_from also
+ * update their running statistics. */
+static ff_status plan_forward(ff_net *net, const ff_plan *p, const float *in, int R, int T,
+                              int update_from) {
+    ff_work *w = &net->work;
+    ff_ctx c = {net, w, net->training, 0};
+    const float *x = in;
+    for (int s = 0; s < p->nsteps; s++) {
+        const ff_step *st = &p->steps[s];
+        const ff_layer *L = &net->layers[st->layer];
+        float *y = w->acts + st->out_off * (size_t)R, *aux = w->acts + st->aux_off * (size_t)R;
+        ff_status e;
+        if (st->op == FF_STEP_FUSED) {
+            e = ff_fused_forward(&c, L, &net->layers[st->last], x, y, (int32_t *)aux, R);
+        } else {
+            c.update_stats = st->layer >= update_from;
+            e = ff_layer_kinds[L->kind].forward(&c, L, x, y, aux, R, T);
         }
-        L->inplace = runs_inplace(net, i, f);
-        if (!L->inplace) { L->act_off = off; off += (size_t)R * layer_out(L); }
-        else L->act_off = net->layers[i - 1].act_off;
-        if (L->kind == FF_LAYER_MAXPOOL2D) { L->idx_off = off; off += (size_t)R * layer_out(L); }
-        if (L->kind == FF_LAYER_LENNORM) { L->idx_off = off; off += (size_t)R; }
-    }
-}
-
-static float *act_of(ff_net *net, int i) { return net->acts + net->layers[i].act_off; }
-
-/* Forward of the fused triple at layers i..i+2 on R rows of input x: conv, ReLU and pool
- * chunk by chunk through fuse_ws; the pool output and argmax land in acts. */
-static ff_status triple_forward(ff_net *net, int i, const float *x, int R) {
-    const ff_layer *L = &net->layers[i], *P = &net->layers[i + 2];
-    const float *w = net->params + L->w_off, *bias = L->b_n ? net->params + L->b_off : NULL;
-    size_t cin = layer_in(L), cout = layer_out(L), pout = layer_out(P);
-    int c = fuse_rows(cout);
-    float *y = act_of(net, i + 2);
-    int32_t *idx = (int32_t *)(net->acts + P->idx_off);
-    for (int r0 = 0; r0 < R; r0 += c) {
-        int n = R - r0 < c ? R - r0 : c;
-        ff_status st = ff_conv2d_forward(net->fuse_ws, x + (size_t)r0 * cin, w, bias, n, L->C, L->H,
-                                         L->W, L->OC, L->k, L->k, L->stride, L->pad, L->groups,
-                                         net->conv_ws, net->conv_parts);
-        if (st != FF_OK) return st;
-        ff_relu_forward(net->fuse_ws, net->fuse_ws, (size_t)n * cout);
-        ff_maxpool2d_forward(y + (size_t)r0 * pout, idx + (size_t)r0 * pout, net->fuse_ws, n, P->C,
-                             P->H, P->W, P->k, P->stride);
+        if (e != FF_OK)
+            return ff_fail(net, e, "layer %d (%s) forward: %s", st->layer, kind_name(L->kind), ff_status_str(e));
+        x = y;
     }
     return FF_OK;
 }
 
-/* Backward of the fused triple at layers i..i+2 on T rows: dout (T, pool out) is masked in
- * place by (pooled > 0); dx (or NULL) += the gradient w.r.t. the conv input x. */
-static ff_status triple_backward(ff_net *net, int i, const float *x, float *dout, float *dx, int T) {
-    const ff_layer *L = &net->layers[i], *P = &net->layers[i + 2];
-    const float *w = net->params + L->w_off;
-    float *gw = grad_at(net, L->w_off), *gb = L->b_n ? grad_at(net, L->b_off) : NULL;
-    size_t cin = layer_in(L), cout = layer_out(L), pout = layer_out(P);
-    int c = fuse_rows(cout);
-    const float *y = act_of(net, i + 2);
-    const int32_t *idx = (const int32_t *)(net->acts + P->idx_off);
-    ff_relu_backward(dout, dout, y, (size_t)T * pout);
-    for (int r0 = 0; r0 < T; r0 += c) {
-        int n = T - r0 < c ? T - r0 : c;
-        memset(net->fuse_ws, 0, (size_t)n * cout * sizeof(float));
-        ff_maxpool2d_backward(net->fuse_ws, dout + (size_t)r0 * pout, idx + (size_t)r0 * pout, n,
-                              P->C, P->H, P->W, P->OH, P->OW);
-        ff_status st = ff_conv2d_backward(dx ? dx + (size_t)r0 * cin : NULL, gw, gb, net->fuse_ws,
-                                          x + (size_t)r0 * cin, w, n, L->C, L->H, L->W, L->OC, L->k,
-                                          L->k, L->stride, L->pad, L->groups, net->conv_ws,
-                                          net->conv_parts);
-        if (st != FF_OK) return st;
-    }
-    return FF_OK;
-}
-
-/* Forward layers [f, l) on R rows whose input (R, in_size(f)) is `in`.  Batch-norm layers take
- * statistics from the first T rows in training mode (the other rows are normalised with
- * them); those at index >= update_from also update their running statistics. */
-static ff_status block_forward(ff_net *net, int f, int l, const float *in, int R, int T,
-                               int update_from) {
-    place_block(net, f, l, R);
-    for (int i = f; i < l; i++) {
-        ff_layer *L = &net->layers[i];
-        const float *x = i == f ? in : act_of(net, i - 1);
-        if (fused_triple(net, i, l)) {
-            ff_status st = triple_forward(net, i, x, R);
-            if (st != FF_OK) return st;
-            i += 2;
-            continue;
-        }
-        float *y = act_of(net, i);
-        const float *w = net->params + L->w_off, *bias = L->b_n ? net->params + L->b_off : NULL;
-        size_t nin = layer_in(L), nout = layer_out(L);
-        ff_status st = FF_OK;
-        switch (L->kind) {
-        case FF_LAYER_LINEAR:
-            ff_linear_forward(y, x, w, bias, R, (int)nin, L->OC);
-            break;
-        case FF_LAYER_CONV2D:
-            st = ff_conv2d_forward(y, x, w, bias, R, L->C, L->H, L->W, L->OC, L->k, L->k,
-                                   L->stride, L->pad, L->groups, net->conv_ws, net->conv_parts);
-            break;
-        case FF_LAYER_BATCHNORM2D: {
-            const float *gm = L->affine ? w : NULL, *bt = L->affine ? bias : NULL;
-            float *mean = net->saved + L->sv_off, *rstd = mean + L->C;
-            int HW = L->H * L->W;
-            if (net->training) {
-                float *rm = net->buffers + L->rm_off, *rv = net->buffers + L->rv_off;
-                float mom = i >= update_from ? L->momentum : 0.0f;
-                ff_batchnorm2d_forward_train(y, mean, rstd, rm, rv, x, gm, bt, T, L->C, HW,
-                                             L->eps, mom);
-                for (int r = T; r < R; r++)
-                    for (int c = 0; c < L->C; c++) {
-                        const float *xc = x + ((size_t)r * L->C + c) * HW;
-                        float *yc = y + ((size_t)r * L->C + c) * HW;
-                        float sc = rstd[c] * (gm ? gm[c] : 1.0f), sh = bt ? bt[c] : 0.0f;
-                        for (int h = 0; h < HW; h++) yc[h] = (xc[h] - mean[c]) * sc + sh;
-                    }
-            } else {
-                ff_batchnorm2d_forward_eval(y, x, net->buffers + L->rm_off,
-                                            net->buffers + L->rv_off, gm, bt, R, L->C, HW, L->eps);
-            }
-            break;
-        }
-        case FF_LAYER_RELU:
-            ff_relu_forward(y, x, (size_t)R * nin);
-            break;
-        case FF_LAYER_MAXPOOL2D:
-            ff_maxpool2d_forward(y, (int32_t *)(net->acts + L->idx_off), x, R, L->C, L->H, L->W,
-                                 L->k, L->stride);
-            break;
-        case FF_LAYER_FLATTEN:
-            if (y != x) memcpy(y, x, (size_t)R * nout * sizeof(float));
-            break;
-        case FF_LAYER_LENNORM:
-            ff_lennorm_forward(y, net->acts + L->idx_off, x, R, (int)nin, L->norm, L->eps);
-            break;
-        }
-        if (st != FF_OK) return st;
-    }
-    return FF_OK;
-}
-
-/* Does layer i of the block starting at f need its input gradient: is there a parameter
- * below it in the block, or a din that wants the block's input gradient? */
-static int needs_input_grad(const ff_net *net, int f, int i, const float *din) {
-    int below = din != NULL;
-    for (int j = f; j < i; j++) below |= trainable(&net->layers[j]);
-    return below;
-}
-
-/* Backward through layers [f, l) on the first T rows, from dout (T, out_size(l-1)) which is
- * net->d0 on entry.  Adds weight gradients; input gradients stay inside the block, except
- * that din (or NULL) receives the gradient w.r.t. the block's input (for a label embedding). */
-static ff_status block_backward(ff_net *net, int f, int l, const float *in, int T, float *din) {
-    float *dcur = net->d0, *dnext = net->d1;
-    for (int i = l - 1; i >= f; i--) {
-        if (i - 2 >= f && fused_triple(net, i - 2, l)) {
-            int c = i - 2;
-            const float *x = c == f ? in : act_of(net, c - 1);
-            float *dx = needs_input_grad(net, f, c, din) ? (c == f ? din : dnext) : NULL;
-            if (dx) memset(dx, 0, (size_t)T * layer_in(&net->layers[c]) * sizeof(float));
-            ff_status st = triple_backward(net, c, x, dcur, dx, T);
-            if (st != FF_OK) return st;
-            if (!dx) break;
-            float *t = dcur; dcur = dnext; dnext = t;
-            i = c;
-            continue;
-        }
-        ff_layer *L = &net->layers[i];
-        const float *x = i == f ? in : act_of(net, i - 1);
-        const float *y = act_of(net, i);
-        size_t nin = layer_in(L), nout = layer_out(L);
-        int below = needs_input_grad(net, f, i, din);
-        if (L->kind == FF_LAYER_RELU && i > f) {   /* in place: dcur stays the current buffer */
-            if (!below) break;
-            ff_relu_backward(dcur, dcur, y, (size_t)T * nin);
-            continue;
-        }
-        float *dx = below ? (i == f ? din : dnext) : NULL;
-        if (dx) memset(dx, 0, (size_t)T * nin * sizeof(float));
-        const float *w = net->params + L->w_off;
-        float *gw = grad_at(net, L->w_off), *gb = L->b_n ? grad_at(net, L->b_off) : NULL;
-        ff_status st = FF_OK;
-        switch (L->kind) {
-        case FF_LAYER_LINEAR:
-            ff_linear_backward(dx, gw, gb, dcur, x, w, T, (int)nin, L->OC);
-            break;
-        case FF_LAYER_CONV2D:
-            st = ff_conv2d_backward(dx, gw, gb, dcur, x, w, T, L->C, L->H, L->W, L->OC, L->k, L->k,
-                                    L->stride, L->pad, L->groups, net->conv_ws, net->conv_parts);
-            break;
-        case FF_LAYER_BATCHNORM2D: {
-            float *mean = net->saved + L->sv_off, *rstd = mean + L->C;
-            ff_batchnorm2d_backward(dx, L->affine ? gw : NULL, L->affine ? gb : NULL, dcur, x,
-                                    mean, rstd, L->affine ? w : NULL, T, L->C, L->H * L->W);
-            break;
-        }
-        case FF_LAYER_RELU:   /* i == f only: otherwise masked in place above */
-            if (dx) ff_relu_backward(dx, dcur, y, (size_t)T * nin);
-            break;
-        case FF_LAYER_MAXPOOL2D:
-            if (dx) ff_maxpool2d_backward(dx, dcur, (const int32_t *)(net->acts + L->idx_off), T,
-                                          L->C, L->H, L->W, L->OH, L->OW);
-            break;
-        case FF_LAYER_FLATTEN:
-            if (dx) memcpy(dx, dcur, (size_t)T * nout * sizeof(float));
-            break;
-        case FF_LAYER_LENNORM:
-            if (dx) ff_lennorm_backward(dx, dcur, x, net->acts + L->idx_off, T, (int)nin, L->norm, L->eps);
-            break;
-        }
-        if (st != FF_OK) return st;
+/* Backward of plan p on the first T rows, from the loss gradient in d0.  Adds weight
+ * gradients; input gradients stay inside the block, except that din (or NULL) receives the
+ * gradient w.r.t. the block's input (for a label embedding). */
+static ff_status plan_backward(ff_net *net, const ff_plan *p, const float *in, int R, int T, float *din) {
+    ff_work *w = &net->work;
+    ff_ctx c = {net, w, net->training, 0};
+    for (int s = p->nsteps - 1; s >= 0; s--) {
+        const ff_step *st = &p->steps[s];
+        const ff_layer *L = &net->layers[st->layer];
+        const float *x = s ? w->acts + p->steps[s - 1].out_off * (size_t)R : in;
+        float *y = w->acts + st->out_off * (size_t)R, *aux = w->acts + st->aux_off * (size_t)R;
+        float *dy = w->d[st->dy_buf];
+        float *dx = st->dx_buf == FF_DX_NONE ? NULL : st->dx_buf == FF_DX_DIN ? din : w->d[st->dx_buf];
+        if (dx && dx != dy) memset(dx, 0, (size_t)T * ff_layer_in(L) * sizeof(float));
+        float *gw = L->w_n ? ff_grad_at(net, w, L->w_off) : NULL;
+        float *gb = L->b_n ? ff_grad_at(net, w, L->b_off) : NULL;
+        ff_status e;
+        if (st->op == FF_STEP_FUSED)
+            e = ff_fused_backward(&c, L, &net->layers[st->last], x, dy, dx, gw, gb, y, (const int32_t *)aux, T);
+        else
+            e = ff_layer_kinds[L->kind].backward(&c, L, dx, gw, gb, dy, x, y, aux, T);
+        if (e != FF_OK)
+            return ff_fail(net, e, "layer %d (%s) backward: %s", st->layer, kind_name(L->kind), ff_status_str(e));
         if (!dx) break;
-        float *t = dcur; dcur = dnext; dnext = t;
     }
     return FF_OK;
 }
 
 static void layer_opt_step(ff_net *net, ff_layer *L) {
-    if (!trainable(L)) return;
+    if (!ff_layer_trainable(L)) return;
     L->step++;
     const ff_opt_config *o = &L->opt;
     size_t offs[2] = {L->w_off, L->b_off}, ns[2] = {L->w_n, L->b_n};
     for (int k = 0; k < 2; k++) {
         if (!ns[k]) continue;
-        float *p = net->params + offs[k], *g = grad_at(net, offs[k]);
+        float *p = net->params + offs[k], *g = ff_grad_at(net, &net->work, offs[k]);
         if (o->kind == FF_OPT_ADAM)
             ff_adam_step(p, net->m + offs[k], net->v + offs[k], g, ns[k], o->lr, o->beta1,
                          o->beta2, o->eps, o->weight_decay, L->step);
@@ -1038,8 +978,8 @@ static void layer_opt_step(ff_net *net, ff_layer *L) {
 }
 
 static void zero_layer_grads(ff_net *net, const ff_layer *L) {
-    if (L->w_n) memset(grad_at(net, L->w_off), 0, L->w_n * sizeof(float));
-    if (L->b_n) memset(grad_at(net, L->b_off), 0, L->b_n * sizeof(float));
+    if (L->w_n) memset(ff_grad_at(net, &net->work, L->w_off), 0, L->w_n * sizeof(float));
+    if (L->b_n) memset(ff_grad_at(net, &net->work, L->b_off), 0, L->b_n * sizeof(float));
 }
 
 void ff_net_zero_grad(ff_net *net) {
@@ -1050,139 +990,96 @@ void ff_net_zero_grad(ff_net *net) {
 /* The label embedding is trained by the loss of the block holding layer 0: dxin holds the
  * gradient w.r.t. the encoded input; each row's extra-channel gradient goes to its label's map. */
 static void embedding_backward(ff_net *net, int T) {
-    ff_layer *E = &net->layers[net->nl + 1];
+    ff_work *w = &net->work;
     int HW = net->H * net->W, Din = net->Din;
-    float *g = grad_at(net, E->w_off);
+    float *g = ff_grad_at(net, w, net->embed.w_off);
     for (int r = 0; r < T; r++) {
-        const float *dr = net->dxin + (size_t)r * Din + net->D;
-        float *gk = g + (size_t)net->lab[r] * HW;
+        const float *dr = w->dxin + (size_t)r * Din + net->D;
+        float *gk = g + (size_t)w->lab[r] * HW;
         for (int i = 0; i < HW; i++) gk[i] += dr[i];
     }
 }
 
-
-/* Copy the normalised output of head layer i, rows [r0, r0 + n), into its columns of feat. */
-static void gather_features(ff_net *net, int i, int r0, int n) {
-    size_t col = 0, d = layer_out(&net->layers[i]);
+/* Copy the normalised output of head layer i (R rows in plan p), rows [r0, r0 + n), into its
+ * columns of feat. */
+static void gather_features(ff_net *net, const ff_plan *p, int i, int R, int r0, int n) {
+    ff_work *w = &net->work;
+    size_t col = 0, d = ff_layer_out(&net->layers[i]);
     for (int h = 0; h < net->nhead && net->head_layers[h] != i; h++)
-        col += layer_out(&net->layers[net->head_layers[h]]);
-    ff_lennorm_forward(net->d1, net->scale, act_of(net, i) + (size_t)r0 * d, n, (int)d, net->cfg.norm,
+        col += ff_layer_out(&net->layers[net->head_layers[h]]);
+    ff_lennorm_forward(w->d[1], w->scale, out_of(net, p, i, R) + (size_t)r0 * d, n, (int)d, net->cfg.norm,
                        net->cfg.norm_eps);
     for (int r = 0; r < n; r++)
-        memcpy(net->feat + (size_t)r * net->F + col, net->d1 + (size_t)r * d, d * sizeof(float));
+        memcpy(w->feat + (size_t)r * net->F + col, w->d[1] + (size_t)r * d, d * sizeof(float));
 }
 
-static ff_status check_labels(const ff_net *net, const int64_t *labels, int B) {
-    for (int b = 0; b < B; b++) if (labels[b] < 0 || labels[b] >= net->K) return FF_ERR_LABEL;
+static ff_status check_labels(ff_net *net, const int64_t *labels, int B, const char *what) {
+    for (int b = 0; b < B; b++)
+        if (labels[b] < 0 || labels[b] >= net->K)
+            return ff_fail(net, FF_ERR_LABEL, "%s[%d] = %lld is outside [0, %d)", what, b,
+                           (long long)labels[b], net->K);
     return FF_OK;
 }
 
-static void softmax_rows(float *probs, const float *logits, int n, int K) {
-    for (int r = 0; r < n; r++) {
-        const float *z = logits + (size_t)r * K;
-        float *p = probs + (size_t)r * K, m = z[0];
-        for (int k = 1; k < K; k++) m = z[k] > m ? z[k] : m;
-        double sum = 0.0;
-        for (int k = 0; k < K; k++) sum += exp((double)z[k] - m);
-        for (int k = 0; k < K; k++) p[k] = (float)(exp((double)z[k] - m) / sum);
-    }
-}
-
-/* Head forward (+ backward when training) on n feature rows. */
+/* The one-pass head: an ordinary linear layer on the gathered features, trained by the xent
+ * row of the loss table.  Forward (+ backward when training) on n feature rows. */
 static float head_run(ff_net *net, int n, const int64_t *labels, float *probs, int train) {
-    ff_layer *Hd = &net->layers[net->nl];
-    const float *w = net->params + Hd->w_off, *bias = net->params + Hd->b_off;
-    ff_linear_forward(net->logits, net->feat, w, bias, n, net->F, net->K);
+    ff_work *w = &net->work;
+    ff_layer *Hd = &net->head;
+    ff_ctx c = {net, w, net->training, 0};
+    ff_layer_kinds[FF_LAYER_LINEAR].forward(&c, Hd, w->feat, w->logits, NULL, n, n);
     if (!train) {
-        softmax_rows(probs, net->logits, n, net->K);
+        ff_softmax_rows(probs, w->logits, n, net->K);
         return 0.0f;
     }
-    float loss = ff_softmax_xent(net->dlogits, probs, net->logits, labels, n, net->K);
-    ff_linear_backward(NULL, grad_at(net, Hd->w_off), grad_at(net, Hd->b_off), net->dlogits,
-                       net->feat, w, n, net->F, net->K);
+    ff_block_loss bl = {FF_LOSS_XENT, FF_GOODNESS_SUM, 0.0f, 1.0f, 0.0f};
+    ff_loss_scratch s = {w->g, w->dg, w->G, w->dlogits};
+    float loss = ff_losses[FF_LOSS_XENT].loss(&bl, w->logits, w->dlogits, n, n, net->K, 1, net->K, labels, &s);
+    ff_layer_kinds[FF_LAYER_LINEAR].backward(&c, Hd, NULL, ff_grad_at(net, w, Hd->w_off),
+                                             ff_grad_at(net, w, Hd->b_off), w->dlogits, w->feat, w->logits,
+                                             NULL, n);
     return loss;
 }
 
-/* Losses that read the class from the output (channel groups, logits) need no label in the
- * input and no negative rows. */
-static int label_free_loss(ff_loss_kind k) { return k == FF_LOSS_CWC || k == FF_LOSS_PVN || k == FF_LOSS_XENT; }
-
-/* PvN on group goodness G (B,J): FF loss of G[b,y] against the mean of the other groups. */
-static float pvn_loss(float *dG, const float *G, const int64_t *y, int B, int J, float theta, float w) {
-    double L = 0.0;
-    for (int b = 0; b < B; b++) {
-        const float *g = G + (size_t)b * J;
-        double other = 0.0;
-        for (int j = 0; j < J; j++) if (j != y[b]) other += g[j];
-        other /= (J - 1);
-        double zp = (double)theta - g[y[b]], zn = other - theta;
-        L += ff_softplus(zp) + ff_softplus(zn);
-        double sp = -ff_sigmoid(zp) / B, sn = ff_sigmoid(zn) / B / (J - 1);
-        for (int j = 0; j < J; j++) dG[(size_t)b * J + j] += (float)(w * (j == y[b] ? sp : sn));
-    }
-    return (float)(L / B);
-}
-
-/* The local loss of a block whose output y (R rows of Dout = C*HW) was just computed, and its
- * gradient w.r.t. y in d0 (T rows).  Rows: FF/SymBa [0,B) positive, [B,2B) negative; the
- * label-free losses [0,B) with labels lab. */
-static ff_status block_loss(ff_net *net, const ff_layer *last, const float *y, int B, int T,
-                            float *loss_out) {
-    const ff_config *c = &net->cfg;
-    int K = net->K, Dout = (int)layer_out(last);
-    float *d0 = net->d0, loss;
-    memset(d0, 0, (size_t)T * Dout * sizeof(float));
-    switch (c->loss) {
-    case FF_LOSS_FF: case FF_LOSS_SYMBA:
-        ff_goodness_forward(net->g, y, T, Dout, c->goodness);
-        loss = c->loss == FF_LOSS_FF ? ff_ff_loss(net->dg, net->dg + B, net->g, net->g + B, B, c->theta)
-                                     : ff_symba_loss(net->dg, net->dg + B, net->g, net->g + B, B, c->alpha);
-        ff_goodness_backward(d0, net->dg, y, T, Dout, c->goodness);
-        break;
-    case FF_LOSS_CWC: case FF_LOSS_PVN: {
-        if (last->OC % K) return FF_ERR_SHAPE;
-        int S = last->OC / K, HW = last->OH * last->OW;
-        float *dG = net->dlogits, w = c->loss == FF_LOSS_PVN ? 1.0f : c->pvn_weight;
-        ff_group_goodness_forward(net->G, y, B, K, S, HW);
-        loss = 0.0f;
-        if (w < 1.0f) {
-            loss = (1.0f - w) * ff_softmax_xent(dG, NULL, net->G, net->lab, B, K);
-            for (size_t i = 0; i < (size_t)B * K; i++) dG[i] *= 1.0f - w;
-        } else {
-            memset(dG, 0, (size_t)B * K * sizeof(float));
-        }
-        if (w > 0.0f) loss += w * pvn_loss(dG, net->G, net->lab, B, K, c->theta, w);
-        ff_group_goodness_backward(d0, dG, y, B, K, S, HW);
-        break;
-    }
-    case FF_LOSS_XENT:
-        if (Dout != K) return FF_ERR_SHAPE;
-        loss = ff_softmax_xent(d0, NULL, y, net->lab, B, K);
-        break;
-    default:
-        return FF_ERR_ARG;
-    }
-    if (!isfinite(loss)) return FF_ERR_NONFINITE;
+/* The local loss of block b whose output y (R rows) was just computed, and its gradient
+ * w.r.t. y in d0 (T rows). */
+static ff_status block_loss(ff_net *net, int b, const float *y, int B, int T, float *loss_out) {
+    ff_work *w = &net->work;
+    const ff_block *blk = &net->blocks[b];
+    const ff_layer *last = &net->layers[blk->last - 1];
+    ff_status st = check_block_loss(net, b, 1);
+    if (st != FF_OK) return st;
+    memset(w->d[0], 0, (size_t)T * ff_layer_out(last) * sizeof(float));
+    ff_loss_scratch s = {w->g, w->dg, w->G, w->dlogits};
+    float loss = ff_losses[blk->loss.kind].loss(&blk->loss, y, w->d[0], B, T, last->OC, last->OH * last->OW,
+                                                net->K, w->lab, &s);
+    if (!isfinite(loss))
+        return ff_fail(net, FF_ERR_NONFINITE, "block %d: the %s loss is not finite (%g): the weights or "
+                       "inputs hold NaN/inf or training diverged (lower the learning rate)", b,
+                       ff_losses[blk->loss.kind].name, (double)loss);
     *loss_out = loss;
     return FF_OK;
 }
 
-/* Does block b contain layer 0 (and so train a label embedding)? */
-static int holds_input(const ff_net *net, int b) { return net->firsts[b] == 0; }
+/* ------------------------------------------------------------------ training */
 
 ff_status ff_net_train_step(ff_net *net, const float *x, const int64_t *labels,
                             const int64_t *neg_labels, int B, const uint8_t *active,
                             int train_head, int apply_update, float *losses) {
-    if (!net->finalized) return FF_ERR_STATE;
-    if (B <= 0) return FF_ERR_ARG;
-    if (train_head && !net->has_head) return FF_ERR_STATE;
-    ff_status st = check_labels(net, labels, B);
+    if (!net->finalized) return ff_fail(net, FF_ERR_STATE, "the network is not finalized");
+    if (B <= 0 || B > INT_MAX / 3) return ff_fail(net, FF_ERR_ARG, "batch size must be in [1, %d], got %d", INT_MAX / 3, B);
+    if (train_head && !net->has_head) return ff_fail(net, FF_ERR_STATE, "train_head: the network has no one-pass head");
+    ff_status st = check_labels(net, labels, B, "labels");
     if (st != FF_OK) return st;
-    int free_ = label_free_loss(net->cfg.loss);
+    ff_work *w = &net->work;
+    int free_ = !ff_losses[net->loss.kind].negatives;
     if (neg_labels && !free_) {
-        st = check_labels(net, neg_labels, B);
+        st = check_labels(net, neg_labels, B, "neg_labels");
         if (st != FF_OK) return st;
-        for (int b = 0; b < B; b++) if (neg_labels[b] == labels[b]) return FF_ERR_LABEL;
+        for (int b = 0; b < B; b++)
+            if (neg_labels[b] == labels[b])
+                return ff_fail(net, FF_ERR_LABEL, "neg_labels[%d] = %lld equals the true label", b,
+                               (long long)labels[b]);
     }
     int K = net->K, D = net->D, nb = net->nblocks;
     /* training rows T, and B neutral rows for the head; the label-free losses see only
@@ -1194,116 +1091,120 @@ ff_status ff_net_train_step(ff_net *net, const float *x, const int64_t *labels,
     if (st != FF_OK) return st;
     if (losses) for (int b = 0; b <= nb; b++) losses[b] = 0.0f;
 
-    int64_t *lab = net->lab;
+    int64_t *lab = w->lab;
     for (int b = 0; b < B; b++) {
         lab[b] = labels[b];
         if (!free_) {
             if (neg_labels) lab[B + b] = neg_labels[b];
             else {
-                int k = rng_below(net->rng, K - 1);
+                int k = ff_rng_below(net->rng, K - 1);
                 lab[B + b] = k >= labels[b] ? k + 1 : k;
             }
         }
         if (R > T) lab[T + b] = -1;
     }
     for (int r = 0; r < R; r++)
-        encode_row(net, net->xtmp + (size_t)r * net->Din, x + (size_t)(r % B) * D, free_ ? -1 : lab[r]);
+        encode_row(net, w->xtmp + (size_t)r * net->Din, x + (size_t)(r % B) * D, free_ ? -1 : lab[r]);
 
     /* layers in an active block are trained; their gradients are zeroed first and every
      * layer steps once at the end (a layer in two overlapping blocks sums both gradients) */
-    uint8_t train_layer[FF_MAX_LAYERS + 2] = {0};
+    uint8_t train_layer[FF_MAX_LAYERS] = {0};
     int stop = 0, embed = 0;
     for (int b = 0; b < nb; b++) {
         if (active && !active[b]) continue;
         stop = b + 1;
-        for (int i = net->firsts[b]; i < net->ends[b]; i++) train_layer[i] = 1;
+        for (int i = net->blocks[b].first; i < net->blocks[b].last; i++) train_layer[i] = 1;
         if (holds_input(net, b) && net->label == FF_LABEL_EMBEDDING) embed = 1;
     }
     if (train_head) {
         int lastl = net->head_layers[net->nhead - 1];
-        for (int b = 0; b < nb; b++) if (net->ends[b] > lastl) { if (b + 1 > stop) stop = b + 1; break; }
+        for (int b = 0; b < nb; b++) if (net->blocks[b].last > lastl) { if (b + 1 > stop) stop = b + 1; break; }
     }
     /* lean: a block's gradients live in gscratch and it steps right after its backward */
     int overlap = 0;
-    for (int b = 1; b < nb; b++) overlap |= net->firsts[b] < net->ends[b - 1];
-    int lean = apply_update && !net->grads && !overlap;
-    if (!lean) {
+    for (int b = 1; b < nb; b++) overlap |= net->blocks[b].first < net->blocks[b - 1].last;
+    w->lean = apply_update && !overlap;
+    if (!w->lean) {
         st = full_grads(net);
         if (st != FF_OK) return st;
     }
     if (!apply_update) ff_net_zero_grad(net);
     else {
-        if (!lean)
+        if (!w->lean)
             for (int i = 0; i < net->nl; i++) if (train_layer[i]) zero_layer_grads(net, &net->layers[i]);
-        if (embed) zero_layer_grads(net, &net->layers[net->nl + 1]);
-        if (train_head) zero_layer_grads(net, &net->layers[net->nl]);
+        if (embed) zero_layer_grads(net, &net->embed);
+        if (train_head) zero_layer_grads(net, &net->head);
     }
 
     /* carry = the input of the block about to run */
-    memcpy(net->carry, net->xtmp, (size_t)R * net->Din * sizeof(float));
+    memcpy(w->carry, w->xtmp, (size_t)R * net->Din * sizeof(float));
     for (int b = 0; b < stop; b++) {
-        int f = net->firsts[b], l = net->ends[b];
+        const ff_block *blk = &net->blocks[b];
+        int f = blk->first, l = blk->last;
         int on = !active || active[b];
         /* batch-norm running stats: updated once per layer, by the first block running it */
-        st = block_forward(net, f, l, net->carry, R, T, on ? (b ? net->ends[b - 1] : 0) : net->nl);
+        st = plan_forward(net, &blk->train, w->carry, R, T, on ? (b ? net->blocks[b - 1].last : 0) : net->nl);
         if (st != FF_OK) return st;
-        ff_layer *last = &net->layers[l - 1];
         if (on) {
-            float loss;
-            st = block_loss(net, last, act_of(net, l - 1), B, T, &loss);
+            float loss = 0.0f;
+            st = block_loss(net, b, out_of(net, &blk->train, l - 1, R), B, T, &loss);
             if (st != FF_OK) return st;
             if (losses) losses[b] = loss;
             int emb = holds_input(net, b) && net->label == FF_LABEL_EMBEDDING;
-            if (lean) {
-                net->gscratch_base = net->layers[f].w_off;
+            if (w->lean) {
+                w->gscratch_base = net->layers[f].w_off;
                 size_t hi = l < net->nl ? net->layers[l].w_off : net->tail_off;
-                memset(net->gscratch, 0, (hi - net->gscratch_base) * sizeof(float));
+                memset(w->gscratch, 0, (hi - w->gscratch_base) * sizeof(float));
             }
-            st = block_backward(net, f, l, net->carry, T, emb ? net->dxin : NULL);
+            st = plan_backward(net, &blk->train, w->carry, R, T, emb ? w->dxin : NULL);
             if (st != FF_OK) return st;
             if (emb) embedding_backward(net, T);
-            if (lean)   /* the next block's input was computed before this update */
+            if (w->lean)   /* the next block's input was computed before this update */
                 for (int i = f; i < l; i++) layer_opt_step(net, &net->layers[i]);
         }
         if (train_head)
             for (int i = f; i < l; i++)
-                if (is_head_layer(net, i) && (b == 0 || i >= net->ends[b - 1]))
-                    gather_features(net, i, head_rows_at, B);
+                if (is_head_layer(net, i) && (b == 0 || i >= net->blocks[b - 1].last))
+                    gather_features(net, &blk->train, i, R, head_rows_at, B);
         /* the next block's input: the output of the layer before its first */
         if (b + 1 < stop) {
-            int src = net->firsts[b + 1] - 1;
-            memcpy(net->carry, act_of(net, src), (size_t)R * layer_out(&net->layers[src]) * sizeof(float));
+            int src = net->blocks[b + 1].first - 1;
+            memcpy(w->carry, out_of(net, &blk->train, src, R),
+                   (size_t)R * ff_layer_out(&net->layers[src]) * sizeof(float));
         }
     }
     if (train_head) {
         float hl = head_run(net, B, labels, NULL, 1);   /* training needs no probabilities */
-        if (!isfinite(hl)) return FF_ERR_NONFINITE;
+        if (!isfinite(hl))
+            return ff_fail(net, FF_ERR_NONFINITE, "the one-pass head's loss is not finite (%g): lower its "
+                           "learning rate", (double)hl);
         if (losses) losses[nb] = hl;
     }
     if (apply_update) {
-        if (!lean)
+        if (!w->lean)
             for (int i = 0; i < net->nl; i++) if (train_layer[i]) layer_opt_step(net, &net->layers[i]);
-        if (embed) layer_opt_step(net, &net->layers[net->nl + 1]);
-        if (train_head) layer_opt_step(net, &net->layers[net->nl]);
+        if (embed) layer_opt_step(net, &net->embed);
+        if (train_head) layer_opt_step(net, &net->head);
     }
     return FF_OK;
 }
 
 ff_status ff_net_optimizer_step(ff_net *net, const uint8_t *active, int head) {
-    if (!net->finalized) return FF_ERR_STATE;
-    ff_status st = full_grads(net);
-    if (st != FF_OK) return st;
-    if (head && !net->has_head) return FF_ERR_STATE;
+    if (!net->finalized) return ff_fail(net, FF_ERR_STATE, "the network is not finalized");
+    if (!net->grads)
+        return ff_fail(net, FF_ERR_STATE, "no gradients to apply: run a compute-only step (compute_grads) first");
+    if (head && !net->has_head) return ff_fail(net, FF_ERR_STATE, "head: the network has no one-pass head");
+    net->work.lean = 0;
     uint8_t train_layer[FF_MAX_LAYERS] = {0};
     int embed = 0;
     for (int b = 0; b < net->nblocks; b++) {
         if (active && !active[b]) continue;
-        for (int i = net->firsts[b]; i < net->ends[b]; i++) train_layer[i] = 1;
+        for (int i = net->blocks[b].first; i < net->blocks[b].last; i++) train_layer[i] = 1;
         if (holds_input(net, b) && net->label == FF_LABEL_EMBEDDING) embed = 1;
     }
     for (int i = 0; i < net->nl; i++) if (train_layer[i]) layer_opt_step(net, &net->layers[i]);
-    if (embed) layer_opt_step(net, &net->layers[net->nl + 1]);
-    if (head) layer_opt_step(net, &net->layers[net->nl]);
+    if (embed) layer_opt_step(net, &net->embed);
+    if (head) layer_opt_step(net, &net->head);
     return FF_OK;
 }
 
@@ -1311,77 +1212,67 @@ ff_status ff_net_optimizer_step(ff_net *net, const uint8_t *active, int head) {
 
 /* Rows worth reserving for an inference call wanting `want` rows: enough for large GEMMs,
  * but the workspace capped near 256 MB (an image net's rows are large). */
-static int inference_rows(const ff_net *net, int want) {
+static int inference_rows(const ff_net *net, size_t want) {
     size_t per_row = (size_t)net->Din * 3;
-    for (int i = 0; i < net->nl; i++) per_row += 4 * layer_out(&net->layers[i]);
+    for (int i = 0; i < net->nl; i++) per_row += 4 * ff_layer_out(&net->layers[i]);
     size_t cap = ((size_t)256 << 20) / (per_row * sizeof(float));
-    int rows = want < 2048 ? want : 2048;
-    if ((size_t)rows > cap) rows = (int)cap;
-    return rows < net->K ? net->K : rows;
-}
-
-/* The class scores of the block ending at layer l-1 for R rows, into out[r * stride]
- * (K values per row for the label-free losses, 1 for FF/SymBa goodness). */
-static void block_scores(ff_net *net, int l, int R, float *out, size_t stride, size_t kstride) {
-    const ff_layer *last = &net->layers[l - 1];
-    const float *y = act_of(net, l - 1);
-    int K = net->K, Dout = (int)layer_out(last);
-    switch (net->cfg.loss) {
-    case FF_LOSS_CWC: case FF_LOSS_PVN:
-        if (last->OC % K == 0) {
-            ff_group_goodness_forward(net->G, y, R, K, last->OC / K, last->OH * last->OW);
-            for (int r = 0; r < R; r++)
-                for (int k = 0; k < K; k++) out[r * stride + k * kstride] = net->G[(size_t)r * K + k];
-        } else {
-            for (int r = 0; r < R; r++) for (int k = 0; k < K; k++) out[r * stride + k * kstride] = 0.0f;
-        }
-        break;
-    case FF_LOSS_XENT:
-        for (int r = 0; r < R; r++)
-            for (int k = 0; k < K; k++)
-                out[r * stride + k * kstride] = Dout == K ? y[(size_t)r * K + k] : 0.0f;
-        break;
-    default:
-        ff_goodness_forward(net->g, y, R, Dout, net->cfg.goodness);
-        for (int r = 0; r < R; r++) out[r * stride] = net->g[r];
-    }
+    size_t rows = want < 2048 ? want : 2048;
+    if (rows > cap) rows = cap;
+    return rows < (size_t)net->K ? net->K : (int)rows;
 }
 
 /* Run the segments (layers between consecutive block ends) up to and including segment
- * `stop - 1` on the R rows in carry; after each block end call `scores` (if out) and gather
- * head features from rows [0, fn). */
+ * `stop - 1` on the R rows in carry; after each block end write its class scores (if out) and
+ * gather head features from rows [0, fn). */
 static ff_status run_segments(ff_net *net, int R, int stop, int fn, float *out, size_t rstride,
                               size_t kstride, int per_label) {
-    int f = 0;
+    ff_work *w = &net->work;
     for (int b = 0; b < stop; b++) {
-        int l = net->ends[b];
-        ff_status st = block_forward(net, f, l, net->carry, R, R, net->nl);
+        const ff_block *blk = &net->blocks[b];
+        const ff_plan *p = &blk->seg;
+        ff_status st = plan_forward(net, p, w->carry, R, R, net->nl);
         if (st != FF_OK) return st;
-        for (int i = f; i < l; i++) if (fn && is_head_layer(net, i)) gather_features(net, i, 0, fn);
-        if (out) block_scores(net, l, R, out + b, rstride, per_label ? 0 : kstride);
-        if (b + 1 < stop)
-            memcpy(net->carry, act_of(net, l - 1), (size_t)R * layer_out(&net->layers[l - 1]) * sizeof(float));
-        f = l;
+        for (int i = p->first; i < p->last; i++) if (fn && is_head_layer(net, i)) gather_features(net, p, i, R, 0, fn);
+        const ff_layer *last = &net->layers[blk->last - 1];
+        const float *y = out_of(net, p, blk->last - 1, R);
+        if (out) {
+            ff_loss_scratch s = {w->g, w->dg, w->G, w->dlogits};
+            ff_losses[blk->loss.kind].scores(&blk->loss, y, R, last->OC, last->OH * last->OW, net->K, out + b,
+                                             rstride, per_label ? 0 : kstride, &s);
+        }
+        if (b + 1 < stop) memcpy(w->carry, y, (size_t)R * ff_layer_out(last) * sizeof(float));
+    }
+    return FF_OK;
+}
+
+/* Every block's loss must be able to score classes before an inference that reads them. */
+static ff_status check_scores(ff_net *net) {
+    for (int b = 0; b < net->nblocks; b++) {
+        ff_status st = check_block_loss(net, b, 1);
+        if (st != FF_OK) return st;
     }
     return FF_OK;
 }
 
 ff_status ff_net_goodness(ff_net *net, const float *x, int B, float *out) {
-    if (!net->finalized) return FF_ERR_STATE;
-    if (B <= 0) return FF_ERR_ARG;
+    if (!net->finalized) return ff_fail(net, FF_ERR_STATE, "the network is not finalized");
+    if (B <= 0) return ff_fail(net, FF_ERR_ARG, "batch size must be positive, got %d", B);
+    ff_status st = check_scores(net);
+    if (st != FF_OK) return st;
+    ff_work *w = &net->work;
     int K = net->K, D = net->D, nb = net->nblocks, Din = net->Din;
     /* FF/SymBa: one row per (sample, label); label-free losses: one neutral row per sample */
-    int per = label_free_loss(net->cfg.loss) ? 1 : K;
-    ff_status st = reserve_rows(net, inference_rows(net, B * per), 0);
+    int per = ff_losses[net->loss.kind].negatives ? K : 1;
+    st = reserve_rows(net, inference_rows(net, (size_t)B * per), 0);
     if (st != FF_OK) return st;
-    int chunk = net->rows_cap / per;
+    int chunk = w->rows_cap / per;
     for (int s0 = 0; s0 < B; s0 += chunk) {
         int n = B - s0 < chunk ? B - s0 : chunk, R = n * per;
         for (int s = 0; s < n; s++)
             for (int k = 0; k < per; k++)
-                encode_row(net, net->xtmp + ((size_t)s * per + k) * Din, x + (size_t)(s0 + s) * D,
+                encode_row(net, w->xtmp + ((size_t)s * per + k) * Din, x + (size_t)(s0 + s) * D,
                            per == 1 ? -1 : k);
-        memcpy(net->carry, net->xtmp, (size_t)R * Din * sizeof(float));
+        memcpy(w->carry, w->xtmp, (size_t)R * Din * sizeof(float));
         /* out (B, K, nb): row r = s*per + k is at (s0 + s, k); label-free rows fill all K */
         st = run_segments(net, R, nb, 0, out + (size_t)s0 * K * nb, per == 1 ? (size_t)K * nb : (size_t)nb,
                           (size_t)nb, 0);
@@ -1392,45 +1283,47 @@ ff_status ff_net_goodness(ff_net *net, const float *x, int B, float *out) {
 
 ff_status ff_net_goodness_labeled(ff_net *net, const float *x, const int64_t *labels, int B,
                                   float *out) {
-    if (!net->finalized) return FF_ERR_STATE;
-    if (B <= 0) return FF_ERR_ARG;
-    if (label_free_loss(net->cfg.loss)) return FF_ERR_STATE;
-    if (labels) { ff_status st = check_labels(net, labels, B); if (st != FF_OK) return st; }
+    if (!net->finalized) return ff_fail(net, FF_ERR_STATE, "the network is not finalized");
+    if (B <= 0) return ff_fail(net, FF_ERR_ARG, "batch size must be positive, got %d", B);
+    if (!ff_losses[net->loss.kind].negatives)
+        return ff_fail(net, FF_ERR_STATE, "goodness of labelled inputs needs a loss that reads the label from "
+                       "the input (ff, symba); this net's loss is %s", ff_losses[net->loss.kind].name);
+    if (labels) { ff_status st = check_labels(net, labels, B, "labels"); if (st != FF_OK) return st; }
+    ff_work *w = &net->work;
     int D = net->D, nb = net->nblocks, Din = net->Din;
-    ff_status st = reserve_rows(net, inference_rows(net, B), 0);
+    ff_status st = reserve_rows(net, inference_rows(net, (size_t)B), 0);
     if (st != FF_OK) return st;
-    int chunk = net->rows_cap;
+    int chunk = w->rows_cap;
     for (int s0 = 0; s0 < B; s0 += chunk) {
         int n = B - s0 < chunk ? B - s0 : chunk;
         for (int r = 0; r < n; r++)
-            encode_row(net, net->xtmp + (size_t)r * Din, x + (size_t)(s0 + r) * D,
-                       labels ? labels[s0 + r] : -1);
-        memcpy(net->carry, net->xtmp, (size_t)n * Din * sizeof(float));
+            encode_row(net, w->xtmp + (size_t)r * Din, x + (size_t)(s0 + r) * D, labels ? labels[s0 + r] : -1);
+        memcpy(w->carry, w->xtmp, (size_t)n * Din * sizeof(float));
         st = run_segments(net, n, nb, 0, out + (size_t)s0 * nb, (size_t)nb, 0, 1);
         if (st != FF_OK) return st;
     }
     return FF_OK;
 }
 
-static ff_status features_chunked(ff_net *net, const float *x, int B, float *feat_out,
-                                  float *probs) {
-    if (!net->finalized) return FF_ERR_STATE;
-    if (!net->has_head) return FF_ERR_STATE;
-    if (B <= 0) return FF_ERR_ARG;
+static ff_status features_chunked(ff_net *net, const float *x, int B, float *feat_out, float *probs) {
+    if (!net->finalized) return ff_fail(net, FF_ERR_STATE, "the network is not finalized");
+    if (!net->has_head) return ff_fail(net, FF_ERR_STATE, "the network has no one-pass head (head_blocks=None)");
+    if (B <= 0) return ff_fail(net, FF_ERR_ARG, "batch size must be positive, got %d", B);
+    ff_work *w = &net->work;
     int D = net->D, F = net->F, K = net->K, Din = net->Din;
-    ff_status st = reserve_rows(net, inference_rows(net, B), 0);
+    ff_status st = reserve_rows(net, inference_rows(net, (size_t)B), 0);
     if (st != FF_OK) return st;
-    int chunk = net->rows_cap, stop = net->nblocks;
+    int chunk = w->rows_cap, stop = net->nblocks;
     int lastl = net->head_layers[net->nhead - 1];
-    for (int b = 0; b < net->nblocks; b++) if (net->ends[b] > lastl) { stop = b + 1; break; }
+    for (int b = 0; b < net->nblocks; b++) if (net->blocks[b].last > lastl) { stop = b + 1; break; }
     for (int s0 = 0; s0 < B; s0 += chunk) {
         int n = B - s0 < chunk ? B - s0 : chunk;
         for (int r = 0; r < n; r++)
-            encode_row(net, net->xtmp + (size_t)r * Din, x + (size_t)(s0 + r) * D, -1);
-        memcpy(net->carry, net->xtmp, (size_t)n * Din * sizeof(float));
+            encode_row(net, w->xtmp + (size_t)r * Din, x + (size_t)(s0 + r) * D, -1);
+        memcpy(w->carry, w->xtmp, (size_t)n * Din * sizeof(float));
         st = run_segments(net, n, stop, n, NULL, 0, 0, 0);
         if (st != FF_OK) return st;
-        if (feat_out) memcpy(feat_out + (size_t)s0 * F, net->feat, (size_t)n * F * sizeof(float));
+        if (feat_out) memcpy(feat_out + (size_t)s0 * F, w->feat, (size_t)n * F * sizeof(float));
         if (probs) head_run(net, n, NULL, probs + (size_t)s0 * K, 0);
     }
     return FF_OK;
@@ -1442,4 +1335,56 @@ ff_status ff_net_features(ff_net *net, const float *x, int B, float *feat) {
 
 ff_status ff_net_head_predict(ff_net *net, const float *x, int B, float *probs) {
     return features_chunked(net, x, B, NULL, probs);
+}
+
+/* ------------------------------------------------------------------ gradient check */
+
+/* Directional derivative check of the training loss (every active block's loss plus the
+ * head's) along a random direction u of all trainable parameters: compares
+ * (L(p + eps u) - L(p - eps u)) / (2 eps) with <grad L, u> from a compute-only step, with the
+ * same negative labels and batch-norm in training mode on both sides.  *rel receives
+ * |fd - an| / max(|fd|, |an|, 1e-6).  Parameters and optimiser state are left unchanged. */
+ff_status ff_net_check_grad(ff_net *net, const float *x, const int64_t *labels, const int64_t *neg_labels,
+                            int B, int train_head, float eps, uint64_t seed, double *fd, double *an,
+                            double *rel) {
+    if (!net->finalized) return ff_fail(net, FF_ERR_STATE, "the network is not finalized");
+    if (!(eps > 0.0f)) return ff_fail(net, FF_ERR_ARG, "eps must be > 0, got %g", (double)eps);
+    if (ff_losses[net->loss.kind].negatives && !neg_labels)
+        return ff_fail(net, FF_ERR_ARG, "neg_labels are needed: random negatives would differ between the "
+                       "evaluations");
+    size_t n = net->nparams;
+    float *p0 = malloc(n * sizeof(float)), *u = malloc(n * sizeof(float));
+    float *buf = malloc(net->nbuffers ? net->nbuffers * sizeof(float) : 1);
+    float *losses = malloc((size_t)(net->nblocks + 1) * sizeof(float));
+    if (!p0 || !u || !buf || !losses) {
+        free(p0); free(u); free(buf); free(losses);
+        return ff_fail(net, FF_ERR_NOMEM, "out of memory for the gradient check");
+    }
+    memcpy(p0, net->params, n * sizeof(float));
+    memcpy(buf, net->buffers, net->nbuffers * sizeof(float));
+    uint64_t s[4], z = seed;
+    for (int i = 0; i < 4; i++) s[i] = ff_splitmix64(&z);
+    for (size_t i = 0; i < n; i++) u[i] = 2.0f * ff_rng_uniform(s) - 1.0f;
+    ff_status st = ff_net_train_step(net, x, labels, neg_labels, B, NULL, train_head, 0, losses);
+    double dot = 0.0;
+    for (size_t i = 0; st == FF_OK && i < n; i++) dot += (double)net->grads[i] * u[i];
+    double lp = 0.0, lm = 0.0;
+    for (int side = 0; side < 2 && st == FF_OK; side++) {
+        float sg = side ? -eps : eps;
+        for (size_t i = 0; i < n; i++) net->params[i] = p0[i] + sg * u[i];
+        memcpy(net->buffers, buf, net->nbuffers * sizeof(float));
+        st = ff_net_train_step(net, x, labels, neg_labels, B, NULL, train_head, 0, losses);
+        double tot = 0.0;
+        for (int b = 0; b <= net->nblocks; b++) tot += losses[b];
+        if (side) lm = tot; else lp = tot;
+    }
+    memcpy(net->params, p0, n * sizeof(float));
+    memcpy(net->buffers, buf, net->nbuffers * sizeof(float));
+    free(p0); free(u); free(buf); free(losses);
+    if (st != FF_OK) return st;
+    *fd = (lp - lm) / (2.0 * eps);
+    *an = dot;
+    double m = fabs(*fd) > fabs(*an) ? fabs(*fd) : fabs(*an);
+    *rel = fabs(*fd - *an) / (m > 1e-6 ? m : 1e-6);
+    return FF_OK;
 }

@@ -246,6 +246,20 @@ typedef enum {
 } ff_label_kind;
 typedef enum { FF_OPT_SGD = 0, FF_OPT_ADAM = 1 } ff_opt_kind;
 
+/* Layer indices of the parameters outside the layer list (ff_net_param, set_opt, ...). */
+#define FF_LAYER_HEAD (-1)        /* the one-pass head's Linear(F, K) */
+#define FF_LAYER_EMBEDDING (-2)   /* the label embedding, (K, H*W) */
+
+/* Names of the enum values (NULL past the last): what the binding exports to Python, so the
+ * tables of kinds live here and only here. */
+const char *ff_layer_kind_name(int kind);
+const char *ff_loss_name(int kind);
+const char *ff_label_name(int kind);
+const char *ff_norm_name(int kind);
+const char *ff_goodness_name(int kind);
+const char *ff_opt_name(int kind);
+const char *ff_param_name(int kind);
+
 /* Which parameter array of a layer (or of the head, layer index -1). */
 typedef enum {
     FF_P_WEIGHT = 0,     /* linear (O,I), conv (OC,C/groups,KH,KW), batchnorm gamma (C) */
@@ -281,8 +295,12 @@ ff_config ff_config_default(void);
 ff_opt_config ff_opt_config_default(void);
 
 /* Create an empty net for inputs of shape (C,H,W) (an MLP uses C = features, H = W = 1) and
- * K classes.  seed drives initialisation and negative-label sampling.  NULL if out of memory.
+ * K classes.  seed drives initialisation and negative-label sampling.  ff_net_new writes the
+ * net to *out, or on a bad shape or class count (each dimension at most 2^24, C*H*W + H*W at
+ * most 2^30 values, K in [2, 65536]) returns the status and writes the reason into msg (n
+ * bytes, may be NULL).  ff_net_create is the same returning NULL on any failure.
  * The net owns everything it allocates; ff_net_destroy frees it all. */
+ff_status ff_net_new(ff_net **out, int C, int H, int W, int K, uint64_t seed, char *msg, size_t n);
 ff_net *ff_net_create(int C, int H, int W, int K, uint64_t seed);
 void ff_net_destroy(ff_net *net);
 
@@ -320,8 +338,19 @@ ff_status ff_net_set_block_ranges(ff_net *net, int nblocks, const int *firsts, c
  * returns the number of blocks. */
 int ff_net_default_blocks(const ff_net *net, int *ends);
 
+/* The net's configuration; its loss settings become every block's (ff_net_set_block_loss then
+ * overrides one block until the next re-cut or set_config).  A loss that reads channel groups
+ * (CwC, PvN) is refused unless every block's output channels divide by K. */
 ff_status ff_net_set_config(ff_net *net, const ff_config *cfg);
 ff_config ff_net_get_config(const ff_net *net);
+/* Block b's own loss.  Its kind must build the same rows as the net's (with or without
+ * negatives), since all blocks of a step share them. */
+ff_status ff_net_set_block_loss(ff_net *net, int b, ff_loss_kind loss, ff_goodness_kind goodness,
+                                float theta, float alpha, float pvn_weight);
+/* Why the last failing call on net failed, in words (the empty string before any failure).
+ * Every function returning an ff_status other than FF_OK writes it. */
+const char *ff_net_last_error(const ff_net *net);
+int ff_net_is_finalized(const ff_net *net);
 /* Optimiser of layer l (l = -1: the head, -2: the label embedding, (K, H*W)); every trainable
  * layer has its own state.  ff_net_param, get/set_step take the same indices. */
 ff_status ff_net_set_opt(ff_net *net, int layer, const ff_opt_config *opt);
@@ -356,7 +385,9 @@ ff_status ff_net_layer_info(const ff_net *net, int layer, ff_layer_info *info);
 /* Block b's layer range [first, last). */
 void ff_net_block_range(const ff_net *net, int b, int *first, int *last);
 /* Pointer to a parameter array and its element count (0 and NULL when absent).  The
- * pointer stays valid until ff_net_destroy. */
+ * pointer stays valid until ff_net_destroy.  The gradient kinds point into the full gradient
+ * arena, which exists only after a compute-only step (ff_net_train_step with apply_update 0,
+ * or overlapping blocks): NULL before.  Reading them never changes how steps use memory. */
 float *ff_net_param(ff_net *net, int layer, ff_param_kind which, size_t *count);
 size_t ff_net_num_params(const ff_net *net);          /* trainable floats incl. the head */
 /* Bytes of workspace currently reserved. */
@@ -403,12 +434,21 @@ ff_status ff_net_features(ff_net *net, const float *x, int B, float *feat);
 /* One-pass prediction: softmax of the head.  probs (B, K). */
 ff_status ff_net_head_predict(ff_net *net, const float *x, int B, float *probs);
 
+/* Directional gradient check: the finite difference of the summed training losses along a
+ * random direction (seed) of all parameters, step eps, against the analytic directional
+ * derivative from a compute-only step.  neg_labels are required for losses with negatives.
+ * Writes fd, an and their relative difference; parameters and statistics are restored. */
+ff_status ff_net_check_grad(ff_net *net, const float *x, const int64_t *labels,
+                            const int64_t *neg_labels, int B, int train_head, float eps,
+                            uint64_t seed, double *fd, double *an, double *rel);
+
 /* 1 if all n values are finite, else 0. */
 int ff_all_finite(const float *x, size_t n);
 
-/* Write the label encoding: out (B, C*H*W) = x with the first K values of each row (of the
- * first channel plane for images) replaced by label_value * onehot(label) (label -1:
- * the neutral label, label_value/K everywhere). */
+/* The one-hot label writer of the network's encoder, for flat rows: out (B, D) = x with the
+ * first K values of each row replaced by label_value * onehot(label) (label -1: the neutral
+ * label, label_value/K everywhere).  (An image net writes the same K values at the start of
+ * every channel plane.) */
 ff_status ff_overlay_labels(float *out, const float *x, const int64_t *labels, int B, int D,
                             int K, float label_value);
 

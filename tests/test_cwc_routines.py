@@ -215,10 +215,10 @@ def test_cwc_class_scores_are_group_goodness(rng):
 
 def test_bad_cwc_setups(rng):
     layers = models.conv_block(2, 6, 3, padding=1)
-    m = fflib.FFModel(layers, (2, 8, 8), 4, loss="cwc", label_encoding="none", head_blocks=None)
-    x, y = batch(rng)
-    with pytest.raises(ValueError, match="sizes do not fit"):
-        m.train_step(x.reshape(6, -1), y)      # 6 channels do not split into 4 groups
+    # 6 channels do not split into 4 groups: refused when the model is built (it used to build
+    # and fail only at the first step, or score zeros)
+    with pytest.raises(ValueError, match="loss cwc reads 4 channel groups, but block 0 ends in layer 1"):
+        fflib.FFModel(layers, (2, 8, 8), 4, loss="cwc", label_encoding="none", head_blocks=None)
     with pytest.raises(ValueError, match="pvn_weight"):
         tiny_cwc(pvn_weight=1.5)
     with pytest.raises(ValueError, match="routine must be one of"):
