@@ -331,6 +331,7 @@ static PyObject *Net_set_head(NetObject *self, PyObject *args) {
 }
 
 static PyObject *Net_finalize(NetObject *self, PyObject *Py_UNUSED(a)) {
+    GUARD(self);
     if (net_enter(self) < 0) return NULL;
     ff_status st = ff_net_finalize(self->net);
     net_leave(self);
@@ -350,6 +351,7 @@ static PyObject *Net_set_blocks(NetObject *self, PyObject *args) {
 }
 
 static PyObject *Net_default_blocks(NetObject *self, PyObject *Py_UNUSED(a)) {
+    GUARD(self);
     int ends[256];
     if (ff_net_num_layers(self->net) == 0) return PyList_New(0);
     int nb = ff_net_default_blocks(self->net, ends);
@@ -373,6 +375,7 @@ static PyObject *Net_set_block_ranges(NetObject *self, PyObject *args) {
 }
 
 static PyObject *Net_blocks(NetObject *self, PyObject *Py_UNUSED(a)) {
+    GUARD(self);
     int nb = ff_net_num_blocks(self->net);
     PyObject *l = PyList_New(nb);
     if (!l) return NULL;
@@ -414,6 +417,7 @@ static PyObject *Net_set_block_loss(NetObject *self, PyObject *args, PyObject *k
 }
 
 static PyObject *Net_get_config(NetObject *self, PyObject *Py_UNUSED(a)) {
+    GUARD(self);
     ff_config c = ff_net_get_config(self->net);
     return Py_BuildValue("{s:i,s:i,s:d,s:d,s:i,s:d,s:d,s:d}", "loss", (int)c.loss, "goodness",
                          (int)c.goodness, "theta", (double)c.theta, "alpha", (double)c.alpha,
@@ -468,6 +472,7 @@ static PyObject *Net_set_step(NetObject *self, PyObject *args) {
 }
 
 static PyObject *Net_get_rng(NetObject *self, PyObject *Py_UNUSED(a)) {
+    GUARD(self);
     uint64_t s[4];
     ff_net_get_rng(self->net, s);
     return Py_BuildValue("(KKKK)", (unsigned long long)s[0], (unsigned long long)s[1],
@@ -627,19 +632,20 @@ static PyObject *Net_optimizer_step(NetObject *self, PyObject *args, PyObject *k
 }
 
 static PyObject *Net_zero_grad(NetObject *self, PyObject *Py_UNUSED(a)) {
+    GUARD(self);
     if (!finalized(self)) return NULL;
     ff_net_zero_grad(self->net);
     Py_RETURN_NONE;
 }
 
 static PyObject *Net_check_grad(NetObject *self, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"x", "labels", "neg_labels", "train_head", "eps", "seed", NULL};
+    static char *kwlist[] = {"x", "labels", "neg_labels", "block", "eps", "seed", NULL};
     PyObject *xo, *yo, *no = Py_None;
-    int head = 0;
+    int head = 0;   /* the block index */
     float eps = 1e-3f;
     unsigned long long seed = 0;
     GUARD(self);
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|OpfK", kwlist, &xo, &yo, &no, &head, &eps, &seed))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|OifK", kwlist, &xo, &yo, &no, &head, &eps, &seed))
         return NULL;
     if (!finalized(self)) return NULL;
     npy_intp B;
@@ -718,6 +724,7 @@ static PyObject *Net_head_predict(NetObject *self, PyObject *args) {
     GUARD(self); return inference(self, args, INF_HEAD); }
 
 static PyObject *Net_info(NetObject *self, PyObject *Py_UNUSED(a)) {
+    GUARD(self);
     ff_net *n = self->net;
     return Py_BuildValue("{s:i,s:i,s:i,s:i,s:i,s:i,s:n,s:n}", "num_layers", ff_net_num_layers(n),
                          "num_blocks", ff_net_num_blocks(n), "num_classes", ff_net_num_classes(n),
@@ -798,7 +805,7 @@ static PyMethodDef Net_methods[] = {
     {"set_block_loss", (PyCFunction)(void (*)(void))Net_set_block_loss, METH_VARARGS | METH_KEYWORDS,
      "set_block_loss(block, loss, goodness, theta, alpha, pvn_weight): block b's own loss"},
     {"check_grad", (PyCFunction)(void (*)(void))Net_check_grad, METH_VARARGS | METH_KEYWORDS,
-     "check_grad(x, labels, neg_labels=None, train_head=False, eps=1e-3, seed=0) -> (fd, analytic, rel)"},
+     "check_grad(x, labels, neg_labels=None, block=0, eps=1e-3, seed=0) -> (fd, analytic, rel)"},
     {NULL, NULL, 0, NULL}
 };
 

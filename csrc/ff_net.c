@@ -1339,21 +1339,25 @@ ff_status ff_net_head_predict(ff_net *net, const float *x, int B, float *probs) 
 
 /* ------------------------------------------------------------------ gradient check */
 
-/* Directional derivative check of the training loss (every active block's loss plus the
- * head's) along a random direction u of all trainable parameters: compares
- * (L(p + eps u) - L(p - eps u)) / (2 eps) with <grad L, u> from a compute-only step, with the
- * same negative labels and batch-norm in training mode on both sides.  *rel receives
- * |fd - an| / max(|fd|, |an|, 1e-6).  Parameters and optimiser state are left unchanged. */
+/* Directional derivative check of one block's local loss.  FF gradients are local: block c's
+ * loss is differentiated w.r.t. its own parameters only, with its input held fixed, so the
+ * check perturbs, along a random direction u, only the parameters that block c alone trains
+ * (its layers that no other block shares, and the label embedding for the block holding the
+ * input; c = nblocks: the one-pass head) and compares (L_c(p + eps u) - L_c(p - eps u)) /
+ * (2 eps) with <grad, u> from a compute-only step, with the same negative labels and batch
+ * statistics on every side.  Parameters and running statistics are restored. */
 ff_status ff_net_check_grad(ff_net *net, const float *x, const int64_t *labels, const int64_t *neg_labels,
-                            int B, int train_head, float eps, uint64_t seed, double *fd, double *an,
-                            double *rel) {
+                            int B, int block, float eps, uint64_t seed, double *fd, double *an, double *rel) {
     if (!net->finalized) return ff_fail(net, FF_ERR_STATE, "the network is not finalized");
     if (!(eps > 0.0f)) return ff_fail(net, FF_ERR_ARG, "eps must be > 0, got %g", (double)eps);
+    if (block < 0 || block > net->nblocks || (block == net->nblocks && !net->has_head))
+        return ff_fail(net, FF_ERR_ARG, "block must be in [0, %d) (or %d for the head, if any), got %d",
+                       net->nblocks, net->nblocks, block);
     if (ff_losses[net->loss.kind].negatives && !neg_labels)
         return ff_fail(net, FF_ERR_ARG, "neg_labels are needed: random negatives would differ between the "
                        "evaluations");
     size_t n = net->nparams;
-    float *p0 = malloc(n * sizeof(float)), *u = malloc(n * sizeof(float));
+    float *p0 = malloc(n * sizeof(float)), *u = calloc(n ? n : 1, sizeof(float));
     float *buf = malloc(net->nbuffers ? net->nbuffers * sizeof(float) : 1);
     float *losses = malloc((size_t)(net->nblocks + 1) * sizeof(float));
     if (!p0 || !u || !buf || !losses) {
@@ -1364,8 +1368,25 @@ ff_status ff_net_check_grad(ff_net *net, const float *x, const int64_t *labels, 
     memcpy(buf, net->buffers, net->nbuffers * sizeof(float));
     uint64_t s[4], z = seed;
     for (int i = 0; i < 4; i++) s[i] = ff_splitmix64(&z);
-    for (size_t i = 0; i < n; i++) u[i] = 2.0f * ff_rng_uniform(s) - 1.0f;
-    ff_status st = ff_net_train_step(net, x, labels, neg_labels, B, NULL, train_head, 0, losses);
+    const ff_layer *own[FF_MAX_LAYERS + 1];
+    int nown = 0;
+    if (block == net->nblocks) own[nown++] = &net->head;
+    else {
+        const ff_block *bk = &net->blocks[block];
+        for (int i = bk->first; i < bk->last; i++) {
+            int shared = 0;
+            for (int o = 0; o < net->nblocks; o++)
+                shared |= o != block && net->blocks[o].first <= i && i < net->blocks[o].last;
+            if (!shared) own[nown++] = &net->layers[i];
+        }
+        if (holds_input(net, block) && net->label == FF_LABEL_EMBEDDING) own[nown++] = &net->embed;
+    }
+    for (int k = 0; k < nown; k++) {
+        for (size_t i = 0; i < own[k]->w_n; i++) u[own[k]->w_off + i] = 2.0f * ff_rng_uniform(s) - 1.0f;
+        for (size_t i = 0; i < own[k]->b_n; i++) u[own[k]->b_off + i] = 2.0f * ff_rng_uniform(s) - 1.0f;
+    }
+    int head = block == net->nblocks;
+    ff_status st = ff_net_train_step(net, x, labels, neg_labels, B, NULL, head, 0, losses);
     double dot = 0.0;
     for (size_t i = 0; st == FF_OK && i < n; i++) dot += (double)net->grads[i] * u[i];
     double lp = 0.0, lm = 0.0;
@@ -1373,10 +1394,8 @@ ff_status ff_net_check_grad(ff_net *net, const float *x, const int64_t *labels, 
         float sg = side ? -eps : eps;
         for (size_t i = 0; i < n; i++) net->params[i] = p0[i] + sg * u[i];
         memcpy(net->buffers, buf, net->nbuffers * sizeof(float));
-        st = ff_net_train_step(net, x, labels, neg_labels, B, NULL, train_head, 0, losses);
-        double tot = 0.0;
-        for (int b = 0; b <= net->nblocks; b++) tot += losses[b];
-        if (side) lm = tot; else lp = tot;
+        st = ff_net_train_step(net, x, labels, neg_labels, B, NULL, head, 0, losses);
+        if (side) lm = losses[block]; else lp = losses[block];
     }
     memcpy(net->params, p0, n * sizeof(float));
     memcpy(net->buffers, buf, net->nbuffers * sizeof(float));

@@ -434,13 +434,14 @@ ff_status ff_net_features(ff_net *net, const float *x, int B, float *feat);
 /* One-pass prediction: softmax of the head.  probs (B, K). */
 ff_status ff_net_head_predict(ff_net *net, const float *x, int B, float *probs);
 
-/* Directional gradient check: the finite difference of the summed training losses along a
- * random direction (seed) of all parameters, step eps, against the analytic directional
- * derivative from a compute-only step.  neg_labels are required for losses with negatives.
- * Writes fd, an and their relative difference; parameters and statistics are restored. */
+/* Directional gradient check of block `block`'s local loss (block = nblocks: the head): the
+ * finite difference along a random direction (seed) of the parameters that block alone trains,
+ * step eps, against the analytic directional derivative of a compute-only step.  neg_labels are
+ * required for losses with negatives.  Writes fd, an and their relative difference; parameters
+ * and running statistics are restored. */
 ff_status ff_net_check_grad(ff_net *net, const float *x, const int64_t *labels,
-                            const int64_t *neg_labels, int B, int train_head, float eps,
-                            uint64_t seed, double *fd, double *an, double *rel);
+                            const int64_t *neg_labels, int B, int block, float eps, uint64_t seed,
+                            double *fd, double *an, double *rel);
 
 /* 1 if all n values are finite, else 0. */
 int ff_all_finite(const float *x, size_t n);

@@ -10,12 +10,15 @@ import numpy as np
 
 from ._loader import _core
 
-LOSSES = {"ff": 0, "symba": 1, "cwc": 2, "pvn": 3, "xent": 4}
-GOODNESS = {"sum": 0, "mean": 1}
-NORMS = {"none": 0, "l2": 1, "rms": 2}
-LABEL_ENCODINGS = {"onehot": 0, "fourier": 1, "embedding": 2, "none": 3}
-_P_WEIGHT, _P_BIAS, _P_RMEAN, _P_RVAR = 0, 1, 2, 3
-_P_GW, _P_GB, _P_MW, _P_MB, _P_VW, _P_VB = 4, 5, 6, 7, 8, 9
+# The core's enum tables (name -> value), exported by the C core itself: one source of truth.
+LOSSES = dict(_core.LOSSES)
+GOODNESS = dict(_core.GOODNESS)
+NORMS = dict(_core.NORMS)
+LABEL_ENCODINGS = dict(_core.LABEL_ENCODINGS)
+_P = _core.PARAM_KINDS
+_P_WEIGHT, _P_BIAS, _P_RMEAN, _P_RVAR = _P["weight"], _P["bias"], _P["running_mean"], _P["running_var"]
+_P_GW, _P_GB, _P_MW, _P_MB, _P_VW, _P_VB = (_P[k] for k in ("grad_weight", "grad_bias", "m_weight", "m_bias",
+                                                             "v_weight", "v_bias"))
 FORMAT_VERSION = 1
 
 
@@ -62,12 +65,16 @@ class Layer:
 
     @property
     def grad_weight(self):
-        """Gradient of the weight from the last :meth:`FFModel.compute_grads`, or None."""
+        """Gradient of the weight from the last :meth:`FFModel.compute_grads` (a view of the full
+        gradient arena), or None before any compute_grads: a fused ``train_step`` keeps one
+        block's gradients at a time and never fills that arena.  Reading it allocates nothing
+        and does not change how later steps use memory."""
         return self._param(_P_GW)
 
     @property
     def grad_bias(self):
-        """Gradient of the bias from the last :meth:`FFModel.compute_grads`, or None."""
+        """Gradient of the bias from the last :meth:`FFModel.compute_grads`, or None (see
+        :attr:`grad_weight`)."""
         return self._param(_P_GB)
 
     def config(self):

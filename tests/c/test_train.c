@@ -5,6 +5,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include "fflib.h"
 
 #define B 32
@@ -79,10 +80,28 @@ int main(void) {
     printf("accuracy multi-pass %d/%d one-pass %d/%d (blas: %s)\n", ok_multi, B, ok_one, B, ff_blas_name());
     if (ok_multi < B * 9 / 10 || ok_one < B * 9 / 10) { fprintf(stderr, "accuracy too low\n"); return 1; }
 
-    /* errors are statuses, never crashes */
+    /* the local gradient of every block's loss and the head's, against a central difference
+     * along a random direction (ff_net_check_grad) */
+    static int64_t neg[B];
+    for (int b = 0; b < B; b++) neg[b] = (y[b] + 1) % K;
+    for (int blk = 0; blk <= ff_net_num_blocks(net); blk++) {
+        double fd, an, rel;
+        CHECK(ff_net_check_grad(net, x, y, neg, B, blk, 1e-3f, 11u + (unsigned)blk, &fd, &an, &rel));
+        printf("gradient check block %d: %.6g vs %.6g (rel %.2g)\n", blk, an, fd, rel);
+        if (!(rel < 2e-2) || an == 0.0) { fprintf(stderr, "gradient check failed\n"); return 1; }
+    }
+
+    /* errors are statuses with a reason, never crashes */
     int64_t bad[1] = {K};
     if (ff_net_train_step(net, x, bad, NULL, 1, NULL, 0, 1, NULL) != FF_ERR_LABEL) return 1;
+    if (!strstr(ff_net_last_error(net), "labels[0] = 3 is outside [0, 3)")) {
+        fprintf(stderr, "unexpected error text: %s\n", ff_net_last_error(net));
+        return 1;
+    }
     if (ff_net_train_step(net, x, y, NULL, 0, NULL, 0, 1, NULL) != FF_ERR_ARG) return 1;
+    ff_net *huge = NULL;
+    char msg[200];
+    if (ff_net_new(&huge, 1 << 30, 2, 2, 4, 0, msg, sizeof msg) != FF_ERR_ARG || huge) return 1;
     ff_net_destroy(net);
     printf("ok\n");
     return 0;
