@@ -580,16 +580,9 @@ static PyObject *Net_train_step(NetObject *self, PyObject *args, PyObject *kw) {
     if (!x) return NULL;
     npy_intp shB[1] = {B};
     PyArrayObject *y = check_array(yo, "labels", NPY_INT64, 1, shB, 0);
-    if (!y || check_labels(y, "labels", ff_net_num_classes(self->net)) < 0) return NULL;
+    if (!y) return NULL;   /* label ranges: checked by the core, which names the entry */
     void *neg = NULL, *act = NULL;
     if (opt_array(no, "neg_labels", NPY_INT64, 1, shB, 0, &neg) < 0) return NULL;
-    if (neg) {
-        if (check_labels((PyArrayObject *)no, "neg_labels", ff_net_num_classes(self->net)) < 0) return NULL;
-        for (npy_intp i = 0; i < B; i++)
-            if (((int64_t *)neg)[i] == I64(y)[i])
-                return PyErr_Format(PyExc_ValueError, "neg_labels[%ld] equals labels[%ld]: a negative "
-                                    "label must differ from the true one", (long)i, (long)i);
-    }
     int nb = ff_net_num_blocks(self->net);
     npy_intp shA[1] = {nb};
     if (opt_array(ao, "active", NPY_UINT8, 1, shA, 0, &act) < 0) return NULL;
@@ -683,7 +676,6 @@ static PyObject *inference(NetObject *self, PyObject *args, inf_kind kind) {
     if (kind == INF_GOODNESS_LABELED) {
         npy_intp shB[1] = {B};
         if (opt_array(yo, "labels", NPY_INT64, 1, shB, 0, &lab) < 0) return NULL;
-        if (lab && check_labels((PyArrayObject *)yo, "labels", K) < 0) return NULL;
     }
     if ((kind == INF_FEATURES || kind == INF_HEAD) && !ff_net_has_head(self->net))
         return PyErr_Format(PyExc_ValueError, "the net has no one-pass head (features and one-pass "

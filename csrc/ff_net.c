@@ -1016,8 +1016,8 @@ static void gather_features(ff_net *net, const ff_plan *p, int i, int R, int r0,
 static ff_status check_labels(ff_net *net, const int64_t *labels, int B, const char *what) {
     for (int b = 0; b < B; b++)
         if (labels[b] < 0 || labels[b] >= net->K)
-            return ff_fail(net, FF_ERR_LABEL, "%s[%d] = %lld is outside [0, %d)", what, b,
-                           (long long)labels[b], net->K);
+            return ff_fail(net, FF_ERR_LABEL, "%s[%d] = %lld is out of range: labels must be in [0, %d)",
+                           what, b, (long long)labels[b], net->K);
     return FF_OK;
 }
 
@@ -1078,8 +1078,8 @@ ff_status ff_net_train_step(ff_net *net, const float *x, const int64_t *labels,
         if (st != FF_OK) return st;
         for (int b = 0; b < B; b++)
             if (neg_labels[b] == labels[b])
-                return ff_fail(net, FF_ERR_LABEL, "neg_labels[%d] = %lld equals the true label", b,
-                               (long long)labels[b]);
+                return ff_fail(net, FF_ERR_LABEL, "neg_labels[%d] equals labels[%d] (%lld): a negative label "
+                               "must differ from the true one", b, b, (long long)labels[b]);
     }
     int K = net->K, D = net->D, nb = net->nblocks;
     /* training rows T, and B neutral rows for the head; the label-free losses see only

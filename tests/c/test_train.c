@@ -94,7 +94,7 @@ int main(void) {
     /* errors are statuses with a reason, never crashes */
     int64_t bad[1] = {K};
     if (ff_net_train_step(net, x, bad, NULL, 1, NULL, 0, 1, NULL) != FF_ERR_LABEL) return 1;
-    if (!strstr(ff_net_last_error(net), "labels[0] = 3 is outside [0, 3)")) {
+    if (!strstr(ff_net_last_error(net), "labels[0] = 3 is out of range: labels must be in [0, 3)")) {
         fprintf(stderr, "unexpected error text: %s\n", ff_net_last_error(net));
         return 1;
     }
