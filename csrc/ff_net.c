@@ -22,7 +22,7 @@
 #include <string.h>
 #include "ff_internal.h"
 
-static ff_status reserve_rows(ff_net *net, int rows, int trows);
+static ff_status reserve_rows(ff_net *net, ff_work *w, int rows, int trows);
 
 /* ------------------------------------------------------------------ errors */
 
@@ -398,9 +398,9 @@ static const ff_step *step_of(const ff_plan *p, int i) {
     return NULL;
 }
 
-static float *out_of(ff_net *net, const ff_plan *p, int i, int R) {
+static float *out_of(const ff_work *w, const ff_plan *p, int i, int R) {
     const ff_step *st = step_of(p, i);
-    return st ? net->work.acts + st->out_off * (size_t)R : NULL;
+    return st ? w->acts + st->out_off * (size_t)R : NULL;
 }
 
 /* Does block b contain layer 0 (and so train a label embedding)? */
@@ -472,7 +472,7 @@ ff_status ff_net_set_block_ranges(ff_net *net, int nblocks, const int *firsts, c
     if (ff_losses[net->loss.kind].needs_groups)
         for (int b = 0; b < nblocks; b++) if ((st = check_block_loss(net, b, 0)) != FF_OK) return st;
     /* a new cut may need a larger activation area (reserve only ever grows it) */
-    return net->work.rows_cap ? reserve_rows(net, net->work.rows_cap, net->work.train_cap) : FF_OK;
+    return net->work.rows_cap ? reserve_rows(net, &net->work, net->work.rows_cap, net->work.train_cap) : FF_OK;
 }
 
 ff_status ff_net_set_blocks(ff_net *net, int nblocks, const int *ends) {
@@ -793,8 +793,7 @@ float *ff_net_param(ff_net *net, int layer, ff_param_kind which, size_t *count) 
 
 /* Size the workspace for forward passes of `rows` rows of which the first `trows` also run
  * backward (trows 0: keep the current backward capacity), from the compiled plans. */
-static ff_status reserve_rows(ff_net *net, int rows, int trows) {
-    ff_work *w = &net->work;
+static ff_status reserve_rows(ff_net *net, ff_work *w, int rows, int trows) {
     if (!net->finalized) return ff_fail(net, FF_ERR_STATE, "the network is not finalized");
     if (rows <= 0 || trows < 0 || trows > rows)
         return ff_fail(net, FF_ERR_ARG, "rows must be positive (got %d) and training rows in [0, rows] "
@@ -901,7 +900,7 @@ static ff_status reserve_rows(ff_net *net, int rows, int trows) {
 
 ff_status ff_net_reserve(ff_net *net, int rows) {
     if (rows <= 0) return ff_fail(net, FF_ERR_ARG, "rows must be positive, got %d", rows);
-    return reserve_rows(net, rows, rows);
+    return reserve_rows(net, &net->work, rows, rows);
 }
 
 /* ------------------------------------------------------------------ running a plan */
@@ -909,9 +908,8 @@ ff_status ff_net_reserve(ff_net *net, int rows) {
 /* Forward plan p on R rows whose input (R, in_size(first)) is `in`.  Batch-norm layers take
  * statistics from the first T rows in training mode; those at index >= update_from also
  * update their running statistics. */
-static ff_status plan_forward(ff_net *net, const ff_plan *p, const float *in, int R, int T,
+static ff_status plan_forward(ff_net *net, ff_work *w, const ff_plan *p, const float *in, int R, int T,
                               int update_from) {
-    ff_work *w = &net->work;
     ff_ctx c = {net, w, net->training, 0};
     const float *x = in;
     for (int s = 0; s < p->nsteps; s++) {
@@ -935,8 +933,8 @@ static ff_status plan_forward(ff_net *net, const ff_plan *p, const float *in, in
 /* Backward of plan p on the first T rows, from the loss gradient in d0.  Adds weight
  * gradients; input gradients stay inside the block, except that din (or NULL) receives the
  * gradient w.r.t. the block's input (for a label embedding). */
-static ff_status plan_backward(ff_net *net, const ff_plan *p, const float *in, int R, int T, float *din) {
-    ff_work *w = &net->work;
+static ff_status plan_backward(ff_net *net, ff_work *w, const ff_plan *p, const float *in, int R, int T,
+                               float *din) {
     ff_ctx c = {net, w, net->training, 0};
     for (int s = p->nsteps - 1; s >= 0; s--) {
         const ff_step *st = &p->steps[s];
@@ -960,14 +958,14 @@ static ff_status plan_backward(ff_net *net, const ff_plan *p, const float *in, i
     return FF_OK;
 }
 
-static void layer_opt_step(ff_net *net, ff_layer *L) {
+static void layer_opt_step(ff_net *net, const ff_work *w, ff_layer *L) {
     if (!ff_layer_trainable(L)) return;
     L->step++;
     const ff_opt_config *o = &L->opt;
     size_t offs[2] = {L->w_off, L->b_off}, ns[2] = {L->w_n, L->b_n};
     for (int k = 0; k < 2; k++) {
         if (!ns[k]) continue;
-        float *p = net->params + offs[k], *g = ff_grad_at(net, &net->work, offs[k]);
+        float *p = net->params + offs[k], *g = ff_grad_at(net, w, offs[k]);
         if (o->kind == FF_OPT_ADAM)
             ff_adam_step(p, net->m + offs[k], net->v + offs[k], g, ns[k], o->lr, o->beta1,
                          o->beta2, o->eps, o->weight_decay, L->step);
@@ -977,9 +975,9 @@ static void layer_opt_step(ff_net *net, ff_layer *L) {
     }
 }
 
-static void zero_layer_grads(ff_net *net, const ff_layer *L) {
-    if (L->w_n) memset(ff_grad_at(net, &net->work, L->w_off), 0, L->w_n * sizeof(float));
-    if (L->b_n) memset(ff_grad_at(net, &net->work, L->b_off), 0, L->b_n * sizeof(float));
+static void zero_layer_grads(ff_net *net, const ff_work *w, const ff_layer *L) {
+    if (L->w_n) memset(ff_grad_at(net, w, L->w_off), 0, L->w_n * sizeof(float));
+    if (L->b_n) memset(ff_grad_at(net, w, L->b_off), 0, L->b_n * sizeof(float));
 }
 
 void ff_net_zero_grad(ff_net *net) {
@@ -989,8 +987,7 @@ void ff_net_zero_grad(ff_net *net) {
 
 /* The label embedding is trained by the loss of the block holding layer 0: dxin holds the
  * gradient w.r.t. the encoded input; each row's extra-channel gradient goes to its label's map. */
-static void embedding_backward(ff_net *net, int T) {
-    ff_work *w = &net->work;
+static void embedding_backward(ff_net *net, ff_work *w, int T) {
     int HW = net->H * net->W, Din = net->Din;
     float *g = ff_grad_at(net, w, net->embed.w_off);
     for (int r = 0; r < T; r++) {
@@ -1002,12 +999,11 @@ static void embedding_backward(ff_net *net, int T) {
 
 /* Copy the normalised output of head layer i (R rows in plan p), rows [r0, r0 + n), into its
  * columns of feat. */
-static void gather_features(ff_net *net, const ff_plan *p, int i, int R, int r0, int n) {
-    ff_work *w = &net->work;
+static void gather_features(ff_net *net, ff_work *w, const ff_plan *p, int i, int R, int r0, int n) {
     size_t col = 0, d = ff_layer_out(&net->layers[i]);
     for (int h = 0; h < net->nhead && net->head_layers[h] != i; h++)
         col += ff_layer_out(&net->layers[net->head_layers[h]]);
-    ff_lennorm_forward(w->d[1], w->scale, out_of(net, p, i, R) + (size_t)r0 * d, n, (int)d, net->cfg.norm,
+    ff_lennorm_forward(w->d[1], w->scale, out_of(w, p, i, R) + (size_t)r0 * d, n, (int)d, net->cfg.norm,
                        net->cfg.norm_eps);
     for (int r = 0; r < n; r++)
         memcpy(w->feat + (size_t)r * net->F + col, w->d[1] + (size_t)r * d, d * sizeof(float));
@@ -1023,8 +1019,7 @@ static ff_status check_labels(ff_net *net, const int64_t *labels, int B, const c
 
 /* The one-pass head: an ordinary linear layer on the gathered features, trained by the xent
  * row of the loss table.  Forward (+ backward when training) on n feature rows. */
-static float head_run(ff_net *net, int n, const int64_t *labels, float *probs, int train) {
-    ff_work *w = &net->work;
+static float head_run(ff_net *net, ff_work *w, int n, const int64_t *labels, float *probs, int train) {
     ff_layer *Hd = &net->head;
     ff_ctx c = {net, w, net->training, 0};
     ff_layer_kinds[FF_LAYER_LINEAR].forward(&c, Hd, w->feat, w->logits, NULL, n, n);
@@ -1043,8 +1038,7 @@ static float head_run(ff_net *net, int n, const int64_t *labels, float *probs, i
 
 /* The local loss of block b whose output y (R rows) was just computed, and its gradient
  * w.r.t. y in d0 (T rows). */
-static ff_status block_loss(ff_net *net, int b, const float *y, int B, int T, float *loss_out) {
-    ff_work *w = &net->work;
+static ff_status block_loss(ff_net *net, ff_work *w, int b, const float *y, int B, int T, float *loss_out) {
     const ff_block *blk = &net->blocks[b];
     const ff_layer *last = &net->layers[blk->last - 1];
     ff_status st = check_block_loss(net, b, 1);
@@ -1087,7 +1081,7 @@ ff_status ff_net_train_step(ff_net *net, const float *x, const int64_t *labels,
     int T = free_ ? B : 2 * B;
     int head_rows_at = free_ ? 0 : T;
     int R = train_head && !free_ ? T + B : T;
-    st = reserve_rows(net, R, T);
+    st = reserve_rows(net, w, R, T);
     if (st != FF_OK) return st;
     if (losses) for (int b = 0; b <= nb; b++) losses[b] = 0.0f;
 
@@ -1131,9 +1125,9 @@ ff_status ff_net_train_step(ff_net *net, const float *x, const int64_t *labels,
     if (!apply_update) ff_net_zero_grad(net);
     else {
         if (!w->lean)
-            for (int i = 0; i < net->nl; i++) if (train_layer[i]) zero_layer_grads(net, &net->layers[i]);
-        if (embed) zero_layer_grads(net, &net->embed);
-        if (train_head) zero_layer_grads(net, &net->head);
+            for (int i = 0; i < net->nl; i++) if (train_layer[i]) zero_layer_grads(net, w, &net->layers[i]);
+        if (embed) zero_layer_grads(net, w, &net->embed);
+        if (train_head) zero_layer_grads(net, w, &net->head);
     }
 
     /* carry = the input of the block about to run */
@@ -1143,11 +1137,11 @@ ff_status ff_net_train_step(ff_net *net, const float *x, const int64_t *labels,
         int f = blk->first, l = blk->last;
         int on = !active || active[b];
         /* batch-norm running stats: updated once per layer, by the first block running it */
-        st = plan_forward(net, &blk->train, w->carry, R, T, on ? (b ? net->blocks[b - 1].last : 0) : net->nl);
+        st = plan_forward(net, w, &blk->train, w->carry, R, T, on ? (b ? net->blocks[b - 1].last : 0) : net->nl);
         if (st != FF_OK) return st;
         if (on) {
             float loss = 0.0f;
-            st = block_loss(net, b, out_of(net, &blk->train, l - 1, R), B, T, &loss);
+            st = block_loss(net, w, b, out_of(w, &blk->train, l - 1, R), B, T, &loss);
             if (st != FF_OK) return st;
             if (losses) losses[b] = loss;
             int emb = holds_input(net, b) && net->label == FF_LABEL_EMBEDDING;
@@ -1156,25 +1150,25 @@ ff_status ff_net_train_step(ff_net *net, const float *x, const int64_t *labels,
                 size_t hi = l < net->nl ? net->layers[l].w_off : net->tail_off;
                 memset(w->gscratch, 0, (hi - w->gscratch_base) * sizeof(float));
             }
-            st = plan_backward(net, &blk->train, w->carry, R, T, emb ? w->dxin : NULL);
+            st = plan_backward(net, w, &blk->train, w->carry, R, T, emb ? w->dxin : NULL);
             if (st != FF_OK) return st;
-            if (emb) embedding_backward(net, T);
+            if (emb) embedding_backward(net, w, T);
             if (w->lean)   /* the next block's input was computed before this update */
-                for (int i = f; i < l; i++) layer_opt_step(net, &net->layers[i]);
+                for (int i = f; i < l; i++) layer_opt_step(net, w, &net->layers[i]);
         }
         if (train_head)
             for (int i = f; i < l; i++)
                 if (is_head_layer(net, i) && (b == 0 || i >= net->blocks[b - 1].last))
-                    gather_features(net, &blk->train, i, R, head_rows_at, B);
+                    gather_features(net, w, &blk->train, i, R, head_rows_at, B);
         /* the next block's input: the output of the layer before its first */
         if (b + 1 < stop) {
             int src = net->blocks[b + 1].first - 1;
-            memcpy(w->carry, out_of(net, &blk->train, src, R),
+            memcpy(w->carry, out_of(w, &blk->train, src, R),
                    (size_t)R * ff_layer_out(&net->layers[src]) * sizeof(float));
         }
     }
     if (train_head) {
-        float hl = head_run(net, B, labels, NULL, 1);   /* training needs no probabilities */
+        float hl = head_run(net, w, B, labels, NULL, 1);   /* training needs no probabilities */
         if (!isfinite(hl))
             return ff_fail(net, FF_ERR_NONFINITE, "the one-pass head's loss is not finite (%g): lower its "
                            "learning rate", (double)hl);
@@ -1182,9 +1176,9 @@ ff_status ff_net_train_step(ff_net *net, const float *x, const int64_t *labels,
     }
     if (apply_update) {
         if (!w->lean)
-            for (int i = 0; i < net->nl; i++) if (train_layer[i]) layer_opt_step(net, &net->layers[i]);
-        if (embed) layer_opt_step(net, &net->embed);
-        if (train_head) layer_opt_step(net, &net->head);
+            for (int i = 0; i < net->nl; i++) if (train_layer[i]) layer_opt_step(net, w, &net->layers[i]);
+        if (embed) layer_opt_step(net, w, &net->embed);
+        if (train_head) layer_opt_step(net, w, &net->head);
     }
     return FF_OK;
 }
@@ -1194,7 +1188,8 @@ ff_status ff_net_optimizer_step(ff_net *net, const uint8_t *active, int head) {
     if (!net->grads)
         return ff_fail(net, FF_ERR_STATE, "no gradients to apply: run a compute-only step (compute_grads) first");
     if (head && !net->has_head) return ff_fail(net, FF_ERR_STATE, "head: the network has no one-pass head");
-    net->work.lean = 0;
+    ff_work *w = &net->work;
+    w->lean = 0;
     uint8_t train_layer[FF_MAX_LAYERS] = {0};
     int embed = 0;
     for (int b = 0; b < net->nblocks; b++) {
@@ -1202,9 +1197,9 @@ ff_status ff_net_optimizer_step(ff_net *net, const uint8_t *active, int head) {
         for (int i = net->blocks[b].first; i < net->blocks[b].last; i++) train_layer[i] = 1;
         if (holds_input(net, b) && net->label == FF_LABEL_EMBEDDING) embed = 1;
     }
-    for (int i = 0; i < net->nl; i++) if (train_layer[i]) layer_opt_step(net, &net->layers[i]);
-    if (embed) layer_opt_step(net, &net->embed);
-    if (head) layer_opt_step(net, &net->head);
+    for (int i = 0; i < net->nl; i++) if (train_layer[i]) layer_opt_step(net, w, &net->layers[i]);
+    if (embed) layer_opt_step(net, w, &net->embed);
+    if (head) layer_opt_step(net, w, &net->head);
     return FF_OK;
 }
 
@@ -1224,17 +1219,16 @@ static int inference_rows(const ff_net *net, size_t want) {
 /* Run the segments (layers between consecutive block ends) up to and including segment
  * `stop - 1` on the R rows in carry; after each block end write its class scores (if out) and
  * gather head features from rows [0, fn). */
-static ff_status run_segments(ff_net *net, int R, int stop, int fn, float *out, size_t rstride,
+static ff_status run_segments(ff_net *net, ff_work *w, int R, int stop, int fn, float *out, size_t rstride,
                               size_t kstride, int per_label) {
-    ff_work *w = &net->work;
     for (int b = 0; b < stop; b++) {
         const ff_block *blk = &net->blocks[b];
         const ff_plan *p = &blk->seg;
-        ff_status st = plan_forward(net, p, w->carry, R, R, net->nl);
+        ff_status st = plan_forward(net, w, p, w->carry, R, R, net->nl);
         if (st != FF_OK) return st;
-        for (int i = p->first; i < p->last; i++) if (fn && is_head_layer(net, i)) gather_features(net, p, i, R, 0, fn);
+        for (int i = p->first; i < p->last; i++) if (fn && is_head_layer(net, i)) gather_features(net, w, p, i, R, 0, fn);
         const ff_layer *last = &net->layers[blk->last - 1];
-        const float *y = out_of(net, p, blk->last - 1, R);
+        const float *y = out_of(w, p, blk->last - 1, R);
         if (out) {
             ff_loss_scratch s = {w->g, w->dg, w->G, w->dlogits};
             ff_losses[blk->loss.kind].scores(&blk->loss, y, R, last->OC, last->OH * last->OW, net->K, out + b,
@@ -1263,7 +1257,7 @@ ff_status ff_net_goodness(ff_net *net, const float *x, int B, float *out) {
     int K = net->K, D = net->D, nb = net->nblocks, Din = net->Din;
     /* FF/SymBa: one row per (sample, label); label-free losses: one neutral row per sample */
     int per = ff_losses[net->loss.kind].negatives ? K : 1;
-    st = reserve_rows(net, inference_rows(net, (size_t)B * per), 0);
+    st = reserve_rows(net, w, inference_rows(net, (size_t)B * per), 0);
     if (st != FF_OK) return st;
     int chunk = w->rows_cap / per;
     for (int s0 = 0; s0 < B; s0 += chunk) {
@@ -1274,7 +1268,7 @@ ff_status ff_net_goodness(ff_net *net, const float *x, int B, float *out) {
                            per == 1 ? -1 : k);
         memcpy(w->carry, w->xtmp, (size_t)R * Din * sizeof(float));
         /* out (B, K, nb): row r = s*per + k is at (s0 + s, k); label-free rows fill all K */
-        st = run_segments(net, R, nb, 0, out + (size_t)s0 * K * nb, per == 1 ? (size_t)K * nb : (size_t)nb,
+        st = run_segments(net, w, R, nb, 0, out + (size_t)s0 * K * nb, per == 1 ? (size_t)K * nb : (size_t)nb,
                           (size_t)nb, 0);
         if (st != FF_OK) return st;
     }
@@ -1291,7 +1285,7 @@ ff_status ff_net_goodness_labeled(ff_net *net, const float *x, const int64_t *la
     if (labels) { ff_status st = check_labels(net, labels, B, "labels"); if (st != FF_OK) return st; }
     ff_work *w = &net->work;
     int D = net->D, nb = net->nblocks, Din = net->Din;
-    ff_status st = reserve_rows(net, inference_rows(net, (size_t)B), 0);
+    ff_status st = reserve_rows(net, w, inference_rows(net, (size_t)B), 0);
     if (st != FF_OK) return st;
     int chunk = w->rows_cap;
     for (int s0 = 0; s0 < B; s0 += chunk) {
@@ -1299,7 +1293,7 @@ ff_status ff_net_goodness_labeled(ff_net *net, const float *x, const int64_t *la
         for (int r = 0; r < n; r++)
             encode_row(net, w->xtmp + (size_t)r * Din, x + (size_t)(s0 + r) * D, labels ? labels[s0 + r] : -1);
         memcpy(w->carry, w->xtmp, (size_t)n * Din * sizeof(float));
-        st = run_segments(net, n, nb, 0, out + (size_t)s0 * nb, (size_t)nb, 0, 1);
+        st = run_segments(net, w, n, nb, 0, out + (size_t)s0 * nb, (size_t)nb, 0, 1);
         if (st != FF_OK) return st;
     }
     return FF_OK;
@@ -1311,7 +1305,7 @@ static ff_status features_chunked(ff_net *net, const float *x, int B, float *fea
     if (B <= 0) return ff_fail(net, FF_ERR_ARG, "batch size must be positive, got %d", B);
     ff_work *w = &net->work;
     int D = net->D, F = net->F, K = net->K, Din = net->Din;
-    ff_status st = reserve_rows(net, inference_rows(net, (size_t)B), 0);
+    ff_status st = reserve_rows(net, w, inference_rows(net, (size_t)B), 0);
     if (st != FF_OK) return st;
     int chunk = w->rows_cap, stop = net->nblocks;
     int lastl = net->head_layers[net->nhead - 1];
@@ -1321,10 +1315,10 @@ static ff_status features_chunked(ff_net *net, const float *x, int B, float *fea
         for (int r = 0; r < n; r++)
             encode_row(net, w->xtmp + (size_t)r * Din, x + (size_t)(s0 + r) * D, -1);
         memcpy(w->carry, w->xtmp, (size_t)n * Din * sizeof(float));
-        st = run_segments(net, n, stop, n, NULL, 0, 0, 0);
+        st = run_segments(net, w, n, stop, n, NULL, 0, 0, 0);
         if (st != FF_OK) return st;
         if (feat_out) memcpy(feat_out + (size_t)s0 * F, w->feat, (size_t)n * F * sizeof(float));
-        if (probs) head_run(net, n, NULL, probs + (size_t)s0 * K, 0);
+        if (probs) head_run(net, w, n, NULL, probs + (size_t)s0 * K, 0);
     }
     return FF_OK;
 }
