@@ -661,6 +661,62 @@ static PyObject *Net_check_grad(NetObject *self, PyObject *args, PyObject *kw) {
     return Py_BuildValue("(ddd)", fd, an, rel);
 }
 
+static PyObject *Net_pipeline_begin(NetObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"max_batch", "active", "train_head", NULL};
+    int max_batch, head = 0;
+    PyObject *ao = Py_None;
+    void *act = NULL;
+    GUARD(self);
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "i|Op", kwlist, &max_batch, &ao, &head)) return NULL;
+    if (!finalized(self)) return NULL;
+    npy_intp shA[1] = {ff_net_num_blocks(self->net)};
+    if (opt_array(ao, "active", NPY_UINT8, 1, shA, 0, &act) < 0) return NULL;
+    if (net_enter(self) < 0) return NULL;
+    ff_status st = ff_net_pipeline_begin(self->net, max_batch, (const uint8_t *)act, head);
+    net_leave(self);
+    return net_status(self, st, "pipeline_begin");
+}
+
+static PyObject *Net_pipeline_step(NetObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"x", "labels", "neg_labels", NULL};
+    PyObject *xo = Py_None, *yo = Py_None, *no = Py_None;
+    GUARD(self);
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|OOO", kwlist, &xo, &yo, &no)) return NULL;
+    if (!finalized(self)) return NULL;
+    npy_intp B = 0;
+    PyArrayObject *x = NULL, *y = NULL;
+    void *neg = NULL;
+    if (xo != Py_None) {
+        if (!(x = check_x(self, xo, &B))) return NULL;
+        npy_intp shB[1] = {B};
+        if (!(y = check_array(yo, "labels", NPY_INT64, 1, shB, 0))) return NULL;
+        if (opt_array(no, "neg_labels", NPY_INT64, 1, shB, 0, &neg) < 0) return NULL;
+    }
+    npy_intp shL[1] = {ff_net_num_blocks(self->net) + 1};
+    PyArrayObject *losses = (PyArrayObject *)PyArray_ZEROS(1, shL, NPY_FLOAT32, 0);
+    if (!losses) return NULL;
+    if (net_enter(self) < 0) { Py_DECREF(losses); return NULL; }
+    ff_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = ff_net_pipeline_step(self->net, x ? F32(x) : NULL, y ? I64(y) : NULL, (const int64_t *)neg, (int)B,
+                              F32(losses));
+    Py_END_ALLOW_THREADS
+    net_leave(self);
+    if (st != FF_OK) { Py_DECREF(losses); return raise_net(self, st, "pipeline_step"); }
+    return (PyObject *)losses;
+}
+
+static PyObject *Net_pipeline_in_flight(NetObject *self, PyObject *Py_UNUSED(a)) {
+    GUARD(self);
+    return PyLong_FromLong(ff_net_pipeline_in_flight(self->net));
+}
+
+static PyObject *Net_pipeline_end(NetObject *self, PyObject *Py_UNUSED(a)) {
+    GUARD(self);
+    ff_net_pipeline_end(self->net);
+    Py_RETURN_NONE;
+}
+
 /* Shared shape of the inference calls: x in, a fresh float32 array out. */
 typedef enum { INF_GOODNESS, INF_GOODNESS_LABELED, INF_FEATURES, INF_HEAD } inf_kind;
 
@@ -794,6 +850,12 @@ static PyMethodDef Net_methods[] = {
     {"layer_info", (PyCFunction)Net_layer_info, METH_VARARGS, "layer_info(i) -> dict"},
     {"layer_shape", (PyCFunction)Net_layer_shape, METH_VARARGS, "layer_shape(i) -> (C, H, W)"},
     {"reserve", (PyCFunction)Net_reserve, METH_VARARGS, "reserve(rows)"},
+    {"pipeline_begin", (PyCFunction)(void (*)(void))Net_pipeline_begin, METH_VARARGS | METH_KEYWORDS,
+     "pipeline_begin(max_batch, active=None, train_head=False)"},
+    {"pipeline_step", (PyCFunction)(void (*)(void))Net_pipeline_step, METH_VARARGS | METH_KEYWORDS,
+     "pipeline_step(x=None, labels=None, neg_labels=None) -> per-block losses of the tick (NaN: idle)"},
+    {"pipeline_in_flight", (PyCFunction)Net_pipeline_in_flight, METH_NOARGS, "pipeline_in_flight() -> int"},
+    {"pipeline_end", (PyCFunction)Net_pipeline_end, METH_NOARGS, "pipeline_end()"},
     {"set_block_loss", (PyCFunction)(void (*)(void))Net_set_block_loss, METH_VARARGS | METH_KEYWORDS,
      "set_block_loss(block, loss, goodness, theta, alpha, pvn_weight): block b's own loss"},
     {"check_grad", (PyCFunction)(void (*)(void))Net_check_grad, METH_VARARGS | METH_KEYWORDS,

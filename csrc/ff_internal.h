@@ -206,6 +206,7 @@ struct ff_net {
     float *buffers, *saved;
     size_t nbuffers, nsaved;
     ff_work work;
+    struct ff_pipe *pipe;     /* pipelined training state (ff_net_pipeline_*), or NULL */
     char err[320];
 };
 

@@ -22,7 +22,8 @@
 #include <string.h>
 #include "ff_internal.h"
 
-static ff_status reserve_rows(ff_net *net, ff_work *w, int rows, int trows);
+static ff_status reserve_blocks(ff_net *net, ff_work *w, int rows, int trows, int b0, int b1);
+#define reserve_rows(net, w, rows, trows) reserve_blocks(net, w, rows, trows, 0, (net)->nblocks)
 
 /* ------------------------------------------------------------------ errors */
 
@@ -204,6 +205,7 @@ void ff_net_destroy(ff_net *net) {
     free(net->params); free(net->grads); free(net->m); free(net->v); free(net->gtail);
     free(net->buffers); free(net->saved); free(net->pattern);
     free_work(&net->work);
+    ff_net_pipeline_end(net);
     free_blocks(net);
     free(net);
 }
@@ -791,9 +793,10 @@ float *ff_net_param(ff_net *net, int layer, ff_param_kind which, size_t *count) 
 
 /* ------------------------------------------------------------------ workspace */
 
-/* Size the workspace for forward passes of `rows` rows of which the first `trows` also run
- * backward (trows 0: keep the current backward capacity), from the compiled plans. */
-static ff_status reserve_rows(ff_net *net, ff_work *w, int rows, int trows) {
+/* Size the workspace w for forward passes of `rows` rows of which the first `trows` also run
+ * backward (trows 0: keep the current backward capacity), from the compiled plans of blocks
+ * [b0, b1) (a pipeline stage's work serves one block). */
+static ff_status reserve_blocks(ff_net *net, ff_work *w, int rows, int trows, int b0, int b1) {
     if (!net->finalized) return ff_fail(net, FF_ERR_STATE, "the network is not finalized");
     if (rows <= 0 || trows < 0 || trows > rows)
         return ff_fail(net, FF_ERR_ARG, "rows must be positive (got %d) and training rows in [0, rows] "
@@ -802,7 +805,7 @@ static ff_status reserve_rows(ff_net *net, ff_work *w, int rows, int trows) {
     size_t acts = 0, carry = (size_t)net->Din, dw[2] = {0, 0}, headw = 0, convws = 0, fuse = 0;
     int parts = ff_get_num_threads();  /* conv scratch for that many image groups at once */
     if (parts < w->conv_parts) parts = w->conv_parts;
-    for (int b = 0; b < net->nblocks; b++) {
+    for (int b = b0; b < b1; b++) {
         const ff_block *B = &net->blocks[b];
         const ff_plan *plans[2] = {&B->train, &B->seg};
         for (int q = 0; q < 2; q++) {
@@ -821,7 +824,7 @@ static ff_status reserve_rows(ff_net *net, ff_work *w, int rows, int trows) {
             carry = ff_layer_out(&net->layers[B->first - 1]);
         if (ff_layer_out(&net->layers[B->last - 1]) > carry) carry = ff_layer_out(&net->layers[B->last - 1]);
     }
-    for (int i = 0; i < net->nl; i++) {
+    for (int i = net->blocks[b0].first; i < net->blocks[b1 - 1].last; i++) {
         const ff_layer *L = &net->layers[i];
         if (L->kind != FF_LAYER_CONV2D) continue;
         size_t c = ff_conv2d_workspace(L->C, L->H, L->W, L->OC, L->k, L->k, L->stride, L->pad, L->groups, parts);
@@ -832,7 +835,7 @@ static ff_status reserve_rows(ff_net *net, ff_work *w, int rows, int trows) {
             headw = ff_layer_out(&net->layers[net->head_layers[h]]);
     /* the largest block's parameter span, for its gradients in the lean fused step */
     size_t span = 0;
-    for (int b = 0; b < net->nblocks; b++) {
+    for (int b = b0; b < b1; b++) {
         int f = net->blocks[b].first, l = net->blocks[b].last;
         size_t hi = l < net->nl ? net->layers[l].w_off : net->tail_off;
         if (hi - net->layers[f].w_off > span) span = hi - net->layers[f].w_off;
@@ -999,14 +1002,15 @@ static void embedding_backward(ff_net *net, ff_work *w, int T) {
 
 /* Copy the normalised output of head layer i (R rows in plan p), rows [r0, r0 + n), into its
  * columns of feat. */
-static void gather_features(ff_net *net, ff_work *w, const ff_plan *p, int i, int R, int r0, int n) {
+static void gather_features(ff_net *net, ff_work *w, float *feat, const ff_plan *p, int i, int R, int r0,
+                            int n) {
     size_t col = 0, d = ff_layer_out(&net->layers[i]);
     for (int h = 0; h < net->nhead && net->head_layers[h] != i; h++)
         col += ff_layer_out(&net->layers[net->head_layers[h]]);
     ff_lennorm_forward(w->d[1], w->scale, out_of(w, p, i, R) + (size_t)r0 * d, n, (int)d, net->cfg.norm,
                        net->cfg.norm_eps);
     for (int r = 0; r < n; r++)
-        memcpy(w->feat + (size_t)r * net->F + col, w->d[1] + (size_t)r * d, d * sizeof(float));
+        memcpy(feat + (size_t)r * net->F + col, w->d[1] + (size_t)r * d, d * sizeof(float));
 }
 
 static ff_status check_labels(ff_net *net, const int64_t *labels, int B, const char *what) {
@@ -1019,10 +1023,11 @@ static ff_status check_labels(ff_net *net, const int64_t *labels, int B, const c
 
 /* The one-pass head: an ordinary linear layer on the gathered features, trained by the xent
  * row of the loss table.  Forward (+ backward when training) on n feature rows. */
-static float head_run(ff_net *net, ff_work *w, int n, const int64_t *labels, float *probs, int train) {
+static float head_run(ff_net *net, ff_work *w, const float *feat, int n, const int64_t *labels, float *probs,
+                      int train) {
     ff_layer *Hd = &net->head;
     ff_ctx c = {net, w, net->training, 0};
-    ff_layer_kinds[FF_LAYER_LINEAR].forward(&c, Hd, w->feat, w->logits, NULL, n, n);
+    ff_layer_kinds[FF_LAYER_LINEAR].forward(&c, Hd, feat, w->logits, NULL, n, n);
     if (!train) {
         ff_softmax_rows(probs, w->logits, n, net->K);
         return 0.0f;
@@ -1031,7 +1036,7 @@ static float head_run(ff_net *net, ff_work *w, int n, const int64_t *labels, flo
     ff_loss_scratch s = {w->g, w->dg, w->G, w->dlogits};
     float loss = ff_losses[FF_LOSS_XENT].loss(&bl, w->logits, w->dlogits, n, n, net->K, 1, net->K, labels, &s);
     ff_layer_kinds[FF_LAYER_LINEAR].backward(&c, Hd, NULL, ff_grad_at(net, w, Hd->w_off),
-                                             ff_grad_at(net, w, Hd->b_off), w->dlogits, w->feat, w->logits,
+                                             ff_grad_at(net, w, Hd->b_off), w->dlogits, feat, w->logits,
                                              NULL, n);
     return loss;
 }
@@ -1159,7 +1164,7 @@ ff_status ff_net_train_step(ff_net *net, const float *x, const int64_t *labels,
         if (train_head)
             for (int i = f; i < l; i++)
                 if (is_head_layer(net, i) && (b == 0 || i >= net->blocks[b - 1].last))
-                    gather_features(net, w, &blk->train, i, R, head_rows_at, B);
+                    gather_features(net, w, w->feat, &blk->train, i, R, head_rows_at, B);
         /* the next block's input: the output of the layer before its first */
         if (b + 1 < stop) {
             int src = net->blocks[b + 1].first - 1;
@@ -1168,7 +1173,7 @@ ff_status ff_net_train_step(ff_net *net, const float *x, const int64_t *labels,
         }
     }
     if (train_head) {
-        float hl = head_run(net, w, B, labels, NULL, 1);   /* training needs no probabilities */
+        float hl = head_run(net, w, w->feat, B, labels, NULL, 1);   /* training needs no probabilities */
         if (!isfinite(hl))
             return ff_fail(net, FF_ERR_NONFINITE, "the one-pass head's loss is not finite (%g): lower its "
                            "learning rate", (double)hl);
@@ -1226,7 +1231,7 @@ static ff_status run_segments(ff_net *net, ff_work *w, int R, int stop, int fn, 
         const ff_plan *p = &blk->seg;
         ff_status st = plan_forward(net, w, p, w->carry, R, R, net->nl);
         if (st != FF_OK) return st;
-        for (int i = p->first; i < p->last; i++) if (fn && is_head_layer(net, i)) gather_features(net, w, p, i, R, 0, fn);
+        for (int i = p->first; i < p->last; i++) if (fn && is_head_layer(net, i)) gather_features(net, w, w->feat, p, i, R, 0, fn);
         const ff_layer *last = &net->layers[blk->last - 1];
         const float *y = out_of(w, p, blk->last - 1, R);
         if (out) {
@@ -1318,7 +1323,7 @@ static ff_status features_chunked(ff_net *net, const float *x, int B, float *fea
         st = run_segments(net, w, n, stop, n, NULL, 0, 0, 0);
         if (st != FF_OK) return st;
         if (feat_out) memcpy(feat_out + (size_t)s0 * F, w->feat, (size_t)n * F * sizeof(float));
-        if (probs) head_run(net, w, n, NULL, probs + (size_t)s0 * K, 0);
+        if (probs) head_run(net, w, w->feat, n, NULL, probs + (size_t)s0 * K, 0);
     }
     return FF_OK;
 }
@@ -1400,4 +1405,242 @@ ff_status ff_net_check_grad(ff_net *net, const float *x, const int64_t *labels, 
     double m = fabs(*fd) > fabs(*an) ? fabs(*fd) : fabs(*an);
     *rel = fabs(*fd - *an) / (m > 1e-6 ? m : 1e-6);
     return FF_OK;
+}
+
+/* ------------------------------------------------------------------ pipelined training */
+/*
+ * Pipeline Forward-Forward (Aktemur et al. 2024) in one process: stage k runs block k.  At
+ * tick t, stage k trains on minibatch t - k while stage k + 1 trains on minibatch t - k - 1,
+ * the stages running at once on fflib's threads (one stage per thread at a time, its GEMMs on
+ * that thread; with more stages than threads, threads take the next stage when free).
+ * Activations pass between neighbouring stages through double buffers (one minibatch in each
+ * direction per boundary: no queue grows), labels and head features through rings with one
+ * slot per minibatch in flight.
+ *
+ * Semantics: block k's input for minibatch m is block k - 1's output for m, computed with
+ * block k - 1's weights after its updates on minibatches < m and before its update on m:
+ * exactly what the sequential step (ff_net_train_step) feeds it, since no FF block depends
+ * on the blocks after it.  Negative labels are drawn by stage 0 in minibatch order, the head
+ * trains on m once its last feature block has run m, so pipelined training reproduces
+ * sequential training bit for bit (each stage computes single-threaded, so the result does
+ * not depend on the thread count either); it only overlaps the blocks' work in time.
+ */
+struct ff_pipe {
+    int S;                     /* stages: blocks 0..S-1 (through the last active or head block) */
+    int cap_B, free_, train_head, head_stage, emb;
+    uint8_t active[FF_MAX_LAYERS];
+    long ticks;                /* ticks run; the minibatch entering at tick e has slot e % S */
+    ff_work *works;            /* S */
+    float **bound;             /* (S - 1) * 2 double buffers */
+    int64_t *lab;              /* S slots of cap_R labels */
+    int *slot_B;               /* S: batch size of the minibatch in the slot (0: none entered) */
+    float *feat;               /* S slots of cap_B * F head features */
+    float *loss;               /* S + 1: losses of the current tick */
+    const float *x;            /* the minibatch fed this tick (stage 0 encodes it) */
+    const int64_t *labels, *neg;
+    ff_status *status;         /* S */
+    int cap_R;
+};
+
+static int pipe_rows(const struct ff_pipe *pp, int B, int *T) {
+    *T = pp->free_ ? B : 2 * B;
+    return pp->train_head && !pp->free_ ? *T + B : *T;
+}
+
+void ff_net_pipeline_end(ff_net *net) {
+    struct ff_pipe *pp = net->pipe;
+    if (!pp) return;
+    for (int k = 0; pp->works && k < pp->S; k++) free_work(&pp->works[k]);
+    for (int k = 0; pp->bound && k < 2 * (pp->S - 1); k++) free(pp->bound[k]);
+    free(pp->works); free(pp->bound); free(pp->lab); free(pp->slot_B); free(pp->feat); free(pp->loss);
+    free(pp->status); free(pp);
+    net->pipe = NULL;
+}
+
+/* Minibatches fed and not yet through the last stage: one entered at tick e leaves after tick
+ * e + S - 1. */
+int ff_net_pipeline_in_flight(const ff_net *net) {
+    const struct ff_pipe *pp = net->pipe;
+    if (!pp) return 0;
+    int n = 0;
+    for (long e = pp->ticks - pp->S + 1 > 0 ? pp->ticks - pp->S + 1 : 0; e < pp->ticks; e++)
+        n += pp->slot_B[e % pp->S] > 0;
+    return n;
+}
+
+ff_status ff_net_pipeline_begin(ff_net *net, int max_batch, const uint8_t *active, int train_head) {
+    if (!net->finalized) return ff_fail(net, FF_ERR_STATE, "the network is not finalized");
+    if (net->pipe && ff_net_pipeline_in_flight(net) > 0)
+        return ff_fail(net, FF_ERR_STATE, "%d minibatches are still in the pipeline: flush it first",
+                       ff_net_pipeline_in_flight(net));
+    if (max_batch <= 0 || max_batch > INT_MAX / 3)
+        return ff_fail(net, FF_ERR_ARG, "max_batch must be in [1, %d], got %d", INT_MAX / 3, max_batch);
+    if (train_head && !net->has_head) return ff_fail(net, FF_ERR_STATE, "train_head: the network has no one-pass head");
+    for (int b = 1; b < net->nblocks; b++)
+        if (net->blocks[b].first < net->blocks[b - 1].last)
+            return ff_fail(net, FF_ERR_ARG, "pipelined training needs non-overlapping blocks; blocks %d and %d "
+                           "share layers", b - 1, b);
+    ff_net_pipeline_end(net);
+    struct ff_pipe *pp = calloc(1, sizeof(*pp));
+    if (!pp) return ff_fail(net, FF_ERR_NOMEM, "out of memory for the pipeline");
+    net->pipe = pp;
+    int nb = net->nblocks, S = 0;
+    for (int b = 0; b < nb; b++) {
+        pp->active[b] = !active || active[b];
+        if (pp->active[b]) S = b + 1;
+    }
+    pp->head_stage = -1;
+    if (train_head) {
+        int lastl = net->head_layers[net->nhead - 1];
+        for (int b = 0; b < nb; b++) if (net->blocks[b].last > lastl) { pp->head_stage = b; break; }
+        if (pp->head_stage + 1 > S) S = pp->head_stage + 1;
+    }
+    if (S == 0) { ff_net_pipeline_end(net); return ff_fail(net, FF_ERR_ARG, "no block is active"); }
+    pp->S = S; pp->cap_B = max_batch; pp->train_head = train_head != 0;
+    pp->free_ = !ff_losses[net->loss.kind].negatives;
+    pp->emb = net->label == FF_LABEL_EMBEDDING;
+    int T, R = pipe_rows(pp, max_batch, &T);
+    pp->cap_R = R;
+    pp->works = calloc((size_t)S, sizeof(ff_work));
+    pp->bound = calloc((size_t)(2 * S), sizeof(float *));
+    pp->lab = malloc((size_t)S * R * sizeof(int64_t));
+    pp->slot_B = calloc((size_t)S, sizeof(int));
+    pp->feat = malloc((size_t)S * max_batch * (net->has_head ? net->F : 1) * sizeof(float));
+    pp->loss = malloc((size_t)(S + 1) * sizeof(float));
+    pp->status = calloc((size_t)S, sizeof(ff_status));
+    if (!pp->works || !pp->bound || !pp->lab || !pp->slot_B || !pp->feat || !pp->loss || !pp->status) {
+        ff_net_pipeline_end(net);
+        return ff_fail(net, FF_ERR_NOMEM, "out of memory for the pipeline");
+    }
+    for (int k = 0; k < S; k++) {
+        ff_status st = reserve_blocks(net, &pp->works[k], R, T, k, k + 1);
+        if (st == FF_OK && k + 1 < S) {
+            size_t wd = ff_layer_out(&net->layers[net->blocks[k + 1].first - 1]);
+            for (int h = 0; h < 2; h++) {
+                pp->bound[2 * k + h] = malloc((size_t)R * wd * sizeof(float));
+                if (!pp->bound[2 * k + h]) st = ff_fail(net, FF_ERR_NOMEM, "out of memory for the pipeline buffers");
+            }
+        }
+        if (st != FF_OK) { ff_net_pipeline_end(net); return st; }
+    }
+    return FF_OK;
+}
+
+/* Stage k of the current tick (a part of ff_parallel_run). */
+static void pipe_stage(void *ctx, int k, int nparts) {
+    (void)nparts;
+    ff_net *net = ctx;
+    struct ff_pipe *pp = net->pipe;
+    long e = pp->ticks - k;              /* stage k works on the minibatch that entered at tick e */
+    pp->status[k] = FF_OK;
+    pp->loss[k] = NAN;
+    if (k == pp->head_stage) pp->loss[pp->S] = NAN;
+    if (e < 0 || pp->slot_B[e % pp->S] == 0) return;
+    int s = (int)(e % pp->S), B = pp->slot_B[s], T, R = pipe_rows(pp, B, &T);
+    ff_work *w = &pp->works[k];
+    const ff_block *blk = &net->blocks[k];
+    int f = blk->first, l = blk->last, on = pp->active[k];
+    int64_t *lab = pp->lab + (size_t)s * pp->cap_R;
+    const float *in;
+    w->lean = 1;
+    if (k == 0) {
+        for (int r = 0; r < R; r++)
+            encode_row(net, w->xtmp + (size_t)r * net->Din, pp->x + (size_t)(r % B) * net->D, pp->free_ ? -1 : lab[r]);
+        in = w->xtmp;
+    } else {
+        in = pp->bound[2 * (k - 1) + (int)((pp->ticks - 1) & 1)];
+    }
+    memcpy(w->lab, lab, (size_t)R * sizeof(int64_t));
+    ff_status st = plan_forward(net, w, &blk->train, in, R, T, on ? f : net->nl);
+    if (st == FF_OK && on) {
+        float loss = 0.0f;
+        int emb = k == 0 && pp->emb;
+        st = block_loss(net, w, k, out_of(w, &blk->train, l - 1, R), B, T, &loss);
+        if (st == FF_OK) {
+            pp->loss[k] = loss;
+            w->gscratch_base = net->layers[f].w_off;
+            size_t hi = l < net->nl ? net->layers[l].w_off : net->tail_off;
+            memset(w->gscratch, 0, (hi - w->gscratch_base) * sizeof(float));
+            if (emb) zero_layer_grads(net, w, &net->embed);
+            st = plan_backward(net, w, &blk->train, in, R, T, emb ? w->dxin : NULL);
+        }
+        if (st == FF_OK) {
+            if (emb) embedding_backward(net, w, T);
+            for (int i = f; i < l; i++) layer_opt_step(net, w, &net->layers[i]);
+            if (emb) layer_opt_step(net, w, &net->embed);
+        }
+    }
+    float *feat = pp->feat + (size_t)s * pp->cap_B * (net->has_head ? net->F : 1);
+    if (st == FF_OK && pp->train_head)
+        for (int i = f; i < l; i++)
+            if (is_head_layer(net, i)) gather_features(net, w, feat, &blk->train, i, R, pp->free_ ? 0 : T, B);
+    if (st == FF_OK && k == pp->head_stage) {
+        zero_layer_grads(net, w, &net->head);
+        float hl = head_run(net, w, feat, B, lab, NULL, 1);
+        if (!isfinite(hl))
+            st = ff_fail(net, FF_ERR_NONFINITE, "the one-pass head's loss is not finite (%g): lower its learning "
+                         "rate", (double)hl);
+        else {
+            pp->loss[pp->S] = hl;
+            layer_opt_step(net, w, &net->head);
+        }
+    }
+    if (st == FF_OK && k + 1 < pp->S) {
+        int src = net->blocks[k + 1].first - 1;
+        memcpy(pp->bound[2 * k + (int)(pp->ticks & 1)], out_of(w, &blk->train, src, R),
+               (size_t)R * ff_layer_out(&net->layers[src]) * sizeof(float));
+    }
+    pp->status[k] = st;
+}
+
+ff_status ff_net_pipeline_step(ff_net *net, const float *x, const int64_t *labels, const int64_t *neg_labels,
+                               int B, float *losses) {
+    struct ff_pipe *pp = net->pipe;
+    if (!pp) return ff_fail(net, FF_ERR_STATE, "no pipeline: call ff_net_pipeline_begin first");
+    if (losses) for (int k = 0; k < net->nblocks + 1; k++) losses[k] = NAN;
+    int s = (int)(pp->ticks % pp->S);
+    if (x) {
+        if (B <= 0 || B > pp->cap_B)
+            return ff_fail(net, FF_ERR_ARG, "batch size must be in [1, %d] (the pipeline's max_batch), got %d",
+                           pp->cap_B, B);
+        ff_status st = check_labels(net, labels, B, "labels");
+        if (st != FF_OK) return st;
+        if (neg_labels && !pp->free_) {
+            if ((st = check_labels(net, neg_labels, B, "neg_labels")) != FF_OK) return st;
+            for (int b = 0; b < B; b++)
+                if (neg_labels[b] == labels[b])
+                    return ff_fail(net, FF_ERR_LABEL, "neg_labels[%d] equals labels[%d] (%lld): a negative label "
+                                   "must differ from the true one", b, b, (long long)labels[b]);
+        }
+        /* the entering minibatch's slot: labels, drawn negatives, neutral rows */
+        int T, R = pipe_rows(pp, B, &T);
+        int64_t *lab = pp->lab + (size_t)s * pp->cap_R;
+        for (int b = 0; b < B; b++) {
+            lab[b] = labels[b];
+            if (!pp->free_) {
+                if (neg_labels) lab[B + b] = neg_labels[b];
+                else {
+                    int k = ff_rng_below(net->rng, net->K - 1);
+                    lab[B + b] = k >= labels[b] ? k + 1 : k;
+                }
+            }
+            if (R > T) lab[T + b] = -1;
+        }
+        pp->slot_B[s] = B;
+        pp->x = x;
+    } else {
+        if (ff_net_pipeline_in_flight(net) == 0) return FF_OK;   /* nothing to drain */
+        pp->slot_B[s] = 0;   /* a drain tick: nothing enters */
+    }
+    ff_parallel_run(pipe_stage, net, pp->S);
+    pp->ticks++;
+    pp->x = NULL;
+    ff_status st = FF_OK;
+    for (int k = 0; k < pp->S; k++) if (pp->status[k] != FF_OK && st == FF_OK) st = pp->status[k];
+    if (losses) {
+        for (int k = 0; k < pp->S; k++) losses[k] = pp->loss[k];
+        if (pp->head_stage >= 0) losses[net->nblocks] = pp->loss[pp->S];
+    }
+    if (st != FF_OK) ff_net_pipeline_end(net);   /* a failed stage leaves no half-run minibatch behind */
+    return st;
 }

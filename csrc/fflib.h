@@ -414,6 +414,27 @@ ff_status ff_net_reserve(ff_net *net, int rows);
 ff_status ff_net_train_step(ff_net *net, const float *x, const int64_t *labels,
                             const int64_t *neg_labels, int B, const uint8_t *active,
                             int train_head, int apply_update, float *losses);
+/* Pipelined training (Pipeline Forward-Forward): block k trains on minibatch t - k at tick t,
+ * the blocks of a tick running at once on fflib's threads, each single-threaded.  Block k's
+ * input is block k - 1's output computed before block k - 1's update on the same minibatch,
+ * as in the sequential step, so the result equals ff_net_train_step's bit for bit (at one
+ * thread) and does not depend on the thread count.
+ *   begin: for batches of up to max_batch samples; active (nblocks) or NULL, train_head as in
+ *     ff_net_train_step, fixed until the next begin (which needs an empty pipeline); blocks
+ *     must not overlap.  Allocates each stage's workspace (outside hot loops).
+ *   step: one tick; x (B, C*H*W), labels, neg_labels (or NULL) enter the pipeline (x NULL:
+ *     a drain tick, nothing enters).  losses (nblocks + 1) or NULL: each block's loss this
+ *     tick (NaN for a block that did not train in it), then the head's.  x is read during the
+ *     call only.  On an error the pipeline is ended (its in-flight minibatches dropped).
+ *   in_flight: minibatches entered and not yet through the last stage; drain by calling
+ *     step with x NULL until it is 0.
+ *   end: free the pipeline (the net keeps its weights). */
+ff_status ff_net_pipeline_begin(ff_net *net, int max_batch, const uint8_t *active, int train_head);
+ff_status ff_net_pipeline_step(ff_net *net, const float *x, const int64_t *labels,
+                               const int64_t *neg_labels, int B, float *losses);
+int ff_net_pipeline_in_flight(const ff_net *net);
+void ff_net_pipeline_end(ff_net *net);
+
 /* Apply one optimiser step to the layers of the active blocks (NULL: all) and, if head, to
  * the head, from the gradients in the gradient arena. */
 ff_status ff_net_optimizer_step(ff_net *net, const uint8_t *active, int head);

@@ -530,6 +530,51 @@ class FFModel:
         """Zero every gradient."""
         self._net.zero_grad()
 
+    # -------------------------------------------------------------- pipelined training
+    def pipeline_begin(self, batch_size, active=None, train_head=None):
+        """Start pipelined training (Pipeline Forward-Forward, Aktemur et al. 2024): each
+        :meth:`pipeline_step` is a tick in which block k trains on the minibatch fed k ticks
+        earlier, all blocks of the tick running at once on fflib's threads (each block on one
+        thread).  Block k's input for a minibatch is block k-1's output computed before block
+        k-1's update on that minibatch, exactly as in :meth:`train_step`, so pipelined training
+        gives the same weights as sequential training, bit for bit, on any thread count.
+
+        ``batch_size`` bounds the minibatches fed; ``active`` and ``train_head`` are as in
+        :meth:`train_step` and hold until the next begin (drain first).  Blocks must not
+        overlap.  Memory: one workspace per block and two activation buffers per boundary."""
+        if train_head is None:
+            train_head = self.has_head
+        act = None if active is None else np.ascontiguousarray(active, dtype=np.uint8)
+        self._net.pipeline_begin(_positive_int("batch_size", batch_size), act, bool(train_head))
+
+    def pipeline_step(self, x=None, y=None, neg_labels=None):
+        """Feed one minibatch (x None: a drain tick that feeds nothing) and run one tick.
+        Returns the losses of the tick: per block (NaN for a block that trained on nothing in
+        this tick) and the head's last."""
+        if x is None:
+            return self._net.pipeline_step()
+        x = as_float32_batch(x, "x", self._net.info()["input_size"])
+        y = self._check_y(y, len(x))
+        neg = None if neg_labels is None else self._check_y(neg_labels, len(x), "neg_labels")
+        return self._net.pipeline_step(x, y, neg)
+
+    @property
+    def pipeline_in_flight(self):
+        """Minibatches fed to the pipeline that have not yet passed its last block."""
+        return self._net.pipeline_in_flight()
+
+    def pipeline_flush(self):
+        """Run drain ticks until every fed minibatch has passed the last block; returns the
+        list of their loss arrays."""
+        out = []
+        while self._net.pipeline_in_flight():
+            out.append(self._net.pipeline_step())
+        return out
+
+    def pipeline_end(self):
+        """Free the pipeline's buffers (minibatches still in flight are dropped)."""
+        self._net.pipeline_end()
+
     # -------------------------------------------------------------- inference
     def goodness(self, x):
         """Multi-pass goodness: (B, K, num_blocks), every block's goodness for every label."""
