@@ -706,6 +706,16 @@ static PyObject *Net_pipeline_step(NetObject *self, PyObject *args, PyObject *kw
     return (PyObject *)losses;
 }
 
+static PyObject *Net_set_share_labels(NetObject *self, PyObject *args) {
+    int on;
+    GUARD(self);
+    if (!PyArg_ParseTuple(args, "p", &on)) return NULL;
+    if (net_enter(self) < 0) return NULL;
+    ff_status st = ff_net_set_share_labels(self->net, on);
+    net_leave(self);
+    return net_status(self, st, "share_labels");
+}
+
 static PyObject *Net_pipeline_in_flight(NetObject *self, PyObject *Py_UNUSED(a)) {
     GUARD(self);
     return PyLong_FromLong(ff_net_pipeline_in_flight(self->net));
@@ -854,6 +864,8 @@ static PyMethodDef Net_methods[] = {
      "pipeline_begin(max_batch, active=None, train_head=False)"},
     {"pipeline_step", (PyCFunction)(void (*)(void))Net_pipeline_step, METH_VARARGS | METH_KEYWORDS,
      "pipeline_step(x=None, labels=None, neg_labels=None) -> per-block losses of the tick (NaN: idle)"},
+    {"set_share_labels", (PyCFunction)Net_set_share_labels, METH_VARARGS,
+     "set_share_labels(flag): compute a one-hot net's first layer once per sample (default on)"},
     {"pipeline_in_flight", (PyCFunction)Net_pipeline_in_flight, METH_NOARGS, "pipeline_in_flight() -> int"},
     {"pipeline_end", (PyCFunction)Net_pipeline_end, METH_NOARGS, "pipeline_end()"},
     {"set_block_loss", (PyCFunction)(void (*)(void))Net_set_block_loss, METH_VARARGS | METH_KEYWORDS,

@@ -130,11 +130,12 @@ extern const ff_loss_ops ff_losses[];
 void ff_softmax_rows(float *probs, const float *logits, int n, int K);
 
 /* ------------------------------------------------------------------ plans and blocks */
-enum { FF_STEP_LAYER = 0, FF_STEP_FUSED = 1 };
+enum { FF_STEP_LAYER = 0, FF_STEP_FUSED = 1, FF_STEP_SHARED = 2 };
 enum { FF_DX_NONE = -2, FF_DX_DIN = -1 };   /* else 0 / 1: d0 or d1 */
 
 typedef struct {
-    int op;            /* FF_STEP_LAYER, or FF_STEP_FUSED over layers i..i+2 */
+    int op;            /* FF_STEP_LAYER; FF_STEP_FUSED over layers i..i+2; FF_STEP_SHARED: the
+                          first [LenNorm ->] Linear of a one-hot net computed once per sample */
     int layer;         /* first layer of the step */
     int last;          /* last layer of the step (layer, or layer + 2) */
     int inplace;       /* the output aliases the input */
@@ -173,7 +174,12 @@ struct ff_work {
     float *fuse_ws;
     size_t fuse_cap, convws_cap;
     int conv_parts;
-    int64_t *lab;             /* per-row labels of the current step */
+    int64_t *lab;             /* per-row labels of the current step (the loss's) */
+    int64_t *rowlab;          /* per-row label written into the input (-1: neutral) */
+    /* rows that are one sample with different labels: sample of row r is r / share_div
+     * (share_div > 0, its first row j * share_div) or r % share_n (its first row j) */
+    int share_n, share_div;
+    float *shr;               /* the shared step's scratch (the first linear layer's outputs) */
     /* lean step: the running block's gradients in gscratch (from arena offset gscratch_base) */
     int lean;
     float *gscratch;
@@ -197,6 +203,7 @@ struct ff_net {
     ff_layer head;            /* the one-pass head: Linear(F, K) trained by softmax xent */
     ff_layer embed;           /* the label embedding: (K, H*W) maps, when used */
     ff_config cfg;
+    int share_labels;         /* compute the label-independent part of the first layer once */
     uint64_t rng[4];
     /* arenas: parameters, Adam m / momentum, Adam v; gradients in a full arena only when a
      * split step (compute_grads) or overlapping blocks need one (grads), else per block in

@@ -94,7 +94,7 @@ ff_status ff_overlay_labels(float *out, const float *x, const int64_t *labels, i
 
 /* Encode one raw sample x (D) with label y (-1: neutral) into out (Din): the one encoder that
  * training, inference and ff_overlay_labels share. */
-static void encode_row(const ff_net *net, float *out, const float *x, int64_t y) {
+static void encode_into(const ff_net *net, float *out, const float *x, int64_t y) {
     int K = net->K, HW = net->H * net->W;
     float v = net->cfg.label_value;
     memcpy(out, x, (size_t)net->D * sizeof(float));
@@ -131,6 +131,15 @@ static void encode_row(const ff_net *net, float *out, const float *x, int64_t y)
         break;
     }
 }
+
+/* Row r of the work's encoded input: sample x with label y (recorded for the shared step). */
+static void encode_row(const ff_net *net, ff_work *w, int r, const float *x, int64_t y) {
+    encode_into(net, w->xtmp + (size_t)r * net->Din, x, y);
+    w->rowlab[r] = y;
+}
+
+/* Rows r of the next run are sample r % n (div 0) or r / div of the minibatch. */
+static void share_rows(ff_work *w, int n, int div) { w->share_n = n; w->share_div = div; }
 
 ff_config ff_config_default(void) {
     ff_config c;
@@ -175,6 +184,7 @@ ff_status ff_net_new(ff_net **out, int C, int H, int W, int K, uint64_t seed, ch
     net->training = 1;
     net->cfg = ff_config_default();
     net->loss = loss_of(&net->cfg);
+    net->share_labels = 1;
     uint64_t s = seed;
     for (int i = 0; i < 4; i++) net->rng[i] = ff_splitmix64(&s);
     *out = net;
@@ -338,6 +348,22 @@ static int fusable(const ff_net *net, int i, int l) {
            !is_head_layer(net, i) && !is_head_layer(net, i + 1);
 }
 
+/* The first layers of a one-hot net on flat inputs, [LenNorm ->] Linear, see every sample
+ * with several labels (positive, negative, neutral; K labels in multi-pass inference).  The
+ * label only adds a column of the weight (one-hot values after the normalisation, whose norm
+ * the label does not change), so the product with the image part can be computed once per
+ * sample.  Returns the number of layers such a step covers (2 or 1), or 0. */
+static int shareable(const ff_net *net, int l) {
+    if (!net->share_labels || net->label != FF_LABEL_ONEHOT || net->H * net->W != 1 || net->K >= net->Din)
+        return 0;
+    const ff_layer *L0 = &net->layers[0];
+    if (L0->kind == FF_LAYER_LINEAR) return 1;
+    if (L0->kind == FF_LAYER_LENNORM && l > 1 && net->layers[1].kind == FF_LAYER_LINEAR &&
+        !is_head_layer(net, 0) && !net->starts_block[1])
+        return 2;
+    return 0;
+}
+
 /* Compile layers [f, l) into p: steps, their places in acts, and for training (din: whether
  * the block's input gradient is wanted, for a label embedding) where every input gradient
  * goes.  The walk below is the one forward, backward and reserve_rows follow. */
@@ -352,6 +378,16 @@ static ff_status compile_plan(ff_net *net, int f, int l, int din, ff_plan *p) {
         ff_step *s = &p->steps[p->nsteps++];
         const ff_layer *L = &net->layers[i];
         s->layer = s->last = i;
+        int sh = i == 0 ? shareable(net, l) : 0;
+        if (sh) {   /* [LenNorm ->] Linear, once per sample; its saved floats: the row scales */
+            s->op = FF_STEP_SHARED;
+            s->last = sh - 1;
+            L = &net->layers[sh - 1];
+            s->out_off = off; off += ff_layer_out(L);
+            s->aux_off = off; off += 1;
+            i = sh - 1;
+            continue;
+        }
         if (fusable(net, i, l)) {
             s->op = FF_STEP_FUSED;
             s->last = i + 2;
@@ -376,6 +412,10 @@ static ff_status compile_plan(ff_net *net, int f, int l, int din, ff_plan *p) {
         int below = din;
         for (int j = f; j < st->layer; j++) below |= ff_layer_trainable(&net->layers[j]);
         st->dy_buf = cur;
+        if (st->op == FF_STEP_SHARED) {   /* per-sample sums of the row gradients in the other buffer */
+            size_t o = ff_layer_out(&net->layers[st->last]);
+            if (o > p->dw[cur ^ 1]) p->dw[cur ^ 1] = o;
+        }
         if (!below) { st->dx_buf = FF_DX_NONE; break; }
         if (st->op == FF_STEP_LAYER && s > 0 && net->layers[st->layer].kind == FF_LAYER_RELU) {
             st->dx_buf = cur;   /* masked in place */
@@ -645,6 +685,11 @@ ff_status ff_net_set_config(ff_net *net, const ff_config *c) {
 }
 ff_config ff_net_get_config(const ff_net *net) { return net->cfg; }
 
+ff_status ff_net_set_share_labels(ff_net *net, int on) {
+    net->share_labels = on != 0;
+    return net->nblocks ? compile_blocks(net) : FF_OK;
+}
+
 ff_status ff_net_set_block_loss(ff_net *net, int b, ff_loss_kind loss, ff_goodness_kind goodness,
                                 float theta, float alpha, float pvn_weight) {
     if (b < 0 || b >= net->nblocks)
@@ -862,6 +907,9 @@ static ff_status reserve_blocks(ff_net *net, ff_work *w, int rows, int trows, in
     if (widest > ((size_t)1 << 52) / R)   /* keeps the sum below from wrapping around */
         return ff_fail(net, FF_ERR_NOMEM, "a workspace for %d rows of up to %zu floats is too large", rows, widest);
     size_t d1 = T * dw[1] > R * headw ? T * dw[1] : R * headw;
+    size_t shr = 0;   /* the shared step's label column (its linear layer's outputs) */
+    for (int i = 0; i < 2 && i < net->nl; i++)
+        if (net->layers[i].kind == FF_LAYER_LINEAR) { shr = (size_t)net->layers[i].OC; break; }
     size_t need = R * carry        /* carry */
                 + R * acts         /* acts */
                 + T * dw[0] + d1   /* d0, d1 */
@@ -870,15 +918,16 @@ static ff_status reserve_blocks(ff_net *net, ff_work *w, int rows, int trows, in
                 + convws + fuse
                 + R * F            /* feat */
                 + 2 * R * K        /* logits, dlogits */
-                + R * Din + T * Din;  /* xtmp (encoded inputs), dxin (their gradient) */
+                + R * Din + T * Din   /* xtmp (encoded inputs), dxin (their gradient) */
+                + shr;
     float *ws = malloc((need ? need : 1) * sizeof(float));
-    int64_t *lab = malloc(R * sizeof(int64_t));
+    int64_t *lab = malloc(2 * R * sizeof(int64_t));
     if (!ws || !lab) {
         free(ws); free(lab);
         return ff_fail(net, FF_ERR_NOMEM, "out of memory for a %zu MB workspace", need * sizeof(float) >> 20);
     }
     free(w->ws); free(w->lab);
-    w->ws = ws; w->lab = lab; w->ws_floats = need;
+    w->ws = ws; w->lab = lab; w->rowlab = lab + R; w->ws_floats = need;
     float *p = ws;
     w->carry = p; p += R * carry;
     w->acts = p; p += R * acts;
@@ -894,7 +943,8 @@ static ff_status reserve_blocks(ff_net *net, ff_work *w, int rows, int trows, in
     w->logits = p; p += R * K;
     w->dlogits = p; p += R * K;
     w->xtmp = p; p += R * Din;
-    w->dxin = p;
+    w->dxin = p; p += T * Din;
+    w->shr = p;
     w->rows_cap = rows; w->train_cap = trows; w->acts_cap = acts;
     w->carry_w = carry; w->dw_cap[0] = dw[0]; w->dw_cap[1] = dw[1]; w->head_w = headw;
     w->convws_cap = convws; w->conv_parts = parts; w->fuse_cap = fuse;
@@ -908,6 +958,85 @@ ff_status ff_net_reserve(ff_net *net, int rows) {
 
 /* ------------------------------------------------------------------ running a plan */
 
+/* The shared step (see shareable).  Row r of `in` is sample j = share_of(r) with label
+ * y_r = rowlab[r] in its first K values.  With the norm's scale s_r (the label adds v^2, or
+ * K (v/K)^2 for the neutral label, to the row's squared norm) and P = X_rest W_rest^T over
+ * the samples' first rows:
+ *   z_r = s_r (P_j + v W[:, y_r]) + b,   neutral: s_r (P_j + v/K sum_k W[:, k]) + b.
+ * P is written into the first rows of y and expanded downwards (row r reads sample j <= r). */
+static int share_of(const ff_work *w, int r) { return w->share_div ? r / w->share_div : r % w->share_n; }
+static int share_count(const ff_work *w, int R) { return w->share_div ? (R + w->share_div - 1) / w->share_div : w->share_n; }
+static size_t share_stride(const ff_work *w) { return w->share_div ? (size_t)w->share_div : 1; }
+
+static ff_status shared_forward(ff_net *net, ff_work *w, const ff_step *st, const float *in, float *y,
+                                float *scale, int R) {
+    const ff_layer *N = st->last > st->layer ? &net->layers[st->layer] : NULL, *Lin = &net->layers[st->last];
+    int K = net->K, Din = net->Din, O = Lin->OC, n = share_count(w, R);
+    float v = net->cfg.label_value;
+    const float *W = net->params + Lin->w_off, *bias = Lin->b_n ? net->params + Lin->b_off : NULL;
+    size_t lda = (size_t)Din * share_stride(w);
+    ff_sgemm(0, 1, n, O, Din - K, 1.0f, in + K, (int)lda, W + K, Din, 0.0f, y, O);
+    /* the norm of each sample's image part, then each row's scale */
+    double *ssj = (double *)w->G;   /* G holds rows * K floats >= n doubles (K >= 2) */
+    for (int j = 0; j < n; j++) {
+        const float *xr = in + j * lda + K;
+        double ss = 0.0;
+        for (int d = 0; d < Din - K; d++) ss += (double)xr[d] * xr[d];
+        ssj[j] = ss;
+    }
+    for (int r = 0; r < R; r++) {
+        float s = 1.0f;
+        if (N && N->norm != FF_NORM_NONE) {
+            double ss = ssj[share_of(w, r)] + (w->rowlab[r] >= 0 ? (double)v * v : (double)K * (v / K) * (v / K));
+            s = N->norm == FF_NORM_L2 ? (float)(1.0 / (sqrt(ss) + N->eps)) : (float)(1.0 / sqrt(ss / Din + N->eps));
+        }
+        scale[r] = s;
+    }
+    float *wsum = w->shr;   /* (O) the neutral label's column: v/K sum_k W[:, k] */
+    for (int o = 0; o < O; o++) {
+        double a = 0.0;
+        for (int k = 0; k < K; k++) a += W[(size_t)o * Din + k];
+        wsum[o] = (float)(a * v / K);
+    }
+    for (int r = R - 1; r >= 0; r--) {   /* elementwise, so row j may expand into itself */
+        const float *P = y + (size_t)share_of(w, r) * O;
+        float *z = y + (size_t)r * O, s = scale[r];
+        int64_t lab = w->rowlab[r];
+        for (int o = 0; o < O; o++)
+            z[o] = s * (P[o] + (lab >= 0 ? v * W[(size_t)o * Din + lab] : wsum[o])) + (bias ? bias[o] : 0.0f);
+    }
+    return FF_OK;
+}
+
+/* Its backward on the first T rows: dW[:, K:] += G^T X_rest with G_j = sum over sample j's rows
+ * of s_r dz_r (in `gs`, n x O), dW[:, y_r] += v s_r dz_r (neutral: v/K to every label column),
+ * db += sum_r dz_r.  Nothing below the first layer trains, so no input gradient. */
+static ff_status shared_backward(ff_net *net, ff_work *w, const ff_step *st, const float *in, const float *dz,
+                                 float *gs, float *gw, float *gb, const float *scale, int T) {
+    const ff_layer *Lin = &net->layers[st->last];
+    int K = net->K, Din = net->Din, O = Lin->OC, n = share_count(w, T);
+    float v = net->cfg.label_value;
+    size_t lda = (size_t)Din * share_stride(w);
+    memset(gs, 0, (size_t)n * O * sizeof(float));
+    for (int r = 0; r < T; r++) {
+        const float *d = dz + (size_t)r * O;
+        float *g = gs + (size_t)share_of(w, r) * O, s = scale[r];
+        int64_t lab = w->rowlab[r];
+        for (int o = 0; o < O; o++) g[o] += s * d[o];
+        if (gb) for (int o = 0; o < O; o++) gb[o] += d[o];
+        if (lab >= 0) {
+            for (int o = 0; o < O; o++) gw[(size_t)o * Din + lab] += v * s * d[o];
+        } else {
+            for (int o = 0; o < O; o++) {
+                float c = v / K * s * d[o];
+                for (int k = 0; k < K; k++) gw[(size_t)o * Din + k] += c;
+            }
+        }
+    }
+    ff_sgemm(1, 0, O, Din - K, n, 1.0f, gs, O, in + K, (int)lda, 1.0f, gw + K, Din);
+    return FF_OK;
+}
+
 /* Forward plan p on R rows whose input (R, in_size(first)) is `in`.  Batch-norm layers take
  * statistics from the first T rows in training mode; those at index >= update_from also
  * update their running statistics. */
@@ -920,7 +1049,9 @@ static ff_status plan_forward(ff_net *net, ff_work *w, const ff_plan *p, const f
         const ff_layer *L = &net->layers[st->layer];
         float *y = w->acts + st->out_off * (size_t)R, *aux = w->acts + st->aux_off * (size_t)R;
         ff_status e;
-        if (st->op == FF_STEP_FUSED) {
+        if (st->op == FF_STEP_SHARED) {
+            e = shared_forward(net, w, st, x, y, aux, R);
+        } else if (st->op == FF_STEP_FUSED) {
             e = ff_fused_forward(&c, L, &net->layers[st->last], x, y, (int32_t *)aux, R);
         } else {
             c.update_stats = st->layer >= update_from;
@@ -950,7 +1081,11 @@ static ff_status plan_backward(ff_net *net, ff_work *w, const ff_plan *p, const 
         float *gw = L->w_n ? ff_grad_at(net, w, L->w_off) : NULL;
         float *gb = L->b_n ? ff_grad_at(net, w, L->b_off) : NULL;
         ff_status e;
-        if (st->op == FF_STEP_FUSED)
+        if (st->op == FF_STEP_SHARED) {
+            const ff_layer *Lin = &net->layers[st->last];
+            e = shared_backward(net, w, st, x, dy, w->d[st->dy_buf ^ 1], ff_grad_at(net, w, Lin->w_off),
+                                Lin->b_n ? ff_grad_at(net, w, Lin->b_off) : NULL, aux, T);
+        } else if (st->op == FF_STEP_FUSED)
             e = ff_fused_backward(&c, L, &net->layers[st->last], x, dy, dx, gw, gb, y, (const int32_t *)aux, T);
         else
             e = ff_layer_kinds[L->kind].backward(&c, L, dx, gw, gb, dy, x, y, aux, T);
@@ -1103,7 +1238,8 @@ ff_status ff_net_train_step(ff_net *net, const float *x, const int64_t *labels,
         if (R > T) lab[T + b] = -1;
     }
     for (int r = 0; r < R; r++)
-        encode_row(net, w->xtmp + (size_t)r * net->Din, x + (size_t)(r % B) * D, free_ ? -1 : lab[r]);
+        encode_row(net, w, r, x + (size_t)(r % B) * D, free_ ? -1 : lab[r]);
+    share_rows(w, B, 0);
 
     /* layers in an active block are trained; their gradients are zeroed first and every
      * layer steps once at the end (a layer in two overlapping blocks sums both gradients) */
@@ -1269,8 +1405,8 @@ ff_status ff_net_goodness(ff_net *net, const float *x, int B, float *out) {
         int n = B - s0 < chunk ? B - s0 : chunk, R = n * per;
         for (int s = 0; s < n; s++)
             for (int k = 0; k < per; k++)
-                encode_row(net, w->xtmp + ((size_t)s * per + k) * Din, x + (size_t)(s0 + s) * D,
-                           per == 1 ? -1 : k);
+                encode_row(net, w, s * per + k, x + (size_t)(s0 + s) * D, per == 1 ? -1 : k);
+        share_rows(w, n, per);
         memcpy(w->carry, w->xtmp, (size_t)R * Din * sizeof(float));
         /* out (B, K, nb): row r = s*per + k is at (s0 + s, k); label-free rows fill all K */
         st = run_segments(net, w, R, nb, 0, out + (size_t)s0 * K * nb, per == 1 ? (size_t)K * nb : (size_t)nb,
@@ -1296,7 +1432,8 @@ ff_status ff_net_goodness_labeled(ff_net *net, const float *x, const int64_t *la
     for (int s0 = 0; s0 < B; s0 += chunk) {
         int n = B - s0 < chunk ? B - s0 : chunk;
         for (int r = 0; r < n; r++)
-            encode_row(net, w->xtmp + (size_t)r * Din, x + (size_t)(s0 + r) * D, labels ? labels[s0 + r] : -1);
+            encode_row(net, w, r, x + (size_t)(s0 + r) * D, labels ? labels[s0 + r] : -1);
+        share_rows(w, n, 0);
         memcpy(w->carry, w->xtmp, (size_t)n * Din * sizeof(float));
         st = run_segments(net, w, n, nb, 0, out + (size_t)s0 * nb, (size_t)nb, 0, 1);
         if (st != FF_OK) return st;
@@ -1318,7 +1455,8 @@ static ff_status features_chunked(ff_net *net, const float *x, int B, float *fea
     for (int s0 = 0; s0 < B; s0 += chunk) {
         int n = B - s0 < chunk ? B - s0 : chunk;
         for (int r = 0; r < n; r++)
-            encode_row(net, w->xtmp + (size_t)r * Din, x + (size_t)(s0 + r) * D, -1);
+            encode_row(net, w, r, x + (size_t)(s0 + r) * D, -1);
+        share_rows(w, n, 0);
         memcpy(w->carry, w->xtmp, (size_t)n * Din * sizeof(float));
         st = run_segments(net, w, n, stop, n, NULL, 0, 0, 0);
         if (st != FF_OK) return st;
@@ -1545,7 +1683,8 @@ static void pipe_stage(void *ctx, int k, int nparts) {
     w->lean = 1;
     if (k == 0) {
         for (int r = 0; r < R; r++)
-            encode_row(net, w->xtmp + (size_t)r * net->Din, pp->x + (size_t)(r % B) * net->D, pp->free_ ? -1 : lab[r]);
+            encode_row(net, w, r, pp->x + (size_t)(r % B) * net->D, pp->free_ ? -1 : lab[r]);
+        share_rows(w, B, 0);
         in = w->xtmp;
     } else {
         in = pp->bound[2 * (k - 1) + (int)((pp->ticks - 1) & 1)];

@@ -350,6 +350,12 @@ ff_status ff_net_set_block_loss(ff_net *net, int b, ff_loss_kind loss, ff_goodne
 /* Why the last failing call on net failed, in words (the empty string before any failure).
  * Every function returning an ff_status other than FF_OK writes it. */
 const char *ff_net_last_error(const ff_net *net);
+/* Label sharing (on by default): a one-hot net on flat inputs whose first layers are
+ * [LenNorm ->] Linear computes the label-independent product once per sample rather than once
+ * per row (a training step has 2 or 3 rows per sample, multi-pass inference K), and the first
+ * layer's weight gradient from the per-sample sums of the row gradients.  Equal to the
+ * unshared computation up to float rounding; off recompiles the plans without it. */
+ff_status ff_net_set_share_labels(ff_net *net, int on);
 int ff_net_is_finalized(const ff_net *net);
 /* Optimiser of layer l (l = -1: the head, -2: the label embedding, (K, H*W)); every trainable
  * layer has its own state.  ff_net_param, get/set_step take the same indices. */

@@ -97,6 +97,10 @@ def run_config(name):
     {key: (digest, sum, abs-sum)} for every parameter, gradient-free state and moment."""
     factory, shape, batch, routine, chunk, alternate, negatives = CONFIGS[name]
     model = factory()
+    if hasattr(model._net, "set_share_labels"):
+        # the pre-rewrite core computed every row's first layer; label sharing (the default
+        # now) is equal only up to rounding and has its own test (tests/test_share_labels.py)
+        model._net.set_share_labels(False)
     x, y = _data(shape, batch * 4, seed=len(name))
     xt, _ = _data(shape, 24, seed=99)
     if shape != 784:
