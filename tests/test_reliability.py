@@ -322,3 +322,53 @@ def test_active_masks_must_be_integral():
     with pytest.raises(ValueError, match="active"):
         m.train_step(x, y, active=[1])
     m.train_step(x, y, active=np.array([1.0, 0.0]))      # integral floats are fine
+
+
+# ----------------------------------------------------------------------------- schedules vs PyTorch
+@pytest.mark.parametrize("make_ours, make_torch", [
+    (lambda o: StepLR(o, 3, gamma=0.5), lambda o, t: t.StepLR(o, 3, gamma=0.5)),
+    (lambda o: MultiStepLR(o, [2, 5, 5, 9], gamma=0.3), lambda o, t: t.MultiStepLR(o, [2, 5, 5, 9], gamma=0.3)),
+    (lambda o: CosineAnnealingLR(o, 7, eta_min=0.01), lambda o, t: t.CosineAnnealingLR(o, 7, eta_min=0.01)),
+    (lambda o: fflib.optim.LambdaLR(o, lambda e: 0.9 ** e + 0.1 * (e % 3)),
+     lambda o, t: t.LambdaLR(o, lambda e: 0.9 ** e + 0.1 * (e % 3))),
+    (lambda o: fflib.optim.LinearCooldown(o, total=10, start=4),
+     lambda o, t: t.LambdaLR(o, lambda e: 1.0 if e <= 4 else max(0.0, (10 - e) / 6))),
+])
+def test_schedules_follow_pytorch(make_ours, make_torch):
+    torch = pytest.importorskip("torch")
+    import torch.optim.lr_scheduler as t
+    m = zoo_model("mlp")
+    ours = make_ours(fflib.SGD(m, lr=0.5, momentum=0.9))
+    topt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.5, momentum=0.9)
+    theirs = make_torch(topt, t)
+    a, b = [ours.get_last_lr()[0]], [theirs.get_last_lr()[0]]
+    for _ in range(20):
+        topt.step()
+        theirs.step()
+        ours.step()
+        a.append(ours.get_last_lr()[0])
+        b.append(theirs.get_last_lr()[0])
+    np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15)
+    assert m._net.get_opt(1)["lr"] == pytest.approx(a[-1], rel=1e-6, abs=1e-12)   # pushed into C
+
+
+def test_optimizer_and_schedule_state_dicts_round_trip():
+    m = zoo_model("mlp")
+    x, y = data(m)
+    opt = fflib.SGD(m, lr=0.1, momentum=0.9, weight_decay=1e-4)
+    sched = CosineAnnealingLR(opt, 5)
+    fflib.fit(m, x, y, epochs=2, batch_size=8, scheduler=sched, progress=False)
+    st, ss = opt.state_dict(), sched.state_dict()
+    m2 = zoo_model("mlp")
+    m2.load_state_dict(m.state_dict())
+    opt2 = fflib.SGD(m2, lr=0.1, momentum=0.9, weight_decay=1e-4)
+    sched2 = CosineAnnealingLR(opt2, 5)
+    opt2.load_state_dict(st)
+    sched2.load_state_dict(ss)
+    assert opt2.lr == opt.lr and sched2.last_epoch == 2
+    a, b = m.optimizer_state(), m2.optimizer_state()
+    assert all(np.array_equal(a[k], b[k]) for k in a if k != "rng")
+    with pytest.raises(ValueError, match="differ from this schedule"):
+        CosineAnnealingLR(fflib.SGD(zoo_model("mlp"), lr=0.1), 6).load_state_dict(ss)
+    json.dumps(ss)
+    json.dumps(opt.state_dict(moments=False))
