@@ -132,6 +132,23 @@ def _atomic_savez(path, arrays):
     return path
 
 
+def _native_order(**arrays):
+    """Reject arrays in a byte order other than the machine's: the training step reads them
+    without a copy, and foreign bytes would be read as native numbers."""
+    for name, a in arrays.items():
+        if isinstance(a, np.ndarray) and not a.dtype.isnative:
+            raise ValueError(f"{name} has byte order {a.dtype.str!r}, not the machine's; convert it "
+                             f"explicitly, e.g. {name}.astype({name}.dtype.newbyteorder('='))")
+
+
+def _train_head_flag(train_head, default):
+    if train_head is None:
+        return default
+    if not isinstance(train_head, (bool, np.bool_)):
+        raise TypeError(f"train_head must be None, True or False, got {train_head!r}")
+    return bool(train_head)
+
+
 def _active_mask(active, num_blocks, name="active"):
     """None, or the (num_blocks,) uint8 0/1 mask of blocks to train: booleans, or integral
     numbers 0 and 1 (a fractional value is an error, not truncated)."""
@@ -154,8 +171,8 @@ def _choice(name, value, table):
 
 
 def _positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 < value < 2 ** 31:
+        raise ValueError(f"{name} must be a positive int below 2**31, got {value!r}")
     return int(value)
 
 
@@ -305,8 +322,8 @@ class Conv2d(Layer):
         self.out_channels = _positive_int("out_channels", out_channels)
         self.kernel_size = _positive_int("kernel_size", kernel_size)
         self.stride = _positive_int("stride", stride)
-        if isinstance(padding, bool) or not isinstance(padding, (int, np.integer)) or padding < 0:
-            raise ValueError(f"padding must be an int >= 0, got {padding!r}")
+        if isinstance(padding, bool) or not isinstance(padding, (int, np.integer)) or not 0 <= padding < 2 ** 31:
+            raise ValueError(f"padding must be an int in [0, 2**31), got {padding!r}")
         self.padding = int(padding)
         self.groups = _positive_int("groups", groups)
         self.use_bias = bool(bias)
@@ -396,6 +413,9 @@ def _shape3(name, shape):
         dims = dims + [1, 1]
     if len(dims) != 3 or min(dims) <= 0:
         raise ValueError(f"{name} must be a positive int or (C, H, W), got {shape!r}")
+    if dims[0] * dims[1] * dims[2] >= 2 ** 31:
+        raise ValueError(f"{name} {tuple(dims)} has C*H*W = {dims[0] * dims[1] * dims[2]} values per sample, "
+                         "more than the 2**31 - 1 the core supports")
     return tuple(dims)
 
 
@@ -722,17 +742,17 @@ class FFModel:
 
         x must be float32 C-contiguous (B, ...) with the model's input size; y int64 (B,).
         Returns the per-block losses followed by the head loss (an array of num_blocks + 1)."""
-        if train_head is None:
-            train_head = self.has_head
+        train_head = _train_head_flag(train_head, self.has_head)
         act = _active_mask(active, self.num_blocks)
+        _native_order(x=x, y=y, neg_labels=neg_labels)
         return self._net.train_step(x, y, neg_labels, act, bool(train_head), True)
 
     def compute_grads(self, x, y, neg_labels=None, active=None, train_head=None):
         """Like :meth:`train_step` but only computes gradients (zeroed first) into the layers'
         ``grad_weight``/``grad_bias``; an optimiser's ``step()`` then applies them."""
-        if train_head is None:
-            train_head = self.has_head
+        train_head = _train_head_flag(train_head, self.has_head)
         act = _active_mask(active, self.num_blocks)
+        _native_order(x=x, y=y, neg_labels=neg_labels)
         return self._net.train_step(x, y, neg_labels, act, bool(train_head), False)
 
     def zero_grad(self):
@@ -822,7 +842,8 @@ class FFModel:
         layers = []
         for i, spec in enumerate(specs):
             with _field(f"architecture.layers[{i}]"):
-                if not isinstance(spec, dict) or spec.get("kind") not in LAYER_TYPES:
+                if not isinstance(spec, dict) or not isinstance(spec.get("kind"), str) \
+                        or spec["kind"] not in LAYER_TYPES:
                     raise ValueError(f"must be a dict with 'kind' one of {sorted(LAYER_TYPES)}, got {spec!r}")
                 kw = {k: v for k, v in spec.items() if k != "kind"}
                 layer_cls = LAYER_TYPES[spec["kind"]]
@@ -838,11 +859,17 @@ class FFModel:
                 raise ValueError(f"must be a dict with keys among {list(_HPARAM_KEYS)}, got {cfg!r}")
         units = arch.get("units")
         head = arch.get("head_blocks", "auto")
+        # other constructor arguments the description holds (e.g. label_placement)
+        known = {"layers", "input_shape", "num_classes", "units", "blocks", "head_blocks", "head_layers",
+                 "seed", "config", "label_encoding"}
+        params = set(inspect.signature(cls.__init__).parameters)
+        extra = {k: v for k, v in arch.items() if k not in known and k in params}
         with _field("architecture"):
             model = cls(layers, arch["input_shape"], arch["num_classes"], blocks=units, head_blocks=head,
-                        seed=arch.get("seed", 0), label_encoding=arch.get("label_encoding", "onehot"), **cfg)
+                        seed=arch.get("seed", 0), label_encoding=arch.get("label_encoding", "onehot"),
+                        **extra, **cfg)
         if units is None and "head_layers" in arch:
-            model = model._with_saved_units(arch, layers)    # a version 1 file
+            model = model._with_saved_units(arch)    # a version 1 file
         with _field("architecture.head_layers"):
             if "head_layers" in arch and _int_list("head_layers", arch["head_layers"]) != model._head_layers:
                 raise ValueError(f"the head reads layers {model._head_layers} after the rebuild, the "
@@ -853,19 +880,15 @@ class FFModel:
                 model.set_block_ranges(ranges)
         return model
 
-    def _with_saved_units(self, arch, layers):
+    def _with_saved_units(self, arch):
         # version 1 files did not hold the units; the head's layers and the saved cut tell them
         if list(self._head_layers) == list(arch["head_layers"]):
             return self
         try:
             ends = [int(b) for _, b in arch["blocks"]]
-            firsts = [0] + ends[:-1]
-            if [int(a) for a, _ in arch["blocks"]] != firsts:
+            if [int(a) for a, _ in arch["blocks"]] != [0] + ends[:-1]:
                 return self
-            fresh = [type(l)(**l.config()) for l in layers]
-            return type(self)(fresh, self.input_shape, self.num_classes, blocks=ends,
-                              head_blocks=self._head_blocks_arg, seed=self.seed,
-                              label_encoding=self.label_encoding, **self._hparams)
+            return type(self).from_architecture(dict(arch, units=ends))
         except (ValueError, TypeError, KeyError):
             return self
 
