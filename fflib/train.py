@@ -14,6 +14,13 @@ from .augment import parse as parse_augment
 from .routines import ROUTINES, block_ranges, unit_ranges
 
 
+def _count(name, value, lo):
+    """An int >= lo (bools and floats refused)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < lo:
+        raise ValueError(f"{name} must be {'a positive int' if lo == 1 else f'an int >= {lo}'}, got {value!r}")
+    return int(value)
+
+
 def _rng(random_state):
     if isinstance(random_state, np.random.Generator):
         return random_state
@@ -131,14 +138,15 @@ def fit(model, x, y, *, epochs=10, batch_size=100, optimizer=None, scheduler=Non
         raise TypeError(f"model must be an fflib.FFModel, got {type(model).__name__}")
     x = as_float32_batch(x, "x", int(np.prod(model.input_shape)))
     y = model._check_y(y, x.shape[0])
-    if isinstance(epochs, bool) or int(epochs) != epochs or epochs < 0:
-        raise ValueError(f"epochs must be an int >= 0, got {epochs!r}")
-    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size <= 0:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    if negatives not in ("uniform", "hard"):
+    epochs = _count("epochs", epochs, 0)
+    batch_size = _count("batch_size", batch_size, 1)
+    head_epochs = _count("head_epochs", head_epochs, 0)
+    chunk_size = _count("chunk_size", chunk_size, 1)
+    if not isinstance(negatives, str) or negatives not in ("uniform", "hard"):
         raise ValueError(f"negatives must be 'uniform' or 'hard', got {negatives!r}")
-    if head_epochs < 0:
-        raise ValueError(f"head_epochs must be >= 0, got {head_epochs!r}")
+    if random_state is not None and not isinstance(random_state, np.random.Generator) and (
+            isinstance(random_state, bool) or not isinstance(random_state, (int, np.integer)) or random_state < 0):
+        raise ValueError(f"random_state must be None, an int >= 0 or a numpy Generator, got {random_state!r}")
     train_head = bool(train_head) and model.has_head
     aug = parse_augment(augment)
     if aug is not None and model.input_shape[1] * model.input_shape[2] == 1:

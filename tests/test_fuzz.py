@@ -468,3 +468,39 @@ def test_fuzz_model_files(tmp_path_factory, mode, where, value, flips):
 
 def test_fuzz_model_files_report():
     report("model files")
+
+
+# ----------------------------------------------------------------------------- fit(...)
+@settings(PROFILE, max_examples=120)
+@given(epochs=mostly(st.integers(0, 2), st.one_of(st.integers(-2, 2), junk)),
+       batch_size=mostly(st.integers(1, 9), st.one_of(st.integers(-2, 3), junk)),
+       negatives=mostly(st.sampled_from(["uniform", "hard"]), junk),
+       order=mostly(st.sampled_from(["simultaneous", "layerwise"]), junk),
+       routine=mostly(st.sampled_from([None, "greedy", "chunked", "overlapping", "backprop"]), junk),
+       chunk_size=mostly(st.integers(1, 3), st.one_of(st.integers(-1, 3), junk)),
+       head_epochs=mostly(st.integers(0, 1), st.one_of(st.integers(-2, 2), junk)),
+       random_state=mostly(st.integers(0, 2 ** 32), st.one_of(st.integers(-3, 3), junk)),
+       augment=mostly(st.none(), st.sampled_from(["flip", "crop2", "rotate", 3])),
+       checkpoint_every=mostly(st.integers(1, 3), st.one_of(st.integers(-1, 1), junk)))
+def test_fuzz_fit_arguments(tmp_path_factory, epochs, batch_size, negatives, order, routine, chunk_size,
+                            head_epochs, random_state, augment, checkpoint_every):
+    m = fflib.FFModel(fflib.mlp([12, 8, 8]), 12, 4, seed=1)
+    x = np.random.default_rng(0).random((10, 12), dtype=np.float32)
+    y = np.arange(10) % 4
+    ck = str(tmp_path_factory.mktemp("fit", numbered=True))
+
+    def check(hist):
+        if hist["interrupted"] or not all(finite(p) for p in m.parameters()):
+            return "interrupted or non-finite weights"
+        return None
+
+    outcome("fit(...)", lambda: fflib.fit(m, x, y, epochs=epochs, batch_size=batch_size, negatives=negatives,
+                                          order=order, routine=routine, chunk_size=chunk_size,
+                                          head_epochs=head_epochs, random_state=random_state, augment=augment,
+                                          progress=False, checkpoint=ck, checkpoint_every=checkpoint_every),
+            ["epochs", "batch_size", "negatives", "order", "routine", "chunk", "head_epochs", "random_state",
+             "augment", "checkpoint_every", "alternate"], valid=None, check=check)
+
+
+def test_fuzz_fit_report():
+    report("fit(...)")
