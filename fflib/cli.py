@@ -39,8 +39,8 @@ def _int_list(text):
         vals = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not vals or min(vals) <= 0:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    if not vals or min(vals) <= 0 or max(vals) >= 2 ** 31:
+        raise argparse.ArgumentTypeError(f"expected positive integers below 2**31, got {text!r}")
     return vals
 
 
@@ -52,6 +52,10 @@ def _positive(kind):
             raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
         if not (v > 0) or (kind is float and not np.isfinite(v)):
             raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
+        if kind is int and v >= 2 ** 31:
+            raise argparse.ArgumentTypeError(f"must be below 2**31, got {text!r}")
+        if kind is float and v > float(np.finfo(np.float32).max):
+            raise argparse.ArgumentTypeError(f"must be within float32's range, got {text!r}")
         return v
     return parse
 

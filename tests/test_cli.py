@@ -65,6 +65,8 @@ def test_train_on_the_sample_writes_the_json_contract(tmp_path):
     (["train", "--augment", "flip"], "needs an image model"),
     (["train", "--model", "cnn", "--augment", "rotate15"], "unknown part 'rotate15'"),
     (["train", "--milestones", "5,3"], "--milestones"),
+    (["train", "--epochs", "3000000000"], "--epochs"),
+    (["train", "--lr", "1e39"], "--lr"),
     (["train", "--threads", "999"], "--threads"),
     (["train", "--threads", "0"], "--threads"),
     (["train", "--seed", "-1"], "--seed"),
