@@ -59,8 +59,11 @@ def _field(field, file=None):
     """Turn any error while reading ``field`` into one ValueError naming the file and the field."""
     try:
         yield
-    except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError, RuntimeError) as e:
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError, RuntimeError,
+            MemoryError) as e:
         msg = f"missing key {e.args[0]!r}" if type(e) is KeyError else str(e)
+        if isinstance(e, MemoryError):
+            msg = f"describes a model too large for this machine's memory ({e})"
         where = f"{file}: " if file is not None else ""
         if isinstance(e, ValueError) and file is not None and msg.startswith(f"{file}: "):
             raise
