@@ -1,12 +1,13 @@
 """Fuzzing the public API with hypothesis (issue 10): model construction, training and inference
-inputs, optimiser and schedule settings, corrupt and edited model files.
+inputs, optimiser and schedule settings, fit's arguments, corrupt and edited model files, corrupt
+data files.
 
 Every call ends in one of: a result that passes its sanity check ("ok"), a clear error (a
 ValueError/TypeError/RuntimeError/OSError whose message names the argument and is not a raw
 Python message), an unclear error, or silent garbage (an invalid input accepted, or a result
 that fails its check).  Each test prints its counts and asserts 0 unclear errors and 0 silent
 garbage; crashes would end the process (every call here runs in it).  The profile is fixed
-(derandomize=True, bounded examples) so CI time is bounded: about 40 s on 1 thread.
+(derandomize=True, bounded examples) so CI time is bounded: about 25 s on 1 thread.
 """
 import collections
 import json
@@ -504,3 +505,56 @@ def test_fuzz_fit_arguments(tmp_path_factory, epochs, batch_size, negatives, ord
 
 def test_fuzz_fit_report():
     report("fit(...)")
+
+
+# ----------------------------------------------------------------------------- data files
+def idx_bytes(dims):
+    rng = np.random.default_rng(0)
+    head = bytes([0, 0, 8, len(dims)]) + b"".join(int(d).to_bytes(4, "big") for d in dims)
+    return head + rng.integers(0, 256, int(np.prod(dims)), dtype=np.uint8).tobytes()
+
+
+@settings(PROFILE, max_examples=150)
+@given(kind=st.sampled_from(["images", "labels", "cifar"]), gz=st.booleans(),
+       mode=st.sampled_from(["truncate", "flip", "append", "header"]), where=st.integers(0, 2 ** 31),
+       flips=st.integers(1, 6))
+def test_fuzz_data_files(tmp_path_factory, kind, gz, mode, where, flips):
+    import gzip
+    from fflib import datasets
+    raw = {"images": idx_bytes((3, 4, 5)), "labels": idx_bytes((7,)),
+           "cifar": b"".join(bytes([k]) + bytes(3072) for k in (1, 2))}[kind]
+    b = bytearray(raw)
+    rng = np.random.default_rng(where)
+    if mode == "truncate":
+        b = b[: where % len(b)]
+    elif mode == "flip":
+        for pos in rng.integers(0, len(b), flips):
+            b[pos] ^= int(rng.integers(1, 256))
+    elif mode == "append":
+        b += bytes(rng.integers(0, 256, 1 + where % 5000, dtype=np.uint8))
+    else:
+        b[:8] = bytes(rng.integers(0, 256, 8, dtype=np.uint8))
+    data = gzip.compress(bytes(b)) if gz else bytes(b)
+    if gz and mode == "flip":                   # damage the compressed stream too
+        data = bytearray(data)
+        data[len(data) // 2] ^= 0x5A
+        data = bytes(data)
+    path = os.path.join(str(tmp_path_factory.mktemp("data", numbered=True)), "f.bin" + (".gz" if gz else ""))
+    open(path, "wb").write(data)
+
+    def read():
+        if kind == "cifar":
+            return datasets.read_cifar_bin(path)
+        return datasets.read_idx(path, ndim=3 if kind == "images" else 1)
+
+    def check(r):
+        images, labels = r if kind == "cifar" else (r, None)
+        if images.dtype != np.uint8 or (labels is not None and (labels.max() > 9 or len(labels) != len(images))):
+            return "bad arrays"
+        return None
+
+    outcome("data files", read, [path], valid=None, check=check)
+
+
+def test_fuzz_data_files_report():
+    report("data files")
