@@ -447,7 +447,8 @@ def _check_loss_fits(model, loss, ranges):
         last = int(end) - 1
         C, H, W = model._net.layer_shape(last)
         if loss == "xent" and C * H * W != K:
-            raise ValueError(f"loss 'xent' needs every block to output num_classes={K} logits, but block "
+            raise ValueError(f"loss 'xent' needs every block to output num_classes={K} logits (one block: "
+                             f"blocks=[{len(model.layers)}]), but block "
                              f"{b} ends at layer {last} with {C * H * W} values")
         if loss != "xent" and C % K:
             raise ValueError(f"loss {loss!r} splits the channels of each block's last layer into "
@@ -1041,6 +1042,10 @@ class FFModel:
                     raise ValueError(f"must map layer indices to settings, got {cfgs!r}")
                 for i, cfg in cfgs.items():
                     model._set_layer_opt(i, cfg)
+        if meta.get("optimizer") is None and "optim_config" in data:
+            from .optim import optimizer_from_layers
+            with _field("optim_config", name):
+                optimizer_from_layers(model)      # fit without optimizer= then keeps SGD as SGD
         with _field("__meta__.training", name):
             training = meta.get("training", True)
             if not isinstance(training, bool):

@@ -261,6 +261,30 @@ def optimizer_from_state(model, state):
     return opt
 
 
+def optimizer_from_layers(model):
+    """The optimiser the C core's per-layer settings describe (a model file without an optimiser
+    object: format 1, or a model trained without one), or None when the layers disagree: every
+    layer but the head with one kind and the same settings, the head with them or only another
+    learning rate."""
+    cfgs = {i: model._net.get_opt(i) for i in model.trainable_layers()}
+    body = [i for i in cfgs if i != -1]
+    if not body:
+        return None
+    c = cfgs[body[0]]
+    if any(cfgs[i] != c for i in body):
+        return None
+    head_lr = None
+    if -1 in cfgs:
+        if dict(cfgs[-1], lr=c["lr"]) != c:
+            return None
+        head_lr = cfgs[-1]["lr"] if cfgs[-1]["lr"] != c["lr"] else None
+    if c["kind"] == _ADAM:
+        return Adam(model, lr=c["lr"], betas=(c["beta1"], c["beta2"]), eps=c["eps"],
+                    weight_decay=c["weight_decay"], head_lr=head_lr)
+    return SGD(model, lr=c["lr"], momentum=c["momentum"], dampening=c["dampening"],
+               weight_decay=c["weight_decay"], nesterov=c["nesterov"], head_lr=head_lr)
+
+
 # ------------------------------------------------------------------------------- schedulers
 class _Scheduler:
     """Base of the learning-rate schedules: ``step()`` once per epoch; the rate after ``e`` steps

@@ -83,12 +83,18 @@ def version1_file(model, path):
 def test_version_1_files_still_load(name, tmp_path):
     m = zoo_model(name)
     x, y = data(m)
-    fflib.fit(m, x, y, epochs=1, batch_size=8, progress=False)
+    fflib.fit(m, x, y, epochs=1, batch_size=8, optimizer=fflib.SGD(m, lr=0.01, momentum=0.9, head_lr=0.005),
+              progress=False)
     version1_file(m, tmp_path / "v1.npz")
     m2 = fflib.FFModel.load(tmp_path / "v1.npz")
     assert m2._head_layers == m._head_layers and m2.default_blocks() == m.default_blocks()
     assert np.array_equal(m.goodness(x), m2.goodness(x))
     assert np.array_equal(m.predict_proba(x), m2.predict_proba(x))
+    # no optimiser object in a version-1 file: the layers' settings tell it, and SGD stays SGD
+    assert isinstance(m2.optimizer, fflib.SGD) and m2.optimizer.momentum == pytest.approx(0.9)
+    for model in (m, m2):
+        fflib.fit(model, x, y, epochs=1, batch_size=8, progress=False, random_state=3)
+    assert same_params(m, m2)
 
 
 def test_fit_without_optimizer_keeps_a_loaded_sgd(tmp_path):
