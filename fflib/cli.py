@@ -273,8 +273,9 @@ def train_command(a):
     config = {"dataset": a.dataset, "data_dir": a.data_dir, "model": a.model,
               "layers": [x.shape[1]] + a.layers if a.model == "mlp" else None,
               "epochs": epochs, "batch_size": batch_size, "lr": lr, "head_lr": head_lr,
-              "threshold": threshold,
-              "goodness": a.goodness, "norm": a.norm, "loss": loss, "label_encoding": a.label_encoding,
+              # the settings the model runs with (a CwC model ignores --norm and --goodness)
+              "threshold": model.config["threshold"], "goodness": model.config["goodness"],
+              "norm": model.config["norm"], "loss": model.config["loss"], "label_encoding": model.label_encoding,
               "routine": a.routine, "chunk_size": a.chunk_size, "alternate": a.alternate,
               "order": a.order, "negatives": a.negatives, "milestones": a.milestones, "gamma": a.gamma,
               "cooldown": a.cooldown, "augment": a.augment, "seed": a.seed, "threads": get_num_threads(),

@@ -43,6 +43,7 @@ def test_train_on_the_sample_writes_the_json_contract(tmp_path):
     import fflib
     assert r["fflib_version"] == fflib.__version__ and r["schema_version"] == 2
     assert r["config"]["threads"] == 1
+    assert r["config"]["label_encoding"] == "onehot" and r["config"]["loss"] == "symba"   # resolved defaults
     text = out.read_text()
     for key in ("num_params", "num_params_with_head", "threads", "fflib_version"):
         assert text.count(f'"{key}"') == 1, key          # each setting once
