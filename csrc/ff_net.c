@@ -448,20 +448,27 @@ static float *out_of(const ff_work *w, const ff_plan *p, int i, int R) {
 /* Does block b contain layer 0 (and so train a label embedding)? */
 static int holds_input(const ff_net *net, int b) { return net->blocks[b].first == 0; }
 
-/* The loss of a block must fit its output: checked at a cut and at a change of loss. */
-static ff_status check_block_loss(ff_net *net, int b, int for_training) {
-    const ff_block *B = &net->blocks[b];
-    const ff_loss_ops *lo = &ff_losses[B->loss.kind];
-    const ff_layer *L = &net->layers[B->last - 1];
+/* Can a block whose last layer is `last` (block index b, for the message) carry loss `kind`?
+ * Losses with negatives need the label in the input; the channel-wise ones K channel groups;
+ * xent a K-wide output (checked when it trains or scores, so a net can be cut for it later). */
+static ff_status loss_fits(ff_net *net, ff_loss_kind kind, int b, int last, int for_training) {
+    const ff_loss_ops *lo = &ff_losses[kind];
+    const ff_layer *L = &net->layers[last];
+    if (lo->negatives && net->label == FF_LABEL_NONE)
+        return ff_fail(net, FF_ERR_ARG, "loss %s compares the goodness of inputs carrying the true and a wrong "
+                       "label, but label_encoding is none", lo->name);
     if (lo->needs_groups && L->OC % net->K)
-        return ff_fail(net, FF_ERR_SHAPE, "loss %s reads %d channel groups, but block %d ends in layer "
-                       "%d (%s) with %d channels, not divisible by %d", lo->name, net->K, b, B->last - 1,
-                       kind_name(L->kind), L->OC, net->K);
+        return ff_fail(net, FF_ERR_SHAPE, "loss %s reads %d channel groups, but block %d ends in layer %d (%s) "
+                       "with %d channels, not divisible by %d", lo->name, net->K, b, last, kind_name(L->kind),
+                       L->OC, net->K);
     if (lo->needs_k_wide && (size_t)net->K != ff_layer_out(L) && for_training)
-        return ff_fail(net, FF_ERR_SHAPE, "loss xent needs a block output of num_classes = %d values, "
-                       "but block %d ends in layer %d (%s) with %zu", net->K, b, B->last - 1,
-                       kind_name(L->kind), ff_layer_out(L));
+        return ff_fail(net, FF_ERR_SHAPE, "loss xent needs a block output of num_classes = %d values, but block "
+                       "%d ends in layer %d (%s) with %zu", net->K, b, last, kind_name(L->kind), ff_layer_out(L));
     return FF_OK;
+}
+
+static ff_status check_block_loss(ff_net *net, int b, int for_training) {
+    return loss_fits(net, net->blocks[b].loss.kind, b, net->blocks[b].last - 1, for_training);
 }
 
 /* (Re)compile every block's plans; their losses are the net's. */
@@ -498,6 +505,11 @@ ff_status ff_net_set_block_ranges(ff_net *net, int nblocks, const int *firsts, c
         if (!any)
             return ff_fail(net, FF_ERR_ARG, "block %d = [%d, %d) holds no layer with parameters", b,
                            firsts[b], lasts[b]);
+        if (net->finalized && !ff_losses[net->loss.kind].negatives) {
+            /* the cut must carry the net's loss: checked before anything changes */
+            ff_status st = loss_fits(net, net->loss.kind, b, lasts[b] - 1, 0);
+            if (st != FF_OK) return st;
+        }
     }
     ff_block *blocks = calloc((size_t)nblocks, sizeof(ff_block));
     if (!blocks) return ff_fail(net, FF_ERR_NOMEM, "out of memory for %d blocks", nblocks);
@@ -511,8 +523,6 @@ ff_status ff_net_set_block_ranges(ff_net *net, int nblocks, const int *firsts, c
     }
     ff_status st = compile_blocks(net);
     if (st != FF_OK) return st;
-    if (ff_losses[net->loss.kind].needs_groups)
-        for (int b = 0; b < nblocks; b++) if ((st = check_block_loss(net, b, 0)) != FF_OK) return st;
     /* a new cut may need a larger activation area (reserve only ever grows it) */
     return net->work.rows_cap ? reserve_rows(net, &net->work, net->work.rows_cap, net->work.train_cap) : FF_OK;
 }
@@ -669,17 +679,12 @@ ff_status ff_net_set_config(ff_net *net, const ff_config *c) {
         return ff_fail(net, FF_ERR_ARG, "norm_eps must be finite and >= 0, got %g", (double)c->norm_eps);
     if (!isfinite(c->label_value))
         return ff_fail(net, FF_ERR_ARG, "label_value must be finite, got %g", (double)c->label_value);
-    ff_block_loss old = net->loss;
-    net->loss = loss_of(c);
-    for (int b = 0; b < net->nblocks; b++) {
-        net->blocks[b].loss = net->loss;
-        ff_status st = ff_losses[c->loss].needs_groups ? check_block_loss(net, b, 0) : FF_OK;
-        if (st != FF_OK) {
-            net->loss = old;
-            for (int j = 0; j < net->nblocks; j++) net->blocks[j].loss = old;
-            return st;
-        }
+    for (int b = 0; b < net->nblocks; b++) {   /* every block must carry the new loss */
+        ff_status st = loss_fits(net, c->loss, b, net->blocks[b].last - 1, 0);
+        if (st != FF_OK) return st;
     }
+    net->loss = loss_of(c);
+    for (int b = 0; b < net->nblocks; b++) net->blocks[b].loss = net->loss;
     net->cfg = *c;
     return FF_OK;
 }

@@ -1,12 +1,16 @@
 """The command line: ``python -m fflib train ...`` and ``python -m fflib models``.
 
 Contract (other tools depend on it): ``train`` prints one-pass and multi-pass test error and,
-with ``--out FILE.json``, writes config, test_error/train_error {one_pass, multi_pass} in
-percent, epochs (per-block mean loss and seconds), train_seconds and peak_rss_mb.  A bad
-argument exits with status 2 and a one-line message; Ctrl-C stops after the current
-minibatch and still writes what it has.
+with ``--out FILE.json``, writes config (the resolved settings, the actual thread count and
+parameter counts), test_error/train_error {one_pass, multi_pass} in percent, epochs (per-block
+mean loss and seconds), train_seconds, peak_rss_mb, fflib_version and schema_version, and a
+per-epoch CSV log beside it (FILE.csv).  ``--checkpoint DIR`` keeps the run's state there after
+every epoch and ``--resume`` continues from it, ending bit-identical to an uninterrupted run.
+A bad argument (output paths included, checked before training) exits with status 2 and a
+one-line message; Ctrl-C stops after the current minibatch and still writes what it has.
 """
 import argparse
+import csv
 import json
 import os
 import resource
@@ -35,8 +39,8 @@ def _int_list(text):
         vals = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not vals or min(vals) <= 0:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    if not vals or min(vals) <= 0 or max(vals) >= 2 ** 31:
+        raise argparse.ArgumentTypeError(f"expected positive integers below 2**31, got {text!r}")
     return vals
 
 
@@ -48,6 +52,10 @@ def _positive(kind):
             raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
         if not (v > 0) or (kind is float and not np.isfinite(v)):
             raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
+        if kind is int and v >= 2 ** 31:
+            raise argparse.ArgumentTypeError(f"must be below 2**31, got {text!r}")
+        if kind is float and v > float(np.finfo(np.float32).max):
+            raise argparse.ArgumentTypeError(f"must be within float32's range, got {text!r}")
         return v
     return parse
 
@@ -62,13 +70,84 @@ def _finite(text):
     return v
 
 
+def _threads(text):
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an int, got {text!r}") from None
+    if not 1 <= v <= 64:
+        raise argparse.ArgumentTypeError(f"must be in [1, 64], got {text!r}")
+    return v
+
+
+def _increasing(text):
+    vals = _int_list(text)
+    if vals != sorted(set(vals)):
+        raise argparse.ArgumentTypeError(f"expected increasing epochs, got {text!r}")
+    return vals
+
+
+def _seed(text):
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an int, got {text!r}") from None
+    if not 0 <= v < 2 ** 63:
+        raise argparse.ArgumentTypeError(f"must be in [0, 2**63), got {text!r}")
+    return v
+
+
+SCHEMA_VERSION = 2      # 2: fflib_version, schema_version, config.threads is the actual count, one num_params
+
+
+def _check_output(flag, path, directory=False):
+    """Fail at once (exit 2) if ``path`` cannot be written: its parent directory must exist."""
+    if path is None:
+        return
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        _bad(f"{flag} {path}: directory {parent} does not exist")
+    if directory:
+        if os.path.exists(path) and not os.path.isdir(path):
+            _bad(f"{flag} {path}: exists and is not a directory")
+    elif os.path.isdir(path):
+        _bad(f"{flag} {path}: is a directory")
+    if not os.access(parent, os.W_OK):
+        _bad(f"{flag} {path}: directory {parent} is not writable")
+
+
+def csv_path(out):
+    """The per-epoch CSV log beside the JSON ``out``: its name with .csv for .json."""
+    root, ext = os.path.splitext(out)
+    return (root if ext.lower() == ".json" else out) + ".csv"
+
+
+def write_epoch_csv(path, epochs):
+    """One row per epoch: epoch, seconds, lr, head_loss, block_loss_<b>..., val errors."""
+    nb = max((len(r["block_loss"]) for r in epochs), default=0)
+    cols = ["epoch", "seconds", "lr", "head_loss"] + [f"block_loss_{b}" for b in range(nb)] + \
+        ["val_one_pass", "val_multi_pass"]
+    tmp = path + ".tmp"
+    with open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(cols)
+        for r in epochs:
+            val = r.get("val") or r.get("val_error") or {}
+            w.writerow([r["epoch"], r["seconds"], r["lr"], "" if r["head_loss"] is None else r["head_loss"]]
+                       + list(r["block_loss"]) + [""] * (nb - len(r["block_loss"]))
+                       + [val.get("one_pass", ""), val.get("multi_pass", "")])
+    os.replace(tmp, path)
+
+
 def peak_rss_mb():
     """Peak resident memory of this process in MB (Linux reports kilobytes)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def build_parser():
+    from . import __version__
     p = _Parser(prog="python -m fflib", description="Forward-Forward training (fflib).")
+    p.add_argument("--version", action="version", version=f"fflib {__version__}")
     sub = p.add_subparsers(dest="command", parser_class=_Parser)
     t = sub.add_parser("train", help="train an FF model and report test error")
     t.add_argument("--dataset", default="sample", choices=datasets.DATASET_NAMES,
@@ -99,7 +178,7 @@ def build_parser():
     t.add_argument("--augment", default=None,
                    help="image augmentation of training batches: flip, cropN (random shift by up to N "
                         "pixels), joined by +, e.g. crop4+flip for CIFAR-10, crop2 for MNIST")
-    t.add_argument("--milestones", type=_int_list, default=None, help="MultiStepLR epochs, e.g. 30,45")
+    t.add_argument("--milestones", type=_increasing, default=None, help="MultiStepLR epochs, e.g. 30,45")
     t.add_argument("--gamma", type=_positive(float), default=0.1)
     t.add_argument("--no-cooldown", dest="cooldown", action="store_false",
                    help="constant learning rate (default: linear cooldown over the second half, "
@@ -107,10 +186,18 @@ def build_parser():
     t.add_argument("--val-size", type=int, default=0,
                    help="hold out the last N training samples as a validation set, evaluated every "
                         "epoch (tune on it, never on the test set)")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--threads", type=_positive(int), default=None, help="BLAS threads")
-    t.add_argument("--out", default=None, help="write results as JSON to this file")
+    t.add_argument("--seed", type=_seed, default=0)
+    t.add_argument("--threads", type=_threads, default=None, help="threads of the C core, 1..64")
+    t.add_argument("--out", default=None, help="write results as JSON to this file (and a per-epoch CSV "
+                                               "log beside it, .csv for .json)")
     t.add_argument("--save", default=None, help="save the trained model (.npz)")
+    t.add_argument("--checkpoint", default=None, metavar="DIR",
+                   help="keep the run's whole state in DIR/checkpoint.npz after every epoch")
+    t.add_argument("--checkpoint-every", type=_positive(int), default=1, metavar="N",
+                   help="checkpoint every N epochs (and after the last)")
+    t.add_argument("--resume", action="store_true",
+                   help="continue from the checkpoint in --checkpoint DIR (start afresh if there is none); "
+                        "give the same arguments as the interrupted run")
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
     sub.add_parser("models", help="list the model zoo with parameter counts")
     return p
@@ -122,7 +209,13 @@ CWC_MODELS = ("cwcomp",) + tuple(zoo.LIGHT_MODELS)
 
 
 def train_command(a):
-    from . import FFModel, mlp, Adam, MultiStepLR, LinearCooldown, fit, evaluate, set_num_threads
+    from . import FFModel, mlp, Adam, MultiStepLR, LinearCooldown, fit, evaluate, set_num_threads, get_num_threads
+    from . import __version__
+    _check_output("--out", a.out)
+    _check_output("--save", a.save)
+    _check_output("--checkpoint", a.checkpoint, directory=True)
+    if a.resume and not a.checkpoint:
+        _bad("--resume needs --checkpoint DIR (where the interrupted run kept its state)")
     if a.threads:
         set_num_threads(a.threads)
     try:
@@ -180,19 +273,24 @@ def train_command(a):
     config = {"dataset": a.dataset, "data_dir": a.data_dir, "model": a.model,
               "layers": [x.shape[1]] + a.layers if a.model == "mlp" else None,
               "epochs": epochs, "batch_size": batch_size, "lr": lr, "head_lr": head_lr,
-              "threshold": threshold,
-              "goodness": a.goodness, "norm": a.norm, "loss": loss, "label_encoding": a.label_encoding,
+              # the settings the model runs with (a CwC model ignores --norm and --goodness)
+              "threshold": model.config["threshold"], "goodness": model.config["goodness"],
+              "norm": model.config["norm"], "loss": model.config["loss"], "label_encoding": model.label_encoding,
               "routine": a.routine, "chunk_size": a.chunk_size, "alternate": a.alternate,
               "order": a.order, "negatives": a.negatives, "milestones": a.milestones, "gamma": a.gamma,
-              "cooldown": a.cooldown, "augment": a.augment, "seed": a.seed, "threads": a.threads,
+              "cooldown": a.cooldown, "augment": a.augment, "seed": a.seed, "threads": get_num_threads(),
+              "checkpoint": a.checkpoint, "checkpoint_every": a.checkpoint_every, "resume": a.resume,
               "num_train": int(len(y)), "num_test": int(len(yt)), "val_size": a.val_size,
               "num_params": model.num_parameters(), "num_params_with_head": model.num_parameters(head=True)}
-    opt = Adam(model, lr=lr, head_lr=head_lr)
-    sched = None
-    if a.milestones:
-        sched = MultiStepLR(opt, a.milestones, a.gamma)
-    elif a.cooldown:
-        sched = LinearCooldown(opt, epochs if a.order == "simultaneous" else epochs * model.num_blocks)
+    try:
+        opt = Adam(model, lr=lr, head_lr=head_lr)
+        sched = None
+        if a.milestones:
+            sched = MultiStepLR(opt, a.milestones, a.gamma)
+        elif a.cooldown:
+            sched = LinearCooldown(opt, epochs if a.order == "simultaneous" else epochs * model.num_blocks)
+    except (ValueError, TypeError) as e:
+        _bad(str(e))
     print(f"fflib: training {a.model} ({model.num_parameters()} parameters, {loss} loss, {a.routine}) "
           f"on {a.dataset} ({len(y)} train / {len(yt)} test), {epochs} epochs", flush=True)
 
@@ -210,9 +308,10 @@ def train_command(a):
         hist = fit(model, x, y, epochs=epochs, batch_size=batch_size, optimizer=opt, scheduler=sched,
                    order=a.order, negatives=a.negatives, routine=a.routine, chunk_size=a.chunk_size,
                    alternate=a.alternate, augment=a.augment, random_state=a.seed, x_val=xv, y_val=yv,
-                   progress=not a.no_progress and sys.stderr.isatty(), callback=report)
-    except ValueError as e:
-        _bad(str(e))
+                   progress=not a.no_progress and sys.stderr.isatty(), callback=report,
+                   checkpoint=a.checkpoint, checkpoint_every=a.checkpoint_every, resume=a.resume)
+    except (ValueError, TypeError, OSError) as e:
+        _bad(str(e).replace("\n", " "))
     if hist["interrupted"]:
         print("fflib: interrupted; evaluating the model as it is", flush=True)
     t0 = time.perf_counter()
@@ -235,7 +334,8 @@ def train_command(a):
                        if "val" in r else {})} for r in hist["epochs"]],
         "train_seconds": hist["train_seconds"], "test_eval_seconds": eval_seconds,
         "interrupted": hist["interrupted"], "peak_rss_mb": peak_rss_mb(),
-        "blas": __import__("fflib").blas_name(), "num_params": model.num_parameters(head=True),
+        "blas": __import__("fflib").blas_name(), "fflib_version": __version__,
+        "schema_version": SCHEMA_VERSION,
     }
     print(f"test error: one-pass {test['one_pass']:.2f}%  multi-pass {test['multi_pass']:.2f}%  "
           f"(train {train['one_pass']:.2f}% / {train['multi_pass']:.2f}%)  "
@@ -247,6 +347,7 @@ def train_command(a):
         with open(tmp, "w") as f:
             json.dump(result, f, indent=2)
         os.replace(tmp, a.out)
+        write_epoch_csv(csv_path(a.out), result["epochs"])
     return 130 if hist["interrupted"] else 0
 
 
@@ -255,7 +356,8 @@ def main(argv=None):
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv:
-        argv = ["train"]
+        parser.print_help()
+        return 0
     a = parser.parse_args(argv)
     if a.command == "train":
         try:

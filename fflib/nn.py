@@ -4,7 +4,10 @@ A model is a sequence of layers cut into *blocks*; each block is trained by its 
 loss on the goodness of its output, and gradients never cross a block boundary.  By default
 every Linear/Conv2d starts a new block (Hinton's greedy layer-local FF).
 """
+import contextlib
+import inspect
 import json
+import os
 
 import numpy as np
 
@@ -19,19 +22,185 @@ _P = _core.PARAM_KINDS
 _P_WEIGHT, _P_BIAS, _P_RMEAN, _P_RVAR = _P["weight"], _P["bias"], _P["running_mean"], _P["running_var"]
 _P_GW, _P_GB, _P_MW, _P_MB, _P_VW, _P_VB = (_P[k] for k in ("grad_weight", "grad_bias", "m_weight", "m_bias",
                                                              "v_weight", "v_bias"))
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2          # 2: block units, optimiser and scheduler objects; version 1 files still load
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
+_HPARAM_KEYS = ("loss", "threshold", "alpha", "goodness", "norm", "norm_eps", "pvn_weight", "label_value")
+_MOMENT_NAMES = ((_P_MW, "m_weight"), (_P_MB, "m_bias"), (_P_VW, "v_weight"), (_P_VB, "v_bias"))
+
+
+class StateDictMismatch(ValueError, KeyError):
+    """A state dict whose keys do not match the model's (a ValueError, and a KeyError as before)."""
+    __str__ = ValueError.__str__
+
+
+def _check_array(where, value, shape, nonnegative=False):
+    """``value`` as a C-contiguous native float32 array after checking it: a real numeric array
+    of ``shape``, finite, within float32's range (``nonnegative``: no value < 0).  Another byte
+    order or a float64/integer dtype is converted explicitly after the checks."""
+    a = np.asarray(value)
+    if a.dtype.kind not in "fiu":
+        raise TypeError(f"{where} must be a real numeric array, got dtype {a.dtype}")
+    if not a.dtype.isnative:
+        a = a.astype(a.dtype.newbyteorder("="))
+    if a.shape != tuple(shape):
+        raise ValueError(f"{where}: shape {a.shape} does not match the model's {tuple(shape)}")
+    if a.size:
+        if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
+            raise ValueError(f"{where} contains NaN or infinity")
+        big = float(np.max(np.abs(a.astype(np.float64))))
+        if big > _F32_MAX:
+            raise ValueError(f"{where} holds {big:.4g}, beyond float32's range (|x| <= {_F32_MAX:.4g})")
+        if nonnegative and np.any(a < 0):
+            raise ValueError(f"{where} must be >= 0 (a variance or second moment), got a minimum of {a.min()!r}")
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+@contextlib.contextmanager
+def _field(field, file=None):
+    """Turn any error while reading ``field`` into one ValueError naming the file and the field."""
+    try:
+        yield
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError, RuntimeError,
+            MemoryError) as e:
+        msg = f"missing key {e.args[0]!r}" if type(e) is KeyError else str(e)
+        if isinstance(e, MemoryError):
+            msg = f"describes a model too large for this machine's memory ({e})"
+        where = f"{file}: " if file is not None else ""
+        if isinstance(e, ValueError) and file is not None and msg.startswith(f"{file}: "):
+            raise
+        raise ValueError(f"{where}field {field!r}: {msg}") from None
+
+
+def _file_name(path):
+    return os.fspath(path) if isinstance(path, (str, os.PathLike)) else repr(path)
+
+
+def _read_npz(path):
+    """(name, {key: array}) of an .npz file, every member read (pickles refused); a missing
+    ``.npz`` suffix is added as :func:`numpy.savez` adds it."""
+    name = _file_name(path)
+    if isinstance(path, (str, os.PathLike)):
+        name = os.fspath(path)
+        if not os.path.exists(name) and os.path.exists(name + ".npz"):
+            name += ".npz"
+        if not os.path.exists(name):
+            raise FileNotFoundError(2, f"{name}: no such model file")
+        if os.path.isdir(name):
+            raise IsADirectoryError(21, f"{name}: is a directory, not a model file")
+        path = name
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if not hasattr(f, "files"):
+                raise ValueError("a single .npy array, not an .npz archive")
+            data = {}
+            for k in f.files:
+                data[k] = f[k]
+    except OSError as e:
+        if isinstance(e, (FileNotFoundError, PermissionError, IsADirectoryError)):
+            raise
+        raise ValueError(f"{name}: not a readable fflib model file ({type(e).__name__}: {e})") from None
+    except Exception as e:     # BadZipFile, EOFError, zlib.error, a truncated member, a bad header...
+        raise ValueError(f"{name}: not a readable fflib model file ({type(e).__name__}: {e})") from None
+    return name, data
+
+
+def _atomic_savez(path, arrays):
+    """np.savez through a temporary file that is synced and renamed over ``path``; returns the
+    path written (``.npz`` appended when missing)."""
+    if not isinstance(path, (str, os.PathLike)):
+        np.savez(path, **arrays)     # a file object: the caller owns it
+        return path
+    path = os.fspath(path)
+    if not path.endswith(".npz"):
+        path += ".npz"
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise FileNotFoundError(2, f"cannot write {path}: directory {parent} does not exist")
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+    with contextlib.suppress(OSError):     # make the rename itself durable
+        fd = os.open(parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    return path
+
+
+def _native_order(**arrays):
+    """Reject arrays in a byte order other than the machine's: the training step reads them
+    without a copy, and foreign bytes would be read as native numbers."""
+    for name, a in arrays.items():
+        if isinstance(a, np.ndarray) and not a.dtype.isnative:
+            raise ValueError(f"{name} has byte order {a.dtype.str!r}, not the machine's; convert it "
+                             f"explicitly, e.g. {name}.astype({name}.dtype.newbyteorder('='))")
+
+
+def _train_head_flag(train_head, default):
+    if train_head is None:
+        return default
+    if not isinstance(train_head, (bool, np.bool_)):
+        raise TypeError(f"train_head must be None, True or False, got {train_head!r}")
+    return bool(train_head)
+
+
+def _active_mask(active, num_blocks, name="active"):
+    """None, or the (num_blocks,) uint8 0/1 mask of blocks to train: booleans, or integral
+    numbers 0 and 1 (a fractional value is an error, not truncated)."""
+    if active is None:
+        return None
+    a = np.asarray(active)
+    if a.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must be a mask of 0/1 per block, got dtype {a.dtype}")
+    if a.shape != (num_blocks,):
+        raise ValueError(f"{name} must have one 0/1 entry per block ({num_blocks}), got shape {a.shape}")
+    if not np.all((a == 0) | (a == 1)):
+        raise ValueError(f"{name} must hold only 0 and 1 (or booleans), got {a.tolist()!r}")
+    return np.ascontiguousarray(a, dtype=np.uint8)
 
 
 def _choice(name, value, table):
-    if value not in table:
+    if not isinstance(value, str) or value not in table:
         raise ValueError(f"{name} must be one of {sorted(table)}, got {value!r}")
     return table[value]
 
 
 def _positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 < value < 2 ** 31:
+        raise ValueError(f"{name} must be a positive int below 2**31, got {value!r}")
     return int(value)
+
+
+def _real(name, value, lo=None, hi=None, lo_open=False, hi_open=False):
+    """``value`` as a float after checking it is a finite real number float32 can hold (the C
+    core computes in float32) and lies in [lo, hi] (an open end when ``lo_open``/``hi_open``)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
+    try:
+        v = float(value)
+    except OverflowError:
+        v = float("inf")
+    if not np.isfinite(v) or abs(v) > _F32_MAX:
+        raise ValueError(f"{name} must be finite and within float32's range (|x| <= {_F32_MAX:.4g}), "
+                         f"got {value!r}")
+    if lo is not None and (v < lo or (lo_open and v == lo)):
+        raise ValueError(f"{name} must be {'>' if lo_open else '>='} {lo:g}"
+                         + ("" if hi is None else f" and {'<' if hi_open else '<='} {hi:g}") + f", got {value!r}")
+    if hi is not None and (v > hi or (hi_open and v == hi)):
+        raise ValueError(f"{name} must be {'<' if hi_open else '<='} {hi:g}"
+                         + ("" if lo is None else f" and {'>' if lo_open else '>='} {lo:g}") + f", got {value!r}")
+    return v
 
 
 class Layer:
@@ -134,9 +303,7 @@ class LenNorm(Layer):
     def __init__(self, norm="l2", eps=1e-4):
         super().__init__()
         _choice("norm", norm, NORMS)
-        if not (eps >= 0) or not np.isfinite(eps):
-            raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
-        self.norm, self.eps = norm, float(eps)
+        self.norm, self.eps = norm, _real("eps", eps, lo=0.0)
 
     def config(self):
         return {"norm": self.norm, "eps": self.eps}
@@ -165,8 +332,8 @@ class Conv2d(Layer):
         self.out_channels = _positive_int("out_channels", out_channels)
         self.kernel_size = _positive_int("kernel_size", kernel_size)
         self.stride = _positive_int("stride", stride)
-        if isinstance(padding, bool) or not isinstance(padding, (int, np.integer)) or padding < 0:
-            raise ValueError(f"padding must be an int >= 0, got {padding!r}")
+        if isinstance(padding, bool) or not isinstance(padding, (int, np.integer)) or not 0 <= padding < 2 ** 31:
+            raise ValueError(f"padding must be an int in [0, 2**31), got {padding!r}")
         self.padding = int(padding)
         self.groups = _positive_int("groups", groups)
         self.use_bias = bool(bias)
@@ -190,12 +357,10 @@ class BatchNorm2d(Layer):
 
     def __init__(self, num_features=None, eps=1e-5, momentum=0.1, affine=True):
         super().__init__()
-        self.num_features = num_features
-        if not (eps > 0):
-            raise ValueError(f"eps must be > 0, got {eps!r}")
-        if not (0 <= momentum <= 1):
-            raise ValueError(f"momentum must be in [0, 1], got {momentum!r}")
-        self.eps, self.momentum, self.affine = float(eps), float(momentum), bool(affine)
+        self.num_features = None if num_features is None else _positive_int("num_features", num_features)
+        self.eps = _real("eps", eps, lo=0.0, lo_open=True)
+        self.momentum = _real("momentum", momentum, lo=0.0, hi=1.0)
+        self.affine = bool(affine)
 
     def config(self):
         return {"num_features": self.num_features, "eps": self.eps, "momentum": self.momentum,
@@ -232,6 +397,70 @@ class MaxPool2d(Layer):
 
     def _add_to(self, net, in_shape):
         net.add_maxpool2d(self.kernel_size, self.stride)
+
+
+def _int_list(name, values):
+    """A list of Python ints from a sequence of integers (no floats, no bools)."""
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise TypeError(f"{name} must be a list of ints, got {type(values).__name__} {values!r}")
+    out = []
+    for v in values:
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+            raise TypeError(f"{name} must be a list of ints, got an element {v!r} ({type(v).__name__})")
+        out.append(int(v))
+    return out
+
+
+def _shape3(name, shape):
+    """(C, H, W) from an int or a sequence of 1 or 3 positive ints."""
+    if isinstance(shape, (int, np.integer)) and not isinstance(shape, (bool, np.bool_)):
+        shape = (shape,)
+    try:
+        dims = _int_list(name, shape)
+    except TypeError:
+        raise TypeError(f"{name} must be a positive int or (C, H, W), got {shape!r}") from None
+    if len(dims) == 1:
+        dims = dims + [1, 1]
+    if len(dims) != 3 or min(dims) <= 0:
+        raise ValueError(f"{name} must be a positive int or (C, H, W), got {shape!r}")
+    if dims[0] * dims[1] * dims[2] >= 2 ** 31:
+        raise ValueError(f"{name} {tuple(dims)} has C*H*W = {dims[0] * dims[1] * dims[2]} values per sample, "
+                         "more than the 2**31 - 1 the core supports")
+    return tuple(dims)
+
+
+def _check_hparams(h):
+    """The FF settings checked and normalised (floats float32 can hold)."""
+    _choice("loss", h["loss"], LOSSES)
+    _choice("goodness", h["goodness"], GOODNESS)
+    _choice("norm", h["norm"], NORMS)
+    return dict(h, threshold=_real("threshold", h["threshold"]),
+                alpha=_real("alpha", h["alpha"], lo=0.0, lo_open=True),
+                norm_eps=_real("norm_eps", h["norm_eps"], lo=0.0),
+                pvn_weight=_real("pvn_weight", h["pvn_weight"], lo=0.0, hi=1.0),
+                label_value=_real("label_value", h["label_value"]))
+
+
+def _check_loss_fits(model, loss, ranges):
+    """Reject a loss the network cannot carry: the channel-wise losses read K channel groups from
+    the last layer of every block, cross-entropy K logits; FF and SymBa need the label in the input."""
+    K = model.num_classes
+    if loss in ("ff", "symba") and model.label_encoding == "none":
+        raise ValueError(f"loss {loss!r} compares goodness with the label in the input, but "
+                         "label_encoding is 'none'; use loss 'cwc', 'pvn' or 'xent', or a label encoding")
+    if loss not in ("cwc", "pvn", "xent"):
+        return
+    for b, (_, end) in enumerate(ranges):
+        last = int(end) - 1
+        C, H, W = model._net.layer_shape(last)
+        if loss == "xent" and C * H * W != K:
+            raise ValueError(f"loss 'xent' needs every block to output num_classes={K} logits (one block: "
+                             f"blocks=[{len(model.layers)}]), but block "
+                             f"{b} ends at layer {last} with {C * H * W} values")
+        if loss != "xent" and C % K:
+            raise ValueError(f"loss {loss!r} splits the channels of each block's last layer into "
+                             f"num_classes={K} groups, but block {b} ends at layer {last} with {C} channels "
+                             f"(not divisible by {K})")
 
 
 LAYER_TYPES = {cls.kind: cls for cls in (Linear, ReLU, Flatten, Conv2d, BatchNorm2d, MaxPool2d, LenNorm)}
@@ -314,6 +543,8 @@ class FFModel:
     def __init__(self, layers, input_shape, num_classes=10, *, blocks=None, loss="ff", threshold=2.0,
                  alpha=4.0, goodness="sum", norm="l2", norm_eps=1e-4, pvn_weight=0.0,
                  label_value=1.0, label_encoding="onehot", head_blocks="auto", seed=0):
+        if not isinstance(layers, (list, tuple)):
+            raise TypeError(f"layers must be a list of fflib layers, got {type(layers).__name__}")
         if not layers:
             raise ValueError("layers must be a non-empty list of fflib layers (a model needs at least one layer)")
         for i, layer in enumerate(layers):
@@ -321,28 +552,22 @@ class FFModel:
                 raise TypeError(f"layers[{i}] must be an fflib Layer, got {type(layer).__name__}")
             if layer._model is not None:
                 raise ValueError(f"layers[{i}] already belongs to another FFModel")
-        if isinstance(input_shape, (int, np.integer)):
-            input_shape = (int(input_shape), 1, 1)
-        input_shape = tuple(int(s) for s in input_shape)
-        if len(input_shape) == 1:
-            input_shape = (input_shape[0], 1, 1)
-        if len(input_shape) != 3 or min(input_shape) <= 0:
-            raise ValueError(f"input_shape must be a positive int or (C, H, W), got {input_shape!r}")
+        input_shape = _shape3("input_shape", input_shape)
         if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
             raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
-        if not np.isfinite(threshold):
-            raise ValueError(f"threshold must be finite, got {threshold!r}")
-        if not (alpha > 0):
-            raise ValueError(f"alpha must be > 0, got {alpha!r}")
-        if not (norm_eps >= 0):
-            raise ValueError(f"norm_eps must be >= 0, got {norm_eps!r}")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) < 2 ** 64:
+            raise ValueError(f"seed must be an int in [0, 2**64), got {seed!r}")
+        _choice("label_encoding", label_encoding, LABEL_ENCODINGS)
+        hparams = _check_hparams(dict(loss=loss, threshold=threshold, alpha=alpha, goodness=goodness, norm=norm,
+                                      norm_eps=norm_eps, pvn_weight=pvn_weight, label_value=label_value))
+        if blocks is not None:
+            blocks = _int_list("blocks", blocks)
         self.layers = list(layers)
         self.input_shape = input_shape
         self.num_classes = int(num_classes)
         self.seed = int(seed)
-        self._hparams = dict(loss=loss, threshold=float(threshold), alpha=float(alpha),
-                             goodness=goodness, norm=norm, norm_eps=float(norm_eps),
-                             pvn_weight=float(pvn_weight), label_value=float(label_value))
+        self._hparams = hparams
+        self._optimizer = None      # the optimiser last attached (fit without optimizer= goes on with it)
         self.label_encoding = label_encoding
         net = _core.Net(input_shape, self.num_classes, self.seed)
         net.set_label_encoding(_choice("label_encoding", label_encoding, LABEL_ENCODINGS))
@@ -358,14 +583,15 @@ class FFModel:
             shape = net.layer_shape(i)
         self._net = net
         # head: chosen by blocks of the default/explicit cut, stored as layer indices
-        ends = net.default_blocks() if blocks is None else [int(e) for e in blocks]
+        ends = net.default_blocks() if blocks is None else blocks
+        if blocks is not None:
+            net.set_blocks(ends)        # checks the cut
         self._units = list(ends)
         self._head_blocks_arg = head_blocks
         self._head_layers = self._head_layers_for(head_blocks, ends)
+        _check_loss_fits(self, hparams["loss"], [(0 if b == 0 else ends[b - 1], e) for b, e in enumerate(ends)])
         if self._head_layers:
             net.set_head(self._head_layers)
-        if blocks is not None:
-            net.set_blocks(ends)
         net.finalize()
         self.set_config(**self._hparams)
         for i, layer in enumerate(self.layers):
@@ -382,7 +608,7 @@ class FFModel:
                 raise ValueError(f"head_blocks must be 'auto', None or a list of block indices, got {head_blocks!r}")
             sel = list(range(1, nb)) if nb > 1 else [0]
         else:
-            sel = sorted(int(b) for b in head_blocks)
+            sel = sorted(_int_list("head_blocks", head_blocks))
             if not sel or sel[0] < 0 or sel[-1] >= nb or len(set(sel)) != len(sel):
                 raise ValueError(f"head_blocks must be distinct block indices in [0, {nb}), got {head_blocks!r}")
         return [ends[b] - 1 for b in sel]
@@ -400,13 +626,31 @@ class FFModel:
     def set_blocks(self, ends):
         """Re-cut the layers into blocks ending at ``ends`` (exclusive indices).  Parameters and
         optimiser state are untouched, so alternating chunkings between iterations is cheap."""
-        self._net.set_blocks([int(e) for e in ends])
+        old = self.blocks
+        ends = _int_list("ends", ends)
+        self._net.set_blocks(ends)      # checks the cut
+        try:
+            _check_loss_fits(self, self._hparams["loss"], self.blocks)
+        except ValueError:
+            self._net.set_block_ranges([a for a, _ in old], [b for _, b in old])
+            raise
 
     def set_block_ranges(self, ranges):
         """Blocks as (first, last) layer ranges that may overlap (overlapping local updates):
         a layer in two blocks is trained by the sum of both blocks' gradients."""
-        ranges = [(int(a), int(b)) for a, b in ranges]
-        self._net.set_block_ranges([a for a, _ in ranges], [b for _, b in ranges])
+        try:
+            ranges = [tuple(_int_list("ranges", r)) for r in ranges]
+        except TypeError:
+            raise TypeError(f"ranges must be a list of (first, end) layer index pairs, got {ranges!r}") from None
+        if any(len(r) != 2 for r in ranges):
+            raise ValueError(f"ranges must be (first, end) layer index pairs, got {ranges!r}")
+        old = self.blocks
+        self._net.set_block_ranges([a for a, _ in ranges], [b for _, b in ranges])   # checks the cut
+        try:
+            _check_loss_fits(self, self._hparams["loss"], ranges)
+        except ValueError:
+            self._net.set_block_ranges([a for a, _ in old], [b for _, b in old])
+            raise
 
     def default_blocks(self):
         """The model's units (block ends): the ``blocks`` given at construction, else one block
@@ -419,13 +663,9 @@ class FFModel:
         unknown = set(kw) - set(self._hparams)
         if unknown:
             raise TypeError(f"unknown FFModel settings: {sorted(unknown)}")
-        h = dict(self._hparams, **kw)
-        if not np.isfinite(h["threshold"]):
-            raise ValueError(f"threshold must be finite, got {h['threshold']!r}")
-        if not (h["alpha"] > 0):
-            raise ValueError(f"alpha must be > 0, got {h['alpha']!r}")
-        if not (0 <= h["pvn_weight"] <= 1):
-            raise ValueError(f"pvn_weight must be in [0, 1], got {h['pvn_weight']!r}")
+        h = _check_hparams(dict(self._hparams, **kw))
+        if h["loss"] != self._hparams["loss"]:
+            _check_loss_fits(self, h["loss"], self.blocks)
         self._net.set_config(loss=_choice("loss", h["loss"], LOSSES),
                              goodness=_choice("goodness", h["goodness"], GOODNESS),
                              theta=float(h["threshold"]), alpha=float(h["alpha"]),
@@ -513,17 +753,17 @@ class FFModel:
 
         x must be float32 C-contiguous (B, ...) with the model's input size; y int64 (B,).
         Returns the per-block losses followed by the head loss (an array of num_blocks + 1)."""
-        if train_head is None:
-            train_head = self.has_head
-        act = None if active is None else np.ascontiguousarray(active, dtype=np.uint8)
+        train_head = _train_head_flag(train_head, self.has_head)
+        act = _active_mask(active, self.num_blocks)
+        _native_order(x=x, y=y, neg_labels=neg_labels)
         return self._net.train_step(x, y, neg_labels, act, bool(train_head), True)
 
     def compute_grads(self, x, y, neg_labels=None, active=None, train_head=None):
         """Like :meth:`train_step` but only computes gradients (zeroed first) into the layers'
         ``grad_weight``/``grad_bias``; an optimiser's ``step()`` then applies them."""
-        if train_head is None:
-            train_head = self.has_head
-        act = None if active is None else np.ascontiguousarray(active, dtype=np.uint8)
+        train_head = _train_head_flag(train_head, self.has_head)
+        act = _active_mask(active, self.num_blocks)
+        _native_order(x=x, y=y, neg_labels=neg_labels)
         return self._net.train_step(x, y, neg_labels, act, bool(train_head), False)
 
     def zero_grad(self):
@@ -622,37 +862,91 @@ class FFModel:
             raise ValueError("this model has no one-pass head (built with head_blocks=None)")
 
     # -------------------------------------------------------------- state
+    @property
+    def optimizer(self):
+        """The optimiser last attached to this model (created on it, or restored by :meth:`load`),
+        or None.  :func:`fflib.fit` without ``optimizer=`` goes on with it."""
+        return self._optimizer
+
+    @property
+    def scheduler(self):
+        """The learning-rate schedule attached to :attr:`optimizer`, or None."""
+        return None if self._optimizer is None else self._optimizer._scheduler
+
     def architecture(self):
-        """A JSON-able description from which :meth:`from_architecture` rebuilds the model."""
+        """A JSON-able description from which :meth:`from_architecture` rebuilds the model:
+        layers, input shape, classes, the units (block ends given at construction), the current
+        cut, the head, the seed, the FF settings and the label encoding."""
         return {
             "layers": [{"kind": l.kind, **l.config()} for l in self.layers],
             "input_shape": list(self.input_shape), "num_classes": self.num_classes,
-            "blocks": [list(r) for r in self.blocks], "head_blocks": self._head_blocks_arg,
-            "head_layers": self._head_layers, "seed": self.seed, "config": self.config,
-            "label_encoding": self.label_encoding,
+            "units": list(self._units), "blocks": [list(r) for r in self.blocks],
+            "head_blocks": self._head_blocks_arg, "head_layers": list(self._head_layers),
+            "seed": self.seed, "config": self.config, "label_encoding": self.label_encoding,
         }
 
     @classmethod
     def from_architecture(cls, arch):
-        """Build an (untrained) model from :meth:`architecture` output."""
+        """Build an (untrained) model from :meth:`architecture` output; every field is checked
+        and an error names the one that is wrong."""
+        if not isinstance(arch, dict):
+            raise TypeError(f"architecture must be a dict, got {type(arch).__name__}")
+        with _field("architecture.layers"):
+            specs = arch["layers"]
+            if not isinstance(specs, list) or not specs:
+                raise ValueError(f"must be a non-empty list of layer descriptions, got {specs!r}")
         layers = []
-        for spec in arch["layers"]:
-            spec = dict(spec)
-            kind = spec.pop("kind")
-            if kind not in LAYER_TYPES:
-                raise ValueError(f"unknown layer kind {kind!r} in the architecture")
-            if kind == "linear":
-                layers.append(Linear(spec["in_features"], spec["out_features"], spec["bias"]))
-            else:
-                layers.append(LAYER_TYPES[kind](**spec))
-        head = arch.get("head_blocks", "auto")
+        for i, spec in enumerate(specs):
+            with _field(f"architecture.layers[{i}]"):
+                if not isinstance(spec, dict) or not isinstance(spec.get("kind"), str) \
+                        or spec["kind"] not in LAYER_TYPES:
+                    raise ValueError(f"must be a dict with 'kind' one of {sorted(LAYER_TYPES)}, got {spec!r}")
+                kw = {k: v for k, v in spec.items() if k != "kind"}
+                layer_cls = LAYER_TYPES[spec["kind"]]
+                unknown = kw.keys() - set(inspect.signature(layer_cls.__init__).parameters) - {"self"}
+                if unknown:
+                    raise ValueError(f"unknown settings {sorted(unknown)} for a {layer_cls.__name__}")
+                if spec["kind"] == "linear":
+                    kw.setdefault("in_features", None)
+                layers.append(layer_cls(**kw))
         cfg = arch.get("config", {})
-        model = cls(layers, tuple(arch["input_shape"]), arch["num_classes"], head_blocks=head,
-                    seed=arch.get("seed", 0), label_encoding=arch.get("label_encoding", "onehot"), **cfg)
-        ranges = [tuple(r) for r in arch["blocks"]]
-        if model.blocks != ranges:
-            model.set_block_ranges(ranges)
+        with _field("architecture.config"):
+            if not isinstance(cfg, dict) or cfg.keys() - set(_HPARAM_KEYS):
+                raise ValueError(f"must be a dict with keys among {list(_HPARAM_KEYS)}, got {cfg!r}")
+        units = arch.get("units")
+        head = arch.get("head_blocks", "auto")
+        # other constructor arguments the description holds (e.g. label_placement)
+        known = {"layers", "input_shape", "num_classes", "units", "blocks", "head_blocks", "head_layers",
+                 "seed", "config", "label_encoding"}
+        params = set(inspect.signature(cls.__init__).parameters)
+        extra = {k: v for k, v in arch.items() if k not in known and k in params}
+        with _field("architecture"):
+            model = cls(layers, arch["input_shape"], arch["num_classes"], blocks=units, head_blocks=head,
+                        seed=arch.get("seed", 0), label_encoding=arch.get("label_encoding", "onehot"),
+                        **extra, **cfg)
+        if units is None and "head_layers" in arch:
+            model = model._with_saved_units(arch)    # a version 1 file
+        with _field("architecture.head_layers"):
+            if "head_layers" in arch and _int_list("head_layers", arch["head_layers"]) != model._head_layers:
+                raise ValueError(f"the head reads layers {model._head_layers} after the rebuild, the "
+                                 f"description says {arch['head_layers']!r}")
+        with _field("architecture.blocks"):
+            ranges = [tuple(_int_list("blocks", r)) for r in arch.get("blocks", model.blocks)]
+            if model.blocks != ranges:
+                model.set_block_ranges(ranges)
         return model
+
+    def _with_saved_units(self, arch):
+        # version 1 files did not hold the units; the head's layers and the saved cut tell them
+        if list(self._head_layers) == list(arch["head_layers"]):
+            return self
+        try:
+            ends = [int(b) for _, b in arch["blocks"]]
+            if [int(a) for a, _ in arch["blocks"]] != [0] + ends[:-1]:
+                return self
+            return type(self).from_architecture(dict(arch, units=ends))
+        except (ValueError, TypeError, KeyError):
+            return self
 
     def _state_items(self):
         names = {_P_WEIGHT: "weight", _P_BIAS: "bias", _P_RMEAN: "running_mean", _P_RVAR: "running_var"}
@@ -668,26 +962,29 @@ class FFModel:
         return {k: v.copy() for k, v in self._state_items()}
 
     def load_state_dict(self, state):
-        """Copy arrays from ``state`` (as made by :meth:`state_dict`) into the C memory."""
+        """Copy arrays from ``state`` (as made by :meth:`state_dict`) into the C memory.  Every
+        array is checked first (shape, finite, within float32's range, running variances >= 0;
+        other byte orders and float dtypes converted explicitly); nothing changes on an error."""
+        if not isinstance(state, dict):
+            raise TypeError(f"state must be a dict of arrays from state_dict(), got {type(state).__name__}")
         own = dict(self._state_items())
         missing = sorted(set(own) - set(state))
         unexpected = sorted(set(state) - set(own))
         if missing or unexpected:
-            raise KeyError(f"state_dict mismatch: missing {missing}, unexpected {unexpected}")
+            raise StateDictMismatch(f"state_dict mismatch: missing {missing}, unexpected {unexpected}")
+        checked = {k: _check_array(k, state[k], dst.shape, nonnegative=k.endswith("running_var"))
+                   for k, dst in own.items()}
         for k, dst in own.items():
-            src = np.asarray(state[k])
-            if src.shape != dst.shape:
-                raise ValueError(f"{k}: shape {src.shape} does not match the model's {dst.shape}")
-            if not np.all(np.isfinite(src)):
-                raise ValueError(f"{k} contains NaN or infinity")
-            dst[...] = src
+            dst[...] = checked[k]
+
+    def _layer_prefixes(self):
+        return {i: {-1: "head", -2: "label_embedding"}.get(i, f"layers.{i}") for i in self.trainable_layers()}
 
     def optimizer_state(self):
         """Optimiser moments, step counters and the RNG state (for exact resumption)."""
         out = {}
-        for i in self.trainable_layers():
-            prefix = {-1: "head", -2: "label_embedding"}.get(i, f"layers.{i}")
-            for which, name in ((_P_MW, "m_weight"), (_P_MB, "m_bias"), (_P_VW, "v_weight"), (_P_VB, "v_bias")):
+        for i, prefix in self._layer_prefixes().items():
+            for which, name in _MOMENT_NAMES:
                 p = self._net.param(i, which)
                 if p is not None:
                     out[f"{prefix}.{name}"] = p.copy()
@@ -696,58 +993,134 @@ class FFModel:
         return out
 
     def load_optimizer_state(self, state):
-        """Restore what :meth:`optimizer_state` returned."""
-        for i in self.trainable_layers():
-            prefix = {-1: "head", -2: "label_embedding"}.get(i, f"layers.{i}")
-            for which, name in ((_P_MW, "m_weight"), (_P_MB, "m_bias"), (_P_VW, "v_weight"), (_P_VB, "v_bias")):
-                p = self._net.param(i, which)
-                key = f"{prefix}.{name}"
-                if p is not None and key in state:
-                    p[...] = state[key]
-            if f"{prefix}.step" in state:
-                self._net.set_step(i, int(state[f"{prefix}.step"]))
+        """Restore what :meth:`optimizer_state` returned, after checking every entry (moments
+        finite, second moments >= 0, steps >= 0, an RNG state of four uint64 not all zero)."""
+        from .optim import _check_layer_state, _write_layer_state
+        if not isinstance(state, dict):
+            raise TypeError(f"state must be a dict from optimizer_state(), got {type(state).__name__}")
+        prefixes = self._layer_prefixes()
+        known = {f"{p}.{n}" for p in prefixes.values() for n in ("m_weight", "m_bias", "v_weight", "v_bias", "step")}
+        unexpected = sorted(set(state) - known - {"rng"})
+        if unexpected:
+            raise ValueError(f"optimizer state has entries for no layer of this model: {unexpected}")
+        per_layer = {}
+        for i, prefix in prefixes.items():
+            s = {k[len(prefix) + 1:]: v for k, v in state.items() if k.startswith(prefix + ".")}
+            per_layer[i] = _check_layer_state(self, i, s, prefix)
+        rng = None
         if "rng" in state:
-            self._net.set_rng(tuple(int(v) for v in np.asarray(state["rng"], dtype=np.uint64)))
+            r = np.asarray(state["rng"])
+            if r.shape != (4,) or r.dtype.kind not in "iu" or (r.dtype.kind == "i" and (r < 0).any()):
+                raise ValueError(f"rng must be 4 unsigned 64-bit ints, got {r.dtype} array of shape {r.shape}")
+            rng = tuple(int(v) for v in r)
+            if not any(rng):
+                raise ValueError("rng state must not be all zero")
+        for i, s in per_layer.items():
+            _write_layer_state(self, i, s)
+        if rng is not None:
+            self._net.set_rng(rng)
 
     def save(self, path, optimizer=True):
-        """Save architecture, parameters (and optimiser state) to an ``.npz`` file with a
-        format version; :meth:`load` restores a model that predicts identically."""
-        meta = {"format": "fflib.FFModel", "version": FORMAT_VERSION, "architecture": self.architecture(),
-                "training": self.training}
+        """Save everything that defines the model to an ``.npz`` file (``.npz`` is appended when
+        missing, as NumPy does; the path written is returned): the architecture with its block
+        cut and head, the FF settings and label encoding, parameters and batch-norm running
+        statistics, and with ``optimizer=True`` each layer's optimiser kind, settings, moments
+        and step, the optimiser and schedule objects attached to the model, and the C core's
+        RNG.  The file is written to a temporary name, synced and renamed, so an existing file
+        is replaced only by a complete one.  :meth:`load` restores a model that predicts and
+        trains on identically."""
+        return _atomic_savez(path, self._serialise(optimizer))
+
+    def _serialise(self, optimizer=True):
+        from . import __version__
+        meta = {"format": "fflib.FFModel", "version": FORMAT_VERSION, "fflib_version": __version__,
+                "architecture": self.architecture(), "training": self.training}
         arrays = {f"param/{k}": v for k, v in self.state_dict().items()}
         if optimizer:
             arrays.update({f"optim/{k}": v for k, v in self.optimizer_state().items()})
             arrays["optim_config"] = np.array(json.dumps(
                 {str(i): self._net.get_opt(i) for i in self.trainable_layers()}))
-        np.savez(path, __meta__=np.array(json.dumps(meta)), **arrays)
+            if self._optimizer is not None:
+                meta["optimizer"] = self._optimizer.state_dict(moments=False)
+                if self._optimizer._scheduler is not None:
+                    meta["scheduler"] = self._optimizer._scheduler.state_dict()
+        arrays["__meta__"] = np.array(json.dumps(meta))
+        return arrays
 
     @classmethod
     def load(cls, path):
-        """Load a model written by :meth:`save`."""
-        try:
-            with np.load(path, allow_pickle=False) as f:
-                data = {k: f[k] for k in f.files}
-        except (OSError, ValueError) as e:
-            raise ValueError(f"{path}: not a readable fflib model file ({e})") from None
-        if "__meta__" not in data:
-            raise ValueError(f"{path}: not an fflib model file (no __meta__ entry)")
-        meta = json.loads(str(data["__meta__"]))
-        if meta.get("format") != "fflib.FFModel":
-            raise ValueError(f"{path}: not an fflib model file")
-        if meta.get("version", 0) > FORMAT_VERSION:
-            raise ValueError(f"{path}: format version {meta['version']} is newer than this fflib "
-                             f"supports ({FORMAT_VERSION}); upgrade fflib")
-        model = cls.from_architecture(meta["architecture"])
-        model.load_state_dict({k[6:]: v for k, v in data.items() if k.startswith("param/")})
+        """Load a model written by :meth:`save` (format version 1 or 2; ``path`` with or without
+        its ``.npz``).  The file is untrusted: every field is checked, and a corrupt, truncated
+        or foreign file raises a ValueError naming the file and the field."""
+        return cls._load(*_read_npz(path))[0]
+
+    @classmethod
+    def _load(cls, name, data):
+        with _field("__meta__", name):
+            m = data.get("__meta__")
+            if m is None:
+                raise ValueError("not an fflib model file (no __meta__ entry)")
+            if m.shape != () or m.dtype.kind != "U":
+                raise ValueError(f"must be a JSON string, got a {m.dtype} array of shape {m.shape}")
+            meta = json.loads(str(m))
+            if not isinstance(meta, dict) or meta.get("format") != "fflib.FFModel":
+                raise ValueError("not an fflib model file (format is not 'fflib.FFModel')")
+            version = meta.get("version")
+            if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+                raise ValueError(f"version must be an int >= 1, got {version!r}")
+            if version > FORMAT_VERSION:
+                raise ValueError(f"format version {version} is newer than this fflib supports "
+                                 f"({FORMAT_VERSION}); upgrade fflib")
+        with _field("__meta__.architecture", name):
+            model = cls.from_architecture(meta.get("architecture"))
+        with _field("param", name):
+            model.load_state_dict({k[6:]: v for k, v in data.items() if k.startswith("param/")})
         optim = {k[6:]: v for k, v in data.items() if k.startswith("optim/")}
         if optim:
-            model.load_optimizer_state(optim)
+            with _field("optim", name):
+                model.load_optimizer_state(optim)
+        if meta.get("optimizer") is not None:
+            from .optim import optimizer_from_state
+            with _field("__meta__.optimizer", name):
+                opt = optimizer_from_state(model, meta["optimizer"])
+            if meta.get("scheduler") is not None and meta["scheduler"].get("kind") != "LambdaLR":
+                from .optim import scheduler_from_state
+                with _field("__meta__.scheduler", name):
+                    scheduler_from_state(opt, meta["scheduler"])
         if "optim_config" in data:
-            for i, cfg in json.loads(str(data["optim_config"])).items():
-                cfg = dict(cfg)
-                model._net.set_opt(int(i), cfg.pop("kind"), **cfg)
-        model.train(meta.get("training", True))
-        return model
+            with _field("optim_config", name):
+                cfgs = json.loads(str(data["optim_config"]))
+                if not isinstance(cfgs, dict):
+                    raise ValueError(f"must map layer indices to settings, got {cfgs!r}")
+                for i, cfg in cfgs.items():
+                    model._set_layer_opt(i, cfg)
+        if meta.get("optimizer") is None and "optim_config" in data:
+            from .optim import optimizer_from_layers
+            with _field("optim_config", name):
+                optimizer_from_layers(model)      # fit without optimizer= then keeps SGD as SGD
+        with _field("__meta__.training", name):
+            training = meta.get("training", True)
+            if not isinstance(training, bool):
+                raise ValueError(f"must be true or false, got {training!r}")
+        model.train(training)
+        return model, meta
+
+    def _set_layer_opt(self, i, cfg):
+        try:
+            i = int(i)
+        except ValueError:
+            raise ValueError(f"layer index must be an int, got {i!r}") from None
+        if i not in self.trainable_layers() or not isinstance(cfg, dict):
+            raise ValueError(f"layer {i}: not a trainable layer of the model, or settings not a dict")
+        if cfg.get("kind") not in (0, 1) or isinstance(cfg.get("kind"), bool):
+            raise ValueError(f"layer {i}: optimiser kind must be 0 (SGD) or 1 (Adam), got {cfg.get('kind')!r}")
+        known = {"lr", "beta1", "beta2", "eps", "momentum", "dampening", "nesterov", "weight_decay"}
+        if cfg.keys() - known - {"kind"}:
+            raise ValueError(f"layer {i}: unknown optimiser settings {sorted(cfg.keys() - known - {'kind'})}")
+        kw = {}
+        for k in known & cfg.keys():
+            kw[k] = bool(cfg[k]) if k == "nesterov" else _real(f"layer {i} {k}", cfg[k], lo=0.0)
+        self._net.set_opt(i, cfg["kind"], **kw)
 
     def __repr__(self):
         inner = ",\n  ".join(repr(l) for l in self.layers)

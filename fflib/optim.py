@@ -2,34 +2,47 @@
 
 The optimiser arithmetic runs in C (csrc/ff_optim.c) inside :meth:`FFModel.train_step`, each
 layer with its own state; these objects hold the settings, push them to the core, and give
-the PyTorch-style ``step()`` / ``zero_grad()`` / ``param_groups`` interface that schedulers use.
+the PyTorch-style ``step()`` / ``zero_grad()`` / ``param_groups`` / ``state_dict()`` interface
+that schedulers use.  Every setting is checked when it is given: a finite number that float32
+(the core's precision) can hold, in its range.
 """
+import math
+
 import numpy as np
 
+from .nn import FFModel, _real, _int_list, _active_mask, _P_MW, _P_MB, _P_VW, _P_VB, _check_array
+
 _ADAM, _SGD = 1, 0
+_MOMENTS = ((_P_MW, "m_weight"), (_P_MB, "m_bias"), (_P_VW, "v_weight"), (_P_VB, "v_bias"))
+
+
+def _lr(name, value):
+    return _real(name, value, lo=0.0)
 
 
 class _Optimizer:
     def __init__(self, model, lr, layers, head, head_lr=None):
-        if not (np.isfinite(lr) and lr >= 0):
-            raise ValueError(f"lr must be a finite number >= 0, got {lr!r}")
-        if head_lr is not None and not (np.isfinite(head_lr) and head_lr >= 0):
-            raise ValueError(f"head_lr must be None or a finite number >= 0, got {head_lr!r}")
-        self.head_lr = None if head_lr is None else float(head_lr)
+        if not isinstance(model, FFModel):
+            raise TypeError(f"model must be an fflib.FFModel, got {type(model).__name__}")
+        lr = _lr("lr", lr)
+        self.head_lr = None if head_lr is None else _lr("head_lr", head_lr)
         self.model = model
         all_layers = model.trainable_layers()
         if layers is None:   # every layer and a label embedding; the head below
             layers = [i for i in all_layers if i != -1]
         else:
-            layers = [int(i) for i in layers]
+            layers = _int_list("layers", layers)
             bad = [i for i in layers if i not in all_layers or i == -1]
             if bad:
                 raise ValueError(f"layers {bad} are not trainable layers of the model ({all_layers})")
-        if head and model.has_head:
+        self.head = bool(head)
+        if self.head and model.has_head:
             layers = layers + [-1]
         self.layers = layers
-        self.param_groups = [{"lr": float(lr), "initial_lr": float(lr)}]
+        self.param_groups = [{"lr": lr, "initial_lr": lr}]
+        self._scheduler = None
         self._apply()
+        model._optimizer = self     # fit(model) without optimizer= goes on with this one
 
     @property
     def lr(self):
@@ -38,9 +51,7 @@ class _Optimizer:
 
     @lr.setter
     def lr(self, value):
-        if not (np.isfinite(value) and value >= 0):
-            raise ValueError(f"lr must be a finite number >= 0, got {value!r}")
-        self.param_groups[0]["lr"] = float(value)
+        self.param_groups[0]["lr"] = _lr("lr", value)
         self._apply()
 
     def _apply(self):
@@ -55,23 +66,112 @@ class _Optimizer:
         """Apply one update from the gradients left by :meth:`FFModel.compute_grads`.  (The
         fused :meth:`FFModel.train_step` steps by itself; do not call this after it.)"""
         self._apply()  # a scheduler may have changed param_groups[0]["lr"]
-        act = None if active is None else np.ascontiguousarray(active, dtype=np.uint8)
+        act = _active_mask(active, self.model.num_blocks)
         self.model._net.optimizer_step(act, -1 in self.layers)
 
     def zero_grad(self):
         """Zero the model's gradients."""
         self.model.zero_grad()
 
-    def state_dict(self):
-        """Settings and learning rate (moments live with the model: FFModel.optimizer_state)."""
-        return {"param_groups": [dict(g) for g in self.param_groups], "layers": list(self.layers),
-                "head_lr": self.head_lr}
+    def config(self):
+        """The constructor settings (without ``model`` and ``lr``) as a JSON-able dict."""
+        return dict(self._hyper(), layers=[i for i in self.layers if i != -1], head=self.head,
+                    head_lr=self.head_lr)
+
+    def state_dict(self, moments=True):
+        """Kind, settings, learning rate and (``moments=True``) the per-layer state the C core
+        holds: moments ``m_weight``/``m_bias`` (SGD: the momentum buffer), ``v_weight``/``v_bias``
+        and the step counter, keyed by layer index (-1 the head, -2 a label embedding)."""
+        out = {"kind": type(self).__name__, "settings": self._hyper(), "layers": list(self.layers),
+               "head": self.head, "head_lr": self.head_lr,
+               "param_groups": [dict(g) for g in self.param_groups]}
+        if moments:
+            state = {}
+            for i in self.layers:
+                s = {name: p.copy() for which, name in _MOMENTS
+                     if (p := self.model._net.param(i, which)) is not None}
+                s["step"] = int(self.model._net.get_step(i))
+                state[i] = s
+            out["state"] = state
+        return out
 
     def load_state_dict(self, state):
-        """Restore :meth:`state_dict` output."""
-        self.param_groups = [dict(g) for g in state["param_groups"]]
-        self.head_lr = state.get("head_lr", self.head_lr)
+        """Restore :meth:`state_dict` output (of an optimiser of the same kind, settings and
+        layers); every value is checked before anything is changed."""
+        if not isinstance(state, dict):
+            raise TypeError(f"state must be a dict from state_dict(), got {type(state).__name__}")
+        kind = state.get("kind", type(self).__name__)
+        if kind != type(self).__name__:
+            raise ValueError(f"state is of a {kind} optimiser, this is {type(self).__name__}")
+        if "settings" in state:
+            settings = state["settings"]
+            if not isinstance(settings, dict):
+                raise TypeError(f"state['settings'] must be a dict, got {type(settings).__name__}")
+            mine = self._hyper()
+            if set(settings) != set(mine):
+                raise ValueError(f"state['settings'] has keys {sorted(settings)}, expected {sorted(mine)}")
+            hyper = self._check_hyper(**settings)
+        else:
+            hyper = None
+        layers = _int_list("state['layers']", state.get("layers", self.layers))
+        if layers != self.layers:
+            raise ValueError(f"state['layers'] is {layers}, this optimiser drives layers {self.layers}")
+        groups = state.get("param_groups", self.param_groups)
+        if not isinstance(groups, (list, tuple)) or len(groups) != 1 or not isinstance(groups[0], dict):
+            raise ValueError(f"state['param_groups'] must be a list of one dict, got {groups!r}")
+        group = {"lr": _lr("param_groups[0]['lr']", groups[0].get("lr")),
+                 "initial_lr": _lr("param_groups[0]['initial_lr']", groups[0].get("initial_lr", groups[0].get("lr")))}
+        head_lr = state.get("head_lr", self.head_lr)
+        head_lr = None if head_lr is None else _lr("state['head_lr']", head_lr)
+        moments = {}
+        per_layer = state.get("state", {})
+        if not isinstance(per_layer, dict):
+            raise TypeError(f"state['state'] must be a dict of layer states, got {type(per_layer).__name__}")
+        for key, s in per_layer.items():
+            try:
+                i = int(key)
+            except (TypeError, ValueError):
+                raise ValueError(f"state['state'] keys must be layer indices, got {key!r}") from None
+            if i not in self.layers or not isinstance(s, dict):
+                raise ValueError(f"state['state'][{key!r}]: not a layer this optimiser drives ({self.layers})")
+            moments[i] = _check_layer_state(self.model, i, s, f"state['state'][{i}]")
+        # all checked: apply
+        if hyper is not None:
+            self._set_hyper(hyper)
+        self.head_lr = head_lr
+        self.param_groups = [group]
         self._apply()
+        for i, s in moments.items():
+            _write_layer_state(self.model, i, s)
+
+
+def _check_layer_state(model, i, s, where):
+    """Check one layer's optimiser state (moments finite, second moments >= 0, shapes of the
+    layer's, a step counter in [0, 2**62)) and return it as native float32 arrays."""
+    out = {}
+    for which, name in _MOMENTS:
+        p = model._net.param(i, which)
+        if name in s:
+            if p is None:
+                raise ValueError(f"{where}: layer {i} has no {name}")
+            out[name] = _check_array(f"{where}['{name}']", s[name], p.shape,
+                                     nonnegative=name.startswith("v"))
+    if "step" in s:
+        t = s["step"]
+        if isinstance(t, np.ndarray) and t.shape == ():
+            t = t[()]
+        if isinstance(t, (bool, np.bool_)) or not isinstance(t, (int, np.integer)) or not 0 <= int(t) < 2 ** 62:
+            raise ValueError(f"{where}['step'] must be an int in [0, 2**62), got {t!r}")
+        out["step"] = int(t)
+    return out
+
+
+def _write_layer_state(model, i, s):
+    for which, name in _MOMENTS:
+        if name in s:
+            model._net.param(i, which)[...] = s[name]
+    if "step" in s:
+        model._net.set_step(i, s["step"])
 
 
 class Adam(_Optimizer):
@@ -82,15 +182,23 @@ class Adam(_Optimizer):
 
     def __init__(self, model, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, layers=None, head=True,
                  head_lr=None):
-        b1, b2 = betas
-        if not (0 <= b1 < 1 and 0 <= b2 < 1):
-            raise ValueError(f"betas must be in [0, 1), got {betas!r}")
-        if not (eps >= 0):
-            raise ValueError(f"eps must be >= 0, got {eps!r}")
-        if not (weight_decay >= 0):
-            raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
-        self.betas, self.eps, self.weight_decay = (float(b1), float(b2)), float(eps), float(weight_decay)
+        self._set_hyper(self._check_hyper(betas, eps, weight_decay))
         super().__init__(model, lr, layers, head, head_lr)
+
+    @staticmethod
+    def _check_hyper(betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+        if isinstance(betas, (str, bytes)) or not hasattr(betas, "__len__") or len(betas) != 2:
+            raise TypeError(f"betas must be a pair (beta1, beta2), got {betas!r}")
+        b1 = _real("betas[0]", betas[0], lo=0.0, hi=1.0, hi_open=True)
+        b2 = _real("betas[1]", betas[1], lo=0.0, hi=1.0, hi_open=True)
+        return {"betas": [b1, b2], "eps": _real("eps", eps, lo=0.0),
+                "weight_decay": _real("weight_decay", weight_decay, lo=0.0)}
+
+    def _set_hyper(self, h):
+        self.betas, self.eps, self.weight_decay = tuple(h["betas"]), h["eps"], h["weight_decay"]
+
+    def _hyper(self):
+        return {"betas": list(self.betas), "eps": self.eps, "weight_decay": self.weight_decay}
 
     def _settings(self, lr):
         return dict(kind=_ADAM, lr=lr, beta1=self.betas[0], beta2=self.betas[1], eps=self.eps,
@@ -102,28 +210,94 @@ class SGD(_Optimizer):
 
     def __init__(self, model, lr=0.01, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False,
                  layers=None, head=True, head_lr=None):
-        if not (momentum >= 0):
-            raise ValueError(f"momentum must be >= 0, got {momentum!r}")
-        if not (0 <= dampening <= 1):
-            raise ValueError(f"dampening must be in [0, 1], got {dampening!r}")
-        if not (weight_decay >= 0):
-            raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
-        if nesterov and (momentum <= 0 or dampening != 0):
-            raise ValueError("nesterov needs momentum > 0 and dampening 0")
-        self.momentum, self.dampening = float(momentum), float(dampening)
-        self.weight_decay, self.nesterov = float(weight_decay), bool(nesterov)
+        self._set_hyper(self._check_hyper(momentum, dampening, weight_decay, nesterov))
         super().__init__(model, lr, layers, head, head_lr)
+
+    @staticmethod
+    def _check_hyper(momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False):
+        h = {"momentum": _real("momentum", momentum, lo=0.0),
+             "dampening": _real("dampening", dampening, lo=0.0, hi=1.0),
+             "weight_decay": _real("weight_decay", weight_decay, lo=0.0)}
+        if not isinstance(nesterov, (bool, np.bool_)):
+            raise TypeError(f"nesterov must be True or False, got {nesterov!r}")
+        if nesterov and (h["momentum"] <= 0 or h["dampening"] != 0):
+            raise ValueError(f"nesterov needs momentum > 0 and dampening 0, got momentum={momentum!r}, "
+                             f"dampening={dampening!r}")
+        h["nesterov"] = bool(nesterov)
+        return h
+
+    def _set_hyper(self, h):
+        self.momentum, self.dampening = h["momentum"], h["dampening"]
+        self.weight_decay, self.nesterov = h["weight_decay"], h["nesterov"]
+
+    def _hyper(self):
+        return {"momentum": self.momentum, "dampening": self.dampening, "weight_decay": self.weight_decay,
+                "nesterov": self.nesterov}
 
     def _settings(self, lr):
         return dict(kind=_SGD, lr=lr, momentum=self.momentum, dampening=self.dampening,
                     nesterov=self.nesterov, weight_decay=self.weight_decay)
 
 
+OPTIMIZERS = {"Adam": Adam, "SGD": SGD}
+
+
+def optimizer_from_state(model, state):
+    """A new optimiser of the kind and settings in ``state`` (an optimiser's :meth:`state_dict`)
+    driving ``model``, with that state loaded."""
+    if not isinstance(state, dict) or state.get("kind") not in OPTIMIZERS:
+        kind = state.get("kind") if isinstance(state, dict) else state
+        raise ValueError(f"optimizer kind must be one of {sorted(OPTIMIZERS)}, got {kind!r}")
+    settings = state.get("settings", {})
+    if not isinstance(settings, dict):
+        raise TypeError(f"optimizer settings must be a dict, got {type(settings).__name__}")
+    cls = OPTIMIZERS[state["kind"]]
+    h = cls._check_hyper(**settings)
+    layers = [i for i in _int_list("layers", state.get("layers", [])) if i != -1]
+    groups = state.get("param_groups") or [{}]
+    lr = groups[0].get("initial_lr", groups[0].get("lr", 0.0)) if isinstance(groups[0], dict) else 0.0
+    opt = cls(model, lr=lr, layers=layers, head=bool(state.get("head", True)), head_lr=state.get("head_lr"), **h)
+    opt.load_state_dict(state)
+    return opt
+
+
+def optimizer_from_layers(model):
+    """The optimiser the C core's per-layer settings describe (a model file without an optimiser
+    object: format 1, or a model trained without one), or None when the layers disagree: every
+    layer but the head with one kind and the same settings, the head with them or only another
+    learning rate."""
+    cfgs = {i: model._net.get_opt(i) for i in model.trainable_layers()}
+    body = [i for i in cfgs if i != -1]
+    if not body:
+        return None
+    c = cfgs[body[0]]
+    if any(cfgs[i] != c for i in body):
+        return None
+    head_lr = None
+    if -1 in cfgs:
+        if dict(cfgs[-1], lr=c["lr"]) != c:
+            return None
+        head_lr = cfgs[-1]["lr"] if cfgs[-1]["lr"] != c["lr"] else None
+    if c["kind"] == _ADAM:
+        return Adam(model, lr=c["lr"], betas=(c["beta1"], c["beta2"]), eps=c["eps"],
+                    weight_decay=c["weight_decay"], head_lr=head_lr)
+    return SGD(model, lr=c["lr"], momentum=c["momentum"], dampening=c["dampening"],
+               weight_decay=c["weight_decay"], nesterov=c["nesterov"], head_lr=head_lr)
+
+
+# ------------------------------------------------------------------------------- schedulers
 class _Scheduler:
+    """Base of the learning-rate schedules: ``step()`` once per epoch; the rate after ``e`` steps
+    is ``lr_at(e)`` (closed forms of PyTorch's schedules, from the optimiser's initial rate)."""
+
     def __init__(self, optimizer):
+        if not isinstance(optimizer, _Optimizer):
+            raise TypeError(f"optimizer must be an fflib optimiser (Adam, SGD), got {type(optimizer).__name__}")
         self.optimizer = optimizer
         self.base_lr = optimizer.param_groups[0]["initial_lr"]
         self.last_epoch = 0
+        optimizer._scheduler = self
+        optimizer.lr = self.lr_at(0)
 
     def step(self):
         """Advance one epoch and set the optimiser's learning rate."""
@@ -134,38 +308,147 @@ class _Scheduler:
         """The learning rate now in force (a one-element list, as in PyTorch)."""
         return [self.optimizer.lr]
 
+    def config(self):
+        """The constructor settings (without ``optimizer``) as a JSON-able dict."""
+        return {}
+
+    def state_dict(self):
+        """Kind, settings, ``last_epoch`` and ``base_lr`` (JSON-able)."""
+        return {"kind": type(self).__name__, "settings": self.config(), "last_epoch": self.last_epoch,
+                "base_lr": self.base_lr}
+
+    def load_state_dict(self, state):
+        """Restore :meth:`state_dict` output of a schedule of the same kind and settings (the
+        optimiser's learning rate is restored by the optimiser's own state)."""
+        if not isinstance(state, dict):
+            raise TypeError(f"state must be a dict from state_dict(), got {type(state).__name__}")
+        kind = state.get("kind", type(self).__name__)
+        if kind != type(self).__name__:
+            raise ValueError(f"state is of a {kind} schedule, this is {type(self).__name__}")
+        if "settings" in state and state["settings"] != self.config():
+            raise ValueError(f"state['settings'] {state['settings']!r} differ from this schedule's {self.config()!r}")
+        e = state.get("last_epoch", self.last_epoch)
+        if isinstance(e, (bool, np.bool_)) or not isinstance(e, (int, np.integer)) or not 0 <= e < 2 ** 31:
+            raise ValueError(f"state['last_epoch'] must be an int in [0, 2**31), got {e!r}")
+        self.base_lr = _lr("state['base_lr']", state.get("base_lr", self.base_lr))
+        self.last_epoch = int(e)
+
+
+def _epoch_int(name, value, lo=1):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or not lo <= value < 2 ** 31:
+        raise ValueError(f"{name} must be an int in [{lo}, 2**31), got {value!r}")
+    return int(value)
+
+
+class StepLR(_Scheduler):
+    """Multiply the learning rate by ``gamma`` every ``step_size`` epochs (PyTorch's StepLR)."""
+
+    def __init__(self, optimizer, step_size, gamma=0.1):
+        self.step_size = _epoch_int("step_size", step_size)
+        self.gamma = _real("gamma", gamma, lo=0.0, lo_open=True)
+        super().__init__(optimizer)
+
+    def config(self):
+        return {"step_size": self.step_size, "gamma": self.gamma}
+
+    def lr_at(self, epoch):
+        """Learning rate in force after ``epoch`` scheduler steps."""
+        return self.base_lr * self.gamma ** (epoch // self.step_size)
+
 
 class MultiStepLR(_Scheduler):
     """Multiply the learning rate by ``gamma`` at each epoch in ``milestones`` (PyTorch's MultiStepLR)."""
 
     def __init__(self, optimizer, milestones, gamma=0.1):
-        ms = [int(m) for m in milestones]
-        if any(m <= 0 for m in ms) or ms != sorted(ms):
-            raise ValueError(f"milestones must be increasing positive epochs, got {milestones!r}")
-        if not (gamma > 0):
-            raise ValueError(f"gamma must be > 0, got {gamma!r}")
-        self.milestones, self.gamma = ms, float(gamma)
+        ms = _int_list("milestones", milestones)
+        if not ms or any(m <= 0 or m >= 2 ** 31 for m in ms) or ms != sorted(ms):
+            raise ValueError(f"milestones must be a non-empty list of increasing positive epochs, got {milestones!r}")
+        self.milestones = ms
+        self.gamma = _real("gamma", gamma, lo=0.0, lo_open=True)
         super().__init__(optimizer)
+
+    def config(self):
+        return {"milestones": list(self.milestones), "gamma": self.gamma}
 
     def lr_at(self, epoch):
         """Learning rate in force after ``epoch`` scheduler steps."""
         return self.base_lr * self.gamma ** sum(1 for m in self.milestones if m <= epoch)
 
 
+class CosineAnnealingLR(_Scheduler):
+    """Cosine from the initial rate down to ``eta_min`` over ``T_max`` epochs, then back up
+    (PyTorch's CosineAnnealingLR, its closed form)."""
+
+    def __init__(self, optimizer, T_max, eta_min=0.0):
+        self.T_max = _epoch_int("T_max", T_max)
+        self.eta_min = _real("eta_min", eta_min, lo=0.0)
+        super().__init__(optimizer)
+
+    def config(self):
+        return {"T_max": self.T_max, "eta_min": self.eta_min}
+
+    def lr_at(self, epoch):
+        """Learning rate in force after ``epoch`` scheduler steps."""
+        return self.eta_min + (self.base_lr - self.eta_min) * (1 + math.cos(math.pi * epoch / self.T_max)) / 2
+
+
+class LambdaLR(_Scheduler):
+    """The initial rate times ``lr_lambda(epoch)`` (PyTorch's LambdaLR).  The function is not
+    saved with a model or checkpoint: pass the same one again to resume."""
+
+    def __init__(self, optimizer, lr_lambda):
+        if not callable(lr_lambda):
+            raise TypeError(f"lr_lambda must be a function of the epoch, got {type(lr_lambda).__name__}")
+        self.lr_lambda = lr_lambda
+        super().__init__(optimizer)
+
+    def lr_at(self, epoch):
+        """Learning rate in force after ``epoch`` scheduler steps."""
+        f = self.lr_lambda(epoch)
+        return _lr(f"base lr * lr_lambda({epoch})", self.base_lr * _real(f"lr_lambda({epoch})", f))
+
+
 class LinearCooldown(_Scheduler):
     """Constant learning rate until ``start`` epochs, then linear decay to 0 at ``total``
-    (Hinton's FF recipe cools the rate down over the second half of training)."""
+    (Hinton's FF recipe cools the rate down over the second half of training); the same as
+    PyTorch's LambdaLR with ``lambda e: 1 if e <= start else max(0, (total - e) / (total - start))``."""
 
     def __init__(self, optimizer, total, start=None):
-        total = int(total)
-        start = total // 2 if start is None else int(start)
-        if total <= 0 or not (0 <= start < total):
+        total = _epoch_int("total", total, lo=0)
+        start = total // 2 if start is None else _epoch_int("start", start, lo=0)
+        if not start < total:
             raise ValueError(f"need 0 <= start < total, got start={start}, total={total}")
         self.total, self.start = total, start
         super().__init__(optimizer)
+
+    def config(self):
+        return {"total": self.total, "start": self.start}
 
     def lr_at(self, epoch):
         """Learning rate in force after ``epoch`` scheduler steps."""
         if epoch <= self.start:
             return self.base_lr
         return self.base_lr * max(0.0, (self.total - epoch) / (self.total - self.start))
+
+
+SCHEDULERS = {c.__name__: c for c in (StepLR, MultiStepLR, CosineAnnealingLR, LambdaLR, LinearCooldown)}
+
+
+def scheduler_from_state(optimizer, state):
+    """A new schedule of the kind and settings in ``state`` (a :meth:`state_dict`) on ``optimizer``
+    with that state loaded, without touching the optimiser's learning rate.  LambdaLR cannot
+    be rebuilt (its function is not saved): a ValueError says so."""
+    kind = state.get("kind") if isinstance(state, dict) else None
+    if kind not in SCHEDULERS:
+        raise ValueError(f"scheduler kind must be one of {sorted(SCHEDULERS)}, got {kind!r}")
+    if kind == "LambdaLR":
+        raise ValueError("a LambdaLR schedule cannot be rebuilt from a file (its function is not saved); "
+                         "create it again and call load_state_dict")
+    settings = state.get("settings", {})
+    if not isinstance(settings, dict):
+        raise TypeError(f"scheduler settings must be a dict, got {type(settings).__name__}")
+    lr = optimizer.param_groups[0]["lr"]
+    sched = SCHEDULERS[kind](optimizer, **settings)
+    optimizer.lr = lr
+    sched.load_state_dict(state)
+    return sched

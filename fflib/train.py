@@ -2,13 +2,23 @@
 
 Each minibatch is one call into C (:meth:`FFModel.train_step`); Python only orders the data.
 """
+import json
+import os
 import time
+import zlib
 
 import numpy as np
 
-from .nn import as_float32_batch
+from .nn import FFModel, as_float32_batch, _atomic_savez, _read_npz, _field
 from .augment import parse as parse_augment
 from .routines import ROUTINES, block_ranges, unit_ranges
+
+
+def _count(name, value, lo):
+    """An int >= lo (bools and floats refused)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < lo:
+        raise ValueError(f"{name} must be {'a positive int' if lo == 1 else f'an int >= {lo}'}, got {value!r}")
+    return int(value)
 
 
 def _rng(random_state):
@@ -88,7 +98,7 @@ def _windows(model, epochs, order, windows):
 def fit(model, x, y, *, epochs=10, batch_size=100, optimizer=None, scheduler=None, order="simultaneous",
         windows=None, negatives="uniform", train_head=True, head_epochs=0, routine=None, chunk_size=2,
         alternate=False, augment=None, random_state=0, progress=True, x_val=None, y_val=None,
-        callback=None):
+        callback=None, checkpoint=None, checkpoint_every=1, resume=False):
     """Train ``model`` on (x, y) with FF, one C call per minibatch.
 
     routine : None (keep the model's current blocks), "greedy", "chunked", "overlapping" or
@@ -104,29 +114,57 @@ def fit(model, x, y, *, epochs=10, batch_size=100, optimizer=None, scheduler=Non
         :mod:`fflib.augment`); None for none.
     train_head : train the one-pass head alongside the blocks; ``head_epochs`` extra epochs
         train the head alone afterwards.
+    optimizer : default: the optimiser attached to the model (the last one created on it, or the
+        one :meth:`FFModel.load` restored, so a saved SGD stays SGD), else a new ``Adam(model)``.
     scheduler : stepped once per epoch.
-    Ctrl-C stops cleanly after the current minibatch; the history says ``interrupted``.
+    checkpoint : a directory; every ``checkpoint_every`` epochs (and after the last) the run's
+        whole state goes to ``checkpoint/checkpoint.npz``: weights, batch-norm statistics, the
+        optimiser (kind, settings, moments, steps), the schedule, the C core's RNG, the data-order
+        generator (``random_state``), the epoch and the history.  The file is written to a
+        temporary name, synced and renamed: the previous checkpoint stays until the new one is
+        complete.  (It is also a model file :meth:`FFModel.load` reads.)
+    resume : with ``checkpoint``, continue from the checkpoint there if there is one (else start
+        afresh): the run then ends bit-identical to an uninterrupted one (same thread count).
+        The model, data and training settings must be those of the checkpointed run (``epochs``
+        may grow); ``optimizer``/``scheduler``, when given, must be of the saved kinds and
+        settings, and when not given are rebuilt from the checkpoint.
+    Ctrl-C stops cleanly after the current minibatch; the history says ``interrupted`` (the last
+    checkpoint is kept as it was).
     Returns the history: a dict with ``epochs`` (per-epoch mean block losses, head loss, lr,
     seconds, optional validation error), ``train_seconds`` and ``interrupted``.
     """
-    from .optim import Adam
+    from .optim import Adam, _Optimizer, _Scheduler
+    if not isinstance(model, FFModel):
+        raise TypeError(f"model must be an fflib.FFModel, got {type(model).__name__}")
     x = as_float32_batch(x, "x", int(np.prod(model.input_shape)))
     y = model._check_y(y, x.shape[0])
-    if isinstance(epochs, bool) or int(epochs) != epochs or epochs < 0:
-        raise ValueError(f"epochs must be an int >= 0, got {epochs!r}")
-    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size <= 0:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    if negatives not in ("uniform", "hard"):
+    epochs = _count("epochs", epochs, 0)
+    batch_size = _count("batch_size", batch_size, 1)
+    head_epochs = _count("head_epochs", head_epochs, 0)
+    chunk_size = _count("chunk_size", chunk_size, 1)
+    if not isinstance(negatives, str) or negatives not in ("uniform", "hard"):
         raise ValueError(f"negatives must be 'uniform' or 'hard', got {negatives!r}")
-    if head_epochs < 0:
-        raise ValueError(f"head_epochs must be >= 0, got {head_epochs!r}")
+    if random_state is not None and not isinstance(random_state, np.random.Generator) and (
+            isinstance(random_state, bool) or not isinstance(random_state, (int, np.integer)) or random_state < 0):
+        raise ValueError(f"random_state must be None, an int >= 0 or a numpy Generator, got {random_state!r}")
     train_head = bool(train_head) and model.has_head
     aug = parse_augment(augment)
     if aug is not None and model.input_shape[1] * model.input_shape[2] == 1:
         raise ValueError(f"augment {augment!r} needs an image model (input_shape (C, H, W) with H, W > 1), "
                          f"got input_shape {model.input_shape}")
-    if optimizer is None:
-        optimizer = Adam(model)
+    if optimizer is not None and (not isinstance(optimizer, _Optimizer) or optimizer.model is not model):
+        raise ValueError(f"optimizer must be an fflib optimiser created on this model, got {optimizer!r}")
+    if scheduler is not None and (not isinstance(scheduler, _Scheduler)
+                                  or (optimizer is not None and scheduler.optimizer is not optimizer)):
+        raise ValueError(f"scheduler must be an fflib schedule of the optimizer passed, got {scheduler!r}")
+    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, (int, np.integer)) \
+            or checkpoint_every <= 0:
+        raise ValueError(f"checkpoint_every must be a positive int, got {checkpoint_every!r}")
+    if resume and checkpoint is None:
+        raise ValueError("resume=True needs checkpoint= (the directory holding the checkpoint)")
+    ckpt_path = None
+    if checkpoint is not None:
+        ckpt_path = _checkpoint_path(checkpoint)
     cuts = None
     if routine is not None:
         cuts = [block_ranges(model, routine, chunk_size, 0)]
@@ -146,10 +184,25 @@ def fit(model, x, y, *, epochs=10, batch_size=100, optimizer=None, scheduler=Non
     total_epochs = total + (int(head_epochs) if train_head else 0)
     n, nb = len(y), model.num_blocks
     history = {"epochs": [], "interrupted": False}
+    run = {"batch_size": int(batch_size), "order": order, "windows": None if windows is None else
+           [list(w) for w in wins], "negatives": negatives, "train_head": train_head,
+           "head_epochs": int(head_epochs), "routine": routine, "chunk_size": int(chunk_size),
+           "alternate": bool(alternate), "augment": augment, "num_samples": int(n),
+           "data_crc32": [zlib.crc32(x), zlib.crc32(y)]}
+    start = 0
+    if resume and os.path.exists(ckpt_path):
+        optimizer, scheduler, start, history = _restore(ckpt_path, model, optimizer, scheduler, rng, run)
+        if start > total_epochs:
+            raise ValueError(f"the checkpoint {ckpt_path} is at epoch {start}, beyond this run's {total_epochs}")
+    if optimizer is None:
+        optimizer = model.optimizer if model.optimizer is not None else Adam(model)
+    if scheduler is not None and scheduler.optimizer is not optimizer:
+        raise ValueError("scheduler must be a schedule of the optimiser the run uses")
+    history["interrupted"] = False
     model.train()
     t_start = time.perf_counter()
     try:
-        for epoch in range(total_epochs):
+        for epoch in range(start, total_epochs):
             head_only = epoch >= total
             active = np.array([0 if head_only else int(a <= epoch < b) for a, b in wins], dtype=np.uint8)
             t0 = time.perf_counter()
@@ -181,6 +234,8 @@ def fit(model, x, y, *, epochs=10, batch_size=100, optimizer=None, scheduler=Non
             history["epochs"].append(rec)
             if scheduler is not None:
                 scheduler.step()
+            if ckpt_path is not None and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == total_epochs):
+                _write_checkpoint(ckpt_path, model, optimizer, scheduler, rng, epoch + 1, history, run)
             if callback is not None:
                 callback(rec)
     except KeyboardInterrupt:
@@ -188,6 +243,97 @@ def fit(model, x, y, *, epochs=10, batch_size=100, optimizer=None, scheduler=Non
     history["train_seconds"] = time.perf_counter() - t_start
     model.eval()
     return history
+
+
+CHECKPOINT_FILE = "checkpoint.npz"
+
+
+def _checkpoint_path(directory):
+    if not isinstance(directory, (str, os.PathLike)):
+        raise TypeError(f"checkpoint must be a directory path, got {type(directory).__name__}")
+    directory = os.fspath(directory)
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise NotADirectoryError(20, f"checkpoint {directory!r} exists and is not a directory")
+    parent = os.path.dirname(os.path.abspath(directory))
+    if not os.path.isdir(parent):
+        raise FileNotFoundError(2, f"checkpoint directory {directory!r}: its parent {parent} does not exist")
+    os.makedirs(directory, exist_ok=True)
+    return os.path.join(directory, CHECKPOINT_FILE)
+
+
+def _jsonable(history):
+    return json.loads(json.dumps(history, default=float))
+
+
+def _write_checkpoint(path, model, optimizer, scheduler, rng, epoch, history, run):
+    """The run's whole state as a model file with a ``checkpoint`` entry, written atomically."""
+    arrays = model._serialise(optimizer=True)
+    meta = json.loads(str(arrays["__meta__"]))
+    meta["optimizer"] = optimizer.state_dict(moments=False)
+    meta["scheduler"] = None if scheduler is None else scheduler.state_dict()
+    meta["checkpoint"] = {"epoch": int(epoch), "history": _jsonable(history), "run": run,
+                          "data_rng": rng.bit_generator.state}
+    arrays["__meta__"] = np.array(json.dumps(meta))
+    _atomic_savez(path, arrays)
+
+
+def _restore(path, model, optimizer, scheduler, rng, run):
+    """Load the checkpoint at ``path`` into ``model``, the optimiser, the schedule and ``rng``;
+    returns (optimizer, scheduler, epoch, history)."""
+    from .optim import optimizer_from_state, scheduler_from_state
+    name, data = _read_npz(path)
+    saved, meta = FFModel._load(name, data)
+    ck = meta.get("checkpoint")
+    if not isinstance(ck, dict):
+        raise ValueError(f"{name}: field '__meta__.checkpoint': missing (a model file, not a checkpoint)")
+    mine, theirs = model.architecture(), saved.architecture()
+    for key in ("layers", "input_shape", "num_classes", "units", "head_layers", "config", "label_encoding", "seed"):
+        if mine[key] != theirs[key]:
+            raise ValueError(f"{name}: the checkpoint's model differs in {key}: {theirs[key]!r}, "
+                             f"this model has {mine[key]!r}")
+    with _field("__meta__.checkpoint.run", name):
+        old = ck["run"]
+        for key, value in run.items():
+            if old.get(key) != value:
+                what = "the training data" if key in ("num_samples", "data_crc32") else f"{key}={old.get(key)!r}"
+                raise ValueError(f"the checkpoint was written by a run with {what}; this run has "
+                                 + ("other data" if key in ("num_samples", "data_crc32") else f"{key}={value!r}"))
+    with _field("__meta__.checkpoint", name):
+        epoch = ck["epoch"]
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+            raise ValueError(f"epoch must be an int >= 0, got {epoch!r}")
+        history = ck["history"]
+        if not isinstance(history, dict) or not isinstance(history.get("epochs"), list):
+            raise ValueError("history must be a dict with a list of epochs")
+        state = ck["data_rng"]
+        if not isinstance(state, dict) or state.get("bit_generator") != type(rng.bit_generator).__name__:
+            raise ValueError(f"data_rng is not a {type(rng.bit_generator).__name__} state")
+    with _field("__meta__.optimizer", name):
+        if meta.get("optimizer") is None:
+            raise ValueError("missing")
+        if optimizer is None:
+            optimizer = optimizer_from_state(model, meta["optimizer"])
+        else:
+            optimizer.load_state_dict(meta["optimizer"])
+    with _field("__meta__.scheduler", name):
+        if meta.get("scheduler") is None:
+            if scheduler is not None:
+                raise ValueError(f"the checkpointed run had no schedule, this one has a {type(scheduler).__name__}")
+        elif scheduler is None:
+            scheduler = scheduler_from_state(optimizer, meta["scheduler"])
+        else:
+            lr = optimizer.lr
+            scheduler.load_state_dict(meta["scheduler"])
+            optimizer.lr = lr
+    with _field("__meta__.checkpoint.data_rng", name):
+        rng.bit_generator.state = state
+    # all read and checked: the model takes the saved state
+    model.load_state_dict(saved.state_dict())
+    model.load_optimizer_state(saved.optimizer_state())
+    for i in model.trainable_layers():
+        model._net.set_opt(i, **saved._net.get_opt(i))
+    model.set_block_ranges(saved.blocks)
+    return optimizer, scheduler, epoch, history
 
 
 def _progress(it, enabled, desc):

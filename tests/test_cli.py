@@ -9,9 +9,19 @@ import time
 import pytest
 
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def child_env():
+    """The child imports this checkout's fflib even when it is not installed."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
 def run(*args, timeout=300):
     return subprocess.run([sys.executable, "-m", "fflib", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=os.path.dirname(os.path.dirname(__file__)) + "/tests")
+                          timeout=timeout, cwd=REPO + "/tests", env=child_env())
 
 
 def test_train_on_the_sample_writes_the_json_contract(tmp_path):
@@ -30,6 +40,16 @@ def test_train_on_the_sample_writes_the_json_contract(tmp_path):
     assert r["epochs"][0]["seconds"] > 0 and r["peak_rss_mb"] > 0
     assert r["config"]["dataset"] == "sample" and r["config"]["seed"] == 3
     assert r["train_error_samples"] == min(10000, r["config"]["num_train"])
+    import fflib
+    assert r["fflib_version"] == fflib.__version__ and r["schema_version"] == 2
+    assert r["config"]["threads"] == 1
+    assert r["config"]["label_encoding"] == "onehot" and r["config"]["loss"] == "symba"   # resolved defaults
+    text = out.read_text()
+    for key in ("num_params", "num_params_with_head", "threads", "fflib_version"):
+        assert text.count(f'"{key}"') == 1, key          # each setting once
+    rows = (tmp_path / "r.csv").read_text().splitlines()
+    assert rows[0].startswith("epoch,seconds,lr,head_loss,block_loss_0,block_loss_1")
+    assert len(rows) == 2 and rows[1].startswith("1,")
 
 
 @pytest.mark.parametrize("args, msg", [
@@ -45,12 +65,33 @@ def test_train_on_the_sample_writes_the_json_contract(tmp_path):
     (["train", "--bogus"], "unrecognized"),
     (["train", "--augment", "flip"], "needs an image model"),
     (["train", "--model", "cnn", "--augment", "rotate15"], "unknown part 'rotate15'"),
+    (["train", "--milestones", "5,3"], "--milestones"),
+    (["train", "--epochs", "3000000000"], "--epochs"),
+    (["train", "--lr", "1e39"], "--lr"),
+    (["train", "--threads", "999"], "--threads"),
+    (["train", "--threads", "0"], "--threads"),
+    (["train", "--seed", "-1"], "--seed"),
+    (["train", "--checkpoint-every", "0"], "--checkpoint-every"),
+    (["train", "--out", "/nonexistent/dir/r.json"], "--out /nonexistent/dir/r.json: directory"),
+    (["train", "--save", "/nonexistent/dir/m.npz"], "--save"),
+    (["train", "--checkpoint", "/nonexistent/dir/ck"], "--checkpoint"),
+    (["train", "--out", "."], "is a directory"),
+    (["train", "--resume"], "--resume needs --checkpoint"),
+    (["bogus"], "invalid choice"),
 ])
 def test_bad_arguments_exit_2_with_one_line(args, msg):
     res = run(*args)
     assert res.returncode == 2
     lines = [l for l in res.stderr.splitlines() if l.strip()]
     assert len(lines) == 1 and msg.lower() in lines[0].lower(), res.stderr
+
+
+def test_bare_command_prints_help_and_version():
+    res = run()
+    assert res.returncode == 0 and "usage:" in res.stdout and "train" in res.stdout
+    import fflib
+    res = run("--version")
+    assert res.returncode == 0 and res.stdout.strip() == f"fflib {fflib.__version__}"
 
 
 def test_models_lists_the_zoo():
@@ -68,7 +109,7 @@ def test_ctrl_c_stops_cleanly_and_still_writes(tmp_path):
     # (the signal was lost and the run went on to its last epoch)
     proc = subprocess.Popen([sys.executable, "-m", "fflib", "train", "--epochs", "5000", "--threads", "1",
                              "--out", str(out), "--no-progress"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=str(tmp_path),
+                            stderr=subprocess.PIPE, text=True, cwd=str(tmp_path), env=child_env(),
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     # wait until the first epoch has been reported, then interrupt
     t0 = time.time()

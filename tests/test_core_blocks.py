@@ -65,8 +65,21 @@ def test_errors_are_written_where_they_are_checked():
 
 
 def test_a_loss_that_does_not_fit_is_refused_at_construction():
-    with pytest.raises(ValueError, match="loss cwc reads 10 channel groups"):
+    with pytest.raises(ValueError, match="not divisible by 10"):
         fflib.FFModel(fflib.mlp([784, 32, 16]), 784, 10, loss="cwc", label_encoding="none")
+    # the core's own guard, below the Python layer's check, leaves the net as it was
+    net = _core.Net((784, 1, 1), 10, 0)
+    net.set_label_encoding(_core.LABEL_ENCODINGS["none"])
+    for out in (40, 16):
+        net.add_linear(out)
+        net.add_relu()
+    net.finalize()
+    with pytest.raises(ValueError, match=r"loss cwc reads 10 channel groups, but block 1 ends in layer 3 \(relu\) "
+                                         r"with 16 channels"):
+        net.set_config(loss=_core.LOSSES["cwc"])
+    assert net.get_config()["loss"] == _core.LOSSES["ff"]
+    with pytest.raises(ValueError, match="label_encoding is none"):
+        net.set_config(loss=_core.LOSSES["symba"])
 
 
 def test_blocks_own_their_loss(rng):
