@@ -173,6 +173,9 @@ def build_parser():
     t.add_argument("--routine", choices=["greedy", "chunked", "overlapping", "backprop"], default="greedy")
     t.add_argument("--chunk-size", type=_positive(int), default=2, help="units per chunk")
     t.add_argument("--alternate", action="store_true", help="shift the chunks every iteration")
+    t.add_argument("--pipeline", action="store_true",
+                   help="pipelined blocks: block k on minibatch t-k, the blocks at once on the threads "
+                        "(same weights as sequential training)")
     t.add_argument("--order", choices=["simultaneous", "layerwise"], default="simultaneous")
     t.add_argument("--negatives", choices=["uniform", "hard"], default="uniform")
     t.add_argument("--augment", default=None,
@@ -276,7 +279,7 @@ def train_command(a):
               # the settings the model runs with (a CwC model ignores --norm and --goodness)
               "threshold": model.config["threshold"], "goodness": model.config["goodness"],
               "norm": model.config["norm"], "loss": model.config["loss"], "label_encoding": model.label_encoding,
-              "routine": a.routine, "chunk_size": a.chunk_size, "alternate": a.alternate,
+              "routine": a.routine, "chunk_size": a.chunk_size, "alternate": a.alternate, "pipeline": a.pipeline,
               "order": a.order, "negatives": a.negatives, "milestones": a.milestones, "gamma": a.gamma,
               "cooldown": a.cooldown, "augment": a.augment, "seed": a.seed, "threads": get_num_threads(),
               "checkpoint": a.checkpoint, "checkpoint_every": a.checkpoint_every, "resume": a.resume,
@@ -309,7 +312,8 @@ def train_command(a):
                    order=a.order, negatives=a.negatives, routine=a.routine, chunk_size=a.chunk_size,
                    alternate=a.alternate, augment=a.augment, random_state=a.seed, x_val=xv, y_val=yv,
                    progress=not a.no_progress and sys.stderr.isatty(), callback=report,
-                   checkpoint=a.checkpoint, checkpoint_every=a.checkpoint_every, resume=a.resume)
+                   checkpoint=a.checkpoint, checkpoint_every=a.checkpoint_every, resume=a.resume,
+                   pipeline=a.pipeline)
     except (ValueError, TypeError, OSError) as e:
         _bad(str(e).replace("\n", " "))
     if hist["interrupted"]:

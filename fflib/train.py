@@ -98,7 +98,7 @@ def _windows(model, epochs, order, windows):
 def fit(model, x, y, *, epochs=10, batch_size=100, optimizer=None, scheduler=None, order="simultaneous",
         windows=None, negatives="uniform", train_head=True, head_epochs=0, routine=None, chunk_size=2,
         alternate=False, augment=None, random_state=0, progress=True, x_val=None, y_val=None,
-        callback=None, checkpoint=None, checkpoint_every=1, resume=False):
+        callback=None, checkpoint=None, checkpoint_every=1, resume=False, pipeline=False):
     """Train ``model`` on (x, y) with FF, one C call per minibatch.
 
     routine : None (keep the model's current blocks), "greedy", "chunked", "overlapping" or
@@ -128,8 +128,14 @@ def fit(model, x, y, *, epochs=10, batch_size=100, optimizer=None, scheduler=Non
         The model, data and training settings must be those of the checkpointed run (``epochs``
         may grow); ``optimizer``/``scheduler``, when given, must be of the saved kinds and
         settings, and when not given are rebuilt from the checkpoint.
-    Ctrl-C stops cleanly after the current minibatch; the history says ``interrupted`` (the last
-    checkpoint is kept as it was).
+    pipeline : train the blocks pipelined (:meth:`FFModel.pipeline_begin`, Pipeline
+        Forward-Forward): block k works on minibatch t - k while block k + 1 works on t - k - 1,
+        the blocks of a tick at once on fflib's threads.  Each block sees the same input as in
+        the sequential step (block k-1's output before its update on that minibatch), so the
+        weights equal sequential training's bit for bit; only the time differs.  Needs blocks
+        that do not overlap and a fixed cut within the epoch (no ``alternate``).
+    Ctrl-C stops cleanly after the current minibatch (pipelined: after draining the minibatches
+    in flight); the history says ``interrupted`` (the last checkpoint is kept as it was).
     Returns the history: a dict with ``epochs`` (per-epoch mean block losses, head loss, lr,
     seconds, optional validation error), ``train_seconds`` and ``interrupted``.
     """
@@ -179,6 +185,9 @@ def fit(model, x, y, *, epochs=10, batch_size=100, optimizer=None, scheduler=Non
         model.set_block_ranges(cuts[0])
     elif alternate:
         raise ValueError(f"alternate needs a routine, one of {ROUTINES}")
+    pipeline = bool(pipeline)
+    if pipeline and alternate:
+        raise ValueError("pipeline=True needs one cut for the whole epoch; alternate=True changes it every minibatch")
     rng = _rng(random_state)
     wins, total = _windows(model, int(epochs), order, windows)
     total_epochs = total + (int(head_epochs) if train_head else 0)
@@ -209,7 +218,10 @@ def fit(model, x, y, *, epochs=10, batch_size=100, optimizer=None, scheduler=Non
             perm = rng.permutation(n)
             neg = hard_negative_labels(model, x, y, rng) if negatives == "hard" and not head_only else None
             sums = np.zeros(nb + 1)
+            counts = np.zeros(nb + 1)
             steps = 0
+            if pipeline:
+                model.pipeline_begin(batch_size, active, train_head)
             bar = _progress(range(0, n, batch_size), progress, f"epoch {epoch + 1}/{total_epochs}")
             for s in bar:
                 idx = perm[s:s + batch_size]
@@ -219,13 +231,29 @@ def fit(model, x, y, *, epochs=10, batch_size=100, optimizer=None, scheduler=Non
                 nb_labels = None if neg is None else np.ascontiguousarray(neg[idx])
                 if cuts is not None and len(cuts) > 1:
                     model.set_block_ranges(cuts[steps % 2])
-                losses = model.train_step(xb, np.ascontiguousarray(y[idx]), nb_labels, active, train_head)
-                sums += losses
+                if pipeline:
+                    try:
+                        losses = model.pipeline_step(xb, np.ascontiguousarray(y[idx]), nb_labels)
+                    except KeyboardInterrupt:
+                        model.pipeline_flush()
+                        raise
+                    sums += np.nan_to_num(losses)
+                    counts += ~np.isnan(losses)
+                else:
+                    losses = model.train_step(xb, np.ascontiguousarray(y[idx]), nb_labels, active, train_head)
+                    sums += losses
+                    counts += 1
                 steps += 1
                 if progress and hasattr(bar, "set_postfix") and steps % 20 == 0:
-                    bar.set_postfix(loss=" ".join(f"{v:.3f}" for v in sums[:nb] / steps))
-            rec = {"epoch": epoch + 1, "block_loss": [float(v) for v in sums[:nb] / max(steps, 1)],
-                   "head_loss": float(sums[nb] / max(steps, 1)) if train_head else None,
+                    bar.set_postfix(loss=" ".join(f"{v:.3f}" for v in sums[:nb] / np.maximum(counts[:nb], 1)))
+            if pipeline:
+                for losses in model.pipeline_flush():
+                    sums += np.nan_to_num(losses)
+                    counts += ~np.isnan(losses)
+                model.pipeline_end()
+            counts = np.maximum(counts, 1)
+            rec = {"epoch": epoch + 1, "block_loss": [float(v) for v in sums[:nb] / counts[:nb]],
+                   "head_loss": float(sums[nb] / counts[nb]) if train_head else None,
                    "active": active.tolist(), "lr": optimizer.lr,
                    "seconds": time.perf_counter() - t0}
             if x_val is not None:

@@ -107,3 +107,42 @@ def test_pipeline_errors():
     o.set_block_ranges([(0, 6), (3, 9)])
     with pytest.raises(ValueError, match="non-overlapping blocks"):
         o.pipeline_begin(8)
+
+
+def test_fit_pipelined_equals_fit_sequential(threads):
+    x, y = _data((784,), 120, seed=4)
+    threads(2)
+    runs = []
+    for pipeline in (False, True):
+        m = _mlp()
+        opt = fflib.Adam(m, lr=3e-3)
+        h = fflib.fit(m, x, y, epochs=2, batch_size=25, optimizer=opt, negatives="hard",
+                      random_state=1, progress=False, pipeline=pipeline)
+        runs.append((m, h))
+    (a, ha), (b, hb) = runs
+    for k, v in a.state_dict().items():
+        np.testing.assert_array_equal(v, b.state_dict()[k], err_msg=k)
+    for ea, eb in zip(ha["epochs"], hb["epochs"]):
+        np.testing.assert_allclose(ea["block_loss"], eb["block_loss"], rtol=1e-6)
+        assert ea["head_loss"] == pytest.approx(eb["head_loss"], rel=1e-6)
+    with pytest.raises(ValueError, match="alternate"):
+        fflib.fit(_mlp(), x, y, epochs=1, routine="chunked", alternate=True, pipeline=True, progress=False)
+
+
+def test_cli_pipeline_gives_the_sequential_result(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=repo + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = {}
+    for flag in ("", "--pipeline"):
+        path = tmp_path / f"r{flag}.json"
+        cmd = [sys.executable, "-m", "fflib", "train", "--epochs", "1", "--layers", "64,32", "--threads", "2",
+               "--no-progress", "--out", str(path)] + ([flag] if flag else [])
+        res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=300)
+        assert res.returncode == 0, res.stderr
+        out[flag] = json.loads(path.read_text())
+    assert out["--pipeline"]["test_error"] == out[""]["test_error"]
+    assert out["--pipeline"]["config"]["pipeline"] is True
