@@ -299,10 +299,15 @@ class FFNet(torch.nn.Module):
         return [(ends[i - 1] if i else 0, e) for i, e in enumerate(ends)]
 
     # ------------------------------------------------------------------ labels
+    @property
+    def dtype(self):
+        """The floating type of the parameters (float32 unless converted, e.g. by ``double()``)."""
+        return next(self.parameters()).dtype
+
     def as_rows(self, x):
-        """x (N, ...) of any array type with the model's input size -> float32 tensor (N, D)."""
+        """x (N, ...) of any array type with the model's input size -> tensor (N, D) of :attr:`dtype`."""
         t = x if torch.is_tensor(x) else torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-        t = t.to(torch.float32)
+        t = t.to(self.dtype)
         D = int(np.prod(self.input_shape))
         if t.dim() < 2 or t[0].numel() != D:
             raise ValueError(f"x must be a batch of samples with {D} values each, got shape {tuple(t.shape)}")
@@ -321,9 +326,9 @@ class FFNet(torch.nn.Module):
             neutral = labels < 0
             lab = labels.clamp_min(0)
         if enc == "onehot":
-            code = torch.full((N, K), v / K)
+            code = torch.full((N, K), v / K, dtype=x.dtype)
             if labels is not None:
-                hot = torch.zeros(N, K)
+                hot = torch.zeros(N, K, dtype=x.dtype)
                 hot[torch.arange(N), lab] = v
                 code = torch.where(neutral[:, None], code, hot)
             if HW == 1:
@@ -371,10 +376,10 @@ class FFNet(torch.nn.Module):
         flat = out.reshape(out.shape[0], -1)
         if loss in GROUP_LOSSES:
             if out.dim() < 4 and flat.shape[1] % K or out.dim() == 4 and out.shape[1] % K:
-                return torch.zeros(out.shape[0], K)
+                return out.new_zeros(out.shape[0], K)
             return flat.reshape(out.shape[0], K, -1).square().mean(dim=2)
         if loss == "xent":
-            return flat if flat.shape[1] == K else torch.zeros(out.shape[0], K)
+            return flat if flat.shape[1] == K else out.new_zeros(out.shape[0], K)
         sq = flat.square()
         return sq.mean(dim=1) if self.config["goodness"] == "mean" else sq.sum(dim=1)
 
@@ -387,7 +392,7 @@ class FFNet(torch.nn.Module):
         x = self.as_rows(x)
         N, K, nb = x.shape[0], self.num_classes, self.num_blocks
         per = 1 if self.label_free else K
-        out = torch.empty(N, K, nb)
+        out = x.new_empty(N, K, nb)
         ends = [l for _, l in self.blocks]
         for s in range(0, N, chunk):
             xs = x[s:s + chunk]
