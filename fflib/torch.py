@@ -687,6 +687,7 @@ class TorchFF:
                         feats[i] = outs[i][head_at:head_at + B].detach()
             if b + 1 < stop:
                 carry = outs[net.blocks[b + 1][0] - 1]
+            outs.clear()   # hold no other activations past their block
         if train_head:
             hl = F.cross_entropy(net.head(net.head_features(feats)), y)
             hl.backward()
