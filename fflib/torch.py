@@ -735,7 +735,7 @@ def _optimizer_settings(opt):
     from .optim import Adam, SGD
     g = opt.param_groups[0]
     head_lr = opt.head_lr
-    if head_lr is not None and g.get("initial_lr"):   # the head follows the schedule's factor
+    if head_lr is not None and g.get("initial_lr") and g["lr"] != g["initial_lr"]:   # the schedule's factor
         head_lr = head_lr * g["lr"] / g["initial_lr"]
     out = {"lr": g["lr"], "head_lr": head_lr, "weight_decay": opt.weight_decay}
     if isinstance(opt, Adam):
