@@ -760,32 +760,149 @@ def _peak_mark():
 
 
 def _status_mb(field):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024.0
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return None
 
 
+def _train_side(side, model, opt, X, y, X_eval, y_eval, plan, twin=None):
+    """Train one side (fflib: ``model`` with its optimiser ``opt``; torch: ``twin``, default a
+    twin of ``model`` as it is now) over ``plan`` and evaluate it; returns the summary dict of
+    :func:`compare`."""
+    import gc
+    import fflib
+    lr0 = opt.lr
+    if side == "torch":
+        twin = TorchFF(model, opt) if twin is None else twin
+        model = twin.net
+        step = lambda xb, yb, nb: twin.step(xb, yb, nb, train_head=plan["train_head"])  # noqa: E731
+        set_factor = twin.set_lr
+    else:
+        step = lambda xb, yb, nb: model.train_step(xb, yb, nb, train_head=plan["train_head"])  # noqa: E731
+
+        def set_factor(f):
+            opt.lr = lr0 * f
+    rng = np.random.default_rng(plan["random_state"])
+    n, K, B = len(y), model.num_classes, plan["batch_size"]
+    gc.collect()
+    base = _peak_mark()
+    t0 = time.perf_counter()
+    sums = None
+    for e in range(plan["epochs"]):
+        perm = rng.permutation(n)
+        neg = ((y[perm] + rng.integers(1, K, n)) % K).astype(np.int64)
+        set_factor(plan["factors"][e])
+        sums, steps = 0.0, 0
+        for s in range(0, n, B):
+            idx = perm[s:s + B]
+            sums = sums + step(np.ascontiguousarray(X[idx]), np.ascontiguousarray(y[idx]), neg[s:s + B])
+            steps += 1
+        sums = sums / steps
+    secs = time.perf_counter() - t0
+    hwm = _status_mb("VmHWM") if base is not None else None
+    peak = None if hwm is None else max(0.0, hwm - base)
+    if side == "torch":
+        res = twin.evaluate(X_eval, y_eval)
+    else:
+        set_factor(1.0)
+        res = fflib.evaluate(model, X_eval, y_eval)
+    return {"train_seconds": secs, "peak_mb": peak, "multi_pass": 1.0 - res["multi_pass"] / 100.0,
+            "one_pass": None if "one_pass" not in res else 1.0 - res["one_pass"] / 100.0,
+            "block_accuracy": res["block_accuracy"], "losses": [float(v) for v in sums]}
+
+
+def _optimizer_from_settings(model, settings):
+    import fflib
+    s = dict(settings)
+    kind = s.pop("optimizer")
+    s["head_lr"] = s.pop("head_lr")
+    if kind == "adam":
+        return fflib.Adam(model, **s)
+    return fflib.SGD(model, **s)
+
+
+def _worker(folder):
+    """One side of an isolated :func:`compare`, in a fresh process (``python -c``)."""
+    import json
+    import os
+    import fflib
+    from .nn import FFModel
+    with open(os.path.join(folder, "plan.json")) as f:
+        plan = json.load(f)
+    fflib.set_num_threads(plan["threads"])
+    torch.set_num_threads(plan["threads"])
+    with np.load(os.path.join(folder, "data.npz")) as d:
+        X, y, X_eval, y_eval = d["X"], d["y"], d["X_eval"], d["y_eval"]
+    model = FFModel.load(os.path.join(folder, "model.npz"))
+    model._units = list(plan["units"])   # the units of a model built with explicit blocks
+    model.train()
+    opt = _optimizer_from_settings(model, plan["optimizer"])
+    res = _train_side(plan["side"], model, opt, X, y, X_eval, y_eval, plan)
+    if plan["side"] == "fflib":
+        model.save(os.path.join(folder, "trained.npz"))
+    with open(os.path.join(folder, plan["side"] + ".json"), "w") as f:
+        json.dump(res, f)
+
+
+def _run_isolated(model, opt, X, y, X_eval, y_eval, plan):
+    import json
+    import os
+    import subprocess
+    import sys
+    import tempfile
+    out = {}
+    with tempfile.TemporaryDirectory(prefix="fflib_compare_") as folder:
+        model.save(os.path.join(folder, "model.npz"))
+        np.savez(os.path.join(folder, "data.npz"), X=X, y=y, X_eval=X_eval, y_eval=y_eval)
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = dict(os.environ)
+        env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+        for side in ("fflib", "torch"):
+            with open(os.path.join(folder, "plan.json"), "w") as f:
+                json.dump(dict(plan, side=side, optimizer=_optimizer_settings(opt)), f)
+            proc = subprocess.run([sys.executable, "-c", f"import fflib.torch; fflib.torch._worker({folder!r})"],
+                                  capture_output=True, text=True, env=env)
+            if proc.returncode != 0:
+                raise RuntimeError(f"compare: the {side} process failed:\n{proc.stderr[-2000:]}")
+            with open(os.path.join(folder, side + ".json")) as f:
+                out[side] = json.load(f)
+        from .nn import FFModel
+        trained = FFModel.load(os.path.join(folder, "trained.npz"))
+        model.load_state_dict(trained.state_dict())
+        model.load_optimizer_state(trained.optimizer_state())
+    return out
+
+
 def compare(model, X, y, *, epochs=1, batch_size=100, optimizer=None, scheduler=None, X_test=None,
-            y_test=None, routine=None, chunk_size=2, train_head=True, threads=None, random_state=0):
+            y_test=None, routine=None, chunk_size=2, train_head=True, threads=None, isolate=True,
+            random_state=0):
     """Train ``model`` with fflib and its PyTorch twin (:func:`to_module` + :class:`TorchFF`) side
     by side: the same initial weights, minibatches, negative labels and learning-rate schedule.
 
-    ``optimizer``: an fflib optimiser of ``model`` (default ``fflib.Adam(model)``), copied to
-    ``torch.optim``; ``scheduler``: an fflib scheduler of that optimiser (anything with
-    ``lr_at(epoch)``), stepped once per epoch on both sides.  ``routine``/``chunk_size``: a
-    training routine of :mod:`fflib.routines` for both.  ``threads``: threads of both libraries
-    for the run (default fflib's current count).  Accuracy is measured on (``X_test``,
-    ``y_test``), else on the training data.  fflib trains first, then PyTorch; ``model`` ends
-    trained by fflib (in eval mode).
+    ``optimizer``: an fflib optimiser of ``model`` (``fflib.Adam``/``fflib.SGD``, default
+    ``fflib.Adam(model)``), copied to ``torch.optim``; ``scheduler``: an fflib scheduler of that
+    optimiser (anything with ``lr_at(epoch)``), applied per epoch on both sides.
+    ``routine``/``chunk_size``: a training routine of :mod:`fflib.routines` for both.
+    ``threads``: threads of both libraries (default fflib's current count).  Accuracy is measured
+    on (``X_test``, ``y_test``), else on the training data.  ``isolate=True`` trains each side in
+    a fresh Python process (the model passes through ``FFModel.save``), so that neither side's
+    memory, already-resident allocator pools or thread pools affect the other's numbers;
+    ``isolate=False`` trains both in this process, fflib first (quicker; the memory figures then
+    only count memory that this process had not used before).  Either way ``model`` ends as
+    fflib trained it, in eval mode.
 
     Returns a dict: ``"fflib"`` and ``"torch"``, each with ``train_seconds`` (wall time of the
-    training steps), ``peak_mb`` (peak resident memory during training above the resident
-    memory before it, from Linux's VmHWM; None where it cannot be measured), ``multi_pass`` and
-    ``one_pass`` accuracy (fractions; ``one_pass`` None without a head), ``block_accuracy`` and
-    ``losses`` (mean block and head losses of the last epoch); and ``"epochs"``,
-    ``"batch_size"``, ``"threads"``, ``"samples"``, ``"torch_version"``.
+    training loop), ``peak_mb`` (the peak resident memory during training minus the resident
+    memory just before it, from Linux's VmHWM; None where it cannot be measured),
+    ``multi_pass`` and ``one_pass`` accuracy (fractions; ``one_pass`` None without a head),
+    ``block_accuracy`` (per unit) and ``losses`` (mean block and head losses of the last epoch);
+    and ``"epochs"``, ``"batch_size"``, ``"threads"``, ``"samples"``, ``"isolated"``,
+    ``"torch_version"``.
     """
     import fflib
     from .nn import FFModel, as_float32_batch
@@ -797,71 +914,47 @@ def compare(model, X, y, *, epochs=1, batch_size=100, optimizer=None, scheduler=
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     if scheduler is not None and not hasattr(scheduler, "lr_at"):
         raise TypeError(f"scheduler must be an fflib scheduler (with lr_at), got {type(scheduler).__name__}")
+    if threads is not None and (isinstance(threads, bool) or int(threads) != threads or not 1 <= threads <= 64):
+        raise ValueError(f"threads must be None or an int in [1, 64], got {threads!r}")
     X = as_float32_batch(X, "X", int(np.prod(model.input_shape)))
     y = model._check_y(y, X.shape[0])
-    X_eval, y_eval = (X, y) if X_test is None else (
-        as_float32_batch(X_test, "X_test", X.shape[1]), model._check_y(y_test, len(X_test), "y_test"))
+    if X_test is None:
+        X_eval, y_eval = X, y
+    else:
+        X_eval = as_float32_batch(X_test, "X_test", X.shape[1])
+        y_eval = model._check_y(y_test, X_eval.shape[0], "y_test")
     if optimizer is None:
         optimizer = fflib.Adam(model)
+    _optimizer_settings(optimizer)   # an fflib Adam or SGD
+    if optimizer.model is not model:
+        raise ValueError("optimizer must be an optimiser of this model")
     if routine is not None:
         from .routines import block_ranges
         model.set_block_ranges(block_ranges(model, routine, chunk_size))
-    train_head = bool(train_head) and model.has_head
-    twin = TorchFF(model, optimizer)
     lr0 = optimizer.lr
+    factors = [1.0 if scheduler is None or lr0 == 0 else scheduler.lr_at(e) / lr0 for e in range(int(epochs))]
     old = fflib.get_num_threads(), torch.get_num_threads()
     threads = old[0] if threads is None else int(threads)
-    fflib.set_num_threads(threads)
-    torch.set_num_threads(threads)
-    rng = np.random.default_rng(random_state)
-    K, n = model.num_classes, len(y)
-    plan = []
-    for _ in range(int(epochs)):
-        perm = rng.permutation(n)
-        plan.append((perm, ((y[perm] + rng.integers(1, K, n)) % K).astype(np.int64)))
-
-    def train(step, set_factor):
-        sums = None
-        t0 = time.perf_counter()
-        for e, (perm, neg) in enumerate(plan):
-            set_factor(_factor(e))
-            sums, steps = 0.0, 0
-            for s in range(0, n, batch_size):
-                idx = perm[s:s + batch_size]
-                sums = sums + step(np.ascontiguousarray(X[idx]), np.ascontiguousarray(y[idx]), neg[s:s + batch_size])
-                steps += 1
-            sums = sums / steps
-        return time.perf_counter() - t0, [float(v) for v in sums]
-
-    def _factor(e):
-        return 1.0 if scheduler is None or lr0 == 0 else scheduler.lr_at(e) / lr0
-
-    def ff_factor(f):
-        optimizer.lr = lr0 * f
-
-    out = {}
-    try:
-        model.train()
-        base = _peak_mark()
-        secs, losses = train(lambda xb, yb, nb: model.train_step(xb, yb, nb, train_head=train_head), ff_factor)
-        peak = _status_mb("VmHWM") - base if base is not None else None
-        res = fflib.evaluate(model, X_eval, y_eval)
-        out["fflib"] = _summary(secs, peak, res, losses)
-        base = _peak_mark()
-        secs, losses = train(lambda xb, yb, nb: twin.step(xb, yb, nb, train_head=train_head), twin.set_lr)
-        peak = _status_mb("VmHWM") - base if base is not None else None
-        out["torch"] = _summary(secs, peak, twin.evaluate(X_eval, y_eval), losses)
-    finally:
-        fflib.set_num_threads(old[0])
-        torch.set_num_threads(old[1])
-        optimizer.lr = lr0
+    plan = {"epochs": int(epochs), "batch_size": int(batch_size), "factors": factors,
+            "train_head": bool(train_head) and model.has_head, "random_state": random_state, "threads": threads,
+            "units": model.default_blocks()}
+    if isolate and not isinstance(random_state, (int, np.integer, type(None))):
+        raise ValueError("isolate=True needs random_state as an int or None (it is sent to another process)")
+    model.train()
+    if isolate:
+        out = _run_isolated(model, optimizer, X, y, X_eval, y_eval, plan)
+    else:
+        fflib.set_num_threads(threads)
+        torch.set_num_threads(threads)
+        try:
+            twin = TorchFF(model, optimizer)   # from the initial weights
+            out = {"fflib": _train_side("fflib", model, optimizer, X, y, X_eval, y_eval, plan)}
+            out["torch"] = _train_side("torch", None, optimizer, X, y, X_eval, y_eval, plan, twin=twin)
+        finally:
+            fflib.set_num_threads(old[0])
+            torch.set_num_threads(old[1])
+    optimizer.lr = lr0
     model.eval()
-    out.update(epochs=int(epochs), batch_size=int(batch_size), threads=threads, samples=int(n),
-               torch_version=torch.__version__)
+    out.update(epochs=int(epochs), batch_size=int(batch_size), threads=threads, samples=int(len(y)),
+               isolated=bool(isolate), torch_version=torch.__version__)
     return out
-
-
-def _summary(secs, peak, res, losses):
-    return {"train_seconds": secs, "peak_mb": peak, "multi_pass": 1.0 - res["multi_pass"] / 100.0,
-            "one_pass": None if "one_pass" not in res else 1.0 - res["one_pass"] / 100.0,
-            "block_accuracy": res["block_accuracy"], "losses": losses}
