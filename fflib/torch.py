@@ -47,7 +47,8 @@ except ImportError as _e:   # pragma: no cover - exercised in a subprocess by th
     raise ImportError("fflib.torch needs PyTorch, an optional dependency of fflib: "
                       "pip install 'fflib[torch]' (or pip install torch)") from _e
 
-__all__ = ["FFNet", "TorchFF", "to_module", "compare", "LenNorm", "BatchNorm2d", "Linear"]
+__all__ = ["FFNet", "TorchFF", "to_module", "torch_scheduler", "compare", "LenNorm", "BatchNorm2d", "Linear",
+           "Conv2d", "MaxPool2d", "Flatten"]
 
 LABEL_FREE = ("cwc", "pvn", "mix", "xent")
 GROUP_LOSSES = ("cwc", "pvn", "mix")
@@ -500,7 +501,12 @@ class TorchFF:
     only the 2B training rows in the weight gradient, as fflib computes it), for blocks made of
     LenNorm layers, one Linear and a ReLU with the FF or SymBa loss.  ``channels_last``: run the
     convolutions in channels-last memory format.  ``seed``: the generator of negative labels
-    drawn when :meth:`step` gets none.
+    drawn when :meth:`step` gets none.  A schedule: :func:`torch_scheduler` turns an fflib
+    scheduler into a ``torch.optim.lr_scheduler.LambdaLR`` of :attr:`optimizer`.
+
+    Known difference: with a label-free loss (cwc, pvn, xent) and ``label_encoding="embedding"``,
+    fflib's C feeds every row the mean label map but credits each row's gradient to its own
+    label's map; the twin follows autograd (each map gets 1/K of the mean map's gradient).
     """
 
     def __init__(self, net, optimizer="adam", lr=1e-3, *, head_lr=None, betas=(0.9, 0.999), eps=1e-8,
@@ -728,6 +734,20 @@ class TorchFF:
             net.blocks = saved
             net.train(was_training)
         return res
+
+
+def torch_scheduler(scheduler, twin):
+    """A ``torch.optim.lr_scheduler.LambdaLR`` of ``twin.optimizer`` (a :class:`TorchFF`) that
+    follows the fflib scheduler ``scheduler`` (``fflib.MultiStepLR``, ``fflib.LinearCooldown``,
+    anything with ``lr_at(epoch)`` and ``base_lr``): step both once per epoch.  Every parameter
+    group (the head too) is scaled by the same factor, as in fflib."""
+    if not (hasattr(scheduler, "lr_at") and hasattr(scheduler, "base_lr")):
+        raise TypeError(f"scheduler must be an fflib scheduler (with lr_at and base_lr), got {type(scheduler).__name__}")
+    if not isinstance(twin, TorchFF):
+        raise TypeError(f"twin must be a TorchFF, got {type(twin).__name__}")
+    base = float(scheduler.base_lr)
+    return torch.optim.lr_scheduler.LambdaLR(
+        twin.optimizer, lambda epoch: scheduler.lr_at(epoch) / base if base else 1.0)
 
 
 def _optimizer_settings(opt):

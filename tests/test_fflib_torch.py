@@ -200,6 +200,23 @@ def test_multipass_block_selection(rng):
     assert out.shape == (9, 8)
 
 
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step()`")
+def test_schedulers_follow_fflib():
+    model = fflib.FFModel(fflib.mlp([30, 12, 10]), 30, K, seed=1)
+    for make in (lambda o: fflib.MultiStepLR(o, [2, 3], gamma=0.5), lambda o: fflib.LinearCooldown(o, 6)):
+        opt = fflib.SGD(model, lr=0.1, head_lr=0.4)
+        sched = make(opt)
+        twin = ft.TorchFF(model, opt)
+        tsched = ft.torch_scheduler(make(opt), twin)
+        for _ in range(5):
+            sched.step()
+            tsched.step()
+            lrs = [g["lr"] for g in twin.optimizer.param_groups]
+            assert lrs == pytest.approx([opt.lr, 0.4 * opt.lr / 0.1])
+    with pytest.raises(TypeError, match="scheduler must be an fflib scheduler"):
+        ft.torch_scheduler(object(), twin)
+
+
 # ---------------------------------------------------------------------------- compare
 
 def test_compare_mlp_on_mnist_sample():
