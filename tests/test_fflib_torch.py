@@ -200,7 +200,7 @@ def test_multipass_block_selection(rng):
     assert out.shape == (9, 8)
 
 
-@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step()`")
+@pytest.mark.filterwarnings("ignore:Detected call of:UserWarning")
 def test_schedulers_follow_fflib():
     model = fflib.FFModel(fflib.mlp([30, 12, 10]), 30, K, seed=1)
     for make in (lambda o: fflib.MultiStepLR(o, [2, 3], gamma=0.5), lambda o: fflib.LinearCooldown(o, 6)):
