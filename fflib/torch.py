@@ -23,7 +23,8 @@ What one training step does, in both libraries (rows of B samples):
   as computed by the previous block, so overlapping blocks recompute their shared layers and a
   shared layer is trained by the sum of both blocks' gradients.  Batch-norm statistics come from
   the training rows only (the neutral rows are normalised with them), and the running statistics
-  move once per step, in the first active block that runs the layer.
+  move once per step, in the first block that runs the layer (not at all if that block is
+  inactive).
 * block loss on the training rows of its output: FF ``softplus(theta - g+) + softplus(g- - theta)``
   or SymBa ``softplus(-alpha (g+ - g-))`` with goodness the sum or mean of squares; CwC softmax
   cross-entropy over the K channel-group goodness values, PvN, or their mix (``pvn_weight``);
@@ -86,13 +87,6 @@ class Linear(torch.nn.Linear):
 
     def forward(self, x):
         return F.linear(x.reshape(x.shape[0], -1), self.weight, self.bias)
-
-
-class _Shaped(torch.nn.Module):
-    """A layer that needs (N, C, H, W) input; flat input is viewed with the layer's input shape."""
-
-    def _image(self, x):
-        return x if x.dim() == 4 else x.reshape((x.shape[0],) + self.in_shape)
 
 
 class Conv2d(torch.nn.Conv2d):
