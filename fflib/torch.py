@@ -489,7 +489,7 @@ class TorchFF:
     ``net``: an FFNet, or an FFModel (converted by :func:`to_module`).  ``optimizer``: "adam" or
     "sgd" with PyTorch's settings (``lr``, ``betas``, ``eps``, ``momentum``, ``dampening``,
     ``nesterov``, ``weight_decay``, ``fused``), or an fflib optimiser (``fflib.Adam``/``fflib.SGD``)
-    whose settings are copied; ``head_lr``: the head's rate (schedules scale it alike).  One
+    whose settings (its current rate included) are copied to every layer and the head; ``head_lr``: the head's rate (schedules scale it alike).  One
     ``torch.optim`` optimiser holds two parameter groups (layers and label embedding; the head).
     ``grad="manual"`` replaces autograd by the closed-form local gradient (``dL/dz = 2 dL/dg a``,
     only the 2B training rows in the weight gradient, as fflib computes it), for blocks made of
