@@ -172,6 +172,18 @@ def test_routines_match_fflib(rng, routine):
     assert_same_state(model, twin)
 
 
+def test_channels_last_twin(rng):
+    """The benchmark's channels-last variant is the same training."""
+    model = every_layer_cnn()
+    twin = ft.TorchFF(model, fflib.SGD(model, lr=0.05, momentum=0.9), channels_last=True)
+    assert twin.net.layers[2].weight.is_contiguous(memory_format=torch.channels_last)
+    for _ in range(2):
+        x, y, neg = data(rng)
+        np.testing.assert_allclose(model.train_step(x.reshape(len(x), -1), y, neg), twin.step(x, y, neg),
+                                   rtol=1e-4, atol=1e-6)
+    assert_same_state(model, twin)
+
+
 def test_alternating_chunks_and_active_blocks(rng):
     model = every_layer_cnn()
     twin = ft.TorchFF(model, fflib.SGD(model, lr=0.05, momentum=0.9, head_lr=0.1))
