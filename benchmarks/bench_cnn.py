@@ -24,12 +24,12 @@ whole alternation repeats; medians over the rounds are reported.
        RMS LenNorm, label encoding ``--mnist-encoding``, default "fourier") on MNIST,
      * the survey CIFAR-10 CNN (the same settings, ``--cifar-encoding``) on CIFAR-10,
      * FF_tiny (``models.build("ff_tiny")``: CwC loss, greedy routine) on CIFAR-10,
-   fflib against benchmarks/torch_ff_cnn.py (same weights, same batches, same negative
-   labels, torch.optim.Adam per block, same thread count).  Wall time and CPU time
+   fflib against its PyTorch twin, ``fflib.torch.TorchFF`` (same weights, same batches, same
+   negative labels, fused torch.optim.Adam, same thread count).  Wall time and CPU time
    (process_time of the worker) per step are recorded.
 
-3. Before timing: a self-test (torch_ff_cnn.self_test) that one step of each network gives
-   the same per-block losses in both frameworks on a real batch (rtol 1e-4).
+3. Before timing: a self-test (:func:`self_test`) that one step of each network gives the
+   same per-block losses in both frameworks on a real batch (rtol 1e-4).
 
 4. Where fflib's time goes (FF_tiny and the MNIST CNN at the largest batch size): every
    kernel of an fflib step timed alone at the step's shapes (best of several calls), summed
@@ -92,9 +92,9 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (all blocks and the head)")
     p.add_argument("--mnist-encoding", default="fourier", choices=("onehot", "fourier", "embedding"))
     p.add_argument("--cifar-encoding", default="fourier", choices=("onehot", "fourier", "embedding"))
-    p.add_argument("--torch-neutral", default="stacked", choices=("stacked", "separate"),
-                   help="torch: neutral rows stacked with the training rows (one batch, as fflib) or run "
-                        "apart without autograd")
+    p.add_argument("--torch-neutral", default="stacked", choices=("stacked",),
+                   help="torch: neutral rows stacked with the training rows (one batch, as fflib; the "
+                        "only way fflib.torch runs them)")
     p.add_argument("--torch-channels-last", action="store_true", help="torch: channels-last convolutions")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", default=os.environ.get("FFLIB_DATA") or str(REPO.parent / "shared" / "data"))
@@ -395,8 +395,7 @@ def worker_train(args):
     neg = negatives(y, rng)
     if fw == "torch":
         import torch  # noqa: F401  (imports belong to the baseline)
-        sys.path.insert(0, str(HERE))
-        import torch_ff_cnn  # noqa: F401
+        import fflib.torch  # noqa: F401
     import fflib  # noqa: F401
     from fflib import models, routines  # noqa: F401
     set_threads(args.threads, fw == "torch")
@@ -405,11 +404,10 @@ def worker_train(args):
     base, base_maxrss = rss_mb(), maxrss_mb()
     model = build_model(name, args)
     free = label_free(model)
-    fflib.Adam(model, lr=args.lr)
+    opt = fflib.Adam(model, lr=args.lr)
     if fw == "torch":
-        net = torch_ff_cnn.TorchFFCNN(model, lr=args.lr, fused=True, neutral=args.torch_neutral,
-                                      channels_last=args.torch_channels_last)
-        del model
+        net = fflib.torch.TorchFF(model, opt, fused=True, channels_last=args.torch_channels_last)
+        del model, opt
         gc.collect()
         step = lambda xb, yb, nb: net.step(xb, yb, None if free else nb)
     else:
@@ -454,10 +452,34 @@ def worker_train(args):
     return out
 
 
+def self_test(model, x, y, neg=None, steps=2, lr=1e-3, rtol=1e-4, channels_last=False):
+    """Train ``model`` (fflib, fresh) and its fflib.torch twin for ``steps`` steps on the same
+    batch; returns the per-step losses of both and the largest relative difference per step.
+    Raises AssertionError if the first step's losses (a pure forward of the same weights)
+    differ by more than rtol, or a later step's by more than 10 rtol (after Adam updates,
+    float32 rounding of near-zero gradients is amplified)."""
+    import fflib
+    import fflib.torch
+    twin = fflib.torch.TorchFF(model, fflib.Adam(model, lr=lr), fused=True, channels_last=channels_last)
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    flat = x.reshape(len(x), -1)
+    out = {"fflib": [], "torch": [], "max_rel_diff": []}
+    for s in range(steps):
+        lf = np.asarray(model.train_step(flat, y, neg), dtype=np.float64)
+        lt = twin.step(x, y, neg).astype(np.float64)
+        n = len(lf) if model.has_head else len(lf) - 1
+        rel = np.abs(lf[:n] - lt[:n]) / np.maximum(np.abs(lf[:n]), 1e-12)
+        out["fflib"].append(lf[:n].tolist())
+        out["torch"].append(lt[:n].tolist())
+        out["max_rel_diff"].append(float(rel.max()))
+        tol = rtol if s == 0 else 10 * rtol
+        assert np.allclose(lt[:n], lf[:n], rtol=tol, atol=1e-6), (
+            f"step {s}: fflib losses {lf[:n]} vs torch {lt[:n]} (max rel diff {rel.max():.2e})")
+    return out
+
+
 def worker_check(args):
     """One step of each network in both frameworks on a real batch: same per-block losses."""
-    sys.path.insert(0, str(HERE))
-    import torch_ff_cnn
     set_threads(args.threads, True)
     res = {}
     for name in args.model_list:
@@ -468,8 +490,8 @@ def worker_check(args):
         model = build_model(name, args)
         t0 = time.perf_counter()
         try:
-            r = torch_ff_cnn.self_test(model, x, y, None if label_free(model) else neg, steps=2, lr=args.lr,
-                                       neutral=args.torch_neutral, channels_last=args.torch_channels_last)
+            r = self_test(model, x, y, None if label_free(model) else neg, steps=2, lr=args.lr,
+                          channels_last=args.torch_channels_last)
             r["ok"] = True
         except AssertionError as e:
             r = {"ok": False, "error": str(e)}
@@ -674,8 +696,8 @@ def worker_profile(args):
     """torch's training step by operator kind: torch.profiler self CPU time per step."""
     import torch
     from torch.profiler import ProfilerActivity, profile
-    sys.path.insert(0, str(HERE))
-    import torch_ff_cnn
+    import fflib
+    import fflib.torch
     set_threads(args.threads, True)
     B = args.batch_size
     with np.load(args.data_file) as d:
@@ -683,8 +705,8 @@ def worker_profile(args):
     neg = negatives(y, np.random.default_rng(args.seed + 1))
     model = build_model(args.model, args)
     free = label_free(model)
-    net = torch_ff_cnn.TorchFFCNN(model, lr=args.lr, fused=True, neutral=args.torch_neutral,
-                                  channels_last=args.torch_channels_last)
+    net = fflib.torch.TorchFF(model, fflib.Adam(model, lr=args.lr), fused=True,
+                              channels_last=args.torch_channels_last)
     step = lambda s: net.step(x[s:s + B], y[s:s + B], None if free else neg[s:s + B])
     step(0)
     n = 2

@@ -22,12 +22,15 @@ And once per framework: the test error (one-pass and multi-pass) after a short f
 training budget (``--epochs`` at ``--acc-batch-size``, same initial weights, same order of
 samples, same negative labels).
 
-Frameworks: ``fflib``; ``torch``: tests/torch_ff.py with autograd and torch.optim.Adam
-(what a PyTorch user would write); ``torch_manual``: the same with the closed-form local
-gradient (only the 2B positive/negative rows enter the weight gradient, as in fflib) and
-``fused=True`` Adam.  Both torch variants stack the positive, negative and neutral rows into
-one matmul per layer; with autograd the weight gradient then runs over all 3B rows (the
-neutral rows' zero gradients included), one reason for the manual variant.
+Frameworks: ``fflib``; ``torch``: the PyTorch twin of fflib.torch (``TorchFF``) with autograd
+and torch.optim.Adam (what a PyTorch user would write); ``torch_manual``: the same with the
+closed-form local gradient (``grad="manual"``: only the 2B positive/negative rows enter the
+weight gradient, as in fflib) and ``fused=True`` Adam.  Both torch variants stack the positive,
+negative and neutral rows into one matmul per layer; with autograd the weight gradient then runs
+over all 3B rows (the neutral rows' zero gradients included), one reason for the manual variant.
+The speed runs start torch from PyTorch's default initialisation (``fflib.torch.to_module`` of
+the architecture alone, so that no fflib model sits in the torch worker's memory); the
+test-error runs start both from fflib's initial weights.
 
 Writes <out-dir>/bench_mlp.json and <out-dir>/bench_mlp.md.
 """
@@ -156,26 +159,25 @@ def wrong_labels(y, rng):
 class Trainer:
     """One framework's model behind a common step(x, y, neg) / errors(x, y)."""
 
-    def __init__(self, framework, args, same_init_as_fflib):
+    def __init__(self, framework, args, same_init_as_fflib, arch=None):
         import fflib
         self.framework = framework
         head = not args.no_head
         fflib.set_num_threads(args.threads)
         if framework != "fflib":
             import torch
+            from fflib.torch import TorchFF, to_module
             torch.set_num_threads(args.threads)
-            sys.path.insert(0, str(REPO / "tests"))
-            from torch_ff import TorchFFMLP
             opt = dict(optimizer="adam", lr=args.lr)
             if framework == "torch_manual":
                 opt.update(grad="manual", fused=True)
             if same_init_as_fflib:
                 model = self._fflib_model(args, head)
-                self.net = TorchFFMLP.from_fflib(model, **opt)
+                self.twin = TorchFF(model, **opt)
                 del model
-            else:
-                self.net = TorchFFMLP(args.size_list, K, threshold=args.threshold, goodness=args.goodness,
-                                      head=head, seed=args.seed, **opt)
+            else:   # PyTorch's default initialisation of the same architecture
+                torch.manual_seed(args.seed)
+                self.twin = TorchFF(to_module(arch), **opt)
         else:
             self.model = self._fflib_model(args, head)
             fflib.Adam(self.model, lr=args.lr)
@@ -189,19 +191,16 @@ class Trainer:
     def step(self, x, y, neg):
         if self.framework == "fflib":
             return self.model.train_step(x, y, neg)
-        return self.net.step(x, y, neg)
+        return self.twin.step(x, y, neg)
 
     def errors(self, x, y):
         """Test error in percent: multi-pass (goodness summed over all blocks), one-pass."""
         if self.framework == "fflib":
             import fflib
             r = fflib.evaluate(self.model, x, y)
-            return {"multi_pass": r["multi_pass"], "one_pass": r.get("one_pass")}
-        g = self.net.goodness(x)
-        out = {"multi_pass": float(100.0 * np.mean(g.sum(axis=2).argmax(axis=1) != y)), "one_pass": None}
-        if self.net.head is not None:
-            out["one_pass"] = float(100.0 * np.mean(self.net.predict_onepass(x) != y))
-        return out
+        else:
+            r = self.twin.evaluate(x, y)
+        return {"multi_pass": r["multi_pass"], "one_pass": r.get("one_pass")}
 
 
 def worker_speed(args):
@@ -211,15 +210,17 @@ def worker_speed(args):
     perm = rng.permutation(len(y))
     x, y = np.ascontiguousarray(x[perm]), np.ascontiguousarray(y[perm])  # batches: contiguous slices
     neg = wrong_labels(y, rng)
+    arch = None
     if args.worker != "fflib":
         import torch  # noqa: F401  (imports belong to the baseline)
-        sys.path.insert(0, str(REPO / "tests"))
-        import torch_ff  # noqa: F401
+        import fflib.torch  # noqa: F401
+        # the architecture only; the fflib model is freed before the memory baseline
+        arch = Trainer._fflib_model(args, not args.no_head).architecture()
     import fflib  # noqa: F401
     peak_reset = reset_peak_rss()
     base = rss_mb()
     base_maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-    trainer = Trainer(args.worker, args, same_init_as_fflib=False)
+    trainer = Trainer(args.worker, args, same_init_as_fflib=False, arch=arch)
     nbatches = len(y) // B
     pos = 0
 

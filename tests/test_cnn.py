@@ -1,6 +1,9 @@
-"""FF CNNs: a few training steps of fflib's C network against the same network written with
-PyTorch autograd (same weights, batches and negatives), the label encodings, and the survey's
-CNN builders."""
+"""FF CNNs: a few training steps of fflib's C network against its PyTorch twin (fflib.torch:
+autograd, same weights, batches and negatives), the label encodings, and the survey's CNN
+builders."""
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -9,6 +12,10 @@ from fflib import models
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
+from fflib.torch import TorchFF  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from oracle_torch import fflib_grads, rel_err, torch_grads  # noqa: E402
 
 
 def small_cnn(batchnorm=True):
@@ -18,8 +25,8 @@ def small_cnn(batchnorm=True):
     return layers
 
 
-def encode(x, y, K, enc, value, model):
-    """The label encodings, written independently of the C code."""
+def encode(x, y, K, enc, value):
+    """The label encodings, written independently of the C code and of fflib.torch."""
     x = x.copy()
     N, C, H, W = x.shape
     if enc == "onehot":
@@ -36,56 +43,18 @@ def encode(x, y, K, enc, value, model):
     raise ValueError(enc)
 
 
-class TorchFFCNN:
-    """The same FF CNN with torch autograd: per block, detached input, forward, goodness of
-    the block output, FF loss over positive then negative rows."""
+def assert_grads_match(model, twin, rtol=1e-4):
+    gf, gt = fflib_grads(model), torch_grads(twin.net)
+    assert set(gf) == set(gt)
+    for k in sorted(gf):
+        np.testing.assert_allclose(gf[k], gt[k], rtol=rtol, atol=1e-6 * float(np.abs(gt[k]).max() + 1), err_msg=k)
 
-    def __init__(self, model):
-        self.model = model
-        self.params = {}
-        for i, layer in enumerate(model.layers):
-            for name in ("weight", "bias"):
-                a = getattr(layer, name, None) if layer.kind in ("linear", "conv2d", "batchnorm2d") else None
-                if a is not None:
-                    self.params[(i, name)] = torch.tensor(a.copy(), requires_grad=True)
-        self.rm = {i: torch.tensor(l.running_mean.copy()) for i, l in enumerate(model.layers) if l.kind == "batchnorm2d"}
-        self.rv = {i: torch.tensor(l.running_var.copy()) for i, l in enumerate(model.layers) if l.kind == "batchnorm2d"}
 
-    def run_layer(self, i, h):
-        layer = self.model.layers[i]
-        p = lambda n: self.params.get((i, n))
-        if layer.kind == "conv2d":
-            return F.conv2d(h, p("weight"), p("bias"), layer.stride, layer.padding, 1, layer.groups)
-        if layer.kind == "batchnorm2d":
-            return F.batch_norm(h, self.rm[i], self.rv[i], p("weight"), p("bias"), training=True,
-                                momentum=layer.momentum, eps=layer.eps)
-        if layer.kind == "relu":
-            return F.relu(h)
-        if layer.kind == "maxpool2d":
-            return F.max_pool2d(h, layer.kernel_size, layer.stride)
-        if layer.kind == "flatten":
-            return h.reshape(h.shape[0], -1)
-        if layer.kind == "lennorm":
-            flat = h.reshape(h.shape[0], -1)
-            assert layer.norm == "rms"
-            return (flat / torch.sqrt((flat ** 2).mean(1, keepdim=True) + layer.eps)).reshape(h.shape)
-        if layer.kind == "linear":
-            return F.linear(h.reshape(h.shape[0], -1), p("weight"), p("bias"))
-        raise ValueError(layer.kind)
-
-    def losses(self, xin):
-        cfg = self.model.config
-        B = xin.shape[0] // 2
-        h = torch.tensor(xin)
-        out = []
-        for first, last in self.model.blocks:
-            h = h.detach()
-            for i in range(first, last):
-                h = self.run_layer(i, h)
-            g = (h.reshape(h.shape[0], -1) ** 2).mean(1)
-            theta = cfg["threshold"]
-            out.append((F.softplus(theta - g[:B]) + F.softplus(g[B:] - theta)).mean())
-        return out
+def assert_running_stats_match(model, net):
+    for i, layer in enumerate(model.layers):
+        if layer.kind == "batchnorm2d":   # running statistics from the positive+negative rows
+            np.testing.assert_allclose(layer.running_mean, net.layers[i].running_mean.numpy(), rtol=1e-5, atol=1e-7)
+            np.testing.assert_allclose(layer.running_var, net.layers[i].running_var.numpy(), rtol=1e-5)
 
 
 def test_cnn_local_gradients_match_torch(rng):
@@ -94,18 +63,13 @@ def test_cnn_local_gradients_match_torch(rng):
     x = rng.random((5, 2, 8, 8), dtype=np.float32)
     y = rng.integers(0, 4, 5)
     neg = (y + 1 + rng.integers(0, 3, 5)) % 4
-    tmodel = TorchFFCNN(model)
+    twin = TorchFF(model)
+    np.testing.assert_array_equal(twin.net.encode(x, torch.tensor(y)).numpy(), encode(x, y, 4, "onehot", 1.0))
     losses = model.compute_grads(x.reshape(5, -1), y, neg)
-    xin = np.concatenate([encode(x, y, 4, "onehot", 1.0, model), encode(x, neg, 4, "onehot", 1.0, model)])
-    tl = tmodel.losses(xin)
-    sum(tl).backward()
-    np.testing.assert_allclose(losses[:3], [float(v.detach()) for v in tl], rtol=1e-5)
-    for (i, name), p in tmodel.params.items():
-        got = getattr(model.layers[i], "grad_" + name)
-        np.testing.assert_allclose(got, p.grad.numpy(), rtol=1e-4, atol=1e-6 * float(np.abs(p.grad.numpy()).max() + 1))
-    for i in tmodel.rm:   # running statistics from the positive+negative rows
-        np.testing.assert_allclose(model.layers[i].running_mean, tmodel.rm[i].numpy(), rtol=1e-5, atol=1e-7)
-        np.testing.assert_allclose(model.layers[i].running_var, tmodel.rv[i].numpy(), rtol=1e-5)
+    tl = twin.step(x, y, neg, update=False)
+    np.testing.assert_allclose(losses[:3], tl[:3], rtol=1e-5)
+    assert_grads_match(model, twin)
+    assert_running_stats_match(model, twin.net)
 
 
 @pytest.mark.parametrize("B", [1, 40], ids=["one-chunk", "several-chunks"])
@@ -125,41 +89,29 @@ def test_conv_relu_pool_run_in_row_chunks_matches_torch(rng, B, one_block):
     x = rng.random((B, 2, 64, 64), dtype=np.float32)
     y = rng.integers(0, 4, B)
     neg = (y + 1 + rng.integers(0, 3, B)) % 4
-    tmodel = TorchFFCNN(model)
-    for k in tmodel.params:
-        tmodel.params[k] = tmodel.params[k].detach().double().requires_grad_(True)
-    for i in tmodel.rm:
-        tmodel.rm[i], tmodel.rv[i] = tmodel.rm[i].double(), tmodel.rv[i].double()
+    twin = TorchFF(model)
+    twin.net.double()
     losses = model.compute_grads(x.reshape(B, -1), y, neg)
-    xin = np.concatenate([encode(x, y, 4, "onehot", 1.0, model), encode(x, neg, 4, "onehot", 1.0, model)])
-    tl = tmodel.losses(xin.astype(np.float64))
-    sum(tl).backward()
-    np.testing.assert_allclose(losses[:nb], [float(v.detach()) for v in tl], rtol=1e-5)
-    for (i, name), p in tmodel.params.items():
-        got, want = getattr(model.layers[i], "grad_" + name), p.grad.numpy()
-        assert np.linalg.norm(got - want) <= 1e-5 * np.linalg.norm(want), (i, name)
-    for i in tmodel.rm:
-        np.testing.assert_allclose(model.layers[i].running_mean, tmodel.rm[i].numpy(), rtol=1e-5, atol=1e-7)
+    tl = twin.step(x, y, neg, update=False)
+    np.testing.assert_allclose(losses[:nb], tl[:nb], rtol=1e-5)
+    gf, gt = fflib_grads(model), torch_grads(twin.net)
+    assert set(gf) == set(gt)
+    for k in gf:
+        assert rel_err(gf[k], gt[k]) <= 1e-5, k
+    for i, layer in enumerate(model.layers):
+        if layer.kind == "batchnorm2d":
+            np.testing.assert_allclose(layer.running_mean, twin.net.layers[i].running_mean.numpy(), rtol=1e-5, atol=1e-7)
     model.eval()
+    twin.net.eval()
     n = min(B, 3)
     scores = model.goodness(x[:n].reshape(n, -1))    # inference runs the same chunked path
-    with torch.no_grad():
-        for k in range(4):
-            h = torch.tensor(encode(x[:n], np.full(n, k), 4, "onehot", 1.0, model).astype(np.float64))
-            for b, (first, last) in enumerate(model.blocks):
-                for i in range(first, last):
-                    h = tmodel.run_layer(i, h) if model.layers[i].kind != "batchnorm2d" else F.batch_norm(
-                        h, tmodel.rm[i], tmodel.rv[i], tmodel.params[(i, "weight")], tmodel.params[(i, "bias")],
-                        training=False, eps=model.layers[i].eps)
-                np.testing.assert_allclose(scores[:, k, b], (h.reshape(n, -1) ** 2).mean(1).numpy(), rtol=1e-4)
+    np.testing.assert_allclose(scores, twin.net.goodness(x[:n]).numpy(), rtol=1e-4)
 
 
 def test_cnn_adam_steps_match_torch(rng):
     model = fflib.FFModel(small_cnn(), (2, 8, 8), 4, goodness="mean", threshold=1.0, norm="rms",
                           head_blocks=None, seed=4)
-    fflib.Adam(model, lr=0.01)
-    tmodel = TorchFFCNN(model)
-    opt = torch.optim.Adam(list(tmodel.params.values()), lr=0.01)
+    twin = TorchFF(model, fflib.Adam(model, lr=0.01))
     fflib.set_num_threads(1)
     try:
         for step in range(5):
@@ -167,17 +119,13 @@ def test_cnn_adam_steps_match_torch(rng):
             y = rng.integers(0, 4, 6)
             neg = (y + 1 + rng.integers(0, 3, 6)) % 4
             losses = model.train_step(x.reshape(6, -1), y, neg)
-            opt.zero_grad()
-            xin = np.concatenate([encode(x, y, 4, "onehot", 1.0, model), encode(x, neg, 4, "onehot", 1.0, model)])
-            tl = tmodel.losses(xin)
-            sum(tl).backward()
-            opt.step()
-            np.testing.assert_allclose(losses[:3], [float(v.detach()) for v in tl], rtol=1e-4)
+            tl = twin.step(x, y, neg)
+            np.testing.assert_allclose(losses[:3], tl[:3], rtol=1e-4)
     finally:
         fflib.set_num_threads(2)
-    for (i, name), p in tmodel.params.items():
-        a, b = getattr(model.layers[i], name), p.detach().numpy()
-        assert np.linalg.norm(a - b) <= 1e-4 * np.linalg.norm(b), (i, name)
+    mine, theirs = model.state_dict(), twin.net.fflib_state_dict()
+    for k in mine:
+        assert rel_err(mine[k], theirs[k]) <= 1e-4, k
 
 
 def test_fourier_encoding_matches_documented_pattern(rng):
@@ -187,9 +135,12 @@ def test_fourier_encoding_matches_documented_pattern(rng):
     y = np.array([0, 3, 1])
     neg = np.array([2, 0, 3])
     losses = model.compute_grads(x.reshape(3, -1), y, neg)
-    xin = np.concatenate([encode(x, y, 4, "fourier", 0.5, model), encode(x, neg, 4, "fourier", 0.5, model)])
-    tl = TorchFFCNN(model).losses(xin)
-    np.testing.assert_allclose(losses[:3], [float(v.detach()) for v in tl], rtol=1e-5)
+    twin = TorchFF(model)
+    np.testing.assert_allclose(twin.net.encode(x, torch.tensor(y)).numpy(), encode(x, y, 4, "fourier", 0.5),
+                               rtol=1e-6, atol=1e-6)
+    tl = twin.step(x, y, neg, update=False)
+    np.testing.assert_allclose(losses[:3], tl[:3], rtol=1e-5)
+    assert_grads_match(model, twin)
 
 
 def test_label_embedding_is_trained_by_the_first_block(rng):
@@ -201,28 +152,23 @@ def test_label_embedding_is_trained_by_the_first_block(rng):
     x = rng.random((5, 2, 6, 6), dtype=np.float32)
     y = rng.integers(0, 4, 5)
     neg = (y + 1) % 4
+    twin = TorchFF(model, fflib.Adam(model, lr=0.01))
     model.compute_grads(x.reshape(5, -1), y, neg)
     # torch: the embedding map of the label is the third input channel, a leaf with a gradient
-    temb = torch.tensor(emb.copy(), requires_grad=True)
-    w = torch.tensor(model.layers[1].weight.copy())
-    b = torch.tensor(model.layers[1].bias.copy())
-    lab = torch.tensor(np.concatenate([y, neg]))
-    xin = torch.cat([torch.tensor(np.concatenate([x, x])), temb[lab].reshape(10, 1, 6, 6)], dim=1)
-    flat = xin.reshape(10, -1)
-    flat = flat / torch.sqrt((flat ** 2).mean(1, keepdim=True) + 1e-4)
-    h = F.relu(F.conv2d(flat.reshape(10, 3, 6, 6), w, b, padding=1))
-    g = (h.reshape(10, -1) ** 2).mean(1)
-    loss = (F.softplus(1.0 - g[:5]) + F.softplus(g[5:] - 1.0)).mean()
-    loss.backward()
-    grad = model._net.param(-2, 4)
-    np.testing.assert_allclose(grad, temb.grad.numpy(), rtol=1e-4, atol=1e-7)
+    twin.step(x, y, neg, update=False)
+    np.testing.assert_allclose(fflib_grads(model)["label_embedding.weight"],
+                               torch_grads(twin.net)["label_embedding.weight"], rtol=1e-4, atol=1e-7)
+    assert_grads_match(model, twin)
     before = emb.copy()
-    fflib.Adam(model, lr=0.01)
     model.train_step(x.reshape(5, -1), y, neg, active=[1, 0])
+    twin.step(x, y, neg, active=[1, 0])
     assert not np.array_equal(emb, before)          # block 0 trains the embedding ...
+    np.testing.assert_allclose(emb, twin.net.label_embedding.weight.detach().numpy(), rtol=1e-4, atol=1e-6)
     before = emb.copy()
     model.train_step(x.reshape(5, -1), y, neg, active=[0, 1])
+    twin.step(x, y, neg, active=[0, 1])
     assert np.array_equal(emb, before)              # ... block 1 does not
+    np.testing.assert_allclose(emb, twin.net.label_embedding.weight.detach().numpy(), rtol=1e-4, atol=1e-6)
 
 
 def test_survey_cnns_build_and_shapes():

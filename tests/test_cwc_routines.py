@@ -1,6 +1,9 @@
 """Channel-wise competitive learning (CwC and PvN losses on channel-group goodness) and the
 training routines (greedy, chunked, overlapping, backprop, alternating), against the float64
-reference and PyTorch autograd."""
+reference and PyTorch autograd (the twin of fflib.torch)."""
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -9,6 +12,10 @@ from fflib import models, reference as ref, routines
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
+from fflib.torch import TorchFF  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from oracle_torch import fflib_grads, rel_err, torch_grads  # noqa: E402
 
 
 def tiny_cwc(loss="cwc", pvn_weight=0.0, seed=0, head_blocks=None):
@@ -19,59 +26,6 @@ def tiny_cwc(loss="cwc", pvn_weight=0.0, seed=0, head_blocks=None):
     layers += models.conv_block(8, 4, 3, padding=1, batchnorm=True)
     return fflib.FFModel(layers, (2, 8, 8), 4, loss=loss, pvn_weight=pvn_weight, threshold=2.0,
                          label_encoding="none", norm="none", head_blocks=head_blocks, seed=seed)
-
-
-class TorchNet:
-    """The same network with torch autograd; blocks given as layer ranges, each detached at its
-    input, each with the same local loss on its output's group goodness."""
-
-    def __init__(self, model):
-        self.model = model
-        self.p = {}
-        for i, l in enumerate(model.layers):
-            if l.kind in ("conv2d", "batchnorm2d"):
-                for name in ("weight", "bias"):
-                    a = getattr(l, name)
-                    if a is not None:
-                        self.p[(i, name)] = torch.tensor(a.copy(), requires_grad=True)
-        self.rm = {i: torch.tensor(l.running_mean.copy()) for i, l in enumerate(model.layers) if l.kind == "batchnorm2d"}
-        self.rv = {i: torch.tensor(l.running_var.copy()) for i, l in enumerate(model.layers) if l.kind == "batchnorm2d"}
-
-    def layer(self, i, h, update):
-        l, p = self.model.layers[i], lambda n: self.p.get((i, n))
-        if l.kind == "conv2d":
-            return F.conv2d(h, p("weight"), p("bias"), l.stride, l.padding, 1, l.groups)
-        if l.kind == "batchnorm2d":
-            rm, rv = (self.rm[i], self.rv[i]) if update else (self.rm[i].clone(), self.rv[i].clone())
-            return F.batch_norm(h, rm, rv, p("weight"), p("bias"), True, l.momentum, l.eps)
-        if l.kind == "relu":
-            return F.relu(h)
-        if l.kind == "maxpool2d":
-            return F.max_pool2d(h, l.kernel_size, l.stride)
-        raise ValueError(l.kind)
-
-    def loss(self, out, y):
-        cfg = self.model.config
-        G = out.reshape(out.shape[0], 4, -1).pow(2).mean(2)
-        ce = F.cross_entropy(G, y)
-        gpos = G.gather(1, y[:, None])[:, 0]
-        gneg = (G.sum(1) - gpos) / 3
-        pvn = (F.softplus(cfg["threshold"] - gpos) + F.softplus(gneg - cfg["threshold"])).mean()
-        w = 1.0 if cfg["loss"] == "pvn" else cfg["pvn_weight"]
-        return (1 - w) * ce + w * pvn
-
-    def losses(self, x, y, ranges):
-        """Block losses; outputs of a layer are recomputed by every block holding it."""
-        y = torch.tensor(y)
-        outs, total, seen = {-1: torch.tensor(x)}, [], set()
-        for first, last in ranges:
-            h = outs[first - 1].detach()
-            for i in range(first, last):
-                h = self.layer(i, h, update=i not in seen)
-                seen.add(i)
-                outs[i] = h
-            total.append(self.loss(h, y))
-        return total
 
 
 def batch(rng, n=6):
@@ -116,14 +70,19 @@ def test_routines_gradients_match_torch(rng, loss, w, routine):
     ranges = routines.block_ranges(m, routine, 2)
     m.set_block_ranges(ranges)
     x, y = batch(rng)
+    twin = TorchFF(m)
+    assert twin.net.blocks == ranges
     got = m.compute_grads(x.reshape(6, -1), y)
-    tnet = TorchNet(m)
-    tl = tnet.losses(x, y, ranges)
-    sum(tl).backward()
-    np.testing.assert_allclose(got[:len(ranges)], [float(v.detach()) for v in tl], rtol=1e-5)
-    for (i, name), p in tnet.p.items():
-        np.testing.assert_allclose(getattr(m.layers[i], "grad_" + name), p.grad.numpy(), rtol=2e-4,
-                                   atol=1e-6 * (1 + float(np.abs(p.grad.numpy()).max())), err_msg=f"{routine} {i} {name}")
+    tl = twin.step(x, y, update=False)
+    np.testing.assert_allclose(got[:len(ranges)], tl[:len(ranges)], rtol=1e-5)
+    gf, gt = fflib_grads(m), torch_grads(twin.net)
+    assert set(gf) == set(gt)
+    for k in sorted(gf):
+        np.testing.assert_allclose(gf[k], gt[k], rtol=2e-4, atol=1e-6 * (1 + float(np.abs(gt[k]).max())),
+                                   err_msg=f"{routine} {k}")
+    for i, layer in enumerate(m.layers):   # each layer's running statistics move once
+        if layer.kind == "batchnorm2d":
+            np.testing.assert_allclose(layer.running_var, twin.net.layers[i].running_var.numpy(), rtol=1e-5)
 
 
 def test_no_gradient_crosses_a_chunk(rng):
@@ -157,22 +116,18 @@ def test_backprop_equals_torch_autograd_over_steps(rng):
     # float32 rounding differences would be amplified; the gradients themselves are compared above
     m = tiny_cwc("cwc", seed=3)
     m.set_block_ranges(routines.block_ranges(m, "backprop"))
-    fflib.SGD(m, lr=0.05, momentum=0.9)
-    tnet = TorchNet(m)
-    opt = torch.optim.SGD(list(tnet.p.values()), lr=0.05, momentum=0.9)
+    twin = TorchFF(m, fflib.SGD(m, lr=0.05, momentum=0.9))
     fflib.set_num_threads(1)
     try:
         for _ in range(4):
             x, y = batch(rng)
             m.train_step(x.reshape(6, -1), y)
-            opt.zero_grad()
-            sum(tnet.losses(x, y, m.blocks)).backward()
-            opt.step()
+            twin.step(x, y)
     finally:
         fflib.set_num_threads(2)
-    for (i, name), p in tnet.p.items():
-        a, b = getattr(m.layers[i], name), p.detach().numpy()
-        assert np.linalg.norm(a - b) <= 1e-4 * np.linalg.norm(b), (i, name)
+    mine, theirs = m.state_dict(), twin.net.fflib_state_dict()
+    for k in mine:
+        assert rel_err(mine[k], theirs[k]) <= 1e-4, k
 
 
 def test_alternating_chunks_and_windows(rng):

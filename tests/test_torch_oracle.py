@@ -1,4 +1,4 @@
-"""fflib against a plain PyTorch implementation of the same FF training (tests/torch_ff.py).
+"""fflib against the same FF training written in plain PyTorch (fflib.torch, the oracle).
 
 Whole-network checks: the same initial weights, batches and negative labels give the same
 per-block losses every step and the same weights after 20 steps (Adam and SGD, sum and mean
@@ -17,10 +17,10 @@ import pytest
 torch = pytest.importorskip("torch")
 import fflib  # noqa: E402
 from fflib import _core  # noqa: E402
-from fflib.nn import Linear  # noqa: E402
+from fflib.torch import TorchFF  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from torch_ff import TorchFFMLP  # noqa: E402
+from oracle_torch import assert_close, fflib_grads, rel_err, torch_grads  # noqa: E402
 
 STEPS = 20
 BATCH = 64
@@ -56,24 +56,6 @@ def batches(x, y, n, batch=BATCH, seed=0, K=10):
     return out
 
 
-def rel_err(a, b):
-    """||a - b|| / ||b|| in float64."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
-
-
-def assert_close(a, b, rel=REL, atol=None, what=""):
-    """Norm-wise relative error below rel, and elementwise |a - b| <= atol + rel |b| with atol
-    a fraction of the array's scale (default rel * max|b|)."""
-    a, b = np.asarray(a), np.asarray(b)
-    assert a.shape == b.shape, f"{what}: shape {a.shape} != {b.shape}"
-    e = rel_err(a, b)
-    assert e < rel, f"{what}: norm-wise relative error {e:.3g} >= {rel:g}"
-    if atol is None:
-        atol = rel * float(np.max(np.abs(b))) if b.size else 0.0
-    np.testing.assert_allclose(a, b, rtol=rel, atol=atol, err_msg=what)
-
-
 ADAM_LR = 3e-3
 # Elementwise slack for Adam-trained weights.  Adam scales each update by 1/sqrt(v): an element
 # whose gradient is tiny (a unit that has just come alive) moves by ~lr whatever the gradient's
@@ -82,46 +64,37 @@ ADAM_LR = 3e-3
 ADAM_ATOL = 0.02 * ADAM_LR
 
 OPTIMIZERS = {
-    "adam": (lambda m: fflib.Adam(m, lr=ADAM_LR), dict(optimizer="adam", lr=ADAM_LR)),
-    "sgd": (lambda m: fflib.SGD(m, lr=0.05, momentum=0.9, weight_decay=1e-4),
-            dict(optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=1e-4)),
+    "adam": lambda m: fflib.Adam(m, lr=ADAM_LR),
+    "sgd": lambda m: fflib.SGD(m, lr=0.05, momentum=0.9, weight_decay=1e-4),
 }
 
 
-def make_pair(sizes, goodness="sum", head=True, opt="adam", seed=3, **cfg):
-    """An fflib FFModel with an optimiser and a TorchFFMLP with the same weights and settings."""
+def make_pair(sizes, goodness="sum", head=True, opt="adam", seed=3, grad="autograd", **cfg):
+    """An fflib FFModel with an optimiser and its PyTorch twin (same weights and settings)."""
     model = fflib.FFModel(fflib.mlp(sizes), sizes[0], 10, goodness=goodness,
                           head_blocks="auto" if head else None, seed=seed, **cfg)
-    make_ff_opt, torch_opt = OPTIMIZERS[opt]
-    ff_opt = make_ff_opt(model)
-    net = TorchFFMLP.from_fflib(model, **torch_opt)
-    return model, ff_opt, net
+    ff_opt = OPTIMIZERS[opt](model)
+    return model, ff_opt, TorchFF(model, ff_opt, grad=grad)
 
 
-def linear_layers(model):
-    return [l for l in model.layers if isinstance(l, Linear)]
-
-
-def compare_weights(model, net, w0=None):
+def compare_weights(model, twin, w0=None, atol="auto"):
     """All weights (and the head) within REL; with w0 also the changes since w0."""
-    layers, head = net.state_arrays()
-    atol = ADAM_ATOL if net.opt_settings["optimizer"] == "adam" else None
-    for i, (lin, (W, b)) in enumerate(zip(linear_layers(model), layers)):
-        assert_close(lin.weight, W, atol=atol, what=f"layer {i} weight")
-        assert_close(lin.bias, b, atol=atol, what=f"layer {i} bias")
-        if w0 is not None:
+    mine, theirs = model.state_dict(), twin.net.fflib_state_dict()
+    assert set(mine) == set(theirs)
+    if atol == "auto":
+        atol = ADAM_ATOL if isinstance(twin.optimizer, torch.optim.Adam) else None
+    for k in sorted(mine):
+        assert_close(mine[k], theirs[k], atol=atol, what=k)
+        if w0 is not None and k in w0:
             # the update itself must agree too (a stricter test than the weights)
-            assert rel_err(lin.weight - w0[i], W - w0[i]) < 1e-3, f"layer {i} weight change"
-    if head is not None:
-        assert_close(model.head_weight, head[0], atol=atol, what="head weight")
-        assert_close(model.head_bias, head[1], atol=atol, what="head bias")
+            assert rel_err(mine[k] - w0[k], theirs[k] - w0[k]) < 1e-3, f"{k} change"
 
 
-def train_both(model, net, data, train_head):
+def train_both(model, twin, data, train_head):
     """Run both trainings over data; per-step losses must agree."""
     for step, (xb, yb, neg) in enumerate(data):
         lf = model.train_step(xb, yb, neg, train_head=train_head)
-        lt = net.step(xb, yb, neg, train_head=train_head)
+        lt = twin.step(xb, yb, neg, train_head=train_head)
         assert lf.shape == lt.shape
         np.testing.assert_allclose(lf, lt, rtol=REL, atol=1e-6, err_msg=f"losses at step {step}")
     return lf
@@ -135,20 +108,19 @@ def train_both(model, net, data, train_head):
 @pytest.mark.parametrize("head", [True, False], ids=["head", "nohead"])
 def test_training_matches_torch(mnist, sizes, opt, goodness, head):
     x, y, _, _ = mnist
-    model, _, net = make_pair(sizes, goodness, head, opt)
-    w0 = [lin.weight.copy() for lin in linear_layers(model)]
-    last = train_both(model, net, batches(x, y, STEPS), train_head=head)
+    model, _, twin = make_pair(sizes, goodness, head, opt)
+    w0 = {k: v for k, v in model.state_dict().items() if k.startswith("layers")}
+    last = train_both(model, twin, batches(x, y, STEPS), train_head=head)
     assert np.all(np.isfinite(last))
-    compare_weights(model, net, w0)
+    compare_weights(model, twin, w0)
 
 
 def test_training_matches_torch_manual_gradients(mnist):
     """The benchmark's closed-form-gradient variant of the torch baseline is the same training."""
     x, y, _, _ = mnist
-    model, _, net = make_pair([784, 500, 100], "sum", True, "adam")
-    net.grad = "manual"
-    train_both(model, net, batches(x, y, STEPS), train_head=True)
-    compare_weights(model, net)
+    model, _, twin = make_pair([784, 500, 100], "sum", True, "adam", grad="manual")
+    train_both(model, twin, batches(x, y, STEPS), train_head=True)
+    compare_weights(model, twin)
 
 
 def test_training_other_settings(mnist):
@@ -157,73 +129,61 @@ def test_training_other_settings(mnist):
     x, y, _, _ = mnist
     model = fflib.FFModel(fflib.mlp([784, 40, 30, 20], norm="rms", normalize_input=False), 784, 10,
                           goodness="mean", norm="rms", label_value=2.0, threshold=1.5, seed=5)
-    fflib.SGD(model, lr=0.02, momentum=0.8, nesterov=True)
-    net = TorchFFMLP.from_fflib(model, optimizer="sgd", lr=0.02, momentum=0.8, nesterov=True)
-    assert net.head_blocks == [1, 2] and not net.normalize_input and net.norm == net.head_norm == "rms"
-    train_both(model, net, batches(x, y, 10, seed=4), train_head=True)
-    compare_weights(model, net)
+    twin = TorchFF(model, fflib.SGD(model, lr=0.02, momentum=0.8, nesterov=True))
+    assert twin.net.head_layers == [4, 7] and twin.net.head.in_features == 50
+    assert twin.optimizer.defaults["nesterov"] and twin.net.config["norm"] == "rms"
+    train_both(model, twin, batches(x, y, 10, seed=4), train_head=True)
+    compare_weights(model, twin)
 
 
 @pytest.mark.parametrize("sizes", [[784, 31, 17], [784, 500, 100]], ids=["784-31-17", "784-500-100"])
 @pytest.mark.parametrize("opt", ["adam", "sgd"])
 def test_symba_matches_torch(mnist, sizes, opt):
     x, y, _, _ = mnist
-    model, _, net = make_pair(sizes, "sum", True, opt, loss="symba", alpha=4.0)
-    assert net.loss_kind == "symba" and net.alpha == 4.0
-    train_both(model, net, batches(x, y, 5, seed=1), train_head=True)
+    model, _, twin = make_pair(sizes, "sum", True, opt, loss="symba", alpha=4.0)
+    assert twin.net.config["loss"] == "symba" and twin.net.config["alpha"] == 4.0
+    train_both(model, twin, batches(x, y, 5, seed=1), train_head=True)
     # SymBa's gradient is a difference of nearly equal positive and negative terms (the two rows
     # differ only in the label pixels), so float32 rounding is amplified: torch's first-layer
     # gradient is ~2e-5 away (norm-wise) from the float64 value, fflib's (double accumulation
     # in goodness and norms) ~3e-6.  Adam turns that into up to ~5% of lr in single tiny-
     # gradient elements, so the elementwise slack is wider; the norm-wise bound stays 1e-4.
-    atol = 0.25 * ADAM_LR if opt == "adam" else None
-    layers, head = net.state_arrays()
-    for i, (lin, (W, b)) in enumerate(zip(linear_layers(model), layers)):
-        assert_close(lin.weight, W, atol=atol, what=f"layer {i} weight")
-        assert_close(lin.bias, b, atol=atol, what=f"layer {i} bias")
-    assert_close(model.head_weight, head[0], atol=atol, what="head weight")
-    assert_close(model.head_bias, head[1], atol=atol, what="head bias")
+    compare_weights(model, twin, atol=0.25 * ADAM_LR if opt == "adam" else None)
 
 
 def test_train_step_without_head_training(mnist):
     """A model with a head, stepped with train_head=False: the head does not move."""
     x, y, _, _ = mnist
-    model, _, net = make_pair([784, 31, 17], "sum", True, "adam")
+    model, _, twin = make_pair([784, 31, 17], "sum", True, "adam")
     h0 = model.head_weight.copy()
-    train_both(model, net, batches(x, y, 5, seed=2), train_head=False)
+    train_both(model, twin, batches(x, y, 5, seed=2), train_head=False)
     np.testing.assert_array_equal(model.head_weight, h0)
-    compare_weights(model, net)
+    compare_weights(model, twin)
 
 
 # ---------------------------------------------------------------------------- gradients
-
-def fflib_head_grads(model):
-    return model._net.param(-1, 4).copy(), model._net.param(-1, 5).copy()
-
 
 @pytest.mark.parametrize("goodness", ["sum", "mean"])
 @pytest.mark.parametrize("loss", ["ff", "symba"])
 def test_compute_grads_equal_autograd(mnist, goodness, loss):
     x, y, _, _ = mnist
-    model, ff_opt, net = make_pair([784, 31, 17], goodness, True, "adam", loss=loss)
+    model, ff_opt, twin = make_pair([784, 31, 17], goodness, True, "adam", loss=loss)
     # take a couple of steps first so the gradients are not those of the initialisation only
-    train_both(model, net, batches(x, y, 2, seed=7), train_head=True)
+    train_both(model, twin, batches(x, y, 2, seed=7), train_head=True)
     (xb, yb, neg), = batches(x, y, 1, seed=8)
     lf = model.compute_grads(xb, yb, neg)
-    lt = net.step(xb, yb, neg, update=False)
+    lt = twin.step(xb, yb, neg, update=False)
     np.testing.assert_allclose(lf, lt, rtol=REL, atol=1e-6)
-    tgrads, thead = net.grads()
-    for i, (lin, (gW, gb)) in enumerate(zip(linear_layers(model), tgrads)):
-        assert_close(lin.grad_weight, gW, rel=1e-5 if goodness == "sum" else 1e-4, what=f"layer {i} dW")
-        assert_close(lin.grad_bias, gb, what=f"layer {i} db")
-    hW, hb = fflib_head_grads(model)
-    assert_close(hW, thead[0], what="head dW")
-    assert_close(hb, thead[1], what="head db")
+    gf, gt = fflib_grads(model), torch_grads(twin.net)
+    assert set(gf) == set(gt) == {"layers.1.weight", "layers.1.bias", "layers.4.weight", "layers.4.bias",
+                                  "head.weight", "head.bias"}
+    for k in sorted(gf):
+        tight = k.startswith("layers") and k.endswith("weight") and goodness == "sum"
+        assert_close(gf[k], gt[k], rel=1e-5 if tight else REL, what=f"d {k}")
     # applying them: fflib's optimiser step == torch's
     ff_opt.step()
-    for opt in net.opts + [net.head_opt]:
-        opt.step()
-    compare_weights(model, net)
+    twin.apply_update()
+    compare_weights(model, twin)
 
 
 # ---------------------------------------------------------------------------- inference
@@ -231,18 +191,19 @@ def test_compute_grads_equal_autograd(mnist, goodness, loss):
 @pytest.mark.parametrize("sizes", [[784, 31, 17], [784, 500, 100]], ids=["784-31-17", "784-500-100"])
 def test_inference_matches_torch(mnist, sizes):
     x, y, xt, yt = mnist
-    model, _, net = make_pair(sizes, "sum", True, "adam")
-    train_both(model, net, batches(x, y, STEPS, seed=11), train_head=True)
-    gf, gt = model.goodness(xt), net.goodness(xt)
+    model, _, twin = make_pair(sizes, "sum", True, "adam")
+    net = twin.net
+    train_both(model, twin, batches(x, y, STEPS, seed=11), train_head=True)
+    gf, gt = model.goodness(xt), net.goodness(xt).numpy()
     assert gf.shape == gt.shape == (len(xt), 10, 2)
     assert_close(gf, gt, what="multi-pass goodness")
-    pf, pt = model.predict_proba(xt), net.predict_proba(xt)
+    pf, pt = model.predict_proba(xt), net.predict_proba(xt).numpy()
     assert pf.shape == pt.shape == (len(xt), 10)
     np.testing.assert_allclose(pf, pt, rtol=1e-4, atol=1e-6)
     assert_close(model.features(xt), net.features(xt).numpy(), what="head features")
     # the predictions themselves (ties are impossible at this precision in practice)
-    assert np.mean(model.predict_multipass(xt) == net.predict_multipass(xt)) >= 0.99
-    assert np.mean(model.predict_onepass(xt) == net.predict_onepass(xt)) >= 0.99
+    assert np.mean(model.predict_multipass(xt) == net.predict_multipass(xt).numpy()) >= 0.99
+    assert np.mean(model.predict_onepass(xt) == net.predict_onepass(xt).numpy()) >= 0.99
 
 
 # ---------------------------------------------------------------------------- kernels
