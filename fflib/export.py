@@ -268,7 +268,9 @@ def _numpy_op(op, a, observe):
     if kind in ("linear", "conv") and observe is not None:
         observe(op, a)
     if kind == "linear":
-        return a.reshape(len(a), -1) @ op["w"].T + op["b"]
+        if "wt" not in op:   # a contiguous W^T: numpy's GEMM is many times slower on a transposed view
+            op["wt"] = np.ascontiguousarray(op["w"].T)
+        return a.reshape(len(a), -1) @ op["wt"] + op["b"]
     if kind == "conv":
         N = len(a)
         x = a.reshape(N, op["C"], op["H"], op["W"])
@@ -279,9 +281,9 @@ def _numpy_op(op, a, observe):
         Cg, Og = op["C"] // g, op["OC"] // g
         out = np.empty((N, op["OC"], op["OH"], op["OW"]), np.float32)
         for gi in range(g):
-            wg = op["w"][gi * Og:(gi + 1) * Og]
-            out[:, gi * Og:(gi + 1) * Og] = np.tensordot(win[:, gi * Cg:(gi + 1) * Cg], wg,
-                                                         axes=([1, 4, 5], [1, 2, 3])).transpose(0, 3, 1, 2)
+            wg = np.ascontiguousarray(op["w"][gi * Og:(gi + 1) * Og].reshape(Og, -1).T)
+            cols = win[:, gi * Cg:(gi + 1) * Cg].transpose(0, 2, 3, 1, 4, 5).reshape(N * op["OH"] * op["OW"], -1)
+            out[:, gi * Og:(gi + 1) * Og] = (cols @ wg).reshape(N, op["OH"], op["OW"], Og).transpose(0, 3, 1, 2)
         return (out + op["b"][None, :, None, None]).reshape(N, -1)
     if kind == "affine":
         x = a.reshape(len(a), op["C"], op["HW"])
@@ -333,10 +335,13 @@ def _calibrate(plan, x):
     def observe(op, a):
         amax[id(op)] = max(amax.get(id(op), 0.0), float(np.abs(a).max()))
 
-    labels = [-1] + ([] if plan.label_free else list(range(plan.K)))
-    for s in range(0, len(x), 64):
+    rng = np.random.default_rng(0)
+    for s in range(0, len(x), 128):
+        # the neutral pass and, for FF/SymBa, two random labels per chunk (every label sees
+        # similar activations; all K would cost K passes)
+        labels = [-1] + ([] if plan.label_free else [int(v) for v in rng.choice(plan.K, 2, replace=False)])
         for lab in labels:
-            plan.forward_numpy(plan.encode(x[s:s + 64], lab), observe)
+            plan.forward_numpy(plan.encode(x[s:s + 128], lab), observe)
     return amax
 
 
@@ -425,7 +430,12 @@ static void k_conv(float *y, const float *x, const float *w, const float *b, int
                         float *yr = yo + (long)oh * OW;
                         if (ih < 0 || ih >= H) continue;
                         xr = xg + ((long)c * H + ih) * W;
-                        for (ow = lo; ow < hi; ow++) yr[ow] += wv * xr[ow * S - P + kw];
+                        if (S == 1) {
+                            const float *xs = xr - P + kw + lo;   /* inside the row: lo - P + kw >= 0 */
+                            for (ow = 0; ow < hi - lo; ow++) yr[lo + ow] += wv * xs[ow];
+                        } else {
+                            for (ow = lo; ow < hi; ow++) yr[ow] += wv * xr[ow * S - P + kw];
+                        }
                     }
                 }
         for (oh = 0; oh < OH * OW; oh++) yo[oh] += b[o];
@@ -437,27 +447,30 @@ static void k_conv(float *y, const float *x, const float *w, const float *b, int
 static void k_conv_q(float *y, const signed char *q, const signed char *w, const float *m,
                      const float *b, int C, int H, int W, int OC, int OH, int OW, int KS, int S,
                      int P, int G) {
+    int32_t acc[MAX_OW];   /* one output row, summed in int32 */
     int Cg = C / G, Og = OC / G, o, c, kh, kw, oh, ow;
     for (o = 0; o < OC; o++) {
         const signed char *qg = q + (long)(o / Og) * Cg * H * W;
         const signed char *wo = w + (long)o * Cg * KS * KS;
-        for (oh = 0; oh < OH; oh++)
-            for (ow = 0; ow < OW; ow++) {
-                int32_t acc = 0;
-                for (c = 0; c < Cg; c++)
-                    for (kh = 0; kh < KS; kh++) {
-                        int ih = oh * S - P + kh;
-                        const signed char *qr, *wr;
-                        if (ih < 0 || ih >= H) continue;
-                        qr = qg + ((long)c * H + ih) * W;
-                        wr = wo + ((long)c * KS + kh) * KS;
-                        for (kw = 0; kw < KS; kw++) {
-                            int iw = ow * S - P + kw;
-                            if (iw >= 0 && iw < W) acc += (int32_t)wr[kw] * (int32_t)qr[iw];
-                        }
+        for (oh = 0; oh < OH; oh++) {
+            for (ow = 0; ow < OW; ow++) acc[ow] = 0;
+            for (c = 0; c < Cg; c++)
+                for (kh = 0; kh < KS; kh++) {
+                    int ih = oh * S - P + kh;
+                    const signed char *qr;
+                    if (ih < 0 || ih >= H) continue;
+                    qr = qg + ((long)c * H + ih) * W;
+                    for (kw = 0; kw < KS; kw++) {
+                        int32_t wv = wo[((long)c * KS + kh) * KS + kw];
+                        /* output columns whose input column ow*S - P + kw lies inside [0, W) */
+                        int lo = 0, hi = OW;
+                        while (lo < OW && lo * S - P + kw < 0) lo++;
+                        while (hi > lo && (hi - 1) * S - P + kw >= W) hi--;
+                        for (ow = lo; ow < hi; ow++) acc[ow] += wv * (int32_t)qr[ow * S - P + kw];
                     }
-                y[((long)o * OH + oh) * OW + ow] = (float)acc * m[o] + b[o];
-            }
+                }
+            for (ow = 0; ow < OW; ow++) y[((long)o * OH + oh) * OW + ow] = (float)acc[ow] * m[o] + b[o];
+        }
     }
 }
 """,
@@ -731,6 +744,9 @@ class _Gen:
         api = self.api()
         self.used.add("softmax") if p.has_head or self.early_exit is not None else None
         kern = "".join(KERNELS[k] for k in KERNEL_ORDER if k in self.used)
+        if "conv_q" in self.used:
+            max_ow = max(op["OW"] for op in p.weighted_ops() if op["op"] == "conv")
+            kern = f"#define MAX_OW {max_ow}   /* the widest output row of an int8 conv */\n" + kern
         hdr = (f"/* {nm}.c: generated by fflib.export from an FFModel ({'int8' if self.int8 else 'float32'}, "
                f"{self.inference} inference).\n * C99, no heap, no BLAS; libm: sqrtf, expf.  See {nm}.h. */\n"
                f'#include <math.h>\n#include <stdint.h>\n#include "{nm}.h"\n')
@@ -1086,7 +1102,7 @@ int main(int argc, char **argv) {
 """
 
 
-def build_host(info, work_dir=None, opt="-O2"):
+def build_host(info, work_dir=None, opt="-O3"):
     """Compile the exported file with a test harness on the host (gcc -std=c99 -Wall -Wextra
     -Werror -pedantic); returns the path of the executable.  Raises RuntimeError with the
     compiler's message on failure."""
