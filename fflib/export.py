@@ -125,10 +125,18 @@ class _Plan:
                 mean, a, b = _bn_affine(layer)
                 nxt = layers[i + 1] if i + 1 < n else None
                 if (nxt is not None and nxt.kind == "conv2d" and nxt.padding == 0 and i not in needed):
-                    ops[i + 1] = self._conv_op(nxt, in_shape[i + 1], out_shape[i + 1], fold_in=(mean, a, b))
-                    ops[i + 1]["folded_bn"] = "input"
-                    skip.add(i + 1)
                     ops[i] = None
+                    skip.add(i + 1)
+                    after = layers[i + 2] if i + 2 < n else None
+                    if after is not None and after.kind == "batchnorm2d" and i + 1 not in needed:
+                        ops[i + 1] = None   # BN -> conv -> BN: both into the conv
+                        ops[i + 2] = self._conv_op(nxt, in_shape[i + 1], out_shape[i + 1], fold_in=(mean, a, b),
+                                                   fold_out=_bn_affine(after))
+                        ops[i + 2]["folded_bn"] = "input+output"
+                        skip.add(i + 2)
+                    else:
+                        ops[i + 1] = self._conv_op(nxt, in_shape[i + 1], out_shape[i + 1], fold_in=(mean, a, b))
+                        ops[i + 1]["folded_bn"] = "input"
                     continue
                 ops[i] = dict(op="affine", C=C, HW=H * W, mean=_f32(mean), a=_f32(a), b=_f32(b))
             elif kind == "conv2d":
@@ -1043,7 +1051,8 @@ def export_c(model, out_dir, *, int8=False, calibration=None, inference="onepass
             "input_size": plan.D, "num_classes": plan.K, "num_blocks": plan.NB,
             "macs_onepass": plan.macs_onepass(), "macs_multipass": plan.macs_multipass(),
             "weight_bytes": gen.flash_weights, "multipass_blocks": plan.sel,
-            "folded_batchnorms": sum(1 for op in plan.weighted_ops() if "folded_bn" in op),
+            "folded_batchnorms": sum(len(op.get("folded_bn", "").split("+")) if op.get("folded_bn") else 0
+                                     for op in plan.weighted_ops()),
             "head_stop": plan.head_stop}
     info["macs"] = info["macs_onepass"] if inference == "onepass" else info["macs_multipass"]
     with open(info["c_path"], "w") as f:
