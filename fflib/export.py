@@ -181,6 +181,7 @@ class _Plan:
                     seg.append(dict(op="head", n=d, h=self.head_layers.index(i), w=_f32(hw[:, col:col + d]),
                                     layer=i))
                     col += d
+            seg = _fuse_conv_relu_pool(seg)
             C, H, W = out_shape[e - 1]
             seg.append(dict(op="score", n=C * H * W, C=C, HW=H * W))
             self.segments.append(seg)
@@ -271,6 +272,35 @@ class _Plan:
         return a
 
 
+def _fuse_conv_relu_pool(seg):
+    """Conv2d, ReLU, MaxPool2d in a row (nothing reads the conv or ReLU output in between:
+    a head op would sit between them) become one conv op with a ``pool``: it runs one output
+    channel at a time, so the conv output never exists in full."""
+    out, i = [], 0
+    while i < len(seg):
+        op = seg[i]
+        if (op["op"] == "conv" and i + 2 < len(seg) and seg[i + 1]["op"] == "relu"
+                and seg[i + 2]["op"] == "maxpool"):
+            mp = seg[i + 2]
+            op = dict(op, pool=dict(k=mp["k"], stride=mp["stride"], OH=mp["OH"], OW=mp["OW"]),
+                      layer=mp["layer"])
+            out.append(op)
+            i += 3
+            continue
+        out.append(op)
+        i += 1
+    return out
+
+
+def _out_size(op):
+    """Floats an out-of-place op (Linear, Conv2d, a fused conv-ReLU-pool) writes."""
+    if op["op"] == "linear":
+        return op["O"]
+    if "pool" in op:
+        return op["OC"] * op["pool"]["OH"] * op["pool"]["OW"]
+    return op["OC"] * op["OH"] * op["OW"]
+
+
 def _numpy_op(op, a, observe):
     kind = op["op"]
     if kind in ("linear", "conv") and observe is not None:
@@ -292,7 +322,12 @@ def _numpy_op(op, a, observe):
             wg = np.ascontiguousarray(op["w"][gi * Og:(gi + 1) * Og].reshape(Og, -1).T)
             cols = win[:, gi * Cg:(gi + 1) * Cg].transpose(0, 2, 3, 1, 4, 5).reshape(N * op["OH"] * op["OW"], -1)
             out[:, gi * Og:(gi + 1) * Og] = (cols @ wg).reshape(N, op["OH"], op["OW"], Og).transpose(0, 3, 1, 2)
-        return (out + op["b"][None, :, None, None]).reshape(N, -1)
+        out = (out + op["b"][None, :, None, None]).reshape(N, -1)
+        if "pool" in op:
+            pl = op["pool"]
+            out = _numpy_op(dict(op="maxpool", C=op["OC"], H=op["OH"], W=op["OW"], k=pl["k"],
+                                 stride=pl["stride"], OH=pl["OH"], OW=pl["OW"]), np.maximum(out, 0), None)
+        return out
     if kind == "affine":
         x = a.reshape(len(a), op["C"], op["HW"])
         return ((x - op["mean"][:, None]) * op["a"][:, None] + op["b"][:, None]).reshape(len(a), -1)
@@ -415,73 +450,6 @@ static void k_linear_q(float *y, const signed char *q, const signed char *w, con
     }
 }
 """,
-    "conv": """
-/* y (OC, OH, OW) = conv(x (C, H, W), w (OC, C/G, KS, KS)), zero padding P, stride S, G groups, + b */
-static void k_conv(float *y, const float *x, const float *w, const float *b, int C, int H, int W,
-                   int OC, int OH, int OW, int KS, int S, int P, int G) {
-    int Cg = C / G, Og = OC / G, o, c, kh, kw, oh, ow;
-    for (o = 0; o < OC; o++) {
-        float *yo = y + (long)o * OH * OW;
-        const float *xg = x + (long)(o / Og) * Cg * H * W;
-        for (oh = 0; oh < OH * OW; oh++) yo[oh] = 0.0f;
-        for (c = 0; c < Cg; c++)
-            for (kh = 0; kh < KS; kh++)
-                for (kw = 0; kw < KS; kw++) {
-                    float wv = w[(((long)o * Cg + c) * KS + kh) * KS + kw];
-                    /* output columns whose input column ow*S - P + kw lies inside [0, W) */
-                    int lo = 0, hi = OW;
-                    while (lo < OW && lo * S - P + kw < 0) lo++;
-                    while (hi > lo && (hi - 1) * S - P + kw >= W) hi--;
-                    for (oh = 0; oh < OH; oh++) {
-                        int ih = oh * S - P + kh;
-                        const float *xr;
-                        float *yr = yo + (long)oh * OW;
-                        if (ih < 0 || ih >= H) continue;
-                        xr = xg + ((long)c * H + ih) * W;
-                        if (S == 1) {
-                            const float *xs = xr - P + kw + lo;   /* inside the row: lo - P + kw >= 0 */
-                            for (ow = 0; ow < hi - lo; ow++) yr[lo + ow] += wv * xs[ow];
-                        } else {
-                            for (ow = lo; ow < hi; ow++) yr[ow] += wv * xr[ow * S - P + kw];
-                        }
-                    }
-                }
-        for (oh = 0; oh < OH * OW; oh++) yo[oh] += b[o];
-    }
-}
-""",
-    "conv_q": """
-/* y (OC, OH, OW) = m (OC) * conv(q (C, H, W), w (OC, C/G, KS, KS)) summed in int32, + b */
-static void k_conv_q(float *y, const signed char *q, const signed char *w, const float *m,
-                     const float *b, int C, int H, int W, int OC, int OH, int OW, int KS, int S,
-                     int P, int G) {
-    int32_t acc[MAX_OW];   /* one output row, summed in int32 */
-    int Cg = C / G, Og = OC / G, o, c, kh, kw, oh, ow;
-    for (o = 0; o < OC; o++) {
-        const signed char *qg = q + (long)(o / Og) * Cg * H * W;
-        const signed char *wo = w + (long)o * Cg * KS * KS;
-        for (oh = 0; oh < OH; oh++) {
-            for (ow = 0; ow < OW; ow++) acc[ow] = 0;
-            for (c = 0; c < Cg; c++)
-                for (kh = 0; kh < KS; kh++) {
-                    int ih = oh * S - P + kh;
-                    const signed char *qr;
-                    if (ih < 0 || ih >= H) continue;
-                    qr = qg + ((long)c * H + ih) * W;
-                    for (kw = 0; kw < KS; kw++) {
-                        int32_t wv = wo[((long)c * KS + kh) * KS + kw];
-                        /* output columns whose input column ow*S - P + kw lies inside [0, W) */
-                        int lo = 0, hi = OW;
-                        while (lo < OW && lo * S - P + kw < 0) lo++;
-                        while (hi > lo && (hi - 1) * S - P + kw >= W) hi--;
-                        for (ow = lo; ow < hi; ow++) acc[ow] += wv * (int32_t)qr[ow * S - P + kw];
-                    }
-                }
-            for (ow = 0; ow < OW; ow++) y[((long)o * OH + oh) * OW + ow] = (float)acc[ow] * m[o] + b[o];
-        }
-    }
-}
-""",
     "quantize": """
 /* The n floats of x -> n int8 values q = round(x * inv), clamped to [-127, 127], written over
  * the start of x itself (byte i lies in float i / 4, already read). */
@@ -528,6 +496,115 @@ static void k_maxpool(float *x, int C, int H, int W, int OH, int OW, int KS, int
                     }
                 x[((long)c * OH + oh) * OW + ow] = m;
             }
+}
+""",
+    "conv_ch": """
+/* yo (OH, OW) = output channel o of conv(x (C, H, W), w (OC, C/G, KS, KS)) + b[o]: zero
+ * padding P, stride S, G groups */
+static void k_conv_ch(float *yo, const float *x, const float *w, const float *b, int o, int C, int H,
+                      int W, int OC, int OH, int OW, int KS, int S, int P, int G) {
+    int Cg = C / G, Og = OC / G, c, kh, kw, oh, ow;
+    const float *xg = x + (long)(o / Og) * Cg * H * W;
+    for (oh = 0; oh < OH * OW; oh++) yo[oh] = 0.0f;
+    for (c = 0; c < Cg; c++)
+        for (kh = 0; kh < KS; kh++)
+            for (kw = 0; kw < KS; kw++) {
+                float wv = w[(((long)o * Cg + c) * KS + kh) * KS + kw];
+                /* output columns whose input column ow*S - P + kw lies inside [0, W) */
+                int lo = 0, hi = OW;
+                while (lo < OW && lo * S - P + kw < 0) lo++;
+                while (hi > lo && (hi - 1) * S - P + kw >= W) hi--;
+                for (oh = 0; oh < OH; oh++) {
+                    int ih = oh * S - P + kh;
+                    const float *xr;
+                    float *yr = yo + (long)oh * OW;
+                    if (ih < 0 || ih >= H) continue;
+                    xr = xg + ((long)c * H + ih) * W;
+                    if (S == 1) {
+                        const float *xs = xr - P + kw + lo;   /* inside the row: lo - P + kw >= 0 */
+                        for (ow = 0; ow < hi - lo; ow++) yr[lo + ow] += wv * xs[ow];
+                    } else {
+                        for (ow = lo; ow < hi; ow++) yr[ow] += wv * xr[ow * S - P + kw];
+                    }
+                }
+            }
+    for (oh = 0; oh < OH * OW; oh++) yo[oh] += b[o];
+}
+""",
+    "conv": """
+/* y (OC, OH, OW) = conv(x (C, H, W)) + b, every output channel */
+static void k_conv(float *y, const float *x, const float *w, const float *b, int C, int H, int W,
+                   int OC, int OH, int OW, int KS, int S, int P, int G) {
+    int o;
+    for (o = 0; o < OC; o++) k_conv_ch(y + (long)o * OH * OW, x, w, b, o, C, H, W, OC, OH, OW, KS, S, P, G);
+}
+""",
+    "conv_pool": """
+/* y (OC, POH, POW) = maxpool(relu(conv(x) + b)), one output channel at a time through
+ * plane (OH * OW floats): the full conv output never exists */
+static void k_conv_relu_pool(float *y, const float *x, const float *w, const float *b, float *plane,
+                             int C, int H, int W, int OC, int OH, int OW, int KS, int S, int P, int G,
+                             int PK, int PS, int POH, int POW) {
+    int o, i;
+    for (o = 0; o < OC; o++) {
+        k_conv_ch(plane, x, w, b, o, C, H, W, OC, OH, OW, KS, S, P, G);
+        k_relu(plane, OH * OW);
+        k_maxpool(plane, 1, OH, OW, POH, POW, PK, PS);
+        for (i = 0; i < POH * POW; i++) y[(long)o * POH * POW + i] = plane[i];
+    }
+}
+""",
+    "conv_q_ch": """
+/* yo (OH, OW) = m[o] * (output channel o of conv(q (C, H, W), w (OC, C/G, KS, KS)) summed in
+ * int32) + b[o] */
+static void k_conv_q_ch(float *yo, const signed char *q, const signed char *w, const float *m,
+                        const float *b, int o, int C, int H, int W, int OC, int OH, int OW, int KS,
+                        int S, int P, int G) {
+    int32_t acc[MAX_OW];   /* one output row */
+    int Cg = C / G, Og = OC / G, c, kh, kw, oh, ow;
+    const signed char *qg = q + (long)(o / Og) * Cg * H * W;
+    const signed char *wo = w + (long)o * Cg * KS * KS;
+    for (oh = 0; oh < OH; oh++) {
+        for (ow = 0; ow < OW; ow++) acc[ow] = 0;
+        for (c = 0; c < Cg; c++)
+            for (kh = 0; kh < KS; kh++) {
+                int ih = oh * S - P + kh;
+                const signed char *qr;
+                if (ih < 0 || ih >= H) continue;
+                qr = qg + ((long)c * H + ih) * W;
+                for (kw = 0; kw < KS; kw++) {
+                    int32_t wv = wo[((long)c * KS + kh) * KS + kw];
+                    int lo = 0, hi = OW;
+                    while (lo < OW && lo * S - P + kw < 0) lo++;
+                    while (hi > lo && (hi - 1) * S - P + kw >= W) hi--;
+                    for (ow = lo; ow < hi; ow++) acc[ow] += wv * (int32_t)qr[ow * S - P + kw];
+                }
+            }
+        for (ow = 0; ow < OW; ow++) yo[(long)oh * OW + ow] = (float)acc[ow] * m[o] + b[o];
+    }
+}
+""",
+    "conv_q": """
+static void k_conv_q(float *y, const signed char *q, const signed char *w, const float *m,
+                     const float *b, int C, int H, int W, int OC, int OH, int OW, int KS, int S,
+                     int P, int G) {
+    int o;
+    for (o = 0; o < OC; o++)
+        k_conv_q_ch(y + (long)o * OH * OW, q, w, m, b, o, C, H, W, OC, OH, OW, KS, S, P, G);
+}
+""",
+    "conv_q_pool": """
+/* y (OC, POH, POW) = maxpool(relu(int8 conv)), one output channel at a time through plane */
+static void k_conv_q_relu_pool(float *y, const signed char *q, const signed char *w, const float *m,
+                               const float *b, float *plane, int C, int H, int W, int OC, int OH,
+                               int OW, int KS, int S, int P, int G, int PK, int PS, int POH, int POW) {
+    int o, i;
+    for (o = 0; o < OC; o++) {
+        k_conv_q_ch(plane, q, w, m, b, o, C, H, W, OC, OH, OW, KS, S, P, G);
+        k_relu(plane, OH * OW);
+        k_maxpool(plane, 1, OH, OW, POH, POW, PK, PS);
+        for (i = 0; i < POH * POW; i++) y[(long)o * POH * POW + i] = plane[i];
+    }
 }
 """,
     "sumsq": """
@@ -630,8 +707,11 @@ class _Gen:
             for op in seg:
                 op["in_side"], op["in_alloc"] = side, alloc
                 if op["op"] in ("linear", "conv"):
-                    out = op["O"] if op["op"] == "linear" else op["OC"] * op["OH"] * op["OW"]
-                    S = max(S, alloc + out)
+                    out = _out_size(op)
+                    plane = op["OH"] * op["OW"] if "pool" in op else 0
+                    S = max(S, alloc + out + plane)
+                    # a fused conv's plane sits between its input and its output
+                    op["plane_off"] = alloc if side == 0 else out
                     side, alloc = 1 - side, out
             seg[-1]["out_side"], seg[-1]["out_alloc"] = side, alloc
         self.S = S
@@ -651,8 +731,12 @@ class _Gen:
         tag = f"b{b}_{j}"
         kind = op["op"]
         if kind in ("linear", "conv"):
-            out = op["O"] if kind == "linear" else op["OC"] * op["OH"] * op["OW"]
+            out = _out_size(op)
             dst = f"s + {self.off(1 - op['in_side'], out)}"
+            pool = ""
+            if "pool" in op:
+                pl = op["pool"]
+                pool = f", {pl['k']}, {pl['stride']}, {pl['OH']}, {pl['OW']}"
             if self.int8:
                 n_in = op["I"] if kind == "linear" else op["C"] * op["H"] * op["W"]
                 amax = self.amax.get(id(op), 0.0)
@@ -661,21 +745,35 @@ class _Gen:
                 wq = self.const(f"w_{tag}", q, "signed char")
                 m = self.const(f"m_{tag}", (sw * sx).astype(np.float32))
                 bb = self.const(f"bias_{tag}", op["b"])
-                self.used.update(["quantize", kind + "_q"])
+                self.used.update(["quantize"] + (["linear_q"] if kind == "linear" else [] if pool else ["conv_q"]))
                 lines = [f"    k_quantize({src}, {n_in}, {_c_float(np.float32(1.0 / sx))});"]
                 if kind == "linear":
                     lines.append(f"    k_linear_q({dst}, (const signed char *)({src}), {wq}, {m}, {bb}, "
                                  f"{op['I']}, {op['O']});")
+                elif pool:
+                    self.used.update(["conv_q_ch", "conv_q_pool", "relu", "maxpool"])
+                    lines.append(f"    k_conv_q_relu_pool({dst}, (const signed char *)({src}), {wq}, {m}, {bb}, "
+                                 f"s + {op['plane_off']}, {op['C']}, {op['H']}, {op['W']}, {op['OC']}, "
+                                 f"{op['OH']}, {op['OW']}, {op['k']}, {op['stride']}, {op['pad']}, "
+                                 f"{op['groups']}{pool});")
                 else:
+                    self.used.add("conv_q_ch")
                     lines.append(f"    k_conv_q({dst}, (const signed char *)({src}), {wq}, {m}, {bb}, "
                                  f"{op['C']}, {op['H']}, {op['W']}, {op['OC']}, {op['OH']}, {op['OW']}, "
                                  f"{op['k']}, {op['stride']}, {op['pad']}, {op['groups']});")
                 return lines
             w = self.const(f"w_{tag}", op["w"])
             bb = self.const(f"bias_{tag}", op["b"])
-            self.used.add(kind)
             if kind == "linear":
+                self.used.add("linear")
                 return [f"    k_linear({dst}, {src}, {w}, {bb}, {op['I']}, {op['O']});"]
+            self.used.add("conv_ch")
+            if pool:
+                self.used.update(["conv_pool", "relu", "maxpool"])
+                return [f"    k_conv_relu_pool({dst}, {src}, {w}, {bb}, s + {op['plane_off']}, {op['C']}, "
+                        f"{op['H']}, {op['W']}, {op['OC']}, {op['OH']}, {op['OW']}, {op['k']}, {op['stride']}, "
+                        f"{op['pad']}, {op['groups']}{pool});"]
+            self.used.add("conv")
             return [f"    k_conv({dst}, {src}, {w}, {bb}, {op['C']}, {op['H']}, {op['W']}, {op['OC']}, "
                     f"{op['OH']}, {op['OW']}, {op['k']}, {op['stride']}, {op['pad']}, {op['groups']});"]
         if kind == "affine":
@@ -752,7 +850,7 @@ class _Gen:
         api = self.api()
         self.used.add("softmax") if p.has_head or self.early_exit is not None else None
         kern = "".join(KERNELS[k] for k in KERNEL_ORDER if k in self.used)
-        if "conv_q" in self.used:
+        if "conv_q_ch" in self.used:
             max_ow = max(op["OW"] for op in p.weighted_ops() if op["op"] == "conv")
             kern = f"#define MAX_OW {max_ow}   /* the widest output row of an int8 conv */\n" + kern
         hdr = (f"/* {nm}.c: generated by fflib.export from an FFModel ({'int8' if self.int8 else 'float32'}, "
