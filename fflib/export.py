@@ -20,9 +20,11 @@ How the C reproduces Python
 Memory
     Activations live in the scratch buffer in two regions at its two ends: an out-of-place
     layer (Linear, Conv2d, the input encoding) reads one and writes the other, the others
-    (ReLU, batch norm, length normalisation, max pool, int8 quantisation) work in place.  The
-    scratch is the largest sum of a layer's input and output sizes (plus, with early exit over
-    labels, one block output per class).
+    (ReLU, batch norm, length normalisation, max pool, int8 quantisation) work in place.  A
+    Conv2d -> ReLU -> MaxPool2d run whose inner outputs nothing else reads is computed one
+    output channel at a time through a plane buffer, so only the pooled output is stored.  The
+    scratch is the largest sum of a layer's input and output sizes (plus that plane; plus, with
+    early exit over labels, one block output per class).
 
 Batch norm
     Folded into the conv after it when that conv has no padding (exact), or into the conv
@@ -31,7 +33,8 @@ Batch norm
 
 int8 (post-training quantisation)
     Weights of every Linear/Conv2d symmetric int8 per output channel; the input of each such
-    layer quantised with one scale per layer, max |x| over a calibration set (127 levels);
+    layer quantised with one scale per layer, max |x| over a calibration set (127 levels; the
+    neutral-label pass and, for FF/SymBa, two random labels per 128 samples);
     products summed in int32 and rescaled to float.  The one-pass head keeps float inputs
     with int8 weights (one scale per class and head block).  Everything else stays float.
 
@@ -1320,8 +1323,8 @@ def add_export_parser(subparsers):
                    help="compile on the host, run the test split, print agreement and accuracy; "
                         "exit 1 on a mismatch")
     e.add_argument("--data", default=None, choices=["sample", "mnist", "fashion-mnist", "cifar10"],
-                   help="dataset for calibration and --verify (default: sample for 28x28 models, "
-                        "cifar10 for 32x32)")
+                   help="dataset for calibration and --verify (default: sample for models of 784 "
+                        "inputs, cifar10 for 3072)")
     e.add_argument("--data-dir", default=None, help="dataset directory (default: $FFLIB_DATA)")
     e.add_argument("--arm", action="store_true", help="also build for Cortex-M4 and print flash")
     return e

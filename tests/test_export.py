@@ -224,12 +224,13 @@ def test_cli_export_verify(tmp_path):
     model.save(path)
     env = dict(os.environ, FFLIB_NUM_THREADS="1")
     run = [sys.executable, "-m", "fflib", "export", path]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     r = subprocess.run(run + ["--out", str(tmp_path / "c"), "--verify", "--int8", "--calibration", "100"],
-                       capture_output=True, text=True, env=env)
+                       capture_output=True, text=True, env=env, cwd=root)
     assert r.returncode == 0, r.stderr
     assert "agreement with Python" in r.stdout and "verify: OK" in r.stdout
     assert os.path.exists(tmp_path / "c" / "ffmodel.c") and os.path.exists(tmp_path / "c" / "ffmodel.h")
     r = subprocess.run(run + ["--out", str(tmp_path / "d"), "--calibration", "5"], capture_output=True,
-                       text=True, env=env)
+                       text=True, env=env, cwd=root)
     assert r.returncode == 2 and "--calibration needs --int8" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
