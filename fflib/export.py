@@ -454,16 +454,20 @@ static void k_linear_q(float *y, const signed char *q, const signed char *w, con
 }
 """,
     "quantize": """
-/* The n floats of x -> n int8 values q = round(x * inv), clamped to [-127, 127], written over
- * the start of x itself (byte i lies in float i / 4, already read). */
-static void k_quantize(float *x, int n, float inv) {
-    signed char *q = (signed char *)x;
+/* q (n) = x (n) as int8: round(x * inv), clamped to [-127, 127].  q may overlap x's storage:
+ * starting at x (filled upwards: byte i lies in float i / 4, already read) or ending at or
+ * after the end of x's region (filled downwards), so the int8 copy takes a quarter of it. */
+static signed char k_q8(float v) {
+    int r = (int)(v >= 0.0f ? v + 0.5f : v - 0.5f);
+    return (signed char)(r > 127 ? 127 : r < -127 ? -127 : r);
+}
+
+static void k_quantize(signed char *q, const float *x, int n, float inv) {
     int i;
-    for (i = 0; i < n; i++) {
-        float v = x[i] * inv;
-        int r = (int)(v >= 0.0f ? v + 0.5f : v - 0.5f);
-        q[i] = (signed char)(r > 127 ? 127 : r < -127 ? -127 : r);
-    }
+    if ((const signed char *)x >= q)
+        for (i = 0; i < n; i++) q[i] = k_q8(x[i] * inv);
+    else
+        for (i = n - 1; i >= 0; i--) q[i] = k_q8(x[i] * inv);
 }
 """,
     "affine": """
@@ -712,9 +716,12 @@ class _Gen:
                 if op["op"] in ("linear", "conv"):
                     out = _out_size(op)
                     plane = op["OH"] * op["OW"] if "pool" in op else 0
-                    S = max(S, alloc + out + plane)
+                    # int8: the input shrinks to its int8 copy (a quarter) at the outer end of its region
+                    n_in = op["I"] if op["op"] == "linear" else op["C"] * op["H"] * op["W"]
+                    need = (n_in + 3) // 4 if self.int8 else alloc
+                    S = max(S, need + out + plane)
                     # a fused conv's plane sits between its input and its output
-                    op["plane_off"] = alloc if side == 0 else out
+                    op["plane_off"] = need if side == 0 else out
                     side, alloc = 1 - side, out
             seg[-1]["out_side"], seg[-1]["out_alloc"] = side, alloc
         self.S = S
@@ -749,19 +756,21 @@ class _Gen:
                 m = self.const(f"m_{tag}", (sw * sx).astype(np.float32))
                 bb = self.const(f"bias_{tag}", op["b"])
                 self.used.update(["quantize"] + (["linear_q"] if kind == "linear" else [] if pool else ["conv_q"]))
-                lines = [f"    k_quantize({src}, {n_in}, {_c_float(np.float32(1.0 / sx))});"]
+                qptr = "(signed char *)s" if op["in_side"] == 0 else f"(signed char *)s + {4 * self.S - n_in}"
+                lines = [f"    k_quantize({qptr}, {src}, {n_in}, {_c_float(np.float32(1.0 / sx))});"]
+                src = qptr
                 if kind == "linear":
-                    lines.append(f"    k_linear_q({dst}, (const signed char *)({src}), {wq}, {m}, {bb}, "
+                    lines.append(f"    k_linear_q({dst}, {src}, {wq}, {m}, {bb}, "
                                  f"{op['I']}, {op['O']});")
                 elif pool:
                     self.used.update(["conv_q_ch", "conv_q_pool", "relu", "maxpool"])
-                    lines.append(f"    k_conv_q_relu_pool({dst}, (const signed char *)({src}), {wq}, {m}, {bb}, "
+                    lines.append(f"    k_conv_q_relu_pool({dst}, {src}, {wq}, {m}, {bb}, "
                                  f"s + {op['plane_off']}, {op['C']}, {op['H']}, {op['W']}, {op['OC']}, "
                                  f"{op['OH']}, {op['OW']}, {op['k']}, {op['stride']}, {op['pad']}, "
                                  f"{op['groups']}{pool});")
                 else:
                     self.used.add("conv_q_ch")
-                    lines.append(f"    k_conv_q({dst}, (const signed char *)({src}), {wq}, {m}, {bb}, "
+                    lines.append(f"    k_conv_q({dst}, {src}, {wq}, {m}, {bb}, "
                                  f"{op['C']}, {op['H']}, {op['W']}, {op['OC']}, {op['OH']}, {op['OW']}, "
                                  f"{op['k']}, {op['stride']}, {op['pad']}, {op['groups']});")
                 return lines
@@ -1058,7 +1067,8 @@ void {nm}_proba(const float *x, float *scratch, float *probs);
  *
  * Every function takes one sample x of {N}_INPUT_SIZE floats (C, H, W order, as given to
  * Python without the label) and a caller-provided scratch buffer of {N}_SCRATCH_FLOATS
- * floats; nothing else is allocated and no state is kept between calls.
+ * floats (x must not lie inside it); nothing else is allocated and no state is kept between
+ * calls.  RAM: {N}_SCRATCH_BYTES + the input + under 1 kB of stack.
  */
 #ifndef {guard}
 #define {guard}

@@ -118,6 +118,7 @@ def test_int8_accuracy_within_0p3_points(zoo, sample, tmp_path, name):
     info = export.export_c(model, tmp_path, int8=True, calibration=x[-200:], name=f"q_{name}")
     f32 = export.export_c(model, tmp_path / "f", name=f"f_{name}")
     assert info["weight_bytes"] < 0.35 * f32["weight_bytes"]   # biases, label maps stay float
+    assert info["scratch_floats"] <= f32["scratch_floats"]    # a layer's int8 input takes a quarter
     exe = export.build_host(info)
     cls, _, _ = export.run_host(exe, info, xt, "predict")
     acc_q = (cls == yt).mean()
