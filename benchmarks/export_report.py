@@ -115,7 +115,7 @@ def write_md(rows, meta):
              "RAM = the header's scratch buffer + the input sample (float32); one-pass inference "
              "(MACs of multi-pass alongside).  Fits: flash <= 1 MiB, RAM <= 256 KiB.  "
              f"Produced by `{meta['command']}`.", "",
-             "| model | precision | params | flash KiB | RAM KiB (scratch + input) | MACs one-pass | MACs multi-pass | fits 1 MiB / 256 KiB |",
+             "| model | precision | params (with head) | flash KiB | RAM KiB (scratch + input) | MACs one-pass | MACs multi-pass | fits 1 MiB / 256 KiB |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         fit = "yes" if r["fits_flash"] and r["fits_ram"] else (
