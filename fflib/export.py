@@ -615,10 +615,17 @@ static void k_conv_q_relu_pool(float *y, const signed char *q, const signed char
 }
 """,
     "sumsq": """
+/* Sum of squares with Kahan's compensation: single-precision arithmetic (fast on an FPU
+ * without double) whose error does not grow with n, as the core's double sums. */
 static float k_sumsq(const float *x, int n) {
-    float s = 0.0f;
+    float s = 0.0f, c = 0.0f;
     int i;
-    for (i = 0; i < n; i++) s += x[i] * x[i];
+    for (i = 0; i < n; i++) {
+        float t, v = x[i] * x[i] - c;
+        t = s + v;
+        c = (t - s) - v;
+        s = t;
+    }
     return s;
 }
 """,

@@ -235,3 +235,31 @@ def test_cli_export_verify(tmp_path):
                        text=True, env=env, cwd=root)
     assert r.returncode == 2 and "--calibration needs --int8" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+@needs_gcc
+@pytest.mark.parametrize("case", ["fourier", "onehot_image", "xent"])
+def test_other_label_encodings_and_losses(sample, tmp_path, case):
+    """Fourier waves and one-hot pixels in every channel plane of an image; the softmax
+    cross-entropy loss (K-wide output, one block, no head)."""
+    x, y, xt, _ = sample
+    if case == "fourier":
+        model = FFModel(fflib.mlp([784, 50, 30], norm="l2"), (1, 28, 28), 10, label_encoding="fourier",
+                        loss="ff", goodness="sum", threshold=2.0)
+    elif case == "onehot_image":
+        layers = models.conv_block(1, 8, 5, pool=2, norm="rms") + models.conv_block(8, 16, 5, pool=4, norm="rms")
+        model = FFModel(layers, (1, 28, 28), 10, label_encoding="onehot", loss="symba", goodness="mean",
+                        threshold=1.0, norm="rms", head_blocks=[0, 1])
+    else:
+        model = FFModel(fflib.mlp([784, 40, 10]), 784, 10, loss="xent", label_encoding="none",
+                        head_blocks=None, blocks=[6])
+    _train(model, x[:500], y[:500])
+    info = export.export_c(model, tmp_path, inference="multipass")
+    exe = export.build_host(info)
+    g = export.run_host(exe, info, xt[:50], "goodness")
+    assert _goodness_error(g, model.goodness(xt[:50])) < GOODNESS_TOL
+    cls, _, _ = export.run_host(exe, info, xt[:50], "predict")
+    np.testing.assert_array_equal(cls, model.predict_multipass(xt[:50], blocks=info["multipass_blocks"]))
+    if model.has_head:
+        np.testing.assert_allclose(export.run_host(exe, info, xt[:50], "proba"), model.predict_proba(xt[:50]),
+                                   atol=1e-5)
