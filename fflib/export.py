@@ -14,8 +14,10 @@ How the C reproduces Python
     squares, for FF/SymBa; channel-group goodness for CwC/PvN); a head layer's output is
     length-normalised (``config["norm"]``) and multiplied into its columns of the head.
     ``<name>_goodness`` equals :meth:`FFModel.goodness` (K x num_blocks), ``<name>_proba``
-    :meth:`FFModel.predict_proba`; ``<name>_predict`` the chosen inference.  Float sums run in
-    float32 in a different order than the core's BLAS, so values agree to about 1e-6 relative.
+    :meth:`FFModel.predict_proba`; ``<name>_predict`` the chosen inference.  Blocks are the
+    model's current cut (``model.blocks``).  Products are summed in float32 in another order
+    than the core's BLAS, sums of squares with Kahan compensation (the core sums them in
+    double): goodness agrees to about 1e-6 of each block's largest value (measured).
 
 Memory
     Activations live in the scratch buffer in two regions at its two ends: an out-of-place
@@ -23,8 +25,9 @@ Memory
     (ReLU, batch norm, length normalisation, max pool, int8 quantisation) work in place.  A
     Conv2d -> ReLU -> MaxPool2d run whose inner outputs nothing else reads is computed one
     output channel at a time through a plane buffer, so only the pooled output is stored.  The
-    scratch is the largest sum of a layer's input and output sizes (plus that plane; plus, with
-    early exit over labels, one block output per class).
+    scratch is the largest sum of a layer's input and output sizes (plus that plane; with int8,
+    a quarter of the input, its int8 copy; plus, with early exit over labels, one block output
+    per class).
 
 Batch norm
     Folded into the conv after it when that conv has no padding (exact), or into the conv
@@ -39,15 +42,14 @@ int8 (post-training quantisation)
     with int8 weights (one scale per class and head block).  Everything else stays float.
 
 Early exit (``early_exit=T``, 0 < T < 1)
-    The blocks run in order; after block b < last the class scores of blocks 0..b are summed,
+    The blocks run in order; after each block b but the last one run (the last block for
+    multi-pass, the head's last block for one-pass) the class scores of blocks 0..b are summed,
     S_b; if the largest softmax(S_b) probability exceeds T the sample is classified as
     argmax S_b and the remaining blocks are skipped.  Otherwise the usual prediction (head or
     multi-pass) is returned.  For FF/SymBa multi-pass the blocks run block-major over the K
     labels, keeping one block output per label in the scratch.  One-pass early exit needs
-    per-class block scores from the neutral pass, i.e. a CwC/PvN model.
+    per-class block scores from the neutral pass, i.e. a CwC/PvN/xent model.
 """
-import argparse
-import json
 import os
 import re
 import subprocess
@@ -421,13 +423,6 @@ def _wrap(vals, per=12):
 
 
 KERNELS = {
-    "copy": """
-/* y (n) = x (n) */
-static void k_copy(float *y, const float *x, int n) {
-    int i;
-    for (i = 0; i < n; i++) y[i] = x[i];
-}
-""",
     "linear": """
 /* y (O) = w (O, I) . x (I) + b (O) */
 static void k_linear(float *y, const float *x, const float *w, const float *b, int I, int O) {
