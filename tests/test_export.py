@@ -225,7 +225,9 @@ def test_cli_export_verify(tmp_path):
     model.save(path)
     env = dict(os.environ, FFLIB_NUM_THREADS="1")
     run = [sys.executable, "-m", "fflib", "export", path]
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    # from tests/, as tests/test_cli.py: the repository root would shadow the installed
+    # package with the unbuilt sources
+    root = os.path.dirname(os.path.abspath(__file__))
     r = subprocess.run(run + ["--out", str(tmp_path / "c"), "--verify", "--int8", "--calibration", "100"],
                        capture_output=True, text=True, env=env, cwd=root)
     assert r.returncode == 0, r.stderr
