@@ -21,6 +21,7 @@ import numpy as np
 
 from . import datasets
 from . import models as zoo
+from .export import add_export_parser, run_export
 
 
 class _Parser(argparse.ArgumentParser):
@@ -203,6 +204,7 @@ def build_parser():
                         "give the same arguments as the interrupted run")
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
     sub.add_parser("models", help="list the model zoo with parameter counts")
+    add_export_parser(sub)
     return p
 
 
@@ -371,6 +373,8 @@ def main(argv=None):
             return 130
     if a.command == "models":
         return models_command()
+    if a.command == "export":
+        return run_export(a)
     parser.print_help()
     return 2
 
