@@ -9,9 +9,10 @@ from .train import evaluate, fit
 
 try:
     from sklearn.base import BaseEstimator, ClassifierMixin
+    from sklearn.exceptions import NotFittedError
     from sklearn.model_selection import train_test_split
     from sklearn.utils.multiclass import check_classification_targets
-    from sklearn.utils.validation import check_is_fitted, validate_data
+    from sklearn.utils.validation import validate_data
     _SKLEARN_ERROR = None
 except ImportError as e:  # keep `import fflib` working; the estimator says what it needs when used
     _SKLEARN_ERROR = e
@@ -22,8 +23,16 @@ except ImportError as e:  # keep `import fflib` working; the estimator says what
     class ClassifierMixin:
         pass
 
+    class NotFittedError(ValueError, AttributeError):
+        pass
+
 #: minibatch updates that ``epochs="auto"`` guarantees (10 epochs of MNIST are 6,000)
 AUTO_MIN_UPDATES = 1000
+
+
+class FFNotFittedError(NotFittedError, RuntimeError):
+    """Raised when an unfitted FFClassifier predicts: scikit-learn's NotFittedError, and a
+    RuntimeError as in fflib 0.1."""
 
 
 def _need_sklearn():
@@ -274,6 +283,11 @@ class FFClassifier(ClassifierMixin, BaseEstimator):
         return self
 
     # ------------------------------------------------------------------ inference
+    def _check_fitted(self):
+        _need_sklearn()
+        if not hasattr(self, "model_"):
+            raise FFNotFittedError("this FFClassifier is not fitted yet; call fit(X, y) first")
+
     def _predict_index(self, X):
         if self.inference == "multipass":
             return self.model_.predict_multipass(X)
@@ -282,7 +296,7 @@ class FFClassifier(ClassifierMixin, BaseEstimator):
     def predict_proba(self, X):
         """Class probabilities (n_samples, n_classes): the one-pass softmax head, or with
         ``inference="multipass"`` a softmax over the summed goodness of every label."""
-        check_is_fitted(self)
+        self._check_fitted()
         X = self._validate(X, reset=False)
         if self.inference == "multipass":
             g = self.model_.goodness(X).sum(axis=2).astype(np.float64)
@@ -295,7 +309,7 @@ class FFClassifier(ClassifierMixin, BaseEstimator):
 
     def predict(self, X):
         """Predicted labels (from ``classes_``)."""
-        check_is_fitted(self)
+        self._check_fitted()
         X = self._validate(X, reset=False)
         if self.inference not in ("onepass", "multipass"):
             raise ValueError(f"inference must be 'onepass' or 'multipass', got {self.inference!r}")
@@ -303,6 +317,6 @@ class FFClassifier(ClassifierMixin, BaseEstimator):
 
     def test_errors(self, X, y):
         """Test error in percent with both inferences, and per-block accuracy."""
-        check_is_fitted(self)
+        self._check_fitted()
         X = self._validate(X, reset=False)
         return evaluate(self.model_, X, self._encode(np.asarray(y)))

@@ -44,7 +44,10 @@ def evaluate(model, x, y, batch_size=1000, multipass_blocks=None):
     Scores are taken per *unit* (FF layer), whatever chunking the model was trained with:
     ``multi_pass`` is the error of the argmax of the class scores (multi-pass goodness for
     FF/SymBa; channel-group goodness for CwC/PvN, no extra passes) summed over
-    ``multipass_blocks`` (default: every unit for FF/SymBa, the last two for CwC/PvN);
+    ``multipass_blocks`` (unit indices; default: the units whose output a loss trained, i.e.
+    those ending a block of the model's current cut -- every unit after greedy training, the
+    last one after ``routine="backprop"``, the chunk ends after chunked training -- all of
+    them for FF/SymBa, the last two of them for CwC/PvN);
     ``one_pass`` that of the softmax head (when the model has one); ``block_accuracy`` the
     accuracy of each unit alone.  Returns a dict."""
     x = as_float32_batch(x, "x", int(np.prod(model.input_shape)))
@@ -53,10 +56,17 @@ def evaluate(model, x, y, batch_size=1000, multipass_blocks=None):
     saved = model.blocks
     model.eval()
     try:
-        model.set_block_ranges(unit_ranges(model))
+        units = unit_ranges(model)
+        model.set_block_ranges(units)
         g = np.concatenate([model.goodness(x[s:s + batch_size]) for s in range(0, len(y), batch_size)])
-        if multipass_blocks is None and model.config["loss"] in ("cwc", "pvn"):
-            multipass_blocks = [-2, -1] if g.shape[2] > 1 else [-1]
+        if multipass_blocks is None:
+            # a unit inside a block (e.g. a hidden layer under routine="backprop") was never
+            # trained to have high goodness for the right label: its goodness is noise
+            ends = {b for _, b in saved}
+            trained = [u for u, (_, e) in enumerate(units) if e in ends] or [len(units) - 1]
+            if model.config["loss"] in ("cwc", "pvn"):
+                trained = trained[-2:]
+            multipass_blocks = trained
         sel = model._block_selection(multipass_blocks)
         res = {"multi_pass": float(100.0 * (g[:, :, sel].sum(axis=2).argmax(axis=1) != y).mean()),
                "block_accuracy": [float((g[:, :, b].argmax(axis=1) == y).mean()) for b in range(g.shape[2])]}
@@ -93,7 +103,10 @@ def fit(model, x, y, *, epochs=10, batch_size=100, optimizer=None, scheduler=Non
 
     routine : None (keep the model's current blocks), "greedy", "chunked", "overlapping" or
         "backprop" with ``chunk_size`` units per chunk (see :mod:`fflib.routines`);
-        ``alternate`` (chunked only) shifts the chunking by one unit every iteration.
+        ``alternate`` (chunked only) shifts the chunking by one unit every iteration (the two
+        chunkings may have different block counts; then ``order`` must be "simultaneous"); the
+        model is left cut as the first chunking, and the history's ``block_loss_shifted``
+        holds the shifted chunking's losses.
 
     order : "simultaneous" (every block on every minibatch) or "layerwise" (each block trained
         for ``epochs`` epochs before the next sees data).
@@ -135,9 +148,9 @@ def fit(model, x, y, *, epochs=10, batch_size=100, optimizer=None, scheduler=Non
                 raise ValueError("alternate needs routine 'chunked' and no windows")
             shifted = block_ranges(model, "chunked", chunk_size, 1)
             cuts.append(shifted)
-            if len(shifted) != len(cuts[0]):
-                raise ValueError("alternating chunkings must have the same number of blocks; "
-                                 "choose a chunk_size that divides the number of units")
+            if len(shifted) != len(cuts[0]) and (windows is not None or order != "simultaneous"):
+                raise ValueError(f"the alternating chunkings have {len(cuts[0])} and {len(shifted)} blocks, "
+                                 f"so per-block windows cannot follow them; use order 'simultaneous'")
         model.set_block_ranges(cuts[0])
     elif alternate:
         raise ValueError(f"alternate needs a routine, one of {ROUTINES}")
@@ -155,7 +168,12 @@ def fit(model, x, y, *, epochs=10, batch_size=100, optimizer=None, scheduler=Non
             t0 = time.perf_counter()
             perm = rng.permutation(n)
             neg = hard_negative_labels(model, x, y, rng) if negatives == "hard" and not head_only else None
-            sums = np.zeros(nb + 1)
+            # one loss sum per chunking (alternate: the shifted cut may have another block count)
+            sums = [np.zeros(len(c) + 1) for c in cuts] if cuts is not None and len(cuts) > 1 \
+                else [np.zeros(nb + 1)]
+            actives = [active if len(s) == nb + 1 else np.full(len(s) - 1, active.max(), np.uint8)
+                       for s in sums]
+            counts = [0] * len(sums)
             steps = 0
             bar = _progress(range(0, n, batch_size), progress, f"epoch {epoch + 1}/{total_epochs}")
             for s in bar:
@@ -164,18 +182,25 @@ def fit(model, x, y, *, epochs=10, batch_size=100, optimizer=None, scheduler=Non
                 if aug is not None:
                     aug(xb.reshape((len(idx),) + tuple(model.input_shape)), rng)
                 nb_labels = None if neg is None else np.ascontiguousarray(neg[idx])
-                if cuts is not None and len(cuts) > 1:
-                    model.set_block_ranges(cuts[steps % 2])
-                losses = model.train_step(xb, np.ascontiguousarray(y[idx]), nb_labels, active, train_head)
-                sums += losses
+                c = steps % len(sums)
+                if len(sums) > 1:
+                    model.set_block_ranges(cuts[c])
+                losses = model.train_step(xb, np.ascontiguousarray(y[idx]), nb_labels, actives[c], train_head)
+                sums[c] += losses
+                counts[c] += 1
                 steps += 1
                 if progress and hasattr(bar, "set_postfix") and steps % 20 == 0:
-                    bar.set_postfix(loss=" ".join(f"{v:.3f}" for v in sums[:nb] / steps))
-            rec = {"epoch": epoch + 1, "block_loss": [float(v) for v in sums[:nb] / max(steps, 1)],
-                   "head_loss": float(sums[nb] / max(steps, 1)) if train_head else None,
+                    bar.set_postfix(loss=" ".join(f"{v:.3f}" for v in sums[0][:nb] / max(counts[0], 1)))
+            head_sum = sum(s[-1] for s in sums)
+            rec = {"epoch": epoch + 1, "block_loss": [float(v) for v in sums[0][:nb] / max(counts[0], 1)],
+                   "head_loss": float(head_sum / max(steps, 1)) if train_head else None,
                    "active": active.tolist(), "lr": optimizer.lr,
                    "seconds": time.perf_counter() - t0}
+            if len(sums) > 1:
+                rec["block_loss_shifted"] = [float(v) for v in sums[1][:-1] / max(counts[1], 1)]
             if x_val is not None:
+                if len(sums) > 1:  # evaluate() reads the trained units from the cut
+                    model.set_block_ranges(cuts[0])
                 rec["val"] = evaluate(model, x_val, y_val)
                 model.train()
             history["epochs"].append(rec)
@@ -185,6 +210,8 @@ def fit(model, x, y, *, epochs=10, batch_size=100, optimizer=None, scheduler=Non
                 callback(rec)
     except KeyboardInterrupt:
         history["interrupted"] = True
+    if cuts is not None and len(cuts) > 1:
+        model.set_block_ranges(cuts[0])
     history["train_seconds"] = time.perf_counter() - t_start
     model.eval()
     return history
