@@ -164,3 +164,38 @@ def test_default_classifier_within_3_points_of_logistic_regression(name):
     lr = cross_val_score(make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)), X, y, cv=cv).mean()
     ff = cross_val_score(make_pipeline(StandardScaler(), FFClassifier(random_state=0)), X, y, cv=cv).mean()
     assert ff >= lr - 0.03, (name, ff, lr)
+
+
+README_EXAMPLE = '''
+import fflib
+from sklearn.datasets import load_wine
+from sklearn.model_selection import cross_val_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+X, y = load_wine(return_X_y=True)
+pipe = make_pipeline(StandardScaler(), fflib.FFClassifier(random_state=0))  # the label is appended
+scores = cross_val_score(pipe, X, y, cv=5)
+print(scores.mean())
+'''
+
+
+def test_readme_with_scikit_learn_example(capsys):
+    """The README's "With scikit-learn" example, as printed there."""
+    exec(compile(README_EXAMPLE, "README.md", "exec"), {})
+    assert float(capsys.readouterr().out) > 0.94
+
+
+def test_without_scikit_learn_fflib_imports_and_the_estimator_says_why():
+    import os
+    import subprocess
+    import sys
+    code = ("import sys; sys.modules['sklearn'] = None\n"
+            "import fflib, numpy as np\n"
+            "try:\n    fflib.FFClassifier().fit(np.zeros((4, 2)), [0, 1, 0, 1])\n"
+            "except ImportError as e:\n    print(e)\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "FFClassifier needs scikit-learn" in res.stdout
