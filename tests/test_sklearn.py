@@ -150,16 +150,14 @@ def test_epochs_auto_gives_small_data_enough_updates():
 
 
 # ---------------------------------------------------------------- tabular accuracy
-@pytest.mark.parametrize("name", ["make_classification", "wine"])
-def test_default_classifier_within_3_points_of_logistic_regression(name):
+def test_default_classifier_within_3_points_of_logistic_regression_on_make_classification():
     """Default settings (appended label, epochs="auto") against LogisticRegression, 5-fold CV on
     standardised features.  make_classification keeps its informative columns first
-    (shuffle=False): with the label written over them the accuracy fell to chance."""
-    if name == "wine":
-        X, y = load_wine(return_X_y=True)
-    else:
-        X, y = make_classification(n_samples=1000, n_features=20, n_informative=5, n_classes=3,
-                                   shuffle=False, random_state=0)
+    (shuffle=False): with the label written over them the accuracy fell to chance.  (The wine
+    data: the README example below.)"""
+    X, y = make_classification(n_samples=1000, n_features=20, n_informative=5, n_classes=3,
+                               shuffle=False, random_state=0)
+    name = "make_classification"
     cv = StratifiedKFold(5, shuffle=True, random_state=0)
     lr = cross_val_score(make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)), X, y, cv=cv).mean()
     ff = cross_val_score(make_pipeline(StandardScaler(), FFClassifier(random_state=0)), X, y, cv=cv).mean()
@@ -180,10 +178,14 @@ print(scores.mean())
 '''
 
 
-def test_readme_with_scikit_learn_example(capsys):
-    """The README's "With scikit-learn" example, as printed there."""
+def test_readme_with_scikit_learn_example_within_3_points_of_logistic_regression_on_wine(capsys):
+    """The README's "With scikit-learn" example, as printed there: default settings on the
+    standardised wine data, against LogisticRegression on the same folds."""
     exec(compile(README_EXAMPLE, "README.md", "exec"), {})
-    assert float(capsys.readouterr().out) > 0.94
+    ff = float(capsys.readouterr().out)
+    X, y = load_wine(return_X_y=True)
+    lr = cross_val_score(make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)), X, y, cv=5).mean()
+    assert ff >= lr - 0.03, (ff, lr)
 
 
 def test_without_scikit_learn_fflib_imports_and_the_estimator_says_why():
