@@ -318,12 +318,12 @@ class FFModel:
         normalisation between blocks is a :class:`LenNorm` layer in ``layers``.)
     label_encoding : {"onehot", "fourier", "embedding", "none"}
         How the label enters the input: one-hot in the first K values of a flat input (it replaces
-        them, or with ``label_placement="append"`` occupies K extra values); for images, in the
-        first K pixels of EVERY channel plane; a per-class plane wave added to the image (Scodellaro et al. 2024; class k has
-        orientation pi k/K and wavelength max(H, W)/(2 + k mod 3) pixels); a trained extra input
-        channel holding one (H, W) map per class (Dooms et al. 2023), trained by block 0's loss
-        (so the first layer sees C+1 channels);
-        or none (channel-wise competitive learning needs no label in the input).
+        them, or with ``label_placement="append"`` occupies K extra values) and in the first K
+        pixels of EVERY channel plane of an image; a per-class plane wave added to the image
+        (Scodellaro et al. 2024; class k has orientation pi k/K and wavelength
+        max(H, W)/(2 + k mod 3) pixels; images only); a trained extra input channel holding one
+        (H, W) map per class (Dooms et al. 2023), trained by block 0's loss (so the first layer
+        sees C+1 channels); or none (channel-wise competitive learning needs no label in the input).
     label_placement : {"overwrite", "append"}
         For one-hot labels on a flat input: "overwrite" writes the label over the first K
         features (Hinton's MNIST recipe: those pixels are always black); "append" widens the
@@ -377,16 +377,15 @@ class FFModel:
                              pvn_weight=float(pvn_weight), label_value=float(label_value))
         self.label_encoding = label_encoding
         _choice("label_encoding", label_encoding, LABEL_ENCODINGS)
-        flat = input_shape[1] * input_shape[2] == 1
-        if label_encoding == "fourier" and flat:
+        if label_encoding == "fourier" and input_shape[1] * input_shape[2] == 1:
             raise ValueError(f"label_encoding 'fourier' needs an image input (input_shape (C, H, W) with "
                              f"H*W > 1), got input_shape {input_shape}; use 'onehot' for a flat input")
         self.label_placement = label_placement
         # append: the C net sees K + D values per row, the label in the first K (extra) ones
         extra = _label_slots(label_placement, label_encoding, input_shape, self.num_classes)
-        net = _core.Net((input_shape[0] + extra, 1, 1) if extra else input_shape, self.num_classes, self.seed)
-        net.set_label_encoding(LABEL_ENCODINGS[label_encoding])
         shape = (input_shape[0] + extra, 1, 1) if extra else input_shape
+        net = _core.Net(shape, self.num_classes, self.seed)
+        net.set_label_encoding(LABEL_ENCODINGS[label_encoding])
         if label_encoding == "embedding":  # the label map is one more input channel
             shape = (shape[0] + 1, shape[1], shape[2])
         for i, layer in enumerate(self.layers):
