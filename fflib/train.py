@@ -147,10 +147,11 @@ def fit(model, x, y, *, epochs=10, batch_size=100, optimizer=None, scheduler=Non
             if routine != "chunked" or windows is not None:
                 raise ValueError("alternate needs routine 'chunked' and no windows")
             shifted = block_ranges(model, "chunked", chunk_size, 1)
-            cuts.append(shifted)
-            if len(shifted) != len(cuts[0]) and (windows is not None or order != "simultaneous"):
+            if len(shifted) != len(cuts[0]) and order != "simultaneous":
                 raise ValueError(f"the alternating chunkings have {len(cuts[0])} and {len(shifted)} blocks, "
-                                 f"so per-block windows cannot follow them; use order 'simultaneous'")
+                                 f"so the {order!r} order cannot follow them; use order 'simultaneous'")
+            if shifted != cuts[0]:  # chunks of one unit do not shift
+                cuts.append(shifted)
         model.set_block_ranges(cuts[0])
     elif alternate:
         raise ValueError(f"alternate needs a routine, one of {ROUTINES}")
