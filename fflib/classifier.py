@@ -1,153 +1,323 @@
-"""A scikit-learn style estimator around an FF MLP."""
+"""A scikit-learn estimator around an FF MLP (scikit-learn itself is needed to use it)."""
+import math
+
 import numpy as np
 
-from .nn import FFModel, as_float32_batch, mlp
+from .nn import FFModel, as_array, mlp
 from .optim import Adam, SGD, LinearCooldown, MultiStepLR
 from .train import evaluate, fit
 
+try:
+    from sklearn.base import BaseEstimator, ClassifierMixin
+    from sklearn.exceptions import NotFittedError
+    from sklearn.model_selection import train_test_split
+    from sklearn.utils.multiclass import check_classification_targets
+    from sklearn.utils.validation import validate_data
+    _SKLEARN_ERROR = None
+except ImportError as e:  # keep `import fflib` working; the estimator says what it needs when used
+    _SKLEARN_ERROR = e
 
-class FFClassifier:
-    """Forward-Forward MLP classifier with the scikit-learn interface.
+    class BaseEstimator:
+        pass
+
+    class ClassifierMixin:
+        pass
+
+    class NotFittedError(ValueError, AttributeError):
+        pass
+
+#: minibatch updates that ``epochs="auto"`` guarantees (10 epochs of MNIST are 6,000)
+AUTO_MIN_UPDATES = 1000
+
+
+class FFNotFittedError(NotFittedError, RuntimeError):
+    """Raised when an unfitted FFClassifier predicts: scikit-learn's NotFittedError, and a
+    RuntimeError as in fflib 0.1."""
+
+
+def _need_sklearn():
+    if _SKLEARN_ERROR is not None:
+        raise ImportError(f"FFClassifier needs scikit-learn (pip install scikit-learn): {_SKLEARN_ERROR}")
+
+
+class FFClassifier(ClassifierMixin, BaseEstimator):
+    """Forward-Forward MLP classifier, a scikit-learn estimator (``clone``, pipelines, grid
+    search, ``cross_val_score``, pickling, ``check_estimator`` all work).
 
     Parameters
     ----------
     hidden : tuple of int
         Hidden layer sizes (the survey's MNIST network is (500, 100)).
-    epochs, batch_size, lr : training length, minibatch size, learning rate.
+    epochs : int or "auto"
+        Training epochs; "auto" (the default) is 10 epochs, or more on small data sets: as
+        many as give at least 1,000 minibatch updates (``AUTO_MIN_UPDATES``), e.g. 500 epochs
+        of 2 minibatches on the 178 wine samples.  MNIST (600 minibatches an epoch) gets 10.
+        With ``early_stopping`` it is the maximum.
+    batch_size, lr : minibatch size and learning rate.
     threshold : float
         theta of the FF loss (default 1 per unit for mean goodness, the first layer's width
         for sum goodness); goodness, norm, loss as in :class:`FFModel`.  The defaults (SymBa,
-        mean goodness, RMS normalisation, Adam 3e-3 with a linear cooldown) reach about 2.4%
-        test error on MNIST in 10 epochs (784-500-100).
+        mean goodness, RMS normalisation, Adam 3e-3 with a linear cooldown, appended label)
+        reach 2.20 % one-pass / 2.28 % multi-pass test error on MNIST in 10 epochs
+        (784-500-100, random_state=0, measured).
+    label_placement : {"append", "overwrite"}
+        "append" (default) gives the network K extra inputs for the one-hot label, so every
+        feature is kept (tabular data); "overwrite" writes the label over the first K features
+        (Hinton's MNIST recipe; needs at least K features).  With the defaults on standardised
+        tabular data (5-fold CV, measured): wine 97.7 % against LogisticRegression's 98.3 %;
+        make_classification (1,000 samples, 20 features, 5 informative and first, 3 classes)
+        76.6 % against 73.9 %.  On tiny noisy sets the (500, 100) network overfits
+        (make_classification's 100-sample default, 3 seeds: 83.0 % against 88.3 %); ``weight_decay=1e-2``
+        closed that gap there (89.3 % with hidden=(100,)) but is not the default: 1e-3 already
+        cost 3 points on the MNIST sample.
     optimizer : {"adam", "sgd"}; momentum and weight_decay for it.
     milestones, gamma : MultiStepLR schedule (epochs); cooldown : linear cooldown over the
         second half instead.
     order : "simultaneous" or "layerwise"; negatives : "uniform" or "hard".
     inference : "onepass" or "multipass" for :meth:`predict`.
-    head_epochs : extra epochs training only the one-pass head.
-    random_state : int or numpy Generator (initialisation, shuffling, negatives).
-    threads : BLAS threads (None leaves the current setting).
+    head_epochs : extra epochs training only the one-pass head; head_lr : the head's
+        learning rate (default ``lr``), scaled by the schedule like ``lr``.
+    early_stopping : bool
+        Hold out ``validation_fraction`` of the training data (stratified) and stop when the
+        validation accuracy has not improved by ``tol`` for ``n_iter_no_change`` epochs; the
+        best epoch's parameters are kept.  Needs ``order="simultaneous"``.
+    random_state : int, numpy Generator or None (initialisation, shuffling, negatives).
+    threads : C core threads for fit (None leaves the current setting).
     verbose : show tqdm progress bars.
 
-    Attributes (after fit): ``model_`` (the :class:`FFModel`), ``classes_``, ``history_``.
+    Attributes (after fit)
+    ----------------------
+    model_ : the trained :class:`FFModel`.
+    classes_ : the sorted class labels (any type ``np.unique`` sorts).
+    n_features_in_, feature_names_in_ : the training data's feature count and (for a
+        DataFrame with string column names) names.
+    n_iter_ : epochs run by fit and by every ``partial_fit`` call since.
+    loss_curve_ : per epoch, the mean of the blocks' FF losses.
+    validation_scores_, best_validation_score_ : with ``early_stopping``, the validation
+        accuracy after every epoch and the best one.
+    history_ : the :func:`fflib.fit` history of the last fit.
     """
 
-    def __init__(self, hidden=(500, 100), epochs=10, batch_size=100, lr=0.003, threshold=None,
-                 goodness="mean", norm="rms", loss="symba", optimizer="adam", momentum=0.9,
-                 weight_decay=0.0, milestones=None, gamma=0.1, cooldown=True, order="simultaneous",
-                 negatives="uniform", inference="onepass", head_epochs=0, head_lr=None,
-                 random_state=None, threads=None, verbose=False):
+    def __init__(self, hidden=(500, 100), epochs="auto", batch_size=100, lr=0.003, threshold=None,
+                 goodness="mean", norm="rms", loss="symba", label_placement="append", optimizer="adam",
+                 momentum=0.9, weight_decay=0.0, milestones=None, gamma=0.1, cooldown=True,
+                 order="simultaneous", negatives="uniform", inference="onepass", head_epochs=0,
+                 head_lr=None, early_stopping=False, validation_fraction=0.1, n_iter_no_change=10,
+                 tol=1e-4, random_state=None, threads=None, verbose=False):
         self.hidden, self.epochs, self.batch_size, self.lr = hidden, epochs, batch_size, lr
         self.threshold, self.goodness, self.norm, self.loss = threshold, goodness, norm, loss
+        self.label_placement = label_placement
         self.optimizer, self.momentum, self.weight_decay = optimizer, momentum, weight_decay
         self.milestones, self.gamma, self.cooldown, self.order = milestones, gamma, cooldown, order
         self.negatives, self.inference, self.head_epochs = negatives, inference, head_epochs
         self.head_lr = head_lr
+        self.early_stopping, self.validation_fraction = early_stopping, validation_fraction
+        self.n_iter_no_change, self.tol = n_iter_no_change, tol
         self.random_state, self.threads, self.verbose = random_state, threads, verbose
 
-    def get_params(self, deep=True):
-        """Estimator parameters (scikit-learn protocol)."""
-        return {k: getattr(self, k) for k in (
-            "hidden", "epochs", "batch_size", "lr", "threshold", "goodness", "norm", "loss", "optimizer",
-            "momentum", "weight_decay", "milestones", "gamma", "cooldown", "order", "negatives",
-            "inference", "head_epochs", "head_lr", "random_state", "threads", "verbose")}
-
-    def set_params(self, **params):
-        """Set estimator parameters (scikit-learn protocol); returns self."""
-        valid = self.get_params()
-        for k, v in params.items():
-            if k not in valid:
-                raise ValueError(f"invalid parameter {k!r} for FFClassifier")
-            setattr(self, k, v)
-        return self
-
+    # ------------------------------------------------------------------ building
     def build(self, n_features, n_classes, seed):
         """The untrained :class:`FFModel` that :meth:`fit` trains."""
-        hidden = tuple(int(h) for h in self.hidden)
-        if not hidden or min(hidden) <= 0:
+        hidden = (self.hidden,) if isinstance(self.hidden, (int, np.integer)) else tuple(self.hidden)
+        if not hidden or any(isinstance(h, bool) or int(h) != h or h <= 0 for h in hidden):
             raise ValueError(f"hidden must be a non-empty tuple of positive sizes, got {self.hidden!r}")
+        hidden = tuple(int(h) for h in hidden)
+        if self.label_placement == "overwrite" and n_features < n_classes:
+            raise ValueError(f"label_placement='overwrite' writes the one-hot label of {n_classes} classes "
+                             f"over the first features, but X has only {n_features}; use 'append'")
         threshold = self.threshold
         if threshold is None:  # per unit for mean goodness, per layer for sum goodness
             threshold = 1.0 if self.goodness == "mean" else float(hidden[0])
         return FFModel(mlp((n_features,) + hidden, norm=self.norm), n_features, n_classes, loss=self.loss,
-                       threshold=threshold, goodness=self.goodness, norm=self.norm, seed=seed)
+                       threshold=threshold, goodness=self.goodness, norm=self.norm,
+                       label_placement=self.label_placement, seed=seed)
 
-    def fit(self, X, y):
-        """Train on X (n_samples, n_features) (or images, flattened) and integer/str labels y."""
-        from . import set_num_threads
-        if self.threads is not None:
-            set_num_threads(self.threads)
-        X = np.asarray(X)
-        X = as_float32_batch(X.reshape(len(X), -1) if X.ndim > 2 else X, "X", int(np.prod(X.shape[1:])))
-        y = np.asarray(y)
-        if y.shape[0] != X.shape[0]:
-            raise ValueError(f"y has {y.shape[0]} labels for {X.shape[0]} samples")
-        self.classes_, y_idx = np.unique(y, return_inverse=True)
-        if len(self.classes_) < 2:
-            raise ValueError("y must contain at least two classes")
-        if X.shape[1] < len(self.classes_):
-            raise ValueError(f"{len(self.classes_)} classes do not fit a one-hot label into {X.shape[1]} features")
-        rng = self.random_state if isinstance(self.random_state, np.random.Generator) \
-            else np.random.default_rng(self.random_state)
-        seed = int(rng.integers(0, 2**63 - 1))
-        self.n_features_in_ = X.shape[1]
-        self.model_ = model = self.build(X.shape[1], len(self.classes_), seed)
+    def _optimizer(self, model):
+        head_lr = self.head_lr
         if self.optimizer == "adam":
-            opt = Adam(model, lr=self.lr, weight_decay=self.weight_decay)
-        elif self.optimizer == "sgd":
-            opt = SGD(model, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
-        else:
-            raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
-        if self.head_lr is not None:
-            head_opt = type(opt)(model, lr=self.head_lr, layers=[], head=True)
-            opt.layers = [i for i in opt.layers if i != -1]
-            del head_opt  # the settings now live in the C core
+            return Adam(model, lr=self.lr, weight_decay=self.weight_decay, head_lr=head_lr)
+        if self.optimizer == "sgd":
+            return SGD(model, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay,
+                       head_lr=head_lr)
+        raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
+
+    def _num_epochs(self, n_samples):
+        steps = math.ceil(n_samples / self._batch_size())
+        if isinstance(self.epochs, str):
+            if self.epochs != "auto":
+                raise ValueError(f"epochs must be 'auto' or an int >= 1, got {self.epochs!r}")
+            return max(10, math.ceil(AUTO_MIN_UPDATES / steps))
+        if isinstance(self.epochs, bool) or int(self.epochs) != self.epochs or self.epochs < 1:
+            raise ValueError(f"epochs must be 'auto' or an int >= 1, got {self.epochs!r}")
+        return int(self.epochs)
+
+    def _batch_size(self):
+        if isinstance(self.batch_size, bool) or int(self.batch_size) != self.batch_size or self.batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {self.batch_size!r}")
+        return int(self.batch_size)
+
+    def _validate(self, X, y="no_validation", reset=True):
+        _need_sklearn()
+        if getattr(X, "ndim", 2) > 2:  # images: flattened, as the MLP sees them
+            X = np.asarray(as_array(X, "X"))
+            X = X.reshape(len(X), -1)
+        elif hasattr(X, "__dlpack__") and not hasattr(X, "columns"):
+            X = as_array(X, "X")
+        if isinstance(y, str) and y == "no_validation":
+            return validate_data(self, X, reset=reset, dtype=np.float32, order="C")
+        X, y = validate_data(self, X, y, reset=reset, dtype=np.float32, order="C")
+        check_classification_targets(y)
+        return X, y
+
+    def _start(self, X, classes):
+        """Fresh model, rng and bookkeeping for ``classes``."""
+        if len(classes) < 2:
+            raise ValueError(f"FFClassifier needs at least two classes in y, got {len(classes)} class")
+        self.classes_ = classes
+        rs = self.random_state
+        self._rng = rs if isinstance(rs, np.random.Generator) else np.random.default_rng(rs)
+        seed = int(self._rng.integers(0, 2**63 - 1))
+        self.model_ = self.build(X.shape[1], len(classes), seed)
+        self.n_iter_, self.loss_curve_ = 0, []
+
+    def _encode(self, y):
+        idx = np.searchsorted(self.classes_, y)
+        idx = np.minimum(idx, len(self.classes_) - 1)
+        bad = self.classes_[idx] != y
+        if np.any(bad):
+            raise ValueError(f"y holds labels not in classes_ {self.classes_.tolist()}: "
+                             f"{np.unique(np.asarray(y)[bad]).tolist()[:10]}")
+        return idx.astype(np.int64)
+
+    def _record(self, history):
+        for rec in history["epochs"]:
+            if any(rec["active"]):
+                losses = [v for v, a in zip(rec["block_loss"], rec["active"]) if a]
+                self.loss_curve_.append(float(np.mean(losses)))
+                self.n_iter_ += 1
+
+    def _set_threads(self):
+        if self.threads is not None:
+            from . import set_num_threads
+            set_num_threads(self.threads)
+
+    # ------------------------------------------------------------------ training
+    def fit(self, X, y):
+        """Train on X (n_samples, n_features) (images are flattened) and labels y of any type
+        ``np.unique`` sorts; returns self."""
+        X, y = self._validate(X, y, reset=True)
+        self._set_threads()
+        self._start(X, np.unique(y))
+        y_idx = self._encode(y)
+        model = self.model_
+        if self.inference not in ("onepass", "multipass"):
+            raise ValueError(f"inference must be 'onepass' or 'multipass', got {self.inference!r}")
+        if self.early_stopping:
+            if self.order != "simultaneous":
+                raise ValueError(f"early_stopping needs order='simultaneous', got order={self.order!r}")
+            if not 0 < self.validation_fraction < 1:
+                raise ValueError(f"validation_fraction must be in (0, 1), got {self.validation_fraction!r}")
+            X, X_val, y_idx, y_val = train_test_split(
+                X, y_idx, test_size=self.validation_fraction, stratify=y_idx,
+                random_state=int(self._rng.integers(0, 2**31 - 1)))
+        epochs = self._num_epochs(len(X))
+        opt = self._optimizer(model)
         sched = None
+        total = epochs if self.order == "simultaneous" else epochs * model.num_blocks
         if self.milestones:
             sched = MultiStepLR(opt, self.milestones, self.gamma)
         elif self.cooldown:
-            sched = LinearCooldown(opt, self.epochs)
-        self.history_ = fit(model, X, y_idx.astype(np.int64), epochs=self.epochs, batch_size=self.batch_size,
-                            optimizer=opt, scheduler=sched, order=self.order, negatives=self.negatives,
-                            head_epochs=self.head_epochs, random_state=rng, progress=self.verbose)
+            sched = LinearCooldown(opt, total)
+        kw = dict(batch_size=self._batch_size(), optimizer=opt, negatives=self.negatives,
+                  random_state=self._rng, progress=self.verbose)
+        if not self.early_stopping:
+            self.history_ = fit(model, X, y_idx, epochs=epochs, scheduler=sched, order=self.order,
+                                head_epochs=self.head_epochs, **kw)
+            self._record(self.history_)
+            return self
+        # early stopping: one epoch at a time, scored on the held-out part
+        self.history_ = {"epochs": [], "interrupted": False, "train_seconds": 0.0}
+        self.validation_scores_, self.best_validation_score_ = [], -np.inf
+        best, waited = model.state_dict(), 0
+        for _ in range(epochs):
+            h = fit(model, X, y_idx, epochs=1, **kw)
+            self.history_["epochs"] += h["epochs"]
+            self.history_["train_seconds"] += h["train_seconds"]
+            self._record(h)
+            if sched is not None:
+                sched.step()
+            score = float(np.mean(self._predict_index(X_val) == y_val))
+            self.validation_scores_.append(score)
+            if score > self.best_validation_score_ + self.tol:
+                self.best_validation_score_, best, waited = score, model.state_dict(), 0
+            else:
+                waited += 1
+            if h["interrupted"] or waited >= self.n_iter_no_change:
+                self.history_["interrupted"] = h["interrupted"]
+                break
+        model.load_state_dict(best)
+        if self.head_epochs:
+            h = fit(model, X, y_idx, epochs=0, head_epochs=self.head_epochs, **kw)
+            self.history_["epochs"] += h["epochs"]
         return self
 
-    def _check(self, X):
+    def partial_fit(self, X, y, classes=None):
+        """One epoch over (X, y) at the constant rate ``lr`` (no schedule, no early stopping):
+        FF learns online.  The first call (on an unfitted estimator) needs ``classes``, every
+        label that will ever appear; later calls continue training the same model."""
+        first = not hasattr(self, "model_")
+        X, y = self._validate(X, y, reset=first)
+        self._set_threads()
+        if first:
+            if classes is None:
+                raise ValueError("classes must be passed on the first call to partial_fit "
+                                 "(every label that will ever appear)")
+            self._start(X, np.unique(classes))
+        elif classes is not None and not np.array_equal(np.unique(classes), self.classes_):
+            raise ValueError(f"classes {np.unique(classes).tolist()} differ from classes_ "
+                             f"{self.classes_.tolist()} of the earlier calls")
+        y_idx = self._encode(y)
+        self.history_ = fit(self.model_, X, y_idx, epochs=1, batch_size=self._batch_size(),
+                            optimizer=self._optimizer(self.model_), negatives=self.negatives,
+                            random_state=self._rng, progress=self.verbose)
+        self._record(self.history_)
+        return self
+
+    # ------------------------------------------------------------------ inference
+    def _check_fitted(self):
+        _need_sklearn()
         if not hasattr(self, "model_"):
-            raise RuntimeError("this FFClassifier is not fitted yet; call fit(X, y) first")
-        X = np.asarray(X)
-        if X.ndim > 2:
-            X = X.reshape(len(X), -1)
-        return as_float32_batch(X, "X", self.n_features_in_)
+            raise FFNotFittedError("this FFClassifier is not fitted yet; call fit(X, y) first")
+
+    def _predict_index(self, X):
+        if self.inference == "multipass":
+            return self.model_.predict_multipass(X)
+        return self.model_.predict_proba(X).argmax(axis=1)
 
     def predict_proba(self, X):
         """Class probabilities (n_samples, n_classes): the one-pass softmax head, or with
         ``inference="multipass"`` a softmax over the summed goodness of every label."""
-        X = self._check(X)
+        self._check_fitted()
+        X = self._validate(X, reset=False)
         if self.inference == "multipass":
             g = self.model_.goodness(X).sum(axis=2).astype(np.float64)
             g -= g.max(axis=1, keepdims=True)
             p = np.exp(g)
-            return (p / p.sum(axis=1, keepdims=True)).astype(np.float32)
+            return p / p.sum(axis=1, keepdims=True)
         if self.inference != "onepass":
             raise ValueError(f"inference must be 'onepass' or 'multipass', got {self.inference!r}")
-        return self.model_.predict_proba(X)
+        return self.model_.predict_proba(X).astype(np.float64)
 
     def predict(self, X):
         """Predicted labels (from ``classes_``)."""
-        X = self._check(X)
-        if self.inference == "multipass":
-            idx = self.model_.predict_multipass(X)
-        else:
-            idx = self.predict_proba(X).argmax(axis=1)
-        return self.classes_[idx]
-
-    def score(self, X, y):
-        """Mean accuracy on (X, y)."""
-        return float((self.predict(X) == np.asarray(y)).mean())
+        self._check_fitted()
+        X = self._validate(X, reset=False)
+        if self.inference not in ("onepass", "multipass"):
+            raise ValueError(f"inference must be 'onepass' or 'multipass', got {self.inference!r}")
+        return self.classes_[self._predict_index(X)]
 
     def test_errors(self, X, y):
         """Test error in percent with both inferences, and per-block accuracy."""
-        X = self._check(X)
-        y_idx = np.searchsorted(self.classes_, np.asarray(y))
-        return evaluate(self.model_, X, y_idx.astype(np.int64))
+        self._check_fitted()
+        X = self._validate(X, reset=False)
+        return evaluate(self.model_, X, self._encode(np.asarray(y)))

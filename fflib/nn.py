@@ -6,6 +6,7 @@ every Linear/Conv2d starts a new block (Hinton's greedy layer-local FF).
 """
 import contextlib
 import inspect
+import io
 import json
 import os
 
@@ -481,9 +482,37 @@ def mlp(sizes, norm="l2", eps=1e-4, normalize_input=True, bias=True):
     return layers
 
 
+def as_array(x, name):
+    """``x`` as a NumPy array: arrays pass through; a torch tensor or any other DLPack producer
+    (``__dlpack__``) on the CPU becomes a zero-copy view (``np.from_dlpack``); anything else is
+    returned as it is."""
+    if isinstance(x, np.ndarray) or not hasattr(x, "__dlpack__"):
+        return x
+    if getattr(x, "requires_grad", False):  # torch refuses to export a tensor in autograd
+        x = x.detach()
+    try:
+        return np.from_dlpack(x)
+    except (BufferError, RuntimeError, TypeError, ValueError) as e:
+        raise TypeError(f"{name}: cannot read this {type(x).__name__} through DLPack ({e}); "
+                        "pass a CPU tensor or a numpy array") from None
+
+
+def _label_slots(placement, encoding, input_shape, K):
+    """Extra input values the label takes: K for an appended one-hot label, else 0."""
+    _choice("label_placement", placement, {"overwrite": 0, "append": 1})
+    if placement == "overwrite":
+        return 0
+    if encoding != "onehot" or input_shape[1] * input_shape[2] != 1:
+        raise ValueError(f"label_placement 'append' needs label_encoding 'onehot' and a flat input "
+                         f"(input_shape (D, 1, 1)), got label_encoding {encoding!r} and input_shape "
+                         f"{input_shape}")
+    return K
+
+
 def as_float32_batch(x, name, input_size):
-    """Convert once, explicitly, to the C-contiguous float32 (B, input_size) the core wants."""
-    a = np.asarray(x)
+    """Convert once, explicitly, to the C-contiguous float32 (B, input_size) the core wants
+    (no copy when ``x`` already is one, including a CPU tensor read through DLPack)."""
+    a = np.asarray(as_array(x, name))
     if a.dtype.kind not in "fiub":
         raise TypeError(f"{name} must be numeric, got dtype {a.dtype}")
     a = np.ascontiguousarray(a, dtype=np.float32)
@@ -505,7 +534,7 @@ class FFModel:
     input_shape : int or (C, H, W)
         Shape of one sample (an int for a flat vector).
     num_classes : int
-        K; the one-hot label is written into the first K input values.
+        K, the number of classes.
     blocks : list of int, optional
         Block ends (exclusive layer indices); default: a new block at every Linear/Conv2d.
     loss : {"ff", "symba", "cwc", "pvn", "xent"}
@@ -524,25 +553,35 @@ class FFModel:
         Normalisation of the one-pass head's input features; ``norm_eps`` its epsilon.  (The
         normalisation between blocks is a :class:`LenNorm` layer in ``layers``.)
     label_encoding : {"onehot", "fourier", "embedding", "none"}
-        How the label enters the input: one-hot in the first K values (of each channel plane for
-        images); a per-class plane wave added to the image (Scodellaro et al. 2024; class k has
-        orientation pi k/K and wavelength max(H, W)/(2 + k mod 3) pixels); a trained extra input
-        channel holding one (H, W) map per class (Dooms et al. 2023), trained by block 0's loss
-        (so the first layer sees C+1 channels);
-        or none (channel-wise competitive learning needs no label in the input).
+        How the label enters the input: one-hot in the first K values of a flat input (it replaces
+        them, or with ``label_placement="append"`` occupies K extra values) and in the first K
+        pixels of EVERY channel plane of an image; a per-class plane wave added to the image
+        (Scodellaro et al. 2024; class k has orientation pi k/K and wavelength
+        max(H, W)/(2 + k mod 3) pixels; images only); a trained extra input channel holding one
+        (H, W) map per class (Dooms et al. 2023), trained by block 0's loss (so the first layer
+        sees C+1 channels); or none (channel-wise competitive learning needs no label in the input).
+    label_placement : {"overwrite", "append"}
+        For one-hot labels on a flat input: "overwrite" writes the label over the first K
+        features (Hinton's MNIST recipe: those pixels are always black); "append" widens the
+        network's input to K + D values, the K label values first and all D features after
+        them, so no feature is lost (tabular data).  Inputs stay (B, D): the model copies each
+        batch into the wider row.  The first Linear then has ``in_features`` D (as the user
+        sees the data) and a weight of shape (out, K + D) whose first K columns read the label.
     label_value : float
         One-hot value, Fourier amplitude, or embedding initial scale; the neutral label is the
         mean over classes (label_value/K for one-hot).
     head_blocks : "auto", None or list of int
         Blocks whose normalised outputs feed the one-pass softmax head; "auto" = blocks 2..L
         (all but the first, as in Hinton's paper; the only block if there is one); None = no head.
+        Indices count from the end when negative (``[-2, -1]``: the last two blocks).
     seed : int
         Initialisation and negative-label sampling seed.
     """
 
     def __init__(self, layers, input_shape, num_classes=10, *, blocks=None, loss="ff", threshold=2.0,
                  alpha=4.0, goodness="sum", norm="l2", norm_eps=1e-4, pvn_weight=0.0,
-                 label_value=1.0, label_encoding="onehot", head_blocks="auto", seed=0):
+                 label_value=1.0, label_encoding="onehot", label_placement="overwrite", head_blocks="auto",
+                 seed=0):
         if not isinstance(layers, (list, tuple)):
             raise TypeError(f"layers must be a list of fflib layers, got {type(layers).__name__}")
         if not layers:
@@ -569,18 +608,28 @@ class FFModel:
         self._hparams = hparams
         self._optimizer = None      # the optimiser last attached (fit without optimizer= goes on with it)
         self.label_encoding = label_encoding
-        net = _core.Net(input_shape, self.num_classes, self.seed)
-        net.set_label_encoding(_choice("label_encoding", label_encoding, LABEL_ENCODINGS))
-        shape = input_shape
+        if label_encoding == "fourier" and input_shape[1] * input_shape[2] == 1:
+            raise ValueError(f"label_encoding 'fourier' needs an image input (input_shape (C, H, W) with "
+                             f"H*W > 1), got input_shape {input_shape}; use 'onehot' for a flat input")
+        self.label_placement = label_placement
+        # append: the C net sees K + D values per row, the label in the first K (extra) ones
+        extra = _label_slots(label_placement, label_encoding, input_shape, self.num_classes)
+        shape = (input_shape[0] + extra, 1, 1) if extra else input_shape
+        net = _core.Net(shape, self.num_classes, self.seed)
+        net.set_label_encoding(LABEL_ENCODINGS[label_encoding])
         if label_encoding == "embedding":  # the label map is one more input channel
             shape = (shape[0] + 1, shape[1], shape[2])
         for i, layer in enumerate(self.layers):
             size = shape[0] * shape[1] * shape[2]
+            if extra and isinstance(layer, Linear):  # checked against the D features the user has
+                size -= extra
             try:
                 layer._add_to(net, size if isinstance(layer, Linear) else shape)
             except ValueError as e:
                 raise ValueError(f"layers[{i}] ({layer!r}): {e}") from None
             shape = net.layer_shape(i)
+            if isinstance(layer, Linear):
+                extra = 0
         self._net = net
         # head: chosen by blocks of the default/explicit cut, stored as layer indices
         ends = net.default_blocks() if blocks is None else blocks
@@ -607,10 +656,12 @@ class FFModel:
             if head_blocks != "auto":
                 raise ValueError(f"head_blocks must be 'auto', None or a list of block indices, got {head_blocks!r}")
             sel = list(range(1, nb)) if nb > 1 else [0]
-        else:
-            sel = sorted(_int_list("head_blocks", head_blocks))
-            if not sel or sel[0] < 0 or sel[-1] >= nb or len(set(sel)) != len(sel):
-                raise ValueError(f"head_blocks must be distinct block indices in [0, {nb}), got {head_blocks!r}")
+        else:  # block indices, negative ones counted from the end (-1: the last block)
+            raw = _int_list("head_blocks", [head_blocks] if isinstance(head_blocks, (int, np.integer)) else head_blocks)
+            sel = sorted(int(b) % nb for b in raw if -nb <= int(b) < nb)
+            if not sel or len(sel) != len(raw) or len(set(sel)) != len(sel):
+                raise ValueError(f"head_blocks must be distinct block indices in [-{nb}, {nb}), "
+                                 f"got {head_blocks!r}")
         return [ends[b] - 1 for b in sel]
 
     @property
@@ -751,10 +802,12 @@ class FFModel:
         """One FF step on a minibatch, entirely in C: positive and negative (and neutral) passes,
         each active block's local loss, backward and optimiser step, and the head.
 
-        x must be float32 C-contiguous (B, ...) with the model's input size; y int64 (B,).
+        x must be float32 C-contiguous (B, ...) with the model's input size (a NumPy array, or a
+        CPU torch tensor / DLPack producer, read without a copy); y int64 (B,).
         Returns the per-block losses followed by the head loss (an array of num_blocks + 1)."""
         train_head = _train_head_flag(train_head, self.has_head)
         act = _active_mask(active, self.num_blocks)
+        x = self._input(x, strict=True)
         _native_order(x=x, y=y, neg_labels=neg_labels)
         return self._net.train_step(x, y, neg_labels, act, bool(train_head), True)
 
@@ -763,6 +816,7 @@ class FFModel:
         ``grad_weight``/``grad_bias``; an optimiser's ``step()`` then applies them."""
         train_head = _train_head_flag(train_head, self.has_head)
         act = _active_mask(active, self.num_blocks)
+        x = self._input(x, strict=True)
         _native_order(x=x, y=y, neg_labels=neg_labels)
         return self._net.train_step(x, y, neg_labels, act, bool(train_head), False)
 
@@ -793,7 +847,7 @@ class FFModel:
         this tick) and the head's last."""
         if x is None:
             return self._net.pipeline_step()
-        x = as_float32_batch(x, "x", self._net.info()["input_size"])
+        x = self._input(x)
         y = self._check_y(y, len(x))
         neg = None if neg_labels is None else self._check_y(neg_labels, len(x), "neg_labels")
         return self._net.pipeline_step(x, y, neg)
@@ -815,10 +869,35 @@ class FFModel:
         """Free the pipeline's buffers (minibatches still in flight are dropped)."""
         self._net.pipeline_end()
 
+    def _input(self, x, name="x", strict=False):
+        """What the core reads for input ``x``: DLPack producers viewed as arrays; ``strict``
+        (the training step) leaves dtype and layout checks to the core and never copies, else
+        x is converted to float32 (B, D) once; with ``label_placement="append"`` each row is
+        copied behind K slots that the core fills with the label."""
+        x = as_array(x, name)
+        D = int(np.prod(self.input_shape))
+        if not strict:
+            x = as_float32_batch(x, name, D)
+        if self.label_placement != "append":
+            return x
+        # the core's own checks, in the user's terms (D features, not K + D)
+        if not isinstance(x, np.ndarray):
+            raise TypeError(f"{name} must be a numpy.ndarray of float32, got {type(x).__name__}")
+        if x.dtype != np.float32:
+            raise TypeError(f"{name} must have dtype float32, got {x.dtype}")
+        if x.ndim < 2 or int(np.prod(x.shape[1:])) != D:
+            raise ValueError(f"{name} must have {D} values per sample (the model's input size), got shape {x.shape}")
+        if not x.flags.c_contiguous:
+            raise ValueError(f"{name} must be C-contiguous (numpy.ascontiguousarray makes a contiguous copy)")
+        K = self.num_classes
+        wide = np.zeros((x.shape[0], K + D), dtype=np.float32)
+        wide[:, K:] = x.reshape(x.shape[0], D)
+        return wide
+
     # -------------------------------------------------------------- inference
     def goodness(self, x):
         """Multi-pass goodness: (B, K, num_blocks), every block's goodness for every label."""
-        return self._net.goodness(as_float32_batch(x, "x", self._net.info()["input_size"]))
+        return self._net.goodness(self._input(x))
 
     def _block_selection(self, blocks):
         nb = self.num_blocks
@@ -840,7 +919,7 @@ class FFModel:
     def predict_proba(self, x):
         """One-pass class probabilities (B, K) from the softmax head (neutral-label input)."""
         self._need_head()
-        return self._net.head_predict(as_float32_batch(x, "x", self._net.info()["input_size"]))
+        return self._net.head_predict(self._input(x))
 
     def predict_onepass(self, x):
         """One-pass prediction: argmax of the softmax head."""
@@ -849,7 +928,7 @@ class FFModel:
     def features(self, x):
         """The one-pass head's input: concatenated normalised activities for neutral-label input."""
         self._need_head()
-        return self._net.features(as_float32_batch(x, "x", self._net.info()["input_size"]))
+        return self._net.features(self._input(x))
 
     def block_accuracy(self, x, y):
         """Per-block multi-pass accuracy (a diagnostic): list of num_blocks fractions."""
@@ -883,6 +962,7 @@ class FFModel:
             "units": list(self._units), "blocks": [list(r) for r in self.blocks],
             "head_blocks": self._head_blocks_arg, "head_layers": list(self._head_layers),
             "seed": self.seed, "config": self.config, "label_encoding": self.label_encoding,
+            "label_placement": self.label_placement,
         }
 
     @classmethod
@@ -1121,6 +1201,19 @@ class FFModel:
         for k in known & cfg.keys():
             kw[k] = bool(cfg[k]) if k == "nesterov" else _real(f"layer {i} {k}", cfg[k], lo=0.0)
         self._net.set_opt(i, cfg["kind"], **kw)
+
+    def __getstate__(self):
+        """Pickling and deepcopy: the model travels as the bytes of :meth:`save` (architecture,
+        parameters, optimiser state, mode), so a copy trains and predicts exactly as the original."""
+        buf = io.BytesIO()
+        self.save(buf)
+        return {"fflib.FFModel.npz": buf.getvalue()}
+
+    def __setstate__(self, state):
+        model = type(self).load(io.BytesIO(state["fflib.FFModel.npz"]))
+        self.__dict__.update(model.__dict__)
+        for i, layer in enumerate(self.layers):
+            layer._bind(self, i)
 
     def __repr__(self):
         inner = ",\n  ".join(repr(l) for l in self.layers)

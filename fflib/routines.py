@@ -13,6 +13,8 @@ group units into blocks; gradients flow inside a block and never between blocks:
 
 With ``alternate=True`` the chunking shifts by one unit every iteration (chunks starting at
 unit 0, then chunks after a first chunk of one unit), so that no chunk boundary stays fixed.
+The two chunkings may have different block counts (4 units in chunks of 2: units 0-1 and 2-3,
+then 0, 1-2 and 3); :func:`fflib.fit` keeps one loss record per chunking.
 """
 
 ROUTINES = ("greedy", "chunked", "overlapping", "backprop")

@@ -54,7 +54,10 @@ def evaluate(model, x, y, batch_size=1000, multipass_blocks=None):
     Scores are taken per *unit* (FF layer), whatever chunking the model was trained with:
     ``multi_pass`` is the error of the argmax of the class scores (multi-pass goodness for
     FF/SymBa; channel-group goodness for CwC/PvN, no extra passes) summed over
-    ``multipass_blocks`` (default: every unit for FF/SymBa, the last two for CwC/PvN);
+    ``multipass_blocks`` (unit indices; default: the units whose output a loss trained, i.e.
+    those ending a block of the model's current cut -- every unit after greedy training, the
+    last one after ``routine="backprop"``, the chunk ends after chunked training -- all of
+    them for FF/SymBa, the last two of them for CwC/PvN);
     ``one_pass`` that of the softmax head (when the model has one); ``block_accuracy`` the
     accuracy of each unit alone.  Returns a dict."""
     x = as_float32_batch(x, "x", int(np.prod(model.input_shape)))
@@ -63,10 +66,17 @@ def evaluate(model, x, y, batch_size=1000, multipass_blocks=None):
     saved = model.blocks
     model.eval()
     try:
-        model.set_block_ranges(unit_ranges(model))
+        units = unit_ranges(model)
+        model.set_block_ranges(units)
         g = np.concatenate([model.goodness(x[s:s + batch_size]) for s in range(0, len(y), batch_size)])
-        if multipass_blocks is None and model.config["loss"] in ("cwc", "pvn"):
-            multipass_blocks = [-2, -1] if g.shape[2] > 1 else [-1]
+        if multipass_blocks is None:
+            # a unit inside a block (e.g. a hidden layer under routine="backprop") was never
+            # trained to have high goodness for the right label: its goodness is noise
+            ends = {b for _, b in saved}
+            trained = [u for u, (_, e) in enumerate(units) if e in ends] or [len(units) - 1]
+            if model.config["loss"] in ("cwc", "pvn"):
+                trained = trained[-2:]
+            multipass_blocks = trained
         sel = model._block_selection(multipass_blocks)
         res = {"multi_pass": float(100.0 * (g[:, :, sel].sum(axis=2).argmax(axis=1) != y).mean()),
                "block_accuracy": [float((g[:, :, b].argmax(axis=1) == y).mean()) for b in range(g.shape[2])]}
@@ -103,7 +113,10 @@ def fit(model, x, y, *, epochs=10, batch_size=100, optimizer=None, scheduler=Non
 
     routine : None (keep the model's current blocks), "greedy", "chunked", "overlapping" or
         "backprop" with ``chunk_size`` units per chunk (see :mod:`fflib.routines`);
-        ``alternate`` (chunked only) shifts the chunking by one unit every iteration.
+        ``alternate`` (chunked only) shifts the chunking by one unit every iteration (the two
+        chunkings may have different block counts; then ``order`` must be "simultaneous"); the
+        model is left cut as the first chunking, and the history's ``block_loss_shifted``
+        holds the shifted chunking's losses.
 
     order : "simultaneous" (every block on every minibatch) or "layerwise" (each block trained
         for ``epochs`` epochs before the next sees data).
@@ -178,10 +191,11 @@ def fit(model, x, y, *, epochs=10, batch_size=100, optimizer=None, scheduler=Non
             if routine != "chunked" or windows is not None:
                 raise ValueError("alternate needs routine 'chunked' and no windows")
             shifted = block_ranges(model, "chunked", chunk_size, 1)
-            cuts.append(shifted)
-            if len(shifted) != len(cuts[0]):
-                raise ValueError("alternating chunkings must have the same number of blocks; "
-                                 "choose a chunk_size that divides the number of units")
+            if len(shifted) != len(cuts[0]) and order != "simultaneous":
+                raise ValueError(f"the alternating chunkings have {len(cuts[0])} and {len(shifted)} blocks, "
+                                 f"so the {order!r} order cannot follow them; use order 'simultaneous'")
+            if shifted != cuts[0]:  # chunks of one unit do not shift
+                cuts.append(shifted)
         model.set_block_ranges(cuts[0])
     elif alternate:
         raise ValueError(f"alternate needs a routine, one of {ROUTINES}")
@@ -217,8 +231,12 @@ def fit(model, x, y, *, epochs=10, batch_size=100, optimizer=None, scheduler=Non
             t0 = time.perf_counter()
             perm = rng.permutation(n)
             neg = hard_negative_labels(model, x, y, rng) if negatives == "hard" and not head_only else None
-            sums = np.zeros(nb + 1)
-            counts = np.zeros(nb + 1)
+            # one loss sum per chunking (alternate: the shifted cut may have another block count)
+            sums = [np.zeros(len(c) + 1) for c in cuts] if cuts is not None and len(cuts) > 1 \
+                else [np.zeros(nb + 1)]
+            actives = [active if len(v) == nb + 1 else np.full(len(v) - 1, active.max(), np.uint8)
+                       for v in sums]
+            counts = [np.zeros(len(v)) for v in sums]
             steps = 0
             if pipeline:
                 model.pipeline_begin(batch_size, active, train_head)
@@ -229,34 +247,39 @@ def fit(model, x, y, *, epochs=10, batch_size=100, optimizer=None, scheduler=Non
                 if aug is not None:
                     aug(xb.reshape((len(idx),) + tuple(model.input_shape)), rng)
                 nb_labels = None if neg is None else np.ascontiguousarray(neg[idx])
-                if cuts is not None and len(cuts) > 1:
-                    model.set_block_ranges(cuts[steps % 2])
+                c = steps % len(sums)
+                if len(sums) > 1:
+                    model.set_block_ranges(cuts[c])
                 if pipeline:
                     try:
                         losses = model.pipeline_step(xb, np.ascontiguousarray(y[idx]), nb_labels)
                     except KeyboardInterrupt:
                         model.pipeline_flush()
                         raise
-                    sums += np.nan_to_num(losses)
-                    counts += ~np.isnan(losses)
+                    sums[0] += np.nan_to_num(losses)     # NaN: a block idle in this tick
+                    counts[0] += ~np.isnan(losses)
                 else:
-                    losses = model.train_step(xb, np.ascontiguousarray(y[idx]), nb_labels, active, train_head)
-                    sums += losses
-                    counts += 1
+                    losses = model.train_step(xb, np.ascontiguousarray(y[idx]), nb_labels, actives[c], train_head)
+                    sums[c] += losses
+                    counts[c] += 1
                 steps += 1
                 if progress and hasattr(bar, "set_postfix") and steps % 20 == 0:
-                    bar.set_postfix(loss=" ".join(f"{v:.3f}" for v in sums[:nb] / np.maximum(counts[:nb], 1)))
+                    bar.set_postfix(loss=" ".join(f"{v:.3f}" for v in sums[0][:nb] / np.maximum(counts[0][:nb], 1)))
             if pipeline:
                 for losses in model.pipeline_flush():
-                    sums += np.nan_to_num(losses)
-                    counts += ~np.isnan(losses)
+                    sums[0] += np.nan_to_num(losses)
+                    counts[0] += ~np.isnan(losses)
                 model.pipeline_end()
-            counts = np.maximum(counts, 1)
-            rec = {"epoch": epoch + 1, "block_loss": [float(v) for v in sums[:nb] / counts[:nb]],
-                   "head_loss": float(sums[nb] / counts[nb]) if train_head else None,
+            head_sum, head_count = sum(v[-1] for v in sums), sum(k[-1] for k in counts)
+            rec = {"epoch": epoch + 1, "block_loss": [float(v) for v in sums[0][:nb] / np.maximum(counts[0][:nb], 1)],
+                   "head_loss": float(head_sum / max(head_count, 1)) if train_head else None,
                    "active": active.tolist(), "lr": optimizer.lr,
                    "seconds": time.perf_counter() - t0}
+            if len(sums) > 1:
+                rec["block_loss_shifted"] = [float(v) for v in sums[1][:-1] / np.maximum(counts[1][:-1], 1)]
             if x_val is not None:
+                if len(sums) > 1:  # evaluate() reads the trained units from the cut
+                    model.set_block_ranges(cuts[0])
                 rec["val"] = evaluate(model, x_val, y_val)
                 model.train()
             history["epochs"].append(rec)
@@ -268,6 +291,8 @@ def fit(model, x, y, *, epochs=10, batch_size=100, optimizer=None, scheduler=Non
                 callback(rec)
     except KeyboardInterrupt:
         history["interrupted"] = True
+    if cuts is not None and len(cuts) > 1:
+        model.set_block_ranges(cuts[0])
     history["train_seconds"] = time.perf_counter() - t_start
     model.eval()
     return history

@@ -137,8 +137,9 @@ def test_alternating_chunks_and_windows(rng):
     ranges_a = routines.block_ranges(m, "chunked", 2, 0)
     ranges_b = routines.block_ranges(m, "chunked", 2, 1)
     assert ranges_a != ranges_b and ranges_a[0][0] == ranges_b[0][0] == 0
-    with pytest.raises(ValueError, match="same number of blocks"):
-        fflib.fit(m, x, y, epochs=1, routine="chunked", chunk_size=2, alternate=True, progress=False)
+    # 2 and 3 blocks: alternating chunkings with different block counts train (issue 9)
+    hist = fflib.fit(m, x, y, epochs=1, routine="chunked", chunk_size=2, alternate=True, progress=False)
+    assert m.blocks == ranges_a and len(hist["epochs"][0]["block_loss_shifted"]) == len(ranges_b)
     hist = fflib.fit(m, x, y, epochs=1, routine="chunked", chunk_size=4, progress=False)
     assert m.blocks == [(0, len(m.layers))] and np.isfinite(hist["epochs"][0]["block_loss"]).all()
     m.set_block_ranges(routines.block_ranges(m, "greedy"))
