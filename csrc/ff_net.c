@@ -1129,14 +1129,21 @@ void ff_net_zero_grad(ff_net *net) {
 }
 
 /* The label embedding is trained by the loss of the block holding layer 0: dxin holds the
- * gradient w.r.t. the encoded input; each row's extra-channel gradient goes to its label's map. */
+ * gradient w.r.t. the encoded input; each row's extra-channel gradient goes to the map that was
+ * written into it: its label's, or for a neutral row (the mean of the maps) 1/K to every map. */
 static void embedding_backward(ff_net *net, ff_work *w, int T) {
-    int HW = net->H * net->W, Din = net->Din;
+    int HW = net->H * net->W, Din = net->Din, K = net->K;
     float *g = ff_grad_at(net, w, net->embed.w_off);
     for (int r = 0; r < T; r++) {
         const float *dr = w->dxin + (size_t)r * Din + net->D;
-        float *gk = g + (size_t)w->lab[r] * HW;
-        for (int i = 0; i < HW; i++) gk[i] += dr[i];
+        int64_t y = w->rowlab[r];
+        if (y >= 0) {
+            float *gk = g + (size_t)y * HW;
+            for (int i = 0; i < HW; i++) gk[i] += dr[i];
+        } else {
+            for (int k = 0; k < K; k++)
+                for (int i = 0; i < HW; i++) g[(size_t)k * HW + i] += dr[i] / K;
+        }
     }
 }
 

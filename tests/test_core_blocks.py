@@ -55,8 +55,11 @@ def test_private_constructors_cannot_crash():
 def test_errors_are_written_where_they_are_checked():
     with pytest.raises(ValueError, match=r"groups must divide the input channels \(3\) and out_channels \(5\)"):
         fflib.FFModel([fflib.Conv2d(3, 5, 3, groups=2), fflib.ReLU()], (3, 8, 8), 4)
-    with pytest.raises(ValueError, match="label_encoding fourier needs an image input"):
+    with pytest.raises(ValueError, match="label_encoding '?fourier'? needs an image input"):
         fflib.FFModel(fflib.mlp([20, 8]), 20, 4, label_encoding="fourier")
+    net = _core.Net((20, 1, 1), 4, 0)          # the core's own message, below Python's check
+    with pytest.raises(ValueError, match="label_encoding fourier needs an image input"):
+        net.set_label_encoding(_core.LABEL_ENCODINGS["fourier"])
     m = _mlp()
     with pytest.raises(ValueError, match=r"block 0 = \[0, 0\) is empty"):
         m.set_block_ranges([(0, 0), (0, 6)])
@@ -118,7 +121,8 @@ def test_gradient_views_do_not_change_memory(rng):
     assert m.workspace_bytes == ws
 
 
-@pytest.mark.parametrize("name", ["mlp_ff", "mlp_symba_head", "cnn_embedding", "cwcomp", "overlap"])
+@pytest.mark.parametrize("name", ["mlp_ff", "mlp_symba_head", "cnn_embedding", "cwc_embedding", "cwcomp",
+                                  "overlap"])
 def test_directional_gradient_check(name, rng):
     """ff_net_check_grad on every block (and the head) of each kind of network: the local
     gradient of a block's loss against a central difference along a random direction."""
@@ -138,6 +142,13 @@ def test_directional_gradient_check(name, rng):
         m = fflib.FFModel(layers, (1, 8, 8), 4, loss="symba", label_encoding="embedding", seed=2)
         x, y = rng.random((6, 64), dtype=np.float32), rng.integers(0, 4, 6)
         neg = (y + 1) % 4
+    elif name == "cwc_embedding":
+        # label-free loss: every row carries the mean label map, so each map gets 1/K of its
+        # gradient (it once went to the row's own label's map)
+        layers = models.conv_block(2, 8, 3, padding=1, pool=2) + models.conv_block(8, 8, 3, padding=1)
+        m = fflib.FFModel(layers, (1, 8, 8), 4, loss="cwc", label_encoding="embedding", seed=2)
+        x, y = rng.random((6, 64), dtype=np.float32), rng.integers(0, 4, 6)
+        neg = None
     else:
         m = models.build("cwcomp", "mnist", seed=3, channels=(10, 20, 20, 30))
         x, y = rng.random((6, 784), dtype=np.float32), rng.integers(0, 10, 6)
