@@ -982,17 +982,21 @@ static ff_status shared_forward(ff_net *net, ff_work *w, const ff_step *st, cons
     size_t lda = (size_t)Din * share_stride(w);
     ff_sgemm(0, 1, n, O, Din - K, 1.0f, in + K, (int)lda, W + K, Din, 0.0f, y, O);
     /* the norm of each sample's image part, then each row's scale */
-    double *ssj = (double *)w->G;   /* G holds rows * K floats >= n doubles (K >= 2) */
+    /* each sample's squared norm as a double in G (rows * K floats >= n doubles, K >= 2), through
+     * memcpy: G need not be 8-byte aligned */
+    char *ssj = (char *)w->G;
     for (int j = 0; j < n; j++) {
         const float *xr = in + j * lda + K;
         double ss = 0.0;
         for (int d = 0; d < Din - K; d++) ss += (double)xr[d] * xr[d];
-        ssj[j] = ss;
+        memcpy(ssj + (size_t)j * sizeof(double), &ss, sizeof(double));
     }
     for (int r = 0; r < R; r++) {
         float s = 1.0f;
         if (N && N->norm != FF_NORM_NONE) {
-            double ss = ssj[share_of(w, r)] + (w->rowlab[r] >= 0 ? (double)v * v : (double)K * (v / K) * (v / K));
+            double ss;
+            memcpy(&ss, ssj + (size_t)share_of(w, r) * sizeof(double), sizeof(double));
+            ss += w->rowlab[r] >= 0 ? (double)v * v : (double)K * (v / K) * (v / K);
             s = N->norm == FF_NORM_L2 ? (float)(1.0 / (sqrt(ss) + N->eps)) : (float)(1.0 / sqrt(ss / Din + N->eps));
         }
         scale[r] = s;

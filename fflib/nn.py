@@ -1163,10 +1163,11 @@ class FFModel:
             from .optim import optimizer_from_state
             with _field("__meta__.optimizer", name):
                 opt = optimizer_from_state(model, meta["optimizer"])
-            if meta.get("scheduler") is not None and meta["scheduler"].get("kind") != "LambdaLR":
+            sched_state = meta.get("scheduler")
+            if sched_state is not None and not (isinstance(sched_state, dict) and sched_state.get("kind") == "LambdaLR"):
                 from .optim import scheduler_from_state
                 with _field("__meta__.scheduler", name):
-                    scheduler_from_state(opt, meta["scheduler"])
+                    scheduler_from_state(opt, sched_state)
         if "optim_config" in data:
             with _field("optim_config", name):
                 cfgs = json.loads(str(data["optim_config"]))

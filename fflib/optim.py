@@ -245,7 +245,7 @@ OPTIMIZERS = {"Adam": Adam, "SGD": SGD}
 def optimizer_from_state(model, state):
     """A new optimiser of the kind and settings in ``state`` (an optimiser's :meth:`state_dict`)
     driving ``model``, with that state loaded."""
-    if not isinstance(state, dict) or state.get("kind") not in OPTIMIZERS:
+    if not isinstance(state, dict) or not isinstance(state.get("kind"), str) or state.get("kind") not in OPTIMIZERS:
         kind = state.get("kind") if isinstance(state, dict) else state
         raise ValueError(f"optimizer kind must be one of {sorted(OPTIMIZERS)}, got {kind!r}")
     settings = state.get("settings", {})
@@ -439,7 +439,7 @@ def scheduler_from_state(optimizer, state):
     with that state loaded, without touching the optimiser's learning rate.  LambdaLR cannot
     be rebuilt (its function is not saved): a ValueError says so."""
     kind = state.get("kind") if isinstance(state, dict) else None
-    if kind not in SCHEDULERS:
+    if not isinstance(kind, str) or kind not in SCHEDULERS:
         raise ValueError(f"scheduler kind must be one of {sorted(SCHEDULERS)}, got {kind!r}")
     if kind == "LambdaLR":
         raise ValueError("a LambdaLR schedule cannot be rebuilt from a file (its function is not saved); "
