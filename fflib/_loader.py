@@ -3,12 +3,14 @@ import ctypes
 import os
 
 
-def _preload_openblas():
-    # The extension carries an rpath to the scipy-openblas32 library; preloading it as well
-    # keeps a moved or copied environment working (the loader matches it by soname).
+def _preload_openblas() -> None:
+    # The extension finds scipy-openblas32 through a RUNPATH relative to itself
+    # ($ORIGIN/../scipy_openblas32/lib, the layout pip installs); preloading the library from
+    # the installed scipy_openblas32 as well covers in-place builds and other layouts (the
+    # dynamic loader matches the already-loaded library by its soname).
     try:
         import scipy_openblas32 as sob
-    except ImportError:
+    except ImportError:  # a build with FFLIB_BLAS=none or system does not need it
         return
     path = os.path.join(sob.get_lib_dir(), sob.get_library(fullname=True))
     if os.path.exists(path):
