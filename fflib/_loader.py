@@ -23,7 +23,13 @@ def _preload_openblas() -> None:
 _preload_openblas()
 try:
     from . import _core  # noqa: E402
-except ImportError as e:  # the usual cause: importing the source tree, which has no build
+except ImportError as e:
+    if "libscipy_openblas" in str(e):
+        raise ImportError(
+            f"fflib's compiled core could not load OpenBLAS ({e}): it was built against "
+            "scipy-openblas32, which this Python cannot import; install it (pip install "
+            "scipy-openblas32) or rebuild fflib with FFLIB_BLAS=none.") from e
+    # the usual cause: importing the source tree, which has no build
     raise ImportError(
         f"fflib's compiled core could not be imported ({e}). If you are inside the fflib source "
         "directory, Python imports the unbuilt sources from there: run from another directory, "
