@@ -61,7 +61,7 @@ done
 cmp -s "$TMP/whl/fflib/include/fflib.h" "$SRC/csrc/fflib.h" || fail "the wheel's fflib.h differs from csrc/fflib.h"
 SO=$(ls "$TMP"/whl/fflib/_core*.so)
 if command -v readelf >/dev/null; then
-    rpath=$(readelf -d "$SO" | sed -n 's/.*(RUNPATH\|RPATH).*\[\(.*\)\]/\1/p')
+    rpath=$(readelf -d "$SO" | grep -E '\((RUNPATH|RPATH)\)' | sed 's/.*\[\(.*\)\]/\1/')
     step "RUNPATH of the wheel's module: ${rpath:-none}"
     IFS=: read -ra parts <<<"$rpath"
     for p in "${parts[@]}"; do
