@@ -130,8 +130,8 @@ def layer_accuracy(result: Mapping[str, Any], *, path: Optional[PathLike] = None
     xs = np.arange(1, len(acc_pct) + 1)
     bars = ax.bar(xs, acc_pct, color="tab:blue", alpha=0.8, label="layer alone")
     for rect, v in zip(bars, acc_pct):
-        ax.annotate(f"{v:.1f}", (rect.get_x() + rect.get_width() / 2, v), ha="center", va="bottom",
-                    fontsize=8)
+        ax.annotate(f"{v:.1f}", (rect.get_x() + rect.get_width() / 2, v / 2), ha="center", va="center",
+                    fontsize=9, color="white")
     for key, style, label in (("multi_pass", "tab:green", "multi-pass"), ("one_pass", "tab:red", "one-pass")):
         if errors.get(key) is not None:
             ax.axhline(100.0 - float(errors[key]), color=style, ls="--", label=f"{label} (model)")
@@ -301,8 +301,9 @@ def plot_result(result: Union[Mapping[str, Any], PathLike], out_dir: PathLike, *
 
 # ------------------------------------------------------------------ python -m fflib plot
 
-def add_plot_parser(subparsers: "argparse._SubParsersAction[Any]") -> argparse.ArgumentParser:
-    """Add the ``plot`` command to the CLI's subparsers; :func:`run_plot` runs it."""
+def add_plot_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``plot`` command to ``subparsers`` (what the CLI parser's ``add_subparsers()``
+    returned) and return its parser; :func:`run_plot` runs it."""
     p = subparsers.add_parser("plot", help="plot a result JSON (from train --out) as PNGs")
     p.add_argument("result", help="RESULT.json written by `python -m fflib train --out`")
     p.add_argument("--out", default=".", help="directory for the PNGs (created if missing; default .)")
