@@ -13,14 +13,21 @@
 #      FFLIB_BLAS=none, and check that the second install really is the plain C build;
 #   6. the API reference (scripts/ci_docs.sh, pdoc, warnings are errors);
 #   7. the oldest and newest supported Pythons (3.9 and 3.13, if installed; FFLIB_CI_PYTHONS
-#      overrides the list, "none" skips): wheel from the same sdist, installed, smoke test.
+#      overrides the list, "none" skips): wheel from the same sdist, installed, smoke test (in
+#      the background, from step 1 on).
 # Prints "ci_package: PASS" or "ci_package: FAIL: <why>" and exits 0 or 1.
 # Needs only PyPI (build, mypy, pdoc and fflib's own dependencies).
 set -uo pipefail
 SRC=$(cd "$(dirname "$0")/.." && pwd)
 PY=${PYTHON:-python3}
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/fflib-ci-package.XXXXXX")
-trap 'rm -rf "$TMP"' EXIT
+declare -A other_pid   # background jobs (other Pythons), stopped with their children on exit
+cleanup() {
+    for pid in "${other_pid[@]}"; do pkill -TERM -P "$pid" 2>/dev/null; kill "$pid" 2>/dev/null; done
+    wait 2>/dev/null
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
 export PIP_DISABLE_PIP_VERSION_CHECK=1 FFLIB_NUM_THREADS=${FFLIB_NUM_THREADS:-2}
 T0=$SECONDS
 LOG=$TMP/log
@@ -39,7 +46,7 @@ run "$PY" -m venv "$TMP/venv" || fail "cannot create a venv with $PY"
 V="$TMP/venv/bin/python"
 # the CI tools and fflib's run-time dependencies (which include its build requirements); the wheel
 # below is still built in an isolated environment holding only pyproject's build requirements
-run "$V" -m pip install -q build mypy pdoc setuptools wheel "numpy>=2.0" scipy-openblas32 tqdm matplotlib \
+run "$V" -m pip install -q build mypy pdoc "setuptools>=64" wheel "numpy>=2.0" scipy-openblas32 tqdm matplotlib \
     || fail "pip install build mypy pdoc and fflib's dependencies"
 
 step "sdist from $SRC"
@@ -51,6 +58,45 @@ for f in csrc/fflib.h csrc/_core.c csrc/ff_net.c setup.py pyproject.toml LICENSE
     grep -q "^[^/]*/$f\$" <<<"$listing" || fail "the sdist lacks $f"
 done
 if grep -qE '\.(so|o)$' <<<"$listing"; then fail "the sdist holds build products"; fi
+
+# ---------------------------------------------------------------- oldest and newest Python: started now
+# Each in its own venv, in the background while the checks below run: wheel from the sdist (build
+# requirements installed beside the run-time ones; the isolated build is checked below), install,
+# smoke test.  FFLIB_CI_PYTHONS (paths) overrides the choice, "none" skips.
+other_python() {   # python, version; writes $TMP/py$ver.out and $TMP/py$ver.status
+    local p=$1 ver=$2 W="$TMP/venv$2/bin/python" out="$TMP/py$2.out" log="$TMP/py$2.log"
+    {
+        "$p" -m venv "$TMP/venv$ver" >"$log" 2>&1 || { echo "venv with $p failed"; return 1; }
+        "$W" -m pip install -q "setuptools>=64" wheel "numpy>=2.0" scipy-openblas32 tqdm >>"$log" 2>&1 \
+            || { echo "pip install of fflib's dependencies failed"; return 1; }
+        "$W" -m pip install -q --no-build-isolation "$SDIST" >>"$log" 2>&1 \
+            || { echo "wheel from the sdist / install failed"; return 1; }
+        (cd "$TMP/run" && "$W" -m fflib train --epochs 1 --no-progress) >>"$log" 2>&1 \
+            || { echo "smoke test failed"; return 1; }
+        echo "ci_package: Python $ver, numpy $("$W" -c 'import numpy; print(numpy.__version__)'): $(grep 'test error' "$log")"
+    } >"$out" 2>&1
+}
+pythons=${FFLIB_CI_PYTHONS:-}
+if [ -z "$pythons" ]; then
+    for v in 3.9 3.13; do
+        found=
+        for c in $(ls -d "${PYENV_ROOT:-/root/.pyenv}"/versions/"$v".*/bin/python 2>/dev/null) $(command -v "python$v"); do
+            if "$c" -c 'import sys, venv' >/dev/null 2>&1; then found=$c; break; fi
+        done
+        if [ -n "$found" ]; then pythons="$pythons $found"; else step "python$v not found: not tested"; fi
+    done
+fi
+[ "$pythons" = none ] && pythons=
+other_versions=
+mkdir -p "$TMP/run"
+for p in $pythons; do
+    ver=$("$p" -c 'import sys; print("%d.%d" % sys.version_info[:2])') || fail "$p does not run"
+    step "Python $ver: wheel from the sdist, install, smoke test (in the background)"
+    ( if other_python "$p" "$ver"; then echo ok; else echo failed; tail -n 30 "$TMP/py$ver.log" >>"$TMP/py$ver.out"; fi ) \
+        >"$TMP/py$ver.status" &
+    other_pid[$ver]=$!
+    other_versions="$other_versions $ver"
+done
 
 # ---------------------------------------------------------------- the wheel, built from the sdist
 step "wheel from $(basename "$SDIST") (isolated build environment)"
@@ -108,6 +154,7 @@ fi
 
 # ---------------------------------------------------------------- types
 step "mypy on the installed package, and stubtest of fflib._core"
+export MYPY_CACHE_DIR="$TMP/mypy-cache"
 run "$V" -m mypy --config-file "$SRC/pyproject.toml" -p fflib || fail "mypy -p fflib"
 printf '[mypy]\nignore_missing_imports = True\n' >"$TMP/stubtest.ini"
 run "$V" -m mypy.stubtest --mypy-config-file "$TMP/stubtest.ini" fflib._core || fail "stubtest fflib._core"
@@ -131,29 +178,11 @@ case "$blas2" in *openblas*) fail "FFLIB_BLAS=none reused the OpenBLAS build ($b
 step "API reference (scripts/ci_docs.sh)"
 FFLIB_DOCS_PYTHON="$V" run bash "$SRC/scripts/ci_docs.sh" "$TMP/docs" || fail "scripts/ci_docs.sh"
 
-# ---------------------------------------------------------------- oldest and newest Python
-pythons=${FFLIB_CI_PYTHONS:-}
-if [ -z "$pythons" ]; then
-    for v in 3.9 3.13; do
-        found=
-        for c in $(ls -d "${PYENV_ROOT:-/root/.pyenv}"/versions/"$v".*/bin/python 2>/dev/null) $(command -v "python$v"); do
-            if "$c" -c 'import sys, venv' >/dev/null 2>&1; then found=$c; break; fi
-        done
-        if [ -n "$found" ]; then pythons="$pythons $found"; else step "python$v not found: not tested"; fi
-    done
-fi
-[ "$pythons" = none ] && pythons=
-for p in $pythons; do
-    ver=$("$p" -c 'import sys; print("%d.%d" % sys.version_info[:2])') || fail "$p does not run"
-    step "Python $ver: wheel from the sdist, install, smoke test"
-    run "$p" -m venv "$TMP/venv$ver" || fail "venv with $p"
-    W="$TMP/venv$ver/bin/python"
-    # build requirements installed beside the run-time ones (their isolated build was checked above)
-    run "$W" -m pip install -q setuptools wheel "numpy>=2.0" scipy-openblas32 tqdm \
-        || fail "pip install of fflib's dependencies on Python $ver"
-    run "$W" -m pip install -q --no-build-isolation "$SDIST" || fail "wheel from the sdist and install on Python $ver"
-    "$W" -m fflib train --epochs 1 --no-progress >"$LOG" 2>&1 || fail "smoke test on Python $ver"
-    echo "  Python $ver, numpy $("$W" -c 'import numpy; print(numpy.__version__)'): $(grep 'test error' "$LOG")"
+# ---------------------------------------------------------------- oldest and newest Python: results
+for ver in $other_versions; do
+    wait "${other_pid[$ver]}"
+    cat "$TMP/py$ver.out"
+    [ "$(cat "$TMP/py$ver.status" 2>/dev/null)" = ok ] || fail "Python $ver (log above)"
 done
 
 step "done in $((SECONDS - T0))s"
