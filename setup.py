@@ -27,9 +27,9 @@ from setuptools.command.build_py import build_py
 
 # older setuptools ignore pyproject.toml's [project] table and build a nameless, empty package
 # (possible with pip's --no-build-isolation, which skips pyproject's build requirements)
-if int(setuptools.__version__.split(".")[0]) < 64:
-    raise SystemExit(f"building fflib needs setuptools >= 64, found {setuptools.__version__}: "
-                     "pip install -U 'setuptools>=64' (or build without --no-build-isolation)")
+if int(setuptools.__version__.split(".")[0]) < 77:
+    raise SystemExit(f"building fflib needs setuptools >= 77, found {setuptools.__version__}: "
+                     "pip install -U 'setuptools>=77' (or build without --no-build-isolation)")
 
 sources = sorted(glob.glob("csrc/*.c"))
 define_macros = [("NPY_NO_DEPRECATED_API", "NPY_1_25_API_VERSION")]

@@ -46,7 +46,7 @@ run "$PY" -m venv "$TMP/venv" || fail "cannot create a venv with $PY"
 V="$TMP/venv/bin/python"
 # the CI tools and fflib's run-time dependencies (which include its build requirements); the wheel
 # below is still built in an isolated environment holding only pyproject's build requirements
-run "$V" -m pip install -q build mypy pdoc "setuptools>=64" wheel "numpy>=2.0" scipy-openblas32 tqdm matplotlib \
+run "$V" -m pip install -q build mypy pdoc "setuptools>=77" wheel "numpy>=2.0" scipy-openblas32 tqdm matplotlib \
     || fail "pip install build mypy pdoc and fflib's dependencies"
 
 step "sdist from $SRC"
@@ -67,7 +67,7 @@ other_python() {   # python, version; writes $TMP/py$ver.out and $TMP/py$ver.sta
     local p=$1 ver=$2 W="$TMP/venv$2/bin/python" out="$TMP/py$2.out" log="$TMP/py$2.log"
     {
         "$p" -m venv "$TMP/venv$ver" >"$log" 2>&1 || { echo "venv with $p failed"; return 1; }
-        "$W" -m pip install -q "setuptools>=64" wheel "numpy>=2.0" scipy-openblas32 tqdm >>"$log" 2>&1 \
+        "$W" -m pip install -q "setuptools>=77" wheel "numpy>=2.0" scipy-openblas32 tqdm >>"$log" 2>&1 \
             || { echo "pip install of fflib's dependencies failed"; return 1; }
         "$W" -m pip install -q --no-build-isolation "$SDIST" >>"$log" 2>&1 \
             || { echo "wheel from the sdist / install failed"; return 1; }
