@@ -16,9 +16,27 @@ cd "$WORK" || fail "cd"
 if ! "$PY" -c 'import fflib' 2>/dev/null; then export PYTHONPATH="$SRC${PYTHONPATH:+:$PYTHONPATH}"; fi
 "$PY" -c 'import fflib, matplotlib' || fail "$PY cannot import fflib and matplotlib"
 # every public submodule: pdoc follows fflib.__all__ (which names some: listing them again warns),
-# the others are named here
-mods=$("$PY" -c 'import pkgutil, fflib; print(" ".join(["fflib"] + ["fflib." + m.name for m in pkgutil.iter_modules(fflib.__path__) if not m.name.startswith("_") and m.name not in getattr(fflib, "__all__", ())]))') \
-    || fail "cannot list fflib's modules"
+# the others are named here.  A submodule whose optional dependency (e.g. torch) is not installed
+# is left out, and said so; any other import error fails.
+mods=$("$PY" - <<'PYEOF'
+import importlib, pkgutil, sys
+import fflib
+mods = ["fflib"]
+for m in pkgutil.iter_modules(fflib.__path__):
+    if m.name.startswith("_") or m.name in getattr(fflib, "__all__", ()):
+        continue
+    try:
+        importlib.import_module("fflib." + m.name)
+    except ImportError as e:
+        if e.name and e.name.split(".")[0] != "fflib":
+            print(f"ci_docs: fflib.{m.name} left out: its optional dependency {e.name} is not installed",
+                  file=sys.stderr)
+            continue
+        raise
+    mods.append("fflib." + m.name)
+print(" ".join(mods))
+PYEOF
+) || fail "cannot list fflib's modules"
 echo "ci_docs: documenting $mods"
 # MPLBACKEND: pdoc imports fflib.plot, which must not need a display
 # shellcheck disable=SC2086
