@@ -13,8 +13,8 @@
 #      FFLIB_BLAS=none, and check that the second install really is the plain C build;
 #   6. the API reference (scripts/ci_docs.sh, pdoc, warnings are errors);
 #   7. the oldest and newest supported Pythons (3.9 and 3.13, if installed; FFLIB_CI_PYTHONS
-#      overrides the list, "none" skips): wheel from the same sdist, installed, smoke test (in
-#      the background, from step 1 on).
+#      overrides the list, "none" skips): wheel from the same sdist, installed, smoke test, and
+#      below 3.13 the smoke test again with numpy 1.x (in the background, from step 1 on).
 # Prints "ci_package: PASS" or "ci_package: FAIL: <why>" and exits 0 or 1.
 # Needs only PyPI (build, mypy, pdoc and fflib's own dependencies).
 set -uo pipefail
@@ -76,6 +76,14 @@ other_python() {   # python, version; writes $TMP/py$ver.out and $TMP/py$ver.sta
         (cd "$TMP/run" && "$W" -m fflib train --epochs 1 --no-progress) >>"$log" 2>&1 \
             || { echo "smoke test failed"; return 1; }
         echo "ci_package: Python $ver, numpy $("$W" -c 'import numpy; print(numpy.__version__)'): $(grep 'test error' "$log")"
+        # the module built against numpy 2 headers also runs on the oldest numpy fflib allows
+        # (numpy 1.x has no wheels for Python >= 3.13)
+        if "$W" -c 'import sys; sys.exit(sys.version_info >= (3, 13))'; then
+            "$W" -m pip install -q "numpy>=1.25,<2" >>"$log" 2>&1 || { echo "pip install numpy 1.x failed"; return 1; }
+            (cd "$TMP/run" && "$W" -m fflib train --epochs 1 --no-progress) >"$log.np1" 2>&1 \
+                || { cat "$log.np1" >>"$log"; echo "smoke test with numpy 1.x failed"; return 1; }
+            echo "ci_package: Python $ver, numpy $("$W" -c 'import numpy; print(numpy.__version__)'): $(grep 'test error' "$log.np1")"
+        fi
     } >"$out" 2>&1
 }
 pythons=${FFLIB_CI_PYTHONS:-}
