@@ -11,19 +11,21 @@ Quick start::
 Building blocks (PyTorch-like): :class:`Linear`, :class:`ReLU`, :class:`Conv2d`,
 :class:`BatchNorm2d`, :class:`MaxPool2d`, :class:`Flatten`, :class:`LenNorm`, :class:`FFModel`, optimisers
 :class:`Adam`, :class:`SGD`, schedulers :class:`MultiStepLR`, :class:`LinearCooldown`, and the
-training loop :func:`fit`.
+training loop :func:`fit`; named survey networks in :mod:`fflib.models`, plots in
+:mod:`fflib.plot` (needs the ``plot`` extra, matplotlib).
 """
+import os as _os
+
 from ._loader import _core
-from . import datasets
+from ._version import __version__
+from . import datasets, models
 from .nn import (Layer, Linear, ReLU, Conv2d, BatchNorm2d, MaxPool2d, Flatten, LenNorm, FFModel, mlp)
 from .optim import Adam, SGD, MultiStepLR, LinearCooldown
 from .train import fit, evaluate
 from .classifier import FFClassifier
 
-__version__ = "0.1.0"
 
-
-def set_num_threads(n):
+def set_num_threads(n: int) -> None:
     """Set the number of threads the C core uses, n in [1, 64].  fflib runs its own worker
     threads (sleeping when idle) and keeps OpenBLAS single-threaded: large GEMMs are split into
     panels and convolutions into groups of images.  The default is $FFLIB_NUM_THREADS, else
@@ -33,12 +35,12 @@ def set_num_threads(n):
     _core.set_num_threads(int(n))
 
 
-def get_num_threads():
+def get_num_threads() -> int:
     """Return the number of threads the C core uses."""
     return _core.get_num_threads()
 
 
-def _default_threads():
+def _default_threads() -> int:
     import os
     env = os.environ.get("FFLIB_NUM_THREADS")
     if env:
@@ -58,13 +60,29 @@ def _default_threads():
 set_num_threads(_default_threads())
 
 
-def blas_name():
+def blas_name() -> str:
     """Return which BLAS the C core was built with."""
     return _core.blas_name()
+
+
+def get_include() -> str:
+    """Return the directory that holds ``fflib.h``, the public header of fflib's C core (every
+    prototype with its shapes), for C code that uses the training core, e.g.
+    ``gcc -I"$(python -c 'import fflib; print(fflib.get_include())')" ...``.
+
+    An installed fflib has it in ``fflib/include`` (copied from ``csrc/`` at build time); an
+    in-place build run from the source tree gets the source tree's ``csrc``.  Raises
+    FileNotFoundError when neither exists."""
+    here = _os.path.dirname(_os.path.abspath(__file__))
+    for d in (_os.path.join(here, "include"), _os.path.join(_os.path.dirname(here), "csrc")):
+        if _os.path.isfile(_os.path.join(d, "fflib.h")):
+            return d
+    raise FileNotFoundError(f"fflib.h is not installed in {_os.path.join(here, 'include')} "
+                            "(reinstall fflib: pip install fflib-core)")
 
 
 __all__ = [
     "Layer", "Linear", "ReLU", "Conv2d", "BatchNorm2d", "MaxPool2d", "Flatten", "LenNorm", "FFModel", "mlp",
     "Adam", "SGD", "MultiStepLR", "LinearCooldown", "fit", "evaluate", "FFClassifier",
-    "datasets", "set_num_threads", "get_num_threads", "blas_name", "__version__",
+    "datasets", "models", "set_num_threads", "get_num_threads", "blas_name", "get_include", "__version__",
 ]

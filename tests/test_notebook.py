@@ -1,21 +1,108 @@
-"""The quick-start notebook runs as written (its code cells, on the embedded sample, 1 epoch)."""
+"""The quick-start notebook runs in a Jupyter kernel (nbclient, on the embedded sample, 1 epoch)
+and produces its figures: every plotting cell has a PNG output, and plot_result writes its PNGs."""
+import base64
 import json
 import os
 from pathlib import Path
 
-NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "quickstart.ipynb"
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK = ROOT / "notebooks" / "quickstart.ipynb"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def test_quickstart_notebook_runs(tmp_path, monkeypatch):
-    cells = json.loads(NOTEBOOK.read_text())["cells"]
-    code = [("".join(c["source"])) for c in cells if c["cell_type"] == "code"]
-    assert len(code) >= 4
-    monkeypatch.chdir(tmp_path)
+def test_quickstart_notebook_runs_and_draws(tmp_path, monkeypatch):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    pytest.importorskip("matplotlib")
+    pytest.importorskip("ipykernel")
+    nb = nbformat.read(str(NOTEBOOK), as_version=4)
     monkeypatch.setenv("FFLIB_NOTEBOOK_EPOCHS", "1")
     monkeypatch.delenv("FFLIB_DATA", raising=False)
-    env = {}
-    for src in code:
-        exec(compile(src, str(NOTEBOOK), "exec"), env)
-    assert (tmp_path / "quickstart_results.json").exists()
-    assert env["res"]["multi_pass"] < 50.0
-    assert os.path.exists(tmp_path / "quickstart_model.npz")
+    # the kernel imports the fflib these tests import (an in-place build of this tree, or the installed one)
+    import fflib
+    where = str(Path(fflib.__file__).resolve().parents[1])
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([where] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+    monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    client = nbclient.NotebookClient(nb, timeout=120, kernel_name="python3",
+                                     resources={"metadata": {"path": str(tmp_path)}})
+    client.execute()
+
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    plotting = [c for c in code if "fflib.plot." in c.source and "plot_result" not in c.source]
+    assert len(plotting) == 4, [c.source for c in plotting]
+    for cell in plotting:
+        pngs = [o["data"]["image/png"] for o in cell.outputs if "image/png" in o.get("data", {})]
+        assert len(pngs) == 1, f"no figure from {cell.source!r}: {cell.outputs}"
+        assert base64.b64decode(pngs[0]).startswith(PNG_MAGIC)
+    errors = [o for c in code for o in c.outputs if o.get("output_type") == "error"]
+    assert not errors
+
+    saved = json.loads((tmp_path / "quickstart_results.json").read_text())
+    assert saved["test"]["multi_pass"] < 50.0 and len(saved["history"]["epochs"]) == 1
+    assert (tmp_path / "quickstart_model.npz").exists()
+    for name in ("loss_curves", "layer_accuracy", "inference", "goodness"):
+        png = tmp_path / "quickstart_plots" / f"{name}.png"
+        assert png.read_bytes().startswith(PNG_MAGIC), png
+
+
+def _cli_result():
+    """The shape of a `python -m fflib train --out` result (two blocks, two epochs, validation)."""
+    return {"config": {"dataset": "sample"},
+            "test_error": {"one_pass": 9.5, "multi_pass": 8.25},
+            "train_error": {"one_pass": 7.0, "multi_pass": 6.5},
+            "block_accuracy_test": [0.88, 0.91],
+            "epochs": [{"epoch": 1, "block_loss": [0.7, 0.8], "head_loss": 1.2, "lr": 3e-3, "seconds": 1.0,
+                        "val_error": {"one_pass": 12.0, "multi_pass": 10.0}},
+                       {"epoch": 2, "block_loss": [0.5, 0.6], "head_loss": 0.9, "lr": 1e-3, "seconds": 1.0,
+                        "val_error": {"one_pass": 10.0, "multi_pass": 9.0}}]}
+
+
+def test_plot_command_writes_pngs(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    import argparse
+    from fflib.plot import add_plot_parser, run_plot
+    res = tmp_path / "result.json"
+    res.write_text(json.dumps(_cli_result()))
+    parser = argparse.ArgumentParser()
+    add_plot_parser(parser.add_subparsers(dest="command"))
+    out = tmp_path / "new" / "dir"                      # created by the command
+    assert run_plot(parser.parse_args(["plot", str(res), "--out", str(out)])) == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["inference.png", "layer_accuracy.png", "loss_curves.png"]
+    for p in out.iterdir():
+        assert p.read_bytes().startswith(PNG_MAGIC)
+    assert capsys.readouterr().out.split() == [str(out / n) for n in ("loss_curves.png", "layer_accuracy.png",
+                                                                        "inference.png")]
+    # bad inputs: one line, exit status 2
+    assert run_plot(parser.parse_args(["plot", str(tmp_path / "missing.json")])) == 2
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    assert run_plot(parser.parse_args(["plot", str(tmp_path / "bad.json")])) == 2
+    (tmp_path / "empty.json").write_text("{}")
+    assert run_plot(parser.parse_args(["plot", str(tmp_path / "empty.json"), "--out", str(tmp_path)])) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3 and all(e.startswith("python -m fflib plot: error: ") for e in err), err
+
+
+def test_plot_functions_check_their_inputs(tmp_path):
+    pytest.importorskip("matplotlib")
+    import fflib.plot as fp
+    from matplotlib.figure import Figure
+    r = _cli_result()
+    fig = fp.loss_curves(r, path=tmp_path / "l.png")
+    assert isinstance(fig, Figure) and (tmp_path / "l.png").exists()
+    assert len(fig.axes[0].lines) == 3                  # two blocks and the head
+    assert isinstance(fp.layer_accuracy({"block_accuracy": [0.5], "multi_pass": 40.0}), Figure)
+    with pytest.raises(ValueError, match="history"):
+        fp.loss_curves({"foo": 1})
+    with pytest.raises(ValueError, match="no epochs"):
+        fp.loss_curves([])
+    with pytest.raises(TypeError, match="result must be a dict"):
+        fp.layer_accuracy([0.5])
+    with pytest.raises(ValueError, match="block_accuracy"):
+        fp.layer_accuracy({"multi_pass": 3.0})
+    with pytest.raises(ValueError, match="neither"):
+        fp.inference_comparison({"x": 1})
+    with pytest.raises(FileNotFoundError, match="path"):
+        fp.loss_curves(r, path=tmp_path / "missing" / "l.png")
