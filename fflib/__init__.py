@@ -10,7 +10,8 @@ Quick start::
 
 Building blocks (PyTorch-like): :class:`Linear`, :class:`ReLU`, :class:`Conv2d`,
 :class:`BatchNorm2d`, :class:`MaxPool2d`, :class:`Flatten`, :class:`LenNorm`, :class:`FFModel`, optimisers
-:class:`Adam`, :class:`SGD`, schedulers :class:`MultiStepLR`, :class:`LinearCooldown`, and the
+:class:`Adam`, :class:`SGD`, schedulers :class:`StepLR`, :class:`MultiStepLR`,
+:class:`CosineAnnealingLR`, :class:`LambdaLR`, :class:`LinearCooldown`, and the
 training loop :func:`fit`; named survey networks in :mod:`fflib.models`, plots in
 :mod:`fflib.plot` (needs the ``plot`` extra, matplotlib).
 """
@@ -20,9 +21,17 @@ from ._loader import _core
 from ._version import __version__
 from . import datasets, models
 from .nn import (Layer, Linear, ReLU, Conv2d, BatchNorm2d, MaxPool2d, Flatten, LenNorm, FFModel, mlp)
-from .optim import Adam, SGD, MultiStepLR, LinearCooldown
+from .optim import Adam, SGD, StepLR, MultiStepLR, CosineAnnealingLR, LambdaLR, LinearCooldown
 from .train import fit, evaluate
-from .classifier import FFClassifier
+from .export import export_c
+
+
+def __getattr__(name: str):   # PEP 562: FFClassifier (and scikit-learn with it) loads on first use
+    if name == "FFClassifier":
+        from .classifier import FFClassifier
+        globals()["FFClassifier"] = FFClassifier
+        return FFClassifier
+    raise AttributeError(f"module 'fflib' has no attribute {name!r}")
 
 
 def set_num_threads(n: int) -> None:
@@ -83,6 +92,7 @@ def get_include() -> str:
 
 __all__ = [
     "Layer", "Linear", "ReLU", "Conv2d", "BatchNorm2d", "MaxPool2d", "Flatten", "LenNorm", "FFModel", "mlp",
-    "Adam", "SGD", "MultiStepLR", "LinearCooldown", "fit", "evaluate", "FFClassifier",
+    "Adam", "SGD", "StepLR", "MultiStepLR", "CosineAnnealingLR", "LambdaLR", "LinearCooldown", "fit",
+    "evaluate", "export_c", "FFClassifier",
     "datasets", "models", "set_num_threads", "get_num_threads", "blas_name", "get_include", "__version__",
 ]

@@ -205,6 +205,8 @@ def build_parser():
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
     sub.add_parser("models", help="list the model zoo with parameter counts")
     add_export_parser(sub)
+    from .plot import add_plot_parser
+    add_plot_parser(sub)
     return p
 
 
@@ -375,6 +377,9 @@ def main(argv=None):
         return models_command()
     if a.command == "export":
         return run_export(a)
+    if a.command == "plot":
+        from .plot import run_plot
+        return run_plot(a)
     parser.print_help()
     return 2
 

@@ -46,7 +46,7 @@ try:
     import torch.nn.functional as F
 except ImportError as _e:   # pragma: no cover - exercised in a subprocess by the tests
     raise ImportError("fflib.torch needs PyTorch, an optional dependency of fflib: "
-                      "pip install 'fflib[torch]' (or pip install torch)") from _e
+                      "pip install 'fflib-core[torch]' (or pip install torch)") from _e
 
 __all__ = ["FFNet", "TorchFF", "to_module", "torch_scheduler", "compare", "LenNorm", "BatchNorm2d", "Linear",
            "Conv2d", "MaxPool2d", "Flatten"]
