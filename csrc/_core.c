@@ -74,6 +74,11 @@ static PyArrayObject *check_array(PyObject *o, const char *name, int typenum, in
         PyErr_Format(PyExc_ValueError, "%s must be aligned", name);
         return NULL;
     }
+    if (!PyArray_ISNOTSWAPPED(a)) {   /* the core reads native values: '>f4' 1.0 would be 4.6e-41 */
+        PyErr_Format(PyExc_ValueError, "%s has non-native byte order; convert it explicitly, e.g. "
+                     "%s.astype(%s.dtype.newbyteorder('='))", name, name, name);
+        return NULL;
+    }
     if (writable && !PyArray_ISWRITEABLE(a)) {
         PyErr_Format(PyExc_ValueError, "%s is read-only; an output array must be writeable", name);
         return NULL;

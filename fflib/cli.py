@@ -205,6 +205,15 @@ def build_parser():
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
     sub.add_parser("models", help="list the model zoo with parameter counts")
     add_export_parser(sub)
+    e = sub.add_parser("eval", help="evaluate a saved model on a dataset's test split")
+    e.add_argument("model", help="a model file written by train --save or FFModel.save")
+    e.add_argument("--dataset", default="sample", choices=datasets.DATASET_NAMES,
+                   help="whose test split (default: the embedded sample)")
+    e.add_argument("--data-dir", default=None, help="dataset directory (default: $FFLIB_DATA)")
+    e.add_argument("--threads", type=_positive(int), default=None, help="threads of the C core")
+    e.add_argument("--multipass-blocks", type=_int_list, default=None,
+                   help="blocks whose goodness multi-pass sums, e.g. -2,-1 (default: fflib.evaluate's)")
+    e.add_argument("--out", default=None, help="write the result as JSON here")
     from .plot import add_plot_parser
     add_plot_parser(sub)
     return p
@@ -377,11 +386,62 @@ def main(argv=None):
         return models_command()
     if a.command == "export":
         return run_export(a)
+    if a.command == "eval":
+        return eval_command(a)
     if a.command == "plot":
         from .plot import run_plot
         return run_plot(a)
     parser.print_help()
     return 2
+
+
+def eval_command(a):
+    """Load a model file and report its test error (one-pass and multi-pass, in percent) and
+    every block's multi-pass accuracy on a dataset's test split; optionally as JSON."""
+    import json
+    from . import __version__
+    from .nn import FFModel
+    from .train import evaluate
+    if a.out is not None:
+        parent = os.path.dirname(os.path.abspath(a.out))
+        if not os.path.isdir(parent):
+            _bad(f"--out {a.out}: the directory {parent} does not exist")
+    if a.threads is not None:
+        if a.threads > 64:
+            _bad(f"--threads must be in [1, 64], got {a.threads}")
+        from . import set_num_threads
+        set_num_threads(a.threads)
+    try:
+        model = FFModel.load(a.model)
+    except (OSError, ValueError, TypeError) as e:
+        _bad(str(e).replace("\n", " "))
+    try:
+        if a.dataset == "sample":
+            if a.data_dir is not None:
+                _bad("--data-dir is not used with --dataset sample (it is embedded)")
+            xt, yt = datasets.load_sample(False)
+        else:
+            xt, yt = datasets.load(a.dataset, root=a.data_dir, train=False)
+    except (FileNotFoundError, datasets.DatasetError) as e:
+        _bad(str(e).replace("\n", " "))
+    xt = xt.reshape(len(xt), -1)
+    need = int(np.prod(model.input_shape))
+    if xt.shape[1] != need:
+        _bad(f"{a.model} takes {need} values per sample; the {a.dataset} test split has {xt.shape[1]}")
+    try:
+        r = evaluate(model, xt, yt, multipass_blocks=a.multipass_blocks)
+    except ValueError as e:
+        _bad(str(e).replace("\n", " "))
+    one = r.get("one_pass")
+    print(f"test error: one-pass {one:.2f}%  multi-pass {r['multi_pass']:.2f}%" if one is not None
+          else f"test error: multi-pass {r['multi_pass']:.2f}% (no one-pass head)")
+    print("block accuracy: " + " ".join(f"{100 * v:.2f}%" for v in r["block_accuracy"]))
+    if a.out is not None:
+        with open(a.out, "w") as f:
+            json.dump({"fflib_version": __version__, "model": os.path.abspath(a.model), "dataset": a.dataset,
+                       "test_samples": int(len(yt)), "test_error": {"one_pass": one, "multi_pass": r["multi_pass"]},
+                       "block_accuracy": r["block_accuracy"]}, f, indent=1)
+    return 0
 
 
 def models_command():

@@ -880,7 +880,7 @@ def _run_isolated(model, opt, X, y, X_eval, y_eval, plan):
             with open(os.path.join(folder, "plan.json"), "w") as f:
                 json.dump(dict(plan, side=side, optimizer=_optimizer_settings(opt)), f)
             proc = subprocess.run([sys.executable, "-c", f"import fflib.torch; fflib.torch._worker({folder!r})"],
-                                  capture_output=True, text=True, env=env)
+                                  capture_output=True, text=True, env=env, cwd=folder)   # not a source tree
             if proc.returncode != 0:
                 raise RuntimeError(f"compare: the {side} process failed:\n{proc.stderr[-2000:]}")
             with open(os.path.join(folder, side + ".json")) as f:

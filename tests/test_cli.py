@@ -13,9 +13,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def child_env():
-    """The child imports this checkout's fflib even when it is not installed."""
+    """The environment of a child Python that must import the fflib this test process imports:
+    the installed package in CI, this checkout's in-place build in development.  (Run children
+    outside the repository root, whose unbuilt sources would shadow an installed fflib.)"""
+    import fflib
     env = dict(os.environ)
-    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = os.path.dirname(os.path.dirname(os.path.abspath(fflib.__file__))) + os.pathsep + \
+        env.get("PYTHONPATH", "")
     return env
 
 
@@ -125,3 +129,20 @@ def test_ctrl_c_stops_cleanly_and_still_writes(tmp_path):
     assert "interrupted" in stdout
     r = json.loads(out.read_text())
     assert r["interrupted"] is True and 1 <= len(r["epochs"]) < 5000
+
+
+def test_eval_reports_a_saved_model(tmp_path):
+    model, out, ev = tmp_path / "m.npz", tmp_path / "train.json", tmp_path / "eval.json"
+    res = run("train", "--epochs", "1", "--layers", "64,32", "--threads", "1", "--no-progress",
+              "--save", str(model), "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    res = run("eval", str(model), "--threads", "1", "--out", str(ev))
+    assert res.returncode == 0, res.stderr
+    assert "test error: one-pass" in res.stdout
+    trained, evaluated = json.loads(out.read_text()), json.loads(ev.read_text())
+    assert evaluated["test_error"] == trained["test_error"]      # the same model, the same test split
+    assert len(evaluated["block_accuracy"]) == 2
+    bad = run("eval", str(tmp_path / "missing.npz"))
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+    bad = run("eval", str(model), "--dataset", "cifar10", "--data-dir", str(tmp_path))
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1

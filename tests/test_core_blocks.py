@@ -160,3 +160,14 @@ def test_directional_gradient_check(name, rng):
         assert abs(an) > 1e-6, f"{name} block {b}: the direction must move the loss"
         # max pooling and batch norm make the CwComp loss less smooth along the direction
         assert rel < (3e-2 if name == "cwcomp" else 1e-2), f"{name} block {b}: directional derivative {an:.6g} against {fd:.6g} ({rel:.3g})"
+
+
+def test_the_binding_refuses_other_byte_orders(rng):
+    m = _mlp()
+    x, y = _batch(rng)
+    with pytest.raises(ValueError, match="x has non-native byte order"):
+        m._net.train_step(x.astype(">f4"), y)
+    with pytest.raises(ValueError, match="labels has non-native byte order"):
+        m._net.train_step(x, y.astype(">i8"))
+    with pytest.raises(ValueError, match="x has non-native byte order"):
+        m._net.goodness(x.astype(">f4"))

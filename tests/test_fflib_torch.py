@@ -2,6 +2,7 @@
 weights, its FF training in PyTorch against fflib's C for every layer kind, label encoding, loss
 and training routine, inference, compare(), bad inputs, and the README example."""
 import subprocess
+import os
 import sys
 from pathlib import Path
 
@@ -65,15 +66,24 @@ def assert_same_state(model, twin, rel=1e-4):
 
 # ---------------------------------------------------------------------------- the module
 
+def _child_env():
+    """A child imports the fflib this process imports (installed in CI, in place in development)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.path.dirname(os.path.dirname(os.path.abspath(fflib.__file__))) + os.pathsep + \
+        env.get("PYTHONPATH", "")
+    return env
+
+
 def test_import_fflib_does_not_import_torch():
     code = "import sys, fflib; assert 'torch' not in sys.modules, 'fflib imported torch'"
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=str(REPO))
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=str(REPO / "tests"), env=_child_env())
 
 
 def test_missing_torch_gives_a_clear_import_error():
     code = ("import sys; sys.modules['torch'] = None\n"
             "try:\n    import fflib.torch\nexcept ImportError as e:\n    print(e)\n")
-    out = subprocess.run([sys.executable, "-c", code], check=True, cwd=str(REPO), capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-c", code], check=True, cwd=str(REPO / "tests"), capture_output=True,
+                         text=True, env=_child_env())
     assert "fflib.torch needs PyTorch" in out.stdout and "fflib-core[torch]" in out.stdout
 
 

@@ -134,8 +134,8 @@ def test_cli_pipeline_gives_the_sequential_result(tmp_path):
     import os
     import subprocess
     import sys
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, PYTHONPATH=repo + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    where = os.path.dirname(os.path.dirname(os.path.abspath(fflib.__file__)))   # the fflib imported here
+    env = dict(os.environ, PYTHONPATH=where + os.pathsep + os.environ.get("PYTHONPATH", ""))
     out = {}
     for flag in ("", "--pipeline"):
         path = tmp_path / f"r{flag}.json"

@@ -117,8 +117,13 @@ def cli(*args):
 
 
 def child_env():
+    """The environment of a child Python that must import the fflib this test process imports:
+    the installed package in CI, this checkout's in-place build in development.  (Run children
+    outside the repository root, whose unbuilt sources would shadow an installed fflib.)"""
+    import fflib
     env = dict(os.environ)
-    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = os.path.dirname(os.path.dirname(os.path.abspath(fflib.__file__))) + os.pathsep + \
+        env.get("PYTHONPATH", "")
     return env
 
 

@@ -52,7 +52,12 @@ def test_cross_val_score_and_grid_search_over_a_pipeline(rng):
     assert grid.score(X, y) > 0.8 and sklearn.base.is_classifier(grid.best_estimator_)
 
 
-def test_cross_validate_returns_estimators_from_two_joblib_workers(rng):
+def test_cross_validate_returns_estimators_from_two_joblib_workers(rng, monkeypatch):
+    # the workers must import the fflib imported here, not the repository root's unbuilt sources
+    import os
+    monkeypatch.chdir(os.path.dirname(os.path.abspath(__file__)))
+    monkeypatch.setenv("PYTHONPATH", os.path.dirname(os.path.dirname(os.path.abspath(fflib.__file__))) +
+                       os.pathsep + os.environ.get("PYTHONPATH", ""))
     X, y = blobs(rng)
     res = cross_validate(small(), X, y, cv=2, n_jobs=2, return_estimator=True)
     for est, score, test in zip(res["estimator"], res["test_score"], StratifiedKFold(2).split(X, y)):
@@ -196,8 +201,9 @@ def test_without_scikit_learn_fflib_imports_and_the_estimator_says_why():
             "import fflib, numpy as np\n"
             "try:\n    fflib.FFClassifier().fit(np.zeros((4, 2)), [0, 1, 0, 1])\n"
             "except ImportError as e:\n    print(e)\n")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    where = os.path.dirname(os.path.dirname(os.path.abspath(fflib.__file__)))   # the fflib imported here
+    env = dict(os.environ, PYTHONPATH=where + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120,
+                         cwd=os.path.dirname(os.path.abspath(__file__)))
     assert res.returncode == 0, res.stderr
     assert "FFClassifier needs scikit-learn" in res.stdout
