@@ -58,6 +58,10 @@ def test_cross_validate_returns_estimators_from_two_joblib_workers(rng, monkeypa
     monkeypatch.chdir(os.path.dirname(os.path.abspath(__file__)))
     monkeypatch.setenv("PYTHONPATH", os.path.dirname(os.path.dirname(os.path.abspath(fflib.__file__))) +
                        os.pathsep + os.environ.get("PYTHONPATH", ""))
+    # loky keeps its workers between calls: ones started earlier (from the repository root, by
+    # another test) would not see this directory and environment
+    from joblib.externals.loky import get_reusable_executor
+    get_reusable_executor().shutdown(wait=True)
     X, y = blobs(rng)
     res = cross_validate(small(), X, y, cv=2, n_jobs=2, return_estimator=True)
     for est, score, test in zip(res["estimator"], res["test_score"], StratifiedKFold(2).split(X, y)):
