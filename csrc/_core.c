@@ -572,6 +572,15 @@ static int finalized(NetObject *self) {
     return 1;
 }
 
+/* The arrays of a training call: x (B, D) float32, labels (B) int64, neg_labels (B) or None. */
+static int training_batch(NetObject *self, PyObject *xo, PyObject *yo, PyObject *no, npy_intp *B,
+                          PyArrayObject **x, PyArrayObject **y, void **neg) {
+    if (!(*x = check_x(self, xo, B))) return -1;
+    npy_intp shB[1] = {*B};
+    if (!(*y = check_array(yo, "labels", NPY_INT64, 1, shB, 0))) return -1;   /* ranges: checked in C */
+    return opt_array(no, "neg_labels", NPY_INT64, 1, shB, 0, neg);
+}
+
 static PyObject *Net_train_step(NetObject *self, PyObject *args, PyObject *kw) {
     GUARD(self);
     static char *kwlist[] = {"x", "labels", "neg_labels", "active", "train_head", "apply_update", NULL};
@@ -581,13 +590,9 @@ static PyObject *Net_train_step(NetObject *self, PyObject *args, PyObject *kw) {
         return NULL;
     if (!finalized(self)) return NULL;
     npy_intp B;
-    PyArrayObject *x = check_x(self, xo, &B);
-    if (!x) return NULL;
-    npy_intp shB[1] = {B};
-    PyArrayObject *y = check_array(yo, "labels", NPY_INT64, 1, shB, 0);
-    if (!y) return NULL;   /* label ranges: checked by the core, which names the entry */
+    PyArrayObject *x, *y;
     void *neg = NULL, *act = NULL;
-    if (opt_array(no, "neg_labels", NPY_INT64, 1, shB, 0, &neg) < 0) return NULL;
+    if (training_batch(self, xo, yo, no, &B, &x, &y, &neg) < 0) return NULL;
     int nb = ff_net_num_blocks(self->net);
     npy_intp shA[1] = {nb};
     if (opt_array(ao, "active", NPY_UINT8, 1, shA, 0, &act) < 0) return NULL;
@@ -647,13 +652,9 @@ static PyObject *Net_check_grad(NetObject *self, PyObject *args, PyObject *kw) {
         return NULL;
     if (!finalized(self)) return NULL;
     npy_intp B;
-    PyArrayObject *x = check_x(self, xo, &B);
-    if (!x) return NULL;
-    npy_intp shB[1] = {B};
-    PyArrayObject *y = check_array(yo, "labels", NPY_INT64, 1, shB, 0);
-    if (!y) return NULL;
+    PyArrayObject *x, *y;
     void *neg = NULL;
-    if (opt_array(no, "neg_labels", NPY_INT64, 1, shB, 0, &neg) < 0) return NULL;
+    if (training_batch(self, xo, yo, no, &B, &x, &y, &neg) < 0) return NULL;
     double fd = 0, an = 0, rel = 0;
     if (net_enter(self) < 0) return NULL;
     ff_status st;
@@ -691,12 +692,7 @@ static PyObject *Net_pipeline_step(NetObject *self, PyObject *args, PyObject *kw
     npy_intp B = 0;
     PyArrayObject *x = NULL, *y = NULL;
     void *neg = NULL;
-    if (xo != Py_None) {
-        if (!(x = check_x(self, xo, &B))) return NULL;
-        npy_intp shB[1] = {B};
-        if (!(y = check_array(yo, "labels", NPY_INT64, 1, shB, 0))) return NULL;
-        if (opt_array(no, "neg_labels", NPY_INT64, 1, shB, 0, &neg) < 0) return NULL;
-    }
+    if (xo != Py_None && training_batch(self, xo, yo, no, &B, &x, &y, &neg) < 0) return NULL;
     npy_intp shL[1] = {ff_net_num_blocks(self->net) + 1};
     PyArrayObject *losses = (PyArrayObject *)PyArray_ZEROS(1, shL, NPY_FLOAT32, 0);
     if (!losses) return NULL;

@@ -15,6 +15,17 @@ def shared_data_dir():
     return REPO.parent / "shared" / "data"
 
 
+def child_env():
+    """The environment of a child Python that must import the fflib this test process imports:
+    the installed package in CI, this checkout's in-place build in development.  (Run children
+    outside the repository root, whose unbuilt sources would shadow an installed fflib.)"""
+    import fflib
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.path.dirname(os.path.dirname(os.path.abspath(fflib.__file__))) + os.pathsep + \
+        env.get("PYTHONPATH", "")
+    return env
+
+
 @pytest.fixture(scope="session")
 def data_dir():
     d = shared_data_dir()

@@ -48,3 +48,16 @@ def assert_params_close(model, net, rel=1e-4, atol=None, keys=None, buffers=True
         if not buffers and k.endswith(("running_mean", "running_var")):
             continue
         assert_close(mine[k], theirs[k], rel=rel, atol=atol, what=k)
+
+
+def single_thread():
+    """Fixture body (module scope, autouse in the comparing modules): fflib and torch on one
+    thread, so that both sides sum in a fixed order."""
+    import fflib
+    import torch
+    old_ff, old_torch = fflib.get_num_threads(), torch.get_num_threads()
+    fflib.set_num_threads(1)
+    torch.set_num_threads(1)
+    yield
+    fflib.set_num_threads(old_ff)
+    torch.set_num_threads(old_torch)

@@ -8,19 +8,12 @@ import time
 
 import pytest
 
+from conftest import child_env  # noqa: E402
+
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def child_env():
-    """The environment of a child Python that must import the fflib this test process imports:
-    the installed package in CI, this checkout's in-place build in development.  (Run children
-    outside the repository root, whose unbuilt sources would shadow an installed fflib.)"""
-    import fflib
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.path.dirname(os.path.dirname(os.path.abspath(fflib.__file__))) + os.pathsep + \
-        env.get("PYTHONPATH", "")
-    return env
 
 
 def run(*args, timeout=300):

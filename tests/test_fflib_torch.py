@@ -16,20 +16,14 @@ torch = pytest.importorskip("torch")
 import fflib.torch as ft  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import oracle_torch  # noqa: E402
 from oracle_torch import assert_close, fflib_grads, rel_err, torch_grads  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 K = 4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    old_ff, old_torch = fflib.get_num_threads(), torch.get_num_threads()
-    fflib.set_num_threads(1)
-    torch.set_num_threads(1)
-    yield
-    fflib.set_num_threads(old_ff)
-    torch.set_num_threads(old_torch)
+single_thread = pytest.fixture(scope="module", autouse=True)(oracle_torch.single_thread)
 
 
 def every_layer_cnn(loss="symba", encoding="onehot", head_blocks="auto", seed=0, **cfg):

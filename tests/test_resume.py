@@ -14,6 +14,8 @@ import fflib
 from fflib.optim import CosineAnnealingLR, StepLR
 from test_reliability import data, same_params, zoo_model
 
+from conftest import child_env  # noqa: E402
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -116,15 +118,6 @@ def cli(*args):
             "--no-progress", "--seed", "5", *args]
 
 
-def child_env():
-    """The environment of a child Python that must import the fflib this test process imports:
-    the installed package in CI, this checkout's in-place build in development.  (Run children
-    outside the repository root, whose unbuilt sources would shadow an installed fflib.)"""
-    import fflib
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.path.dirname(os.path.dirname(os.path.abspath(fflib.__file__))) + os.pathsep + \
-        env.get("PYTHONPATH", "")
-    return env
 
 
 def test_cli_run_killed_mid_epoch_resumes_bit_identical(tmp_path):

@@ -20,6 +20,7 @@ from fflib import _core  # noqa: E402
 from fflib.torch import TorchFF  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import oracle_torch  # noqa: E402
 from oracle_torch import assert_close, fflib_grads, rel_err, torch_grads  # noqa: E402
 
 STEPS = 20
@@ -27,14 +28,7 @@ BATCH = 64
 REL = 1e-4          # norm-wise relative tolerance of whole-network results
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    old_ff, old_torch = fflib.get_num_threads(), torch.get_num_threads()
-    fflib.set_num_threads(1)
-    torch.set_num_threads(1)
-    yield
-    fflib.set_num_threads(old_ff)
-    torch.set_num_threads(old_torch)
+single_thread = pytest.fixture(scope="module", autouse=True)(oracle_torch.single_thread)
 
 
 @pytest.fixture(scope="module")
