@@ -15,7 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __name__ == "__main__":
+    # run as a script from a checkout: its (in-place built) fflib.  Imported by the tests, the
+    # path stays as it is, so child processes never see the unbuilt sources of the repository.
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import fflib  # noqa: E402
 from fflib import models, routines  # noqa: E402

@@ -62,6 +62,12 @@ def test_cross_validate_returns_estimators_from_two_joblib_workers(rng, monkeypa
     # another test) would not see this directory and environment
     from joblib.externals.loky import get_reusable_executor
     get_reusable_executor().shutdown(wait=True)
+    # and the workers inherit sys.path: no entry may hold another fflib than the imported one
+    import sys
+    from pathlib import Path
+    mine = Path(fflib.__file__).resolve().parents[1]
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if Path(p or ".").resolve() == mine
+                                      or not (Path(p or ".").resolve() / "fflib" / "__init__.py").exists()])
     X, y = blobs(rng)
     res = cross_validate(small(), X, y, cv=2, n_jobs=2, return_estimator=True)
     for est, score, test in zip(res["estimator"], res["test_score"], StratifiedKFold(2).split(X, y)):
