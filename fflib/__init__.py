@@ -16,6 +16,7 @@ training loop :func:`fit`; named survey networks in :mod:`fflib.models`, plots i
 :mod:`fflib.plot` (needs the ``plot`` extra, matplotlib).
 """
 import os as _os
+from typing import Any as _Any
 
 from ._loader import _core
 from ._version import __version__
@@ -26,7 +27,7 @@ from .train import fit, evaluate
 from .export import export_c
 
 
-def __getattr__(name: str):   # PEP 562: FFClassifier (and scikit-learn with it) loads on first use
+def __getattr__(name: str) -> _Any:   # PEP 562: FFClassifier (and scikit-learn with it) loads on first use
     if name == "FFClassifier":
         from .classifier import FFClassifier
         globals()["FFClassifier"] = FFClassifier

@@ -28,8 +28,11 @@ for m in pkgutil.iter_modules(fflib.__path__):
     try:
         importlib.import_module("fflib." + m.name)
     except ImportError as e:
-        if e.name and e.name.split(".")[0] != "fflib":
-            print(f"ci_docs: fflib.{m.name} left out: its optional dependency {e.name} is not installed",
+        # the missing module: the error's own name, or that of the error it was raised from
+        # (fflib.torch says which extra to install, from the ImportError of torch itself)
+        name = e.name or getattr(e.__cause__, "name", None)
+        if name and name.split(".")[0] != "fflib":
+            print(f"ci_docs: fflib.{m.name} left out: its optional dependency {name} is not installed",
                   file=sys.stderr)
             continue
         raise
