@@ -532,16 +532,16 @@ static PyObject *Net_param(NetObject *self, PyObject *args) {
 }
 
 /* x: (B, D) float32 (or any shape whose trailing dims multiply to D) */
-static PyArrayObject *check_x(NetObject *self, PyObject *o, npy_intp *B) {
+static PyArrayObject *check_input(NetObject *self, PyObject *o, const char *name, npy_intp *B) {
     if (!PyArray_Check(o)) {
-        PyErr_Format(PyExc_TypeError, "x must be a numpy.ndarray of float32, got %s", Py_TYPE(o)->tp_name);
+        PyErr_Format(PyExc_TypeError, "%s must be a numpy.ndarray of float32, got %s", name, Py_TYPE(o)->tp_name);
         return NULL;
     }
     PyArrayObject *a = (PyArrayObject *)o;
     int D = ff_net_input_size(self->net);
     if (PyArray_NDIM(a) < 2) {
-        PyErr_Format(PyExc_ValueError, "x must have shape (B, %d) or (B, C, H, W) with C*H*W = %d, "
-                     "got %d dimension(s)", D, D, PyArray_NDIM(a));
+        PyErr_Format(PyExc_ValueError, "%s must have shape (B, %d) or (B, C, H, W) with C*H*W = %d, "
+                     "got %d dimension(s)", name, D, D, PyArray_NDIM(a));
         return NULL;
     }
     npy_intp per = 1;
@@ -549,20 +549,22 @@ static PyArrayObject *check_x(NetObject *self, PyObject *o, npy_intp *B) {
     if (per != D) {
         char got[160];
         shape_str(got, sizeof got, PyArray_NDIM(a), PyArray_DIMS(a));
-        PyErr_Format(PyExc_ValueError, "x must have %d values per sample (the net's input size), got "
-                     "shape %s", D, got);
+        PyErr_Format(PyExc_ValueError, "%s must have %d values per sample (the net's input size), got "
+                     "shape %s", name, D, got);
         return NULL;
     }
     npy_intp shp[8];
     for (int i = 0; i < PyArray_NDIM(a) && i < 8; i++) shp[i] = PyArray_DIM(a, i);
     shp[0] = -1;
-    if (!check_array(o, "x", NPY_FLOAT32, PyArray_NDIM(a), shp, 0)) return NULL;
+    if (!check_array(o, name, NPY_FLOAT32, PyArray_NDIM(a), shp, 0)) return NULL;
     *B = PyArray_DIM(a, 0);
-    if (*B == 0) { PyErr_SetString(PyExc_ValueError, "x is an empty batch (0 samples)"); return NULL; }
-    if (*B > 1 << 28) { PyErr_SetString(PyExc_ValueError, "x has too many samples for one call"); return NULL; }
-    if (check_finite(a, "x") < 0) return NULL;
+    if (*B == 0) { PyErr_Format(PyExc_ValueError, "%s is an empty batch (0 samples)", name); return NULL; }
+    if (*B > 1 << 28) { PyErr_Format(PyExc_ValueError, "%s has too many samples for one call", name); return NULL; }
+    if (check_finite(a, name) < 0) return NULL;
     return a;
 }
+
+static PyArrayObject *check_x(NetObject *self, PyObject *o, npy_intp *B) { return check_input(self, o, "x", B); }
 
 static int finalized(NetObject *self) {
     if (ff_net_num_blocks(self->net) == 0) {
@@ -574,38 +576,57 @@ static int finalized(NetObject *self) {
 
 /* The arrays of a training call: x (B, D) float32, labels (B) int64, neg_labels (B) or None. */
 static int training_batch(NetObject *self, PyObject *xo, PyObject *yo, PyObject *no, npy_intp *B,
-                          PyArrayObject **x, PyArrayObject **y, void **neg) {
+                          PyArrayObject **x, void **y, void **neg) {
     if (!(*x = check_x(self, xo, B))) return -1;
     npy_intp shB[1] = {*B};
-    if (!(*y = check_array(yo, "labels", NPY_INT64, 1, shB, 0))) return -1;   /* ranges: checked in C */
+    if (opt_array(yo, "labels", NPY_INT64, 1, shB, 0, y) < 0) return -1;   /* ranges: checked in C */
     return opt_array(no, "neg_labels", NPY_INT64, 1, shB, 0, neg);
 }
 
 static PyObject *Net_train_step(NetObject *self, PyObject *args, PyObject *kw) {
     GUARD(self);
-    static char *kwlist[] = {"x", "labels", "neg_labels", "active", "train_head", "apply_update", NULL};
-    PyObject *xo, *yo, *no = Py_None, *ao = Py_None;
+    static char *kwlist[] = {"x", "labels", "neg_labels", "active", "train_head", "apply_update", "x_neg", "out", NULL};
+    PyObject *xo, *yo, *no = Py_None, *ao = Py_None, *xno = Py_None, *oo = Py_None;
     int head = 0, apply = 1;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|OOpp", kwlist, &xo, &yo, &no, &ao, &head, &apply))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|OOppOO", kwlist, &xo, &yo, &no, &ao, &head, &apply, &xno, &oo))
         return NULL;
     if (!finalized(self)) return NULL;
     npy_intp B;
-    PyArrayObject *x, *y;
-    void *neg = NULL, *act = NULL;
+    PyArrayObject *x;
+    void *y = NULL, *neg = NULL, *act = NULL, *xneg = NULL, *out = NULL;
     if (training_batch(self, xo, yo, no, &B, &x, &y, &neg) < 0) return NULL;
+    if (xno != Py_None) {
+        npy_intp Bn;
+        PyArrayObject *xn = check_input(self, xno, "x_neg", &Bn);
+        if (!xn) return NULL;
+        if (Bn != B)
+            return PyErr_Format(PyExc_ValueError, "x_neg must have as many samples as x (%zd), got %zd",
+                                (Py_ssize_t)B, (Py_ssize_t)Bn);
+        xneg = PyArray_DATA(xn);
+    } else if (!y) {
+        return PyErr_Format(PyExc_TypeError, "labels must be a numpy.ndarray of int64 (only a step with "
+                            "x_neg may pass labels=None)");
+    }
     int nb = ff_net_num_blocks(self->net);
     npy_intp shA[1] = {nb};
     if (opt_array(ao, "active", NPY_UINT8, 1, shA, 0, &act) < 0) return NULL;
     if (head && !ff_net_has_head(self->net))
         return PyErr_Format(PyExc_ValueError, "train_head=True but the net has no one-pass head");
+    if (oo != Py_None) {
+        /* rows: positive and negative for a loss with negatives, else the labelled rows */
+        int pairs = ff_loss_has_negatives(ff_net_get_config(self->net).loss);
+        npy_intp shO[2] = {pairs ? 2 * B : B, ff_net_train_out_size(self->net, (const uint8_t *)act)};
+        if (opt_array(oo, "out", NPY_FLOAT32, 2, shO, 1, &out) < 0) return NULL;
+    }
     npy_intp shL[1] = {nb + 1};
     PyArrayObject *losses = (PyArrayObject *)PyArray_ZEROS(1, shL, NPY_FLOAT32, 0);
     if (!losses) return NULL;
     if (net_enter(self) < 0) { Py_DECREF(losses); return NULL; }
     ff_status st;
+    ff_train_args ta = {F32(x), (const float *)xneg, (const int64_t *)y, (const int64_t *)neg, (int)B,
+                        (const uint8_t *)act, head, apply, F32(losses), (float *)out};
     Py_BEGIN_ALLOW_THREADS
-    st = ff_net_train_step(self->net, F32(x), I64(y), (const int64_t *)neg, (int)B,
-                           (const uint8_t *)act, head, apply, F32(losses));
+    st = ff_net_train(self->net, &ta);
     Py_END_ALLOW_THREADS
     net_leave(self);
     if (st != FF_OK) {
@@ -613,6 +634,22 @@ static PyObject *Net_train_step(NetObject *self, PyObject *args, PyObject *kw) {
         return raise_net(self, st, "train_step");
     }
     return (PyObject *)losses;
+}
+
+/* Not guarded: read while a GIL-free step runs in another thread. */
+static PyObject *Net_progress(NetObject *self, PyObject *Py_UNUSED(a)) {
+    if (!self->net) return PyLong_FromLong(0);
+    return PyLong_FromLong(ff_net_progress(self->net));
+}
+
+static PyObject *Net_train_out_size(NetObject *self, PyObject *args) {
+    GUARD(self);
+    PyObject *ao = Py_None; void *act = NULL;
+    if (!PyArg_ParseTuple(args, "|O", &ao)) return NULL;
+    if (!finalized(self)) return NULL;
+    npy_intp shA[1] = {ff_net_num_blocks(self->net)};
+    if (opt_array(ao, "active", NPY_UINT8, 1, shA, 0, &act) < 0) return NULL;
+    return PyLong_FromLong(ff_net_train_out_size(self->net, (const uint8_t *)act));
 }
 
 static PyObject *Net_optimizer_step(NetObject *self, PyObject *args, PyObject *kw) {
@@ -652,14 +689,15 @@ static PyObject *Net_check_grad(NetObject *self, PyObject *args, PyObject *kw) {
         return NULL;
     if (!finalized(self)) return NULL;
     npy_intp B;
-    PyArrayObject *x, *y;
-    void *neg = NULL;
+    PyArrayObject *x;
+    void *y = NULL, *neg = NULL;
     if (training_batch(self, xo, yo, no, &B, &x, &y, &neg) < 0) return NULL;
+    if (!y) return PyErr_Format(PyExc_TypeError, "labels must be a numpy.ndarray of int64, got None");
     double fd = 0, an = 0, rel = 0;
     if (net_enter(self) < 0) return NULL;
     ff_status st;
     Py_BEGIN_ALLOW_THREADS
-    st = ff_net_check_grad(self->net, F32(x), I64(y), (const int64_t *)neg, (int)B, head, eps,
+    st = ff_net_check_grad(self->net, F32(x), (const int64_t *)y, (const int64_t *)neg, (int)B, head, eps,
                            (uint64_t)seed, &fd, &an, &rel);
     Py_END_ALLOW_THREADS
     net_leave(self);
@@ -690,16 +728,17 @@ static PyObject *Net_pipeline_step(NetObject *self, PyObject *args, PyObject *kw
     if (!PyArg_ParseTupleAndKeywords(args, kw, "|OOO", kwlist, &xo, &yo, &no)) return NULL;
     if (!finalized(self)) return NULL;
     npy_intp B = 0;
-    PyArrayObject *x = NULL, *y = NULL;
-    void *neg = NULL;
+    PyArrayObject *x = NULL;
+    void *y = NULL, *neg = NULL;
     if (xo != Py_None && training_batch(self, xo, yo, no, &B, &x, &y, &neg) < 0) return NULL;
+    if (x && !y) return PyErr_Format(PyExc_TypeError, "labels must be a numpy.ndarray of int64, got None");
     npy_intp shL[1] = {ff_net_num_blocks(self->net) + 1};
     PyArrayObject *losses = (PyArrayObject *)PyArray_ZEROS(1, shL, NPY_FLOAT32, 0);
     if (!losses) return NULL;
     if (net_enter(self) < 0) { Py_DECREF(losses); return NULL; }
     ff_status st;
     Py_BEGIN_ALLOW_THREADS
-    st = ff_net_pipeline_step(self->net, x ? F32(x) : NULL, y ? I64(y) : NULL, (const int64_t *)neg, (int)B,
+    st = ff_net_pipeline_step(self->net, x ? F32(x) : NULL, (const int64_t *)y, (const int64_t *)neg, (int)B,
                               F32(losses));
     Py_END_ALLOW_THREADS
     net_leave(self);
@@ -850,6 +889,10 @@ static PyMethodDef Net_methods[] = {
     {"param", (PyCFunction)Net_param, METH_VARARGS, "param(layer, kind) -> ndarray view or None"},
     {"train_step", (PyCFunction)(void (*)(void))Net_train_step, METH_VARARGS | METH_KEYWORDS,
      "train_step(x, labels, neg_labels=None, active=None, train_head=False, apply_update=True) -> losses"},
+    {"progress", (PyCFunction)Net_progress, METH_NOARGS,
+     "progress() -> leading layers whose gradients are final in the running step (unguarded)"},
+    {"train_out_size", (PyCFunction)Net_train_out_size, METH_VARARGS,
+     "train_out_size(active=None) -> values per row of train_step's `out`"},
     {"optimizer_step", (PyCFunction)(void (*)(void))Net_optimizer_step, METH_VARARGS | METH_KEYWORDS,
      "optimizer_step(active=None, head=False)"},
     {"zero_grad", (PyCFunction)Net_zero_grad, METH_NOARGS, "zero_grad()"},

@@ -18,6 +18,7 @@
 #define FF_INTERNAL_H
 
 #include <stdarg.h>
+#include <stdatomic.h>
 #include "fflib.h"
 
 #define FF_MAX_LAYERS 256
@@ -204,6 +205,7 @@ struct ff_net {
     ff_layer embed;           /* the label embedding: (K, H*W) maps, when used */
     ff_config cfg;
     int share_labels;         /* compute the label-independent part of the first layer once */
+    _Atomic int progress;     /* layers whose gradients are final in the running step (ff_net_progress) */
     uint64_t rng[4];
     /* arenas: parameters, Adam m / momentum, Adam v; gradients in a full arena only when a
      * split step (compute_grads) or overlapping blocks need one (grads), else per block in

@@ -64,6 +64,7 @@ int ff_all_finite(const float *x, size_t n) {
         return k >= 0 && k < (int)(sizeof(t) / sizeof(t[0])) ? t[k] : NULL; }
 const char *ff_layer_kind_name(int k) { return k >= 0 && k < FF_NUM_LAYER_KINDS ? ff_layer_kinds[k].name : NULL; }
 const char *ff_loss_name(int k) { return k >= 0 && k < FF_NUM_LOSSES ? ff_losses[k].name : NULL; }
+int ff_loss_has_negatives(int k) { return k >= 0 && k < FF_NUM_LOSSES && ff_losses[k].negatives; }
 FF_NAMES(ff_label_name, "onehot", "fourier", "embedding", "none")
 FF_NAMES(ff_norm_name, "none", "l2", "rms")
 FF_NAMES(ff_goodness_name, "sum", "mean")
@@ -454,9 +455,6 @@ static int holds_input(const ff_net *net, int b) { return net->blocks[b].first =
 static ff_status loss_fits(ff_net *net, ff_loss_kind kind, int b, int last, int for_training) {
     const ff_loss_ops *lo = &ff_losses[kind];
     const ff_layer *L = &net->layers[last];
-    if (lo->negatives && net->label == FF_LABEL_NONE)
-        return ff_fail(net, FF_ERR_ARG, "loss %s compares the goodness of inputs carrying the true and a wrong "
-                       "label, but label_encoding is none", lo->name);
     if (lo->needs_groups && L->OC % net->K)
         return ff_fail(net, FF_ERR_SHAPE, "loss %s reads %d channel groups, but block %d ends in layer %d (%s) "
                        "with %d channels, not divisible by %d", lo->name, net->K, b, last, kind_name(L->kind),
@@ -1213,23 +1211,69 @@ static ff_status block_loss(ff_net *net, ff_work *w, int b, const float *y, int 
 
 /* ------------------------------------------------------------------ training */
 
+/* The last block a step with `active` runs (trains or forwards for the head): stop - 1. */
+static int train_stop(const ff_net *net, const uint8_t *active, int train_head) {
+    int stop = 0;
+    for (int b = 0; b < net->nblocks; b++) if (!active || active[b]) stop = b + 1;
+    if (train_head) {
+        int lastl = net->head_layers[net->nhead - 1];
+        for (int b = 0; b < net->nblocks; b++) if (net->blocks[b].last > lastl) { if (b + 1 > stop) stop = b + 1; break; }
+    }
+    return stop;
+}
+
+int ff_net_train_out_size(const ff_net *net, const uint8_t *active) {
+    int stop = train_stop(net, active, 0);
+    return stop ? (int)ff_layer_out(&net->layers[net->blocks[stop - 1].last - 1]) : 0;
+}
+
+int ff_net_progress(const ff_net *net) {
+    return atomic_load_explicit(&((ff_net *)net)->progress, memory_order_acquire);
+}
+
+static void set_progress(ff_net *net, int layers) {
+    atomic_store_explicit(&net->progress, layers, memory_order_release);
+}
+
 ff_status ff_net_train_step(ff_net *net, const float *x, const int64_t *labels,
                             const int64_t *neg_labels, int B, const uint8_t *active,
                             int train_head, int apply_update, float *losses) {
+    ff_train_args a = {x, NULL, labels, neg_labels, B, active, train_head, apply_update, losses, NULL};
+    return ff_net_train(net, &a);
+}
+
+ff_status ff_net_train(ff_net *net, const ff_train_args *a) {
+    const float *x = a->x, *xneg = a->x_neg;
+    const int64_t *labels = a->labels, *neg_labels = a->neg_labels;
+    int B = a->B, train_head = a->train_head, apply_update = a->apply_update;
+    const uint8_t *active = a->active;
+    float *losses = a->losses;
     if (!net->finalized) return ff_fail(net, FF_ERR_STATE, "the network is not finalized");
+    set_progress(net, 0);
+    if (!x) return ff_fail(net, FF_ERR_ARG, "x is required");
     if (B <= 0 || B > INT_MAX / 3) return ff_fail(net, FF_ERR_ARG, "batch size must be in [1, %d], got %d", INT_MAX / 3, B);
     if (train_head && !net->has_head) return ff_fail(net, FF_ERR_STATE, "train_head: the network has no one-pass head");
-    ff_status st = check_labels(net, labels, B, "labels");
+    int free_ = !ff_losses[net->loss.kind].negatives;
+    if (xneg && free_)
+        return ff_fail(net, FF_ERR_ARG, "x_neg: the %s loss trains on labelled rows, not on positive and negative "
+                       "pairs (use a loss with negatives, such as ff or symba)", ff_losses[net->loss.kind].name);
+    if (!xneg && !free_ && net->label == FF_LABEL_NONE)
+        return ff_fail(net, FF_ERR_ARG, "the %s loss compares inputs carrying the true and a wrong label, but "
+                       "label_encoding is none: pass explicit negatives (x_neg), or use a label encoding",
+                       ff_losses[net->loss.kind].name);
+    if (!labels && (!xneg || train_head))
+        return ff_fail(net, FF_ERR_ARG, "labels are required (only a step with x_neg and no head may omit them)");
+    ff_status st = labels ? check_labels(net, labels, B, "labels") : FF_OK;
     if (st != FF_OK) return st;
     ff_work *w = &net->work;
-    int free_ = !ff_losses[net->loss.kind].negatives;
     if (neg_labels && !free_) {
         st = check_labels(net, neg_labels, B, "neg_labels");
         if (st != FF_OK) return st;
-        for (int b = 0; b < B; b++)
-            if (neg_labels[b] == labels[b])
-                return ff_fail(net, FF_ERR_LABEL, "neg_labels[%d] equals labels[%d] (%lld): a negative label "
-                               "must differ from the true one", b, b, (long long)labels[b]);
+        if (!xneg)
+            for (int b = 0; b < B; b++)
+                if (neg_labels[b] == labels[b])
+                    return ff_fail(net, FF_ERR_LABEL, "neg_labels[%d] equals labels[%d] (%lld): a negative label "
+                                   "must differ from the true one", b, b, (long long)labels[b]);
     }
     int K = net->K, D = net->D, nb = net->nblocks;
     /* training rows T, and B neutral rows for the head; the label-free losses see only
@@ -1243,9 +1287,10 @@ ff_status ff_net_train_step(ff_net *net, const float *x, const int64_t *labels,
 
     int64_t *lab = w->lab;
     for (int b = 0; b < B; b++) {
-        lab[b] = labels[b];
+        lab[b] = labels ? labels[b] : -1;
         if (!free_) {
             if (neg_labels) lab[B + b] = neg_labels[b];
+            else if (xneg) lab[B + b] = lab[b];
             else {
                 int k = ff_rng_below(net->rng, K - 1);
                 lab[B + b] = k >= labels[b] ? k + 1 : k;
@@ -1253,23 +1298,23 @@ ff_status ff_net_train_step(ff_net *net, const float *x, const int64_t *labels,
         }
         if (R > T) lab[T + b] = -1;
     }
-    for (int r = 0; r < R; r++)
-        encode_row(net, w, r, x + (size_t)(r % B) * D, free_ ? -1 : lab[r]);
-    share_rows(w, B, 0);
+    for (int r = 0; r < R; r++) {
+        const float *src = xneg && r >= B && r < T ? xneg + (size_t)(r - B) * D : x + (size_t)(r % B) * D;
+        encode_row(net, w, r, src, free_ ? -1 : lab[r]);
+    }
+    /* explicit negatives are other samples: every row its own (the shared first layer then
+     * runs row by row) */
+    if (xneg) share_rows(w, R, 0);
+    else share_rows(w, B, 0);
 
     /* layers in an active block are trained; their gradients are zeroed first and every
      * layer steps once at the end (a layer in two overlapping blocks sums both gradients) */
     uint8_t train_layer[FF_MAX_LAYERS] = {0};
-    int stop = 0, embed = 0;
+    int stop = train_stop(net, active, train_head), embed = 0;
     for (int b = 0; b < nb; b++) {
         if (active && !active[b]) continue;
-        stop = b + 1;
         for (int i = net->blocks[b].first; i < net->blocks[b].last; i++) train_layer[i] = 1;
         if (holds_input(net, b) && net->label == FF_LABEL_EMBEDDING) embed = 1;
-    }
-    if (train_head) {
-        int lastl = net->head_layers[net->nhead - 1];
-        for (int b = 0; b < nb; b++) if (net->blocks[b].last > lastl) { if (b + 1 > stop) stop = b + 1; break; }
     }
     /* lean: a block's gradients live in gscratch and it steps right after its backward */
     int overlap = 0;
@@ -1296,6 +1341,8 @@ ff_status ff_net_train_step(ff_net *net, const float *x, const int64_t *labels,
         /* batch-norm running stats: updated once per layer, by the first block running it */
         st = plan_forward(net, w, &blk->train, w->carry, R, T, on ? (b ? net->blocks[b - 1].last : 0) : net->nl);
         if (st != FF_OK) return st;
+        if (a->out && b == stop - 1)
+            memcpy(a->out, out_of(w, &blk->train, l - 1, R), (size_t)T * ff_layer_out(&net->layers[l - 1]) * sizeof(float));
         if (on) {
             float loss = 0.0f;
             st = block_loss(net, w, b, out_of(w, &blk->train, l - 1, R), B, T, &loss);
@@ -1312,6 +1359,11 @@ ff_status ff_net_train_step(ff_net *net, const float *x, const int64_t *labels,
             if (emb) embedding_backward(net, w, T);
             if (w->lean)   /* the next block's input was computed before this update */
                 for (int i = f; i < l; i++) layer_opt_step(net, w, &net->layers[i]);
+            /* layers no later block trains have their final gradients */
+            int fin = l;
+            for (int j = b + 1; j < stop; j++)
+                if ((!active || active[j]) && net->blocks[j].first < fin) fin = net->blocks[j].first;
+            set_progress(net, fin);
         }
         if (train_head)
             for (int i = f; i < l; i++)
@@ -1331,6 +1383,7 @@ ff_status ff_net_train_step(ff_net *net, const float *x, const int64_t *labels,
                            "learning rate", (double)hl);
         if (losses) losses[nb] = hl;
     }
+    set_progress(net, net->nl + 1);
     if (apply_update) {
         if (!w->lean)
             for (int i = 0; i < net->nl; i++) if (train_layer[i]) layer_opt_step(net, w, &net->layers[i]);
@@ -1398,6 +1451,13 @@ static ff_status run_segments(ff_net *net, ff_work *w, int R, int stop, int fn, 
 
 /* Every block's loss must be able to score classes before an inference that reads them. */
 static ff_status check_scores(ff_net *net) {
+    if (net->label == FF_LABEL_NONE)
+        for (int b = 0; b < net->nblocks; b++)
+            if (ff_losses[net->blocks[b].loss.kind].negatives)
+                return ff_fail(net, FF_ERR_ARG, "block %d's loss %s scores the goodness of inputs carrying a "
+                               "label, but label_encoding is none: its goodness is the same for every label "
+                               "(use features() with a probe, or a label encoding)", b,
+                               ff_losses[net->blocks[b].loss.kind].name);
     for (int b = 0; b < net->nblocks; b++) {
         ff_status st = check_block_loss(net, b, 1);
         if (st != FF_OK) return st;
@@ -1630,6 +1690,9 @@ ff_status ff_net_pipeline_begin(ff_net *net, int max_batch, const uint8_t *activ
     if (max_batch <= 0 || max_batch > INT_MAX / 3)
         return ff_fail(net, FF_ERR_ARG, "max_batch must be in [1, %d], got %d", INT_MAX / 3, max_batch);
     if (train_head && !net->has_head) return ff_fail(net, FF_ERR_STATE, "train_head: the network has no one-pass head");
+    if (ff_losses[net->loss.kind].negatives && net->label == FF_LABEL_NONE)
+        return ff_fail(net, FF_ERR_ARG, "the %s loss with label_encoding none trains only on explicit negatives "
+                       "(train_step's x_neg), which pipelined training does not take", ff_losses[net->loss.kind].name);
     for (int b = 1; b < net->nblocks; b++)
         if (net->blocks[b].first < net->blocks[b - 1].last)
             return ff_fail(net, FF_ERR_ARG, "pipelined training needs non-overlapping blocks; blocks %d and %d "

@@ -254,6 +254,8 @@ typedef enum { FF_OPT_SGD = 0, FF_OPT_ADAM = 1 } ff_opt_kind;
  * tables of kinds live here and only here. */
 const char *ff_layer_kind_name(int kind);
 const char *ff_loss_name(int kind);
+/* 1 if the loss trains on positive and negative rows, 0 if on labelled rows. */
+int ff_loss_has_negatives(int kind);
 const char *ff_label_name(int kind);
 const char *ff_norm_name(int kind);
 const char *ff_goodness_name(int kind);
@@ -420,6 +422,34 @@ ff_status ff_net_reserve(ff_net *net, int rows);
 ff_status ff_net_train_step(ff_net *net, const float *x, const int64_t *labels,
                             const int64_t *neg_labels, int B, const uint8_t *active,
                             int train_head, int apply_update, float *losses);
+/* The general training step: ff_net_train_step's arguments plus
+ *   x_neg (B, C*H*W) or NULL: explicit negative samples (self-contrastive pairs, hybrid
+ *     images, or activations handed over from another process).  Negative row b is x_neg[b]
+ *     encoded with neg_labels[b] if given, else labels[b] if given, else the neutral label;
+ *     positive row b is x[b] with labels[b] (neutral without labels).  Needs a loss that
+ *     trains on negatives (ff, symba, ...); labels may then be NULL when the loss needs none.
+ *   out (T, S) or NULL: receives the output of the last layer of the last block run, for the
+ *     T training rows (positive then negative; the labelled rows for a label-free loss), as
+ *     computed before that block's update.  S is that layer's output size.
+ * While the step runs, ff_net_progress tells how many leading layers' gradients are final
+ * (for a caller that exchanges gradients layer by layer with apply_update 0). */
+typedef struct {
+    const float *x, *x_neg;
+    const int64_t *labels, *neg_labels;
+    int B;
+    const uint8_t *active;
+    int train_head, apply_update;
+    float *losses;
+    float *out;
+} ff_train_args;
+ff_status ff_net_train(ff_net *net, const ff_train_args *a);
+/* Leading layers whose gradients are final in the step now running (0 when it starts; the
+ * number of layers once every block's backward is done; then nl + 1 once the head's and
+ * the embedding's are too).  Safe to read from another thread during a step. */
+int ff_net_progress(const ff_net *net);
+/* The output size of the layer ff_net_train's `out` comes from, for a step with `active`. */
+int ff_net_train_out_size(const ff_net *net, const uint8_t *active);
+
 /* Pipelined training (Pipeline Forward-Forward): block k trains on minibatch t - k at tick t,
  * the blocks of a tick running at once on fflib's threads, each single-threaded.  Block k's
  * input is block k - 1's output computed before block k - 1's update on the same minibatch,

@@ -444,11 +444,10 @@ def _check_hparams(h):
 
 def _check_loss_fits(model, loss, ranges):
     """Reject a loss the network cannot carry: the channel-wise losses read K channel groups from
-    the last layer of every block, cross-entropy K logits; FF and SymBa need the label in the input."""
+    the last layer of every block, cross-entropy K logits.  FF and SymBa with label_encoding 'none'
+    train only on explicit negatives (``x_neg``: self-contrastive or hybrid pairs); the core says so
+    if a step without them, or a goodness score, is asked of such a net."""
     K = model.num_classes
-    if loss in ("ff", "symba") and model.label_encoding == "none":
-        raise ValueError(f"loss {loss!r} compares goodness with the label in the input, but "
-                         "label_encoding is 'none'; use loss 'cwc', 'pvn' or 'xent', or a label encoding")
     if loss not in ("cwc", "pvn", "xent"):
         return
     for b, (_, end) in enumerate(ranges):
@@ -798,27 +797,53 @@ class FFModel:
             raise ValueError(f"{name} must be in [0, {self.num_classes}), got range [{y.min()}, {y.max()}]")
         return y
 
-    def train_step(self, x, y, neg_labels=None, active=None, train_head=None):
+    def train_step(self, x, y, neg_labels=None, active=None, train_head=None, *, x_neg=None, out=None):
         """One FF step on a minibatch, entirely in C: positive and negative (and neutral) passes,
         each active block's local loss, backward and optimiser step, and the head.
 
         x must be float32 C-contiguous (B, ...) with the model's input size (a NumPy array, or a
         CPU torch tensor / DLPack producer, read without a copy); y int64 (B,).
-        Returns the per-block losses followed by the head loss (an array of num_blocks + 1)."""
-        train_head = _train_head_flag(train_head, self.has_head)
-        act = _active_mask(active, self.num_blocks)
-        x = self._input(x, strict=True)
-        _native_order(x=x, y=y, neg_labels=neg_labels)
-        return self._net.train_step(x, y, neg_labels, act, bool(train_head), True)
 
-    def compute_grads(self, x, y, neg_labels=None, active=None, train_head=None):
+        x_neg (B, ...) or None: explicit negative samples instead of "same image, wrong label"
+        (self-contrastive pairs, hybrid images, another process's activations).  Negative row b
+        is ``x_neg[b]`` with ``neg_labels[b]``, else ``y[b]``, else the neutral label; y may be
+        None when the loss needs no labels and the head does not train.  Needs a loss with
+        negatives (ff, symba, ...).
+        out (T, :meth:`train_out_size`) float32 or None: receives the last run block's output
+        for the T training rows (positive then negative), computed before its update: the
+        input the next stage of a cross-process pipeline trains on.
+
+        Returns the per-block losses followed by the head loss (an array of num_blocks + 1)."""
+        return self._step(x, y, neg_labels, active, train_head, x_neg, out, True)
+
+    def compute_grads(self, x, y, neg_labels=None, active=None, train_head=None, *, x_neg=None, out=None):
         """Like :meth:`train_step` but only computes gradients (zeroed first) into the layers'
-        ``grad_weight``/``grad_bias``; an optimiser's ``step()`` then applies them."""
-        train_head = _train_head_flag(train_head, self.has_head)
+        ``grad_weight``/``grad_bias``; an optimiser's ``step()`` then applies them.  While it
+        runs (the GIL is released), :meth:`progress` tells another thread how many leading
+        layers' gradients are final (for exchanging them layer by layer)."""
+        return self._step(x, y, neg_labels, active, train_head, x_neg, out, False)
+
+    def _step(self, x, y, neg_labels, active, train_head, x_neg, out, apply):
+        # without labels there is nothing for the head to learn from
+        train_head = _train_head_flag(train_head, self.has_head and y is not None)
         act = _active_mask(active, self.num_blocks)
         x = self._input(x, strict=True)
-        _native_order(x=x, y=y, neg_labels=neg_labels)
-        return self._net.train_step(x, y, neg_labels, act, bool(train_head), False)
+        if x_neg is not None:
+            x_neg = self._input(x_neg, name="x_neg", strict=True)
+        _native_order(x=x, y=y, neg_labels=neg_labels, x_neg=x_neg, out=out)
+        return self._net.train_step(x, y, neg_labels, act, bool(train_head), apply, x_neg, out)
+
+    def progress(self):
+        """Leading layers whose gradients are final in the step now running (safe to call from
+        another thread during :meth:`compute_grads`): 0 when a step starts, the number of
+        layers once every block's backward is done, ``len(layers) + 1`` once the head's and the
+        label embedding's are too."""
+        return self._net.progress()
+
+    def train_out_size(self, active=None):
+        """Values per row of :meth:`train_step`'s ``out``: the output size of the last layer
+        of the last block a step with ``active`` runs."""
+        return self._net.train_out_size(_active_mask(active, self.num_blocks))
 
     def zero_grad(self):
         """Zero every gradient."""

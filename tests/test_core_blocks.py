@@ -81,8 +81,11 @@ def test_a_loss_that_does_not_fit_is_refused_at_construction():
                                          r"with 16 channels"):
         net.set_config(loss=_core.LOSSES["cwc"])
     assert net.get_config()["loss"] == _core.LOSSES["ff"]
-    with pytest.raises(ValueError, match="label_encoding is none"):
-        net.set_config(loss=_core.LOSSES["symba"])
+    net.set_config(loss=_core.LOSSES["symba"])   # fits: it then trains on explicit negatives only
+    x = np.zeros((2, 784), np.float32)
+    with pytest.raises(ValueError, match="label_encoding is none: pass explicit negatives"):
+        net.train_step(x, np.zeros(2, np.int64))
+    net.train_step(x, None, x_neg=x + 1)
 
 
 def test_blocks_own_their_loss(rng):

@@ -162,6 +162,12 @@ def test_fuzz_model_construction(which, shape, K, loss, goodness, encoding, thre
         rng = np.random.default_rng(0)
         x = rng.random((3, int(np.prod(m.input_shape))), dtype=np.float32)
         y = rng.integers(0, m.num_classes, 3)
+        if m.config["loss"] in ("ff", "symba") and m.label_encoding == "none":
+            # trains on explicit negatives only; scoring labels is refused with a reason
+            with pytest.raises(ValueError, match="label_encoding is none"):
+                m.goodness(x)
+            losses = m.train_step(x, None, x_neg=x[::-1].copy())
+            return None if finite(losses) else "train_step with x_neg gave non-finite losses"
         g = m.goodness(x)
         if g.shape != (3, m.num_classes, m.num_blocks) or not finite(g):
             return f"goodness {g.shape} finite={finite(g)}"

@@ -238,12 +238,11 @@ def test_a_loss_that_does_not_fit_the_network_is_rejected():
         fflib.FFModel(fflib.mlp([784, 30, 16]), 784, 10, loss="pvn", label_encoding="none")
     with pytest.raises(ValueError, match="10 logits"):
         fflib.FFModel(fflib.mlp([784, 32]), 784, 10, loss="xent", label_encoding="none")
-    with pytest.raises(ValueError, match="label_encoding is 'none'"):
-        fflib.FFModel(fflib.mlp([784, 32]), 784, 10, loss="ff", label_encoding="none")
-    m = fflib.FFModel(fflib.mlp([784, 30, 20]), 784, 10, loss="cwc", label_encoding="none")
-    with pytest.raises(ValueError, match="compares goodness"):
-        m.set_config(loss="symba")
-    assert m.config["loss"] == "cwc" and m.blocks == [(0, 3), (3, 6)]
+    # FF/SymBa without a label encoding train only on explicit negatives (x_neg): the step
+    # without them says so (tests/test_train_pairs.py)
+    m = fflib.FFModel(fflib.mlp([784, 32]), 784, 10, loss="ff", label_encoding="none")
+    with pytest.raises(ValueError, match="label_encoding is none: pass explicit negatives"):
+        m.train_step(np.zeros((2, 784), np.float32), np.zeros(2, np.int64))
     m = fflib.FFModel(fflib.mlp([784, 32, 16]), 784, 10, loss="symba")
     with pytest.raises(ValueError, match="not divisible"):
         m.set_config(loss="cwc")
