@@ -131,12 +131,15 @@ extern const ff_loss_ops ff_losses[];
 void ff_softmax_rows(float *probs, const float *logits, int n, int K);
 
 /* ------------------------------------------------------------------ plans and blocks */
-enum { FF_STEP_LAYER = 0, FF_STEP_FUSED = 1, FF_STEP_SHARED = 2 };
+enum { FF_STEP_LAYER = 0, FF_STEP_FUSED = 1, FF_STEP_SHARED = 2, FF_STEP_SHARED_CONV = 3 };
 enum { FF_DX_NONE = -2, FF_DX_DIN = -1 };   /* else 0 / 1: d0 or d1 */
 
 typedef struct {
     int op;            /* FF_STEP_LAYER; FF_STEP_FUSED over layers i..i+2; FF_STEP_SHARED: the
-                          first [LenNorm ->] Linear of a one-hot net computed once per sample */
+                          first [LenNorm ->] Linear of a one-hot net computed once per sample;
+                          FF_STEP_SHARED_CONV: the first Conv2d of a label-embedding net, its
+                          image channels once per sample and the label channel once per label
+                          (forward only: its backward is the layer's own) */
     int layer;         /* first layer of the step */
     int last;          /* last layer of the step (layer, or layer + 2) */
     int inplace;       /* the output aliases the input */

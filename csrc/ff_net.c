@@ -368,6 +368,21 @@ static int shareable(const ff_net *net, int l) {
 /* Compile layers [f, l) into p: steps, their places in acts, and for training (din: whether
  * the block's input gradient is wanted, for a label embedding) where every input gradient
  * goes.  The walk below is the one forward, backward and reserve_rows follow. */
+/* The label embedding is its own input channel (the last), added before the first conv: the
+ * conv of block 0 over [LenNorm ->] Conv2d (groups 1, no batch norm between) is linear in it,
+ * so its image part is computed once per sample and its label part once per label.  The conv's
+ * layer index + 1, or 0 when not shareable. */
+static int shareable_conv(const ff_net *net, int l) {
+    if (!net->share_labels || net->label != FF_LABEL_EMBEDDING) return 0;
+    int c = net->layers[0].kind == FF_LAYER_LENNORM ? 1 : 0;
+    if (c >= l || (c && net->starts_block[c])) return 0;
+    const ff_layer *L = &net->layers[c];
+    if (L->kind != FF_LAYER_CONV2D || L->groups != 1) return 0;
+    /* the samples' image channels wait in the output rows above the products */
+    if ((size_t)L->OC * L->OH * L->OW < (size_t)net->C * net->H * net->W) return 0;
+    return c + 1;
+}
+
 static ff_status compile_plan(ff_net *net, int f, int l, int din, ff_plan *p) {
     free(p->steps);
     memset(p, 0, sizeof(*p));
@@ -387,6 +402,12 @@ static ff_status compile_plan(ff_net *net, int f, int l, int din, ff_plan *p) {
             s->out_off = off; off += ff_layer_out(L);
             s->aux_off = off; off += 1;
             i = sh - 1;
+            continue;
+        }
+        if (f == 0 && i == shareable_conv(net, l) - 1) {
+            s->op = FF_STEP_SHARED_CONV;   /* stored as a layer's output; its backward is the conv's */
+            s->out_off = off; off += ff_layer_out(L);
+            s->aux_off = off;
             continue;
         }
         if (fusable(net, i, l)) {
@@ -913,6 +934,13 @@ static ff_status reserve_blocks(ff_net *net, ff_work *w, int rows, int trows, in
     size_t shr = 0;   /* the shared step's label column (its linear layer's outputs) */
     for (int i = 0; i < 2 && i < net->nl; i++)
         if (net->layers[i].kind == FF_LAYER_LINEAR) { shr = (size_t)net->layers[i].OC; break; }
+    for (int i = 0; i < 2 && i < net->nl; i++)   /* the shared conv: its weights split, K + 1 maps and their convs */
+        if (net->layers[i].kind == FF_LAYER_CONV2D && net->label == FF_LABEL_EMBEDDING) {
+            const ff_layer *L = &net->layers[i];
+            size_t kk = (size_t)L->k * L->k, HW = (size_t)net->H * net->W;
+            shr = (size_t)L->OC * L->C * kk + (K + 1) * HW + (K + 1) * (size_t)L->OC * L->OH * L->OW;
+            break;
+        }
     size_t need = R * carry        /* carry */
                 + R * acts         /* acts */
                 + T * dw[0] + d1   /* d0, d1 */
@@ -1044,6 +1072,50 @@ static ff_status shared_backward(ff_net *net, ff_work *w, const ff_step *st, con
     return FF_OK;
 }
 
+/* The shared conv's forward (see shareable_conv) on R rows: P_j = conv(image of sample j) with
+ * the image channels' weights, E_k = conv(label map k) with the label channel's (k = K: the
+ * neutral mean map), then z_r = s_r (P_j + E_{y_r}) + b with s_r the LenNorm's row scale
+ * (`scale`, NULL: 1), which equals conv(s_r [x_j, e_{y_r}]) + b up to rounding.  Run only when
+ * rows share samples (2n <= R); otherwise (explicit negatives) the step is the plain conv. */
+static ff_status shared_conv_forward(ff_net *net, ff_work *w, const ff_step *st, const float *in,
+                                     const float *scale, float *y, int R) {
+    const ff_layer *L = &net->layers[st->layer];
+    int n = share_count(w, R);
+    int K = net->K, C = net->C, H = net->H, W = net->W, HW = H * W, O = L->OC, Cin = L->C;
+    size_t kk = (size_t)L->k * L->k, OHW = (size_t)L->OH * L->OW, lda = (size_t)net->Din * share_stride(w);
+    const float *Wt = net->params + L->w_off, *bias = L->b_n ? net->params + L->b_off : NULL;
+    const float *emb = net->params + net->embed.w_off;
+    float *wimg = w->shr, *wlab = wimg + (size_t)O * C * kk, *maps = wlab + (size_t)O * kk;
+    float *E = maps + (size_t)(K + 1) * HW, *ximg = y + (size_t)n * O * OHW;
+    for (int o = 0; o < O; o++) {
+        memcpy(wimg + (size_t)o * C * kk, Wt + (size_t)o * Cin * kk, (size_t)C * kk * sizeof(float));
+        memcpy(wlab + (size_t)o * kk, Wt + (size_t)o * Cin * kk + (size_t)C * kk, kk * sizeof(float));
+    }
+    memcpy(maps, emb, (size_t)K * HW * sizeof(float));
+    float *mean = maps + (size_t)K * HW;   /* as encode_into builds the neutral map */
+    for (int i = 0; i < HW; i++) mean[i] = 0.0f;
+    for (int k = 0; k < K; k++)
+        for (int i = 0; i < HW; i++) mean[i] += emb[(size_t)k * HW + i] / K;
+    for (int j = 0; j < n; j++) memcpy(ximg + (size_t)j * C * HW, in + j * lda, (size_t)C * HW * sizeof(float));
+    ff_status e = ff_conv2d_forward(y, ximg, wimg, NULL, n, C, H, W, O, L->k, L->k, L->stride, L->pad, 1,
+                                    w->conv_ws, w->conv_parts);
+    if (e == FF_OK)
+        e = ff_conv2d_forward(E, maps, wlab, NULL, K + 1, 1, H, W, O, L->k, L->k, L->stride, L->pad, 1,
+                              w->conv_ws, w->conv_parts);
+    if (e != FF_OK) return e;
+    size_t row = (size_t)O * OHW;
+    for (int r = R - 1; r >= 0; r--) {   /* elementwise, so row j may expand into itself */
+        const float *P = y + (size_t)share_of(w, r) * row;
+        const float *Ek = E + (size_t)(w->rowlab[r] >= 0 ? w->rowlab[r] : K) * row;
+        float *z = y + (size_t)r * row, s = scale ? scale[r] : 1.0f;
+        for (int o = 0; o < O; o++) {
+            float b = bias ? bias[o] : 0.0f;
+            for (size_t q = (size_t)o * OHW; q < (size_t)(o + 1) * OHW; q++) z[q] = s * (P[q] + Ek[q]) + b;
+        }
+    }
+    return FF_OK;
+}
+
 /* Forward plan p on R rows whose input (R, in_size(first)) is `in`.  Batch-norm layers take
  * statistics from the first T rows in training mode; those at index >= update_from also
  * update their running statistics. */
@@ -1058,6 +1130,9 @@ static ff_status plan_forward(ff_net *net, ff_work *w, const ff_plan *p, const f
         ff_status e;
         if (st->op == FF_STEP_SHARED) {
             e = shared_forward(net, w, st, x, y, aux, R);
+        } else if (st->op == FF_STEP_SHARED_CONV && 2 * share_count(w, R) <= R) {
+            const float *scale = s ? w->acts + p->steps[s - 1].aux_off * (size_t)R : NULL;
+            e = shared_conv_forward(net, w, st, in, scale, y, R);
         } else if (st->op == FF_STEP_FUSED) {
             e = ff_fused_forward(&c, L, &net->layers[st->last], x, y, (int32_t *)aux, R);
         } else {

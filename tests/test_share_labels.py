@@ -66,3 +66,72 @@ def test_sharing_only_where_it_applies(rng):
     x, y = rng.random((6, 784), dtype=np.float32), rng.integers(0, 10, 6)
     neg = (y + 1) % 10
     np.testing.assert_array_equal(a.train_step(x, y, neg), b.train_step(x, y, neg))
+
+
+def _rel_close(a, b, tol=1e-5, what=""):
+    """Equal within tol relative to the array's largest magnitude (the scale float rounding works at)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    err = np.abs(a - b).max() / max(np.abs(b).max(), 1e-30)
+    assert err <= tol, f"{what}: relative error {err:.2e} > {tol:.0e}"
+
+
+EMBED_CASES = {
+    "mnist_cnn": lambda: __import__("fflib.models").models.build("cnn", "mnist", seed=6),
+    # a padded conv without a LenNorm in front, and a block boundary right after the conv
+    "padded_no_norm": lambda: fflib.FFModel(
+        [fflib.Conv2d(2, 12, 3, padding=1), fflib.ReLU(), fflib.MaxPool2d(2), fflib.Flatten(),
+         fflib.Linear(12 * 7 * 7, 20), fflib.ReLU()], (1, 14, 14), 4, label_encoding="embedding",
+        blocks=[3, 6], seed=7),
+}
+
+
+@pytest.mark.parametrize("name", list(EMBED_CASES))
+def test_shared_embedding_conv_equals_unshared(name, rng):
+    """The label embedding's channel through the first conv: the image part once per sample, the
+    label part once per label; training gradients (conv, later layers, the embedding itself),
+    the multi-pass goodness and the one-pass head equal the row-by-row path within 1e-5."""
+    shared, plain = _pair(EMBED_CASES[name])
+    D, K = int(np.prod(shared.input_shape)), shared.num_classes
+    x = rng.random((16, D), dtype=np.float32)
+    y = rng.integers(0, K, 16)
+    neg = (y + 1 + rng.integers(0, K - 1, 16)) % K
+    for m in (shared, plain):
+        m.compute_grads(x, y, neg)
+    for i, (ls, lp) in enumerate(zip(shared.layers, plain.layers)):
+        for g in ("grad_weight", "grad_bias"):
+            if getattr(lp, g, None) is not None:
+                _rel_close(getattr(ls, g), getattr(lp, g), what=f"layer {i} {g}")
+    emb = fflib._core.EMBEDDING
+    _rel_close(shared._net.param(emb, fflib._core.PARAM_KINDS["grad_weight"]),
+               plain._net.param(emb, fflib._core.PARAM_KINDS["grad_weight"]), what="embedding gradient")
+    _rel_close(shared.goodness(x), plain.goodness(x), what="multi-pass goodness")
+    _rel_close(shared.goodness(x[:1]), plain.goodness(x[:1]), what="multi-pass goodness, one image")
+    if shared.has_head:
+        _rel_close(shared.predict_proba(x), plain.predict_proba(x), what="one-pass")
+    # explicit negatives (rows of different samples) take the plain conv: identical
+    a, b = EMBED_CASES[name](), EMBED_CASES[name]()
+    b._net.set_share_labels(False)
+    np.testing.assert_array_equal(a.train_step(x, y, neg, x_neg=x[::-1].copy()),
+                                  b.train_step(x, y, neg, x_neg=x[::-1].copy()))
+    # and a pipelined run through the shared step equals the sequential one, bit for bit
+    c, d = EMBED_CASES[name](), EMBED_CASES[name]()
+    c.pipeline_begin(8)
+    for s in range(2):
+        c.pipeline_step(x[s * 8:(s + 1) * 8], y[s * 8:(s + 1) * 8], neg[s * 8:(s + 1) * 8])
+        d.train_step(x[s * 8:(s + 1) * 8], y[s * 8:(s + 1) * 8], neg[s * 8:(s + 1) * 8])
+    c.pipeline_flush()
+    c.pipeline_end()
+    for p, q in zip(c.parameters(), d.parameters()):
+        np.testing.assert_array_equal(p, q)
+
+
+def test_shared_embedding_conv_gradient_check(rng):
+    """The directional check through the shared conv with a LenNorm in front (its row scales
+    enter the shared product); tests/test_core_blocks.py checks it without one."""
+    from fflib import models
+    layers = models.conv_block(2, 6, 3, padding=1, pool=2, norm="rms") + models.conv_block(6, 8, 3, padding=1)
+    m = fflib.FFModel(layers, (1, 8, 8), 4, loss="symba", label_encoding="embedding", seed=2)
+    x, y = rng.random((6, 64), dtype=np.float32), rng.integers(0, 4, 6)
+    for b in range(m.num_blocks + 1):
+        fd, an, rel = m._net.check_grad(x, y, (y + 1) % 4, b, 1e-3, 7 + b)
+        assert abs(an) > 1e-6 and rel < 1e-2, (b, fd, an)
