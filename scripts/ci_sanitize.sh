@@ -27,7 +27,7 @@ report() { cat "$work"/san.* 2>/dev/null || true; }
   python -m pytest -q -p no:cacheprovider -m "not slow" -k "not memory_growth" \
     tests/test_api.py tests/test_core_blocks.py tests/test_pipeline.py tests/test_share_labels.py \
     tests/test_battery.py tests/test_reliability.py tests/test_fuzz.py tests/test_kernels.py tests/test_conv.py \
-    tests/test_threads.py ) || { report; exit 1; }
+    tests/test_threads.py tests/test_train_pairs.py ) || { report; exit 1; }
 if ls "$work"/san.* >/dev/null 2>&1; then report; echo "sanitize: reports above" >&2; exit 1; fi
 
 echo "sanitize: tests/c/test_train.c under valgrind (reference BLAS)"
