@@ -821,6 +821,38 @@ static PyObject *Net_features(NetObject *self, PyObject *args) {
 static PyObject *Net_head_predict(NetObject *self, PyObject *args) {
     GUARD(self); return inference(self, args, INF_HEAD); }
 
+/* predict_early_exit(x, onepass, rule, thresholds) -> (pred int64 (B,), blocks_used int32 (B,)) */
+static PyObject *Net_predict_early_exit(NetObject *self, PyObject *args) {
+    GUARD(self);
+    PyObject *xo, *to;
+    int onepass, rule;
+    if (!PyArg_ParseTuple(args, "OpiO", &xo, &onepass, &rule, &to)) return NULL;
+    if (!finalized(self)) return NULL;
+    npy_intp B;
+    PyArrayObject *x = check_x(self, xo, &B);
+    if (!x) return NULL;
+    npy_intp nb[1] = {ff_net_num_blocks(self->net)};
+    PyArrayObject *t = check_array(to, "thresholds", NPY_FLOAT64, 1, nb, 0);
+    if (!t) return NULL;
+    if (B == 0) return PyErr_Format(PyExc_ValueError, "x must hold at least one sample");
+    npy_intp dims[1] = {B};
+    PyArrayObject *pred = (PyArrayObject *)PyArray_EMPTY(1, dims, NPY_INT64, 0);
+    PyArrayObject *used = (PyArrayObject *)PyArray_EMPTY(1, dims, NPY_INT32, 0);
+    if (!pred || !used) goto fail;
+    if (net_enter(self) < 0) goto fail;
+    ff_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = ff_net_predict_early_exit(self->net, F32(x), (int)B, onepass, rule, (const double *)PyArray_DATA(t),
+                                   I64(pred), (int32_t *)PyArray_DATA(used));
+    Py_END_ALLOW_THREADS
+    net_leave(self);
+    if (st != FF_OK) { raise_net(self, st, "early-exit prediction"); goto fail; }
+    return Py_BuildValue("(NN)", pred, used);
+fail:
+    Py_XDECREF(pred); Py_XDECREF(used);
+    return NULL;
+}
+
 static PyObject *Net_info(NetObject *self, PyObject *Py_UNUSED(a)) {
     GUARD(self);
     ff_net *n = self->net;
@@ -863,6 +895,8 @@ static PyObject *Net_reserve(NetObject *self, PyObject *args) {
 }
 
 static PyMethodDef Net_methods[] = {
+    {"predict_early_exit", (PyCFunction)Net_predict_early_exit, METH_VARARGS,
+     "predict_early_exit(x, onepass, rule, thresholds) -> (pred, blocks_used)"},
     {"set_label_encoding", (PyCFunction)Net_set_label_encoding, METH_VARARGS, "set_label_encoding(kind)"},
     {"add_linear", (PyCFunction)Net_add_linear, METH_VARARGS, "add_linear(out_features, bias=True)"},
     {"add_conv2d", (PyCFunction)Net_add_conv2d, METH_VARARGS, "add_conv2d(out, kernel, stride, pad, groups, bias)"},

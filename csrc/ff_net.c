@@ -1625,6 +1625,123 @@ ff_status ff_net_head_predict(ff_net *net, const float *x, int B, float *probs) 
     return features_chunked(net, x, B, NULL, probs);
 }
 
+/* ------------------------------------------------------------------ early exit (LightFF) */
+
+/* First argmax of the K scores s and the confidence the rule reads from them. */
+static double exit_confidence(const float *s, int K, int rule, int *arg) {
+    int a = 0;
+    for (int k = 1; k < K; k++) if (s[k] > s[a]) a = k;
+    *arg = a;
+    if (rule == FF_EXIT_SCORE) return s[a];
+    double z = 0.0;
+    for (int k = 0; k < K; k++) z += exp((double)s[k] - (double)s[a]);
+    return 1.0 / z;
+}
+
+/* Blocks a one-pass prediction runs: up to the one holding the head's last input layer. */
+static int head_stop(const ff_net *net) {
+    int lastl = net->head_layers[net->nhead - 1];
+    for (int b = 0; b < net->nblocks; b++) if (net->blocks[b].last > lastl) return b + 1;
+    return net->nblocks;
+}
+
+ff_status ff_net_predict_early_exit(ff_net *net, const float *x, int B, int onepass, int rule,
+                                    const double *thresholds, int64_t *pred, int32_t *used) {
+    if (!net->finalized) return ff_fail(net, FF_ERR_STATE, "the network is not finalized");
+    if (B <= 0) return ff_fail(net, FF_ERR_ARG, "batch size must be positive, got %d", B);
+    if (rule != FF_EXIT_SOFTMAX && rule != FF_EXIT_SCORE)
+        return ff_fail(net, FF_ERR_ARG, "rule must be %d (softmax) or %d (score), got %d", FF_EXIT_SOFTMAX,
+                       FF_EXIT_SCORE, rule);
+    for (int b = 0; b < net->nblocks; b++)
+        if (isnan(thresholds[b])) return ff_fail(net, FF_ERR_ARG, "thresholds[%d] is NaN", b);
+    if (onepass && !net->has_head)
+        return ff_fail(net, FF_ERR_STATE, "the network has no one-pass head (head_blocks=None)");
+    ff_status st = onepass ? FF_OK : check_scores(net);
+    if (st != FF_OK) return st;
+    ff_work *w = &net->work;
+    int K = net->K, D = net->D, Din = net->Din, F = net->F;
+    int per = !onepass && ff_losses[net->loss.kind].negatives ? K : 1;
+    int stop = onepass ? head_stop(net) : net->nblocks;
+    /* the same rows and chunks as ff_net_goodness / ff_net_head_predict: with no exit the
+     * arithmetic is theirs */
+    st = reserve_rows(net, w, inference_rows(net, (size_t)B * per), 0);
+    if (st != FF_OK) return st;
+    float *acc = w->dlogits;   /* (m, K): accumulated scores (one-pass: partial head logits) */
+    float *blk = w->logits;    /* (m, K): this block's scores (multi-pass) */
+    int64_t *idx = w->lab;     /* (m): the sample of each active slot */
+    const float *HW = onepass ? net->params + net->head.w_off : NULL;
+    const float *Hb = onepass && net->head.b_n ? net->params + net->head.b_off : NULL;
+    int chunk = w->rows_cap / per;
+    for (int s0 = 0; s0 < B; s0 += chunk) {
+        int n = B - s0 < chunk ? B - s0 : chunk, m = n;
+        for (int s = 0; s < n; s++)
+            for (int k = 0; k < per; k++)
+                encode_row(net, w, s * per + k, x + (size_t)(s0 + s) * D, per == 1 ? -1 : k);
+        share_rows(w, n, per);
+        memcpy(w->carry, w->xtmp, (size_t)n * per * Din * sizeof(float));
+        for (int s = 0; s < n; s++) {
+            idx[s] = s0 + s;
+            for (int k = 0; k < K; k++) acc[(size_t)s * K + k] = Hb ? Hb[k] : 0.0f;
+        }
+        for (int b = 0; b < stop && m > 0; b++) {
+            const ff_block *blkp = &net->blocks[b];
+            const ff_plan *p = &blkp->seg;
+            const ff_layer *last = &net->layers[blkp->last - 1];
+            int R = m * per, decide = 1;
+            st = plan_forward(net, w, p, w->carry, R, R, net->nl);
+            if (st != FF_OK) return st;
+            const float *y = out_of(w, p, blkp->last - 1, R);
+            if (!onepass) {
+                ff_loss_scratch sc = {w->g, w->dg, w->G, NULL};
+                ff_losses[blkp->loss.kind].scores(&blkp->loss, y, R, last->OC, last->OH * last->OW, K, blk,
+                                                  per == 1 ? (size_t)K : 1, 1, &sc);
+                for (size_t i = 0; i < (size_t)m * K; i++) acc[i] += blk[i];
+            } else {
+                decide = 0;   /* a block feeding the head nothing cannot change the prediction */
+                size_t col = 0;
+                for (int h = 0; h < net->nhead; h++) {
+                    int i = net->head_layers[h];
+                    size_t d = ff_layer_out(&net->layers[i]);
+                    if (i >= p->first && i < p->last) {
+                        gather_features(net, w, w->feat, p, i, R, 0, m);
+                        if (b + 1 < stop)
+                            ff_sgemm(0, 1, m, K, (int)d, 1.0f, w->feat + col, F, HW + col, F, 1.0f, acc, K);
+                        decide = 1;
+                    }
+                    col += d;
+                }
+            }
+            if (b + 1 == stop) {   /* the last block: everyone still running answers here */
+                const float *s = acc;
+                if (onepass) { head_run(net, w, w->feat, m, NULL, w->G, 0); s = w->G; }
+                for (int i = 0; i < m; i++) {
+                    int a;
+                    exit_confidence(s + (size_t)i * K, K, FF_EXIT_SCORE, &a);
+                    pred[idx[i]] = a; used[idx[i]] = b + 1;
+                }
+                break;
+            }
+            /* answer the confident samples, compact the others into the next block's input */
+            size_t rowf = (size_t)per * ff_layer_out(last);
+            int keep = 0;
+            for (int i = 0; i < m; i++) {
+                int a;
+                double c = exit_confidence(acc + (size_t)i * K, K, rule, &a);
+                if (decide && c >= thresholds[b]) { pred[idx[i]] = a; used[idx[i]] = b + 1; continue; }
+                if (keep != i) {
+                    memmove(acc + (size_t)keep * K, acc + (size_t)i * K, (size_t)K * sizeof(float));
+                    if (onepass) memmove(w->feat + (size_t)keep * F, w->feat + (size_t)i * F, (size_t)F * sizeof(float));
+                    idx[keep] = idx[i];
+                }
+                memcpy(w->carry + (size_t)keep * rowf, y + (size_t)i * rowf, rowf * sizeof(float));
+                keep++;
+            }
+            m = keep;
+        }
+    }
+    return FF_OK;
+}
+
 /* ------------------------------------------------------------------ gradient check */
 
 /* Directional derivative check of one block's local loss.  FF gradients are local: block c's

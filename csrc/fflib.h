@@ -491,6 +491,24 @@ ff_status ff_net_features(ff_net *net, const float *x, int B, float *feat);
 /* One-pass prediction: softmax of the head.  probs (B, K). */
 ff_status ff_net_head_predict(ff_net *net, const float *x, int B, float *probs);
 
+/* Early-exit prediction (LightFF, Aminifar et al. 2024): each sample stops at the first block
+ * whose confidence reaches thresholds[b] (nblocks doubles; +inf never fires, NaN refused) and
+ * answers the argmax of its scores there; the last block run always answers.  Samples that
+ * exit are dropped from the rows of the later blocks (no compute is spent on them).
+ *   onepass 0 (multi-pass): the scores after block b are the class scores of ff_net_goodness
+ *     summed over blocks 0..b (in block order, float32);
+ *   onepass 1: the one-pass head's logits from the features of the head layers run so far
+ *     (the missing features count as zero: bias + W[:, seen] feat[seen]); a block holding no
+ *     head layer cannot exit, blocks after the head's last are never run, and the last block
+ *     run answers with the full head (ff_net_head_predict's softmax).
+ *   rule FF_EXIT_SOFTMAX: confidence = the largest softmax probability of the scores;
+ *   FF_EXIT_SCORE: the largest score itself (LightFF's goodness rule).
+ * pred (B) the class, used (B) the blocks run (1..nblocks).  With every threshold +inf the
+ * predictions equal the argmax of the full sum (multi-pass) or of ff_net_head_predict. */
+typedef enum { FF_EXIT_SOFTMAX = 0, FF_EXIT_SCORE = 1 } ff_exit_rule;
+ff_status ff_net_predict_early_exit(ff_net *net, const float *x, int B, int onepass, int rule,
+                                    const double *thresholds, int64_t *pred, int32_t *used);
+
 /* Directional gradient check of block `block`'s local loss (block = nblocks: the head): the
  * finite difference along a random direction (seed) of the parameters that block alone trains,
  * step eps, against the analytic directional derivative of a compute-only step.  neg_labels are

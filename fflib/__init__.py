@@ -25,6 +25,7 @@ from .nn import (Layer, Linear, ReLU, Conv2d, BatchNorm2d, MaxPool2d, Flatten, L
 from .optim import Adam, SGD, StepLR, MultiStepLR, CosineAnnealingLR, LambdaLR, LinearCooldown
 from .train import fit, evaluate
 from .export import export_c
+from .early_exit import EarlyExit
 
 
 def __getattr__(name: str) -> _Any:   # PEP 562: FFClassifier (and scikit-learn with it) loads on first use
@@ -94,6 +95,6 @@ def get_include() -> str:
 __all__ = [
     "Layer", "Linear", "ReLU", "Conv2d", "BatchNorm2d", "MaxPool2d", "Flatten", "LenNorm", "FFModel", "mlp",
     "Adam", "SGD", "StepLR", "MultiStepLR", "CosineAnnealingLR", "LambdaLR", "LinearCooldown", "fit",
-    "evaluate", "export_c", "FFClassifier",
+    "evaluate", "export_c", "FFClassifier", "EarlyExit",
     "datasets", "models", "set_num_threads", "get_num_threads", "blas_name", "get_include", "__version__",
 ]

@@ -24,6 +24,12 @@ from . import models as zoo
 from .export import add_export_parser, run_export
 
 
+def _core_tables():
+    """(losses, label encodings) as the C core names them."""
+    from .nn import LOSSES, LABEL_ENCODINGS
+    return LOSSES, LABEL_ENCODINGS
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit 2
         sys.stderr.write(f"{self.prog}: error: {message}\n")
@@ -98,6 +104,53 @@ def _seed(text):
     return v
 
 
+def _fraction(text):
+    v = _finite(text)
+    if not 0 <= v <= 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text!r}")
+    return v
+
+
+def _nonnegative(text):
+    v = _finite(text)
+    if v < 0 or v > float(np.finfo(np.float32).max):
+        raise argparse.ArgumentTypeError(f"must be >= 0 and within float32's range, got {text!r}")
+    return v
+
+
+def _block_list(text):
+    """Comma-separated block indices, negative ones counting from the end (-1: the last)."""
+    try:
+        vals = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated block indices, e.g. -2,-1, got {text!r}") from None
+    if not vals:
+        raise argparse.ArgumentTypeError(f"expected at least one block index, got {text!r}")
+    return vals
+
+
+def _head_blocks(text):
+    """auto, none, or block indices."""
+    if text in ("auto", "none"):
+        return text
+    return _block_list(text)
+
+
+def _windows(text):
+    """Per-block epoch windows START:END (epochs START..END-1), comma-separated, one per block."""
+    out = []
+    for part in text.split(","):
+        try:
+            a, b = (int(v) for v in part.split(":"))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected START:END per block, comma-separated (e.g. 0:4,2:6), "
+                                             f"got {text!r}") from None
+        if not 0 <= a < b < 2 ** 31:
+            raise argparse.ArgumentTypeError(f"each window START:END needs 0 <= START < END, got {part!r}")
+        out.append((a, b))
+    return out
+
+
 SCHEMA_VERSION = 2      # 2: fflib_version, schema_version, config.threads is the actual count, one num_params
 
 
@@ -167,10 +220,12 @@ def build_parser():
     t.add_argument("--goodness", choices=["sum", "mean"], default="mean")
     t.add_argument("--norm", choices=["l2", "rms", "none"], default="rms",
                    help="length normalisation between MLP layers (and of the one-pass head input)")
-    t.add_argument("--loss", choices=["ff", "symba", "cwc", "pvn"], default=None,
-                   help="default: symba for mlp/cnn, cwc for the CwC models")
-    t.add_argument("--label-encoding", choices=["onehot", "fourier", "embedding"], default=None,
-                   help="how the label enters the input (default: onehot for mlp, embedding for cnn)")
+    t.add_argument("--loss", choices=list(_core_tables()[0]), default=None,
+                   help="the blocks' local loss (default: symba for mlp/cnn, cwc for the CwC models); xent "
+                        "is softmax cross-entropy on a 10-wide last layer (the backprop baseline)")
+    t.add_argument("--label-encoding", choices=list(_core_tables()[1]), default=None,
+                   help="how the label enters the input (default: onehot for mlp, embedding for cnn; none "
+                        "for losses that read the class from the output: cwc, pvn, xent)")
     t.add_argument("--routine", choices=["greedy", "chunked", "overlapping", "backprop"], default="greedy")
     t.add_argument("--chunk-size", type=_positive(int), default=2, help="units per chunk")
     t.add_argument("--alternate", action="store_true", help="shift the chunks every iteration")
@@ -203,6 +258,28 @@ def build_parser():
                    help="continue from the checkpoint in --checkpoint DIR (start afresh if there is none); "
                         "give the same arguments as the interrupted run")
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
+    # the Python API's options (FFModel, the optimisers, fit, evaluate), one flag each
+    t.add_argument("--pvn-weight", type=_fraction, default=None,
+                   help="with --loss cwc: (1-w) CwC + w PvN, w in [0, 1] (default 0: pure CwC)")
+    t.add_argument("--alpha", type=_positive(float), default=None, help="SymBa's scale (default 4); --loss symba")
+    t.add_argument("--optimizer", choices=["adam", "sgd"], default="adam", help="default adam")
+    t.add_argument("--momentum", type=_nonnegative, default=None, help="SGD momentum (default 0); --optimizer sgd")
+    t.add_argument("--weight-decay", type=_nonnegative, default=0.0, help="L2 weight decay (default 0)")
+    t.add_argument("--head-blocks", type=_head_blocks, default=None,
+                   help="blocks feeding the one-pass head: auto (all but the first), none (no head), or "
+                        "indices, e.g. --head-blocks=-2,-1 (default: the model's)")
+    t.add_argument("--multipass-blocks", type=_block_list, default=None,
+                   help="blocks whose goodness multi-pass test/train error sums, e.g. --multipass-blocks=-2,-1 "
+                        "(default: fflib.evaluate's)")
+    t.add_argument("--windows", type=_windows, default=None, metavar="S:E,...",
+                   help="per-block epoch windows, one START:END per block (block b trains in epochs "
+                        "START..END-1; CwComp's interleaved layer training, e.g. 0:4,2:6,4:8); "
+                        "overrides --order and sets the run's length to the largest END")
+    t.add_argument("--early-exit", nargs="?", const="softmax", choices=["softmax", "lightff"], default=None,
+                   help="also report early-exit inference (LightFF) on the test set: thresholds calibrated "
+                        "on the --val-size split; the rule: softmax (default) or lightff")
+    t.add_argument("--early-exit-drop", type=_nonnegative, default=0.2, metavar="POINTS",
+                   help="largest validation accuracy loss early exit may cost, in percentage points (default 0.2)")
     sub.add_parser("models", help="list the model zoo with parameter counts")
     add_export_parser(sub)
     e = sub.add_parser("eval", help="evaluate a saved model on a dataset's test split")
@@ -213,6 +290,13 @@ def build_parser():
     e.add_argument("--threads", type=_positive(int), default=None, help="threads of the C core")
     e.add_argument("--multipass-blocks", type=_int_list, default=None,
                    help="blocks whose goodness multi-pass sums, e.g. -2,-1 (default: fflib.evaluate's)")
+    e.add_argument("--early-exit", nargs="?", const="softmax", choices=["softmax", "lightff"], default=None,
+                   help="also report early-exit inference (LightFF): thresholds calibrated on the last "
+                        "--val-size samples of the training split; the rule: softmax (default) or lightff")
+    e.add_argument("--early-exit-drop", type=_nonnegative, default=0.2, metavar="POINTS",
+                   help="largest validation accuracy loss early exit may cost, in percentage points (default 0.2)")
+    e.add_argument("--val-size", type=_positive(int), default=5000,
+                   help="with --early-exit: calibration samples from the end of the training split (default 5000)")
     e.add_argument("--out", default=None, help="write the result as JSON here")
     from .plot import add_plot_parser
     add_plot_parser(sub)
@@ -222,6 +306,84 @@ def build_parser():
 TRAIN_ERROR_SAMPLES = 10000
 DEFAULTS = {"lr": 0.003, "lr_cwc": 0.01, "epochs": 10, "epochs_sample": 10}
 CWC_MODELS = ("cwcomp",) + tuple(zoo.LIGHT_MODELS)
+
+
+def _check_api_flags(a, cwc):
+    """Exit 2 on a flag of the Python API's that does not apply to this run."""
+    loss = a.loss or ("cwc" if cwc else "symba")
+    if a.pvn_weight is not None and loss != "cwc":
+        _bad(f"--pvn-weight mixes PvN into the cwc loss; it does not apply to --loss {loss}")
+    if a.alpha is not None and loss != "symba":
+        _bad(f"--alpha is SymBa's scale; it does not apply to --loss {loss}")
+    if a.momentum is not None and a.optimizer != "sgd":
+        _bad(f"--momentum is SGD's; give --optimizer sgd (got --optimizer {a.optimizer})")
+    if a.windows is not None and (a.order != "simultaneous" or a.alternate or a.pipeline):
+        _bad("--windows sets each block's epochs itself: it cannot be combined with --order layerwise, "
+             "--alternate or --pipeline")
+    if a.early_exit and not a.val_size:
+        _bad("--early-exit calibrates its thresholds on a validation split: give --val-size N")
+
+
+def _model_flags(a):
+    """FFModel keyword arguments from the API flags that were given."""
+    kw = {}
+    if a.pvn_weight is not None:
+        kw["pvn_weight"] = a.pvn_weight
+    if a.alpha is not None:
+        kw["alpha"] = a.alpha
+    if a.head_blocks is not None:
+        kw["head_blocks"] = None if a.head_blocks == "none" else a.head_blocks
+    return kw
+
+
+def _make_optimizer(a, model, lr, head_lr, adam):
+    from . import SGD
+    if a.optimizer == "sgd":
+        return SGD(model, lr=lr, momentum=a.momentum or 0.0, weight_decay=a.weight_decay, head_lr=head_lr)
+    return adam(model, lr=lr, weight_decay=a.weight_decay, head_lr=head_lr)
+
+
+def _run_epochs(a, epochs, model):
+    """Epochs the run lasts: the largest window end, or epochs (per block when layerwise)."""
+    if a.windows is not None:
+        return max(e for _, e in a.windows)
+    return epochs if a.order == "simultaneous" else epochs * model.num_blocks
+
+
+def _api_config(a, model):
+    return {"alpha": model.config["alpha"], "pvn_weight": model.config["pvn_weight"], "optimizer": a.optimizer,
+            "momentum": a.momentum or 0.0, "weight_decay": a.weight_decay,
+            "head_blocks": a.head_blocks, "multipass_blocks": a.multipass_blocks,
+            "windows": None if a.windows is None else [list(w) for w in a.windows],
+            "early_exit": a.early_exit, "early_exit_drop": a.early_exit_drop if a.early_exit else None}
+
+
+def early_exit_report(model, xv, yv, xt, yt, rule, drop_points):
+    """Calibrate early exit (``rule``) on (xv, yv) allowing ``drop_points`` percentage points of
+    validation accuracy, then print and return, per inference (multi-pass, and one-pass when the
+    model has a head), the test accuracy with and without early exit, the mean blocks used and
+    the MACs saved per image."""
+    out = {}
+    modes = ["multipass"] + (["onepass"] if model.has_head else [])
+    for mode in modes:
+        try:
+            ee = model.calibrate_early_exit(xv, yv, mode=mode, rule=rule, max_drop=drop_points / 100.0)
+            r = model.predict_early_exit(xt, ee, mode)
+            full = model.predict_early_exit(xt, float("inf"), mode)
+        except ValueError as e:
+            _bad(f"--early-exit: {e}")
+        s = r.summary(yt)
+        rec = {"rule": rule, "thresholds": [float(v) for v in ee.thresholds], "calibration": ee.info,
+               "test_accuracy": 100.0 * s["accuracy"], "test_accuracy_full": 100.0 * float((full.pred == yt).mean()),
+               "mean_blocks": s["mean_blocks"], "max_blocks": s["max_blocks"],
+               "macs_per_image": s["macs_per_image"], "full_macs_per_image": s["full_macs_per_image"],
+               "macs_saved_per_image": s["macs_saved_per_image"]}
+        out[mode] = rec
+        print(f"early exit ({mode}, {rule}): accuracy {rec['test_accuracy']:.2f}% (without {rec['test_accuracy_full']:.2f}%)  "
+              f"mean blocks used {rec['mean_blocks']:.3f} of {rec['max_blocks']}  "
+              f"MACs saved per image {rec['macs_saved_per_image']:,.0f} of {rec['full_macs_per_image']:,.0f} "
+              f"({100.0 * s['macs_saved_fraction']:.1f}%)", flush=True)
+    return out
 
 
 def train_command(a):
@@ -253,7 +415,8 @@ def train_command(a):
     if a.val_size:
         x, xv, y, yv = x[:-a.val_size], x[-a.val_size:], y[:-a.val_size], y[-a.val_size:]
     cwc = a.model in CWC_MODELS
-    if cwc and a.label_encoding:
+    _check_api_flags(a, cwc)
+    if cwc and a.label_encoding not in (None, "none"):
         _bad(f"--label-encoding does not apply to {a.model} (channel-wise competitive models take no label in the input)")
     loss = a.loss or ("cwc" if cwc else "symba")
     if not cwc and loss in ("cwc", "pvn") and a.model == "mlp":
@@ -267,12 +430,16 @@ def train_command(a):
     if threshold is None:
         threshold = 2.0 if loss == "pvn" else (1.0 if a.goodness == "mean" else float(a.layers[0]))
     kw = dict(loss=loss, threshold=threshold, seed=a.seed)
+    kw.update(_model_flags(a))
     if not cwc:
         kw.update(goodness=a.goodness, norm=a.norm, label_encoding=a.label_encoding or "onehot")
     try:
         if a.model == "mlp":
             sizes = [x.shape[1]] + a.layers
-            model = FFModel(mlp(sizes, norm=a.norm), x.shape[1], 10, **kw)
+            net_layers = mlp(sizes, norm=a.norm)
+            if loss == "xent":   # cross-entropy reads the last layer's logits: the net is one block
+                kw["blocks"] = [len(net_layers)]
+            model = FFModel(net_layers, x.shape[1], 10, **kw)
         elif a.model == "cnn":
             kw["label_encoding"] = a.label_encoding or "embedding"
             layers, shape = zoo.survey_cnn(a.dataset, norm=None if a.norm == "none" else a.norm,
@@ -297,14 +464,15 @@ def train_command(a):
               "cooldown": a.cooldown, "augment": a.augment, "seed": a.seed, "threads": get_num_threads(),
               "checkpoint": a.checkpoint, "checkpoint_every": a.checkpoint_every, "resume": a.resume,
               "num_train": int(len(y)), "num_test": int(len(yt)), "val_size": a.val_size,
-              "num_params": model.num_parameters(), "num_params_with_head": model.num_parameters(head=True)}
+              "num_params": model.num_parameters(), "num_params_with_head": model.num_parameters(head=True),
+              **_api_config(a, model)}
     try:
-        opt = Adam(model, lr=lr, head_lr=head_lr)
+        opt = _make_optimizer(a, model, lr, head_lr, Adam)
         sched = None
         if a.milestones:
             sched = MultiStepLR(opt, a.milestones, a.gamma)
         elif a.cooldown:
-            sched = LinearCooldown(opt, epochs if a.order == "simultaneous" else epochs * model.num_blocks)
+            sched = LinearCooldown(opt, _run_epochs(a, epochs, model))
     except (ValueError, TypeError) as e:
         _bad(str(e))
     print(f"fflib: training {a.model} ({model.num_parameters()} parameters, {loss} loss, {a.routine}) "
@@ -318,7 +486,7 @@ def train_command(a):
               + (f"  val {val.get('one_pass', float('nan')):.2f}% / {val['multi_pass']:.2f}%" if val else "")
               + f"  {rec['seconds']:.1f}s", flush=True)
 
-    if (a.negatives == "hard" or a.order != "simultaneous") and loss in ("cwc", "pvn"):
+    if (a.negatives == "hard" or a.order != "simultaneous") and loss in ("cwc", "pvn", "xent"):
         _bad("--negatives hard and --order layerwise apply to the ff and symba losses only")
     try:
         hist = fit(model, x, y, epochs=epochs, batch_size=batch_size, optimizer=opt, scheduler=sched,
@@ -326,23 +494,27 @@ def train_command(a):
                    alternate=a.alternate, augment=a.augment, random_state=a.seed, x_val=xv, y_val=yv,
                    progress=not a.no_progress and sys.stderr.isatty(), callback=report,
                    checkpoint=a.checkpoint, checkpoint_every=a.checkpoint_every, resume=a.resume,
-                   pipeline=a.pipeline)
+                   pipeline=a.pipeline, windows=a.windows)
     except (ValueError, TypeError, OSError) as e:
         _bad(str(e).replace("\n", " "))
     if hist["interrupted"]:
         print("fflib: interrupted; evaluating the model as it is", flush=True)
     t0 = time.perf_counter()
-    test = evaluate(model, xt, yt)
+    try:
+        test = evaluate(model, xt, yt, multipass_blocks=a.multipass_blocks)
+    except ValueError as e:
+        _bad(str(e).replace("\n", " "))
     eval_seconds = time.perf_counter() - t0
     # the training error on a fixed random subset: a full pass of multi-pass inference over a big
     # training set costs more than an epoch of training
     n_tr = min(len(y), TRAIN_ERROR_SAMPLES)
     sub = np.random.default_rng(0).choice(len(y), n_tr, replace=False) if n_tr < len(y) else slice(None)
-    train = evaluate(model, x[sub], y[sub])
+    train = evaluate(model, x[sub], y[sub], multipass_blocks=a.multipass_blocks)
     result = {
         "config": config,
-        "test_error": {"one_pass": test["one_pass"], "multi_pass": test["multi_pass"]},
-        "train_error": {"one_pass": train["one_pass"], "multi_pass": train["multi_pass"]},
+        # one_pass is null for a model without a head (--head-blocks none)
+        "test_error": {"one_pass": test.get("one_pass"), "multi_pass": test["multi_pass"]},
+        "train_error": {"one_pass": train.get("one_pass"), "multi_pass": train["multi_pass"]},
         "train_error_samples": n_tr,
         "block_accuracy_test": test["block_accuracy"],
         "epochs": [{"epoch": r["epoch"], "block_loss": r["block_loss"], "head_loss": r["head_loss"],
@@ -354,9 +526,11 @@ def train_command(a):
         "blas": __import__("fflib").blas_name(), "fflib_version": __version__,
         "schema_version": SCHEMA_VERSION,
     }
-    print(f"test error: one-pass {test['one_pass']:.2f}%  multi-pass {test['multi_pass']:.2f}%  "
-          f"(train {train['one_pass']:.2f}% / {train['multi_pass']:.2f}%)  "
+    print(f"test error: one-pass {test.get('one_pass', float('nan')):.2f}%  multi-pass {test['multi_pass']:.2f}%  "
+          f"(train {train.get('one_pass', float('nan')):.2f}% / {train['multi_pass']:.2f}%)  "
           f"train {hist['train_seconds']:.1f}s  peak RSS {result['peak_rss_mb']:.0f} MB")
+    if a.early_exit:
+        result["early_exit"] = early_exit_report(model, xv, yv, xt, yt, a.early_exit, a.early_exit_drop)
     if a.save:
         model.save(a.save)
     if a.out:
@@ -436,11 +610,25 @@ def eval_command(a):
     print(f"test error: one-pass {one:.2f}%  multi-pass {r['multi_pass']:.2f}%" if one is not None
           else f"test error: multi-pass {r['multi_pass']:.2f}% (no one-pass head)")
     print("block accuracy: " + " ".join(f"{100 * v:.2f}%" for v in r["block_accuracy"]))
+    ee = None
+    if a.early_exit:
+        try:
+            if a.dataset == "sample":
+                xv, yv = datasets.load_sample(True)
+            else:
+                xv, yv = datasets.load(a.dataset, root=a.data_dir, train=True)
+        except (FileNotFoundError, datasets.DatasetError) as e:
+            _bad(str(e).replace("\n", " "))
+        if a.val_size > len(yv):
+            _bad(f"--val-size must be at most the training split's {len(yv)} samples, got {a.val_size}")
+        xv, yv = xv.reshape(len(xv), -1)[-a.val_size:], yv[-a.val_size:]
+        ee = early_exit_report(model, xv, yv, xt, yt, a.early_exit, a.early_exit_drop)
     if a.out is not None:
         with open(a.out, "w") as f:
             json.dump({"fflib_version": __version__, "model": os.path.abspath(a.model), "dataset": a.dataset,
                        "test_samples": int(len(yt)), "test_error": {"one_pass": one, "multi_pass": r["multi_pass"]},
-                       "block_accuracy": r["block_accuracy"]}, f, indent=1)
+                       "block_accuracy": r["block_accuracy"],
+                       **({"early_exit": ee} if ee is not None else {})}, f, indent=1)
     return 0
 
 

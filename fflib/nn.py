@@ -935,19 +935,70 @@ class FFModel:
             raise ValueError(f"blocks must be block indices in [-{nb}, {nb}), got {blocks!r}")
         return sel
 
-    def predict_multipass(self, x, blocks=None):
+    def predict_multipass(self, x, blocks=None, early_exit=None):
         """Multi-pass prediction: argmax over labels of goodness summed over ``blocks``
-        (default all; e.g. ``blocks=[-2, -1]`` for the last two)."""
+        (default all; e.g. ``blocks=[-2, -1]`` for the last two), in block order.
+
+        ``early_exit``: a softmax-confidence threshold, a list of per-block thresholds, or an
+        :class:`fflib.EarlyExit` from :meth:`calibrate_early_exit`: each sample stops at the
+        first block whose running sum passes it (LightFF; needs ``blocks=None``).  See
+        :meth:`predict_early_exit` for the blocks used and the compute saved."""
+        if early_exit is not None:
+            if blocks is not None:
+                raise ValueError("early_exit sums the blocks in order from the first; give blocks=None")
+            return self.predict_early_exit(x, early_exit, "multipass").pred
         g = self.goodness(x)
-        return g[:, :, self._block_selection(blocks)].sum(axis=2).argmax(axis=1)
+        sel = self._block_selection(blocks)
+        s = g[:, :, sel[0]].copy()
+        for b in sel[1:]:       # one order of the sum, the one early exit accumulates in
+            s += g[:, :, b]
+        return s.argmax(axis=1)
+
+    def predict_early_exit(self, x, early_exit, mode="multipass"):
+        """Early-exit prediction (LightFF, Aminifar et al. 2024; see :mod:`fflib.early_exit`):
+        every sample stops at the first block whose confidence passes ``early_exit`` (a softmax
+        threshold for every block, a list of per-block thresholds, or an :class:`fflib.EarlyExit`),
+        and the blocks after it are not computed for that sample.  ``mode`` "multipass" or
+        "onepass".  Returns an :class:`fflib.early_exit.EarlyExitResult` (``pred``,
+        ``blocks_used``, ``mean_blocks``, ``macs_saved_per_image``, ...).  With a threshold that
+        never fires (``float("inf")``) the predictions equal :meth:`predict_multipass` /
+        :meth:`predict_onepass` exactly."""
+        from .early_exit import MODES, resolve, block_macs, EarlyExitResult
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if mode == "onepass":
+            self._need_head()
+        rule, t = resolve(self, early_exit, mode)
+        xi = self._input(x)
+        pred, used = self._net.predict_early_exit(xi, mode == "onepass", rule, t)
+        return EarlyExitResult(pred, used, block_macs(self, mode))
+
+    def calibrate_early_exit(self, x_val, y_val, mode="multipass", rule="softmax", max_drop=0.002):
+        """Choose early-exit thresholds on a validation split (never the test set): the setting
+        using the fewest blocks on average whose validation accuracy is at most ``max_drop`` (a
+        fraction; 0.002 = 0.2 percentage points) below prediction without early exit.
+        ``rule`` "softmax" (one threshold on the largest softmax probability of the running
+        scores) or "lightff" (the paper's: the largest score against the true class's
+        ``mean - k std`` per block, k searched).  Returns an :class:`fflib.EarlyExit` for
+        :meth:`predict_multipass` / :meth:`predict_onepass` (``mode``) ``early_exit=``."""
+        from .early_exit import calibrate
+        x_val = as_float32_batch(x_val, "x_val", int(np.prod(self.input_shape)))
+        y_val = self._check_y(y_val, x_val.shape[0], "y_val")
+        if mode == "onepass":
+            self._need_head()
+        return calibrate(self, x_val, y_val, mode, rule, max_drop)
 
     def predict_proba(self, x):
         """One-pass class probabilities (B, K) from the softmax head (neutral-label input)."""
         self._need_head()
         return self._net.head_predict(self._input(x))
 
-    def predict_onepass(self, x):
-        """One-pass prediction: argmax of the softmax head."""
+    def predict_onepass(self, x, early_exit=None):
+        """One-pass prediction: argmax of the softmax head.  ``early_exit`` (see
+        :meth:`predict_early_exit`): stop at the first block whose partial head logits (the
+        features run so far) pass the threshold."""
+        if early_exit is not None:
+            return self.predict_early_exit(x, early_exit, "onepass").pred
         return self.predict_proba(x).argmax(axis=1)
 
     def features(self, x):

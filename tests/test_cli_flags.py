@@ -1,0 +1,134 @@
+"""Every Python-API option of ``python -m fflib train`` (and --early-exit on eval): tiny runs on
+the embedded sample, in-process, each flag checked to reach the model, optimiser, fit or
+evaluate, and each bad value to exit 2 with a message naming the flag."""
+import json
+
+import numpy as np
+import pytest
+
+import fflib
+from fflib import cli
+
+TINY = ["--epochs", "1", "--layers", "48,32", "--threads", "1", "--no-progress", "--seed", "1"]
+
+
+def train(tmp_path, *args):
+    out, save = tmp_path / "r.json", tmp_path / "m.npz"
+    code = cli.main(["train", *TINY, "--out", str(out), "--save", str(save), *args])
+    assert code == 0
+    return json.loads(out.read_text()), fflib.FFModel.load(save)
+
+
+def fails(capsys, *args):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["train", *TINY, *args])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err
+    return err
+
+
+def test_alpha(tmp_path, capsys):
+    r, m = train(tmp_path, "--alpha", "7.5")
+    assert m.config["alpha"] == 7.5 and r["config"]["alpha"] == 7.5
+    assert "--alpha" in fails(capsys, "--alpha", "0")
+    assert "does not apply to --loss ff" in fails(capsys, "--alpha", "2", "--loss", "ff")
+
+
+def test_optimizer_sgd_momentum_weight_decay(tmp_path, capsys):
+    r, m = train(tmp_path, "--optimizer", "sgd", "--lr", "0.05", "--momentum", "0.9", "--weight-decay", "1e-4")
+    opt = m.optimizer
+    assert isinstance(opt, fflib.SGD) and opt.momentum == pytest.approx(0.9)
+    assert opt.weight_decay == pytest.approx(1e-4)
+    assert r["config"]["optimizer"] == "sgd" and r["test_error"]["multi_pass"] < 60
+    r, m = train(tmp_path, "--weight-decay", "1e-3")
+    assert isinstance(m.optimizer, fflib.Adam) and m.optimizer.weight_decay == pytest.approx(1e-3)
+    assert "--optimizer sgd" in fails(capsys, "--momentum", "0.9")
+    assert "--optimizer" in fails(capsys, "--optimizer", "rmsprop")
+    assert "--weight-decay" in fails(capsys, "--weight-decay", "-1")
+
+
+def test_loss_xent_and_label_encoding_none(tmp_path, capsys):
+    assert "xent" in fflib._core.LOSSES and "none" in fflib._core.LABEL_ENCODINGS
+    r, m = train(tmp_path, "--loss", "xent", "--label-encoding", "none", "--layers", "64,10")
+    assert m.config["loss"] == "xent" and m.label_encoding == "none" and m.num_blocks == 1
+    assert r["test_error"]["multi_pass"] < 50            # a 1-epoch softmax MLP on 8,000 images
+    assert "--loss" in fails(capsys, "--loss", "hinge")
+    assert "fourier" in fails(capsys, "--label-encoding", "fourier")     # needs images
+
+
+def test_head_blocks(tmp_path, capsys):
+    r, m = train(tmp_path, "--layers", "48,32,24", "--head-blocks=-1")
+    assert m._head_layers == [m.blocks[-1][1] - 1]
+    r, m = train(tmp_path, "--head-blocks", "none")
+    assert not m.has_head and r["test_error"]["one_pass"] is None
+    assert "--head-blocks" in fails(capsys, "--head-blocks", "last")
+    assert "head_blocks" in fails(capsys, "--head-blocks", "5")
+
+
+def test_multipass_blocks(tmp_path, capsys):
+    r, m = train(tmp_path, "--multipass-blocks=-1")
+    xt, yt = fflib.datasets.load_sample(False)
+    want = fflib.evaluate(m, xt.reshape(len(xt), -1), yt, multipass_blocks=[-1])["multi_pass"]
+    assert r["test_error"]["multi_pass"] == pytest.approx(want)
+    assert r["config"]["multipass_blocks"] == [-1]
+    assert "--multipass-blocks" in fails(capsys, "--multipass-blocks", "a")
+    assert "blocks" in fails(capsys, "--multipass-blocks", "7")
+
+
+def test_windows(tmp_path, capsys):
+    r, m = train(tmp_path, "--windows", "0:1,1:2")
+    ep = r["epochs"]
+    assert len(ep) == 2 and r["config"]["windows"] == [[0, 1], [1, 2]]
+    assert ep[0]["block_loss"][0] > 0 and ep[0]["block_loss"][1] == 0     # block 1 waits
+    assert ep[1]["block_loss"][0] == 0 and ep[1]["block_loss"][1] > 0     # block 0 is done
+    assert "START:END" in fails(capsys, "--windows", "0-1,1-2")
+    assert "START < END" in fails(capsys, "--windows", "2:1,1:2")
+    assert "one (start, end) per block" in fails(capsys, "--windows", "0:1")
+    assert "--order" in fails(capsys, "--windows", "0:1,0:1", "--order", "layerwise")
+
+
+def test_pvn_weight(tmp_path, capsys, monkeypatch):
+    """A CwC model trains for minutes even on the sample, so fit and evaluate are stood in for:
+    the flag must reach the model's loss settings."""
+    seen = {}
+
+    def fake_fit(model, *a, **k):
+        seen["model"] = model
+        return {"epochs": [], "train_seconds": 0.0, "interrupted": False}
+
+    monkeypatch.setattr(fflib, "fit", fake_fit)
+    monkeypatch.setattr(fflib, "evaluate", lambda *a, **k: {"multi_pass": 50.0, "one_pass": 50.0,
+                                                            "block_accuracy": []})
+    assert cli.main(["train", "--model", "cwcomp", "--pvn-weight", "0.3", "--epochs", "1", "--no-progress"]) == 0
+    assert seen["model"].config["pvn_weight"] == pytest.approx(0.3) and seen["model"].config["loss"] == "cwc"
+    assert "--pvn-weight" in fails(capsys, "--pvn-weight", "1.5")
+    assert "does not apply to --loss symba" in fails(capsys, "--pvn-weight", "0.5")
+
+
+def test_early_exit_train_and_eval(tmp_path, capsys):
+    r, m = train(tmp_path, "--layers", "48,32,24", "--val-size", "1000", "--early-exit")
+    out = capsys.readouterr().out
+    assert "early exit (multipass, softmax)" in out and "mean blocks used" in out and "MACs saved" in out
+    for mode in ("multipass", "onepass"):
+        e = r["early_exit"][mode]
+        assert 1 <= e["mean_blocks"] <= e["max_blocks"] and 0 <= e["macs_saved_per_image"] <= e["full_macs_per_image"]
+        assert 0 <= e["test_accuracy"] <= 100
+    assert "--val-size" in fails(capsys, "--early-exit")
+    assert "--early-exit" in fails(capsys, "--early-exit", "entropy", "--val-size", "10")
+    res = tmp_path / "e.json"
+    assert cli.main(["eval", str(tmp_path / "m.npz"), "--early-exit", "lightff", "--val-size", "1000",
+                     "--threads", "1", "--out", str(res)]) == 0
+    assert "early exit (multipass, lightff)" in capsys.readouterr().out
+    e = json.loads(res.read_text())["early_exit"]["multipass"]
+    assert e["rule"] == "lightff" and np.isfinite(e["mean_blocks"])
+
+
+def test_help_documents_every_flag(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    text = capsys.readouterr().out
+    for flag in ("--pvn-weight", "--alpha", "--optimizer", "--momentum", "--weight-decay", "--loss",
+                 "--label-encoding", "--head-blocks", "--multipass-blocks", "--windows", "--early-exit"):
+        assert flag in text
+    assert "xent" in text and "none" in text
