@@ -116,6 +116,15 @@ def abort_on_error(comm):
         raise
 
 
+def _wait(reqs):
+    """Wait for MPI requests without spinning: Open MPI's Wait busy-polls its core, which
+    starves the compute of other ranks sharing the cores; testing with a short sleep between
+    tests costs at most one poll interval."""
+    MPI = _mpi()
+    while reqs and not MPI.Request.Testall(reqs):
+        time.sleep(_POLL_SECONDS)
+
+
 def _check_same_everywhere(comm, what, value):
     values = comm.allgather(value)
     bad = [r for r, v in enumerate(values) if v != values[0]]
@@ -221,8 +230,7 @@ class _GradientExchange:
         if "error" in result:
             raise result["error"]
         start(len(model.layers) + 1)
-        if reqs:
-            MPI.Request.Waitall(reqs)
+        _wait(reqs)
         return np.asarray(result["losses"], dtype=np.float64) * weight
 
     def bytes_per_step(self):
@@ -311,7 +319,7 @@ class _Sender:
     def buffer(self, rows, cols):
         while len(self.inflight) >= self.limit:
             req, buf = self.inflight.pop(0)
-            req.Wait()
+            _wait([req])
             self.free.append(buf)
         for k, buf in enumerate(self.free):
             if buf.shape == (rows, cols):
@@ -325,8 +333,8 @@ class _Sender:
         _mpi().Request.Testall([r for r, _ in self.inflight])
 
     def drain(self):
-        for req, buf in self.inflight:
-            req.Wait()
+        _wait([r for r, _ in self.inflight])
+        for _, buf in self.inflight:
             self.free.append(buf)
         self.inflight = []
 
@@ -335,7 +343,8 @@ class _Sender:
 def fit_distributed(model, x, y, *, comm, mode="data", epochs=10, batch_size=100, optimizer=None,
                     scheduler=None, order="simultaneous", windows=None, negatives="uniform", train_head=True,
                     head_epochs=0, random_state=0, progress=True, x_val=None, y_val=None, callback=None,
-                    checkpoint=None, checkpoint_every=1, max_in_flight=2, **unsupported):
+                    checkpoint=None, checkpoint_every=1, routine=None, chunk_size=2, max_in_flight=2,
+                    **unsupported):
     """:func:`fflib.fit` across the processes of ``comm`` (see the module's description);
     called by ``fit(..., comm=, distributed=)``.  Every rank passes the same model, data and
     settings.  ``max_in_flight`` bounds the minibatches a pipeline stage has sent and the next
@@ -343,6 +352,7 @@ def fit_distributed(model, x, y, *, comm, mode="data", epochs=10, batch_size=100
     from .optim import Adam, _Optimizer, _Scheduler
     from .train import (_count, _rng, _windows, _checkpoint_path, _write_checkpoint, _progress, evaluate,
                         hard_negative_labels)
+    from .routines import block_ranges
     from .nn import as_float32_batch
     refused = {k: v for k, v in unsupported.items() if v not in (None, False)}
     if refused:
@@ -375,6 +385,8 @@ def fit_distributed(model, x, y, *, comm, mode="data", epochs=10, batch_size=100
             or checkpoint_every <= 0:
         raise ValueError(f"checkpoint_every must be a positive int, got {checkpoint_every!r}")
     train_head = bool(train_head) and model.has_head
+    if routine is not None:
+        model.set_block_ranges(block_ranges(model, routine, _count("chunk_size", chunk_size, 1), 0))
     loss = model.config["loss"]
     pairs = loss in ("ff", "symba")
     if model.label_encoding == "none" and pairs:
@@ -408,6 +420,7 @@ def fit_distributed(model, x, y, *, comm, mode="data", epochs=10, batch_size=100
     if scheduler is not None and scheduler.optimizer is not optimizer:
         raise ValueError("scheduler must be a schedule of the optimiser the run uses")
     n, nb, K = len(y), model.num_blocks, model.num_classes
+    # comm_bytes: what this rank handed to MPI (gradients all-reduced, or activations sent)
     history = {"epochs": [], "interrupted": False, "distributed": mode, "ranks": size}
     # a run that differs between ranks would hang or silently diverge: compare first
     _check_same_everywhere(comm, "training data (CRC-32 of x and y)", (zlib.crc32(x), zlib.crc32(y), n))
@@ -520,7 +533,7 @@ def _pipeline_epoch(comm, model, sub, sender, optimizer, stages, ranges, layer_r
             sums[b0:b1] += losses[b0:b1]
         else:
             buf = np.empty((rows, in_cols), np.float32)
-            comm.Recv(buf, source=rank - 1, tag=_TAG)
+            _wait([comm.Irecv(buf, source=rank - 1, tag=_TAG)])
             if pairs:
                 losses = sub.train_step(buf[:B], None, x_neg=buf[B:], out=out)
             else:

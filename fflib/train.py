@@ -154,8 +154,8 @@ def fit(model, x, y, *, epochs=10, batch_size=100, optimizer=None, scheduler=Non
         and all-reduces each block's gradients as soon as they are final; ``"pipeline"`` gives
         each rank a range of blocks and passes activations rank to rank.  Every rank passes the
         same model, data and settings; only rank 0 shows progress, evaluates ``x_val``, calls
-        ``callback`` and writes the checkpoint.  ``routine``, ``alternate``, ``augment``,
-        ``resume`` and ``pipeline`` are not supported there.  See :mod:`fflib.distributed`.
+        ``callback`` and writes the checkpoint.  ``alternate``, ``augment``, ``resume`` and
+        ``pipeline`` are not supported there.  See :mod:`fflib.distributed`.
     Ctrl-C stops cleanly after the current minibatch (pipelined: after draining the minibatches
     in flight); the history says ``interrupted`` (the last checkpoint is kept as it was).
     Returns the history: a dict with ``epochs`` (per-epoch mean block losses, head loss, lr,
@@ -171,7 +171,8 @@ def fit(model, x, y, *, epochs=10, batch_size=100, optimizer=None, scheduler=Non
                                order=order, windows=windows, negatives=negatives, train_head=train_head,
                                head_epochs=head_epochs, random_state=random_state, progress=progress,
                                x_val=x_val, y_val=y_val, callback=callback, checkpoint=checkpoint,
-                               checkpoint_every=checkpoint_every, routine=routine, alternate=alternate,
+                               checkpoint_every=checkpoint_every, routine=routine, chunk_size=chunk_size,
+                               alternate=alternate,
                                augment=augment, resume=resume, pipeline=pipeline)
     x = as_float32_batch(x, "x", int(np.prod(model.input_shape)))
     y = model._check_y(y, x.shape[0])
