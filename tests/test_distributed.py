@@ -48,6 +48,19 @@ def model():
     m = fflib.FFModel(nn.mlp([784, 60, 40, 30]), input_shape=(1, 28, 28), seed=3)
     fflib.Adam(m, lr=0.01)
     return m
+def cwc_model():
+    # channel-wise competitive blocks (no negatives: the pipeline hands on the labelled rows),
+    # with a batch norm inside the last block
+    m = fflib.FFModel([nn.Conv2d(1, 20, 3, padding=1), nn.ReLU(), nn.Conv2d(20, 20, 3, padding=1), nn.ReLU(),
+                       nn.BatchNorm2d(20), nn.Conv2d(20, 30, 3), nn.ReLU()], (1, 8, 8), 10, loss="cwc",
+                      label_encoding="none", head_blocks=None, seed=1)
+    fflib.Adam(m, lr=0.01)
+    return m
+def fit_cwc(comm):
+    x, y = data()
+    m = cwc_model()
+    fflib.fit(m, x[:, :64].copy(), y, epochs=2, batch_size=32, comm=comm, distributed="pipeline", progress=False)
+    return m
 """
 exec(SETUP)
 
@@ -82,7 +95,8 @@ def test_one_rank_is_the_plain_training_step(mode):
 def test_two_ranks_equal_one_process(tmp_path):
     """Data-parallel on 2 ranks (shards of 32 + 31 rows, gradients all-reduced layer by layer)
     equals one process on the global batch; the pipeline (rank 0: blocks 0-1, rank 1: block 2)
-    equals sequential training; every rank ends with the same model."""
+    equals sequential training, also for channel-wise competitive conv blocks with a batch norm
+    (3 blocks: rank 0 owns two); every rank ends with the same model."""
     script = SETUP + textwrap.dedent("""
         import sys
         from mpi4py import MPI
@@ -94,6 +108,7 @@ def test_two_ranks_equal_one_process(tmp_path):
                           random_state=5, train_head=mode == "data")
             np.savez(f"{mode}_{comm.Get_rank()}.npz", *m.parameters(), losses=h["epochs"][-1]["block_loss"],
                      comm_bytes=h["comm_bytes"])
+        np.savez(f"cwc_{comm.Get_rank()}.npz", *fit_cwc(comm).state_dict().values())
     """)
     (tmp_path / "child.py").write_text(script)
     r, _ = _run([sys.executable, "child.py"], tmp_path)
@@ -113,6 +128,11 @@ def test_two_ranks_equal_one_process(tmp_path):
         else:
             n_grad = sum(p.size for p in ref.parameters()) * 4
             assert int(np.load(tmp_path / "data_0.npz")["comm_bytes"]) == 2 * 4 * n_grad
+    ref = list(fit_cwc(MPI.COMM_SELF).state_dict().values())     # noqa: F821 (from SETUP)
+    for rank in (0, 1):
+        got = np.load(tmp_path / f"cwc_{rank}.npz")
+        for k, q in enumerate(ref):       # weights, biases and the batch norm's running statistics
+            np.testing.assert_allclose(got[f"arr_{k}"], q, rtol=1e-4, atol=1e-5 * float(np.abs(q).max()))
 
 
 def test_cli_distributed(tmp_path):
