@@ -411,7 +411,6 @@ def fit_distributed(model, x, y, *, comm, mode="data", epochs=10, batch_size=100
             raise ValueError(f"distributed='pipeline' needs blocks that follow each other without overlap, "
                              f"got {ranges}")
         stages = stage_blocks(len(ranges), size)
-    ckpt_path = None if checkpoint is None or rank != 0 else _checkpoint_path(checkpoint)
     rng = _rng(random_state)
     wins, total = _windows(model, epochs, order, windows)
     total_epochs = total + (head_epochs if train_head else 0)
@@ -428,6 +427,8 @@ def fit_distributed(model, x, y, *, comm, mode="data", epochs=10, batch_size=100
     _check_same_everywhere(comm, "settings (mode, epochs, batch_size, negatives, train_head, head_epochs)",
                            (mode, epochs, batch_size, negatives, train_head, head_epochs, str(order), str(wins)))
     with abort_on_error(comm):
+        # only rank 0 writes: a bad checkpoint directory ends the job from there
+        ckpt_path = None if checkpoint is None or rank != 0 else _checkpoint_path(checkpoint)
         state = comm.bcast(rng.bit_generator.state if rank == 0 else None, root=0)
         rng.bit_generator.state = state
         _bcast_model(comm, model)

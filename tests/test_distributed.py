@@ -139,12 +139,15 @@ def test_cli_distributed(tmp_path):
     """`mpirun -n 2 python -m fflib train --distributed ...`: only rank 0 prints and writes; the
     pipeline trains the head after the blocks and the model learns."""
     r, _ = _run([sys.executable, "-m", "fflib", "train", "--distributed", "pipeline", "--epochs", "1",
-                 "--layers", "100,100", "--out", "run.json", "--save", "model.npz", "--no-progress"], tmp_path)
+                 "--layers", "100,100", "--out", "run.json", "--save", "model.npz", "--no-progress",
+                 "--checkpoint", "ck", "--val-size", "500"], tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.count("fflib: training") == 1 and r.stdout.count("test error") == 1
     res = json.loads((tmp_path / "run.json").read_text())
     assert res["config"]["distributed"] == "pipeline" and res["config"]["ranks"] == 2
     assert len(res["epochs"]) == 2 and res["epochs"][1]["head_loss"] is not None
+    assert all("val_error" in e for e in res["epochs"])       # rank 0 evaluates the assembled model
+    assert (tmp_path / "ck" / "checkpoint.npz").exists()
     # 1 epoch on the 10k sample: one-pass 17.3% / multi-pass 15.9% measured (seed 7: 17.5 / 15.7);
     # a model that did not train is near 90%
     assert res["test_error"]["multi_pass"] < 30 and res["test_error"]["one_pass"] < 30
@@ -206,5 +209,7 @@ def test_split_helpers_and_bad_arguments():
         fflib.fit(m, x, y, comm=MPI.COMM_SELF, augment="flip")
     with pytest.raises(ValueError, match="head_epochs >= 1"):
         fflib.fit(m, x, y, comm=MPI.COMM_SELF, distributed="pipeline")
+    h = fflib.fit(m, x, y, epochs=1, comm=MPI.COMM_SELF, negatives="hard", progress=False)
+    assert np.isfinite(h["epochs"][0]["block_loss"]).all() and h["ranks"] == 1
     with pytest.raises(ValueError, match="negatives='uniform'"):
         fflib.fit(m, x, y, comm=MPI.COMM_SELF, distributed="pipeline", negatives="hard", train_head=False)
