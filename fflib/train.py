@@ -150,7 +150,8 @@ def fit(model, x, y, *, epochs=10, batch_size=100, optimizer=None, scheduler=Non
         that do not overlap and a fixed cut within the epoch (no ``alternate``).
     comm, distributed : train across the processes of an MPI communicator (mpi4py, e.g.
         ``MPI.COMM_WORLD`` in a script started by ``mpirun``): ``distributed="data"`` (the
-        default when ``comm`` is given) trains each rank on its shard of every global minibatch
+        default when ``comm`` is given; ``comm`` defaults to ``MPI.COMM_WORLD`` when only
+        ``distributed`` is) trains each rank on its shard of every global minibatch
         and all-reduces each block's gradients as soon as they are final; ``"pipeline"`` gives
         each rank a range of blocks and passes activations rank to rank.  Every rank passes the
         same model, data and settings; only rank 0 shows progress, evaluates ``x_val``, calls
