@@ -280,6 +280,12 @@ def build_parser():
                         "on the --val-size split; the rule: softmax (default) or lightff")
     t.add_argument("--early-exit-drop", type=_nonnegative, default=0.2, metavar="POINTS",
                    help="largest validation accuracy loss early exit may cost, in percentage points (default 0.2)")
+    t.add_argument("--distributed", choices=["data", "pipeline"], default=None,
+                   help="train across the ranks of an MPI job (mpirun -n N python -m fflib train --distributed "
+                        "...; needs pip install 'fflib-core[mpi]'): data = each rank a shard of every minibatch, "
+                        "gradients all-reduced; pipeline = each rank a range of blocks, activations passed on "
+                        "(the one-pass head then trains one more, head-only epoch); only rank 0 prints and "
+                        "writes files")
     sub.add_parser("models", help="list the model zoo with parameter counts")
     add_export_parser(sub)
     e = sub.add_parser("eval", help="evaluate a saved model on a dataset's test split")
@@ -394,6 +400,17 @@ def train_command(a):
     _check_output("--checkpoint", a.checkpoint, directory=True)
     if a.resume and not a.checkpoint:
         _bad("--resume needs --checkpoint DIR (where the interrupted run kept its state)")
+    comm, rank = None, 0
+    if a.distributed:
+        for flag, used in (("--pipeline", a.pipeline), ("--resume", a.resume), ("--alternate", a.alternate),
+                           ("--augment", a.augment)):
+            if used:
+                _bad(f"{flag} is not supported with --distributed")
+        try:
+            from mpi4py import MPI
+        except ImportError:
+            _bad("--distributed needs mpi4py and an MPI library: pip install 'fflib-core[mpi]'")
+        comm, rank = MPI.COMM_WORLD, MPI.COMM_WORLD.Get_rank()
     if a.threads:
         set_num_threads(a.threads)
     try:
@@ -465,18 +482,23 @@ def train_command(a):
               "checkpoint": a.checkpoint, "checkpoint_every": a.checkpoint_every, "resume": a.resume,
               "num_train": int(len(y)), "num_test": int(len(yt)), "val_size": a.val_size,
               "num_params": model.num_parameters(), "num_params_with_head": model.num_parameters(head=True),
+              "distributed": a.distributed, "ranks": 1 if comm is None else comm.Get_size(),
               **_api_config(a, model)}
+    # a pipeline across ranks trains the head after the blocks (see fflib.distributed)
+    head_epochs = 1 if a.distributed == "pipeline" and model.has_head else 0
     try:
         opt = _make_optimizer(a, model, lr, head_lr, Adam)
         sched = None
         if a.milestones:
             sched = MultiStepLR(opt, a.milestones, a.gamma)
         elif a.cooldown:
-            sched = LinearCooldown(opt, _run_epochs(a, epochs, model))
+            sched = LinearCooldown(opt, _run_epochs(a, epochs, model) + head_epochs)
     except (ValueError, TypeError) as e:
         _bad(str(e))
-    print(f"fflib: training {a.model} ({model.num_parameters()} parameters, {loss} loss, {a.routine}) "
-          f"on {a.dataset} ({len(y)} train / {len(yt)} test), {epochs} epochs", flush=True)
+    if rank == 0:
+        print(f"fflib: training {a.model} ({model.num_parameters()} parameters, {loss} loss, {a.routine}) "
+              f"on {a.dataset} ({len(y)} train / {len(yt)} test), {epochs} epochs"
+              + (f", {a.distributed}-parallel on {comm.Get_size()} ranks" if comm is not None else ""), flush=True)
 
     def report(rec):
         val = rec.get("val")
@@ -494,9 +516,12 @@ def train_command(a):
                    alternate=a.alternate, augment=a.augment, random_state=a.seed, x_val=xv, y_val=yv,
                    progress=not a.no_progress and sys.stderr.isatty(), callback=report,
                    checkpoint=a.checkpoint, checkpoint_every=a.checkpoint_every, resume=a.resume,
-                   pipeline=a.pipeline, windows=a.windows)
+                   pipeline=a.pipeline, windows=a.windows,
+                   **({} if comm is None else dict(comm=comm, distributed=a.distributed, head_epochs=head_epochs)))
     except (ValueError, TypeError, OSError) as e:
         _bad(str(e).replace("\n", " "))
+    if rank != 0:       # rank 0 evaluates and writes; the others hold the same model
+        return 0
     if hist["interrupted"]:
         print("fflib: interrupted; evaluating the model as it is", flush=True)
     t0 = time.perf_counter()

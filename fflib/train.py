@@ -108,7 +108,8 @@ def _windows(model, epochs, order, windows):
 def fit(model, x, y, *, epochs=10, batch_size=100, optimizer=None, scheduler=None, order="simultaneous",
         windows=None, negatives="uniform", train_head=True, head_epochs=0, routine=None, chunk_size=2,
         alternate=False, augment=None, random_state=0, progress=True, x_val=None, y_val=None,
-        callback=None, checkpoint=None, checkpoint_every=1, resume=False, pipeline=False):
+        callback=None, checkpoint=None, checkpoint_every=1, resume=False, pipeline=False, comm=None,
+        distributed=None):
     """Train ``model`` on (x, y) with FF, one C call per minibatch.
 
     routine : None (keep the model's current blocks), "greedy", "chunked", "overlapping" or
@@ -147,6 +148,15 @@ def fit(model, x, y, *, epochs=10, batch_size=100, optimizer=None, scheduler=Non
         the sequential step (block k-1's output before its update on that minibatch), so the
         weights equal sequential training's bit for bit; only the time differs.  Needs blocks
         that do not overlap and a fixed cut within the epoch (no ``alternate``).
+    comm, distributed : train across the processes of an MPI communicator (mpi4py, e.g.
+        ``MPI.COMM_WORLD`` in a script started by ``mpirun``): ``distributed="data"`` (the
+        default when ``comm`` is given; ``comm`` defaults to ``MPI.COMM_WORLD`` when only
+        ``distributed`` is) trains each rank on its shard of every global minibatch
+        and all-reduces each block's gradients as soon as they are final; ``"pipeline"`` gives
+        each rank a range of blocks and passes activations rank to rank.  Every rank passes the
+        same model, data and settings; only rank 0 shows progress, evaluates ``x_val``, calls
+        ``callback`` and writes the checkpoint.  ``alternate``, ``augment``, ``resume`` and
+        ``pipeline`` are not supported there.  See :mod:`fflib.distributed`.
     Ctrl-C stops cleanly after the current minibatch (pipelined: after draining the minibatches
     in flight); the history says ``interrupted`` (the last checkpoint is kept as it was).
     Returns the history: a dict with ``epochs`` (per-epoch mean block losses, head loss, lr,
@@ -155,6 +165,16 @@ def fit(model, x, y, *, epochs=10, batch_size=100, optimizer=None, scheduler=Non
     from .optim import Adam, _Optimizer, _Scheduler
     if not isinstance(model, FFModel):
         raise TypeError(f"model must be an fflib.FFModel, got {type(model).__name__}")
+    if comm is not None or distributed is not None:
+        from .distributed import fit_distributed
+        return fit_distributed(model, x, y, comm=comm, mode="data" if distributed is None else distributed,
+                               epochs=epochs, batch_size=batch_size, optimizer=optimizer, scheduler=scheduler,
+                               order=order, windows=windows, negatives=negatives, train_head=train_head,
+                               head_epochs=head_epochs, random_state=random_state, progress=progress,
+                               x_val=x_val, y_val=y_val, callback=callback, checkpoint=checkpoint,
+                               checkpoint_every=checkpoint_every, routine=routine, chunk_size=chunk_size,
+                               alternate=alternate,
+                               augment=augment, resume=resume, pipeline=pipeline)
     x = as_float32_batch(x, "x", int(np.prod(model.input_shape)))
     y = model._check_y(y, x.shape[0])
     epochs = _count("epochs", epochs, 0)
