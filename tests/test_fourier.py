@@ -235,3 +235,18 @@ def test_first_conv_block_learns_with_fitted_modes():
     h = fflib.fit(waves, x, y, epochs=1, batch_size=100, progress=False)
     assert waves.block_accuracy(xt, yt)[0] < 0.2
     assert abs(h["epochs"][-1]["block_loss"][0] - np.log(2)) < 0.005
+
+
+def test_pytorch_twin_and_export_use_the_models_table(rng):
+    torch = pytest.importorskip("torch")
+    from fflib.torch import to_module
+    modes = random_table(rng, 4, 2)
+    m = fourier_model(modes=modes, label_value=0.7, seed=2)
+    x = rng.random((5, 2, 7, 9), dtype=np.float32)
+    y = np.array([0, 3, 1, 2, 3])
+    net = to_module(m)
+    want = x.reshape(5, 2, -1) + 0.7 * m.label_patterns[y][:, None, :]
+    np.testing.assert_allclose(net.encode(torch.from_numpy(x), torch.from_numpy(y)).numpy().reshape(5, 2, -1),
+                               want, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(net.goodness(torch.from_numpy(x)).detach().numpy(), m.goodness(x.reshape(5, -1)),
+                               rtol=1e-4, atol=1e-5)
