@@ -250,3 +250,23 @@ def test_pytorch_twin_and_export_use_the_models_table(rng):
                                want, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(net.goodness(torch.from_numpy(x)).detach().numpy(), m.goodness(x.reshape(5, -1)),
                                rtol=1e-4, atol=1e-5)
+
+
+def test_exported_c_adds_the_models_fitted_patterns(tmp_path):
+    """export_c writes the model's own label patterns (here fitted modes): the exported program's
+    goodness equals the model's."""
+    import shutil
+    from fflib import export
+    if shutil.which("gcc") is None:
+        pytest.skip("no host gcc to compile the exported C")
+    x, y = fflib.datasets.load_sample(True)
+    x, y = x[:300], y[:300]
+    table = labels.fit_fourier_modes(x, y, 10, 8)
+    model = fflib.FFModel(fflib.mlp([784, 40, 20], norm="l2"), (1, 28, 28), 10, label_encoding="fourier",
+                          fourier_modes=table, label_value=0.3, loss="ff", goodness="sum", threshold=2.0)
+    fflib.fit(model, x, y, epochs=1, batch_size=100, progress=False)
+    model.eval()
+    info = export.export_c(model, tmp_path, inference="multipass")
+    g = export.run_host(export.build_host(info), info, x[:20].reshape(20, -1), "goodness")
+    gp = model.goodness(x[:20])
+    assert np.abs(g - gp).max() <= 1e-5 * np.abs(gp).max()
