@@ -562,8 +562,9 @@ class FFModel:
         sees C+1 channels); or none (channel-wise competitive learning needs no label in the input).
     fourier_modes : None, str or array, optional
         With ``label_encoding="fourier"``: the per-class waves, a table of shape (K, 4) or
-        (K, M, 4) with columns wavelength (pixels, >= 2), orientation (radians), amplitude and
-        phase (radians) (a 3-column table leaves the phase at 0); class k adds
+        (K, M, 4) with columns wavelength (pixels; a wave of the pixel grid, so at least
+        2 max(|cos|, |sin|) of the orientation), orientation (radians), amplitude and phase
+        (radians) (a 3-column table leaves the phase at 0); class k adds
         ``label_value * sum_m a cos(2 pi (h cos theta + w sin theta) / lambda + phi)`` to every
         channel plane.  None or "fflib" is the mapping above; see :mod:`fflib.labels` for the
         formula and :func:`fflib.labels.fit_fourier_modes` for modes fitted to the data.
