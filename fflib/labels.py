@@ -14,7 +14,8 @@ and class k adds to every channel plane of the image (the C core computes it, in
 for pixel row h and column w.  A (K, 4) table is one mode per class (M = 1); a (K, 3) or
 (K, M, 3) table leaves the phase at 0.
 
-Tables: :func:`fourier_modes` ("fflib", the default: orientation pi k / K, wavelength
+The paper leaves the mapping from classes to modes free (as the survey puts it); its own tables
+are not reproduced here.  Tables: :func:`fourier_modes` ("fflib", the default: orientation pi k / K, wavelength
 max(H, W) / (2 + k mod 3), amplitude 1, phase 0) and :func:`fit_fourier_modes` (modes fitted to
 the data: each class's M strongest Fourier modes of its mean image minus the mean of all
 images -- the encoding with which the first conv block of the survey's MNIST CNN learns, see
