@@ -250,6 +250,57 @@ static PyObject *Net_set_label_encoding(NetObject *self, PyObject *args) {
     return net_status(self, ff_net_set_label_encoding(self->net, (ff_label_kind)kind), "label_encoding");
 }
 
+/* modes: None (the default table) or a float64 C-contiguous (K, M, 4) array. */
+static PyObject *Net_set_fourier_modes(NetObject *self, PyObject *o) {
+    GUARD(self);
+    const double *m = NULL;
+    int M = 1;
+    if (o != Py_None) {
+        int K = ff_net_num_classes(self->net);
+        if (!PyArray_Check(o) || PyArray_TYPE((PyArrayObject *)o) != NPY_FLOAT64)
+            return PyErr_Format(PyExc_TypeError, "fourier_modes must be a numpy.ndarray of float64, got %s",
+                                PyArray_Check(o) ? PyArray_DESCR((PyArrayObject *)o)->typeobj->tp_name
+                                                 : Py_TYPE(o)->tp_name);
+        PyArrayObject *a = (PyArrayObject *)o;
+        if (PyArray_NDIM(a) != 3 || PyArray_DIM(a, 0) != K || PyArray_DIM(a, 1) < 1 ||
+            PyArray_DIM(a, 1) > FF_MAX_FOURIER_MODES || PyArray_DIM(a, 2) != 4) {
+            char got[160];
+            shape_str(got, sizeof got, PyArray_NDIM(a), PyArray_DIMS(a));
+            return PyErr_Format(PyExc_ValueError, "fourier_modes must have shape (%d, M, 4) with 1 <= M <= %d, "
+                                "got %s", K, FF_MAX_FOURIER_MODES, got);
+        }
+        if (!PyArray_IS_C_CONTIGUOUS(a) || !PyArray_ISALIGNED(a) || !PyArray_ISNOTSWAPPED(a))
+            return PyErr_Format(PyExc_ValueError, "fourier_modes must be C-contiguous, aligned and native-endian");
+        m = (const double *)PyArray_DATA(a);
+        M = (int)PyArray_DIM(a, 1);
+    }
+    return net_status(self, ff_net_set_fourier_modes(self->net, m, M), "fourier_modes");
+}
+
+/* A copy of the (K, M, 4) Fourier mode table, or None. */
+static PyObject *Net_fourier_modes(NetObject *self, PyObject *Py_UNUSED(ignored)) {
+    GUARD(self);
+    int M = 0;
+    const double *m = ff_net_fourier_modes(self->net, &M);
+    if (!m) Py_RETURN_NONE;
+    npy_intp dims[3] = {ff_net_num_classes(self->net), M, 4};
+    PyObject *arr = PyArray_SimpleNew(3, dims, NPY_FLOAT64);
+    if (arr) memcpy(PyArray_DATA((PyArrayObject *)arr), m, (size_t)dims[0] * M * 4 * sizeof(double));
+    return arr;
+}
+
+/* A copy of the (K, H*W) label patterns of a finalized Fourier net, or None. */
+static PyObject *Net_label_patterns(NetObject *self, PyObject *Py_UNUSED(ignored)) {
+    GUARD(self);
+    int HW = 0;
+    const float *p = ff_net_label_patterns(self->net, &HW);
+    if (!p) Py_RETURN_NONE;
+    npy_intp dims[2] = {ff_net_num_classes(self->net), HW};
+    PyObject *arr = PyArray_SimpleNew(2, dims, NPY_FLOAT32);
+    if (arr) memcpy(PyArray_DATA((PyArrayObject *)arr), p, (size_t)dims[0] * dims[1] * sizeof(float));
+    return arr;
+}
+
 static PyObject *Net_add_linear(NetObject *self, PyObject *args) {
     GUARD(self);
     int out, bias = 1;
@@ -898,6 +949,9 @@ static PyMethodDef Net_methods[] = {
     {"predict_early_exit", (PyCFunction)Net_predict_early_exit, METH_VARARGS,
      "predict_early_exit(x, onepass, rule, thresholds) -> (pred, blocks_used)"},
     {"set_label_encoding", (PyCFunction)Net_set_label_encoding, METH_VARARGS, "set_label_encoding(kind)"},
+    {"set_fourier_modes", (PyCFunction)Net_set_fourier_modes, METH_O, "set_fourier_modes(modes or None)"},
+    {"fourier_modes", (PyCFunction)Net_fourier_modes, METH_NOARGS, "fourier_modes() -> (K, M, 4) float64 or None"},
+    {"label_patterns", (PyCFunction)Net_label_patterns, METH_NOARGS, "label_patterns() -> (K, H*W) float32 or None"},
     {"add_linear", (PyCFunction)Net_add_linear, METH_VARARGS, "add_linear(out_features, bias=True)"},
     {"add_conv2d", (PyCFunction)Net_add_conv2d, METH_VARARGS, "add_conv2d(out, kernel, stride, pad, groups, bias)"},
     {"add_batchnorm2d", (PyCFunction)Net_add_batchnorm2d, METH_VARARGS, "add_batchnorm2d(eps, momentum, affine)"},

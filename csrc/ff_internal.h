@@ -197,6 +197,8 @@ struct ff_net {
     int Din;                  /* encoded input size seen by layer 0 (D, or D + H*W with an embedding) */
     ff_label_kind label;
     float *pattern;           /* (K, H*W) label patterns: Fourier waves, or NULL */
+    double *modes;            /* (K, nmodes, 4) Fourier modes: wavelength, orientation, amplitude, phase */
+    int nmodes;
     int nl, finalized, training;
     ff_layer layers[FF_MAX_LAYERS];
     int nblocks;

@@ -214,7 +214,7 @@ static void free_blocks(ff_net *net) {
 void ff_net_destroy(ff_net *net) {
     if (!net) return;
     free(net->params); free(net->grads); free(net->m); free(net->v); free(net->gtail);
-    free(net->buffers); free(net->saved); free(net->pattern);
+    free(net->buffers); free(net->saved); free(net->pattern); free(net->modes);
     free_work(&net->work);
     ff_net_pipeline_end(net);
     free_blocks(net);
@@ -588,19 +588,74 @@ float *ff_grad_at(const ff_net *net, const ff_work *w, size_t off) {
     return w->gscratch + (off - w->gscratch_base);
 }
 
-/* Scodellaro-style spatially extended labels: class k is a plane wave over the whole image,
- *   p_k(h, w) = cos(2 pi (h cos(phi_k) + w sin(phi_k)) / lambda_k),
- * orientation phi_k = pi k / K and wavelength lambda_k = max(H, W) / (2 + k mod 3) pixels, so
- * classes differ in orientation and, every third class, in frequency. */
-static void fourier_patterns(float *p, int K, int H, int W) {
+void ff_fourier_default_modes(double *modes, int K, int H, int W) {
     const double pi = 3.14159265358979323846;
     for (int k = 0; k < K; k++) {
-        double phi = pi * k / K, lam = (double)(H > W ? H : W) / (2 + k % 3);
-        for (int h = 0; h < H; h++)
-            for (int w = 0; w < W; w++)
-                p[((size_t)k * H + h) * W + w] =
-                    (float)cos(2.0 * pi * (h * cos(phi) + w * sin(phi)) / lam);
+        double *m = modes + (size_t)k * 4;
+        m[0] = (double)(H > W ? H : W) / (2 + k % 3);
+        m[1] = pi * k / K;
+        m[2] = 1.0;
+        m[3] = 0.0;
     }
+}
+
+/* Spatially extended labels (Scodellaro et al. 2023): class k is a superposition of M plane waves,
+ *   p_k(h, w) = sum_m a_km cos(2 pi (h cos theta_km + w sin theta_km) / lambda_km + phi_km),
+ * from the (K, M, 4) table modes (lambda, theta, a, phi), in double, stored as float. */
+static void fourier_patterns(float *p, const double *modes, int K, int M, int H, int W) {
+    const double pi = 3.14159265358979323846;
+    for (int k = 0; k < K; k++)
+        for (int h = 0; h < H; h++)
+            for (int w = 0; w < W; w++) {
+                double s = 0.0;
+                for (int j = 0; j < M; j++) {
+                    const double *m = modes + ((size_t)k * M + j) * 4;
+                    s += m[2] * cos(2.0 * pi * (h * cos(m[1]) + w * sin(m[1])) / m[0] + m[3]);
+                }
+                p[((size_t)k * H + h) * W + w] = (float)s;
+            }
+}
+
+ff_status ff_net_set_fourier_modes(ff_net *net, const double *modes, int M) {
+    if (net->label != FF_LABEL_FOURIER)
+        return ff_fail(net, FF_ERR_STATE, "fourier_modes need label_encoding fourier, this net's is %s",
+                       ff_label_name(net->label));
+    if (!modes) M = 1;
+    if (M < 1 || M > FF_MAX_FOURIER_MODES)
+        return ff_fail(net, FF_ERR_ARG, "fourier_modes must hold 1 to %d modes per class, got %d",
+                       FF_MAX_FOURIER_MODES, M);
+    if (modes) {
+        static const char *const col[4] = {"wavelength", "orientation", "amplitude", "phase"};
+        for (int k = 0; k < net->K; k++)
+            for (int j = 0; j < M; j++)
+                for (int c = 0; c < 4; c++) {
+                    double v = modes[((size_t)k * M + j) * 4 + c];
+                    if (!isfinite(v))
+                        return ff_fail(net, FF_ERR_ARG, "fourier_modes[%d, %d] %s must be finite, got %g",
+                                       k, j, col[c], v);
+                    if (c == 0 && !(v > 0.0))
+                        return ff_fail(net, FF_ERR_ARG, "fourier_modes[%d, %d] wavelength must be > 0 pixels, "
+                                       "got %g", k, j, v);
+                }
+    }
+    double *t = malloc((size_t)net->K * M * 4 * sizeof(double));
+    if (!t) return ff_fail(net, FF_ERR_NOMEM, "out of memory for the Fourier modes");
+    if (modes) memcpy(t, modes, (size_t)net->K * M * 4 * sizeof(double));
+    else ff_fourier_default_modes(t, net->K, net->H, net->W);
+    free(net->modes);
+    net->modes = t;
+    net->nmodes = M;
+    if (net->pattern) fourier_patterns(net->pattern, net->modes, net->K, M, net->H, net->W);
+    return FF_OK;
+}
+
+const double *ff_net_fourier_modes(const ff_net *net, int *M) {
+    if (M) *M = net->nmodes;
+    return net->modes;
+}
+const float *ff_net_label_patterns(const ff_net *net, int *HW) {
+    if (HW) *HW = net->H * net->W;
+    return net->pattern;
 }
 
 /* Place layer L's parameters at the end of the arena (16-float aligned arrays). */
@@ -643,9 +698,13 @@ ff_status ff_net_finalize(ff_net *net) {
         E->opt = ff_opt_config_default();
     }
     if (net->label == FF_LABEL_FOURIER) {
+        if (!net->modes) {
+            ff_status st = ff_net_set_fourier_modes(net, NULL, 1);
+            if (st != FF_OK) return st;
+        }
         net->pattern = malloc((size_t)net->K * net->H * net->W * sizeof(float));
         if (!net->pattern) return ff_fail(net, FF_ERR_NOMEM, "out of memory for the label patterns");
-        fourier_patterns(net->pattern, net->K, net->H, net->W);
+        fourier_patterns(net->pattern, net->modes, net->K, net->nmodes, net->H, net->W);
     }
     size_t np = 0, nb = 0, ns = 0;
     for (int i = 0; i < net->nl; i++) place_params(&net->layers[i], &np, &nb, &ns);

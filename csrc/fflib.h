@@ -310,6 +310,21 @@ void ff_net_destroy(ff_net *net);
 /* Choose the label encoding; before the first layer is added (an embedding adds a channel). */
 ff_status ff_net_set_label_encoding(ff_net *net, ff_label_kind kind);
 ff_label_kind ff_net_label_encoding(const ff_net *net);
+/* Per-class plane waves of the Fourier label (Scodellaro et al. 2023, spatially extended labels):
+ * modes is (K, M, 4), row (k, m) = (wavelength lambda > 0 in pixels, orientation theta in radians,
+ * amplitude a, phase phi in radians), all finite, 1 <= M <= FF_MAX_FOURIER_MODES; class k adds
+ * to every channel plane label_value * sum_m a cos(2 pi (h cos theta + w sin theta) / lambda + phi).
+ * NULL restores the default table (ff_fourier_default_modes, M = 1).  Any time, before or after
+ * ff_net_finalize (the patterns are recomputed); the net copies the table. */
+#define FF_MAX_FOURIER_MODES 4096
+ff_status ff_net_set_fourier_modes(ff_net *net, const double *modes, int M);
+/* The net's (K, M, 4) mode table (owned by the net; *M gets M), NULL until set or finalized. */
+const double *ff_net_fourier_modes(const ff_net *net, int *M);
+/* The (K, H*W) label patterns of a finalized Fourier net (owned by the net; *HW gets H*W), else NULL. */
+const float *ff_net_label_patterns(const ff_net *net, int *HW);
+/* The default table into modes (K, 4): orientation pi k / K, wavelength max(H, W) / (2 + k mod 3)
+ * pixels, amplitude 1, phase 0 (fflib's original fixed mapping). */
+void ff_fourier_default_modes(double *modes, int K, int H, int W);
 ff_status ff_net_add_linear(ff_net *net, int out_features, int bias);
 ff_status ff_net_add_conv2d(ff_net *net, int out_channels, int kernel, int stride, int pad,
                             int groups, int bias);

@@ -21,6 +21,7 @@ from typing import Any as _Any
 from ._loader import _core
 from ._version import __version__
 from . import datasets, models
+from . import labels  # Fourier label mode tables (fflib.labels)
 from .nn import (Layer, Linear, ReLU, Conv2d, BatchNorm2d, MaxPool2d, Flatten, LenNorm, FFModel, mlp)
 from .optim import Adam, SGD, StepLR, MultiStepLR, CosineAnnealingLR, LambdaLR, LinearCooldown
 from .train import fit, evaluate
@@ -98,3 +99,4 @@ __all__ = [
     "evaluate", "export_c", "FFClassifier", "EarlyExit",
     "datasets", "models", "set_num_threads", "get_num_threads", "blas_name", "get_include", "__version__",
 ]
+__all__ += ["labels"]

@@ -226,6 +226,14 @@ def build_parser():
     t.add_argument("--label-encoding", choices=list(_core_tables()[1]), default=None,
                    help="how the label enters the input (default: onehot for mlp, embedding for cnn; none "
                         "for losses that read the class from the output: cwc, pvn, xent)")
+    t.add_argument("--fourier-modes", default=None, metavar="FILE.npy|fflib|fit[:M]",
+                   help="with --label-encoding fourier: the per-class waves, a (K, 4) or (K, M, 4) table "
+                        "(wavelength, orientation, amplitude, phase) in a .npy file, the scheme fflib "
+                        "(the default), or fit[:M] (M modes per class fitted to the training images, "
+                        "default 16; see fflib.labels)")
+    t.add_argument("--label-value", type=_finite, default=None,
+                   help="one-hot value / Fourier amplitude / embedding initial scale (default 1, "
+                        "0.1 with --fourier-modes fit)")
     t.add_argument("--routine", choices=["greedy", "chunked", "overlapping", "backprop"], default="greedy")
     t.add_argument("--chunk-size", type=_positive(int), default=2, help="units per chunk")
     t.add_argument("--alternate", action="store_true", help="shift the chunks every iteration")
@@ -307,6 +315,28 @@ def build_parser():
     from .plot import add_plot_parser
     add_plot_parser(sub)
     return p
+
+
+def _fourier_modes_arg(spec, x, y, image_shape):
+    """--fourier-modes: a scheme name, fit[:M] (fitted to the training data) or a .npy table."""
+    from . import labels
+    if spec in labels.FOURIER_SCHEMES:
+        return spec
+    if spec == "fit" or spec.startswith("fit:"):
+        try:
+            m = int(spec[4:]) if spec.startswith("fit:") else 16
+        except ValueError:
+            _bad(f"--fourier-modes fit:M needs an int M, got {spec!r}")
+        try:
+            return labels.fit_fourier_modes(x, y, 10, m, input_shape=image_shape)
+        except ValueError as e:
+            _bad(f"--fourier-modes {spec}: {e}")
+    try:
+        table = np.load(spec, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        _bad(f"--fourier-modes must be {', '.join(labels.FOURIER_SCHEMES)}, fit[:M] or a .npy file "
+             f"holding a (K, 4) or (K, M, 4) table; cannot read {spec!r}: {e}")
+    return table
 
 
 TRAIN_ERROR_SAMPLES = 10000
@@ -448,6 +478,12 @@ def train_command(a):
         threshold = 2.0 if loss == "pvn" else (1.0 if a.goodness == "mean" else float(a.layers[0]))
     kw = dict(loss=loss, threshold=threshold, seed=a.seed)
     kw.update(_model_flags(a))
+    if a.fourier_modes is not None:
+        if a.label_encoding != "fourier":
+            _bad("--fourier-modes needs --label-encoding fourier")
+        kw["fourier_modes"] = _fourier_modes_arg(a.fourier_modes, x, y, image_shape)
+    if a.label_value is not None or (a.fourier_modes or "").startswith("fit"):
+        kw["label_value"] = 0.1 if a.label_value is None else a.label_value
     if not cwc:
         kw.update(goodness=a.goodness, norm=a.norm, label_encoding=a.label_encoding or "onehot")
     try:
@@ -476,6 +512,7 @@ def train_command(a):
               # the settings the model runs with (a CwC model ignores --norm and --goodness)
               "threshold": model.config["threshold"], "goodness": model.config["goodness"],
               "norm": model.config["norm"], "loss": model.config["loss"], "label_encoding": model.label_encoding,
+              "fourier_modes": a.fourier_modes, "label_value": model.config["label_value"],
               "routine": a.routine, "chunk_size": a.chunk_size, "alternate": a.alternate, "pipeline": a.pipeline,
               "order": a.order, "negatives": a.negatives, "milestones": a.milestones, "gamma": a.gamma,
               "cooldown": a.cooldown, "augment": a.augment, "seed": a.seed, "threads": get_num_threads(),

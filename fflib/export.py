@@ -117,7 +117,7 @@ class _Plan:
                 acc = (acc + emb[k] / np.float32(K)).astype(np.float32)
             self.neutral_map = acc
         if self.enc == "fourier":
-            self.pattern = _fourier_patterns(K, self.H0, self.W0)
+            self.pattern = np.asarray(model.label_patterns, np.float32)   # the core's own waves
         # ops per layer, folding batch norm where exact
         ops = {}
         skip = set()
@@ -362,15 +362,6 @@ def _bn_affine(layer):
     gamma = np.asarray(layer.weight, np.float64) if layer.affine else np.ones(len(mean))
     beta = np.asarray(layer.bias, np.float32) if layer.affine else np.zeros(len(mean), np.float32)
     return mean, (rs * gamma).astype(np.float32), beta
-
-
-def _fourier_patterns(K, H, W):
-    p = np.empty((K, H * W), np.float32)
-    h, w = np.meshgrid(np.arange(H), np.arange(W), indexing="ij")
-    for k in range(K):
-        phi, lam = np.pi * k / K, max(H, W) / (2 + k % 3)
-        p[k] = np.cos(2.0 * np.pi * (h * np.cos(phi) + w * np.sin(phi)) / lam).astype(np.float32).ravel()
-    return p
 
 
 # ------------------------------------------------------------------------------------ int8

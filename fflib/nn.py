@@ -559,6 +559,15 @@ class FFModel:
         max(H, W)/(2 + k mod 3) pixels; images only); a trained extra input channel holding one
         (H, W) map per class (Dooms et al. 2023), trained by block 0's loss (so the first layer
         sees C+1 channels); or none (channel-wise competitive learning needs no label in the input).
+    fourier_modes : None, str or array, optional
+        With ``label_encoding="fourier"``: the per-class waves, a table of shape (K, 4) or
+        (K, M, 4) with columns wavelength (pixels; a wave of the pixel grid, so at least
+        2 max(|cos|, |sin|) of the orientation), orientation (radians), amplitude and phase
+        (radians) (a 3-column table leaves the phase at 0); class k adds
+        ``label_value * sum_m a cos(2 pi (h cos theta + w sin theta) / lambda + phi)`` to every
+        channel plane.  None or "fflib" is the mapping above; see :mod:`fflib.labels` for the
+        formula and :func:`fflib.labels.fit_fourier_modes` for modes fitted to the data.
+        Saved and loaded with the model.
     label_placement : {"overwrite", "append"}
         For one-hot labels on a flat input: "overwrite" writes the label over the first K
         features (Hinton's MNIST recipe: those pixels are always black); "append" widens the
@@ -580,7 +589,7 @@ class FFModel:
     def __init__(self, layers, input_shape, num_classes=10, *, blocks=None, loss="ff", threshold=2.0,
                  alpha=4.0, goodness="sum", norm="l2", norm_eps=1e-4, pvn_weight=0.0,
                  label_value=1.0, label_encoding="onehot", label_placement="overwrite", head_blocks="auto",
-                 seed=0):
+                 seed=0, fourier_modes=None):
         if not isinstance(layers, (list, tuple)):
             raise TypeError(f"layers must be a list of fflib layers, got {type(layers).__name__}")
         if not layers:
@@ -616,6 +625,14 @@ class FFModel:
         shape = (input_shape[0] + extra, 1, 1) if extra else input_shape
         net = _core.Net(shape, self.num_classes, self.seed)
         net.set_label_encoding(LABEL_ENCODINGS[label_encoding])
+        if fourier_modes is not None and label_encoding != "fourier":
+            raise ValueError(f"fourier_modes needs label_encoding 'fourier', got label_encoding {label_encoding!r}")
+        if label_encoding == "fourier":
+            from .labels import check_fourier_modes, fourier_modes as _scheme
+            table = _scheme("fflib" if fourier_modes is None else fourier_modes, self.num_classes, input_shape) \
+                if fourier_modes is None or isinstance(fourier_modes, str) else \
+                check_fourier_modes(fourier_modes, self.num_classes)
+            net.set_fourier_modes(table)
         if label_encoding == "embedding":  # the label map is one more input channel
             shape = (shape[0] + 1, shape[1], shape[2])
         for i, layer in enumerate(self.layers):
@@ -747,6 +764,18 @@ class FFModel:
     def label_embedding(self):
         """The trained label maps (K, H*W) of ``label_encoding="embedding"`` (a view), or None."""
         return self._net.param(-2, _P_WEIGHT)
+
+    @property
+    def fourier_modes(self):
+        """The (K, M, 4) Fourier mode table (wavelength, orientation, amplitude, phase) of
+        ``label_encoding="fourier"`` (a copy), or None."""
+        return self._net.fourier_modes()
+
+    @property
+    def label_patterns(self):
+        """The (K, H*W) float32 label patterns the core adds to every channel plane (before the
+        ``label_value`` factor) with ``label_encoding="fourier"`` (a copy), or None."""
+        return self._net.label_patterns()
 
     def trainable_layers(self):
         """Indices of layers with parameters, then -2 for a label embedding and -1 for the head."""
@@ -1039,6 +1068,7 @@ class FFModel:
             "head_blocks": self._head_blocks_arg, "head_layers": list(self._head_layers),
             "seed": self.seed, "config": self.config, "label_encoding": self.label_encoding,
             "label_placement": self.label_placement,
+            **({"fourier_modes": self.fourier_modes.tolist()} if self.label_encoding == "fourier" else {}),
         }
 
     @classmethod
@@ -1076,6 +1106,10 @@ class FFModel:
                  "seed", "config", "label_encoding"}
         params = set(inspect.signature(cls.__init__).parameters)
         extra = {k: v for k, v in arch.items() if k not in known and k in params}
+        if arch.get("label_encoding") == "fourier" and "fourier_modes" in extra:
+            with _field("architecture.fourier_modes"):
+                from .labels import check_fourier_modes
+                extra["fourier_modes"] = check_fourier_modes(extra["fourier_modes"], arch.get("num_classes", 0))
         with _field("architecture"):
             model = cls(layers, arch["input_shape"], arch["num_classes"], blocks=units, head_blocks=head,
                         seed=arch.get("seed", 0), label_encoding=arch.get("label_encoding", "onehot"),

@@ -36,7 +36,6 @@ What one training step does, in both libraries (rows of B samples):
   (fflib's lean mode steps a block right after its backward; no later block reads its weights,
   so the arithmetic is the same).  Layers of inactive blocks neither step nor decay.
 """
-import math
 import time
 
 import numpy as np
@@ -204,16 +203,14 @@ def _make_layer(spec, shape):
     raise ValueError(f"fflib.torch does not know the layer kind {kind!r}")
 
 
-def fourier_patterns(K, H, W):
-    """(K, H*W) plane waves: class k has orientation pi k / K and wavelength max(H, W) / (2 + k mod 3)
-    pixels (float64 arithmetic, float32 result, as fflib's C)."""
-    h = np.arange(H, dtype=np.float64)[:, None]
-    w = np.arange(W, dtype=np.float64)[None, :]
-    out = np.empty((K, H * W), np.float32)
-    for k in range(K):
-        phi, lam = math.pi * k / K, max(H, W) / (2 + k % 3)
-        out[k] = np.cos(2.0 * math.pi * (h * math.cos(phi) + w * math.sin(phi)) / lam).reshape(-1)
-    return torch.from_numpy(out)
+def fourier_patterns(K, H, W, modes=None):
+    """(K, H*W) Fourier label patterns of the (K, M, 4) mode table ``modes`` (None: fflib's
+    default scheme), in float64 arithmetic with a float32 result, as fflib's C (see
+    :mod:`fflib.labels`)."""
+    from .labels import fourier_modes, fourier_patterns as _patterns
+    if modes is None:
+        modes = fourier_modes("fflib", K, (1, H, W))
+    return torch.from_numpy(_patterns(modes, (1, H, W)).astype(np.float32))
 
 
 # ---------------------------------------------------------------------------- the network
@@ -254,7 +251,8 @@ class FFNet(torch.nn.Module):
             self.head = torch.nn.Linear(feat, K)
         self.label_embedding = torch.nn.Embedding(K, H * W) if self.label_encoding == "embedding" else None
         if self.label_encoding == "fourier":
-            self.register_buffer("patterns", fourier_patterns(K, H, W), persistent=False)
+            self.register_buffer("patterns", fourier_patterns(K, H, W, arch.get("fourier_modes")),
+                                 persistent=False)
         else:
             self.patterns = None
 

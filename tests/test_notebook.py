@@ -132,3 +132,35 @@ def test_against_pytorch_notebook_runs_and_draws(tmp_path, monkeypatch):
         # the same training: the two sides' accuracies agree, and fflib learned something
         assert abs(r["fflib"]["one_pass"] - r["torch"]["one_pass"]) <= 0.01, name
         assert r["fflib"]["one_pass"] > 0.5, name
+
+
+def test_fourier_labels_notebook_runs_and_draws(tmp_path, monkeypatch):
+    """notebooks/fourier_labels.ipynb: why the survey CNN's first block stays at chance with one-hot
+    and plane-wave labels, and fitted per-class Fourier modes that train it (energies, first-order
+    class evidence, block 1 at initialisation and after 2 epochs recomputed; the whole CNN's curves
+    from benchmarks/results/fourier_labels.json)."""
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    pytest.importorskip("matplotlib")
+    nb = nbformat.read(str(ROOT / "notebooks" / "fourier_labels.ipynb"), as_version=4)
+    monkeypatch.delenv("FFLIB_NOTEBOOK_RECOMPUTE", raising=False)
+    import fflib
+    where = str(Path(fflib.__file__).resolve().parents[1])
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([where] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+    monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
+                            resources={"metadata": {"path": str(tmp_path)}}).execute()
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert not [o for c in code for o in c.outputs if o.get("output_type") == "error"]
+    pngs = [o["data"]["image/png"] for c in code for o in c.outputs if "image/png" in o.get("data", {})]
+    assert len(pngs) == 5 and all(base64.b64decode(p).startswith(PNG_MAGIC) for p in pngs)
+    r = json.loads((tmp_path / "fourier_labels_results.json").read_text())
+    # the default waves carry no first-order class evidence, the fitted modes do
+    assert r["template_accuracy"]["waves (default, amplitude 1)"] < 0.2 < r["template_accuracy"]["fitted modes, 0.1"]
+    # the first LenNorm turns it around at initialisation; normalising first keeps it
+    assert r["block1_accuracy_at_init"]["fitted 0.1, LenNorm(x + l)"] < 0.1
+    assert r["block1_accuracy_at_init"]["fitted 1.0, LenNorm(x) + l"] > 0.4
+    t = r["block1_training"]
+    assert t["one-hot"]["accuracy"][-1] < 0.2 and t["waves (default, amplitude 1)"]["accuracy"][-1] < 0.2
+    assert t["fitted 0.1, LenNorm(x + l)"]["accuracy"][-1] > 0.35
+    assert t["fitted 1.0, LenNorm(x) + l"]["accuracy"][-1] > 0.4
