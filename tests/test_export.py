@@ -19,7 +19,7 @@ import fflib
 from fflib import export, models
 from fflib.nn import FFModel, BatchNorm2d, Conv2d, Flatten, LenNorm, Linear, MaxPool2d, ReLU
 
-from conftest import shared_data_dir
+from conftest import child_env, shared_data_dir
 
 HAVE_GCC = shutil.which("gcc") is not None
 HAVE_ARM = shutil.which("arm-none-eabi-gcc") is not None and shutil.which("arm-none-eabi-size") is not None
@@ -223,11 +223,10 @@ def test_cli_export_verify(tmp_path):
     _train(model, x.reshape(len(x), -1)[:2000], y[:2000])
     path = str(tmp_path / "m.npz")
     model.save(path)
-    env = dict(os.environ, FFLIB_NUM_THREADS="1")
+    env = dict(child_env(), FFLIB_NUM_THREADS="1")
     run = [sys.executable, "-m", "fflib", "export", path]
-    # from tests/, as tests/test_cli.py: the repository root would shadow the installed
-    # package with the unbuilt sources
-    root = os.path.dirname(os.path.abspath(__file__))
+    # from tmp_path: the repository root would shadow the installed package with the unbuilt sources
+    root = str(tmp_path)
     r = subprocess.run(run + ["--out", str(tmp_path / "c"), "--verify", "--int8", "--calibration", "100"],
                        capture_output=True, text=True, env=env, cwd=root)
     assert r.returncode == 0, r.stderr
