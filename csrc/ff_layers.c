@@ -202,8 +202,8 @@ static ff_status lennorm_shape(ff_net *net, ff_layer *L) {
     if (L->norm != FF_NORM_L2 && L->norm != FF_NORM_RMS && L->norm != FF_NORM_NONE)
         return ff_fail(net, FF_ERR_ARG, "lennorm: kind must be none (0), l2 (1) or rms (2), got %d",
                        (int)L->norm);
-    if (!(L->eps >= 0.0f) || !isfinite(L->eps))
-        return ff_fail(net, FF_ERR_ARG, "lennorm: eps must be finite and >= 0, got %g", (double)L->eps);
+    if (!(L->eps > 0.0f) || !isfinite(L->eps))   /* > 0: an all-zero row then normalises to zeros */
+        return ff_fail(net, FF_ERR_ARG, "lennorm: eps must be finite and > 0 (as a float32), got %g", (double)L->eps);
     return check_out(net, L, "lennorm");
 }
 static ff_status lennorm_forward(const ff_ctx *c, const ff_layer *L, const float *x, float *y,

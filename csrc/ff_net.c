@@ -753,8 +753,8 @@ ff_status ff_net_set_config(ff_net *net, const ff_config *c) {
         return ff_fail(net, FF_ERR_ARG, "goodness must be sum (0) or mean (1), got %d", (int)c->goodness);
     if (c->norm != FF_NORM_NONE && c->norm != FF_NORM_L2 && c->norm != FF_NORM_RMS)
         return ff_fail(net, FF_ERR_ARG, "norm must be none (0), l2 (1) or rms (2), got %d", (int)c->norm);
-    if (!(c->norm_eps >= 0.0f) || !isfinite(c->norm_eps))
-        return ff_fail(net, FF_ERR_ARG, "norm_eps must be finite and >= 0, got %g", (double)c->norm_eps);
+    if (!(c->norm_eps > 0.0f) || !isfinite(c->norm_eps))   /* > 0: all-zero features normalise to zeros */
+        return ff_fail(net, FF_ERR_ARG, "norm_eps must be finite and > 0 (as a float32), got %g", (double)c->norm_eps);
     if (!isfinite(c->label_value))
         return ff_fail(net, FF_ERR_ARG, "label_value must be finite, got %g", (double)c->label_value);
     for (int b = 0; b < net->nblocks; b++) {   /* every block must carry the new loss */

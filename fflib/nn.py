@@ -304,7 +304,7 @@ class LenNorm(Layer):
     def __init__(self, norm="l2", eps=1e-4):
         super().__init__()
         _choice("norm", norm, NORMS)
-        self.norm, self.eps = norm, _real("eps", eps, lo=0.0)
+        self.norm, self.eps = norm, _real("eps", eps, lo=0.0, lo_open=True)
 
     def config(self):
         return {"norm": self.norm, "eps": self.eps}
@@ -437,7 +437,7 @@ def _check_hparams(h):
     _choice("norm", h["norm"], NORMS)
     return dict(h, threshold=_real("threshold", h["threshold"]),
                 alpha=_real("alpha", h["alpha"], lo=0.0, lo_open=True),
-                norm_eps=_real("norm_eps", h["norm_eps"], lo=0.0),
+                norm_eps=_real("norm_eps", h["norm_eps"], lo=0.0, lo_open=True),
                 pvn_weight=_real("pvn_weight", h["pvn_weight"], lo=0.0, hi=1.0),
                 label_value=_real("label_value", h["label_value"]))
 

@@ -121,7 +121,7 @@ def test_read_only_and_wrong_outputs_in_kernels(rng):
     (dict(goodness="max"), "goodness must be one of"),
     (dict(norm="batch"), "norm must be one of"),
     (dict(loss="hinge"), "loss must be one of"),
-    (dict(norm_eps=-1.0), "norm_eps must be >= 0"),
+    (dict(norm_eps=-1.0), "norm_eps must be > 0"),
 ])
 def test_bad_model_config(kwargs, msg):
     with pytest.raises(ValueError, match=msg):

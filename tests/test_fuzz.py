@@ -151,7 +151,7 @@ def test_fuzz_model_construction(which, shape, K, loss, goodness, encoding, thre
     names = ["input_shape", "num_classes", "loss", "goodness", "label_encoding", "threshold", "alpha",
              "norm_eps", "pvn_weight", "blocks", "block", "head_blocks", "seed", "layers", "in_features",
              "channels", "kernel", "label", "input", "features", "shape", "size"]
-    invalid = (not good_real(threshold) or not good_real(alpha, 0, lo_open=True) or not good_real(norm_eps, 0)
+    invalid = (not good_real(threshold) or not good_real(alpha, 0, lo_open=True) or not good_real(norm_eps, 0, lo_open=True)
                or not good_real(pvn_weight, 0, 1)
                or isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 64
                or isinstance(K, bool) or not isinstance(K, int) or K < 2
