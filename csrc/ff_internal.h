@@ -102,7 +102,7 @@ int ff_fuse_rows(size_t conv_out_floats);
 typedef struct {
     ff_loss_kind kind;
     ff_goodness_kind goodness;
-    float theta, alpha, pvn_weight;
+    float theta, alpha, pvn_weight, margin;
 } ff_block_loss;
 
 /* Scratch a loss uses: per-row goodness and its gradient, (rows, K) group goodness and its
@@ -125,7 +125,7 @@ typedef struct {
 } ff_loss_ops;
 
 extern const ff_loss_ops ff_losses[];
-#define FF_NUM_LOSSES 5
+#define FF_NUM_LOSSES 6
 /* Row-wise softmax: probs (n, K) from logits. */
 void ff_softmax_rows(float *probs, const float *logits, int n, int K);
 

@@ -83,6 +83,28 @@ float ff_symba_loss(float *dgpos, float *dgneg, const float *gpos, const float *
     return (float)(L / B);
 }
 
+/* Distance-Forward N-pair margin loss (see fflib.h): with S = logsumexp_j gneg[j] and
+ * z_i = margin - gpos[i] + S, L = mean_i softplus(z_i); dL/dgpos[i] = -sigmoid(z_i)/B and
+ * dL/dgneg[j] = softmax(gneg)[j] * sum_i sigmoid(z_i)/B (the hardest negatives get most). */
+float ff_df_loss(float *dgpos, float *dgneg, const float *gpos, const float *gneg, int B,
+                 float margin) {
+    double m = gneg[0];
+    for (int j = 1; j < B; j++) m = gneg[j] > m ? gneg[j] : m;
+    double sum = 0.0;
+    for (int j = 0; j < B; j++) sum += exp((double)gneg[j] - m);
+    double S = m + log(sum), L = 0.0, w = 0.0;
+    for (int i = 0; i < B; i++) {
+        double z = (double)margin - gpos[i] + S;
+        L += ff_softplus(z);
+        double s = ff_sigmoid(z) / B;
+        w += s;
+        if (dgpos) dgpos[i] = (float)-s;
+    }
+    if (dgneg)
+        for (int j = 0; j < B; j++) dgneg[j] = (float)(w * exp((double)gneg[j] - S));
+    return (float)(L / B);
+}
+
 float ff_softmax_xent(float *dlogits, float *probs, const float *logits, const int64_t *labels,
                       int B, int K) {
     double L = 0.0;
@@ -117,13 +139,14 @@ void ff_softmax_rows(float *probs, const float *logits, int n, int K) {
 
 /* ------------------------------------------------------------------ the loss table */
 
-/* FF (eq. 1) and SymBa on the goodness of positive rows [0,B) and negative rows [B,2B). */
+/* FF (eq. 1), SymBa and DF on the goodness of positive rows [0,B) and negative rows [B,2B). */
 static float pair_loss(const ff_block_loss *bl, const float *y, float *dy, int B, int T, int OC,
                        int HW, int K, const int64_t *labels, const ff_loss_scratch *s) {
     (void)K; (void)labels;
     int D = OC * HW;
     ff_goodness_forward(s->g, y, T, D, bl->goodness);
     float loss = bl->kind == FF_LOSS_FF ? ff_ff_loss(s->dg, s->dg + B, s->g, s->g + B, B, bl->theta)
+               : bl->kind == FF_LOSS_DF ? ff_df_loss(s->dg, s->dg + B, s->g, s->g + B, B, bl->margin)
                                         : ff_symba_loss(s->dg, s->dg + B, s->g, s->g + B, B, bl->alpha);
     ff_goodness_backward(dy, s->dg, y, T, D, bl->goodness);
     return loss;
@@ -198,4 +221,5 @@ const ff_loss_ops ff_losses[FF_NUM_LOSSES] = {
     [FF_LOSS_CWC] = {"cwc", 0, 1, 0, group_loss, group_scores},
     [FF_LOSS_PVN] = {"pvn", 0, 1, 0, group_loss, group_scores},
     [FF_LOSS_XENT] = {"xent", 0, 0, 1, xent_loss, logit_scores},
+    [FF_LOSS_DF] = {"df", 1, 0, 0, pair_loss, goodness_scores},
 };

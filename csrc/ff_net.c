@@ -145,6 +145,7 @@ ff_config ff_config_default(void) {
     ff_config c;
     c.loss = FF_LOSS_FF; c.goodness = FF_GOODNESS_SUM; c.theta = 2.0f; c.alpha = 4.0f;
     c.norm = FF_NORM_L2; c.norm_eps = 1e-4f; c.label_value = 1.0f; c.pvn_weight = 0.0f;
+    c.margin = 1.0f;
     return c;
 }
 
@@ -156,7 +157,7 @@ ff_opt_config ff_opt_config_default(void) {
 }
 
 static ff_block_loss loss_of(const ff_config *c) {
-    ff_block_loss bl = {c->loss, c->goodness, c->theta, c->alpha, c->pvn_weight};
+    ff_block_loss bl = {c->loss, c->goodness, c->theta, c->alpha, c->pvn_weight, c->margin};
     return bl;
 }
 
@@ -665,12 +666,14 @@ ff_status ff_net_finalize(ff_net *net) {
 ff_status ff_net_set_config(ff_net *net, const ff_config *c) {
     if ((int)c->loss < 0 || c->loss >= FF_NUM_LOSSES)
         return ff_fail(net, FF_ERR_ARG, "loss must be one of ff (0), symba (1), cwc (2), pvn (3), xent (4), "
-                       "got %d", (int)c->loss);
+                       "df (5), got %d", (int)c->loss);
     if (!isfinite(c->theta)) return ff_fail(net, FF_ERR_ARG, "threshold must be finite, got %g", (double)c->theta);
     if (!isfinite(c->alpha) || !(c->alpha > 0.0f))
         return ff_fail(net, FF_ERR_ARG, "alpha must be finite and > 0, got %g", (double)c->alpha);
     if (!(c->pvn_weight >= 0.0f && c->pvn_weight <= 1.0f))
         return ff_fail(net, FF_ERR_ARG, "pvn_weight must be in [0, 1], got %g", (double)c->pvn_weight);
+    if (!isfinite(c->margin) || !(c->margin >= 0.0f))
+        return ff_fail(net, FF_ERR_ARG, "margin must be finite and >= 0, got %g", (double)c->margin);
     if (c->goodness != FF_GOODNESS_SUM && c->goodness != FF_GOODNESS_MEAN)
         return ff_fail(net, FF_ERR_ARG, "goodness must be sum (0) or mean (1), got %d", (int)c->goodness);
     if (c->norm != FF_NORM_NONE && c->norm != FF_NORM_L2 && c->norm != FF_NORM_RMS)
@@ -708,7 +711,7 @@ ff_status ff_net_set_block_loss(ff_net *net, int b, ff_loss_kind loss, ff_goodne
         return ff_fail(net, FF_ERR_ARG, "block %d: loss %s builds its rows differently from the net's %s "
                        "(negatives or not); all blocks of a step must agree", b, ff_losses[loss].name,
                        ff_losses[net->loss.kind].name);
-    ff_block_loss old = net->blocks[b].loss, bl = {loss, goodness, theta, alpha, pvn_weight};
+    ff_block_loss old = net->blocks[b].loss, bl = {loss, goodness, theta, alpha, pvn_weight, net->cfg.margin};
     net->blocks[b].loss = bl;
     ff_status st = check_block_loss(net, b, 0);
     if (st != FF_OK) net->blocks[b].loss = old;
@@ -1183,7 +1186,7 @@ static float head_run(ff_net *net, ff_work *w, const float *feat, int n, const i
         ff_softmax_rows(probs, w->logits, n, net->K);
         return 0.0f;
     }
-    ff_block_loss bl = {FF_LOSS_XENT, FF_GOODNESS_SUM, 0.0f, 1.0f, 0.0f};
+    ff_block_loss bl = {FF_LOSS_XENT, FF_GOODNESS_SUM, 0.0f, 1.0f, 0.0f, 0.0f};
     ff_loss_scratch s = {w->g, w->dg, w->G, w->dlogits};
     float loss = ff_losses[FF_LOSS_XENT].loss(&bl, w->logits, w->dlogits, n, n, net->K, 1, net->K, labels, &s);
     ff_layer_kinds[FF_LAYER_LINEAR].backward(&c, Hd, NULL, ff_grad_at(net, w, Hd->w_off),

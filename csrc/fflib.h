@@ -137,6 +137,13 @@ float ff_ff_loss(float *dgpos, float *dgneg, const float *gpos, const float *gne
 /* SymBa loss: L = (1/B) sum_b softplus(-alpha (gpos[b] - gneg[b])). */
 float ff_symba_loss(float *dgpos, float *dgneg, const float *gpos, const float *gneg, int B,
                     float alpha);
+/* Distance-Forward (Wu et al. 2024) goodness-based N-pair margin loss: every positive row is
+ * compared with all B negative rows of the batch,
+ *   L = (1/B) sum_i log(1 + sum_j exp(gneg[j] - gpos[i] + margin))
+ *     = (1/B) sum_i softplus(margin - gpos[i] + logsumexp_j gneg[j]).
+ * Returns L; dgpos, dgneg (B) receive dL/dg (overwritten), either may be NULL.  O(B). */
+float ff_df_loss(float *dgpos, float *dgneg, const float *gpos, const float *gneg, int B,
+                 float margin);
 /* Softmax cross-entropy: L = -(1/B) sum_b log softmax(logits[b])[labels[b]].
  * logits (B,K); probs (B,K) or NULL receives the softmax; dlogits (B,K) or NULL is
  * OVERWRITTEN with (probs - onehot)/B.  Labels must be checked by the caller. */
@@ -232,9 +239,12 @@ typedef enum {
  * with negative rows (a wrong label).  The others read the class from the block's output and
  * need no negative rows: CwC (softmax cross-entropy over the K channel-group goodness values,
  * CwComp eq. 3), PvN (the FF loss of G[y] against the mean of the other groups, threshold
- * theta), and XENT (softmax cross-entropy on a K-wide output: the backprop baseline). */
+ * theta), and XENT (softmax cross-entropy on a K-wide output: the backprop baseline).  DF
+ * (Distance-Forward) compares positive and negative rows like FF, with the N-pair margin loss
+ * (ff_df_loss, margin in ff_config). */
 typedef enum {
-    FF_LOSS_FF = 0, FF_LOSS_SYMBA = 1, FF_LOSS_CWC = 2, FF_LOSS_PVN = 3, FF_LOSS_XENT = 4
+    FF_LOSS_FF = 0, FF_LOSS_SYMBA = 1, FF_LOSS_CWC = 2, FF_LOSS_PVN = 3, FF_LOSS_XENT = 4,
+    FF_LOSS_DF = 5
 } ff_loss_kind;
 /* How the label enters the input (see ff_net_set_label_encoding). */
 typedef enum {
@@ -279,6 +289,7 @@ typedef struct {
     float norm_eps;
     float label_value;    /* one-hot value, Fourier amplitude, embedding initial scale */
     float pvn_weight;     /* with FF_LOSS_CWC: (1-w) CwC + w PvN; 0 = pure CwC */
+    float margin;         /* DF N-pair margin (>= 0) */
 } ff_config;
 
 typedef struct {
@@ -290,7 +301,7 @@ typedef struct {
 } ff_opt_config;
 
 /* Defaults: FF loss, sum goodness, theta 2, alpha 4, L2 head norm eps 1e-4, label_value 1,
- * pvn_weight 0; Adam lr 1e-3, betas (0.9, 0.999), eps 1e-8. */
+ * pvn_weight 0, margin 1; Adam lr 1e-3, betas (0.9, 0.999), eps 1e-8. */
 ff_config ff_config_default(void);
 ff_opt_config ff_opt_config_default(void);
 
@@ -344,7 +355,7 @@ int ff_net_default_blocks(const ff_net *net, int *ends);
 ff_status ff_net_set_config(ff_net *net, const ff_config *cfg);
 ff_config ff_net_get_config(const ff_net *net);
 /* Block b's own loss.  Its kind must build the same rows as the net's (with or without
- * negatives), since all blocks of a step share them. */
+ * negatives), since all blocks of a step share them.  The DF margin is the net's (config). */
 ff_status ff_net_set_block_loss(ff_net *net, int b, ff_loss_kind loss, ff_goodness_kind goodness,
                                 float theta, float alpha, float pvn_weight);
 /* Why the last failing call on net failed, in words (the empty string before any failure).

@@ -167,7 +167,7 @@ def build_parser():
     t.add_argument("--goodness", choices=["sum", "mean"], default="mean")
     t.add_argument("--norm", choices=["l2", "rms", "none"], default="rms",
                    help="length normalisation between MLP layers (and of the one-pass head input)")
-    t.add_argument("--loss", choices=["ff", "symba", "cwc", "pvn"], default=None,
+    t.add_argument("--loss", choices=["ff", "symba", "df", "cwc", "pvn"], default=None,
                    help="default: symba for mlp/cnn, cwc for the CwC models")
     t.add_argument("--label-encoding", choices=["onehot", "fourier", "embedding"], default=None,
                    help="how the label enters the input (default: onehot for mlp, embedding for cnn)")

@@ -23,7 +23,7 @@ __all__ = [
     "goodness_forward", "goodness_backward",
     "group_goodness_forward", "group_goodness_backward",
     "softplus", "sigmoid",
-    "ff_loss", "symba_loss", "softmax_xent", "cwc_loss", "pvn_loss",
+    "ff_loss", "symba_loss", "df_loss", "softmax_xent", "cwc_loss", "pvn_loss",
     "adam_step", "sgd_step",
     "conv2d_output_size", "conv2d_forward", "conv2d_backward",
     "batchnorm2d_forward_train", "batchnorm2d_forward_eval", "batchnorm2d_backward",
@@ -212,6 +212,31 @@ def symba_loss(gpos, gneg, alpha=4.0):
     z = -alpha * (gpos - gneg)
     dz = sigmoid(z) / B                      # dL/dz per row
     return float(np.mean(softplus(z))), -alpha * dz, alpha * dz
+
+
+def df_loss(gpos, gneg, margin=1.0):
+    """Distance-Forward goodness-based N-pair margin loss (Wu et al. 2024, arXiv:2408.14925).
+
+    FF read as centroid-based metric learning: the goodness of a row with label k measures how
+    close the sample's representation is to class k's centroid (the label's contribution to the
+    layer).  Sohn's N-pair loss with goodness as the similarity and an additive margin m pushes
+    every positive row's goodness above every negative row's of the batch by m:
+
+        L = (1/B) sum_i log(1 + sum_j exp(gneg_j - gpos_i + m))
+          = (1/B) sum_i softplus(m - gpos_i + logsumexp_j gneg_j).
+
+    gpos, gneg (B).  Returns (L, dL/dgpos (B), dL/dgneg (B)); with s_i = sigmoid(z_i)/B,
+    dL/dgpos_i = -s_i and dL/dgneg_j = softmax(gneg)_j * sum_i s_i.
+    """
+    gpos, gneg = np.atleast_1d(_f64(gpos)), np.atleast_1d(_f64(gneg))
+    B = gpos.shape[0]
+    if gneg.shape != gpos.shape or B == 0:
+        raise ValueError(f"gpos and gneg must be non-empty and of one shape, got {gpos.shape} and {gneg.shape}")
+    mx = gneg.max()
+    S = mx + np.log(np.sum(np.exp(gneg - mx)))        # logsumexp without overflow
+    z = margin - gpos + S
+    s = sigmoid(z) / B
+    return float(np.mean(softplus(z))), -s, np.exp(gneg - S) * s.sum()
 
 
 def softmax_xent(logits, labels):

@@ -26,7 +26,8 @@ What one training step does, in both libraries (rows of B samples):
   move once per step, in the first block that runs the layer (not at all if that block is
   inactive).
 * block loss on the training rows of its output: FF ``softplus(theta - g+) + softplus(g- - theta)``
-  or SymBa ``softplus(-alpha (g+ - g-))`` with goodness the sum or mean of squares; CwC softmax
+  or SymBa ``softplus(-alpha (g+ - g-))`` or DF ``softplus(margin - g+_i + logsumexp_j g-_j)``
+  (the Distance-Forward N-pair margin loss) with goodness the sum or mean of squares; CwC softmax
   cross-entropy over the K channel-group goodness values, PvN, or their mix (``pvn_weight``);
   xent: softmax cross-entropy of a K-wide output.  All averaged over the batch.
 * the one-pass head: Linear + softmax cross-entropy on the concatenated outputs of the head
@@ -48,11 +49,20 @@ except ImportError as _e:   # pragma: no cover - exercised in a subprocess by th
     raise ImportError("fflib.torch needs PyTorch, an optional dependency of fflib: "
                       "pip install 'fflib-core[torch]' (or pip install torch)") from _e
 
-__all__ = ["FFNet", "TorchFF", "to_module", "torch_scheduler", "compare", "LenNorm", "BatchNorm2d", "Linear",
+__all__ = ["FFNet", "TorchFF", "to_module", "torch_scheduler", "compare", "df_loss", "LenNorm", "BatchNorm2d", "Linear",
            "Conv2d", "MaxPool2d", "Flatten"]
 
 LABEL_FREE = ("cwc", "pvn", "mix", "xent")
 GROUP_LOSSES = ("cwc", "pvn", "mix")
+
+
+# ---------------------------------------------------------------------------- losses
+
+def df_loss(gpos, gneg, margin=1.0):
+    """The Distance-Forward goodness-based N-pair margin loss (Wu et al. 2024, arXiv:2408.14925)
+    in PyTorch: ``mean_i log(1 + sum_j exp(gneg_j - gpos_i + margin))``, every positive row
+    against all the batch's negative rows (gpos, gneg: (B,) goodness tensors)."""
+    return F.softplus(margin - gpos + torch.logsumexp(gneg, 0)).mean()
 
 
 # ---------------------------------------------------------------------------- layers
@@ -547,8 +557,8 @@ class TorchFF:
     # ------------------------------------------------------------------ checks
     def _check_manual(self):
         net = self.net
-        if net.config["loss"] not in ("ff", "symba") or net.label_encoding == "embedding":
-            raise ValueError("grad='manual' needs the FF or SymBa loss and no label embedding")
+        if net.config["loss"] not in ("ff", "symba", "df") or net.label_encoding == "embedding":
+            raise ValueError("grad='manual' needs the FF, SymBa or DF loss and no label embedding")
         for f, l in net.blocks:
             kinds = net.kinds[f:l]
             if not (len(kinds) >= 2 and kinds[-2:] == ["linear", "relu"]
@@ -607,6 +617,8 @@ class TorchFF:
             return (F.softplus(theta - g[:B]) + F.softplus(g[B:] - theta)).mean()
         if loss_kind == "symba":
             return F.softplus(-float(cfg["alpha"]) * (g[:B] - g[B:])).mean()
+        if loss_kind == "df":
+            return df_loss(g[:B], g[B:], float(cfg.get("margin", 1.0)))
         raise ValueError(f"fflib.torch does not know the loss {loss_kind!r}")
 
     @torch.no_grad()
@@ -624,6 +636,12 @@ class TorchFF:
             zp, zn = float(cfg["threshold"]) - g[:B], g[B:] - float(cfg["threshold"])
             loss = (F.softplus(zp) + F.softplus(zn)).mean()
             dg = torch.cat([-torch.sigmoid(zp), torch.sigmoid(zn)]) / B
+        elif cfg["loss"] == "df":
+            gn = g[B:]
+            z = float(cfg.get("margin", 1.0)) - g[:B] + torch.logsumexp(gn, 0)
+            loss = F.softplus(z).mean()
+            s = torch.sigmoid(z) / B
+            dg = torch.cat([-s, s.sum() * torch.softmax(gn, 0)])
         else:
             z = -float(cfg["alpha"]) * (g[:B] - g[B:])
             loss = F.softplus(z).mean()
