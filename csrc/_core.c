@@ -1070,7 +1070,7 @@ static PyObject *k_group_goodness_backward(PyObject *m, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-/* ff_loss / symba_loss / df_loss(dgpos, dgneg, gpos, gneg, theta, alpha or margin) -> float */
+/* ff_loss / symba_loss(dgpos, dgneg, gpos, gneg, theta or alpha) -> float */
 static PyObject *pair_loss(PyObject *args, int kind) {
     PyObject *dpo, *dno, *po, *no; float t; PyArrayObject *gp, *gn;
     if (!PyArg_ParseTuple(args, "OOOOf", &dpo, &dno, &po, &no, &t)) return NULL;
@@ -1081,22 +1081,43 @@ static PyObject *pair_loss(PyObject *args, int kind) {
     if (sb[0] == 0) return PyErr_Format(PyExc_ValueError, "gpos is empty");
     if (kind == FF_LOSS_SYMBA && !(t > 0.0f))
         return PyErr_Format(PyExc_ValueError, "alpha must be > 0, got %g", (double)t);
-    if (kind == FF_LOSS_DF && !(t >= 0.0f && isfinite(t)))
-        return PyErr_Format(PyExc_ValueError, "margin must be finite and >= 0, got %g", (double)t);
     void *dp, *dn;
     if (opt_array(dpo, "dgpos", NPY_FLOAT32, 1, sb, 1, &dp) < 0 ||
         opt_array(dno, "dgneg", NPY_FLOAT32, 1, sb, 1, &dn) < 0) return NULL;
     float L;
     Py_BEGIN_ALLOW_THREADS
     L = kind == FF_LOSS_SYMBA ? ff_symba_loss(dp, dn, F32(gp), F32(gn), (int)sb[0], t)
-      : kind == FF_LOSS_DF ? ff_df_loss(dp, dn, F32(gp), F32(gn), (int)sb[0], t)
-                           : ff_ff_loss(dp, dn, F32(gp), F32(gn), (int)sb[0], t);
+                              : ff_ff_loss(dp, dn, F32(gp), F32(gn), (int)sb[0], t);
     Py_END_ALLOW_THREADS
     return PyFloat_FromDouble(L);
 }
 static PyObject *k_ff_loss(PyObject *m, PyObject *args) { (void)m; return pair_loss(args, FF_LOSS_FF); }
 static PyObject *k_symba_loss(PyObject *m, PyObject *args) { (void)m; return pair_loss(args, FF_LOSS_SYMBA); }
-static PyObject *k_df_loss(PyObject *m, PyObject *args) { (void)m; return pair_loss(args, FF_LOSS_DF); }
+/* df_loss(dgpos, dgneg, gpos, gneg, margin) -> float; gpos (B), gneg (N,B) */
+static PyObject *k_df_loss(PyObject *m, PyObject *args) {
+    (void)m;
+    PyObject *dpo, *dno, *po, *no; float t; PyArrayObject *gp, *gn;
+    if (!PyArg_ParseTuple(args, "OOOOf", &dpo, &dno, &po, &no, &t)) return NULL;
+    npy_intp any1[1] = {-1};
+    if (!(gp = check_array(po, "gpos", NPY_FLOAT32, 1, any1, 0))) return NULL;
+    npy_intp nb[2] = {-1, dim(gp, 0)};
+    if (!(gn = check_array(no, "gneg", NPY_FLOAT32, 2, nb, 0))) return NULL;
+    nb[0] = dim(gn, 0);
+    if (nb[1] == 0 || nb[0] == 0) return PyErr_Format(PyExc_ValueError, "gpos and gneg must be non-empty");
+    if (nb[1] > INT_MAX || nb[0] > INT_MAX)
+        return PyErr_Format(PyExc_ValueError, "gneg of shape (%zd, %zd) is too large", (Py_ssize_t)nb[0],
+                            (Py_ssize_t)nb[1]);
+    if (!(t >= 0.0f && isfinite(t)))
+        return PyErr_Format(PyExc_ValueError, "margin must be finite and >= 0, got %g", (double)t);
+    void *dp, *dn;
+    if (opt_array(dpo, "dgpos", NPY_FLOAT32, 1, nb + 1, 1, &dp) < 0 ||
+        opt_array(dno, "dgneg", NPY_FLOAT32, 2, nb, 1, &dn) < 0) return NULL;
+    float L;
+    Py_BEGIN_ALLOW_THREADS
+    L = ff_df_loss(dp, dn, F32(gp), F32(gn), (int)nb[1], (int)nb[0], t);
+    Py_END_ALLOW_THREADS
+    return PyFloat_FromDouble(L);
+}
 
 static PyObject *k_softmax_xent(PyObject *m, PyObject *args) {
     PyObject *dlo, *po, *lo, *yo; PyArrayObject *logits, *y;
@@ -1419,7 +1440,7 @@ static PyMethodDef module_methods[] = {
     {"group_goodness_backward", k_group_goodness_backward, METH_VARARGS, "group_goodness_backward(dact, dG, act, J) (adds)"},
     {"ff_loss", k_ff_loss, METH_VARARGS, "ff_loss(dgpos, dgneg, gpos, gneg, theta) -> float"},
     {"symba_loss", k_symba_loss, METH_VARARGS, "symba_loss(dgpos, dgneg, gpos, gneg, alpha) -> float"},
-    {"df_loss", k_df_loss, METH_VARARGS, "df_loss(dgpos, dgneg, gpos, gneg, margin) -> float"},
+    {"df_loss", k_df_loss, METH_VARARGS, "df_loss(dgpos, dgneg, gpos (B), gneg (N, B), margin) -> float"},
     {"softmax_xent", k_softmax_xent, METH_VARARGS, "softmax_xent(dlogits, probs, logits, labels) -> float"},
     {"adam_step", k_adam_step, METH_VARARGS, "adam_step(p, m, v, g, lr, b1, b2, eps, wd, t)"},
     {"sgd_step", k_sgd_step, METH_VARARGS, "sgd_step(p, buf, g, lr, momentum, dampening, wd, nesterov, t)"},

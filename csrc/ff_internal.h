@@ -109,13 +109,18 @@ typedef struct {
  * gradient. */
 typedef struct { float *g, *dg, *G, *dG; } ff_loss_scratch;
 
+/* Negative rows a loss trains on per positive row (ff_loss_ops.negatives). */
+enum { FF_NEG_NONE = 0, FF_NEG_ONE = 1, FF_NEG_ALL = 2 /* one per wrong label: K - 1 */ };
+
 typedef struct {
     const char *name;
-    int negatives;    /* trains on positive and negative rows (else on neutral rows with labels) */
+    int negatives;    /* FF_NEG_*: trains on positive and negative rows (else on neutral rows with
+                         labels) */
     int needs_groups; /* reads K channel groups: the block's output channels divide by K */
     int needs_k_wide; /* reads a K-wide output */
     /* Loss of output y (channels OC of HW values per row) and dy = dL/dy (T rows, zeroed by
-     * the caller).  Rows: negatives: [0,B) positive, [B,2B) negative; else [0,B) labelled. */
+     * the caller).  Rows: negatives: [0,B) positive, then (T - B) / B groups of B negative
+     * rows (row B + j*B + b: sample b's j-th negative); else [0,B) labelled. */
     float (*loss)(const ff_block_loss *bl, const float *y, float *dy, int B, int T, int OC, int HW,
                   int K, const int64_t *labels, const ff_loss_scratch *s);
     /* Class scores of R rows: out[r*stride + k*kstride] for the K scores of row r (losses

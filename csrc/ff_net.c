@@ -8,8 +8,9 @@
  * Rows.  A training step stacks the rows it needs into one matrix so each layer runs one
  * GEMM: rows [0,B) positive (true label), [B,2B) negative (wrong label), and, when the
  * one-pass head trains, [2B,3B) neutral.  Losses and backward use the first T = 2B rows
- * only; batch-norm statistics come from those T rows too.  Losses without negatives train on
- * B neutral-label rows, which also serve the head.
+ * only; batch-norm statistics come from those T rows too.  A loss with every wrong label as a
+ * negative (DF) has K - 1 groups of B negative rows, T = K B.  Losses without negatives train
+ * on B neutral-label rows, which also serve the head.
  *
  * Memory.  `carry` holds the normalised input of the block being run; `acts` holds the
  * outputs of that block's steps (in-place steps share their input's slot); the next block
@@ -1216,17 +1217,42 @@ static ff_status block_loss(ff_net *net, ff_work *w, int b, const float *y, int 
 
 /* ------------------------------------------------------------------ training */
 
+/* Negative rows per positive row of the net's loss: 0, 1 or K - 1. */
+static int negatives_per_row(const ff_net *net) {
+    int n = ff_losses[net->loss.kind].negatives;
+    return n == FF_NEG_ALL ? net->K - 1 : n;
+}
+
+/* The labels of a step's R rows: B positive, nneg groups of B negative (given, drawn, or with
+ * nneg = K - 1 every wrong label in turn), and from T on B neutral (-1). */
+static void step_labels(ff_net *net, int64_t *lab, const int64_t *labels, const int64_t *neg_labels,
+                        int B, int nneg, int T, int R) {
+    for (int b = 0; b < B; b++) {
+        lab[b] = labels[b];
+        if (nneg == 1) {
+            if (neg_labels) lab[B + b] = neg_labels[b];
+            else {
+                int k = ff_rng_below(net->rng, net->K - 1);
+                lab[B + b] = k >= labels[b] ? k + 1 : k;
+            }
+        } else {
+            for (int j = 0; j < nneg; j++) lab[(size_t)(j + 1) * B + b] = j >= labels[b] ? j + 1 : j;
+        }
+        if (R > T) lab[T + b] = -1;
+    }
+}
+
 ff_status ff_net_train_step(ff_net *net, const float *x, const int64_t *labels,
                             const int64_t *neg_labels, int B, const uint8_t *active,
                             int train_head, int apply_update, float *losses) {
     if (!net->finalized) return ff_fail(net, FF_ERR_STATE, "the network is not finalized");
-    if (B <= 0 || B > INT_MAX / 3) return ff_fail(net, FF_ERR_ARG, "batch size must be in [1, %d], got %d", INT_MAX / 3, B);
+    int nneg = negatives_per_row(net), free_ = nneg == 0, maxB = INT_MAX / (nneg + 2);
+    if (B <= 0 || B > maxB) return ff_fail(net, FF_ERR_ARG, "batch size must be in [1, %d], got %d", maxB, B);
     if (train_head && !net->has_head) return ff_fail(net, FF_ERR_STATE, "train_head: the network has no one-pass head");
     ff_status st = check_labels(net, labels, B, "labels");
     if (st != FF_OK) return st;
     ff_work *w = &net->work;
-    int free_ = !ff_losses[net->loss.kind].negatives;
-    if (neg_labels && !free_) {
+    if (neg_labels && nneg == 1) {
         st = check_labels(net, neg_labels, B, "neg_labels");
         if (st != FF_OK) return st;
         for (int b = 0; b < B; b++)
@@ -1234,10 +1260,10 @@ ff_status ff_net_train_step(ff_net *net, const float *x, const int64_t *labels,
                 return ff_fail(net, FF_ERR_LABEL, "neg_labels[%d] equals labels[%d] (%lld): a negative label "
                                "must differ from the true one", b, b, (long long)labels[b]);
     }
-    int K = net->K, D = net->D, nb = net->nblocks;
+    int D = net->D, nb = net->nblocks;
     /* training rows T, and B neutral rows for the head; the label-free losses see only
      * neutral-label rows, which also serve the head */
-    int T = free_ ? B : 2 * B;
+    int T = (1 + nneg) * B;
     int head_rows_at = free_ ? 0 : T;
     int R = train_head && !free_ ? T + B : T;
     st = reserve_rows(net, w, R, T);
@@ -1245,17 +1271,7 @@ ff_status ff_net_train_step(ff_net *net, const float *x, const int64_t *labels,
     if (losses) for (int b = 0; b <= nb; b++) losses[b] = 0.0f;
 
     int64_t *lab = w->lab;
-    for (int b = 0; b < B; b++) {
-        lab[b] = labels[b];
-        if (!free_) {
-            if (neg_labels) lab[B + b] = neg_labels[b];
-            else {
-                int k = ff_rng_below(net->rng, K - 1);
-                lab[B + b] = k >= labels[b] ? k + 1 : k;
-            }
-        }
-        if (R > T) lab[T + b] = -1;
-    }
+    step_labels(net, lab, labels, neg_labels, B, nneg, T, R);
     for (int r = 0; r < R; r++)
         encode_row(net, w, r, x + (size_t)(r % B) * D, free_ ? -1 : lab[r]);
     share_rows(w, B, 0);
@@ -1509,7 +1525,7 @@ ff_status ff_net_check_grad(ff_net *net, const float *x, const int64_t *labels, 
     if (block < 0 || block > net->nblocks || (block == net->nblocks && !net->has_head))
         return ff_fail(net, FF_ERR_ARG, "block must be in [0, %d) (or %d for the head, if any), got %d",
                        net->nblocks, net->nblocks, block);
-    if (ff_losses[net->loss.kind].negatives && !neg_labels)
+    if (negatives_per_row(net) == 1 && !neg_labels)
         return ff_fail(net, FF_ERR_ARG, "neg_labels are needed: random negatives would differ between the "
                        "evaluations");
     size_t n = net->nparams;
@@ -1584,7 +1600,7 @@ ff_status ff_net_check_grad(ff_net *net, const float *x, const int64_t *labels, 
  */
 struct ff_pipe {
     int S;                     /* stages: blocks 0..S-1 (through the last active or head block) */
-    int cap_B, free_, train_head, head_stage, emb;
+    int cap_B, free_, nneg, train_head, head_stage, emb;   /* nneg: negative rows per positive */
     uint8_t active[FF_MAX_LAYERS];
     long ticks;                /* ticks run; the minibatch entering at tick e has slot e % S */
     ff_work *works;            /* S */
@@ -1600,7 +1616,7 @@ struct ff_pipe {
 };
 
 static int pipe_rows(const struct ff_pipe *pp, int B, int *T) {
-    *T = pp->free_ ? B : 2 * B;
+    *T = (1 + pp->nneg) * B;
     return pp->train_head && !pp->free_ ? *T + B : *T;
 }
 
@@ -1630,8 +1646,9 @@ ff_status ff_net_pipeline_begin(ff_net *net, int max_batch, const uint8_t *activ
     if (net->pipe && ff_net_pipeline_in_flight(net) > 0)
         return ff_fail(net, FF_ERR_STATE, "%d minibatches are still in the pipeline: flush it first",
                        ff_net_pipeline_in_flight(net));
-    if (max_batch <= 0 || max_batch > INT_MAX / 3)
-        return ff_fail(net, FF_ERR_ARG, "max_batch must be in [1, %d], got %d", INT_MAX / 3, max_batch);
+    int maxB = INT_MAX / (negatives_per_row(net) + 2);
+    if (max_batch <= 0 || max_batch > maxB)
+        return ff_fail(net, FF_ERR_ARG, "max_batch must be in [1, %d], got %d", maxB, max_batch);
     if (train_head && !net->has_head) return ff_fail(net, FF_ERR_STATE, "train_head: the network has no one-pass head");
     for (int b = 1; b < net->nblocks; b++)
         if (net->blocks[b].first < net->blocks[b - 1].last)
@@ -1654,7 +1671,8 @@ ff_status ff_net_pipeline_begin(ff_net *net, int max_batch, const uint8_t *activ
     }
     if (S == 0) { ff_net_pipeline_end(net); return ff_fail(net, FF_ERR_ARG, "no block is active"); }
     pp->S = S; pp->cap_B = max_batch; pp->train_head = train_head != 0;
-    pp->free_ = !ff_losses[net->loss.kind].negatives;
+    pp->nneg = negatives_per_row(net);
+    pp->free_ = pp->nneg == 0;
     pp->emb = net->label == FF_LABEL_EMBEDDING;
     int T, R = pipe_rows(pp, max_batch, &T);
     pp->cap_R = R;
@@ -1763,7 +1781,7 @@ ff_status ff_net_pipeline_step(ff_net *net, const float *x, const int64_t *label
                            pp->cap_B, B);
         ff_status st = check_labels(net, labels, B, "labels");
         if (st != FF_OK) return st;
-        if (neg_labels && !pp->free_) {
+        if (neg_labels && pp->nneg == 1) {
             if ((st = check_labels(net, neg_labels, B, "neg_labels")) != FF_OK) return st;
             for (int b = 0; b < B; b++)
                 if (neg_labels[b] == labels[b])
@@ -1772,18 +1790,7 @@ ff_status ff_net_pipeline_step(ff_net *net, const float *x, const int64_t *label
         }
         /* the entering minibatch's slot: labels, drawn negatives, neutral rows */
         int T, R = pipe_rows(pp, B, &T);
-        int64_t *lab = pp->lab + (size_t)s * pp->cap_R;
-        for (int b = 0; b < B; b++) {
-            lab[b] = labels[b];
-            if (!pp->free_) {
-                if (neg_labels) lab[B + b] = neg_labels[b];
-                else {
-                    int k = ff_rng_below(net->rng, net->K - 1);
-                    lab[B + b] = k >= labels[b] ? k + 1 : k;
-                }
-            }
-            if (R > T) lab[T + b] = -1;
-        }
+        step_labels(net, pp->lab + (size_t)s * pp->cap_R, labels, neg_labels, B, pp->nneg, T, R);
         pp->slot_B[s] = B;
         pp->x = x;
     } else {

@@ -137,12 +137,12 @@ float ff_ff_loss(float *dgpos, float *dgneg, const float *gpos, const float *gne
 /* SymBa loss: L = (1/B) sum_b softplus(-alpha (gpos[b] - gneg[b])). */
 float ff_symba_loss(float *dgpos, float *dgneg, const float *gpos, const float *gneg, int B,
                     float alpha);
-/* Distance-Forward (Wu et al. 2024) goodness-based N-pair margin loss: every positive row is
- * compared with all B negative rows of the batch,
- *   L = (1/B) sum_i log(1 + sum_j exp(gneg[j] - gpos[i] + margin))
- *     = (1/B) sum_i softplus(margin - gpos[i] + logsumexp_j gneg[j]).
- * Returns L; dgpos, dgneg (B) receive dL/dg (overwritten), either may be NULL.  O(B). */
-float ff_df_loss(float *dgpos, float *dgneg, const float *gpos, const float *gneg, int B,
+/* Distance-Forward (Wu et al. 2024) goodness-based N-pair margin loss: the goodness of each
+ * sample with its true label (gpos, B) against the same sample with each of N wrong labels
+ * (gneg (N,B), row j holding every sample's j-th negative),
+ *   L = (1/B) sum_b log(1 + sum_j exp(gneg[j,b] - gpos[b] + margin)).
+ * Returns L; dgpos (B), dgneg (N,B) receive dL/dg (overwritten), either may be NULL. */
+float ff_df_loss(float *dgpos, float *dgneg, const float *gpos, const float *gneg, int B, int N,
                  float margin);
 /* Softmax cross-entropy: L = -(1/B) sum_b log softmax(logits[b])[labels[b]].
  * logits (B,K); probs (B,K) or NULL receives the softmax; dlogits (B,K) or NULL is
@@ -240,8 +240,9 @@ typedef enum {
  * need no negative rows: CwC (softmax cross-entropy over the K channel-group goodness values,
  * CwComp eq. 3), PvN (the FF loss of G[y] against the mean of the other groups, threshold
  * theta), and XENT (softmax cross-entropy on a K-wide output: the backprop baseline).  DF
- * (Distance-Forward) compares positive and negative rows like FF, with the N-pair margin loss
- * (ff_df_loss, margin in ff_config). */
+ * (Distance-Forward) compares each positive row with the sample under every wrong label (K - 1
+ * negative rows per sample; negative labels given to a step are not used) by the N-pair margin
+ * loss (ff_df_loss, margin in ff_config). */
 typedef enum {
     FF_LOSS_FF = 0, FF_LOSS_SYMBA = 1, FF_LOSS_CWC = 2, FF_LOSS_PVN = 3, FF_LOSS_XENT = 4,
     FF_LOSS_DF = 5

@@ -540,9 +540,10 @@ class FFModel:
         Block ends (exclusive layer indices); default: a new block at every Linear/Conv2d.
     loss : {"ff", "symba", "df", "cwc", "pvn", "xent"}
         FF softplus loss with threshold (eq. 1); SymBa; DF, the Distance-Forward goodness-based
-        N-pair margin loss (Wu et al. 2024, arXiv:2408.14925): each positive row against all the
-        batch's negative rows, ``mean_i log(1 + sum_j exp(g-_j - g+_i + margin))`` (see
-        :func:`fflib.reference.df_loss`); channel-wise competitive CwC (softmax
+        N-pair margin loss (Wu et al. 2024, arXiv:2408.14925): each sample with its true label
+        against the same sample with each of the K - 1 wrong labels,
+        ``mean_b log(1 + sum_j exp(g-_jb - g+_b + margin))`` (see :func:`fflib.reference.df_loss`;
+        a step runs K rows per sample and ignores given negative labels); channel-wise competitive CwC (softmax
         cross-entropy over the K channel-group goodness values, eq. 3) or PvN (FF loss of the
         true group's goodness against the mean of the others), mixed by ``pvn_weight``; or
         softmax cross-entropy on a K-wide output (the backprop baseline).  The last three need

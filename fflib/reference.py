@@ -217,26 +217,30 @@ def symba_loss(gpos, gneg, alpha=4.0):
 def df_loss(gpos, gneg, margin=1.0):
     """Distance-Forward goodness-based N-pair margin loss (Wu et al. 2024, arXiv:2408.14925).
 
-    FF read as centroid-based metric learning: the goodness of a row with label k measures how
-    close the sample's representation is to class k's centroid (the label's contribution to the
-    layer).  Sohn's N-pair loss with goodness as the similarity and an additive margin m pushes
-    every positive row's goodness above every negative row's of the batch by m:
+    FF read as centroid-based metric learning: with the label in the input, a layer's response
+    to (x, k) is the sample's features plus class k's contribution, a centroid, and goodness
+    measures how close the sample lies to that centroid.  Sohn's N-pair loss, with goodness as
+    the similarity and an additive margin m, asks the true class's goodness to beat every wrong
+    class's by m:
 
-        L = (1/B) sum_i log(1 + sum_j exp(gneg_j - gpos_i + m))
-          = (1/B) sum_i softplus(m - gpos_i + logsumexp_j gneg_j).
+        L = (1/B) sum_b log(1 + sum_j exp(gneg[j, b] - gpos[b] + m)),
 
-    gpos, gneg (B).  Returns (L, dL/dgpos (B), dL/dgneg (B)); with s_i = sigmoid(z_i)/B,
-    dL/dgpos_i = -s_i and dL/dgneg_j = softmax(gneg)_j * sum_i s_i.
+    gpos (B) the goodness of each sample with its true label, gneg (N, B) with its N wrong labels
+    (all K - 1 in fflib's training step).  Returns (L, dL/dgpos (B), dL/dgneg (N, B)).
     """
-    gpos, gneg = np.atleast_1d(_f64(gpos)), np.atleast_1d(_f64(gneg))
+    gpos, gneg = np.atleast_1d(_f64(gpos)), _f64(gneg)
+    if gneg.ndim == 1:
+        gneg = gneg[None, :]
+    if gpos.ndim != 1 or gneg.ndim != 2 or gneg.shape[1] != gpos.shape[0] or gpos.size == 0 or gneg.size == 0:
+        raise ValueError(f"gpos must be (B,) and gneg (N, B), non-empty; got {gpos.shape} and {gneg.shape}")
     B = gpos.shape[0]
-    if gneg.shape != gpos.shape or B == 0:
-        raise ValueError(f"gpos and gneg must be non-empty and of one shape, got {gpos.shape} and {gneg.shape}")
-    mx = gneg.max()
-    S = mx + np.log(np.sum(np.exp(gneg - mx)))        # logsumexp without overflow
-    z = margin - gpos + S
-    s = sigmoid(z) / B
-    return float(np.mean(softplus(z))), -s, np.exp(gneg - S) * s.sum()
+    z = gneg - gpos[None, :] + margin                  # (N, B)
+    M = np.maximum(z.max(axis=0), 0.0)                 # log(1 + sum e^z) without overflow
+    e0, ez = np.exp(-M), np.exp(z - M)
+    tot = e0 + ez.sum(axis=0)
+    L = np.mean(M + np.log(tot))
+    p = ez / tot / B                                   # dL/dgneg
+    return float(L), -p.sum(axis=0), p
 
 
 def softmax_xent(logits, labels):
