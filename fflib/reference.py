@@ -227,6 +227,11 @@ def df_loss(gpos, gneg, margin=1.0):
 
     gpos (B) the goodness of each sample with its true label, gneg (N, B) with its N wrong labels
     (all K - 1 in fflib's training step).  Returns (L, dL/dgpos (B), dL/dgneg (N, B)).
+
+    Equation numbers: the paper's full text could not be read when this was written (offline;
+    only its abstract); a secondary summary puts the DF loss at the paper's Eqs. (6)-(7), which
+    is unverified.  The form above is Sohn's multi-class N-pair loss (NIPS 2016) with goodness as
+    the similarity and an additive margin, as the abstract describes.
     """
     gpos, gneg = np.atleast_1d(_f64(gpos)), _f64(gneg)
     if gneg.ndim == 1:

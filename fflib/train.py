@@ -163,6 +163,9 @@ def fit(model, x, y, *, epochs=10, batch_size=100, optimizer=None, scheduler=Non
     chunk_size = _count("chunk_size", chunk_size, 1)
     if not isinstance(negatives, str) or negatives not in ("uniform", "hard"):
         raise ValueError(f"negatives must be 'uniform' or 'hard', got {negatives!r}")
+    if negatives == "hard" and model.config["loss"] == "df":
+        raise ValueError("negatives='hard' does not apply to loss 'df', which trains every sample under all "
+                         "K - 1 wrong labels; use negatives='uniform'")
     if random_state is not None and not isinstance(random_state, np.random.Generator) and (
             isinstance(random_state, bool) or not isinstance(random_state, (int, np.integer)) or random_state < 0):
         raise ValueError(f"random_state must be None, an int >= 0 or a numpy Generator, got {random_state!r}")

@@ -285,3 +285,10 @@ def test_df_beats_the_ff_loss_on_mnist(mnist):
     print(f"\nDF {df['one_pass']:.2f} / {df['multi_pass']:.2f} %, FF {ff['one_pass']:.2f} / {ff['multi_pass']:.2f} %")
     assert df["multi_pass"] <= 10.0 and df["one_pass"] <= 10.0
     assert df["multi_pass"] <= ff["multi_pass"] - 3.0 and df["one_pass"] <= ff["one_pass"] - 2.0
+
+
+def test_fit_refuses_hard_negatives_for_df():
+    m = _mlp()
+    x, y = np.zeros((4, 20), np.float32), np.arange(4)
+    with pytest.raises(ValueError, match="negatives='hard' does not apply to loss 'df'"):
+        fflib.fit(m, x, y, epochs=1, negatives="hard", progress=False)
