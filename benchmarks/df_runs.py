@@ -80,8 +80,9 @@ def mnist_df(epochs=2, n_train=None, n_test=None, margin=1.0, goodness="sum", lr
             "survey MNIST CNN (cnn)"
     elif model == "mlp":
         sizes = [784] + [int(h) for h in hidden]
-        net = fflib.FFModel(fflib.mlp(sizes, norm="rms"), 784, 10, loss="df", goodness=goodness, margin=margin,
-                            norm="rms", seed=seed)
+        # image-shaped input (the MLP flattens it) so that the shifts of augment apply
+        net = fflib.FFModel(fflib.mlp(sizes, norm="rms"), (1, 28, 28), 10, loss="df", goodness=goodness,
+                            margin=margin, norm="rms", seed=seed)
         name = "MLP " + "-".join(map(str, sizes))
     else:
         raise ValueError(f"model must be 'cnn' or 'mlp', got {model!r}")
