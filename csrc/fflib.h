@@ -419,7 +419,8 @@ ff_status ff_net_reserve(ff_net *net, int rows);
 /* One FF training step on a minibatch.
  *   x (B, C*H*W): raw inputs (never modified); labels (B) in [0,K);
  *   neg_labels (B) or NULL: negative labels, each != labels[b]; NULL draws them uniformly
- *     from the K-1 wrong classes with the net's RNG;
+ *     from the K-1 wrong classes with the net's RNG (FF_LOSS_DF uses every wrong label and
+ *     ignores them);
  *   active (nblocks) or NULL (all): a block with active[b] == 0 runs forward only (so later
  *     blocks see its output) and is neither trained nor its optimiser state touched;
  *     blocks after the last active one are skipped altogether;
@@ -476,7 +477,7 @@ ff_status ff_net_head_predict(ff_net *net, const float *x, int B, float *probs);
 /* Directional gradient check of block `block`'s local loss (block = nblocks: the head): the
  * finite difference along a random direction (seed) of the parameters that block alone trains,
  * step eps, against the analytic directional derivative of a compute-only step.  neg_labels are
- * required for losses with negatives.  Writes fd, an and their relative difference; parameters
+ * required for losses with one drawn negative per sample (FF, SymBa).  Writes fd, an and their relative difference; parameters
  * and running statistics are restored. */
 ff_status ff_net_check_grad(ff_net *net, const float *x, const int64_t *labels,
                             const int64_t *neg_labels, int B, int block, float eps, uint64_t seed,
