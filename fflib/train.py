@@ -122,7 +122,8 @@ def fit(model, x, y, *, epochs=10, batch_size=100, optimizer=None, scheduler=Non
         for ``epochs`` epochs before the next sees data).
     windows : per-block (start, end) epoch windows, overriding ``order``.
     negatives : "uniform" (a wrong label drawn uniformly, in C) or "hard" (drawn from the
-        model's own softmax over wrong labels, recomputed each epoch).
+        model's own softmax over wrong labels, recomputed each epoch).  The DF loss trains on
+        every wrong label and takes only "uniform" (its value is then unused).
     augment : image augmentation of every training minibatch, e.g. ``"crop4+flip"`` (see
         :mod:`fflib.augment`); None for none.
     train_head : train the one-pass head alongside the blocks; ``head_epochs`` extra epochs
