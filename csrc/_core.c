@@ -446,12 +446,13 @@ static PyObject *Net_blocks(NetObject *self, PyObject *Py_UNUSED(a)) {
 static PyObject *Net_set_config(NetObject *self, PyObject *args, PyObject *kw) {
     GUARD(self);
     static char *kwlist[] = {"loss", "goodness", "theta", "alpha", "norm", "norm_eps",
-                             "label_value", "pvn_weight", NULL};
+                             "label_value", "pvn_weight", "margin", NULL};
     GUARD(self);
     ff_config c = ff_net_get_config(self->net);
     int loss = c.loss, good = c.goodness, norm = c.norm;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "|iiffifff", kwlist, &loss, &good, &c.theta,
-                                     &c.alpha, &norm, &c.norm_eps, &c.label_value, &c.pvn_weight))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|iiffiffff", kwlist, &loss, &good, &c.theta,
+                                     &c.alpha, &norm, &c.norm_eps, &c.label_value, &c.pvn_weight,
+                                     &c.margin))
         return NULL;
     c.loss = (ff_loss_kind)loss; c.goodness = (ff_goodness_kind)good; c.norm = (ff_norm_kind)norm;
     if (net_enter(self) < 0) return NULL;
@@ -475,10 +476,11 @@ static PyObject *Net_set_block_loss(NetObject *self, PyObject *args, PyObject *k
 static PyObject *Net_get_config(NetObject *self, PyObject *Py_UNUSED(a)) {
     GUARD(self);
     ff_config c = ff_net_get_config(self->net);
-    return Py_BuildValue("{s:i,s:i,s:d,s:d,s:i,s:d,s:d,s:d}", "loss", (int)c.loss, "goodness",
+    return Py_BuildValue("{s:i,s:i,s:d,s:d,s:i,s:d,s:d,s:d,s:d}", "loss", (int)c.loss, "goodness",
                          (int)c.goodness, "theta", (double)c.theta, "alpha", (double)c.alpha,
                          "norm", (int)c.norm, "norm_eps", (double)c.norm_eps, "label_value",
-                         (double)c.label_value, "pvn_weight", (double)c.pvn_weight);
+                         (double)c.label_value, "pvn_weight", (double)c.pvn_weight, "margin",
+                         (double)c.margin);
 }
 
 static PyObject *Net_set_opt(NetObject *self, PyObject *args, PyObject *kw) {
@@ -664,9 +666,8 @@ static PyObject *Net_train_step(NetObject *self, PyObject *args, PyObject *kw) {
     if (head && !ff_net_has_head(self->net))
         return PyErr_Format(PyExc_ValueError, "train_head=True but the net has no one-pass head");
     if (oo != Py_None) {
-        /* rows: positive and negative for a loss with negatives, else the labelled rows */
-        int pairs = ff_loss_has_negatives(ff_net_get_config(self->net).loss);
-        npy_intp shO[2] = {pairs ? 2 * B : B, ff_net_train_out_size(self->net, (const uint8_t *)act)};
+        /* rows: ff_net_train_rows (positive and negative, every label for df, or the labelled rows) */
+        npy_intp shO[2] = {ff_net_train_rows(self->net, (int)B), ff_net_train_out_size(self->net, (const uint8_t *)act)};
         if (opt_array(oo, "out", NPY_FLOAT32, 2, shO, 1, &out) < 0) return NULL;
     }
     npy_intp shL[1] = {nb + 1};
@@ -1199,8 +1200,8 @@ static PyObject *k_group_goodness_backward(PyObject *m, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-/* ff_loss / symba_loss(dgpos, dgneg, gpos, gneg, theta_or_alpha) -> float */
-static PyObject *pair_loss(PyObject *args, int symba) {
+/* ff_loss / symba_loss(dgpos, dgneg, gpos, gneg, theta or alpha) -> float */
+static PyObject *pair_loss(PyObject *args, int kind) {
     PyObject *dpo, *dno, *po, *no; float t; PyArrayObject *gp, *gn;
     if (!PyArg_ParseTuple(args, "OOOOf", &dpo, &dno, &po, &no, &t)) return NULL;
     npy_intp any1[1] = {-1};
@@ -1208,19 +1209,45 @@ static PyObject *pair_loss(PyObject *args, int symba) {
     npy_intp sb[1] = {dim(gp, 0)};
     if (!(gn = check_array(no, "gneg", NPY_FLOAT32, 1, sb, 0))) return NULL;
     if (sb[0] == 0) return PyErr_Format(PyExc_ValueError, "gpos is empty");
-    if (symba && !(t > 0.0f)) return PyErr_Format(PyExc_ValueError, "alpha must be > 0, got %g", (double)t);
+    if (kind == FF_LOSS_SYMBA && !(t > 0.0f))
+        return PyErr_Format(PyExc_ValueError, "alpha must be > 0, got %g", (double)t);
     void *dp, *dn;
     if (opt_array(dpo, "dgpos", NPY_FLOAT32, 1, sb, 1, &dp) < 0 ||
         opt_array(dno, "dgneg", NPY_FLOAT32, 1, sb, 1, &dn) < 0) return NULL;
     float L;
     Py_BEGIN_ALLOW_THREADS
-    L = symba ? ff_symba_loss(dp, dn, F32(gp), F32(gn), (int)sb[0], t)
-              : ff_ff_loss(dp, dn, F32(gp), F32(gn), (int)sb[0], t);
+    L = kind == FF_LOSS_SYMBA ? ff_symba_loss(dp, dn, F32(gp), F32(gn), (int)sb[0], t)
+                              : ff_ff_loss(dp, dn, F32(gp), F32(gn), (int)sb[0], t);
     Py_END_ALLOW_THREADS
     return PyFloat_FromDouble(L);
 }
-static PyObject *k_ff_loss(PyObject *m, PyObject *args) { (void)m; return pair_loss(args, 0); }
-static PyObject *k_symba_loss(PyObject *m, PyObject *args) { (void)m; return pair_loss(args, 1); }
+static PyObject *k_ff_loss(PyObject *m, PyObject *args) { (void)m; return pair_loss(args, FF_LOSS_FF); }
+static PyObject *k_symba_loss(PyObject *m, PyObject *args) { (void)m; return pair_loss(args, FF_LOSS_SYMBA); }
+/* df_loss(dgpos, dgneg, gpos, gneg, margin) -> float; gpos (B), gneg (N,B) */
+static PyObject *k_df_loss(PyObject *m, PyObject *args) {
+    (void)m;
+    PyObject *dpo, *dno, *po, *no; float t; PyArrayObject *gp, *gn;
+    if (!PyArg_ParseTuple(args, "OOOOf", &dpo, &dno, &po, &no, &t)) return NULL;
+    npy_intp any1[1] = {-1};
+    if (!(gp = check_array(po, "gpos", NPY_FLOAT32, 1, any1, 0))) return NULL;
+    npy_intp nb[2] = {-1, dim(gp, 0)};
+    if (!(gn = check_array(no, "gneg", NPY_FLOAT32, 2, nb, 0))) return NULL;
+    nb[0] = dim(gn, 0);
+    if (nb[1] == 0 || nb[0] == 0) return PyErr_Format(PyExc_ValueError, "gpos and gneg must be non-empty");
+    if (nb[1] > INT_MAX || nb[0] > INT_MAX)
+        return PyErr_Format(PyExc_ValueError, "gneg of shape (%zd, %zd) is too large", (Py_ssize_t)nb[0],
+                            (Py_ssize_t)nb[1]);
+    if (!(t >= 0.0f && isfinite(t)))
+        return PyErr_Format(PyExc_ValueError, "margin must be finite and >= 0, got %g", (double)t);
+    void *dp, *dn;
+    if (opt_array(dpo, "dgpos", NPY_FLOAT32, 1, nb + 1, 1, &dp) < 0 ||
+        opt_array(dno, "dgneg", NPY_FLOAT32, 2, nb, 1, &dn) < 0) return NULL;
+    float L;
+    Py_BEGIN_ALLOW_THREADS
+    L = ff_df_loss(dp, dn, F32(gp), F32(gn), (int)nb[1], (int)nb[0], t);
+    Py_END_ALLOW_THREADS
+    return PyFloat_FromDouble(L);
+}
 
 static PyObject *k_softmax_xent(PyObject *m, PyObject *args) {
     PyObject *dlo, *po, *lo, *yo; PyArrayObject *logits, *y;
@@ -1543,6 +1570,7 @@ static PyMethodDef module_methods[] = {
     {"group_goodness_backward", k_group_goodness_backward, METH_VARARGS, "group_goodness_backward(dact, dG, act, J) (adds)"},
     {"ff_loss", k_ff_loss, METH_VARARGS, "ff_loss(dgpos, dgneg, gpos, gneg, theta) -> float"},
     {"symba_loss", k_symba_loss, METH_VARARGS, "symba_loss(dgpos, dgneg, gpos, gneg, alpha) -> float"},
+    {"df_loss", k_df_loss, METH_VARARGS, "df_loss(dgpos, dgneg, gpos (B), gneg (N, B), margin) -> float"},
     {"softmax_xent", k_softmax_xent, METH_VARARGS, "softmax_xent(dlogits, probs, logits, labels) -> float"},
     {"adam_step", k_adam_step, METH_VARARGS, "adam_step(p, m, v, g, lr, b1, b2, eps, wd, t)"},
     {"sgd_step", k_sgd_step, METH_VARARGS, "sgd_step(p, buf, g, lr, momentum, dampening, wd, nesterov, t)"},

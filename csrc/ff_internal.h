@@ -103,20 +103,25 @@ int ff_fuse_rows(size_t conv_out_floats);
 typedef struct {
     ff_loss_kind kind;
     ff_goodness_kind goodness;
-    float theta, alpha, pvn_weight;
+    float theta, alpha, pvn_weight, margin;
 } ff_block_loss;
 
 /* Scratch a loss uses: per-row goodness and its gradient, (rows, K) group goodness and its
  * gradient. */
 typedef struct { float *g, *dg, *G, *dG; } ff_loss_scratch;
 
+/* Negative rows a loss trains on per positive row (ff_loss_ops.negatives). */
+enum { FF_NEG_NONE = 0, FF_NEG_ONE = 1, FF_NEG_ALL = 2 /* one per wrong label: K - 1 */ };
+
 typedef struct {
     const char *name;
-    int negatives;    /* trains on positive and negative rows (else on neutral rows with labels) */
+    int negatives;    /* FF_NEG_*: trains on positive and negative rows (else on neutral rows with
+                         labels) */
     int needs_groups; /* reads K channel groups: the block's output channels divide by K */
     int needs_k_wide; /* reads a K-wide output */
     /* Loss of output y (channels OC of HW values per row) and dy = dL/dy (T rows, zeroed by
-     * the caller).  Rows: negatives: [0,B) positive, [B,2B) negative; else [0,B) labelled. */
+     * the caller).  Rows: negatives: [0,B) positive, then (T - B) / B groups of B negative
+     * rows (row B + j*B + b: sample b's j-th negative); else [0,B) labelled. */
     float (*loss)(const ff_block_loss *bl, const float *y, float *dy, int B, int T, int OC, int HW,
                   int K, const int64_t *labels, const ff_loss_scratch *s);
     /* Class scores of R rows: out[r*stride + k*kstride] for the K scores of row r (losses
@@ -126,7 +131,7 @@ typedef struct {
 } ff_loss_ops;
 
 extern const ff_loss_ops ff_losses[];
-#define FF_NUM_LOSSES 5
+#define FF_NUM_LOSSES 6
 /* Row-wise softmax: probs (n, K) from logits. */
 void ff_softmax_rows(float *probs, const float *logits, int n, int K);
 

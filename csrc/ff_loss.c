@@ -83,6 +83,32 @@ float ff_symba_loss(float *dgpos, float *dgneg, const float *gpos, const float *
     return (float)(L / B);
 }
 
+/* Distance-Forward N-pair margin loss (see fflib.h).  Per sample b, with z_j = gneg[j,b] -
+ * gpos[b] + margin: L_b = log(1 + sum_j e^z_j), p_j = e^z_j / (1 + sum e^z), dL/dgneg[j,b] =
+ * p_j / B, dL/dgpos[b] = -sum_j p_j / B.  Computed with the largest of 0 and the z_j taken out. */
+float ff_df_loss(float *dgpos, float *dgneg, const float *gpos, const float *gneg, int B, int N,
+                 float margin) {
+    double L = 0.0;
+    for (int b = 0; b < B; b++) {
+        double M = 0.0;
+        for (int j = 0; j < N; j++) {
+            double z = (double)gneg[(size_t)j * B + b] - gpos[b] + margin;
+            M = z > M ? z : M;
+        }
+        double sum = exp(-M);
+        for (int j = 0; j < N; j++) sum += exp((double)gneg[(size_t)j * B + b] - gpos[b] + margin - M);
+        L += M + log(sum);
+        double tot = 0.0;
+        for (int j = 0; j < N; j++) {
+            double p = exp((double)gneg[(size_t)j * B + b] - gpos[b] + margin - M) / sum;
+            tot += p;
+            if (dgneg) dgneg[(size_t)j * B + b] = (float)(p / B);
+        }
+        if (dgpos) dgpos[b] = (float)(-tot / B);
+    }
+    return (float)(L / B);
+}
+
 float ff_softmax_xent(float *dlogits, float *probs, const float *logits, const int64_t *labels,
                       int B, int K) {
     double L = 0.0;
@@ -117,13 +143,15 @@ void ff_softmax_rows(float *probs, const float *logits, int n, int K) {
 
 /* ------------------------------------------------------------------ the loss table */
 
-/* FF (eq. 1) and SymBa on the goodness of positive rows [0,B) and negative rows [B,2B). */
+/* FF (eq. 1) and SymBa on the goodness of positive rows [0,B) and negative rows [B,2B); DF on
+ * positive rows [0,B) and the K - 1 groups of negative rows after them. */
 static float pair_loss(const ff_block_loss *bl, const float *y, float *dy, int B, int T, int OC,
                        int HW, int K, const int64_t *labels, const ff_loss_scratch *s) {
     (void)K; (void)labels;
     int D = OC * HW;
     ff_goodness_forward(s->g, y, T, D, bl->goodness);
     float loss = bl->kind == FF_LOSS_FF ? ff_ff_loss(s->dg, s->dg + B, s->g, s->g + B, B, bl->theta)
+               : bl->kind == FF_LOSS_DF ? ff_df_loss(s->dg, s->dg + B, s->g, s->g + B, B, T / B - 1, bl->margin)
                                         : ff_symba_loss(s->dg, s->dg + B, s->g, s->g + B, B, bl->alpha);
     ff_goodness_backward(dy, s->dg, y, T, D, bl->goodness);
     return loss;
@@ -193,9 +221,10 @@ static void logit_scores(const ff_block_loss *bl, const float *y, int R, int OC,
 
 /* by ff_loss_kind */
 const ff_loss_ops ff_losses[FF_NUM_LOSSES] = {
-    [FF_LOSS_FF] = {"ff", 1, 0, 0, pair_loss, goodness_scores},
-    [FF_LOSS_SYMBA] = {"symba", 1, 0, 0, pair_loss, goodness_scores},
+    [FF_LOSS_FF] = {"ff", FF_NEG_ONE, 0, 0, pair_loss, goodness_scores},
+    [FF_LOSS_SYMBA] = {"symba", FF_NEG_ONE, 0, 0, pair_loss, goodness_scores},
     [FF_LOSS_CWC] = {"cwc", 0, 1, 0, group_loss, group_scores},
     [FF_LOSS_PVN] = {"pvn", 0, 1, 0, group_loss, group_scores},
     [FF_LOSS_XENT] = {"xent", 0, 0, 1, xent_loss, logit_scores},
+    [FF_LOSS_DF] = {"df", FF_NEG_ALL, 0, 0, pair_loss, goodness_scores},
 };

@@ -8,8 +8,9 @@
  * Rows.  A training step stacks the rows it needs into one matrix so each layer runs one
  * GEMM: rows [0,B) positive (true label), [B,2B) negative (wrong label), and, when the
  * one-pass head trains, [2B,3B) neutral.  Losses and backward use the first T = 2B rows
- * only; batch-norm statistics come from those T rows too.  Losses without negatives train on
- * B neutral-label rows, which also serve the head.
+ * only; batch-norm statistics come from those T rows too.  A loss with every wrong label as a
+ * negative (DF) has K - 1 groups of B negative rows, T = K B.  Losses without negatives train
+ * on B neutral-label rows, which also serve the head.
  *
  * Memory.  `carry` holds the normalised input of the block being run; `acts` holds the
  * outputs of that block's steps (in-place steps share their input's slot); the next block
@@ -64,7 +65,6 @@ int ff_all_finite(const float *x, size_t n) {
         return k >= 0 && k < (int)(sizeof(t) / sizeof(t[0])) ? t[k] : NULL; }
 const char *ff_layer_kind_name(int k) { return k >= 0 && k < FF_NUM_LAYER_KINDS ? ff_layer_kinds[k].name : NULL; }
 const char *ff_loss_name(int k) { return k >= 0 && k < FF_NUM_LOSSES ? ff_losses[k].name : NULL; }
-int ff_loss_has_negatives(int k) { return k >= 0 && k < FF_NUM_LOSSES && ff_losses[k].negatives; }
 FF_NAMES(ff_label_name, "onehot", "fourier", "embedding", "none")
 FF_NAMES(ff_norm_name, "none", "l2", "rms")
 FF_NAMES(ff_goodness_name, "sum", "mean")
@@ -146,6 +146,7 @@ ff_config ff_config_default(void) {
     ff_config c;
     c.loss = FF_LOSS_FF; c.goodness = FF_GOODNESS_SUM; c.theta = 2.0f; c.alpha = 4.0f;
     c.norm = FF_NORM_L2; c.norm_eps = 1e-4f; c.label_value = 1.0f; c.pvn_weight = 0.0f;
+    c.margin = 1.0f;
     return c;
 }
 
@@ -157,7 +158,7 @@ ff_opt_config ff_opt_config_default(void) {
 }
 
 static ff_block_loss loss_of(const ff_config *c) {
-    ff_block_loss bl = {c->loss, c->goodness, c->theta, c->alpha, c->pvn_weight};
+    ff_block_loss bl = {c->loss, c->goodness, c->theta, c->alpha, c->pvn_weight, c->margin};
     return bl;
 }
 
@@ -743,12 +744,14 @@ ff_status ff_net_finalize(ff_net *net) {
 ff_status ff_net_set_config(ff_net *net, const ff_config *c) {
     if ((int)c->loss < 0 || c->loss >= FF_NUM_LOSSES)
         return ff_fail(net, FF_ERR_ARG, "loss must be one of ff (0), symba (1), cwc (2), pvn (3), xent (4), "
-                       "got %d", (int)c->loss);
+                       "df (5), got %d", (int)c->loss);
     if (!isfinite(c->theta)) return ff_fail(net, FF_ERR_ARG, "threshold must be finite, got %g", (double)c->theta);
     if (!isfinite(c->alpha) || !(c->alpha > 0.0f))
         return ff_fail(net, FF_ERR_ARG, "alpha must be finite and > 0, got %g", (double)c->alpha);
     if (!(c->pvn_weight >= 0.0f && c->pvn_weight <= 1.0f))
         return ff_fail(net, FF_ERR_ARG, "pvn_weight must be in [0, 1], got %g", (double)c->pvn_weight);
+    if (!isfinite(c->margin) || !(c->margin >= 0.0f))
+        return ff_fail(net, FF_ERR_ARG, "margin must be finite and >= 0, got %g", (double)c->margin);
     if (c->goodness != FF_GOODNESS_SUM && c->goodness != FF_GOODNESS_MEAN)
         return ff_fail(net, FF_ERR_ARG, "goodness must be sum (0) or mean (1), got %d", (int)c->goodness);
     if (c->norm != FF_NORM_NONE && c->norm != FF_NORM_L2 && c->norm != FF_NORM_RMS)
@@ -786,7 +789,7 @@ ff_status ff_net_set_block_loss(ff_net *net, int b, ff_loss_kind loss, ff_goodne
         return ff_fail(net, FF_ERR_ARG, "block %d: loss %s builds its rows differently from the net's %s "
                        "(negatives or not); all blocks of a step must agree", b, ff_losses[loss].name,
                        ff_losses[net->loss.kind].name);
-    ff_block_loss old = net->blocks[b].loss, bl = {loss, goodness, theta, alpha, pvn_weight};
+    ff_block_loss old = net->blocks[b].loss, bl = {loss, goodness, theta, alpha, pvn_weight, net->cfg.margin};
     net->blocks[b].loss = bl;
     ff_status st = check_block_loss(net, b, 0);
     if (st != FF_OK) net->blocks[b].loss = old;
@@ -1315,7 +1318,7 @@ static float head_run(ff_net *net, ff_work *w, const float *feat, int n, const i
         ff_softmax_rows(probs, w->logits, n, net->K);
         return 0.0f;
     }
-    ff_block_loss bl = {FF_LOSS_XENT, FF_GOODNESS_SUM, 0.0f, 1.0f, 0.0f};
+    ff_block_loss bl = {FF_LOSS_XENT, FF_GOODNESS_SUM, 0.0f, 1.0f, 0.0f, 0.0f};
     ff_loss_scratch s = {w->g, w->dg, w->G, w->dlogits};
     float loss = ff_losses[FF_LOSS_XENT].loss(&bl, w->logits, w->dlogits, n, n, net->K, 1, net->K, labels, &s);
     ff_layer_kinds[FF_LAYER_LINEAR].backward(&c, Hd, NULL, ff_grad_at(net, w, Hd->w_off),
@@ -1369,6 +1372,33 @@ static void set_progress(ff_net *net, int layers) {
     atomic_store_explicit(&net->progress, layers, memory_order_release);
 }
 
+/* Negative rows per positive row of the net's loss: 0, 1 or K - 1. */
+static int negatives_per_row(const ff_net *net) {
+    int n = ff_losses[net->loss.kind].negatives;
+    return n == FF_NEG_ALL ? net->K - 1 : n;
+}
+
+int ff_net_train_rows(const ff_net *net, int B) { return (1 + negatives_per_row(net)) * B; }
+
+/* The labels of a step's R rows: B positive, nneg groups of B negative (given, drawn, or with
+ * nneg = K - 1 every wrong label in turn), and from T on B neutral (-1). */
+static void step_labels(ff_net *net, int64_t *lab, const int64_t *labels, const int64_t *neg_labels,
+                        int B, int nneg, int T, int R) {
+    for (int b = 0; b < B; b++) {
+        lab[b] = labels[b];
+        if (nneg == 1) {
+            if (neg_labels) lab[B + b] = neg_labels[b];
+            else {
+                int k = ff_rng_below(net->rng, net->K - 1);
+                lab[B + b] = k >= labels[b] ? k + 1 : k;
+            }
+        } else {
+            for (int j = 0; j < nneg; j++) lab[(size_t)(j + 1) * B + b] = j >= labels[b] ? j + 1 : j;
+        }
+        if (R > T) lab[T + b] = -1;
+    }
+}
+
 ff_status ff_net_train_step(ff_net *net, const float *x, const int64_t *labels,
                             const int64_t *neg_labels, int B, const uint8_t *active,
                             int train_head, int apply_update, float *losses) {
@@ -1385,12 +1415,13 @@ ff_status ff_net_train(ff_net *net, const ff_train_args *a) {
     if (!net->finalized) return ff_fail(net, FF_ERR_STATE, "the network is not finalized");
     set_progress(net, 0);
     if (!x) return ff_fail(net, FF_ERR_ARG, "x is required");
-    if (B <= 0 || B > INT_MAX / 3) return ff_fail(net, FF_ERR_ARG, "batch size must be in [1, %d], got %d", INT_MAX / 3, B);
+    int nneg = negatives_per_row(net), free_ = nneg == 0, maxB = INT_MAX / (nneg + 2);
+    if (B <= 0 || B > maxB) return ff_fail(net, FF_ERR_ARG, "batch size must be in [1, %d], got %d", maxB, B);
     if (train_head && !net->has_head) return ff_fail(net, FF_ERR_STATE, "train_head: the network has no one-pass head");
-    int free_ = !ff_losses[net->loss.kind].negatives;
-    if (xneg && free_)
-        return ff_fail(net, FF_ERR_ARG, "x_neg: the %s loss trains on labelled rows, not on positive and negative "
-                       "pairs (use a loss with negatives, such as ff or symba)", ff_losses[net->loss.kind].name);
+    if (xneg && nneg != 1)
+        return ff_fail(net, FF_ERR_ARG, "x_neg: the %s loss %s, not on one negative per positive (use ff or "
+                       "symba)", ff_losses[net->loss.kind].name,
+                       free_ ? "trains on labelled rows" : "compares each sample under every label");
     if (!xneg && !free_ && net->label == FF_LABEL_NONE)
         return ff_fail(net, FF_ERR_ARG, "the %s loss compares inputs carrying the true and a wrong label, but "
                        "label_encoding is none: pass explicit negatives (x_neg), or use a label encoding",
@@ -1400,7 +1431,7 @@ ff_status ff_net_train(ff_net *net, const ff_train_args *a) {
     ff_status st = labels ? check_labels(net, labels, B, "labels") : FF_OK;
     if (st != FF_OK) return st;
     ff_work *w = &net->work;
-    if (neg_labels && !free_) {
+    if (neg_labels && nneg == 1) {
         st = check_labels(net, neg_labels, B, "neg_labels");
         if (st != FF_OK) return st;
         if (!xneg)
@@ -1409,10 +1440,10 @@ ff_status ff_net_train(ff_net *net, const ff_train_args *a) {
                     return ff_fail(net, FF_ERR_LABEL, "neg_labels[%d] equals labels[%d] (%lld): a negative label "
                                    "must differ from the true one", b, b, (long long)labels[b]);
     }
-    int K = net->K, D = net->D, nb = net->nblocks;
+    int D = net->D, nb = net->nblocks;
     /* training rows T, and B neutral rows for the head; the label-free losses see only
      * neutral-label rows, which also serve the head */
-    int T = free_ ? B : 2 * B;
+    int T = (1 + nneg) * B;
     int head_rows_at = free_ ? 0 : T;
     int R = train_head && !free_ ? T + B : T;
     st = reserve_rows(net, w, R, T);
@@ -1420,17 +1451,14 @@ ff_status ff_net_train(ff_net *net, const ff_train_args *a) {
     if (losses) for (int b = 0; b <= nb; b++) losses[b] = 0.0f;
 
     int64_t *lab = w->lab;
-    for (int b = 0; b < B; b++) {
-        lab[b] = labels ? labels[b] : -1;
-        if (!free_) {
-            if (neg_labels) lab[B + b] = neg_labels[b];
-            else if (xneg) lab[B + b] = lab[b];
-            else {
-                int k = ff_rng_below(net->rng, K - 1);
-                lab[B + b] = k >= labels[b] ? k + 1 : k;
-            }
+    if (xneg) {   /* explicit negatives: each with its own label, or the positive's */
+        for (int b = 0; b < B; b++) {
+            lab[b] = labels ? labels[b] : -1;
+            lab[B + b] = neg_labels ? neg_labels[b] : lab[b];
+            if (R > T) lab[T + b] = -1;
         }
-        if (R > T) lab[T + b] = -1;
+    } else {
+        step_labels(net, lab, labels, neg_labels, B, nneg, T, R);
     }
     for (int r = 0; r < R; r++) {
         const float *src = xneg && r >= B && r < T ? xneg + (size_t)(r - B) * D : x + (size_t)(r % B) * D;
@@ -1817,7 +1845,7 @@ ff_status ff_net_check_grad(ff_net *net, const float *x, const int64_t *labels, 
     if (block < 0 || block > net->nblocks || (block == net->nblocks && !net->has_head))
         return ff_fail(net, FF_ERR_ARG, "block must be in [0, %d) (or %d for the head, if any), got %d",
                        net->nblocks, net->nblocks, block);
-    if (ff_losses[net->loss.kind].negatives && !neg_labels)
+    if (negatives_per_row(net) == 1 && !neg_labels)
         return ff_fail(net, FF_ERR_ARG, "neg_labels are needed: random negatives would differ between the "
                        "evaluations");
     size_t n = net->nparams;
@@ -1892,7 +1920,7 @@ ff_status ff_net_check_grad(ff_net *net, const float *x, const int64_t *labels, 
  */
 struct ff_pipe {
     int S;                     /* stages: blocks 0..S-1 (through the last active or head block) */
-    int cap_B, free_, train_head, head_stage, emb;
+    int cap_B, free_, nneg, train_head, head_stage, emb;   /* nneg: negative rows per positive */
     uint8_t active[FF_MAX_LAYERS];
     long ticks;                /* ticks run; the minibatch entering at tick e has slot e % S */
     ff_work *works;            /* S */
@@ -1908,7 +1936,7 @@ struct ff_pipe {
 };
 
 static int pipe_rows(const struct ff_pipe *pp, int B, int *T) {
-    *T = pp->free_ ? B : 2 * B;
+    *T = (1 + pp->nneg) * B;
     return pp->train_head && !pp->free_ ? *T + B : *T;
 }
 
@@ -1938,8 +1966,9 @@ ff_status ff_net_pipeline_begin(ff_net *net, int max_batch, const uint8_t *activ
     if (net->pipe && ff_net_pipeline_in_flight(net) > 0)
         return ff_fail(net, FF_ERR_STATE, "%d minibatches are still in the pipeline: flush it first",
                        ff_net_pipeline_in_flight(net));
-    if (max_batch <= 0 || max_batch > INT_MAX / 3)
-        return ff_fail(net, FF_ERR_ARG, "max_batch must be in [1, %d], got %d", INT_MAX / 3, max_batch);
+    int maxB = INT_MAX / (negatives_per_row(net) + 2);
+    if (max_batch <= 0 || max_batch > maxB)
+        return ff_fail(net, FF_ERR_ARG, "max_batch must be in [1, %d], got %d", maxB, max_batch);
     if (train_head && !net->has_head) return ff_fail(net, FF_ERR_STATE, "train_head: the network has no one-pass head");
     if (ff_losses[net->loss.kind].negatives && net->label == FF_LABEL_NONE)
         return ff_fail(net, FF_ERR_ARG, "the %s loss with label_encoding none trains only on explicit negatives "
@@ -1965,7 +1994,8 @@ ff_status ff_net_pipeline_begin(ff_net *net, int max_batch, const uint8_t *activ
     }
     if (S == 0) { ff_net_pipeline_end(net); return ff_fail(net, FF_ERR_ARG, "no block is active"); }
     pp->S = S; pp->cap_B = max_batch; pp->train_head = train_head != 0;
-    pp->free_ = !ff_losses[net->loss.kind].negatives;
+    pp->nneg = negatives_per_row(net);
+    pp->free_ = pp->nneg == 0;
     pp->emb = net->label == FF_LABEL_EMBEDDING;
     int T, R = pipe_rows(pp, max_batch, &T);
     pp->cap_R = R;
@@ -2074,7 +2104,7 @@ ff_status ff_net_pipeline_step(ff_net *net, const float *x, const int64_t *label
                            pp->cap_B, B);
         ff_status st = check_labels(net, labels, B, "labels");
         if (st != FF_OK) return st;
-        if (neg_labels && !pp->free_) {
+        if (neg_labels && pp->nneg == 1) {
             if ((st = check_labels(net, neg_labels, B, "neg_labels")) != FF_OK) return st;
             for (int b = 0; b < B; b++)
                 if (neg_labels[b] == labels[b])
@@ -2083,18 +2113,7 @@ ff_status ff_net_pipeline_step(ff_net *net, const float *x, const int64_t *label
         }
         /* the entering minibatch's slot: labels, drawn negatives, neutral rows */
         int T, R = pipe_rows(pp, B, &T);
-        int64_t *lab = pp->lab + (size_t)s * pp->cap_R;
-        for (int b = 0; b < B; b++) {
-            lab[b] = labels[b];
-            if (!pp->free_) {
-                if (neg_labels) lab[B + b] = neg_labels[b];
-                else {
-                    int k = ff_rng_below(net->rng, net->K - 1);
-                    lab[B + b] = k >= labels[b] ? k + 1 : k;
-                }
-            }
-            if (R > T) lab[T + b] = -1;
-        }
+        step_labels(net, pp->lab + (size_t)s * pp->cap_R, labels, neg_labels, B, pp->nneg, T, R);
         pp->slot_B[s] = B;
         pp->x = x;
     } else {

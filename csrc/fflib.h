@@ -137,6 +137,13 @@ float ff_ff_loss(float *dgpos, float *dgneg, const float *gpos, const float *gne
 /* SymBa loss: L = (1/B) sum_b softplus(-alpha (gpos[b] - gneg[b])). */
 float ff_symba_loss(float *dgpos, float *dgneg, const float *gpos, const float *gneg, int B,
                     float alpha);
+/* Distance-Forward (Wu et al. 2024) goodness-based N-pair margin loss: the goodness of each
+ * sample with its true label (gpos, B) against the same sample with each of N wrong labels
+ * (gneg (N,B), row j holding every sample's j-th negative),
+ *   L = (1/B) sum_b log(1 + sum_j exp(gneg[j,b] - gpos[b] + margin)).
+ * Returns L; dgpos (B), dgneg (N,B) receive dL/dg (overwritten), either may be NULL. */
+float ff_df_loss(float *dgpos, float *dgneg, const float *gpos, const float *gneg, int B, int N,
+                 float margin);
 /* Softmax cross-entropy: L = -(1/B) sum_b log softmax(logits[b])[labels[b]].
  * logits (B,K); probs (B,K) or NULL receives the softmax; dlogits (B,K) or NULL is
  * OVERWRITTEN with (probs - onehot)/B.  Labels must be checked by the caller. */
@@ -232,9 +239,13 @@ typedef enum {
  * with negative rows (a wrong label).  The others read the class from the block's output and
  * need no negative rows: CwC (softmax cross-entropy over the K channel-group goodness values,
  * CwComp eq. 3), PvN (the FF loss of G[y] against the mean of the other groups, threshold
- * theta), and XENT (softmax cross-entropy on a K-wide output: the backprop baseline). */
+ * theta), and XENT (softmax cross-entropy on a K-wide output: the backprop baseline).  DF
+ * (Distance-Forward) compares each positive row with the sample under every wrong label (K - 1
+ * negative rows per sample; negative labels given to a step are not used) by the N-pair margin
+ * loss (ff_df_loss, margin in ff_config). */
 typedef enum {
-    FF_LOSS_FF = 0, FF_LOSS_SYMBA = 1, FF_LOSS_CWC = 2, FF_LOSS_PVN = 3, FF_LOSS_XENT = 4
+    FF_LOSS_FF = 0, FF_LOSS_SYMBA = 1, FF_LOSS_CWC = 2, FF_LOSS_PVN = 3, FF_LOSS_XENT = 4,
+    FF_LOSS_DF = 5
 } ff_loss_kind;
 /* How the label enters the input (see ff_net_set_label_encoding). */
 typedef enum {
@@ -254,8 +265,6 @@ typedef enum { FF_OPT_SGD = 0, FF_OPT_ADAM = 1 } ff_opt_kind;
  * tables of kinds live here and only here. */
 const char *ff_layer_kind_name(int kind);
 const char *ff_loss_name(int kind);
-/* 1 if the loss trains on positive and negative rows, 0 if on labelled rows. */
-int ff_loss_has_negatives(int kind);
 const char *ff_label_name(int kind);
 const char *ff_norm_name(int kind);
 const char *ff_goodness_name(int kind);
@@ -281,6 +290,7 @@ typedef struct {
     float norm_eps;
     float label_value;    /* one-hot value, Fourier amplitude, embedding initial scale */
     float pvn_weight;     /* with FF_LOSS_CWC: (1-w) CwC + w PvN; 0 = pure CwC */
+    float margin;         /* DF N-pair margin (>= 0) */
 } ff_config;
 
 typedef struct {
@@ -292,7 +302,7 @@ typedef struct {
 } ff_opt_config;
 
 /* Defaults: FF loss, sum goodness, theta 2, alpha 4, L2 head norm eps 1e-4, label_value 1,
- * pvn_weight 0; Adam lr 1e-3, betas (0.9, 0.999), eps 1e-8. */
+ * pvn_weight 0, margin 1; Adam lr 1e-3, betas (0.9, 0.999), eps 1e-8. */
 ff_config ff_config_default(void);
 ff_opt_config ff_opt_config_default(void);
 
@@ -361,7 +371,7 @@ int ff_net_default_blocks(const ff_net *net, int *ends);
 ff_status ff_net_set_config(ff_net *net, const ff_config *cfg);
 ff_config ff_net_get_config(const ff_net *net);
 /* Block b's own loss.  Its kind must build the same rows as the net's (with or without
- * negatives), since all blocks of a step share them. */
+ * negatives), since all blocks of a step share them.  The DF margin is the net's (config). */
 ff_status ff_net_set_block_loss(ff_net *net, int b, ff_loss_kind loss, ff_goodness_kind goodness,
                                 float theta, float alpha, float pvn_weight);
 /* Why the last failing call on net failed, in words (the empty string before any failure).
@@ -424,7 +434,8 @@ ff_status ff_net_reserve(ff_net *net, int rows);
 /* One FF training step on a minibatch.
  *   x (B, C*H*W): raw inputs (never modified); labels (B) in [0,K);
  *   neg_labels (B) or NULL: negative labels, each != labels[b]; NULL draws them uniformly
- *     from the K-1 wrong classes with the net's RNG;
+ *     from the K-1 wrong classes with the net's RNG (FF_LOSS_DF uses every wrong label and
+ *     ignores them);
  *   active (nblocks) or NULL (all): a block with active[b] == 0 runs forward only (so later
  *     blocks see its output) and is neither trained nor its optimiser state touched;
  *     blocks after the last active one are skipped altogether;
@@ -441,11 +452,12 @@ ff_status ff_net_train_step(ff_net *net, const float *x, const int64_t *labels,
  *   x_neg (B, C*H*W) or NULL: explicit negative samples (self-contrastive pairs, hybrid
  *     images, or activations handed over from another process).  Negative row b is x_neg[b]
  *     encoded with neg_labels[b] if given, else labels[b] if given, else the neutral label;
- *     positive row b is x[b] with labels[b] (neutral without labels).  Needs a loss that
- *     trains on negatives (ff, symba, ...); labels may then be NULL when the loss needs none.
+ *     positive row b is x[b] with labels[b] (neutral without labels).  Needs a loss with one
+ *     negative per positive (ff, symba); labels may then be NULL (no head trained).
  *   out (T, S) or NULL: receives the output of the last layer of the last block run, for the
- *     T training rows (positive then negative; the labelled rows for a label-free loss), as
- *     computed before that block's update.  S is that layer's output size.
+ *     T = ff_net_train_rows(B) training rows (positive then negative; every label for df; the
+ *     labelled rows for a label-free loss), as computed before that block's update.  S is that
+ *     layer's output size (ff_net_train_out_size).
  * While the step runs, ff_net_progress tells how many leading layers' gradients are final
  * (for a caller that exchanges gradients layer by layer with apply_update 0). */
 typedef struct {
@@ -462,6 +474,9 @@ ff_status ff_net_train(ff_net *net, const ff_train_args *a);
  * number of layers once every block's backward is done; then nl + 1 once the head's and
  * the embedding's are too).  Safe to read from another thread during a step. */
 int ff_net_progress(const ff_net *net);
+/* The training rows T of a step on B samples: 2B for ff/symba (positive, negative), K*B for df
+ * (every label), B for the label-free losses: the rows of ff_net_train's `out`. */
+int ff_net_train_rows(const ff_net *net, int B);
 /* The output size of the layer ff_net_train's `out` comes from, for a step with `active`. */
 int ff_net_train_out_size(const ff_net *net, const uint8_t *active);
 
@@ -527,7 +542,7 @@ ff_status ff_net_predict_early_exit(ff_net *net, const float *x, int B, int onep
 /* Directional gradient check of block `block`'s local loss (block = nblocks: the head): the
  * finite difference along a random direction (seed) of the parameters that block alone trains,
  * step eps, against the analytic directional derivative of a compute-only step.  neg_labels are
- * required for losses with negatives.  Writes fd, an and their relative difference; parameters
+ * required for losses with one drawn negative per sample (FF, SymBa).  Writes fd, an and their relative difference; parameters
  * and running statistics are restored. */
 ff_status ff_net_check_grad(ff_net *net, const float *x, const int64_t *labels,
                             const int64_t *neg_labels, int B, int block, float eps, uint64_t seed,

@@ -27,7 +27,7 @@ FORMAT_VERSION = 2          # 2: block units, optimiser and scheduler objects; v
 _F32_MAX = float(np.finfo(np.float32).max)
 
 
-_HPARAM_KEYS = ("loss", "threshold", "alpha", "goodness", "norm", "norm_eps", "pvn_weight", "label_value")
+_HPARAM_KEYS = ("loss", "threshold", "alpha", "goodness", "norm", "norm_eps", "pvn_weight", "label_value", "margin")
 _MOMENT_NAMES = ((_P_MW, "m_weight"), (_P_MB, "m_bias"), (_P_VW, "v_weight"), (_P_VB, "v_bias"))
 
 
@@ -439,15 +439,20 @@ def _check_hparams(h):
                 alpha=_real("alpha", h["alpha"], lo=0.0, lo_open=True),
                 norm_eps=_real("norm_eps", h["norm_eps"], lo=0.0, lo_open=True),
                 pvn_weight=_real("pvn_weight", h["pvn_weight"], lo=0.0, hi=1.0),
-                label_value=_real("label_value", h["label_value"]))
+                label_value=_real("label_value", h["label_value"]),
+                margin=_real("margin", h["margin"], lo=0.0))
 
 
 def _check_loss_fits(model, loss, ranges):
     """Reject a loss the network cannot carry: the channel-wise losses read K channel groups from
     the last layer of every block, cross-entropy K logits.  FF and SymBa with label_encoding 'none'
     train only on explicit negatives (``x_neg``: self-contrastive or hybrid pairs); the core says so
-    if a step without them, or a goodness score, is asked of such a net."""
+    if a step without them, or a goodness score, is asked of such a net.  DF scores every label of
+    each sample, so it needs the label in the input."""
     K = model.num_classes
+    if loss == "df" and model.label_encoding == "none":
+        raise ValueError("loss 'df' compares each sample's goodness under every label, but label_encoding "
+                         "is 'none'; use loss 'cwc', 'pvn' or 'xent', or a label encoding")
     if loss not in ("cwc", "pvn", "xent"):
         return
     for b, (_, end) in enumerate(ranges):
@@ -536,8 +541,12 @@ class FFModel:
         K, the number of classes.
     blocks : list of int, optional
         Block ends (exclusive layer indices); default: a new block at every Linear/Conv2d.
-    loss : {"ff", "symba", "cwc", "pvn", "xent"}
-        FF softplus loss with threshold (eq. 1); SymBa; channel-wise competitive CwC (softmax
+    loss : {"ff", "symba", "df", "cwc", "pvn", "xent"}
+        FF softplus loss with threshold (eq. 1); SymBa; DF, the Distance-Forward goodness-based
+        N-pair margin loss (Wu et al. 2024, arXiv:2408.14925): each sample with its true label
+        against the same sample with each of the K - 1 wrong labels,
+        ``mean_b log(1 + sum_j exp(g-_jb - g+_b + margin))`` (see :func:`fflib.reference.df_loss`;
+        a step runs K rows per sample and ignores given negative labels); channel-wise competitive CwC (softmax
         cross-entropy over the K channel-group goodness values, eq. 3) or PvN (FF loss of the
         true group's goodness against the mean of the others), mixed by ``pvn_weight``; or
         softmax cross-entropy on a K-wide output (the backprop baseline).  The last three need
@@ -546,8 +555,10 @@ class FFModel:
         theta of the FF and PvN losses.
     alpha : float
         SymBa scale.
+    margin : float
+        DF margin m >= 0 (default 1.0).
     goodness : {"sum", "mean"}
-        Sum or mean of squared activities (FF, SymBa).
+        Sum or mean of squared activities (FF, SymBa, DF).
     norm : {"l2", "rms", "none"}
         Normalisation of the one-pass head's input features; ``norm_eps`` its epsilon.  (The
         normalisation between blocks is a :class:`LenNorm` layer in ``layers``.)
@@ -589,7 +600,7 @@ class FFModel:
     def __init__(self, layers, input_shape, num_classes=10, *, blocks=None, loss="ff", threshold=2.0,
                  alpha=4.0, goodness="sum", norm="l2", norm_eps=1e-4, pvn_weight=0.0,
                  label_value=1.0, label_encoding="onehot", label_placement="overwrite", head_blocks="auto",
-                 seed=0, fourier_modes=None):
+                 seed=0, fourier_modes=None, margin=1.0):
         if not isinstance(layers, (list, tuple)):
             raise TypeError(f"layers must be a list of fflib layers, got {type(layers).__name__}")
         if not layers:
@@ -606,7 +617,8 @@ class FFModel:
             raise ValueError(f"seed must be an int in [0, 2**64), got {seed!r}")
         _choice("label_encoding", label_encoding, LABEL_ENCODINGS)
         hparams = _check_hparams(dict(loss=loss, threshold=threshold, alpha=alpha, goodness=goodness, norm=norm,
-                                      norm_eps=norm_eps, pvn_weight=pvn_weight, label_value=label_value))
+                                      norm_eps=norm_eps, pvn_weight=pvn_weight, label_value=label_value,
+                                      margin=margin))
         if blocks is not None:
             blocks = _int_list("blocks", blocks)
         self.layers = list(layers)
@@ -726,7 +738,7 @@ class FFModel:
         return list(self._units)
 
     def set_config(self, **kw):
-        """Change loss, threshold, alpha, goodness, norm, norm_eps, pvn_weight, label_value."""
+        """Change loss, threshold, alpha, goodness, norm, norm_eps, pvn_weight, label_value, margin."""
         unknown = set(kw) - set(self._hparams)
         if unknown:
             raise TypeError(f"unknown FFModel settings: {sorted(unknown)}")
@@ -737,7 +749,8 @@ class FFModel:
                              goodness=_choice("goodness", h["goodness"], GOODNESS),
                              theta=float(h["threshold"]), alpha=float(h["alpha"]),
                              norm=_choice("norm", h["norm"], NORMS), norm_eps=float(h["norm_eps"]),
-                             label_value=float(h["label_value"]), pvn_weight=float(h["pvn_weight"]))
+                             label_value=float(h["label_value"]), pvn_weight=float(h["pvn_weight"]),
+                             margin=float(h["margin"]))
         self._hparams = h
 
     @property

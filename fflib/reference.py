@@ -23,7 +23,7 @@ __all__ = [
     "goodness_forward", "goodness_backward",
     "group_goodness_forward", "group_goodness_backward",
     "softplus", "sigmoid",
-    "ff_loss", "symba_loss", "softmax_xent", "cwc_loss", "pvn_loss",
+    "ff_loss", "symba_loss", "df_loss", "softmax_xent", "cwc_loss", "pvn_loss",
     "adam_step", "sgd_step",
     "conv2d_output_size", "conv2d_forward", "conv2d_backward",
     "batchnorm2d_forward_train", "batchnorm2d_forward_eval", "batchnorm2d_backward",
@@ -212,6 +212,40 @@ def symba_loss(gpos, gneg, alpha=4.0):
     z = -alpha * (gpos - gneg)
     dz = sigmoid(z) / B                      # dL/dz per row
     return float(np.mean(softplus(z))), -alpha * dz, alpha * dz
+
+
+def df_loss(gpos, gneg, margin=1.0):
+    """Distance-Forward goodness-based N-pair margin loss (Wu et al. 2024, arXiv:2408.14925).
+
+    FF read as centroid-based metric learning: with the label in the input, a layer's response
+    to (x, k) is the sample's features plus class k's contribution, a centroid, and goodness
+    measures how close the sample lies to that centroid.  Sohn's N-pair loss, with goodness as
+    the similarity and an additive margin m, asks the true class's goodness to beat every wrong
+    class's by m:
+
+        L = (1/B) sum_b log(1 + sum_j exp(gneg[j, b] - gpos[b] + m)),
+
+    gpos (B) the goodness of each sample with its true label, gneg (N, B) with its N wrong labels
+    (all K - 1 in fflib's training step).  Returns (L, dL/dgpos (B), dL/dgneg (N, B)).
+
+    Equation numbers: the paper's full text could not be read when this was written (offline;
+    only its abstract); a secondary summary puts the DF loss at the paper's Eqs. (6)-(7), which
+    is unverified.  The form above is Sohn's multi-class N-pair loss (NIPS 2016) with goodness as
+    the similarity and an additive margin, as the abstract describes.
+    """
+    gpos, gneg = np.atleast_1d(_f64(gpos)), _f64(gneg)
+    if gneg.ndim == 1:
+        gneg = gneg[None, :]
+    if gpos.ndim != 1 or gneg.ndim != 2 or gneg.shape[1] != gpos.shape[0] or gpos.size == 0 or gneg.size == 0:
+        raise ValueError(f"gpos must be (B,) and gneg (N, B), non-empty; got {gpos.shape} and {gneg.shape}")
+    B = gpos.shape[0]
+    z = gneg - gpos[None, :] + margin                  # (N, B)
+    M = np.maximum(z.max(axis=0), 0.0)                 # log(1 + sum e^z) without overflow
+    e0, ez = np.exp(-M), np.exp(z - M)
+    tot = e0 + ez.sum(axis=0)
+    L = np.mean(M + np.log(tot))
+    p = ez / tot / B                                   # dL/dgneg
+    return float(L), -p.sum(axis=0), p
 
 
 def softmax_xent(logits, labels):

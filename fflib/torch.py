@@ -13,7 +13,8 @@ one-call comparison.  PyTorch is optional: ``import fflib`` never imports it; th
 
 What one training step does, in both libraries (rows of B samples):
 
-* rows: FF/SymBa: [x with the true label | x with the negative label], and B neutral-label rows
+* rows: FF/SymBa: [x with the true label | x with the negative label] (DF: | x with each of the
+  K - 1 wrong labels, label j or j + 1 in group j), and B neutral-label rows
   when the head trains; CwC/PvN/xent: B rows with the neutral encoding (no label, no negatives),
   which also feed the head.  Labels: one-hot (the first K values of a flat input, of every channel
   plane of an image; neutral ``label_value / K``), Fourier (a per-class plane wave added to every
@@ -26,7 +27,8 @@ What one training step does, in both libraries (rows of B samples):
   move once per step, in the first block that runs the layer (not at all if that block is
   inactive).
 * block loss on the training rows of its output: FF ``softplus(theta - g+) + softplus(g- - theta)``
-  or SymBa ``softplus(-alpha (g+ - g-))`` with goodness the sum or mean of squares; CwC softmax
+  or SymBa ``softplus(-alpha (g+ - g-))`` or DF ``log(1 + sum_j exp(g-_j - g+ + margin))`` over
+  the sample's K - 1 wrong labels (the Distance-Forward N-pair margin loss) with goodness the sum or mean of squares; CwC softmax
   cross-entropy over the K channel-group goodness values, PvN, or their mix (``pvn_weight``);
   xent: softmax cross-entropy of a K-wide output.  All averaged over the batch.
 * the one-pass head: Linear + softmax cross-entropy on the concatenated outputs of the head
@@ -47,11 +49,21 @@ except ImportError as _e:   # pragma: no cover - exercised in a subprocess by th
     raise ImportError("fflib.torch needs PyTorch, an optional dependency of fflib: "
                       "pip install 'fflib-core[torch]' (or pip install torch)") from _e
 
-__all__ = ["FFNet", "TorchFF", "to_module", "torch_scheduler", "compare", "LenNorm", "BatchNorm2d", "Linear",
+__all__ = ["FFNet", "TorchFF", "to_module", "torch_scheduler", "compare", "df_loss", "LenNorm", "BatchNorm2d", "Linear",
            "Conv2d", "MaxPool2d", "Flatten"]
 
 LABEL_FREE = ("cwc", "pvn", "mix", "xent")
 GROUP_LOSSES = ("cwc", "pvn", "mix")
+
+
+# ---------------------------------------------------------------------------- losses
+
+def df_loss(gpos, gneg, margin=1.0):
+    """The Distance-Forward goodness-based N-pair margin loss (Wu et al. 2024, arXiv:2408.14925)
+    in PyTorch: ``mean_b log(1 + sum_j exp(gneg[j, b] - gpos[b] + margin))``, each sample's
+    goodness with its true label (gpos, (B,)) against its N wrong labels (gneg, (N, B))."""
+    z = gneg - gpos[None, :] + margin
+    return torch.logsumexp(torch.cat([torch.zeros_like(z[:1]), z]), 0).mean()
 
 
 # ---------------------------------------------------------------------------- layers
@@ -545,8 +557,8 @@ class TorchFF:
     # ------------------------------------------------------------------ checks
     def _check_manual(self):
         net = self.net
-        if net.config["loss"] not in ("ff", "symba") or net.label_encoding == "embedding":
-            raise ValueError("grad='manual' needs the FF or SymBa loss and no label embedding")
+        if net.config["loss"] not in ("ff", "symba", "df") or net.label_encoding == "embedding":
+            raise ValueError("grad='manual' needs the FF, SymBa or DF loss and no label embedding")
         for f, l in net.blocks:
             kinds = net.kinds[f:l]
             if not (len(kinds) >= 2 and kinds[-2:] == ["linear", "relu"]
@@ -566,6 +578,10 @@ class TorchFF:
             raise ValueError(f"y must be in [0, {K}), got range [{int(y.min())}, {int(y.max())}]")
         if net.label_free:
             return net.encode(x, None), y, B, 0
+        if net.config["loss"] == "df":   # every wrong label: group j holds label j, or j + 1 from y on
+            lab = torch.cat([y] + [torch.where(y <= j, torch.full_like(y, j + 1), torch.full_like(y, j))
+                                   for j in range(K - 1)] + ([torch.full((B,), -1)] if train_head else []))
+            return net.encode(x.repeat(K + (1 if train_head else 0), 1), lab), y, K * B, K * B
         if neg is None:   # a wrong label, uniform over the K - 1 others
             k = torch.randint(0, K - 1, (B,), generator=self.generator)
             neg = torch.where(k >= y, k + 1, k)
@@ -605,6 +621,8 @@ class TorchFF:
             return (F.softplus(theta - g[:B]) + F.softplus(g[B:] - theta)).mean()
         if loss_kind == "symba":
             return F.softplus(-float(cfg["alpha"]) * (g[:B] - g[B:])).mean()
+        if loss_kind == "df":
+            return df_loss(g[:B], g[B:].reshape(-1, B), float(cfg.get("margin", 1.0)))
         raise ValueError(f"fflib.torch does not know the loss {loss_kind!r}")
 
     @torch.no_grad()
@@ -622,6 +640,12 @@ class TorchFF:
             zp, zn = float(cfg["threshold"]) - g[:B], g[B:] - float(cfg["threshold"])
             loss = (F.softplus(zp) + F.softplus(zn)).mean()
             dg = torch.cat([-torch.sigmoid(zp), torch.sigmoid(zn)]) / B
+        elif cfg["loss"] == "df":
+            z = g[B:].reshape(-1, B) - g[:B][None, :] + float(cfg.get("margin", 1.0))
+            z0 = torch.cat([torch.zeros_like(z[:1]), z])
+            loss = torch.logsumexp(z0, 0).mean()
+            p = torch.softmax(z0, 0)[1:] / B
+            dg = torch.cat([-p.sum(dim=0), p.reshape(-1)])
         else:
             z = -float(cfg["alpha"]) * (g[:B] - g[B:])
             loss = F.softplus(z).mean()

@@ -123,7 +123,8 @@ def fit(model, x, y, *, epochs=10, batch_size=100, optimizer=None, scheduler=Non
         for ``epochs`` epochs before the next sees data).
     windows : per-block (start, end) epoch windows, overriding ``order``.
     negatives : "uniform" (a wrong label drawn uniformly, in C) or "hard" (drawn from the
-        model's own softmax over wrong labels, recomputed each epoch).
+        model's own softmax over wrong labels, recomputed each epoch).  The DF loss trains on
+        every wrong label and takes only "uniform" (its value is then unused).
     augment : image augmentation of every training minibatch, e.g. ``"crop4+flip"`` (see
         :mod:`fflib.augment`); None for none.
     train_head : train the one-pass head alongside the blocks; ``head_epochs`` extra epochs
@@ -183,6 +184,9 @@ def fit(model, x, y, *, epochs=10, batch_size=100, optimizer=None, scheduler=Non
     chunk_size = _count("chunk_size", chunk_size, 1)
     if not isinstance(negatives, str) or negatives not in ("uniform", "hard"):
         raise ValueError(f"negatives must be 'uniform' or 'hard', got {negatives!r}")
+    if negatives == "hard" and model.config["loss"] == "df":
+        raise ValueError("negatives='hard' does not apply to loss 'df', which trains every sample under all "
+                         "K - 1 wrong labels; use negatives='uniform'")
     if random_state is not None and not isinstance(random_state, np.random.Generator) and (
             isinstance(random_state, bool) or not isinstance(random_state, (int, np.integer)) or random_state < 0):
         raise ValueError(f"random_state must be None, an int >= 0 or a numpy Generator, got {random_state!r}")
