@@ -172,7 +172,7 @@ def test_margin_setting_and_bad_values():
     with pytest.raises(ValueError, match="margin must be finite and >= 0"):
         m._net.set_config(margin=-1.0)
     assert m.config["margin"] == 2.5
-    with pytest.raises(ValueError, match="loss 'df' compares goodness with the label in the input"):
+    with pytest.raises(ValueError, match="loss 'df' compares each sample's goodness under every label, but label_encoding is 'none'"):
         fflib.FFModel(models.conv_block(1, 8, 3), (1, 6, 6), 4, loss="df", label_encoding="none")
 
 
