@@ -364,7 +364,10 @@ def test_fuzz_optimisers_and_schedules(kind, lr, a, b, wd, betas, nesterov, laye
 
     def check_sched(s):
         for _ in range(15):
-            s.step()
+            try:
+                s.step()
+            except ValueError as e:   # a growing rate left float32's range: said clearly, nothing set
+                return None if str(e).startswith("lr must be finite") and good_real(opt.lr, 0) else repr(e)
             if not good_real(opt.lr, 0):
                 return f"lr {opt.lr!r}"
         return None
