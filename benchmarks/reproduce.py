@@ -13,8 +13,8 @@ stops the child after its current minibatch and writes nothing final; a finished
 ``results/reproduce/NAME.json``: the resolved config, the full per-epoch history, one-pass and
 multi-pass test errors, training seconds (summed over the epochs of every session), peak RSS
 (the largest of the sessions'), the fflib version and the git commit.  A finished recipe is
-skipped when run again (``--fresh`` starts it over).  Runs with ``--epochs`` or ``--subset``
-overrides go to ``results/reproduce/smoke/`` (never taken for a result).
+skipped when run again (``--fresh`` starts it over).  Runs with ``--epochs``, ``--subset`` or
+``--sample`` overrides go to ``results/reproduce/smoke/`` (never taken for a result).
 ``scripts/results_table.py`` turns the JSON files into ``results/reproduce.md`` and the README's
 table.
 """
@@ -57,14 +57,17 @@ def git_commit():
         return None, None
 
 
-def tag_of(name, epochs, subset):
+def tag_of(name, epochs, subset, sample=False):
     """The file name of a run: the recipe's name, with its overrides for smoke runs."""
-    return name + (f".e{epochs}" if epochs else "") + (f".s{subset}" if subset else "")
+    return name + (f".e{epochs}" if epochs else "") + (f".s{subset}" if subset else "") + \
+        (".sample" if sample else "")
 
 
-def train_args(name, epochs=None, subset=None, threads=1):
+def train_args(name, epochs=None, subset=None, threads=1, sample=False):
     """The ``train`` arguments of a run (without checkpoint and output paths)."""
     args = ["--recipe", name, "--threads", str(threads)]
+    if sample:
+        args += ["--dataset", "sample"]
     if epochs:
         args += ["--epochs", str(epochs)]
     if subset:
@@ -132,12 +135,12 @@ def _fold_session(ckdir):
     last.unlink()
 
 
-def run(name, *, epochs=None, subset=None, threads=1, out_dir=None, fresh=False, progress=None):
+def run(name, *, epochs=None, subset=None, threads=1, out_dir=None, fresh=False, progress=None, sample=False):
     """Run (or resume) one recipe; returns the process exit status (0 done, 130 interrupted)."""
     recipe = recipes.get(name)
-    smoke = bool(epochs or subset)
+    smoke = bool(epochs or subset or sample)
     out_dir = Path(out_dir) if out_dir else (OUT_DIR / "smoke" if smoke else OUT_DIR)
-    tag = tag_of(name, epochs, subset)
+    tag = tag_of(name, epochs, subset, sample)
     out = out_dir / f"{tag}.json"
     ckdir = out_dir / "checkpoints" / tag
     if fresh:
@@ -151,7 +154,7 @@ def run(name, *, epochs=None, subset=None, threads=1, out_dir=None, fresh=False,
     _fold_session(ckdir)
     total = epochs or recipe.settings["epochs"]
     start = _checkpoint_epoch(ckdir)
-    args = train_args(name, epochs, subset, threads)
+    args = train_args(name, epochs, subset, threads, sample)
     cmd = [sys.executable, "-m", "fflib", "train", *args, "--checkpoint", str(ckdir), "--resume",
            "--out", str(ckdir / "train.json"), "--no-progress"]
     print(f"{tag}: {'resuming after epoch ' + str(start) if start else 'starting'} "
@@ -216,7 +219,8 @@ def run(name, *, epochs=None, subset=None, threads=1, out_dir=None, fresh=False,
         "name": name, "schema": SCHEMA, "smoke": smoke,
         "command": recipes.command(recipe) if not smoke else "python -m fflib train " + " ".join(args),
         "reproduce_command": f"python benchmarks/reproduce.py --only {name}"
-                             + (f" --epochs {epochs}" if epochs else "") + (f" --subset {subset}" if subset else ""),
+                             + (f" --epochs {epochs}" if epochs else "") + (f" --subset {subset}" if subset else "")
+                             + (" --sample" if sample else ""),
         "recipe": recipe.to_dict(),
         "config": dict(r["config"], checkpoint=_relative(r["config"].get("checkpoint"))),
         "test_error": r["test_error"], "train_error": r["train_error"],
@@ -260,6 +264,8 @@ def main(argv=None):
     p.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs (smoke runs)")
     p.add_argument("--subset", type=int, default=None,
                    help="only the first N training/validation/test images (smoke runs)")
+    p.add_argument("--sample", action="store_true",
+                   help="train and test on the embedded 10,000-image MNIST sample (MNIST recipes; smoke runs)")
     p.add_argument("--threads", type=int, default=1, help="threads of the C core (default 1; a resumed run "
                                                            "is bit-identical only on the same count)")
     p.add_argument("--out-dir", default=None, help=f"where results go (default {OUT_DIR}, smoke runs in smoke/)")
@@ -275,13 +281,15 @@ def main(argv=None):
     unknown = [n for n in names if n not in recipes.RECIPES]
     if unknown:
         p.error(f"unknown recipes {unknown}; choose from {', '.join(recipes.RECIPES)}")
+    if a.sample and any(recipes.get(n).dataset != "mnist" for n in names):
+        p.error("--sample takes MNIST recipes only (the sample is MNIST)")
     for flag, v in (("--epochs", a.epochs), ("--subset", a.subset), ("--threads", a.threads)):
         if v is not None and v <= 0:
             p.error(f"{flag} must be a positive int, got {v}")
     status = 0
     for name in names:
         rc = run(name, epochs=a.epochs, subset=a.subset, threads=a.threads, out_dir=a.out_dir,
-                 fresh=a.fresh, progress=False if a.no_progress else None)
+                 fresh=a.fresh, progress=False if a.no_progress else None, sample=a.sample)
         if rc == 130:
             return 130
         status = status or rc
