@@ -45,8 +45,9 @@ class Recipe:
     """One recipe: ``settings`` (train option names to values) and what they produced.
 
     status: "measured" (``result`` is the test error of a run with exactly these settings,
-    its JSON at ``source``), "partial" (measured, but a short run far from the row's target) or
-    "untuned" (no run; ``result`` is None)."""
+    its JSON at ``source``), "partial" (measured, but a short run far from the row's target),
+    "reported" (measured with these settings by a test that keeps no JSON, ``evidence`` says
+    which; the results tables wait for its JSON) or "untuned" (no run; ``result`` is None)."""
     name: str
     model: str
     dataset: str
@@ -55,6 +56,7 @@ class Recipe:
     status: str = "untuned"
     result: Optional[Dict[str, float]] = None
     source: Optional[str] = None
+    evidence: str = ""
     tuned_on: str = "not tuned"
     survey: Optional[str] = None
     anchor: Optional[str] = None
@@ -74,7 +76,8 @@ class Recipe:
         """The recipe as JSON-able data (what ``python -m fflib recipes --json`` prints)."""
         return {"name": self.name, "model": self.model, "dataset": self.dataset, "row": self.row,
                 "default": self.default, "settings": dict(self.settings), "status": self.status,
-                "result": self.result, "source": self.source, "tuned_on": self.tuned_on,
+                "result": self.result, "source": self.source, "evidence": self.evidence,
+                "tuned_on": self.tuned_on,
                 "survey": self.survey, "anchor": self.anchor, "target": self.target,
                 "notes": self.notes, "command": command(self)}
 
@@ -108,8 +111,10 @@ _ALL = [
            anchor="Hinton 1.36", target="<= 1.3",
            notes="the 784-500-100 recipe's settings at Hinton's size; not run (hours on 2 cores)"),
     Recipe("mnist-cnn", "cnn", "mnist", "MNIST CNN (original FF): conv 32, conv 64, linear 256x100",
-           dict(_CNN), status="measured", result={"one_pass": 1.36, "multi_pass": 1.58},
-           source="benchmarks/results/reproduce/mnist-cnn.json", tuned_on=_TEST_TUNED,
+           dict(_CNN), status="reported", result={"one_pass": 1.36, "multi_pass": 1.58},
+           evidence="printed by tests/test_e2e_mnist.py::test_mnist_survey_cnn_under_2_percent with "
+                    "these settings (2 threads); its reproduce.py run (JSON) is pending",
+           tuned_on=_TEST_TUNED,
            survey="4.4 / 5.0", anchor="Scodellaro et al. 0.84", target="<= 1.0",
            notes="learned label channel, one-pass head on all three blocks at twice the blocks' rate, "
                  "random 2-pixel shifts, 12 epochs"),
@@ -140,7 +145,7 @@ _ALL = [
     Recipe("cifar10-cnn", "cnn", "cifar10", "CIFAR-10 CNN (original FF): conv 128, 264, 512, 1024",
            dict(_CNN, epochs=2, head_lr=0.0003, head_blocks=None, augment=None, val_size=5000),
            status="partial", result={"one_pass": 62.02, "multi_pass": 62.34},
-           source="benchmarks/results/runs/cnn_cifar10.json", tuned_on="not tuned (one 2-epoch run)",
+           source="benchmarks/results/runs/cnn_cifar10.json", tuned_on="nothing (one 2-epoch run, not tuned)",
            survey="44.3 / 48.3", target="<= 42",
            notes="only 2 epochs were affordable (about 30 core-minutes per epoch); far from the target"),
     Recipe("cifar10-cwcomp", "cwcomp", "cifar10", "CIFAR-10 CwComp", dict(_LIGHT),

@@ -82,7 +82,7 @@ def test_mnist_survey_cnn_under_2_percent(mnist):
     s = recipe("mnist-cnn")
     assert recipes.lookup("cnn", "mnist").name == "mnist-cnn" and s["cooldown"] and not s["milestones"]
     model = models.build("cnn", "mnist", loss=s["loss"], goodness=s["goodness"], norm=s["norm"],
-                         label_encoding=s["label_encoding"], seed=s["seed"])
+                         label_encoding=s["label_encoding"], head_blocks=s["head_blocks"], seed=s["seed"])
     res = fit_and_evaluate(model, mnist, epochs=s["epochs"], lr=s["lr"], head_lr=s["head_lr"],
                            batch_size=s["batch_size"], augment=s["augment"])
     assert res["one_pass"] <= 2.0 and res["multi_pass"] <= 2.0
