@@ -493,12 +493,12 @@ def recipes_command(a):
     if a.json:
         print(json.dumps(rows, indent=1))
         return 0
-    print(f"{'recipe':20s} {'status':9s} {'fflib %':>13s} {'survey':>11s} {'target':>7s}  command")
+    print(f"{'recipe':20s} {'status':9s} {'fflib %':>13s} {'survey':>11s} {'target':>8s}  command")
     for r in rows:
         res = r["result"]
         got = "untuned" if res is None else f"{res['one_pass']:.2f} / {res['multi_pass']:.2f}"
         print(f"{r['name']:20s} {r['status']:9s} {got:>13s} {r['survey'] or '-':>11s} "
-              f"{r['target'] or '-':>7s}  {r['command']}")
+              f"{r['target'] or '-':>8s}  {r['command']}")
     print("\nfflib %: test error one-pass / multi-pass on the full test set, from the run in each recipe's\n"
           "source (--json shows it, the settings and how they were tuned); untuned: no run with these\n"
           "settings yet.  Flags given to train override single settings of the recipe.")

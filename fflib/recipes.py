@@ -194,6 +194,7 @@ def resolve(args: Any, recipe: Optional[str] = None) -> Tuple[Optional[Recipe], 
     ``recipe`` (or the default recipe of ``args.model`` on ``args.dataset``), then from
     :data:`BASE`.  Settings ``args`` does not have are skipped.  Returns (the recipe or None,
     the settings the recipe supplied)."""
+    r: Optional[Recipe]
     if recipe is not None:
         r = get(recipe)
         for key, want in (("model", r.model), ("dataset", r.dataset)):
