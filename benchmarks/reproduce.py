@@ -11,17 +11,18 @@ at any moment (Ctrl-C, a kill, a reboot), the same command resumes it where its 
 left it, and it ends bit-identical to an uninterrupted run on the same thread count.  Ctrl-C
 stops the child after its current minibatch and writes nothing final; a finished run writes
 ``results/reproduce/NAME.json``: the resolved config, the full per-epoch history, one-pass and
-multi-pass test errors, training seconds (summed over the epochs of every session), peak RSS
-(the largest of the sessions'), the fflib version and the git commit.  A finished recipe is
-skipped when run again (``--fresh`` starts it over).  Runs with ``--epochs``, ``--subset`` or
-``--sample`` overrides go to ``results/reproduce/smoke/`` (never taken for a result).
-``scripts/results_table.py`` turns the JSON files into ``results/reproduce.md`` and the README's
-table.
+multi-pass test errors, training seconds (summed over the epochs of every session), the child's
+CPU seconds, peak RSS (the largest of the sessions'), the fflib version and the git commit.  A
+finished recipe is skipped when run again (``--fresh`` starts it over).  Runs with ``--epochs``,
+``--subset`` or ``--sample`` overrides go to ``results/reproduce/smoke/`` (never taken for a
+result).  ``scripts/results_table.py`` turns the JSON files into ``results/reproduce.md`` and the
+README's table.
 """
 import argparse
 import datetime
 import json
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -121,7 +122,8 @@ def _relative(path):
 
 
 def _fold_session(ckdir):
-    """Move the last session's train.json (if any) into sessions.json: its peak RSS and times."""
+    """Move a train.json this script did not record (a session of the ``train`` command run by hand
+    with the same checkpoint) into sessions.json: its peak RSS and times."""
     last = ckdir / "train.json"
     if not last.exists():
         return
@@ -169,6 +171,7 @@ def run(name, *, epochs=None, subset=None, threads=1, out_dir=None, fresh=False,
         except ImportError:
             bar = None
     t0 = time.time()
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     # the child takes Ctrl-C itself (stops after its minibatch, keeps its last checkpoint); a
     # child of a backgrounded shell inherits SIGINT ignored, so give it the default action back
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
@@ -202,18 +205,26 @@ def run(name, *, epochs=None, subset=None, threads=1, out_dir=None, fresh=False,
     if bar is not None:
         bar.close()
     wall = time.time() - t0
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    # CPU seconds of the child (user + system): unlike wall time, not inflated by other load
+    cpu = (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)
+    r = _read_json(ckdir / "train.json", None)
+    session = {"wall_seconds": wall, "cpu_seconds": cpu, "exit": rc}
+    if r is not None:
+        session.update(peak_rss_mb=r.get("peak_rss_mb"), train_seconds=r.get("train_seconds"),
+                       epochs_done=len(r.get("epochs", [])), interrupted=r.get("interrupted"),
+                       threads=r.get("config", {}).get("threads"))
+        (ckdir / "train.json").unlink()
+    sessions = _read_json(ckdir / "sessions.json", []) + [session]
+    _write_json(ckdir / "sessions.json", sessions)
     if rc != 0 or interrupted:
         done = _checkpoint_epoch(ckdir)
         print(f"{tag}: stopped (exit {rc}) after {wall:.0f}s with {done}/{total} epochs checkpointed; "
               f"run the same command to resume", flush=True)
         return rc or 130
-    r = _read_json(ckdir / "train.json", None)
     if r is None or r.get("interrupted"):
         print(f"{tag}: the run wrote no complete result", flush=True)
         return 1
-    sessions = _read_json(ckdir / "sessions.json", []) + [
-        {"peak_rss_mb": r["peak_rss_mb"], "train_seconds": r["train_seconds"], "epochs_done": len(r["epochs"]),
-         "interrupted": False, "threads": r["config"]["threads"], "wall_seconds": wall}]
     commit, dirty = git_commit()
     result = {
         "name": name, "schema": SCHEMA, "smoke": smoke,
@@ -230,6 +241,8 @@ def run(name, *, epochs=None, subset=None, threads=1, out_dir=None, fresh=False,
         "train_seconds": sum(e["seconds"] for e in r["epochs"]),
         "test_eval_seconds": r["test_eval_seconds"],
         "peak_rss_mb": max(s["peak_rss_mb"] for s in sessions if s.get("peak_rss_mb") is not None),
+        # CPU seconds of every session run by this script (loading, training, evaluation)
+        "cpu_seconds": sum(s.get("cpu_seconds", 0.0) for s in sessions),
         "sessions": sessions,
         "fflib_version": r["fflib_version"], "blas": r.get("blas"),
         "git_commit": commit, "git_dirty": dirty,

@@ -168,7 +168,7 @@ def test_reproduce_resumes_after_ctrl_c_bit_identically(tmp_path, capsys):
     assert [e["epoch"] for e in b["epochs"]] == list(range(1, 9)) and len(b["sessions"]) == 2
     assert [e["block_loss"] for e in b["epochs"]] == [e["block_loss"] for e in a["epochs"]]
     assert b["test_error"] == a["test_error"] and b["config"]["recipe"] == "mnist-mlp"
-    for key in ("train_seconds", "peak_rss_mb", "fflib_version", "git_commit", "command", "recipe"):
+    for key in ("train_seconds", "cpu_seconds", "peak_rss_mb", "fflib_version", "git_commit", "command", "recipe"):
         assert key in b
     assert b["smoke"] and b["fflib_version"] == fflib.__version__
     # a finished run is not run again
