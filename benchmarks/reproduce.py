@@ -219,9 +219,12 @@ def run(name, *, epochs=None, subset=None, threads=1, out_dir=None, fresh=False,
     _write_json(ckdir / "sessions.json", sessions)
     if rc != 0 or interrupted:
         done = _checkpoint_epoch(ckdir)
-        print(f"{tag}: stopped (exit {rc}) after {wall:.0f}s with {done}/{total} epochs checkpointed; "
-              f"run the same command to resume", flush=True)
-        return rc or 130
+        if interrupted or rc in (130, -signal.SIGINT, -signal.SIGKILL, -signal.SIGTERM):
+            print(f"{tag}: stopped (exit {rc}) after {wall:.0f}s with {done}/{total} epochs checkpointed; "
+                  f"run the same command to resume", flush=True)
+            return 130
+        print(f"{tag}: failed (exit {rc}); its output is in {ckdir / 'log.txt'}", flush=True)
+        return rc
     if r is None or r.get("interrupted"):
         print(f"{tag}: the run wrote no complete result", flush=True)
         return 1

@@ -199,7 +199,8 @@ def resolve(args: Any, recipe: Optional[str] = None) -> Tuple[Optional[Recipe], 
         r = get(recipe)
         for key, want in (("model", r.model), ("dataset", r.dataset)):
             given = getattr(args, key, None)
-            if given is not None and given != want and not (key == "dataset" and given == "sample"):
+            # the embedded sample is MNIST: it takes the MNIST recipes
+            if given is not None and given != want and not (given == "sample" and want == "mnist"):
                 raise ValueError(f"--{key} {given} contradicts the recipe {r.name} (its {key} is {want})")
         if getattr(args, "dataset", None) is None:
             args.dataset = r.dataset

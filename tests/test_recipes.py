@@ -99,26 +99,28 @@ def run_train(argv, tmp_path):
 def test_train_without_flags_runs_the_recipe(tmp_path, capsys):
     # the model's name alone gives the CNN recipe (12 epochs, shifts, head on all blocks at 6e-3);
     # epochs and subset overridden so it runs in seconds
-    cfg = run_train(["--model", "cnn", "--epochs", "1", "--subset", "200"], tmp_path)
+    cfg = run_train(["--model", "cnn", "--epochs", "1", "--subset", "100"], tmp_path)
     want = recipes.get("mnist-cnn").settings
     assert cfg["recipe"] == "mnist-cnn" and cfg["dataset"] == "sample" and cfg["epochs"] == 1
-    assert cfg["num_train"] == cfg["num_test"] == 200 and cfg["subset"] == 200
+    assert cfg["num_train"] == cfg["num_test"] == 100 and cfg["subset"] == 100
     for key in ("batch_size", "lr", "head_lr", "head_blocks", "augment", "cooldown", "loss", "label_encoding"):
         assert cfg[key] == want[key], key
     assert cfg["num_params_with_head"] == models.build("cnn", "mnist").num_parameters(head=True)
-    # a flag overrides that one setting only
-    cfg = run_train(["--model", "cnn", "--epochs", "1", "--subset", "200", "--head-lr", "0.001",
-                     "--augment", "none"], tmp_path)
-    assert cfg["head_lr"] == 0.001 and cfg["augment"] == "none" and cfg["lr"] == want["lr"]
-    # no flag at all: the MLP recipe on the embedded sample (as before the recipes)
-    cfg = run_train(["--epochs", "1", "--subset", "200"], tmp_path)
+    # no flag at all: the MLP recipe on the embedded sample (as before the recipes); a flag
+    # overrides that one setting only
+    cfg = run_train(["--epochs", "1", "--subset", "200", "--lr", "0.001"], tmp_path)
+    mlp = recipes.get("mnist-mlp").settings
     assert cfg["recipe"] == "mnist-mlp" and cfg["layers"] == [784, 500, 100] and cfg["loss"] == "symba"
+    assert cfg["lr"] == 0.001 and cfg["head_lr"] == mlp["head_lr"] and cfg["batch_size"] == mlp["batch_size"]
     # a named variant
     cfg = run_train(["--recipe", "mnist-mlp-ff", "--dataset", "sample", "--epochs", "1", "--subset", "200"], tmp_path)
     assert cfg["loss"] == "ff" and cfg["goodness"] == "sum" and cfg["threshold"] == 2000.0
     with pytest.raises(SystemExit) as e:
         cli.main(["train", "--recipe", "mnist-cnn", "--model", "mlp"])
     assert e.value.code == 2 and "contradicts the recipe mnist-cnn" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        cli.main(["train", "--recipe", "cifar10-cnn", "--dataset", "sample"])
+    assert e.value.code == 2 and "its dataset is cifar10" in capsys.readouterr().err
 
 
 def test_recipes_command_lists_them(capsys):
