@@ -1,4 +1,7 @@
-"""The command line: ``python -m fflib train ...`` and ``python -m fflib models``.
+"""The command line: ``python -m fflib train ...``, ``python -m fflib models`` and ``python -m fflib recipes``.
+
+``train`` without a flag runs the recipe of its model on its dataset (:mod:`fflib.recipes`):
+each flag left out takes the recipe's setting, each flag given overrides that one setting.
 
 Contract (other tools depend on it): ``train`` prints one-pass and multi-pass test error and,
 with ``--out FILE.json``, writes config (the resolved settings, the actual thread count and
@@ -163,10 +166,11 @@ def build_parser():
                         "cwcomp, ff_tiny .. ff_deep (channel-wise competitive CNNs)")
     t.add_argument("--layers", type=_int_list, default=None, help="MLP hidden sizes, e.g. 500,100")
     t.add_argument("--epochs", type=_positive(int), default=None, help="epochs (default: the recipe's)")
-    t.add_argument("--batch-size", type=_positive(int), default=None, help="default 100 (128 for CwC models)")
+    t.add_argument("--batch-size", type=_positive(int), default=None, help="default: the recipe's (100; 128 for CwC models)")
     t.add_argument("--lr", type=_positive(float), default=None, help="Adam learning rate")
     t.add_argument("--head-lr", type=_positive(float), default=None,
-                   help="learning rate of the one-pass head (default: --lr, a tenth of it for the CwC models)")
+                   help="learning rate of the one-pass head (default: the recipe's; without one --lr, "
+                        "a tenth of it for the CwC models)")
     t.add_argument("--threshold", type=_finite, default=None, help="FF / PvN loss threshold theta")
     t.add_argument("--goodness", choices=["sum", "mean"], default=None)
     t.add_argument("--norm", choices=["l2", "rms", "none"], default=None,
