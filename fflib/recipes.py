@@ -111,10 +111,8 @@ _ALL = [
            anchor="Hinton 1.36", target="<= 1.3",
            notes="the 784-500-100 recipe's settings at Hinton's size; not run (hours on 2 cores)"),
     Recipe("mnist-cnn", "cnn", "mnist", "MNIST CNN (original FF): conv 32, conv 64, linear 256x100",
-           dict(_CNN), status="reported", result={"one_pass": 1.36, "multi_pass": 1.58},
-           evidence="printed by tests/test_e2e_mnist.py::test_mnist_survey_cnn_under_2_percent with "
-                    "these settings (2 threads); its reproduce.py run (JSON) is pending",
-           tuned_on=_TEST_TUNED,
+           dict(_CNN), status="measured", result={"one_pass": 1.35, "multi_pass": 1.64},
+           source="benchmarks/results/reproduce/mnist-cnn.json", tuned_on=_TEST_TUNED,
            survey="4.4 / 5.0", anchor="Scodellaro et al. 0.84", target="<= 1.0",
            notes="learned label channel, one-pass head on all three blocks at twice the blocks' rate, "
                  "random 2-pixel shifts, 12 epochs"),

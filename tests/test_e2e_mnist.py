@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 # default threads (all CPUs).  The settings are the recipes' (fflib.recipes: what
 # `python -m fflib train --dataset mnist --model M` runs), so these tests check what users get.
 # Measured on the full MNIST test set (one-pass / multi-pass): the CNN recipe 1.36 / 1.58 % (12
-# epochs; 1.29 / 1.96 after 10, 1.59 / 2.14 at 4e-3 for 8); with the head on blocks 2-3 only
+# epochs, this test; 1.35 / 1.64 by reproduce.py; 1.29 / 1.96 after 10, 1.59 / 2.14 at 4e-3 for 8); with the head on blocks 2-3 only
 # 3.03 / 3.05 after 4 epochs and 2.72 / 2.32 after 6; the CwComp recipe on a slimmed CwComp
 # (20/40/80/160 channels) for 6 epochs with one step at epoch 4: 0.85 / 1.42 % (1.06 / 1.72 after
 # 4 without the shifts).
