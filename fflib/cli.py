@@ -1,4 +1,7 @@
-"""The command line: ``python -m fflib train ...`` and ``python -m fflib models``.
+"""The command line: ``python -m fflib train ...``, ``python -m fflib models`` and ``python -m fflib recipes``.
+
+``train`` without a flag runs the recipe of its model on its dataset (:mod:`fflib.recipes`):
+each flag left out takes the recipe's setting, each flag given overrides that one setting.
 
 Contract (other tools depend on it): ``train`` prints one-pass and multi-pass test error and,
 with ``--out FILE.json``, writes config (the resolved settings, the actual thread count and
@@ -21,6 +24,7 @@ import numpy as np
 
 from . import datasets
 from . import models as zoo
+from . import recipes
 from .export import add_export_parser, run_export
 
 
@@ -204,21 +208,25 @@ def build_parser():
     p.add_argument("--version", action="version", version=f"fflib {__version__}")
     sub = p.add_subparsers(dest="command", parser_class=_Parser)
     t = sub.add_parser("train", help="train an FF model and report test error")
-    t.add_argument("--dataset", default="sample", choices=datasets.DATASET_NAMES,
+    t.add_argument("--dataset", default=None, choices=datasets.DATASET_NAMES,
                    help="sample (embedded MNIST subset, the default), mnist, fashion-mnist, cifar10")
+    t.add_argument("--recipe", default=None, choices=list(recipes.RECIPES), metavar="NAME",
+                   help="run a named recipe (python -m fflib recipes lists them); default: the recipe "
+                        "of --model on --dataset.  Every other flag overrides one of its settings")
     t.add_argument("--data-dir", default=None, help="dataset directory (default: $FFLIB_DATA)")
-    t.add_argument("--model", default="mlp", choices=zoo.ZOO,
+    t.add_argument("--model", default=None, choices=zoo.ZOO,
                    help="mlp (the survey's FF MLP), cnn (the survey's FF CNN for the dataset), "
                         "cwcomp, ff_tiny .. ff_deep (channel-wise competitive CNNs)")
-    t.add_argument("--layers", type=_int_list, default=[500, 100], help="MLP hidden sizes, e.g. 500,100")
-    t.add_argument("--epochs", type=_positive(int), default=None, help="epochs (default 10)")
-    t.add_argument("--batch-size", type=_positive(int), default=None, help="default 100 (128 for CwC models)")
+    t.add_argument("--layers", type=_int_list, default=None, help="MLP hidden sizes, e.g. 500,100")
+    t.add_argument("--epochs", type=_positive(int), default=None, help="epochs (default: the recipe's)")
+    t.add_argument("--batch-size", type=_positive(int), default=None, help="default: the recipe's (100; 128 for CwC models)")
     t.add_argument("--lr", type=_positive(float), default=None, help="Adam learning rate")
     t.add_argument("--head-lr", type=_positive(float), default=None,
-                   help="learning rate of the one-pass head (default: --lr, a tenth of it for the CwC models)")
+                   help="learning rate of the one-pass head (default: the recipe's; without one --lr, "
+                        "a tenth of it for the CwC models)")
     t.add_argument("--threshold", type=_finite, default=None, help="FF / PvN loss threshold theta")
-    t.add_argument("--goodness", choices=["sum", "mean"], default="mean")
-    t.add_argument("--norm", choices=["l2", "rms", "none"], default="rms",
+    t.add_argument("--goodness", choices=["sum", "mean"], default=None)
+    t.add_argument("--norm", choices=["l2", "rms", "none"], default=None,
                    help="length normalisation between MLP layers (and of the one-pass head input)")
     t.add_argument("--loss", choices=list(_core_tables()[0]), default=None,
                    help="the blocks' local loss (default: symba for mlp/cnn, cwc for the CwC models); xent "
@@ -234,26 +242,28 @@ def build_parser():
     t.add_argument("--label-value", type=_finite, default=None,
                    help="one-hot value / Fourier amplitude / embedding initial scale (default 1, "
                         "0.1 with --fourier-modes fit)")
-    t.add_argument("--routine", choices=["greedy", "chunked", "overlapping", "backprop"], default="greedy")
-    t.add_argument("--chunk-size", type=_positive(int), default=2, help="units per chunk")
-    t.add_argument("--alternate", action="store_true", help="shift the chunks every iteration")
+    t.add_argument("--routine", choices=["greedy", "chunked", "overlapping", "backprop"], default=None)
+    t.add_argument("--chunk-size", type=_positive(int), default=None, help="units per chunk")
+    t.add_argument("--alternate", action="store_true", default=None, help="shift the chunks every iteration")
     t.add_argument("--pipeline", action="store_true",
                    help="pipelined blocks: block k on minibatch t-k, the blocks at once on the threads "
                         "(same weights as sequential training)")
-    t.add_argument("--order", choices=["simultaneous", "layerwise"], default="simultaneous")
-    t.add_argument("--negatives", choices=["uniform", "hard"], default="uniform")
+    t.add_argument("--order", choices=["simultaneous", "layerwise"], default=None)
+    t.add_argument("--negatives", choices=["uniform", "hard"], default=None)
     t.add_argument("--augment", default=None,
                    help="image augmentation of training batches: flip, cropN (random shift by up to N "
                         "pixels), joined by +, e.g. crop4+flip for CIFAR-10, crop2 for MNIST")
     t.add_argument("--milestones", type=_increasing, default=None, help="MultiStepLR epochs, e.g. 30,45")
-    t.add_argument("--gamma", type=_positive(float), default=0.1)
-    t.add_argument("--no-cooldown", dest="cooldown", action="store_false",
+    t.add_argument("--gamma", type=_positive(float), default=None)
+    t.add_argument("--no-cooldown", dest="cooldown", action="store_const", const=False, default=None,
                    help="constant learning rate (default: linear cooldown over the second half, "
                         "unless --milestones are given)")
-    t.add_argument("--val-size", type=int, default=0,
+    t.add_argument("--val-size", type=int, default=None,
                    help="hold out the last N training samples as a validation set, evaluated every "
                         "epoch (tune on it, never on the test set)")
-    t.add_argument("--seed", type=_seed, default=0)
+    t.add_argument("--seed", type=_seed, default=None)
+    t.add_argument("--subset", type=_positive(int), default=None, metavar="N",
+                   help="smoke runs: only the first N training, validation and test images each")
     t.add_argument("--threads", type=_threads, default=None, help="threads of the C core, 1..64")
     t.add_argument("--out", default=None, help="write results as JSON to this file (and a per-epoch CSV "
                                                "log beside it, .csv for .json)")
@@ -270,7 +280,7 @@ def build_parser():
     t.add_argument("--pvn-weight", type=_fraction, default=None,
                    help="with --loss cwc: (1-w) CwC + w PvN, w in [0, 1] (default 0: pure CwC)")
     t.add_argument("--alpha", type=_positive(float), default=None, help="SymBa's scale (default 4); --loss symba")
-    t.add_argument("--optimizer", choices=["adam", "sgd"], default="adam", help="default adam")
+    t.add_argument("--optimizer", choices=["adam", "sgd"], default=None, help="default: the recipe's (adam)")
     t.add_argument("--momentum", type=_nonnegative, default=None, help="SGD momentum (default 0); --optimizer sgd")
     t.add_argument("--weight-decay", type=_nonnegative, default=0.0, help="L2 weight decay (default 0)")
     t.add_argument("--head-blocks", type=_head_blocks, default=None,
@@ -295,6 +305,9 @@ def build_parser():
                         "(the one-pass head then trains one more, head-only epoch); only rank 0 prints and "
                         "writes files")
     sub.add_parser("models", help="list the model zoo with parameter counts")
+    r = sub.add_parser("recipes", help="list the recipes (settings per model and dataset) with their "
+                                       "reported test errors")
+    r.add_argument("--json", action="store_true", help="print them as JSON")
     add_export_parser(sub)
     e = sub.add_parser("eval", help="evaluate a saved model on a dataset's test split")
     e.add_argument("model", help="a model file written by train --save or FFModel.save")
@@ -425,6 +438,11 @@ def early_exit_report(model, xv, yv, xt, yt, rule, drop_points):
 def train_command(a):
     from . import FFModel, mlp, Adam, MultiStepLR, LinearCooldown, fit, evaluate, set_num_threads, get_num_threads
     from . import __version__
+    # unset flags take the recipe's settings (python -m fflib recipes), then the base defaults
+    try:
+        recipe, _ = recipes.resolve(a, a.recipe)
+    except ValueError as e:
+        _bad(str(e))
     _check_output("--out", a.out)
     _check_output("--save", a.save)
     _check_output("--checkpoint", a.checkpoint, directory=True)
@@ -461,6 +479,10 @@ def train_command(a):
     xv = yv = None
     if a.val_size:
         x, xv, y, yv = x[:-a.val_size], x[-a.val_size:], y[:-a.val_size], y[-a.val_size:]
+    if a.subset:
+        x, y, xt, yt = x[:a.subset], y[:a.subset], xt[:a.subset], yt[:a.subset]
+        if xv is not None:
+            xv, yv = xv[:a.subset], yv[:a.subset]
     cwc = a.model in CWC_MODELS
     _check_api_flags(a, cwc)
     if cwc and a.label_encoding not in (None, "none"):
@@ -506,7 +528,8 @@ def train_command(a):
             model = zoo.build(a.model, a.dataset, **kw)
     except ValueError as e:
         _bad(str(e))
-    config = {"dataset": a.dataset, "data_dir": a.data_dir, "model": a.model,
+    config = {"recipe": None if recipe is None else recipe.name, "subset": a.subset,
+              "dataset": a.dataset, "data_dir": a.data_dir, "model": a.model,
               "layers": [x.shape[1]] + a.layers if a.model == "mlp" else None,
               "epochs": epochs, "batch_size": batch_size, "lr": lr, "head_lr": head_lr,
               # the settings the model runs with (a CwC model ignores --norm and --goodness)
@@ -620,6 +643,8 @@ def main(argv=None):
             return 130
     if a.command == "models":
         return models_command()
+    if a.command == "recipes":
+        return recipes_command(a)
     if a.command == "export":
         return run_export(a)
     if a.command == "eval":
@@ -707,4 +732,23 @@ def models_command():
     print("\nparams: the FF layers; + head: with the one-pass softmax head.  The survey's counts for the\n"
           "light models also include a 10x32x32 label embedding its code creates but does not use and\n"
           "2F affine parameters normalising the head's F inputs: ours + 2F + 10,240 = the survey's.")
+    return 0
+
+
+def recipes_command(a):
+    """Print every recipe with its status, reported test error (one-pass / multi-pass, %), the
+    survey's figure and target, and the command that runs it; ``--json``: the full records."""
+    rows = [r.to_dict() for r in recipes.RECIPES.values()]
+    if a.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    print(f"{'recipe':20s} {'status':9s} {'fflib %':>13s} {'survey':>11s} {'target':>8s}  command")
+    for r in rows:
+        res = r["result"]
+        got = "untuned" if res is None else f"{res['one_pass']:.2f} / {res['multi_pass']:.2f}"
+        print(f"{r['name']:20s} {r['status']:9s} {got:>13s} {r['survey'] or '-':>11s} "
+              f"{r['target'] or '-':>8s}  {r['command']}")
+    print("\nfflib %: test error one-pass / multi-pass on the full test set, from the run in each recipe's\n"
+          "source (--json shows it, the settings and how they were tuned); untuned: no run with these\n"
+          "settings yet.  Flags given to train override single settings of the recipe.")
     return 0
