@@ -43,8 +43,6 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-sys.path.insert(0, str(HERE))
-from benchutil import cpu_name  # noqa: E402  (beside this script)
 
 K = 10
 BIG = [784, 2000, 2000, 2000, 2000]
@@ -633,6 +631,7 @@ def main(argv=None):
         print(json.dumps(WORKERS[spec["kind"]](spec)))
         return
     import fflib
+    from benchutil import cpu_name
     t0 = time.perf_counter()
     machine = {"cpu": cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
                "numpy": np.__version__, "fflib_blas": fflib.blas_name(), "load_average_at_start": list(os.getloadavg())}
@@ -662,5 +661,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.path.insert(1, str(REPO))   # run as a script: this checkout's fflib
+    sys.path[1:1] = [str(HERE), str(REPO)]   # run as a script: its helpers beside it, this checkout's fflib
     main()
