@@ -193,7 +193,8 @@ def _fflib_mlp(sizes, seed=0, lr=1e-3):
 def worker_mlp(spec):
     """Training throughput of one variant on the MLP ``spec['sizes']`` at batch ``spec['batch']``."""
     import fflib
-    threads, B, variant = spec["threads"], spec["batch"], spec["variant"]
+    threads, B = spec["threads"], spec["batch"]
+    variant = spec.get("mode", spec["variant"])
     fflib.set_num_threads(threads)
     x, y = mnist(spec["data_dir"])
     n = (min(len(y), max(8 * B, 4096)) // B) * B
@@ -331,7 +332,8 @@ def run_worker(spec):
     env = dict(os.environ)
     for var in ("FFLIB_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env[var] = str(spec["threads"])
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    root = spec.get("root", str(REPO))     # the fflib build to measure (--baseline: an older one)
+    env["PYTHONPATH"] = os.pathsep.join([root] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)],
                           capture_output=True, text=True, env=env, cwd=str(REPO), timeout=900)
     if proc.returncode != 0:
@@ -341,12 +343,13 @@ def run_worker(spec):
 
 # ---------------------------------------------------------------------------- parent: the machine's limit
 
-def gemm_shapes(sizes, B):
+def gemm_shapes(sizes, B, shared_first=False):
     """(M, K, N) of the GEMMs of one headless FF step (2B rows: forward of every row, the weight
-    gradient of every row), as C (M, N) = A (M, K) @ B (K, N)."""
+    gradient of every row), as C (M, N) = A (M, K) @ B (K, N).  ``shared_first``: the first
+    layer's forward for the B images only (fflib's label sharing)."""
     out = []
-    for I, O in zip(sizes[:-1], sizes[1:]):
-        out += [(2 * B, I, O), (O, 2 * B, I)]
+    for i, (I, O) in enumerate(zip(sizes[:-1], sizes[1:])):
+        out += [(B if shared_first and i == 0 else 2 * B, I, O), (O, 2 * B, I)]
     return out
 
 
@@ -356,14 +359,14 @@ def step_flops(sizes, B):
     return sum(2 * M * Kd * N for M, Kd, N in gemm_shapes(sizes, B))
 
 
-def sgemm_seconds(sizes, B, threads, min_time=0.15):
+def sgemm_seconds(sizes, B, threads, min_time=0.15, shared_first=False):
     """Best seconds of the step's GEMMs through fflib._core.sgemm on ``threads`` threads."""
     import fflib
     from fflib import _core
     fflib.set_num_threads(threads)
     rng = np.random.default_rng(1)
     total = 0.0
-    for M, Kd, N in gemm_shapes(sizes, B):
+    for M, Kd, N in gemm_shapes(sizes, B, shared_first):
         A, Bm, C = rng.random((M, Kd), dtype=np.float32), rng.random((Kd, N), dtype=np.float32), np.empty((M, N), np.float32)
         _core.sgemm(C, A, Bm)
         best, t_end, n = float("inf"), time.perf_counter() + min_time, 0
@@ -450,6 +453,10 @@ def part_a(args):
     threads, out = args.threads, []
     specs = [dict(kind="mlp", variant=v, sizes=args.big, batch=B, threads=threads, seconds=args.seconds,
                   warmup=1, data_dir=args.data_dir) for B in args.batches for v in MLP_VARIANTS]
+    if args.baseline:     # the same fflib runs on an older build, alternating with the rest
+        specs += [dict(kind="mlp", variant="base_" + v.split("_")[1], mode=v, root=args.baseline, sizes=args.big,
+                       batch=B, threads=threads, seconds=args.seconds, warmup=1, data_dir=args.data_dir)
+                  for B in args.batches for v in ("fflib_seq", "fflib_pipe")]
     results = rounds(args, specs, "a")
     for B in args.batches:
         row = {"batch": B, "variants": {}}
@@ -459,6 +466,9 @@ def part_a(args):
                                                     "step_s": med(runs, "step_s"),
                                                     "samples_per_s_all": [r["samples_per_s"] for r in runs]}
         v = row["variants"]
+        if args.baseline:
+            for k in ("seq", "pipe"):
+                row[f"{k}_over_base"] = v[f"fflib_{k}"]["samples_per_s"] / v[f"base_{k}"]["samples_per_s"]
         best = max(("fflib_seq", "fflib_pipe"), key=lambda k: v[k]["samples_per_s"])
         row["best_fflib"] = best
         for t in ("torch", "torch_manual"):
@@ -499,6 +509,10 @@ def part_b(args):
                       "speedup_median_steps": med(n, "epoch_s_median_steps") / med(f, "epoch_s_median_steps"),
                       "fflib_samples_per_s": med(f, "samples_per_s"), "numpy_samples_per_s": med(n, "samples_per_s"),
                       "epoch_samples": f[0]["epoch_samples"], "twin_check": n[0]["twin_check"]})
+        # the floor: an epoch of nothing but fflib's GEMMs (label sharing included) at OpenBLAS's best
+        steps = f[0]["epoch_samples"] // 100
+        floor = steps * min(sgemm_seconds(SMALL, 100, t, shared_first=True) for _ in range(3))
+        epoch[-1].update(gemm_floor_epoch_s=floor, numpy_over_floor=med(n, "epoch_s_median_steps") / floor)
         fi, ti = got[("infer", "fflib")], got[("infer", "torch")]
         infer.append({"threads": t, "fflib_images_per_s": med(fi, "samples_per_s"),
                       "torch_images_per_s": med(ti, "samples_per_s"),
@@ -550,6 +564,17 @@ def write_markdown(path, res):
             v = r["variants"]
             L.append(f"| {r['batch']} | {r['step_gflop']:.2f} | {r['sgemm_gflops_split']:.0f} | {r['sgemm_gflops_limit']:.0f} | " +
                      " | ".join(f"{v[k]['gflops']:.0f} ({v[k]['pct_of_limit']:.0f}%)" for k in MLP_VARIANTS) + " |")
+        if cfg.get("baseline"):
+            L += ["", f"Before and after this build's C changes: the same fflib runs on the build "
+                  f"{cfg.get('baseline_label') or cfg['baseline']} "
+                  "(before), alternating with the others in the same rounds.", "",
+                  "| batch | seq before | seq after | after/before | pipe before | pipe after | after/before |",
+                  "|---|---|---|---|---|---|---|"]
+            for r in res["a"]:
+                v = r["variants"]
+                L.append(f"| {r['batch']} | {v['base_seq']['samples_per_s']:.0f} | {v['fflib_seq']['samples_per_s']:.0f} | "
+                         f"{r['seq_over_base']:.2f} | {v['base_pipe']['samples_per_s']:.0f} | "
+                         f"{v['fflib_pipe']['samples_per_s']:.0f} | {r['pipe_over_base']:.2f} |")
         if res["a"][0].get("breakdown_s"):
             names = list(res["a"][0]["breakdown_s"])
             L += ["", f"Where fflib's sequential step spends its time: each kind of work timed alone with "
@@ -572,10 +597,15 @@ def write_markdown(path, res):
               f"{e0['twin_check']['loss_rel_diff']:.1e}, weights within {e0['twin_check']['weight_rel_diff']:.1e} (relative).  "
               "Epoch time is wall time of the whole epoch; 'by median steps' is the median step times the steps "
               "(what it costs when no other job interferes).", "",
-              "| threads | fflib epoch s | NumPy epoch s | fflib / NumPy (target 5x) | by median steps |", "|---|---|---|---|---|"]
+              "The GEMM floor is the epoch's GEMMs alone (fflib's shapes, the first layer's forward for B "
+              "images thanks to label sharing) through `fflib._core.sgemm` at their best: no implementation "
+              "on OpenBLAS beats it, so NumPy's epoch over it bounds the ratio any such implementation can reach.", "",
+              "| threads | fflib epoch s | NumPy epoch s | fflib / NumPy (target 5x) | by median steps | "
+              "GEMM floor s | NumPy / floor (the reachable ratio) |", "|---|---|---|---|---|---|---|"]
         for e in b["epoch"]:
             L.append(f"| {e['threads']} | {e['fflib_epoch_s']:.2f} | {e['numpy_epoch_s']:.2f} | **{e['speedup']:.2f}x** "
-                     f"({'met' if e['speedup'] >= EPOCH_TARGET else 'missed'}) | {e['speedup_median_steps']:.2f}x |")
+                     f"({'met' if e['speedup'] >= EPOCH_TARGET else 'missed'}) | {e['speedup_median_steps']:.2f}x | "
+                     f"{e['gemm_floor_epoch_s']:.2f} | {e['numpy_over_floor']:.2f}x |")
         i0 = b["infer"][0]
         L += ["", f"Multi-pass inference: every block's goodness for every one of the K = 10 labels, "
               f"{i0['samples']} MNIST test images (fflib `FFModel.goodness`; PyTorch `fflib.torch.FFNet.goodness`, "
@@ -613,6 +643,9 @@ def parse_args(argv=None):
     p.add_argument("--epoch-samples", type=int, default=0, help="part b's epoch length (0: all training samples)")
     p.add_argument("--infer-samples", type=int, default=0, help="part b's test images (0: all)")
     p.add_argument("--no-breakdown", action="store_true", help="skip part a's per-kernel breakdown")
+    p.add_argument("--baseline", help="part a also runs fflib from this repository root (a built older checkout), "
+                   "for a before/after table")
+    p.add_argument("--baseline-label", help="how the tables name the --baseline build (default: its path)")
     p.add_argument("--data-dir", default=os.environ.get("FFLIB_DATA") or str(REPO.parent / "shared" / "data"))
     p.add_argument("--out-dir", default=str(HERE / "results"))
     p.add_argument("--worker", help=argparse.SUPPRESS)
@@ -636,7 +669,8 @@ def main(argv=None):
     machine = {"cpu": cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
                "numpy": np.__version__, "fflib_blas": fflib.blas_name(), "load_average_at_start": list(os.getloadavg())}
     res = {"config": {k: getattr(args, k) for k in ("parts", "repeats", "seconds", "threads", "batches", "big",
-                                                     "cnn_threads", "epoch_samples", "infer_samples")}}
+                                                     "cnn_threads", "epoch_samples", "infer_samples", "baseline",
+                                                     "baseline_label")}}
     if "a" in args.part_list:
         res["a"] = part_a(args)
     if "b" in args.part_list:
