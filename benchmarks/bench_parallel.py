@@ -451,12 +451,13 @@ def med(runs, key):
 
 def part_a(args):
     threads, out = args.threads, []
-    specs = [dict(kind="mlp", variant=v, sizes=args.big, batch=B, threads=threads, seconds=args.seconds,
-                  warmup=1, data_dir=args.data_dir) for B in args.batches for v in MLP_VARIANTS]
-    if args.baseline:     # the same fflib runs on an older build, alternating with the rest
-        specs += [dict(kind="mlp", variant="base_" + v.split("_")[1], mode=v, root=args.baseline, sizes=args.big,
-                       batch=B, threads=threads, seconds=args.seconds, warmup=1, data_dir=args.data_dir)
-                  for B in args.batches for v in ("fflib_seq", "fflib_pipe")]
+    specs = []
+    for B in args.batches:
+        for v in args.variants:
+            specs.append(dict(kind="mlp", variant=v, sizes=args.big, batch=B, threads=threads, seconds=args.seconds,
+                              warmup=1, data_dir=args.data_dir))
+            if args.baseline and v.startswith("fflib"):   # the same run on an older build, right after this one
+                specs.append(dict(specs[-1], variant="base_" + v.split("_")[1], mode=v, root=args.baseline))
     results = rounds(args, specs, "a")
     for B in args.batches:
         row = {"batch": B, "variants": {}}
@@ -464,15 +465,20 @@ def part_a(args):
             if spec["batch"] == B:
                 row["variants"][spec["variant"]] = {"samples_per_s": med(runs, "samples_per_s"),
                                                     "step_s": med(runs, "step_s"),
+                                                    "step_s_best": min(r["step_s_min"] for r in runs),
                                                     "samples_per_s_all": [r["samples_per_s"] for r in runs]}
         v = row["variants"]
         if args.baseline:
             for k in ("seq", "pipe"):
                 row[f"{k}_over_base"] = v[f"fflib_{k}"]["samples_per_s"] / v[f"base_{k}"]["samples_per_s"]
+        if args.baseline:
+            for k in ("seq", "pipe"):
+                row[f"{k}_best_step_over_base"] = v[f"base_{k}"]["step_s_best"] / v[f"fflib_{k}"]["step_s_best"]
         best = max(("fflib_seq", "fflib_pipe"), key=lambda k: v[k]["samples_per_s"])
         row["best_fflib"] = best
-        for t in ("torch", "torch_manual"):
-            row[f"best_over_{t}"] = v[best]["samples_per_s"] / v[t]["samples_per_s"]
+        if "torch" in v:
+            for t in ("torch", "torch_manual"):
+                row[f"best_over_{t}"] = v[best]["samples_per_s"] / v[t]["samples_per_s"]
         row["pipe_over_seq"] = v["fflib_pipe"]["samples_per_s"] / v["fflib_seq"]["samples_per_s"]
         flops = step_flops(args.big, B)
         s2 = min(sgemm_seconds(args.big, B, threads) for _ in range(2))
@@ -486,7 +492,7 @@ def part_a(args):
         if not args.no_breakdown:
             row["breakdown_s"] = breakdown(args.big, B, threads)
         out.append(row)
-        print(f"  a B={B}: best {best} {row['best_over_torch']:.2f}x torch, {row['best_over_torch_manual']:.2f}x "
+        print(f"  a B={B}: best {best} {row.get('best_over_torch', 0):.2f}x torch, {row.get('best_over_torch_manual', 0):.2f}x "
               f"torch_manual; sgemm {row['sgemm_gflops_split']:.0f} GFLOP/s split, {row['sgemm_gflops_limit']:.0f} "
               f"2 x 1-thread", flush=True)
     return out
@@ -544,37 +550,43 @@ def write_markdown(path, res):
          f"reports its median step over ~{cfg['seconds']} s after warm-up, the tables the median over rounds.  "
          f"Total wall time {res['wall_s']:.0f} s.", ""]
     if res.get("a"):
+        variants = [k for k in MLP_VARIANTS if k in res["a"][0]["variants"]]
+        torch_cols = "torch" in variants and "torch_manual" in variants
         L += [f"## a. {'-'.join(map(str, cfg['big']))} MLP, FF loss, Adam (lr 1e-3), no head, {cfg['threads']} threads, MNIST",
-              ""] + [f"* `{k}`: {DESCRIPTION[k]}" for k in MLP_VARIANTS] + [""]
-        L += ["| batch | fflib seq samples/s | fflib pipe samples/s | torch samples/s | torch_manual samples/s | "
-              "best fflib / torch (target) | best fflib / torch_manual | pipe / seq |", "|---|---|---|---|---|---|---|---|"]
+              ""] + [f"* `{k}`: {DESCRIPTION[k]}" for k in variants] + [""]
+        L += ["| batch | " + " | ".join(f"{k} samples/s" for k in variants) + " | " +
+              ("best fflib / torch (target) | best fflib / torch_manual | " if torch_cols else "") + "pipe / seq |",
+              "|" + "---|" * (len(variants) + 2 + 2 * torch_cols)]
         for r in res["a"]:
             v = r["variants"]
             tgt = TARGETS.get(r["batch"])
-            L.append(f"| {r['batch']} | " + " | ".join(f"{v[k]['samples_per_s']:.0f}" for k in MLP_VARIANTS) +
-                     f" | **{r['best_over_torch']:.2f}x** ({tgt}x: {'met' if tgt and r['best_over_torch'] >= tgt else 'missed'}) "
-                     f"| {r['best_over_torch_manual']:.2f}x | {r['pipe_over_seq']:.2f} |")
+            ratios = (f" | **{r['best_over_torch']:.2f}x** ({tgt}x: {'met' if tgt and r['best_over_torch'] >= tgt else 'missed'}) "
+                      f"| {r['best_over_torch_manual']:.2f}x") if torch_cols else ""
+            L.append(f"| {r['batch']} | " + " | ".join(f"{v[k]['samples_per_s']:.0f}" for k in variants) +
+                     ratios + f" | {r['pipe_over_seq']:.2f} |")
         L += ["", "The machine's limit: the step's GEMMs alone through `fflib._core.sgemm` (OpenBLAS, best of "
               "several calls) split over the threads as fflib's sequential path splits them, and twice the "
               "1-thread rate (two blocks' GEMMs at once, what the pipeline can reach at best).  Useful FLOPs "
               "per step: forward and weight gradient of the 2B positive and negative rows of every layer.", "",
               "| batch | GFLOP/step | sgemm split GFLOP/s | 2 x 1-thread sgemm GFLOP/s | " +
-              " | ".join(f"{k} GFLOP/s (% of limit)" for k in MLP_VARIANTS) + " |", "|" + "---|" * (4 + len(MLP_VARIANTS))]
+              " | ".join(f"{k} GFLOP/s (% of limit)" for k in variants) + " |", "|" + "---|" * (4 + len(variants))]
         for r in res["a"]:
             v = r["variants"]
             L.append(f"| {r['batch']} | {r['step_gflop']:.2f} | {r['sgemm_gflops_split']:.0f} | {r['sgemm_gflops_limit']:.0f} | " +
-                     " | ".join(f"{v[k]['gflops']:.0f} ({v[k]['pct_of_limit']:.0f}%)" for k in MLP_VARIANTS) + " |")
+                     " | ".join(f"{v[k]['gflops']:.0f} ({v[k]['pct_of_limit']:.0f}%)" for k in variants) + " |")
         if cfg.get("baseline"):
             L += ["", f"Before and after this build's C changes: the same fflib runs on the build "
                   f"{cfg.get('baseline_label') or cfg['baseline']} "
                   "(before), alternating with the others in the same rounds.", "",
-                  "| batch | seq before | seq after | after/before | pipe before | pipe after | after/before |",
-                  "|---|---|---|---|---|---|---|"]
+                  "Samples/s of the median step (medians over rounds), and the best step's ratio.", "",
+                  "| batch | seq before | seq after | after/before | best step | pipe before | pipe after | "
+                  "after/before | best step |", "|---|---|---|---|---|---|---|---|---|"]
             for r in res["a"]:
                 v = r["variants"]
                 L.append(f"| {r['batch']} | {v['base_seq']['samples_per_s']:.0f} | {v['fflib_seq']['samples_per_s']:.0f} | "
-                         f"{r['seq_over_base']:.2f} | {v['base_pipe']['samples_per_s']:.0f} | "
-                         f"{v['fflib_pipe']['samples_per_s']:.0f} | {r['pipe_over_base']:.2f} |")
+                         f"{r['seq_over_base']:.2f} | {r.get('seq_best_step_over_base', float('nan')):.2f} | "
+                         f"{v['base_pipe']['samples_per_s']:.0f} | {v['fflib_pipe']['samples_per_s']:.0f} | "
+                         f"{r['pipe_over_base']:.2f} | {r.get('pipe_best_step_over_base', float('nan')):.2f} |")
         if res["a"][0].get("breakdown_s"):
             names = list(res["a"][0]["breakdown_s"])
             L += ["", f"Where fflib's sequential step spends its time: each kind of work timed alone with "
@@ -646,6 +658,8 @@ def parse_args(argv=None):
     p.add_argument("--baseline", help="part a also runs fflib from this repository root (a built older checkout), "
                    "for a before/after table")
     p.add_argument("--baseline-label", help="how the tables name the --baseline build (default: its path)")
+    p.add_argument("--variants", default=",".join(MLP_VARIANTS), help="part a's variants")
+    p.add_argument("--name", default="bench_parallel", help="stem of the result files")
     p.add_argument("--data-dir", default=os.environ.get("FFLIB_DATA") or str(REPO.parent / "shared" / "data"))
     p.add_argument("--out-dir", default=str(HERE / "results"))
     p.add_argument("--worker", help=argparse.SUPPRESS)
@@ -654,6 +668,10 @@ def parse_args(argv=None):
     args.big = [int(s) for s in args.big.split(",")]
     args.cnn_threads = [int(t) for t in args.cnn_threads.split(",")]
     args.part_list = [s.strip() for s in args.parts.split(",") if s.strip()]
+    args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    bad = [v for v in args.variants if v not in MLP_VARIANTS]
+    if bad or not {"fflib_seq", "fflib_pipe"} <= set(args.variants):
+        p.error(f"--variants: fflib_seq and fflib_pipe and any of {MLP_VARIANTS[2:]}, got {args.variants}")
     return args
 
 
@@ -670,7 +688,7 @@ def main(argv=None):
                "numpy": np.__version__, "fflib_blas": fflib.blas_name(), "load_average_at_start": list(os.getloadavg())}
     res = {"config": {k: getattr(args, k) for k in ("parts", "repeats", "seconds", "threads", "batches", "big",
                                                      "cnn_threads", "epoch_samples", "infer_samples", "baseline",
-                                                     "baseline_label")}}
+                                                     "baseline_label", "variants")}}
     if "a" in args.part_list:
         res["a"] = part_a(args)
     if "b" in args.part_list:
@@ -689,9 +707,9 @@ def main(argv=None):
     res["wall_s"] = time.perf_counter() - t0
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "bench_parallel.json").write_text(json.dumps(res, indent=1))
-    write_markdown(out / "bench_parallel.md", res)
-    print((out / "bench_parallel.md").read_text())
+    (out / f"{args.name}.json").write_text(json.dumps(res, indent=1))
+    write_markdown(out / f"{args.name}.md", res)
+    print((out / f"{args.name}.md").read_text())
 
 
 if __name__ == "__main__":
