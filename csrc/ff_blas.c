@@ -79,7 +79,7 @@ static void gemm_panel(void *ctx, int p, int nparts) {
 void ff_sgemm(int ta, int tb, int M, int N, int Kd, float alpha, const float *A, int lda,
               const float *Bm, int ldb, float beta, float *Cm, int ldc) {
     if (M <= 0 || N <= 0) return;
-    int t = ff_parallel_width();
+    int t = ff_parallel_split_width();
     int by_rows = M >= N, n = by_rows ? M : N;
     if (t > n / 16) t = n / 16;
     if (t < 2 || 2.0 * M * N * (Kd > 0 ? Kd : 1) < FF_GEMM_SPLIT_FLOPS) {

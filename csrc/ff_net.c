@@ -1905,7 +1905,8 @@ ff_status ff_net_check_grad(ff_net *net, const float *x, const int64_t *labels, 
  * Pipeline Forward-Forward (Aktemur et al. 2024) in one process: stage k runs block k.  At
  * tick t, stage k trains on minibatch t - k while stage k + 1 trains on minibatch t - k - 1,
  * the stages running at once on fflib's threads (one stage per thread at a time, its GEMMs on
- * that thread; with more stages than threads, threads take the next stage when free).
+ * that thread; with more stages than threads, threads take the next stage when free, and a
+ * thread with no stage left helps the others with their GEMM panels and elementwise work).
  * Activations pass between neighbouring stages through double buffers (one minibatch in each
  * direction per boundary: no queue grows), labels and head features through rings with one
  * slot per minibatch in flight.
@@ -1915,8 +1916,10 @@ ff_status ff_net_check_grad(ff_net *net, const float *x, const int64_t *labels, 
  * exactly what the sequential step (ff_net_train_step) feeds it, since no FF block depends
  * on the blocks after it.  Negative labels are drawn by stage 0 in minibatch order, the head
  * trains on m once its last feature block has run m, so pipelined training reproduces
- * sequential training bit for bit (each stage computes single-threaded, so the result does
- * not depend on the thread count either); it only overlaps the blocks' work in time.
+ * sequential training bit for bit (a stage's convolutions run single-threaded, and the work
+ * other threads help with, GEMM panels and elementwise ranges, is split the same way with or
+ * without help and gives the same bits on any split, so the result does not depend on the
+ * thread count or on timing either); it only overlaps the blocks' work in time.
  */
 struct ff_pipe {
     int S;                     /* stages: blocks 0..S-1 (through the last active or head block) */
@@ -2120,7 +2123,7 @@ ff_status ff_net_pipeline_step(ff_net *net, const float *x, const int64_t *label
         if (ff_net_pipeline_in_flight(net) == 0) return FF_OK;   /* nothing to drain */
         pp->slot_B[s] = 0;   /* a drain tick: nothing enters */
     }
-    ff_parallel_run(pipe_stage, net, pp->S);
+    ff_parallel_run_helped(pipe_stage, net, pp->S);
     pp->ticks++;
     pp->x = NULL;
     ff_status st = FF_OK;

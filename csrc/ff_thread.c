@@ -9,6 +9,12 @@
  * The workers are created once, when the thread count is first raised above one, never in a
  * kernel's hot path.  A job started from inside a job, or while another thread of the process
  * runs one, runs inline on the calling thread.  After fork() the child starts with no workers.
+ *
+ * Helping: the parts of a job started with ff_parallel_run_helped (the pipeline's stages) may
+ * each post one nested job at a time, of work whose result does not depend on how it is split
+ * (GEMM panels, elementwise ranges): the posting thread runs its parts, and a thread that has
+ * finished its own parts takes the others instead of waiting.  The split is the same whether
+ * help comes or not, so results never depend on timing.
  */
 #include <pthread.h>
 #include "fflib.h"
@@ -24,9 +30,15 @@ static int started = 0;         /* workers created */
 static unsigned long job_gen = 0;
 static ff_task_fn job_fn = NULL;
 static void *job_ctx = NULL;
-static int job_parts = 0, job_next = 0, job_pending = 0;
+static int job_parts = 0, job_next = 0, job_pending = 0, job_helped = 0;
 static _Thread_local int in_job = 0;
 static int atfork_set = 0;
+/* the one nested job open for help (help_fn NULL: none), under pool_mu */
+static pthread_cond_t help_cv = PTHREAD_COND_INITIALIZER;
+static ff_task_fn help_fn = NULL;
+static void *help_ctx = NULL;
+static int help_parts = 0, help_next = 0, help_pending = 0;
+static _Thread_local int can_post = 0;   /* running a part of a helped job */
 
 /* Runs parts of the current job until none is left.  Called with pool_mu held; returns with it held. */
 static void drain(void) {
@@ -35,11 +47,57 @@ static void drain(void) {
         ff_task_fn fn = job_fn;
         void *ctx = job_ctx;
         int n = job_parts;
+        can_post = job_helped;
         pthread_mutex_unlock(&pool_mu);
         fn(ctx, p, n);
+        can_post = 0;
         pthread_mutex_lock(&pool_mu);
         if (--job_pending == 0) pthread_cond_signal(&done_cv);
     }
+}
+
+static int help_open(void) { return help_fn != NULL && help_next < help_parts; }
+
+/* Runs parts of the open nested job until none is left to take.  Called with pool_mu held. */
+static void drain_help(void) {
+    while (help_open()) {
+        int p = help_next++;
+        ff_task_fn fn = help_fn;
+        void *ctx = help_ctx;
+        int n = help_parts, saved_job = in_job, saved_post = can_post;
+        pthread_mutex_unlock(&pool_mu);
+        in_job = 1;
+        can_post = 0;
+        fn(ctx, p, n);
+        in_job = saved_job;
+        can_post = saved_post;
+        pthread_mutex_lock(&pool_mu);
+        if (--help_pending == 0) pthread_cond_broadcast(&help_cv);
+    }
+}
+
+/* A nested job from a part of a helped job: open it for help and run parts until all are
+ * done.  Returns 0 (nothing run) when another part's nested job holds the slot. */
+static int post_for_help(ff_task_fn fn, void *ctx, int nparts) {
+    pthread_mutex_lock(&pool_mu);
+    if (help_fn != NULL) {
+        pthread_mutex_unlock(&pool_mu);
+        return 0;
+    }
+    help_fn = fn;
+    help_ctx = ctx;
+    help_parts = nparts;
+    help_next = 0;
+    help_pending = nparts;
+    pthread_cond_broadcast(&work_cv);   /* idle workers */
+    pthread_cond_broadcast(&done_cv);   /* the caller, if it waits for the other parts */
+    drain_help();
+    while (help_pending > 0) pthread_cond_wait(&help_cv, &pool_mu);
+    help_fn = NULL;
+    help_ctx = NULL;
+    help_parts = 0;
+    pthread_mutex_unlock(&pool_mu);
+    return 1;
 }
 
 static void *worker(void *arg) {
@@ -48,9 +106,13 @@ static void *worker(void *arg) {
     pthread_mutex_lock(&pool_mu);
     unsigned long seen = job_gen;
     for (;;) {
-        while (job_gen == seen) pthread_cond_wait(&work_cv, &pool_mu);
-        seen = job_gen;
-        drain();
+        while (job_gen == seen && !help_open()) pthread_cond_wait(&work_cv, &pool_mu);
+        if (job_gen != seen) {
+            seen = job_gen;
+            drain();
+        } else {
+            drain_help();
+        }
     }
     return NULL;
 }
@@ -63,8 +125,11 @@ static void after_fork_child(void) {
     run_mu = m;
     work_cv = c;
     done_cv = c;
+    help_cv = c;
     started = 0;
     job_parts = job_next = job_pending = 0;
+    help_fn = NULL;
+    help_parts = help_next = help_pending = 0;
 }
 
 /* Creates workers up to num_threads - 1; returns how many exist. */
@@ -104,8 +169,11 @@ int ff_get_num_threads(void) { return num_threads; }
 
 int ff_parallel_width(void) { return in_job ? 1 : num_threads; }
 
-void ff_parallel_run(ff_task_fn fn, void *ctx, int nparts) {
+int ff_parallel_split_width(void) { return in_job && !can_post ? 1 : num_threads; }
+
+static void run_job(ff_task_fn fn, void *ctx, int nparts, int helped) {
     if (nparts <= 0) return;
+    if (in_job && can_post && nparts > 1 && post_for_help(fn, ctx, nparts)) return;
     if (nparts == 1 || num_threads <= 1 || in_job || pthread_mutex_trylock(&run_mu) != 0) {
         int saved = in_job;
         in_job = 1;
@@ -113,6 +181,7 @@ void ff_parallel_run(ff_task_fn fn, void *ctx, int nparts) {
         in_job = saved;
         return;
     }
+    int saved_post = can_post;
     pthread_mutex_lock(&pool_mu);
     if (started == 0 && ensure_workers() == 0) { /* no worker could be created */
         pthread_mutex_unlock(&pool_mu);
@@ -127,17 +196,26 @@ void ff_parallel_run(ff_task_fn fn, void *ctx, int nparts) {
     job_parts = nparts;
     job_next = 0;
     job_pending = nparts;
+    job_helped = helped;
     job_gen++;
     pthread_cond_broadcast(&work_cv);
     in_job = 1;
     drain();
-    while (job_pending > 0) pthread_cond_wait(&done_cv, &pool_mu);
+    while (job_pending > 0) {
+        if (help_open()) drain_help();
+        else pthread_cond_wait(&done_cv, &pool_mu);
+    }
     in_job = 0;
+    can_post = saved_post;
     job_fn = NULL;
     job_parts = 0;
     pthread_mutex_unlock(&pool_mu);
     pthread_mutex_unlock(&run_mu);
 }
+
+void ff_parallel_run(ff_task_fn fn, void *ctx, int nparts) { run_job(fn, ctx, nparts, 0); }
+
+void ff_parallel_run_helped(ff_task_fn fn, void *ctx, int nparts) { run_job(fn, ctx, nparts, 1); }
 
 typedef struct {
     ff_range_fn fn;
@@ -153,7 +231,7 @@ static void range_part(void *ctx, int p, int nparts) {
 
 void ff_parallel_for(ff_range_fn fn, void *ctx, size_t n, size_t min_per_part) {
     if (n == 0) return;
-    size_t parts = (size_t)ff_parallel_width();
+    size_t parts = (size_t)ff_parallel_split_width();
     if (min_per_part < 1) min_per_part = 1;
     if (parts > n / min_per_part) parts = n / min_per_part;
     if (parts <= 1) {

@@ -61,8 +61,15 @@ int ff_get_num_threads(void);
  * all are done.  Inside a part (or when another job is running) it runs inline. */
 typedef void (*ff_task_fn)(void *ctx, int part, int nparts);
 void ff_parallel_run(ff_task_fn fn, void *ctx, int nparts);
+/* Like ff_parallel_run, and each part may post one nested job at a time (ff_parallel_run
+ * from inside the part) whose parts the threads that have finished their own parts take over.
+ * Only for parts whose nested work gives the same result however it is split. */
+void ff_parallel_run_helped(ff_task_fn fn, void *ctx, int nparts);
 /* Threads a job started here would get: 1 inside a job, else ff_get_num_threads(). */
 int ff_parallel_width(void);
+/* Parts to split work into whose result does not depend on the split (GEMM panels,
+ * elementwise ranges): ff_parallel_width(), or all threads inside a part of a helped job. */
+int ff_parallel_split_width(void);
 /* fn(ctx, lo, hi) over contiguous ranges covering [0, n), at most one range per thread and
  * none shorter than min_per_part (a single call [0, n) when n is small). */
 typedef void (*ff_range_fn)(void *ctx, size_t lo, size_t hi);

@@ -896,7 +896,8 @@ class FFModel:
         """Start pipelined training (Pipeline Forward-Forward, Aktemur et al. 2024): each
         :meth:`pipeline_step` is a tick in which block k trains on the minibatch fed k ticks
         earlier, all blocks of the tick running at once on fflib's threads (each block on one
-        thread).  Block k's input for a minibatch is block k-1's output computed before block
+        thread; a thread whose blocks are done helps the others with their GEMMs and
+        elementwise work).  Block k's input for a minibatch is block k-1's output computed before block
         k-1's update on that minibatch, exactly as in :meth:`train_step`, so pipelined training
         gives the same weights as sequential training, bit for bit, on any thread count.
 
