@@ -224,3 +224,78 @@ def fit_unsupervised(model, x, y=None, *, method="scff", epochs=10, head_epochs=
     history["train_seconds"] = time.perf_counter() - t_start
     model.eval()
     return history
+
+
+def train_command_label_free(a, bad):
+    """``python -m fflib train --method scff|hybrid``: an MLP (``--layers``) trained without
+    labels for ``--epochs``, then its linear probe (the one-pass head on every block's
+    features) for as many epochs; prints and optionally writes (``--out``) the probe's test
+    error.  ``bad(message)`` exits with a usage error."""
+    import json
+    import os
+    from . import datasets, set_num_threads, get_num_threads, __version__
+    from .nn import mlp
+    from .optim import Adam
+    if a.model != "mlp":
+        bad(f"--method {a.method} trains an MLP (--model mlp --layers ...), got --model {a.model}")
+    for flag, given in (("--loss", a.loss not in (None, "ff")), ("--label-encoding", a.label_encoding),
+                        ("--routine", a.routine != "greedy"), ("--pipeline", a.pipeline),
+                        ("--order", a.order != "simultaneous"), ("--negatives", a.negatives != "uniform"),
+                        ("--checkpoint", a.checkpoint), ("--resume", a.resume), ("--alternate", a.alternate)):
+        if given:
+            bad(f"{flag} does not apply to --method {a.method} (label-free FF loss, every block at once)")
+    if a.threads:
+        set_num_threads(a.threads)
+    try:
+        if a.dataset == "sample":
+            if a.data_dir:
+                bad("--data-dir is not used with --dataset sample (it is embedded)")
+            (x, y), (xt, yt) = datasets.load_sample(True), datasets.load_sample(False)
+        else:
+            x, y = datasets.load(a.dataset, root=a.data_dir, train=True)
+            xt, yt = datasets.load(a.dataset, root=a.data_dir, train=False)
+    except (FileNotFoundError, datasets.DatasetError) as e:
+        bad(str(e).replace("\n", " "))
+    shape = tuple(x.shape[1:]) if x.ndim == 4 else (1,) + tuple(x.shape[1:])
+    x, xt = x.reshape(len(x), -1), xt.reshape(len(xt), -1)
+    epochs = a.epochs or 10
+    lr = a.lr or 1e-3
+    head_lr = a.head_lr or 1e-2
+    threshold = 5.0 if a.threshold is None else a.threshold
+    sizes = [x.shape[1]] + a.layers
+    try:
+        model = FFModel(mlp(sizes, norm=a.norm), shape, 10, loss="ff", goodness=a.goodness, threshold=threshold,
+                        norm=a.norm, label_encoding="none", head_blocks=list(range(len(a.layers))), seed=a.seed)
+        opt = Adam(model, lr=lr, head_lr=head_lr)
+    except ValueError as e:
+        bad(str(e))
+    print(f"fflib: {a.method} on {a.dataset} without labels, MLP {sizes}, {epochs} epochs + {epochs} probe epochs",
+          flush=True)
+
+    def report(rec):
+        what = (f"block losses {' '.join(f'{v:.4f}' for v in rec['block_loss'])}" if rec["block_loss"] is not None
+                else f"probe loss {rec['head_loss']:.4f}")
+        print(f"epoch {rec['epoch']:3d} ({rec['phase']})  {what}  {rec['seconds']:.1f}s", flush=True)
+
+    try:
+        hist = fit_unsupervised(model, x, y, method=a.method, epochs=epochs, head_epochs=epochs,
+                                batch_size=a.batch_size or 100, optimizer=opt, augment=a.augment,
+                                random_state=a.seed, callback=report)
+    except (ValueError, TypeError) as e:
+        bad(str(e).replace("\n", " "))
+    err = probe_error(model, xt, yt)
+    print(f"test error (linear probe): {err:.2f}%  train {hist['train_seconds']:.1f}s", flush=True)
+    if a.save:
+        model.save(a.save)
+    if a.out:
+        res = {"config": {"method": a.method, "dataset": a.dataset, "layers": sizes, "epochs": epochs,
+                          "probe_epochs": epochs, "lr": lr, "head_lr": head_lr, "threshold": threshold,
+                          "goodness": a.goodness, "norm": a.norm, "augment": a.augment, "seed": a.seed,
+                          "threads": get_num_threads()},
+               "test_error": {"probe": err}, "epochs": hist["epochs"], "train_seconds": hist["train_seconds"],
+               "interrupted": hist["interrupted"], "fflib_version": __version__}
+        tmp = a.out + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(res, f, indent=2)
+        os.replace(tmp, a.out)
+    return 130 if hist["interrupted"] else 0
