@@ -25,10 +25,13 @@ from fflib.optim import Adam  # noqa: E402
 from fflib.unsupervised import fit_unsupervised, probe_error  # noqa: E402
 
 
-def run(method="scff", hidden=(2000, 2000), epochs=3, head_epochs=3, batch_size=100, lr=1e-3, head_lr=1e-2,
-        threshold=5.0, augment="crop2", num_train=None, threads=1, seed=0, data_dir=None, verbose=True):
+def run(method="scff", hidden=(2000, 2000), epochs=3, head_epochs=3, batch_size=100, lr=1e-3, head_lr=1e-3,
+        threshold=1.0, augment=None, num_train=None, threads=1, seed=0, data_dir=None, verbose=True,
+        partial_out=None):
     """Train a 784-hidden MLP on MNIST without labels by ``method`` ("scff" or "hybrid"),
-    then a softmax probe on all its blocks' features; return config, history, test error."""
+    then a softmax probe on all its blocks' features; return config, history, test error.
+    ``partial_out``: a JSON file rewritten after every epoch with the history so far
+    (``complete`` false), so a run cut short still leaves its record."""
     fflib.set_num_threads(threads)
     root = data_dir or os.environ.get("FFLIB_DATA") or os.path.join(os.path.dirname(os.path.dirname(HERE)),
                                                                     "shared", "data")
@@ -48,9 +51,15 @@ def run(method="scff", hidden=(2000, 2000), epochs=3, head_epochs=3, batch_size=
               "probe": "one-pass softmax head on the rms-normalised outputs of every block",
               "threads": threads, "seed": seed, "blas": fflib.blas_name()}
 
+    done = []
+
     def report(rec):
+        done.append(rec)
         if verbose:
             print(json.dumps(rec), flush=True)
+        if partial_out:
+            with open(partial_out, "w") as f:
+                json.dump({"config": config, "epochs": done, "complete": False}, f, indent=1)
 
     hist = fit_unsupervised(model, x, y, method=method, epochs=epochs, head_epochs=head_epochs,
                             batch_size=batch_size, optimizer=opt, augment=augment, random_state=seed,
@@ -60,7 +69,7 @@ def run(method="scff", hidden=(2000, 2000), epochs=3, head_epochs=3, batch_size=
     sub = np.random.default_rng(0).choice(len(y), min(len(y), 10000), replace=False)
     return {"config": config, "epochs": hist["epochs"], "train_seconds": hist["train_seconds"],
             "test_error": test_error, "train_error_10k": probe_error(model, x[sub], y[sub]),
-            "eval_seconds": time.perf_counter() - t0, "interrupted": hist["interrupted"],
+            "eval_seconds": time.perf_counter() - t0, "interrupted": hist["interrupted"], "complete": True,
             "fflib_version": fflib.__version__}
 
 
@@ -70,19 +79,19 @@ def main(argv=None):
     p.add_argument("--hidden", default="2000,2000")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--head-epochs", type=int, default=3)
-    p.add_argument("--threshold", type=float, default=5.0)
+    p.add_argument("--threshold", type=float, default=1.0)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--head-lr", type=float, default=1e-2)
-    p.add_argument("--augment", default="crop2")
+    p.add_argument("--head-lr", type=float, default=1e-3)
+    p.add_argument("--augment", default="none")
     p.add_argument("--num-train", type=int, default=None)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=None)
     a = p.parse_args(argv)
+    out = a.out or os.path.join(HERE, "results", f"{a.method}_mnist.json")
     res = run(a.method, tuple(int(v) for v in a.hidden.split(",")), a.epochs, a.head_epochs, lr=a.lr,
               head_lr=a.head_lr, threshold=a.threshold, augment=None if a.augment == "none" else a.augment,
-              num_train=a.num_train, threads=a.threads)
+              num_train=a.num_train, threads=a.threads, partial_out=out)
     res["command"] = "python benchmarks/scff_runs.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    out = a.out or os.path.join(HERE, "results", f"{a.method}_mnist.json")
     with open(out, "w") as f:
         json.dump(res, f, indent=1)
     print(f"{a.method}: probe test error {res['test_error']:.2f}%  train {res['train_seconds']:.0f}s  -> {out}")

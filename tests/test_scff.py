@@ -168,3 +168,28 @@ def test_cli_method_scff(tmp_path):
     assert r["config"]["method"] == "scff" and 0 <= r["test_error"]["probe"] < 90
     with pytest.raises(SystemExit):
         main(["train", "--method", "hybrid", "--loss", "symba", "--epochs", "1"])
+
+
+def test_scff_linear_probe_on_real_mnist(mnist):
+    """SCFF on the 784-2000-2000 MLP (Chen et al.'s MNIST network size), trained without labels
+    for one epoch on 10,000 MNIST images, then the one-pass head (the linear probe on both
+    blocks' features) for two epochs.  Measured (1 thread, 50-90 s with the machine's load):
+    block losses 1.55 at the start (threshold 1), epoch means 1.20 and 1.35; probe test error
+    6.97 %.  That is NOT yet
+    better than the same probe on the untrained network (6.94 % measured): this short run
+    checks that the pipeline learns the pairs and yields a working probe; the issue's 3 % needs
+    far more than the CI budget (see benchmarks/scff_runs.py and the README)."""
+    x, y, xt, yt = mnist
+    n = 10000
+    m = fflib.FFModel(nn.mlp([784, 2000, 2000], norm="rms"), input_shape=(1, 28, 28), label_encoding="none",
+                      goodness="mean", threshold=1.0, norm="rms", head_blocks=[0, 1], seed=0)
+    p0, n0 = uf.scff_pairs(x[:100], shift=1)
+    start = m.compute_grads(p0, None, x_neg=n0)[:2]
+    h = fflib.fit(m, x[:n], y[:n], method="scff", epochs=1, head_epochs=2, batch_size=100,
+                  optimizer=Adam(m, lr=1e-3, head_lr=1e-3), random_state=0)
+    learnt = np.array(h["epochs"][0]["block_loss"])
+    err = uf.probe_error(m, xt, yt)
+    print(f"SCFF 784-2000-2000: loss {start} -> {learnt}, probe test error {err:.2f}%")
+    assert np.all(learnt < start - 0.1)
+    assert h["epochs"][2]["head_loss"] < h["epochs"][1]["head_loss"]
+    assert err <= 8.5
