@@ -193,3 +193,18 @@ def test_scff_linear_probe_on_real_mnist(mnist):
     assert np.all(learnt < start - 0.1)
     assert h["epochs"][2]["head_loss"] < h["epochs"][1]["head_loss"]
     assert err <= 8.5
+
+
+def test_scff_trains_a_cnn_and_its_probe():
+    """SCFF on a two-block CNN (conv 16 5x5 + pool, conv 32 3x3 + pool) on 2,000 images of the
+    embedded sample, 1 epoch + 2 probe epochs: measured probe error 10.85 % on 2,000 test images."""
+    from fflib.models import conv_block
+    x, y = fflib.datasets.load_sample(True)
+    xt, yt = fflib.datasets.load_sample(False)
+    x, xt = x.reshape(len(x), -1), xt.reshape(len(xt), -1)
+    layers = conv_block(1, 16, 5, pool=2, norm="rms") + conv_block(16, 32, 3, pool=2, norm="rms")
+    m = fflib.FFModel(layers, (1, 28, 28), label_encoding="none", goodness="mean", threshold=1.0, norm="rms",
+                      head_blocks=[0, 1], seed=0)
+    h = fflib.fit(m, x[:2000], y[:2000], method="scff", epochs=1, head_epochs=2, batch_size=50)
+    assert all(v < 1.5 for v in h["epochs"][0]["block_loss"])
+    assert uf.probe_error(m, xt[:2000], yt[:2000]) <= 16.0
