@@ -512,7 +512,7 @@ ff_status ff_overlay_labels(float *out, const float *x, const int64_t *labels, i
 
 /* ------------------------------------------------------------------ label-free negatives (ff_pairs.c) */
 /* Sample b's partner is sample (b + shift) mod B, shift in [1, B-1].  out must not alias x. */
-/* Self-contrastive pairs (Chen et al. 2025, SCFF, eq. 1 with the first layer's two halves
+/* Self-contrastive pairs (Chen et al. 2025, SCFF, Fig. 1d, with the first layer's two halves
  * sharing one weight matrix, as in the authors' code, so a pair enters as its mean):
  * pos[b] = (x[b] + x2[b]) / 2 (an image with itself, or with its second view x2),
  * neg[b] = (x[b] + x2[partner]) / 2.  pos, neg, x, x2 are (B, D); x2 may be x. */

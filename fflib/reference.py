@@ -507,7 +507,7 @@ def overlay_labels(x, labels, K, value=1.0):
 # ---------------------------------------------------------------------------- label-free negatives
 
 def scff_pairs(x, x2, shift):
-    """Self-contrastive pairs (Chen et al. 2025, SCFF, eq. 1; the pair as the mean its
+    """Self-contrastive pairs (Chen et al. 2025, SCFF, Fig. 1d; the pair as the mean its
     weight-shared first layer sees): pos[b] = (x[b] + x2[b]) / 2,
     neg[b] = (x[b] + x2[(b + shift) % B]) / 2.  x, x2 (B, ...)."""
     x, x2 = _f64(x), _f64(x2)

@@ -4,9 +4,9 @@ Two constructions, both in C (``csrc/ff_pairs.c``), each with a float64 NumPy tw
 :mod:`fflib.reference`:
 
 - **self-contrastive pairs** (Chen, Liu, Laydevant, Grollier, "Self-Contrastive
-  Forward-Forward algorithm", Nat. Commun. 16, 5978 (2025), eq. 1 and the authors' code): a
-  positive is an image paired with itself, a negative the image paired with another image of
-  the batch.  The pair enters the first layer through two halves that share one weight matrix
+  Forward-Forward algorithm", Nat. Commun. 16, 5978 (2025), Fig. 1d, and the pair builder of
+  the authors' code, SCFF_MNIST.py): a positive is an image paired with itself, a negative the
+  image paired with another image of the batch.  The pair enters the first layer through two halves that share one weight matrix
   (their code), i.e. as the mean of the two images: positive ``x``, negative
   ``(x_a + x_b) / 2``.  (The authors normalise the concatenated pair; fflib's input LenNorm
   normalises the mean, which for a positive is the same direction.)
@@ -15,9 +15,9 @@ Two constructions, both in C (``csrc/ff_pairs.c``), each with a float64 NumPy tw
   thresholding at 0.5; negative ``x_a * mask + x_b * (1 - mask)``, positive the real image.
 
 Either trains a model with ``label_encoding="none"`` and the FF loss (the SCFF paper's layer
-loss, eq. 2 of Chen et al., is FF's softplus loss on the mean squared activity with
-thresholds; fflib uses one threshold for both terms and no goodness penalty) on explicit
-negatives, without labels; then the one-pass softmax head is trained on the frozen features (a
+loss, in the authors' code, is FF's softplus loss on the mean squared activity with a
+threshold per term and a goodness penalty; fflib uses FF's eq. 1 (Hinton 2022): one threshold,
+no penalty) on explicit negatives, without labels; then the one-pass softmax head is trained on the frozen features (a
 linear probe, as in both papers).  :func:`fflib.fit` runs it with ``method="scff"`` or
 ``method="hybrid"``.
 """
@@ -57,7 +57,7 @@ def _batch(x, name):
 
 
 def scff_pairs(x, x2=None, shift=None, random_state=None):
-    """Self-contrastive positive and negative inputs (Chen et al. 2025, eq. 1, as the mean of the
+    """Self-contrastive positive and negative inputs (Chen et al. 2025, Fig. 1d, as the mean of the
     pair that the authors' weight-shared first layer computes): ``pos[b] = (x[b] + x2[b]) / 2``
     and ``neg[b] = (x[b] + x2[(b + shift) % B]) / 2``.
 

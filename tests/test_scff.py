@@ -2,7 +2,7 @@
 built in C (csrc/ff_pairs.c) and checked against their float64 NumPy twins; fit(method=...),
 the CLI flag; and SCFF's linear probe on real MNIST.
 
-SCFF's layer loss is FF's softplus loss on the goodness (the authors' eq. 2 with one threshold
+SCFF's layer loss is FF's softplus loss on the goodness (the authors' code's loss with one threshold
 and no goodness penalty), the loss the oracle tests already check, so no new loss is tested here.
 """
 import json
