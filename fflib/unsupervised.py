@@ -169,8 +169,13 @@ def fit_unsupervised(model, x, y=None, *, method="scff", epochs=10, head_epochs=
         raise ValueError(f"method 'hybrid' mixes images: the model needs input_shape (C, H, W) with H, W > 1, "
                          f"got {shape}")
     rng = _rng(random_state)
+    from .optim import _Optimizer, _Scheduler
+    if optimizer is not None and (not isinstance(optimizer, _Optimizer) or optimizer.model is not model):
+        raise ValueError(f"optimizer must be an fflib optimiser created on this model, got {optimizer!r}")
     if optimizer is None:
         optimizer = model.optimizer if model.optimizer is not None else Adam(model)
+    if scheduler is not None and (not isinstance(scheduler, _Scheduler) or scheduler.optimizer is not optimizer):
+        raise ValueError(f"scheduler must be an fflib schedule of the optimiser the run uses, got {scheduler!r}")
     n, nb = x.shape[0], model.num_blocks
     history = {"method": method, "epochs": [], "interrupted": False}
     t_start = time.perf_counter()
