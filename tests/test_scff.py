@@ -208,3 +208,17 @@ def test_scff_trains_a_cnn_and_its_probe():
     h = fflib.fit(m, x[:2000], y[:2000], method="scff", epochs=1, head_epochs=2, batch_size=50)
     assert all(v < 1.5 for v in h["epochs"][0]["block_loss"])
     assert uf.probe_error(m, xt[:2000], yt[:2000]) <= 16.0
+
+
+def test_scff_features_beat_the_untrained_network_on_full_mnist(mnist):
+    """On all 60,000 images, one epoch of SCFF on 784-1000-1000 then one probe epoch: measured
+    4.84 % test error (1 and 2 threads; about 20 s on a quiet machine), against 6.20 % for the
+    same probe on the untrained network (benchmarks/results/scff_mnist_1000x2_untrained.json)."""
+    x, y, xt, yt = mnist
+    m = fflib.FFModel(nn.mlp([784, 1000, 1000], norm="rms"), input_shape=(1, 28, 28), label_encoding="none",
+                      goodness="mean", threshold=1.0, norm="rms", head_blocks=[0, 1], seed=0)
+    fflib.fit(m, x, y, method="scff", epochs=1, head_epochs=1, batch_size=100,
+              optimizer=Adam(m, lr=1e-3, head_lr=1e-3), random_state=0)
+    err = uf.probe_error(m, xt, yt)
+    print(f"SCFF 784-1000-1000 on 60,000 images: probe test error {err:.2f}%")
+    assert err <= 5.5
