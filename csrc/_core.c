@@ -1509,6 +1509,82 @@ static PyObject *k_overlay_labels(PyObject *m, PyObject *args) {
     return status_or_none(st, "overlay_labels");
 }
 
+/* 1 if the buffers of a and b overlap */
+static int overlap(PyArrayObject *a, PyArrayObject *b) {
+    const char *pa = PyArray_DATA(a), *pb = PyArray_DATA(b);
+    return pa < pb + PyArray_NBYTES(b) && pb < pa + PyArray_NBYTES(a);
+}
+
+static PyObject *k_scff_pairs(PyObject *m, PyObject *args) {
+    PyObject *po, *no, *xo, *x2o; int shift; PyArrayObject *pos, *neg, *x, *x2;
+    (void)m;
+    if (!PyArg_ParseTuple(args, "OOOOi", &po, &no, &xo, &x2o, &shift)) return NULL;
+    npy_intp any2[2] = {-1, -1};
+    if (!(x = check_array(xo, "x", NPY_FLOAT32, 2, any2, 0))) return NULL;
+    npy_intp s[2] = {dim(x, 0), dim(x, 1)};
+    if (!(x2 = check_array(x2o, "x2", NPY_FLOAT32, 2, s, 0)) || !(pos = check_array(po, "pos", NPY_FLOAT32, 2, s, 1))
+        || !(neg = check_array(no, "neg", NPY_FLOAT32, 2, s, 1))) return NULL;
+    if (s[0] < 2 || s[0] > INT_MAX || s[1] > INT_MAX)
+        return PyErr_Format(PyExc_ValueError, "x must hold at least 2 samples (a negative pairs two of them), got %ld",
+                            (long)s[0]);
+    if (shift < 1 || shift >= s[0])
+        return PyErr_Format(PyExc_ValueError, "shift must be in [1, %ld] (the batch size - 1), got %d", (long)s[0] - 1, shift);
+    if (overlap(pos, neg) || overlap(pos, x) || overlap(pos, x2) || overlap(neg, x) || overlap(neg, x2))
+        return PyErr_Format(PyExc_ValueError, "pos and neg must be new arrays, not views of x, x2 or each other");
+    ff_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = ff_scff_pairs(F32(pos), F32(neg), F32(x), F32(x2), (int)s[0], (int)s[1], shift);
+    Py_END_ALLOW_THREADS
+    return status_or_none(st, "scff_pairs");
+}
+
+static PyObject *k_hybrid_masks(PyObject *m, PyObject *args) {
+    PyObject *mo, *bo; int iterations; PyArrayObject *mask, *bits;
+    (void)m;
+    if (!PyArg_ParseTuple(args, "OOi", &mo, &bo, &iterations)) return NULL;
+    npy_intp any3[3] = {-1, -1, -1};
+    if (!(bits = check_array(bo, "bits", NPY_FLOAT32, 3, any3, 0))) return NULL;
+    npy_intp s[3] = {dim(bits, 0), dim(bits, 1), dim(bits, 2)};
+    if (!(mask = check_array(mo, "mask", NPY_FLOAT32, 3, s, 1))) return NULL;
+    if (s[0] < 1 || s[1] < 1 || s[2] < 1 || s[0] > INT_MAX || s[1] * s[2] > INT_MAX)
+        return PyErr_Format(PyExc_ValueError, "bits must be a non-empty (B, H, W) array, got (%ld, %ld, %ld)",
+                            (long)s[0], (long)s[1], (long)s[2]);
+    if (iterations < 0) return PyErr_Format(PyExc_ValueError, "iterations must be >= 0, got %d", iterations);
+    if (PyArray_DATA(mask) != PyArray_DATA(bits) && overlap(mask, bits))
+        return PyErr_Format(PyExc_ValueError, "mask must be bits itself or a separate array");
+    float *work = malloc((size_t)s[1] * s[2] * sizeof(float));
+    if (!work) return PyErr_NoMemory();
+    ff_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = ff_hybrid_masks(F32(mask), work, F32(bits), (int)s[0], (int)s[1], (int)s[2], iterations);
+    Py_END_ALLOW_THREADS
+    free(work);
+    return status_or_none(st, "hybrid_masks");
+}
+
+static PyObject *k_hybrid_images(PyObject *m, PyObject *args) {
+    PyObject *oo, *xo, *mo; int shift; PyArrayObject *out, *x, *mask;
+    (void)m;
+    if (!PyArg_ParseTuple(args, "OOOi", &oo, &xo, &mo, &shift)) return NULL;
+    npy_intp any4[4] = {-1, -1, -1, -1};
+    if (!(x = check_array(xo, "x", NPY_FLOAT32, 4, any4, 0))) return NULL;
+    npy_intp s[4] = {dim(x, 0), dim(x, 1), dim(x, 2), dim(x, 3)}, sm[3] = {s[0], s[2], s[3]};
+    if (!(out = check_array(oo, "out", NPY_FLOAT32, 4, s, 1)) || !(mask = check_array(mo, "mask", NPY_FLOAT32, 3, sm, 0)))
+        return NULL;
+    if (s[0] < 2 || s[0] > INT_MAX || s[1] < 1 || s[1] * s[2] * s[3] > INT_MAX || s[2] * s[3] < 1)
+        return PyErr_Format(PyExc_ValueError, "x must be (B, C, H, W) with at least 2 samples, got (%ld, %ld, %ld, %ld)",
+                            (long)s[0], (long)s[1], (long)s[2], (long)s[3]);
+    if (shift < 1 || shift >= s[0])
+        return PyErr_Format(PyExc_ValueError, "shift must be in [1, %ld] (the batch size - 1), got %d", (long)s[0] - 1, shift);
+    if (overlap(out, x) || overlap(out, mask))
+        return PyErr_Format(PyExc_ValueError, "out must be a new array, not a view of x or mask");
+    ff_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = ff_hybrid_images(F32(out), F32(x), F32(mask), (int)s[0], (int)s[1], (int)(s[2] * s[3]), shift);
+    Py_END_ALLOW_THREADS
+    return status_or_none(st, "hybrid_images");
+}
+
 static PyObject *k_all_finite(PyObject *m, PyObject *args) {
     PyObject *o; PyArrayObject *a; int ok;
     (void)m;
@@ -1585,6 +1661,9 @@ static PyMethodDef module_methods[] = {
     {"maxpool2d_forward", k_maxpool_forward, METH_VARARGS, "maxpool2d_forward(out, argmax, inp, kernel, stride)"},
     {"maxpool2d_backward", k_maxpool_backward, METH_VARARGS, "maxpool2d_backward(dinp, dout, argmax) (adds)"},
     {"overlay_labels", k_overlay_labels, METH_VARARGS, "overlay_labels(out, x, labels, K, value)"},
+    {"scff_pairs", k_scff_pairs, METH_VARARGS, "scff_pairs(pos, neg, x, x2, shift): self-contrastive pairs"},
+    {"hybrid_masks", k_hybrid_masks, METH_VARARGS, "hybrid_masks(mask, bits, iterations): Hinton's blurred masks"},
+    {"hybrid_images", k_hybrid_images, METH_VARARGS, "hybrid_images(out, x, mask, shift): hybrid negatives"},
     {"all_finite", k_all_finite, METH_VARARGS, "all_finite(x) -> bool"},
     {NULL, NULL, 0, NULL}
 };

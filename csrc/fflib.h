@@ -565,6 +565,21 @@ int ff_all_finite(const float *x, size_t n);
 ff_status ff_overlay_labels(float *out, const float *x, const int64_t *labels, int B, int D,
                             int K, float label_value);
 
+/* ------------------------------------------------------------------ label-free negatives (ff_pairs.c) */
+/* Sample b's partner is sample (b + shift) mod B, shift in [1, B-1].  out must not alias x. */
+/* Self-contrastive pairs (Chen et al. 2025, SCFF, Fig. 1d, with the first layer's two halves
+ * sharing one weight matrix, as in the authors' code, so a pair enters as its mean):
+ * pos[b] = (x[b] + x2[b]) / 2 (an image with itself, or with its second view x2),
+ * neg[b] = (x[b] + x2[partner]) / 2.  pos, neg, x, x2 are (B, D); x2 may be x. */
+ff_status ff_scff_pairs(float *pos, float *neg, const float *x, const float *x2, int B, int D, int shift);
+/* Hinton's (2022, sec. 3.2) hybrid-image masks: each random bit image bits[b] (H, W) blurred
+ * `iterations` times with [1/4, 1/2, 1/4] along rows then columns (edges clamped), then 1
+ * where > 0.5, else 0.  mask, bits (B, H, W) (mask may be bits); work (H, W) scratch. */
+ff_status ff_hybrid_masks(float *mask, float *work, const float *bits, int B, int H, int W, int iterations);
+/* Hybrid images: out[b] = mask[b] * x[b] + (1 - mask[b]) * x[partner], the (HW) mask shared
+ * by the C channels.  out, x (B, C, HW); mask (B, HW). */
+ff_status ff_hybrid_images(float *out, const float *x, const float *mask, int B, int C, int HW, int shift);
+
 #ifdef __cplusplus
 }
 #endif

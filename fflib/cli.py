@@ -248,6 +248,10 @@ def build_parser():
     t.add_argument("--pipeline", action="store_true",
                    help="pipelined blocks: block k on minibatch t-k, the blocks at once on the threads "
                         "(same weights as sequential training)")
+    t.add_argument("--method", choices=["ff", "scff", "hybrid"], default="ff",
+                   help="ff (labels in the input); scff or hybrid: train the MLP without labels on "
+                        "self-contrastive pairs or hybrid images for --epochs, then a linear probe "
+                        "(the one-pass head on every block) for as many epochs")
     t.add_argument("--order", choices=["simultaneous", "layerwise"], default=None)
     t.add_argument("--negatives", choices=["uniform", "hard"], default=None)
     t.add_argument("--augment", default=None,
@@ -446,6 +450,9 @@ def train_command(a):
     _check_output("--out", a.out)
     _check_output("--save", a.save)
     _check_output("--checkpoint", a.checkpoint, directory=True)
+    if a.method != "ff":
+        from .unsupervised import train_command_label_free
+        return train_command_label_free(a, _bad)
     if a.resume and not a.checkpoint:
         _bad("--resume needs --checkpoint DIR (where the interrupted run kept its state)")
     comm, rank = None, 0

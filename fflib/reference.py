@@ -28,6 +28,7 @@ __all__ = [
     "conv2d_output_size", "conv2d_forward", "conv2d_backward",
     "batchnorm2d_forward_train", "batchnorm2d_forward_eval", "batchnorm2d_backward",
     "maxpool2d_forward", "maxpool2d_backward",
+    "scff_pairs", "hybrid_blur", "hybrid_masks", "hybrid_images",
     "overlay_labels",
 ]
 
@@ -535,3 +536,37 @@ def overlay_labels(x, labels, K, value=1.0):
     rows[y >= 0, y[y >= 0]] = value
     rows[y < 0, :K] = value / K
     return out
+
+
+# ---------------------------------------------------------------------------- label-free negatives
+
+def scff_pairs(x, x2, shift):
+    """Self-contrastive pairs (Chen et al. 2025, SCFF, Fig. 1d; the pair as the mean its
+    weight-shared first layer sees): pos[b] = (x[b] + x2[b]) / 2,
+    neg[b] = (x[b] + x2[(b + shift) % B]) / 2.  x, x2 (B, ...)."""
+    x, x2 = _f64(x), _f64(x2)
+    return 0.5 * (x + x2), 0.5 * (x + np.roll(x2, -shift, axis=0))
+
+
+def hybrid_blur(bits, iterations):
+    """The blurred bit images before thresholding (Hinton 2022, sec. 3.2): ``iterations``
+    passes of [1/4, 1/2, 1/4] along rows then columns, edge pixels repeated.  bits (B, H, W)."""
+    m = _f64(bits).copy()
+    for _ in range(iterations):
+        p = np.pad(m, ((0, 0), (0, 0), (1, 1)), mode="edge")
+        m = 0.25 * p[:, :, :-2] + 0.5 * p[:, :, 1:-1] + 0.25 * p[:, :, 2:]
+        p = np.pad(m, ((0, 0), (1, 1), (0, 0)), mode="edge")
+        m = 0.25 * p[:, :-2] + 0.5 * p[:, 1:-1] + 0.25 * p[:, 2:]
+    return m
+
+
+def hybrid_masks(bits, iterations):
+    """Hinton's hybrid-image masks: :func:`hybrid_blur` thresholded, 1 where > 0.5."""
+    return (hybrid_blur(bits, iterations) > 0.5).astype(np.float64)
+
+
+def hybrid_images(x, mask, shift):
+    """Hybrid images x[b] * mask[b] + x[(b + shift) % B] * (1 - mask[b]), the (H, W) mask shared
+    by the channels.  x (B, C, H, W), mask (B, H, W)."""
+    x, m = _f64(x), _f64(mask)[:, None]
+    return x * m + np.roll(x, -shift, axis=0) * (1.0 - m)

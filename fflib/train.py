@@ -109,8 +109,15 @@ def fit(model, x, y, *, epochs=10, batch_size=100, optimizer=None, scheduler=Non
         windows=None, negatives="uniform", train_head=True, head_epochs=0, routine=None, chunk_size=2,
         alternate=False, augment=None, random_state=0, progress=True, x_val=None, y_val=None,
         callback=None, checkpoint=None, checkpoint_every=1, resume=False, pipeline=False, comm=None,
-        distributed=None):
+        distributed=None, method="ff"):
     """Train ``model`` on (x, y) with FF, one C call per minibatch.
+
+    method : "ff" (labels in the input, this loop), or without labels "scff" (self-contrastive
+        pairs, Chen et al. 2025) or "hybrid" (Hinton's hybrid-image negatives): ``epochs`` of
+        label-free training then ``head_epochs`` of a linear probe (the one-pass head) on the
+        frozen features, by :func:`fflib.unsupervised.fit_unsupervised` (which takes
+        ``batch_size``, ``optimizer``, ``scheduler``, ``augment``, ``random_state``,
+        ``x_val``/``y_val``, ``callback``; the model needs ``label_encoding="none"``).
 
     routine : None (keep the model's current blocks), "greedy", "chunked", "overlapping" or
         "backprop" with ``chunk_size`` units per chunk (see :mod:`fflib.routines`);
@@ -164,6 +171,8 @@ def fit(model, x, y, *, epochs=10, batch_size=100, optimizer=None, scheduler=Non
     seconds, optional validation error), ``train_seconds`` and ``interrupted``.
     """
     from .optim import Adam, _Optimizer, _Scheduler
+    if method != "ff":
+        return _fit_label_free(method, model, x, y, locals())
     if not isinstance(model, FFModel):
         raise TypeError(f"model must be an fflib.FFModel, got {type(model).__name__}")
     if comm is not None or distributed is not None:
@@ -320,6 +329,25 @@ def fit(model, x, y, *, epochs=10, batch_size=100, optimizer=None, scheduler=Non
     history["train_seconds"] = time.perf_counter() - t_start
     model.eval()
     return history
+
+
+def _fit_label_free(method, model, x, y, args):
+    """fit() with method "scff" or "hybrid": the options the label-free loop takes, the others
+    refused when they differ from their defaults."""
+    from .unsupervised import METHODS, fit_unsupervised
+    if not isinstance(method, str) or method not in METHODS:
+        raise ValueError(f"method must be 'ff' or one of {METHODS}, got {method!r}")
+    defaults = dict(order="simultaneous", windows=None, negatives="uniform", train_head=True, routine=None,
+                    chunk_size=2, alternate=False, checkpoint=None, checkpoint_every=1, resume=False, pipeline=False,
+                    comm=None, distributed=None)
+    for key, value in defaults.items():
+        if args[key] != value:
+            raise ValueError(f"{key}={args[key]!r} does not apply to method {method!r} (label-free training "
+                             f"runs every block at once, without checkpoints)")
+    return fit_unsupervised(model, x, y, method=method, epochs=args["epochs"], head_epochs=args["head_epochs"],
+                            batch_size=args["batch_size"], optimizer=args["optimizer"], scheduler=args["scheduler"],
+                            augment=args["augment"], random_state=args["random_state"], x_val=args["x_val"],
+                            y_val=args["y_val"], callback=args["callback"], progress=False)
 
 
 CHECKPOINT_FILE = "checkpoint.npz"

@@ -1,0 +1,306 @@
+"""Forward-Forward without labels: negatives built from the data, then a linear probe.
+
+Two constructions, both in C (``csrc/ff_pairs.c``), each with a float64 NumPy twin in
+:mod:`fflib.reference`:
+
+- **self-contrastive pairs** (Chen, Liu, Laydevant, Grollier, "Self-Contrastive
+  Forward-Forward algorithm", Nat. Commun. 16, 5978 (2025), Fig. 1d, and the pair builder of
+  the authors' code, SCFF_MNIST.py): a positive is an image paired with itself, a negative the
+  image paired with another image of the batch.  The pair enters the first layer through two halves that share one weight matrix
+  (their code), i.e. as the mean of the two images: positive ``x``, negative
+  ``(x_a + x_b) / 2``.  (The authors normalise the concatenated pair; fflib's input LenNorm
+  normalises the mean, which for a positive is the same direction.)
+- **hybrid images** (Hinton, "The Forward-Forward algorithm", 2022, sec. 3.2): a mask made by
+  blurring a random bit image repeatedly with ``[1/4, 1/2, 1/4]`` in both directions and
+  thresholding at 0.5; negative ``x_a * mask + x_b * (1 - mask)``, positive the real image.
+
+Either trains a model with ``label_encoding="none"`` and the FF loss (the SCFF paper's layer
+loss, in the authors' code, is FF's softplus loss on the mean squared activity with a
+threshold per term and a goodness penalty; fflib uses FF's eq. 1 (Hinton 2022): one threshold,
+no penalty) on explicit negatives, without labels; then the one-pass softmax head is trained on the frozen features (a
+linear probe, as in both papers).  :func:`fflib.fit` runs it with ``method="scff"`` or
+``method="hybrid"``.
+"""
+import time
+
+import numpy as np
+
+from . import _core
+from .augment import parse as parse_augment
+from .nn import FFModel, as_float32_batch
+
+__all__ = ["METHODS", "scff_pairs", "hybrid_masks", "hybrid_negatives", "probe_error", "fit_unsupervised"]
+
+METHODS = ("scff", "hybrid")
+HYBRID_ITERATIONS = 6   # Hinton gives no count; 6 passes leave blobs a few pixels wide on 28x28
+
+
+def _rng(random_state):
+    return random_state if isinstance(random_state, np.random.Generator) else np.random.default_rng(random_state)
+
+
+def _shift(name, shift, B, rng):
+    if shift is None:
+        return int(rng.integers(1, B))
+    if isinstance(shift, (bool, np.bool_)) or not isinstance(shift, (int, np.integer)) or not 1 <= shift < B:
+        raise ValueError(f"{name} must be an int in [1, {B - 1}] (the batch size - 1), got {shift!r}")
+    return int(shift)
+
+
+def _batch(x, name):
+    x = np.asarray(x)
+    if x.dtype != np.float32:
+        raise TypeError(f"{name} must have dtype float32, got {x.dtype}")
+    if x.ndim < 2 or x.shape[0] < 2:
+        raise ValueError(f"{name} must be a batch (B, ...) of at least 2 samples, got shape {x.shape}")
+    return np.ascontiguousarray(x)
+
+
+def scff_pairs(x, x2=None, shift=None, random_state=None):
+    """Self-contrastive positive and negative inputs (Chen et al. 2025, Fig. 1d, as the mean of the
+    pair that the authors' weight-shared first layer computes): ``pos[b] = (x[b] + x2[b]) / 2``
+    and ``neg[b] = (x[b] + x2[(b + shift) % B]) / 2``.
+
+    x (B, ...) float32, B >= 2; x2 a second view of the same images (e.g. augmented), default
+    x itself (then ``pos`` is x).  shift in [1, B-1], default random from ``random_state``:
+    sample b's partner is always another sample of the batch.  Returns (pos, neg), new arrays
+    shaped like x."""
+    x = _batch(x, "x")
+    x2 = x if x2 is None else _batch(x2, "x2")
+    if x2.shape != x.shape:
+        raise ValueError(f"x2 must have the shape of x {x.shape}, got {x2.shape}")
+    s = _shift("shift", shift, x.shape[0], _rng(random_state))
+    pos, neg = np.empty_like(x), np.empty_like(x)
+    _core.scff_pairs(pos.reshape(len(x), -1), neg.reshape(len(x), -1), x.reshape(len(x), -1),
+                     x2.reshape(len(x), -1), s)
+    return pos, neg
+
+
+def hybrid_masks(bits, iterations=HYBRID_ITERATIONS):
+    """Hinton's (2022, sec. 3.2) masks: each (H, W) bit image of ``bits`` (B, H, W) blurred
+    ``iterations`` times with the filter [1/4, 1/2, 1/4] along rows then columns (edge pixels
+    repeated), then thresholded: 1 where the blurred value exceeds 0.5, else 0."""
+    bits = np.asarray(bits)
+    if bits.dtype != np.float32:
+        raise TypeError(f"bits must have dtype float32, got {bits.dtype}")
+    if bits.ndim != 3:
+        raise ValueError(f"bits must be (B, H, W), got shape {bits.shape}")
+    if isinstance(iterations, (bool, np.bool_)) or not isinstance(iterations, (int, np.integer)) or iterations < 0:
+        raise ValueError(f"iterations must be an int >= 0, got {iterations!r}")
+    mask = np.empty_like(bits)
+    _core.hybrid_masks(mask, np.ascontiguousarray(bits), int(iterations))
+    return mask
+
+
+def hybrid_negatives(x, image_shape, shift=None, iterations=HYBRID_ITERATIONS, random_state=None, mask=None):
+    """Hybrid-image negatives (Hinton 2022, sec. 3.2): ``x[b] * m + x[(b + shift) % B] * (1 - m)``
+    with a fresh :func:`hybrid_masks` mask m per sample (from random bits of ``random_state``)
+    unless ``mask`` (B, H, W) is given.  x (B, D) or (B, C, H, W) float32 with
+    ``image_shape`` (C, H, W); the mask is shared by the channels.  Returns an array shaped
+    like x."""
+    x = _batch(x, "x")
+    if len(image_shape) != 3 or int(np.prod(image_shape)) != int(np.prod(x.shape[1:])):
+        raise ValueError(f"image_shape {tuple(image_shape)} does not fit samples of shape {x.shape[1:]}")
+    C, H, W = (int(v) for v in image_shape)
+    if H * W == 1:
+        raise ValueError(f"hybrid images need images (H, W > 1), got image_shape {tuple(image_shape)}")
+    rng = _rng(random_state)
+    s = _shift("shift", shift, x.shape[0], rng)
+    if mask is None:
+        mask = hybrid_masks(rng.integers(0, 2, (x.shape[0], H, W)).astype(np.float32), iterations)
+    else:
+        mask = np.ascontiguousarray(mask, dtype=np.float32)
+    out = np.empty_like(x)
+    _core.hybrid_images(out.reshape(len(x), C, H, W), x.reshape(len(x), C, H, W), mask, s)
+    return out
+
+
+def probe_error(model, x, y, batch_size=1000):
+    """Test error in percent of the model's one-pass head (the linear probe) on (x, y)."""
+    x = as_float32_batch(x, "x", int(np.prod(model.input_shape)))
+    y = model._check_y(y, x.shape[0])
+    was = model.training
+    model.eval()
+    try:
+        pred = np.concatenate([model.predict_onepass(x[s:s + batch_size]) for s in range(0, len(y), batch_size)])
+    finally:
+        model.train(was)
+    return float(100.0 * (pred != y).mean())
+
+
+def fit_unsupervised(model, x, y=None, *, method="scff", epochs=10, head_epochs=5, batch_size=100, optimizer=None,
+                     scheduler=None, augment=None, iterations=HYBRID_ITERATIONS, random_state=0, x_val=None,
+                     y_val=None, callback=None, progress=False):
+    """Train ``model`` without labels on ``method``'s negatives for ``epochs`` epochs (every block
+    at once, each on its own loss), then its one-pass head on the frozen features for
+    ``head_epochs`` epochs with the labels y (a linear probe; skipped when y is None).
+
+    The model needs ``label_encoding="none"`` and a loss with negatives (ff, symba).
+    ``augment`` (SCFF): the pair's two members are two independently augmented views (the
+    authors' MNIST recipe shifts by up to 2 pixels: ``"crop2"``); with "hybrid" the real
+    images are augmented before mixing.  Returns a history like :func:`fflib.fit`'s, each
+    epoch with ``val_error`` (the probe's, in percent) once the head has trained and x_val is
+    given."""
+    from .optim import Adam
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS} (or 'ff' through fflib.fit), got {method!r}")
+    if not isinstance(model, FFModel):
+        raise TypeError(f"model must be an fflib.FFModel, got {type(model).__name__}")
+    if model.label_encoding != "none" or model.config["loss"] not in ("ff", "symba"):
+        raise ValueError(f"method {method!r} trains without labels: the model needs label_encoding='none' and the "
+                         f"ff or symba loss, got label_encoding={model.label_encoding!r}, loss={model.config['loss']!r}")
+    x = as_float32_batch(x, "x", int(np.prod(model.input_shape)))
+    for name, v, lo in (("epochs", epochs, 0), ("head_epochs", head_epochs, 0), ("batch_size", batch_size, 2)):
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < lo:
+            raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
+    if y is not None:
+        y = model._check_y(y, x.shape[0])
+    elif head_epochs:
+        raise ValueError("head_epochs > 0 trains the linear probe on labels: pass y (or head_epochs=0)")
+    if head_epochs and not model.has_head:
+        raise ValueError("head_epochs > 0 needs a model with a one-pass head (head_blocks not None)")
+    if (x_val is None) != (y_val is None):
+        raise ValueError("x_val and y_val go together")
+    shape = tuple(model.input_shape)
+    aug = parse_augment(augment)
+    if aug is not None and shape[1] * shape[2] == 1:
+        raise ValueError(f"augment {augment!r} needs an image model, got input_shape {shape}")
+    if method == "hybrid" and shape[1] * shape[2] == 1:
+        raise ValueError(f"method 'hybrid' mixes images: the model needs input_shape (C, H, W) with H, W > 1, "
+                         f"got {shape}")
+    rng = _rng(random_state)
+    from .optim import _Optimizer, _Scheduler
+    if optimizer is not None and (not isinstance(optimizer, _Optimizer) or optimizer.model is not model):
+        raise ValueError(f"optimizer must be an fflib optimiser created on this model, got {optimizer!r}")
+    if optimizer is None:
+        optimizer = model.optimizer if model.optimizer is not None else Adam(model)
+    if scheduler is not None and (not isinstance(scheduler, _Scheduler) or scheduler.optimizer is not optimizer):
+        raise ValueError(f"scheduler must be an fflib schedule of the optimiser the run uses, got {scheduler!r}")
+    n, nb = x.shape[0], model.num_blocks
+    history = {"method": method, "epochs": [], "interrupted": False}
+    t_start = time.perf_counter()
+    off = np.zeros(nb, np.uint8)
+    model.train()
+    try:
+        for epoch in range(epochs + head_epochs):
+            probe = epoch >= epochs
+            t0 = time.perf_counter()
+            perm = rng.permutation(n)
+            sums, steps = np.zeros(nb + 1), 0
+            for s in range(0, n - 1, batch_size):
+                idx = perm[s:s + batch_size]
+                if len(idx) < 2:
+                    continue
+                xb = np.ascontiguousarray(x[idx])
+                if probe:
+                    # frozen blocks: only the head steps; x_neg is required by a label-free
+                    # model's step and unused with no block active
+                    losses = model.train_step(xb, np.ascontiguousarray(y[idx]), active=off, train_head=True, x_neg=xb)
+                elif method == "scff":
+                    x2 = None
+                    if aug is not None:
+                        x2 = aug(xb.copy().reshape((len(idx),) + shape), rng).reshape(xb.shape)
+                        aug(xb.reshape((len(idx),) + shape), rng)
+                    pos, neg = scff_pairs(xb, x2, random_state=rng)
+                    losses = model.train_step(pos, None, train_head=False, x_neg=neg)
+                else:
+                    if aug is not None:
+                        aug(xb.reshape((len(idx),) + shape), rng)
+                    neg = hybrid_negatives(xb, shape, iterations=iterations, random_state=rng)
+                    losses = model.train_step(xb, None, train_head=False, x_neg=neg)
+                sums += losses
+                steps += 1
+            rec = {"epoch": epoch + 1, "phase": "probe" if probe else method,
+                   "block_loss": None if probe else [float(v) for v in sums[:nb] / max(steps, 1)],
+                   "head_loss": float(sums[nb] / max(steps, 1)) if probe else None,
+                   "lr": optimizer.lr, "seconds": time.perf_counter() - t0}
+            if probe and x_val is not None:
+                rec["val_error"] = probe_error(model, x_val, y_val)
+                model.train()
+            history["epochs"].append(rec)
+            if scheduler is not None:
+                scheduler.step()
+            if callback is not None:
+                callback(rec)
+            if progress:
+                print(f"{method} epoch {epoch + 1}/{epochs + head_epochs} {rec}", flush=True)
+    except KeyboardInterrupt:
+        history["interrupted"] = True
+    history["train_seconds"] = time.perf_counter() - t_start
+    model.eval()
+    return history
+
+
+def train_command_label_free(a, bad):
+    """``python -m fflib train --method scff|hybrid``: an MLP (``--layers``) trained without
+    labels for ``--epochs``, then its linear probe (the one-pass head on every block's
+    features) for as many epochs; prints and optionally writes (``--out``) the probe's test
+    error.  ``bad(message)`` exits with a usage error."""
+    import json
+    import os
+    from . import datasets, set_num_threads, get_num_threads, __version__
+    from .nn import mlp
+    from .optim import Adam
+    if a.model != "mlp":
+        bad(f"--method {a.method} trains an MLP (--model mlp --layers ...), got --model {a.model}")
+    for flag, given in (("--loss", a.loss not in (None, "ff")), ("--label-encoding", a.label_encoding),
+                        ("--routine", a.routine != "greedy"), ("--pipeline", a.pipeline),
+                        ("--order", a.order != "simultaneous"), ("--negatives", a.negatives != "uniform"),
+                        ("--checkpoint", a.checkpoint), ("--resume", a.resume), ("--alternate", a.alternate)):
+        if given:
+            bad(f"{flag} does not apply to --method {a.method} (label-free FF loss, every block at once)")
+    if a.threads:
+        set_num_threads(a.threads)
+    try:
+        if a.dataset == "sample":
+            if a.data_dir:
+                bad("--data-dir is not used with --dataset sample (it is embedded)")
+            (x, y), (xt, yt) = datasets.load_sample(True), datasets.load_sample(False)
+        else:
+            x, y = datasets.load(a.dataset, root=a.data_dir, train=True)
+            xt, yt = datasets.load(a.dataset, root=a.data_dir, train=False)
+    except (FileNotFoundError, datasets.DatasetError) as e:
+        bad(str(e).replace("\n", " "))
+    shape = tuple(x.shape[1:]) if x.ndim == 4 else (1,) + tuple(x.shape[1:])
+    x, xt = x.reshape(len(x), -1), xt.reshape(len(xt), -1)
+    epochs = a.epochs or 10
+    lr = a.lr or 1e-3
+    head_lr = a.head_lr or 1e-2
+    threshold = 5.0 if a.threshold is None else a.threshold
+    sizes = [x.shape[1]] + a.layers
+    try:
+        model = FFModel(mlp(sizes, norm=a.norm), shape, 10, loss="ff", goodness=a.goodness, threshold=threshold,
+                        norm=a.norm, label_encoding="none", head_blocks=list(range(len(a.layers))), seed=a.seed)
+        opt = Adam(model, lr=lr, head_lr=head_lr)
+    except ValueError as e:
+        bad(str(e))
+    print(f"fflib: {a.method} on {a.dataset} without labels, MLP {sizes}, {epochs} epochs + {epochs} probe epochs",
+          flush=True)
+
+    def report(rec):
+        what = (f"block losses {' '.join(f'{v:.4f}' for v in rec['block_loss'])}" if rec["block_loss"] is not None
+                else f"probe loss {rec['head_loss']:.4f}")
+        print(f"epoch {rec['epoch']:3d} ({rec['phase']})  {what}  {rec['seconds']:.1f}s", flush=True)
+
+    try:
+        hist = fit_unsupervised(model, x, y, method=a.method, epochs=epochs, head_epochs=epochs,
+                                batch_size=a.batch_size or 100, optimizer=opt, augment=a.augment,
+                                random_state=a.seed, callback=report)
+    except (ValueError, TypeError) as e:
+        bad(str(e).replace("\n", " "))
+    err = probe_error(model, xt, yt)
+    print(f"test error (linear probe): {err:.2f}%  train {hist['train_seconds']:.1f}s", flush=True)
+    if a.save:
+        model.save(a.save)
+    if a.out:
+        res = {"config": {"method": a.method, "dataset": a.dataset, "layers": sizes, "epochs": epochs,
+                          "probe_epochs": epochs, "lr": lr, "head_lr": head_lr, "threshold": threshold,
+                          "goodness": a.goodness, "norm": a.norm, "augment": a.augment, "seed": a.seed,
+                          "threads": get_num_threads()},
+               "test_error": {"probe": err}, "epochs": hist["epochs"], "train_seconds": hist["train_seconds"],
+               "interrupted": hist["interrupted"], "fflib_version": __version__}
+        tmp = a.out + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(res, f, indent=2)
+        os.replace(tmp, a.out)
+    return 130 if hist["interrupted"] else 0
