@@ -442,9 +442,16 @@ def early_exit_report(model, xv, yv, xt, yt, rule, drop_points):
 def train_command(a):
     from . import FFModel, mlp, Adam, MultiStepLR, LinearCooldown, fit, evaluate, set_num_threads, get_num_threads
     from . import __version__
+    if a.method != "ff":
+        # label-free training has its own defaults (fflib.unsupervised); no recipe applies
+        if a.recipe is not None:
+            _bad(f"--recipe does not apply to --method {a.method}")
+        for key, value in recipes.BASE.items():
+            if getattr(a, key, None) is None:
+                setattr(a, key, value)
     # unset flags take the recipe's settings (python -m fflib recipes), then the base defaults
     try:
-        recipe, _ = recipes.resolve(a, a.recipe)
+        recipe, _ = recipes.resolve(a, a.recipe) if a.method == "ff" else (None, {})
     except ValueError as e:
         _bad(str(e))
     _check_output("--out", a.out)
