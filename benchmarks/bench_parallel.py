@@ -419,6 +419,9 @@ def distributed_section(results_dir):
     if data.get("rows"):
         cols = list(dict.fromkeys(k for r in data["rows"] for k in r))
         L += table(cols, [[r.get(c, "") for c in cols] for r in data["rows"]])
+    md = path.with_suffix(".md")
+    if len(L) == 2 and md.exists():   # no tables in the JSON: the distributed benchmark's own report
+        L += [line for line in md.read_text().splitlines() if not line.startswith("# ")] + [""]
     return L, data
 
 
