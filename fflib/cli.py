@@ -439,6 +439,22 @@ def early_exit_report(model, xv, yv, xt, yt, rule, drop_points):
     return out
 
 
+def load_train_test(a, bad):
+    """The training and test split of ``--dataset`` (``--data-dir``) as arrays; ``bad(message)``
+    exits with a usage error when they cannot be read."""
+    try:
+        if a.dataset == "sample":
+            if a.data_dir:
+                bad("--data-dir is not used with --dataset sample (it is embedded)")
+            (x, y), (xt, yt) = datasets.load_sample(True), datasets.load_sample(False)
+        else:
+            x, y = datasets.load(a.dataset, root=a.data_dir, train=True)
+            xt, yt = datasets.load(a.dataset, root=a.data_dir, train=False)
+    except (FileNotFoundError, datasets.DatasetError) as e:
+        bad(str(e).replace("\n", " "))
+    return x, y, xt, yt
+
+
 def train_command(a):
     from . import FFModel, mlp, Adam, MultiStepLR, LinearCooldown, fit, evaluate, set_num_threads, get_num_threads
     from . import __version__
@@ -475,16 +491,7 @@ def train_command(a):
         comm, rank = MPI.COMM_WORLD, MPI.COMM_WORLD.Get_rank()
     if a.threads:
         set_num_threads(a.threads)
-    try:
-        if a.dataset == "sample":
-            if a.data_dir:
-                _bad("--data-dir is not used with --dataset sample (it is embedded)")
-            (x, y), (xt, yt) = datasets.load_sample(True), datasets.load_sample(False)
-        else:
-            x, y = datasets.load(a.dataset, root=a.data_dir, train=True)
-            xt, yt = datasets.load(a.dataset, root=a.data_dir, train=False)
-    except (FileNotFoundError, datasets.DatasetError) as e:
-        _bad(str(e).replace("\n", " "))
+    x, y, xt, yt = load_train_test(a, _bad)
     image_shape = tuple(x.shape[1:])
     x = x.reshape(len(x), -1)
     xt = xt.reshape(len(xt), -1)

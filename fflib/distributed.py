@@ -349,8 +349,8 @@ def fit_distributed(model, x, y, *, comm, mode="data", epochs=10, batch_size=100
     called by ``fit(..., comm=, distributed=)``.  Every rank passes the same model, data and
     settings.  ``max_in_flight`` bounds the minibatches a pipeline stage has sent and the next
     has not yet received.  Returns the history (complete on rank 0)."""
-    from .optim import Adam, _Optimizer, _Scheduler
-    from .train import (_count, _rng, _windows, _checkpoint_path, _write_checkpoint, _progress, evaluate,
+    from .optim import Adam
+    from .train import (_check_run_args, _count, _rng, _windows, _checkpoint_path, _write_checkpoint, _progress, evaluate,
                         hard_negative_labels)
     from .routines import block_ranges
     from .nn import as_float32_batch
@@ -376,14 +376,7 @@ def fit_distributed(model, x, y, *, comm, mode="data", epochs=10, batch_size=100
     max_in_flight = _count("max_in_flight", max_in_flight, 1)
     if negatives not in ("uniform", "hard"):
         raise ValueError(f"negatives must be 'uniform' or 'hard', got {negatives!r}")
-    if optimizer is not None and (not isinstance(optimizer, _Optimizer) or optimizer.model is not model):
-        raise ValueError(f"optimizer must be an fflib optimiser created on this model, got {optimizer!r}")
-    if scheduler is not None and (not isinstance(scheduler, _Scheduler)
-                                  or (optimizer is not None and scheduler.optimizer is not optimizer)):
-        raise ValueError(f"scheduler must be an fflib schedule of the optimizer passed, got {scheduler!r}")
-    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, (int, np.integer)) \
-            or checkpoint_every <= 0:
-        raise ValueError(f"checkpoint_every must be a positive int, got {checkpoint_every!r}")
+    _check_run_args(model, optimizer, scheduler, checkpoint_every)
     train_head = bool(train_head) and model.has_head
     if routine is not None:
         model.set_block_ranges(block_ranges(model, routine, _count("chunk_size", chunk_size, 1), 0))

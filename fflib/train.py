@@ -105,6 +105,19 @@ def _windows(model, epochs, order, windows):
     raise ValueError(f"order must be 'simultaneous' or 'layerwise', got {order!r}")
 
 
+def _check_run_args(model, optimizer, scheduler, checkpoint_every):
+    """fit()'s (and the distributed fit's) checks of the optimiser, schedule and checkpoint period."""
+    from .optim import _Optimizer, _Scheduler
+    if optimizer is not None and (not isinstance(optimizer, _Optimizer) or optimizer.model is not model):
+        raise ValueError(f"optimizer must be an fflib optimiser created on this model, got {optimizer!r}")
+    if scheduler is not None and (not isinstance(scheduler, _Scheduler)
+                                  or (optimizer is not None and scheduler.optimizer is not optimizer)):
+        raise ValueError(f"scheduler must be an fflib schedule of the optimizer passed, got {scheduler!r}")
+    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, (int, np.integer)) \
+            or checkpoint_every <= 0:
+        raise ValueError(f"checkpoint_every must be a positive int, got {checkpoint_every!r}")
+
+
 def fit(model, x, y, *, epochs=10, batch_size=100, optimizer=None, scheduler=None, order="simultaneous",
         windows=None, negatives="uniform", train_head=True, head_epochs=0, routine=None, chunk_size=2,
         alternate=False, augment=None, random_state=0, progress=True, x_val=None, y_val=None,
@@ -204,14 +217,7 @@ def fit(model, x, y, *, epochs=10, batch_size=100, optimizer=None, scheduler=Non
     if aug is not None and model.input_shape[1] * model.input_shape[2] == 1:
         raise ValueError(f"augment {augment!r} needs an image model (input_shape (C, H, W) with H, W > 1), "
                          f"got input_shape {model.input_shape}")
-    if optimizer is not None and (not isinstance(optimizer, _Optimizer) or optimizer.model is not model):
-        raise ValueError(f"optimizer must be an fflib optimiser created on this model, got {optimizer!r}")
-    if scheduler is not None and (not isinstance(scheduler, _Scheduler)
-                                  or (optimizer is not None and scheduler.optimizer is not optimizer)):
-        raise ValueError(f"scheduler must be an fflib schedule of the optimizer passed, got {scheduler!r}")
-    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, (int, np.integer)) \
-            or checkpoint_every <= 0:
-        raise ValueError(f"checkpoint_every must be a positive int, got {checkpoint_every!r}")
+    _check_run_args(model, optimizer, scheduler, checkpoint_every)
     if resume and checkpoint is None:
         raise ValueError("resume=True needs checkpoint= (the directory holding the checkpoint)")
     ckpt_path = None

@@ -238,7 +238,7 @@ def train_command_label_free(a, bad):
     error.  ``bad(message)`` exits with a usage error."""
     import json
     import os
-    from . import datasets, set_num_threads, get_num_threads, __version__
+    from . import set_num_threads, get_num_threads, __version__
     from .nn import mlp
     from .optim import Adam
     if a.model != "mlp":
@@ -251,16 +251,8 @@ def train_command_label_free(a, bad):
             bad(f"{flag} does not apply to --method {a.method} (label-free FF loss, every block at once)")
     if a.threads:
         set_num_threads(a.threads)
-    try:
-        if a.dataset == "sample":
-            if a.data_dir:
-                bad("--data-dir is not used with --dataset sample (it is embedded)")
-            (x, y), (xt, yt) = datasets.load_sample(True), datasets.load_sample(False)
-        else:
-            x, y = datasets.load(a.dataset, root=a.data_dir, train=True)
-            xt, yt = datasets.load(a.dataset, root=a.data_dir, train=False)
-    except (FileNotFoundError, datasets.DatasetError) as e:
-        bad(str(e).replace("\n", " "))
+    from .cli import load_train_test
+    x, y, xt, yt = load_train_test(a, bad)
     shape = tuple(x.shape[1:]) if x.ndim == 4 else (1,) + tuple(x.shape[1:])
     x, xt = x.reshape(len(x), -1), xt.reshape(len(xt), -1)
     epochs = a.epochs or 10

@@ -112,20 +112,11 @@ def test_against_pytorch_notebook_runs_and_draws(tmp_path, monkeypatch):
     """notebooks/against_pytorch.ipynb: fflib and its PyTorch twin on the same networks (1 epoch
     on 2,000 sample images here), with a figure of time, memory and error."""
     nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
     pytest.importorskip("matplotlib")
     pytest.importorskip("torch")
     nb = nbformat.read(str(ROOT / "notebooks" / "against_pytorch.ipynb"), as_version=4)
     monkeypatch.setenv("FFLIB_NOTEBOOK_EPOCHS", "1")
-    import fflib
-    where = str(Path(fflib.__file__).resolve().parents[1])
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([where] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
-    monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
-    nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
-                            resources={"metadata": {"path": str(tmp_path)}}).execute()
-    code = [c for c in nb.cells if c.cell_type == "code"]
-    assert not [o for c in code for o in c.outputs if o.get("output_type") == "error"]
-    pngs = [o["data"]["image/png"] for c in code for o in c.outputs if "image/png" in o.get("data", {})]
+    pngs = _execute(nb, tmp_path, monkeypatch)
     assert len(pngs) == 1 and base64.b64decode(pngs[0]).startswith(PNG_MAGIC)
     saved = json.loads((tmp_path / "against_pytorch_results.json").read_text())
     for name, r in saved["results"].items():
