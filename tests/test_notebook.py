@@ -149,6 +149,7 @@ def test_fourier_labels_notebook_runs_and_draws(tmp_path, monkeypatch):
     pytest.importorskip("matplotlib")
     nb = nbformat.read(str(ROOT / "notebooks" / "fourier_labels.ipynb"), as_version=4)
     monkeypatch.delenv("FFLIB_NOTEBOOK_RECOMPUTE", raising=False)
+    monkeypatch.setenv("FFLIB_REPO", str(ROOT))      # its cached benchmark results (fflib may be installed)
     pngs = _execute(nb, tmp_path, monkeypatch)
     assert len(pngs) == 5 and all(base64.b64decode(p).startswith(PNG_MAGIC) for p in pngs)
     r = json.loads((tmp_path / "fourier_labels_results.json").read_text())
