@@ -166,6 +166,23 @@ def numpy_twin_check(sizes=SMALL, B=32, steps=3, seed=0):
 
 # ---------------------------------------------------------------------------- worker: one measurement
 
+def _time_steps(model, batch, B, pipelined, train_head, spec):
+    """Per-step seconds of fflib training on minibatches batch(i): pipelined (the pipeline filled
+    first) or sequential, after ``spec['warmup']`` steps, for about ``spec['seconds']``."""
+    if pipelined:
+        model.pipeline_begin(B, train_head=train_head)
+        fill = model.num_blocks - 1 + spec["warmup"]      # fill the pipeline, then warm up
+        for i in range(fill):
+            model.pipeline_step(*batch(i))
+        times = _timed(lambda i: model.pipeline_step(*batch(i + fill)), spec["seconds"])
+        model.pipeline_flush()
+        model.pipeline_end()
+        return times
+    for i in range(spec["warmup"]):
+        model.train_step(*batch(i), train_head=train_head)
+    return _timed(lambda i: model.train_step(*batch(i + spec["warmup"]), train_head=train_head), spec["seconds"])
+
+
 def _timed(fn, seconds, min_steps=3, max_steps=10_000):
     """Call fn(i) until ``seconds`` have passed (at least ``min_steps`` times); per-call seconds."""
     times, t_end = [], time.perf_counter() + seconds
@@ -210,18 +227,7 @@ def worker_mlp(spec):
     out = {}
     if variant.startswith("fflib"):
         model = _fflib_mlp(spec["sizes"])
-        if variant == "fflib_pipe":
-            model.pipeline_begin(B, train_head=False)
-            fill = model.num_blocks - 1 + spec["warmup"]      # fill the pipeline, then warm up
-            for i in range(fill):
-                model.pipeline_step(*batch(i))
-            times = _timed(lambda i: model.pipeline_step(*batch(i + fill)), spec["seconds"])
-            model.pipeline_flush()
-            model.pipeline_end()
-        else:
-            for i in range(spec["warmup"]):
-                model.train_step(*batch(i))
-            times = _timed(lambda i: model.train_step(*batch(i + spec["warmup"])), spec["seconds"])
+        times = _time_steps(model, batch, B, variant == "fflib_pipe", False, spec)
     else:
         import torch
         from fflib.torch import TorchFF
@@ -309,18 +315,7 @@ def worker_cnn(spec):
         s = (i % nb) * B
         return x[s:s + B], y[s:s + B]
 
-    if spec["variant"] == "pipe":
-        model.pipeline_begin(B, train_head=head)
-        fill = model.num_blocks - 1 + spec["warmup"]
-        for i in range(fill):
-            model.pipeline_step(*batch(i))
-        times = _timed(lambda i: model.pipeline_step(*batch(i + fill)), spec["seconds"])
-        model.pipeline_flush()
-        model.pipeline_end()
-    else:
-        for i in range(spec["warmup"]):
-            model.train_step(*batch(i), train_head=head)
-        times = _timed(lambda i: model.train_step(*batch(i + spec["warmup"]), train_head=head), spec["seconds"])
+    times = _time_steps(model, batch, B, spec["variant"] == "pipe", head, spec)
     return {**_summary(times, B), "head": head}
 
 

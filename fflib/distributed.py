@@ -350,10 +350,9 @@ def fit_distributed(model, x, y, *, comm, mode="data", epochs=10, batch_size=100
     settings.  ``max_in_flight`` bounds the minibatches a pipeline stage has sent and the next
     has not yet received.  Returns the history (complete on rank 0)."""
     from .optim import Adam
-    from .train import (_check_run_args, _count, _rng, _windows, _checkpoint_path, _write_checkpoint, _progress, evaluate,
+    from .train import (_check_data_args, _check_run_args, _count, _rng, _windows, _checkpoint_path, _write_checkpoint, _progress, evaluate,
                         hard_negative_labels)
     from .routines import block_ranges
-    from .nn import as_float32_batch
     refused = {k: v for k, v in unsupported.items() if v not in (None, False)}
     if refused:
         raise ValueError(f"distributed training does not support {sorted(refused)} (got "
@@ -368,11 +367,7 @@ def fit_distributed(model, x, y, *, comm, mode="data", epochs=10, batch_size=100
     if not isinstance(model, FFModel):
         raise TypeError(f"model must be an fflib.FFModel, got {type(model).__name__}")
     rank, size = comm.Get_rank(), comm.Get_size()
-    x = as_float32_batch(x, "x", int(np.prod(model.input_shape)))
-    y = model._check_y(y, x.shape[0])
-    epochs = _count("epochs", epochs, 0)
-    batch_size = _count("batch_size", batch_size, 1)
-    head_epochs = _count("head_epochs", head_epochs, 0)
+    x, y, epochs, batch_size, head_epochs = _check_data_args(model, x, y, epochs, batch_size, head_epochs)
     max_in_flight = _count("max_in_flight", max_in_flight, 1)
     if negatives not in ("uniform", "hard"):
         raise ValueError(f"negatives must be 'uniform' or 'hard', got {negatives!r}")

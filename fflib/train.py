@@ -105,6 +105,14 @@ def _windows(model, epochs, order, windows):
     raise ValueError(f"order must be 'simultaneous' or 'layerwise', got {order!r}")
 
 
+def _check_data_args(model, x, y, epochs, batch_size, head_epochs):
+    """fit()'s (and the distributed fit's) training data as the core reads it and its counts."""
+    x = as_float32_batch(x, "x", int(np.prod(model.input_shape)))
+    y = model._check_y(y, x.shape[0])
+    return x, y, _count("epochs", epochs, 0), _count("batch_size", batch_size, 1), \
+        _count("head_epochs", head_epochs, 0)
+
+
 def _check_run_args(model, optimizer, scheduler, checkpoint_every):
     """fit()'s (and the distributed fit's) checks of the optimiser, schedule and checkpoint period."""
     from .optim import _Optimizer, _Scheduler
@@ -198,11 +206,7 @@ def fit(model, x, y, *, epochs=10, batch_size=100, optimizer=None, scheduler=Non
                                checkpoint_every=checkpoint_every, routine=routine, chunk_size=chunk_size,
                                alternate=alternate,
                                augment=augment, resume=resume, pipeline=pipeline)
-    x = as_float32_batch(x, "x", int(np.prod(model.input_shape)))
-    y = model._check_y(y, x.shape[0])
-    epochs = _count("epochs", epochs, 0)
-    batch_size = _count("batch_size", batch_size, 1)
-    head_epochs = _count("head_epochs", head_epochs, 0)
+    x, y, epochs, batch_size, head_epochs = _check_data_args(model, x, y, epochs, batch_size, head_epochs)
     chunk_size = _count("chunk_size", chunk_size, 1)
     if not isinstance(negatives, str) or negatives not in ("uniform", "hard"):
         raise ValueError(f"negatives must be 'uniform' or 'hard', got {negatives!r}")
