@@ -504,7 +504,9 @@ def train_command(a):
         x, y, xt, yt = x[:a.subset], y[:a.subset], xt[:a.subset], yt[:a.subset]
         if xv is not None:
             xv, yv = xv[:a.subset], yv[:a.subset]
-    cwc = a.model in CWC_MODELS
+    # a light model under a loss that reads the label from the input takes a label channel
+    labelled_light = a.model in zoo.LIGHT_MODELS and a.loss in zoo.LABEL_LOSSES
+    cwc = a.model in CWC_MODELS and not labelled_light
     _check_api_flags(a, cwc)
     if cwc and a.label_encoding not in (None, "none"):
         _bad(f"--label-encoding does not apply to {a.model} (channel-wise competitive models take no label in the input)")
@@ -528,7 +530,8 @@ def train_command(a):
     if a.label_value is not None or (a.fourier_modes or "").startswith("fit"):
         kw["label_value"] = 0.1 if a.label_value is None else a.label_value
     if not cwc:
-        kw.update(goodness=a.goodness, norm=a.norm, label_encoding=a.label_encoding or "onehot")
+        kw.update(goodness=a.goodness, norm=a.norm,
+                  label_encoding=a.label_encoding or ("embedding" if labelled_light else "onehot"))
     try:
         if a.model == "mlp":
             sizes = [x.shape[1]] + a.layers

@@ -87,20 +87,22 @@ SURVEY_PARAMS = {"ff_tiny": 164706, "ff_small": 239266, "ff_medium": 484506, "ff
                  "ff_deep": 4131346}
 
 
-def light_model(name, input_shape=(3, 32, 32)):
+def light_model(name, input_shape=(3, 32, 32), label_channels=0):
     """FF_tiny, FF_small, FF_medium, FF_optimal or FF_deep: blocks BatchNorm2d -> Conv2d
     (kernel from the table, padding 1, no bias) -> ReLU, with a 2x2 max pool after blocks 1
     and 3 (and 6 in FF_deep: its three pools), as in the Trifecta code the survey builds on.
     On 32x32 inputs: 32 -> 16 -> 16 -> 8 -> 7 (k=4) / 6 (k=5).  Use it with loss "cwc": the
     channels of every block split into one group per class.  The one-pass head reads the last
-    two blocks (``head_blocks=[-2, -1]`` in :func:`build`)."""
+    two blocks (``head_blocks=[-2, -1]`` in :func:`build`).  ``label_channels=1`` widens the
+    first block's BatchNorm2d and Conv2d by the channel of a learned label map, for the losses
+    that read the label from the input (ff, symba, df; ``label_encoding="embedding"``)."""
     if name not in LIGHT_MODELS:
         raise ValueError(f"unknown light model {name!r}; choose from {sorted(LIGHT_MODELS)}")
     channels, kernels = LIGHT_MODELS[name]
     pools = {0, 2, 5} if name == "ff_deep" else {0, 2}
     layers = []
     for i, k in enumerate(kernels):
-        layers += conv_block(channels[i], channels[i + 1], k, padding=1, pool=2 if i in pools else None,
+        layers += conv_block(channels[i] + (label_channels if i == 0 else 0), channels[i + 1], k, padding=1, pool=2 if i in pools else None,
                              batchnorm=True, bias=False)
     return layers, tuple(input_shape)
 
@@ -122,6 +124,10 @@ def cwcomp(input_shape=(1, 28, 28), num_classes=10, channels=(20, 80, 240, 480))
 
 
 ZOO = ("mlp", "cnn", "cwcomp") + tuple(LIGHT_MODELS)
+
+#: losses that compare a sample's goodness under labels put into its input: on a light model
+#: they need a label encoding (a learned label channel by default) instead of channel groups
+LABEL_LOSSES = ("ff", "symba", "df")
 
 
 def build(name, dataset="cifar10", seed=0, **model_kw):
@@ -149,6 +155,15 @@ def build(name, dataset="cifar10", seed=0, **model_kw):
         # CwComp's goodness is that of each layer's final (batch-normalised) output
         kw = dict(loss="cwc", label_encoding="none", norm="none", threshold=2.0,
                   blocks=[i + 1 for i, l in enumerate(layers) if l.kind == "batchnorm2d"])
+    elif name in LIGHT_MODELS and model_kw.get("loss") in LABEL_LOSSES:
+        # a light model trained with a label in its input (e.g. the distance-forward loss):
+        # its blocks as for CwC, the first taking the extra channel of a learned label map
+        enc = model_kw.get("label_encoding", "embedding")
+        if enc == "none":
+            raise ValueError(f"loss {model_kw['loss']!r} on {name} needs the label in the input: "
+                             f"label_encoding 'embedding', 'onehot' or 'fourier', got 'none'")
+        layers, shape = light_model(name, image, label_channels=int(enc == "embedding"))
+        kw = dict(goodness="mean", threshold=1.0, norm="rms", label_encoding=enc)
     elif name in LIGHT_MODELS:
         layers, shape = light_model(name, image)
         # the blocks end in ReLU (their BatchNorm opens the next block), so the head's input is

@@ -261,6 +261,39 @@ def test_cli_loss_df(tmp_path):
     assert r["test_error"]["multi_pass"] < 30.0
 
 
+def test_light_model_with_df_takes_a_label_channel(rng):
+    """A light model under a loss that reads the label from the input (df, ff, symba) is built
+    with a learned label map as an extra input channel of its first block; under cwc it is not."""
+    m = models.build("ff_tiny", "cifar10", loss="df", margin=0.5)
+    cwc = models.build("ff_tiny", "cifar10")
+    first = lambda model: next(l for l in model.layers if l.kind == "conv2d")  # noqa: E731
+    assert first(m).in_channels == 4 and first(cwc).in_channels == 3
+    assert m.label_encoding == "embedding" and cwc.label_encoding == "none"
+    assert m.config["loss"] == "df" and m.config["margin"] == 0.5
+    x = rng.random((8, 3 * 32 * 32), dtype=np.float32)
+    y = np.arange(8) % 10
+    fflib.Adam(m, lr=1e-3)
+    assert np.all(np.isfinite(m.train_step(x, y)))
+    with pytest.raises(ValueError, match="needs the label in the input"):
+        models.build("ff_tiny", "cifar10", loss="df", label_encoding="none")
+
+
+def test_cli_light_model_with_df(tmp_path):
+    from conftest import shared_data_dir
+    cifar10_dir = shared_data_dir() / "cifar10"
+    if not cifar10_dir.is_dir():
+        pytest.skip(f"real CIFAR-10 not found under {cifar10_dir} (set FFLIB_DATA)")
+    out = tmp_path / "r.json"
+    res = subprocess.run([sys.executable, "-m", "fflib", "train", "--recipe", "cifar10-ff_small-df",
+                          "--data-dir", str(cifar10_dir), "--subset", "100", "--epochs", "1", "--val-size", "0",
+                          "--threads", "1", "--out", str(out), "--no-progress"],
+                         capture_output=True, text=True, timeout=300, cwd=str(REPO / "tests"), env=child_env())
+    assert res.returncode == 0, res.stderr
+    r = json.loads(out.read_text())
+    assert r["config"]["loss"] == "df" and r["config"]["label_encoding"] == "embedding"
+    assert r["config"]["recipe"] == "cifar10-ff_small-df"
+
+
 # ---------------------------------------------------------------------------- real MNIST
 
 @pytest.mark.slow
