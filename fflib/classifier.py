@@ -89,7 +89,8 @@ class FFClassifier(ClassifierMixin, BaseEstimator):
         ``order``, ``negatives`` and ``inference``, and no ``early_stopping``.
     image_shape : (C, H, W) or None
         The image shape of the flattened samples, needed by ``method="hybrid"`` (it mixes
-        images); None takes the shape of X when fit is given images (n, C, H, W) or (n, H, W).
+        images; "ff" and "scff" read flat samples); None takes the shape of X when fit is given
+        images (n, C, H, W) or (n, H, W).
     inference : "onepass" or "multipass" for :meth:`predict`.
     early_exit : None or float
         Early-exit inference (LightFF, Aminifar et al. 2024; see :mod:`fflib.early_exit`): fit
@@ -236,7 +237,8 @@ class FFClassifier(ClassifierMixin, BaseEstimator):
             raise ValueError(f"validation_fraction must be in (0, 1), got {self.validation_fraction!r}")
 
     def _input_shape(self, n_features, images):
-        """(C, H, W) for the model: ``image_shape``, else the images fit was given, else None."""
+        """(C, H, W) for a label-free model: ``image_shape``, else the images fit was given, else
+        None (and None for method "ff")."""
         shape = self.image_shape if self.image_shape is not None else images
         if shape is None:
             if self.method == "hybrid":
@@ -250,7 +252,8 @@ class FFClassifier(ClassifierMixin, BaseEstimator):
                 or int(np.prod(shape)) != n_features:
             raise ValueError(f"image_shape must be (C, H, W) of positive ints with C*H*W = n_features "
                              f"({n_features}), got {self.image_shape if self.image_shape is not None else shape!r}")
-        return tuple(int(v) for v in shape)
+        # FF with labels reads flat samples (the label is appended to, or written over, the features)
+        return tuple(int(v) for v in shape) if self.method != "ff" else None
 
     def _start(self, X, classes, images=None):
         """Fresh model, rng and bookkeeping for ``classes``."""
