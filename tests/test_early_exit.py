@@ -160,7 +160,7 @@ def test_mnist_early_exit_saves_blocks(mnist):
     held-out training images at 0.2 points (the harm bound); on the 10,000 test images early
     exit must run at most 60 % of the blocks on average and lose at most 0.2 points of accuracy
     against the same inference without early exit, multi-pass and one-pass.
-    Measured (seeds 0, 1, 2; NumPy reference of the rule on the same models): one-pass lost
+    Measured (seeds 0, 1, 2): one-pass lost
     0.07, -0.02, -0.20 points with 2.17, 2.16, 2.27 of 4 blocks; multi-pass 0.04, -0.20, -0.19
     with 1.56, 1.38, 1.58.  The "net" bound (the plain validation accuracy difference) lost
     0.38 points one-pass on seed 0 (checked at the end: it harms more test samples)."""
