@@ -95,8 +95,10 @@ class FFClassifier(ClassifierMixin, BaseEstimator):
     early_exit : None or float
         Early-exit inference (LightFF, Aminifar et al. 2024; see :mod:`fflib.early_exit`): fit
         holds out ``validation_fraction`` of the training data (stratified; the same split as
-        ``early_stopping``) and calibrates per-block exit thresholds on it that lose at most
-        ``early_exit`` (a fraction: 0.002 = 0.2 percentage points) of validation accuracy;
+        ``early_stopping``) and calibrates per-block exit thresholds on it: the fewest blocks
+        on average with at most ``early_exit`` (a fraction: 0.002 = 0.2 percentage points) of
+        the split answered wrong by early exit and right without it (the accuracy lost is at
+        most that; see :func:`fflib.early_exit.calibrate`);
         :meth:`predict` and :meth:`predict_proba` then stop each sample at the first block whose
         confidence passes its threshold (:meth:`predict_early_exit` also says the blocks used
         and the compute saved).  None (default): every block.
