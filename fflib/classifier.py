@@ -6,6 +6,7 @@ import numpy as np
 from .nn import FFModel, as_array, mlp
 from .optim import Adam, SGD, LinearCooldown, MultiStepLR
 from .train import evaluate, fit
+from .unsupervised import METHODS as _LABEL_FREE
 
 try:
     from sklearn.base import BaseEstimator, ClassifierMixin
@@ -25,6 +26,9 @@ except ImportError as e:  # keep `import fflib` working; the estimator says what
 
     class NotFittedError(ValueError, AttributeError):
         pass
+
+#: the training methods (``method=``): FF with labels, and the label-free ones of :mod:`fflib.unsupervised`
+METHODS = ("ff",) + tuple(_LABEL_FREE)
 
 #: minibatch updates that ``epochs="auto"`` guarantees (10 epochs of MNIST are 6,000)
 AUTO_MIN_UPDATES = 1000
@@ -74,7 +78,32 @@ class FFClassifier(ClassifierMixin, BaseEstimator):
     milestones, gamma : MultiStepLR schedule (epochs); cooldown : linear cooldown over the
         second half instead.
     order : "simultaneous" or "layerwise"; negatives : "uniform" or "hard".
+    margin : float
+        The DF loss's margin (``loss="df"``, Wu et al. 2024; default 1.0, unused by the other losses).
+    method : {"ff", "scff", "hybrid"}
+        "ff" (default): labels in the input.  "scff" (self-contrastive pairs, Chen et al. 2025)
+        or "hybrid" (Hinton's hybrid-image negatives): ``epochs`` of label-free training (the
+        loss "ff" or "symba"), then a linear probe -- the one-pass head on every block's
+        features -- for ``head_epochs`` epochs (0, the default, means as many as ``epochs``),
+        through :func:`fflib.fit`'s ``method=``.  Label-free training takes the default
+        ``order``, ``negatives`` and ``inference``, and no ``early_stopping``.
+    image_shape : (C, H, W) or None
+        The image shape of the flattened samples, needed by ``method="hybrid"`` (it mixes
+        images; "ff" and "scff" read flat samples); None takes the shape of X when fit is given
+        images (n, C, H, W) or (n, H, W).
     inference : "onepass" or "multipass" for :meth:`predict`.
+    early_exit : None or float
+        Early-exit inference (LightFF, Aminifar et al. 2024; see :mod:`fflib.early_exit`): fit
+        holds out ``validation_fraction`` of the training data (stratified; the same split as
+        ``early_stopping``) and calibrates per-block exit thresholds on it: the fewest blocks
+        on average with at most ``early_exit`` (a fraction: 0.002 = 0.2 percentage points) of
+        the split answered wrong by early exit and right without it (the accuracy lost is at
+        most that; see :func:`fflib.early_exit.calibrate`);
+        :meth:`predict` and :meth:`predict_proba` then stop each sample at the first block whose
+        confidence passes its threshold (:meth:`predict_early_exit` also says the blocks used
+        and the compute saved).  None (default): every block.
+    early_exit_rule : {"softmax", "lightff"}
+        The confidence rule early exit calibrates (see :func:`fflib.early_exit.calibrate`).
     head_epochs : extra epochs training only the one-pass head; head_lr : the head's
         learning rate (default ``lr``), scaled by the schedule like ``lr``.
     early_stopping : bool
@@ -96,6 +125,8 @@ class FFClassifier(ClassifierMixin, BaseEstimator):
     validation_scores_, best_validation_score_ : with ``early_stopping``, the validation
         accuracy after every epoch and the best one.
     history_ : the :func:`fflib.fit` history of the last fit.
+    early_exit_ : with ``early_exit``, the calibrated :class:`fflib.EarlyExit` (its ``info``
+        holds the validation accuracy with and without early exit and the mean blocks used).
     """
 
     def __init__(self, hidden=(500, 100), epochs="auto", batch_size=100, lr=0.003, threshold=None,
@@ -103,7 +134,8 @@ class FFClassifier(ClassifierMixin, BaseEstimator):
                  momentum=0.9, weight_decay=0.0, milestones=None, gamma=0.1, cooldown=True,
                  order="simultaneous", negatives="uniform", inference="onepass", head_epochs=0,
                  head_lr=None, early_stopping=False, validation_fraction=0.1, n_iter_no_change=10,
-                 tol=1e-4, random_state=None, threads=None, verbose=False):
+                 tol=1e-4, random_state=None, threads=None, verbose=False, margin=1.0, method="ff",
+                 image_shape=None, early_exit=None, early_exit_rule="softmax"):
         self.hidden, self.epochs, self.batch_size, self.lr = hidden, epochs, batch_size, lr
         self.threshold, self.goodness, self.norm, self.loss = threshold, goodness, norm, loss
         self.label_placement = label_placement
@@ -114,23 +146,30 @@ class FFClassifier(ClassifierMixin, BaseEstimator):
         self.early_stopping, self.validation_fraction = early_stopping, validation_fraction
         self.n_iter_no_change, self.tol = n_iter_no_change, tol
         self.random_state, self.threads, self.verbose = random_state, threads, verbose
+        self.margin, self.method, self.image_shape = margin, method, image_shape
+        self.early_exit, self.early_exit_rule = early_exit, early_exit_rule
 
     # ------------------------------------------------------------------ building
-    def build(self, n_features, n_classes, seed):
-        """The untrained :class:`FFModel` that :meth:`fit` trains."""
+    def build(self, n_features, n_classes, seed, input_shape=None):
+        """The untrained :class:`FFModel` that :meth:`fit` trains (``input_shape``: the samples'
+        (C, H, W), default ``n_features``)."""
         hidden = (self.hidden,) if isinstance(self.hidden, (int, np.integer)) else tuple(self.hidden)
         if not hidden or any(isinstance(h, bool) or int(h) != h or h <= 0 for h in hidden):
             raise ValueError(f"hidden must be a non-empty tuple of positive sizes, got {self.hidden!r}")
         hidden = tuple(int(h) for h in hidden)
-        if self.label_placement == "overwrite" and n_features < n_classes:
-            raise ValueError(f"label_placement='overwrite' writes the one-hot label of {n_classes} classes "
-                             f"over the first features, but X has only {n_features}; use 'append'")
         threshold = self.threshold
         if threshold is None:  # per unit for mean goodness, per layer for sum goodness
             threshold = 1.0 if self.goodness == "mean" else float(hidden[0])
-        return FFModel(mlp((n_features,) + hidden, norm=self.norm), n_features, n_classes, loss=self.loss,
-                       threshold=threshold, goodness=self.goodness, norm=self.norm,
-                       label_placement=self.label_placement, seed=seed)
+        kw = dict(loss=self.loss, threshold=threshold, goodness=self.goodness, norm=self.norm, seed=seed,
+                  margin=self.margin)
+        if self.method != "ff":   # no label in the input; the probe reads every block
+            kw.update(label_encoding="none", head_blocks=list(range(len(hidden))))
+        else:
+            if self.label_placement == "overwrite" and n_features < n_classes:
+                raise ValueError(f"label_placement='overwrite' writes the one-hot label of {n_classes} classes "
+                                 f"over the first features, but X has only {n_features}; use 'append'")
+            kw.update(label_placement=self.label_placement)
+        return FFModel(mlp((n_features,) + hidden, norm=self.norm), input_shape or n_features, n_classes, **kw)
 
     def _optimizer(self, model):
         head_lr = self.head_lr
@@ -169,7 +208,56 @@ class FFClassifier(ClassifierMixin, BaseEstimator):
         check_classification_targets(y)
         return X, y
 
-    def _start(self, X, classes):
+    def _check_options(self):
+        """The settings fit checks before training (each error names its parameter)."""
+        if self.inference not in ("onepass", "multipass"):
+            raise ValueError(f"inference must be 'onepass' or 'multipass', got {self.inference!r}")
+        if not isinstance(self.method, str) or self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.method != "ff":
+            if self.inference != "onepass":
+                raise ValueError(f"method={self.method!r} trains without labels in the input, so there is no "
+                                 f"multi-pass prediction: inference must be 'onepass', got {self.inference!r}")
+            if self.early_stopping:
+                raise ValueError(f"early_stopping needs method='ff', got method={self.method!r}")
+            if self.loss not in ("ff", "symba"):
+                raise ValueError(f"method={self.method!r} trains on explicit negatives: loss must be 'ff' or "
+                                 f"'symba', got loss={self.loss!r}")
+        if isinstance(self.margin, (bool, np.bool_)) or not isinstance(self.margin, (int, float, np.integer,
+                                                                                        np.floating)) \
+                or not 0 <= float(self.margin) < math.inf:
+            raise ValueError(f"margin must be a finite number >= 0, got {self.margin!r}")
+        if self.early_exit is not None:
+            ee = self.early_exit
+            if isinstance(ee, (bool, np.bool_)) or not isinstance(ee, (int, float, np.integer, np.floating)) \
+                    or not 0 <= float(ee) < 1:
+                raise ValueError(f"early_exit must be None or the validation accuracy loss allowed, a fraction "
+                                 f"in [0, 1) (0.002 = 0.2 percentage points), got {ee!r}")
+            if self.early_exit_rule not in ("softmax", "lightff"):
+                raise ValueError(f"early_exit_rule must be 'softmax' or 'lightff', got {self.early_exit_rule!r}")
+        if (self.early_stopping or self.early_exit is not None) and not 0 < self.validation_fraction < 1:
+            raise ValueError(f"validation_fraction must be in (0, 1), got {self.validation_fraction!r}")
+
+    def _input_shape(self, n_features, images):
+        """(C, H, W) for a label-free model: ``image_shape``, else the images fit was given, else
+        None (and None for method "ff")."""
+        shape = self.image_shape if self.image_shape is not None else images
+        if shape is None:
+            if self.method == "hybrid":
+                raise ValueError("method='hybrid' mixes images: give image_shape=(C, H, W) or fit on images "
+                                 "shaped (n, C, H, W) or (n, H, W)")
+            return None
+        shape = tuple(shape)
+        if len(shape) == 2:
+            shape = (1,) + shape
+        if len(shape) != 3 or any(isinstance(v, (bool, np.bool_)) or int(v) != v or v < 1 for v in shape) \
+                or int(np.prod(shape)) != n_features:
+            raise ValueError(f"image_shape must be (C, H, W) of positive ints with C*H*W = n_features "
+                             f"({n_features}), got {self.image_shape if self.image_shape is not None else shape!r}")
+        # FF with labels reads flat samples (the label is appended to, or written over, the features)
+        return tuple(int(v) for v in shape) if self.method != "ff" else None
+
+    def _start(self, X, classes, images=None):
         """Fresh model, rng and bookkeeping for ``classes``."""
         if len(classes) < 2:
             raise ValueError(f"FFClassifier needs at least two classes in y, got {len(classes)} class")
@@ -177,7 +265,7 @@ class FFClassifier(ClassifierMixin, BaseEstimator):
         rs = self.random_state
         self._rng = rs if isinstance(rs, np.random.Generator) else np.random.default_rng(rs)
         seed = int(self._rng.integers(0, 2**63 - 1))
-        self.model_ = self.build(X.shape[1], len(classes), seed)
+        self.model_ = self.build(X.shape[1], len(classes), seed, self._input_shape(X.shape[1], images))
         self.n_iter_, self.loss_curve_ = 0, []
 
     def _encode(self, y):
@@ -191,7 +279,11 @@ class FFClassifier(ClassifierMixin, BaseEstimator):
 
     def _record(self, history):
         for rec in history["epochs"]:
-            if any(rec["active"]):
+            if "active" not in rec:      # label-free training: the probe's epochs are not counted
+                if rec["block_loss"] is not None:
+                    self.loss_curve_.append(float(np.mean(rec["block_loss"])))
+                    self.n_iter_ += 1
+            elif any(rec["active"]):
                 losses = [v for v, a in zip(rec["block_loss"], rec["active"]) if a]
                 self.loss_curve_.append(float(np.mean(losses)))
                 self.n_iter_ += 1
@@ -205,37 +297,49 @@ class FFClassifier(ClassifierMixin, BaseEstimator):
     def fit(self, X, y):
         """Train on X (n_samples, n_features) (images are flattened) and labels y of any type
         ``np.unique`` sorts; returns self."""
+        images = tuple(np.shape(X)[1:]) if getattr(X, "ndim", 2) > 2 else None
         X, y = self._validate(X, y, reset=True)
+        self._check_options()
         self._set_threads()
-        self._start(X, np.unique(y))
+        self._start(X, np.unique(y), images)
+        self.__dict__.pop("early_exit_", None)
         y_idx = self._encode(y)
         model = self.model_
-        if self.inference not in ("onepass", "multipass"):
-            raise ValueError(f"inference must be 'onepass' or 'multipass', got {self.inference!r}")
-        if self.early_stopping:
-            if self.order != "simultaneous":
-                raise ValueError(f"early_stopping needs order='simultaneous', got order={self.order!r}")
-            if not 0 < self.validation_fraction < 1:
-                raise ValueError(f"validation_fraction must be in (0, 1), got {self.validation_fraction!r}")
+        if self.early_stopping and self.order != "simultaneous":
+            raise ValueError(f"early_stopping needs order='simultaneous', got order={self.order!r}")
+        if self.early_stopping or self.early_exit is not None:
             X, X_val, y_idx, y_val = train_test_split(
                 X, y_idx, test_size=self.validation_fraction, stratify=y_idx,
                 random_state=int(self._rng.integers(0, 2**31 - 1)))
         epochs = self._num_epochs(len(X))
+        probe_epochs = (self.head_epochs or epochs) if self.method != "ff" else 0
         opt = self._optimizer(model)
         sched = None
-        total = epochs if self.order == "simultaneous" else epochs * model.num_blocks
+        total = epochs + probe_epochs if self.order == "simultaneous" else epochs * model.num_blocks
         if self.milestones:
             sched = MultiStepLR(opt, self.milestones, self.gamma)
         elif self.cooldown:
             sched = LinearCooldown(opt, total)
         kw = dict(batch_size=self._batch_size(), optimizer=opt, negatives=self.negatives,
                   random_state=self._rng, progress=self.verbose)
-        if not self.early_stopping:
+        if self.method != "ff":
+            self.history_ = fit(model, X, y_idx, epochs=epochs, scheduler=sched, order=self.order,
+                                head_epochs=probe_epochs, method=self.method, **kw)
+            self._record(self.history_)
+        elif not self.early_stopping:
             self.history_ = fit(model, X, y_idx, epochs=epochs, scheduler=sched, order=self.order,
                                 head_epochs=self.head_epochs, **kw)
             self._record(self.history_)
-            return self
-        # early stopping: one epoch at a time, scored on the held-out part
+        else:
+            self._fit_early_stopping(X, y_idx, X_val, y_val, epochs, sched, kw)
+        if self.early_exit is not None:
+            self.early_exit_ = model.calibrate_early_exit(X_val, y_val, mode=self.inference,
+                                                          rule=self.early_exit_rule, max_drop=float(self.early_exit))
+        return self
+
+    def _fit_early_stopping(self, X, y_idx, X_val, y_val, epochs, sched, kw):
+        """One epoch at a time, scored on the held-out part; the best epoch's parameters kept."""
+        model = self.model_
         self.history_ = {"epochs": [], "interrupted": False, "train_seconds": 0.0}
         self.validation_scores_, self.best_validation_score_ = [], -np.inf
         best, waited = model.state_dict(), 0
@@ -246,7 +350,7 @@ class FFClassifier(ClassifierMixin, BaseEstimator):
             self._record(h)
             if sched is not None:
                 sched.step()
-            score = float(np.mean(self._predict_index(X_val) == y_val))
+            score = float(np.mean(self._full_predict_index(X_val) == y_val))
             self.validation_scores_.append(score)
             if score > self.best_validation_score_ + self.tol:
                 self.best_validation_score_, best, waited = score, model.state_dict(), 0
@@ -259,27 +363,35 @@ class FFClassifier(ClassifierMixin, BaseEstimator):
         if self.head_epochs:
             h = fit(model, X, y_idx, epochs=0, head_epochs=self.head_epochs, **kw)
             self.history_["epochs"] += h["epochs"]
-        return self
 
     def partial_fit(self, X, y, classes=None):
         """One epoch over (X, y) at the constant rate ``lr`` (no schedule, no early stopping):
-        FF learns online.  The first call (on an unfitted estimator) needs ``classes``, every
-        label that will ever appear; later calls continue training the same model."""
+        FF learns online (with ``method`` "scff"/"hybrid": one label-free epoch, then one epoch
+        of the probe).  The first call (on an unfitted estimator) needs ``classes``, every
+        label that will ever appear; later calls continue training the same model.  Early exit
+        calibrates on fit's held-out split, so it needs ``early_exit=None`` here."""
         first = not hasattr(self, "model_")
+        images = tuple(np.shape(X)[1:]) if getattr(X, "ndim", 2) > 2 else None
         X, y = self._validate(X, y, reset=first)
+        self._check_options()
+        if self.early_exit is not None:
+            raise ValueError("early_exit calibrates its thresholds on fit's held-out split; partial_fit does not "
+                             f"calibrate: set early_exit=None (got {self.early_exit!r}) or call fit")
         self._set_threads()
         if first:
             if classes is None:
                 raise ValueError("classes must be passed on the first call to partial_fit "
                                  "(every label that will ever appear)")
-            self._start(X, np.unique(classes))
+            self._start(X, np.unique(classes), images)
         elif classes is not None and not np.array_equal(np.unique(classes), self.classes_):
             raise ValueError(f"classes {np.unique(classes).tolist()} differ from classes_ "
                              f"{self.classes_.tolist()} of the earlier calls")
+        self.__dict__.pop("early_exit_", None)
         y_idx = self._encode(y)
+        extra = dict(method=self.method, head_epochs=1) if self.method != "ff" else {}
         self.history_ = fit(self.model_, X, y_idx, epochs=1, batch_size=self._batch_size(),
                             optimizer=self._optimizer(self.model_), negatives=self.negatives,
-                            random_state=self._rng, progress=self.verbose)
+                            random_state=self._rng, progress=self.verbose, **extra)
         self._record(self.history_)
         return self
 
@@ -289,32 +401,72 @@ class FFClassifier(ClassifierMixin, BaseEstimator):
         if not hasattr(self, "model_"):
             raise FFNotFittedError("this FFClassifier is not fitted yet; call fit(X, y) first")
 
-    def _predict_index(self, X):
+    def _full_predict_index(self, X):
         if self.inference == "multipass":
             return self.model_.predict_multipass(X)
         return self.model_.predict_proba(X).argmax(axis=1)
 
+    def _predict_index(self, X):
+        ee = getattr(self, "early_exit_", None)
+        if ee is not None:
+            return self.model_.predict_early_exit(X, ee, self.inference).pred
+        return self._full_predict_index(X)
+
     def predict_proba(self, X):
         """Class probabilities (n_samples, n_classes): the one-pass softmax head, or with
-        ``inference="multipass"`` a softmax over the summed goodness of every label."""
+        ``inference="multipass"`` a softmax over the summed goodness of every label.  With
+        ``early_exit``: the softmax of the scores of the block each sample exits at (the
+        partial head logits, or the goodness summed so far), computed from full passes (use
+        :meth:`predict` for the compute saving)."""
         self._check_fitted()
         X = self._validate(X, reset=False)
+        if self.inference not in ("onepass", "multipass"):
+            raise ValueError(f"inference must be 'onepass' or 'multipass', got {self.inference!r}")
+        ee = getattr(self, "early_exit_", None)
+        if ee is not None:
+            from .early_exit import cumulative_scores, reference_exit
+            cum, decide = cumulative_scores(self.model_, X, self.inference)
+            _, used = reference_exit(cum, decide, ee.thresholds, ee.rule)
+            last = used == cum.shape[1]
+            g = cum[np.arange(len(X)), used - 1].astype(np.float64)
+            if self.inference == "onepass":     # the last block's entry is the head's softmax already
+                p = g.copy()
+                g = g[~last]
+            g -= g.max(axis=1, keepdims=True)
+            e = np.exp(g)
+            e /= e.sum(axis=1, keepdims=True)
+            if self.inference == "onepass":
+                p[~last] = e
+                return p
+            return e
         if self.inference == "multipass":
             g = self.model_.goodness(X).sum(axis=2).astype(np.float64)
             g -= g.max(axis=1, keepdims=True)
             p = np.exp(g)
             return p / p.sum(axis=1, keepdims=True)
-        if self.inference != "onepass":
-            raise ValueError(f"inference must be 'onepass' or 'multipass', got {self.inference!r}")
         return self.model_.predict_proba(X).astype(np.float64)
 
     def predict(self, X):
-        """Predicted labels (from ``classes_``)."""
+        """Predicted labels (from ``classes_``); with ``early_exit``, each sample from the first
+        block whose confidence passes its calibrated threshold."""
         self._check_fitted()
         X = self._validate(X, reset=False)
         if self.inference not in ("onepass", "multipass"):
             raise ValueError(f"inference must be 'onepass' or 'multipass', got {self.inference!r}")
         return self.classes_[self._predict_index(X)]
+
+    def predict_early_exit(self, X):
+        """Early-exit prediction with the calibrated ``early_exit_``: an
+        :class:`fflib.early_exit.EarlyExitResult` whose ``pred`` holds labels from ``classes_``,
+        with the blocks each sample used and the multiply-accumulates saved."""
+        self._check_fitted()
+        ee = getattr(self, "early_exit_", None)
+        if ee is None:
+            raise ValueError("predict_early_exit needs a classifier fitted with early_exit (e.g. early_exit=0.002)")
+        X = self._validate(X, reset=False)
+        r = self.model_.predict_early_exit(X, ee, self.inference)
+        r.pred = self.classes_[r.pred]
+        return r
 
     def test_errors(self, X, y):
         """Test error in percent with both inferences, and per-block accuracy."""

@@ -229,8 +229,9 @@ def build_parser():
     t.add_argument("--norm", choices=["l2", "rms", "none"], default=None,
                    help="length normalisation between MLP layers (and of the one-pass head input)")
     t.add_argument("--loss", choices=list(_core_tables()[0]), default=None,
-                   help="the blocks' local loss (default: symba for mlp/cnn, cwc for the CwC models); xent "
-                        "is softmax cross-entropy on a 10-wide last layer (the backprop baseline)")
+                   help="the blocks' local loss (default: symba for mlp/cnn, cwc for the CwC models); df is "
+                        "the distance-forward N-pair margin loss (--margin); xent is softmax cross-entropy on "
+                        "a 10-wide last layer (the backprop baseline)")
     t.add_argument("--label-encoding", choices=list(_core_tables()[1]), default=None,
                    help="how the label enters the input (default: onehot for mlp, embedding for cnn; none "
                         "for losses that read the class from the output: cwc, pvn, xent)")
@@ -284,6 +285,8 @@ def build_parser():
     t.add_argument("--pvn-weight", type=_fraction, default=None,
                    help="with --loss cwc: (1-w) CwC + w PvN, w in [0, 1] (default 0: pure CwC)")
     t.add_argument("--alpha", type=_positive(float), default=None, help="SymBa's scale (default 4); --loss symba")
+    t.add_argument("--margin", type=_nonnegative, default=None,
+                   help="the DF loss's margin m >= 0 (default 1); --loss df")
     t.add_argument("--optimizer", choices=["adam", "sgd"], default=None, help="default: the recipe's (adam)")
     t.add_argument("--momentum", type=_nonnegative, default=None, help="SGD momentum (default 0); --optimizer sgd")
     t.add_argument("--weight-decay", type=_nonnegative, default=0.0, help="L2 weight decay (default 0)")
@@ -301,7 +304,8 @@ def build_parser():
                    help="also report early-exit inference (LightFF) on the test set: thresholds calibrated "
                         "on the --val-size split; the rule: softmax (default) or lightff")
     t.add_argument("--early-exit-drop", type=_nonnegative, default=0.2, metavar="POINTS",
-                   help="largest validation accuracy loss early exit may cost, in percentage points (default 0.2)")
+                   help="largest validation accuracy loss early exit may cost, in percentage points (default "
+                        "0.2): the validation samples it gets wrong that prediction without it gets right")
     t.add_argument("--distributed", choices=["data", "pipeline"], default=None,
                    help="train across the ranks of an MPI job (mpirun -n N python -m fflib train --distributed "
                         "...; needs pip install 'fflib-core[mpi]'): data = each rank a shard of every minibatch, "
@@ -325,7 +329,8 @@ def build_parser():
                    help="also report early-exit inference (LightFF): thresholds calibrated on the last "
                         "--val-size samples of the training split; the rule: softmax (default) or lightff")
     e.add_argument("--early-exit-drop", type=_nonnegative, default=0.2, metavar="POINTS",
-                   help="largest validation accuracy loss early exit may cost, in percentage points (default 0.2)")
+                   help="largest validation accuracy loss early exit may cost, in percentage points (default "
+                        "0.2): the validation samples it gets wrong that prediction without it gets right")
     e.add_argument("--val-size", type=_positive(int), default=5000,
                    help="with --early-exit: calibration samples from the end of the training split (default 5000)")
     e.add_argument("--out", default=None, help="write the result as JSON here")
@@ -368,6 +373,8 @@ def _check_api_flags(a, cwc):
         _bad(f"--pvn-weight mixes PvN into the cwc loss; it does not apply to --loss {loss}")
     if a.alpha is not None and loss != "symba":
         _bad(f"--alpha is SymBa's scale; it does not apply to --loss {loss}")
+    if a.margin is not None and loss != "df":
+        _bad(f"--margin is the DF loss's margin; it does not apply to --loss {loss}")
     if a.momentum is not None and a.optimizer != "sgd":
         _bad(f"--momentum is SGD's; give --optimizer sgd (got --optimizer {a.optimizer})")
     if a.windows is not None and (a.order != "simultaneous" or a.alternate or a.pipeline):
@@ -384,6 +391,8 @@ def _model_flags(a):
         kw["pvn_weight"] = a.pvn_weight
     if a.alpha is not None:
         kw["alpha"] = a.alpha
+    if a.margin is not None:
+        kw["margin"] = a.margin
     if a.head_blocks is not None:
         kw["head_blocks"] = None if a.head_blocks == "none" else a.head_blocks
     return kw
@@ -404,7 +413,8 @@ def _run_epochs(a, epochs, model):
 
 
 def _api_config(a, model):
-    return {"alpha": model.config["alpha"], "pvn_weight": model.config["pvn_weight"], "optimizer": a.optimizer,
+    return {"alpha": model.config["alpha"], "pvn_weight": model.config["pvn_weight"],
+            "margin": model.config["margin"], "optimizer": a.optimizer,
             "momentum": a.momentum or 0.0, "weight_decay": a.weight_decay,
             "head_blocks": a.head_blocks, "multipass_blocks": a.multipass_blocks,
             "windows": None if a.windows is None else [list(w) for w in a.windows],
@@ -474,6 +484,9 @@ def train_command(a):
     _check_output("--save", a.save)
     _check_output("--checkpoint", a.checkpoint, directory=True)
     if a.method != "ff":
+        for flag, given in (("--early-exit", a.early_exit), ("--margin", a.margin is not None)):
+            if given:
+                _bad(f"{flag} does not apply to --method {a.method} (label-free FF loss; its probe is reported)")
         from .unsupervised import train_command_label_free
         return train_command_label_free(a, _bad)
     if a.resume and not a.checkpoint:

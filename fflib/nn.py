@@ -1016,10 +1016,12 @@ class FFModel:
         pred, used = self._net.predict_early_exit(xi, mode == "onepass", rule, t)
         return EarlyExitResult(pred, used, block_macs(self, mode))
 
-    def calibrate_early_exit(self, x_val, y_val, mode="multipass", rule="softmax", max_drop=0.002):
+    def calibrate_early_exit(self, x_val, y_val, mode="multipass", rule="softmax", max_drop=0.002, bound="harm"):
         """Choose early-exit thresholds on a validation split (never the test set): the setting
-        using the fewest blocks on average whose validation accuracy is at most ``max_drop`` (a
-        fraction; 0.002 = 0.2 percentage points) below prediction without early exit.
+        using the fewest blocks on average whose validation accuracy loss is at most
+        ``max_drop`` (a fraction; 0.002 = 0.2 percentage points).  ``bound`` "harm" (default)
+        counts the samples early exit gets wrong that prediction without it gets right; "net"
+        the plain accuracy difference (see :func:`fflib.early_exit.calibrate`).
         ``rule`` "softmax" (one threshold on the largest softmax probability of the running
         scores) or "lightff" (the paper's: the largest score against the true class's
         ``mean - k std`` per block, k searched).  Returns an :class:`fflib.EarlyExit` for
@@ -1029,7 +1031,7 @@ class FFModel:
         y_val = self._check_y(y_val, x_val.shape[0], "y_val")
         if mode == "onepass":
             self._need_head()
-        return calibrate(self, x_val, y_val, mode, rule, max_drop)
+        return calibrate(self, x_val, y_val, mode, rule, max_drop, bound=bound)
 
     def predict_proba(self, x):
         """One-pass class probabilities (B, K) from the softmax head (neutral-label input)."""

@@ -126,6 +126,8 @@ def test_bad_inputs_raise(model, test_x):
         model.calibrate_early_exit(x, y, rule="entropy")
     with pytest.raises(ValueError, match="max_drop"):
         model.calibrate_early_exit(x, y, max_drop=2.0)
+    with pytest.raises(ValueError, match="bound must be"):
+        model.calibrate_early_exit(x, y, bound="gross")
     with pytest.raises(ValueError, match="y_val has"):
         model.calibrate_early_exit(x, y[:-1])
     with pytest.raises(ValueError, match="784 values per sample"):
@@ -155,10 +157,13 @@ def test_calibration_respects_max_drop_on_its_split(model, test_x):
 
 def test_mnist_early_exit_saves_blocks(mnist):
     """A 4-block MLP trained 2 epochs on 30,000 MNIST images; thresholds calibrated on 5,000
-    held-out training images; on the 10,000 test images early exit must run at most 60 % of
-    the blocks on average and lose at most 0.2 points of accuracy (multi-pass; one-pass 0.5).
-    Measured (seed 0): multi-pass 92.60 % against 92.55 % with 1.00 blocks of 4, one-pass
-    92.97 % against 93.06 % with 2.10."""
+    held-out training images at 0.2 points (the harm bound); on the 10,000 test images early
+    exit must run at most 60 % of the blocks on average and lose at most 0.2 points of accuracy
+    against the same inference without early exit, multi-pass and one-pass.
+    Measured (seeds 0, 1, 2): one-pass lost
+    0.07, -0.02, -0.20 points with 2.17, 2.16, 2.27 of 4 blocks; multi-pass 0.04, -0.20, -0.19
+    with 1.56, 1.38, 1.58.  The "net" bound (the plain validation accuracy difference) lost
+    0.38 points one-pass on seed 0 (checked at the end: it harms more test samples)."""
     x, y, xt, yt = mnist
     m = fflib.FFModel(fflib.mlp([784, 256, 256, 256, 256], norm="rms"), 784, 10, loss="symba",
                       goodness="mean", threshold=1.0, seed=0)
@@ -166,17 +171,24 @@ def test_mnist_early_exit_saves_blocks(mnist):
     fflib.fit(m, x[:30000], y[:30000], epochs=2, optimizer=opt, scheduler=fflib.LinearCooldown(opt, 2),
               progress=False)
     xv, yv = x[-5000:], y[-5000:]
+    exits = {}
     for mode, fn in (("multipass", m.predict_multipass), ("onepass", m.predict_onepass)):
         base = float((fn(xt) == yt).mean())
-        ee = m.calibrate_early_exit(xv, yv, mode=mode, max_drop=0.001)
-        r = m.predict_early_exit(xt, ee, mode)
+        ee = m.calibrate_early_exit(xv, yv, mode=mode, max_drop=0.002)
+        r = exits[mode] = m.predict_early_exit(xt, ee, mode)
         acc = float((r.pred == yt).mean())
         print(f"{mode}: accuracy {100 * acc:.2f}% (without early exit {100 * base:.2f}%), "
               f"mean blocks {r.mean_blocks:.3f} of 4, MACs saved {r.macs_saved_per_image:,.0f} "
               f"of {r.full_macs_per_image:,.0f} per image")
+        assert ee.info["val_harm"] <= 0.002 + 1e-12
         assert r.mean_blocks <= 0.6 * 4, mode
-        # multi-pass: the bar of the task.  One-pass exits at the partial head, which was trained
-        # on all its features only: seeds 0, 1, 2 lost 0.09, 0.26, 0.31 points on the test set
-        # after calibrating on 5,000 images (a few samples' worth of the validation noise)
-        assert acc >= base - (0.002 if mode == "multipass" else 0.005), mode
+        assert acc >= base - 0.002, mode
         assert r.macs_saved_per_image > 0.25 * r.full_macs_per_image
+    # the net bound on the same split: its one-pass exits cost more than the harm bound's on
+    # the test set (measured 0.38 against 0.07 points, 1.0 against 0.22 points of harm)
+    full = m.predict_onepass(xt)
+    net = m.predict_early_exit(xt, m.calibrate_early_exit(xv, yv, mode="onepass", max_drop=0.002, bound="net"),
+                               "onepass")
+    harm = {bound: float(((full == yt) & (r.pred != yt)).mean()) for bound, r in
+            (("harm", exits["onepass"]), ("net", net))}
+    assert harm["harm"] < harm["net"], harm
