@@ -49,7 +49,7 @@ except ImportError as _e:   # pragma: no cover - exercised in a subprocess by th
     raise ImportError("fflib.torch needs PyTorch, an optional dependency of fflib: "
                       "pip install 'fflib-core[torch]' (or pip install torch)") from _e
 
-__all__ = ["FFNet", "TorchFF", "to_module", "torch_scheduler", "compare", "df_loss", "LenNorm", "BatchNorm2d", "Linear",
+__all__ = ["FFNet", "TorchFF", "to_module", "torch_scheduler", "compare", "df_loss", "ae_loss", "LenNorm", "BatchNorm2d", "Linear",
            "Conv2d", "MaxPool2d", "Flatten"]
 
 LABEL_FREE = ("cwc", "pvn", "mix", "xent")
@@ -64,6 +64,13 @@ def df_loss(gpos, gneg, margin=1.0):
     goodness with its true label (gpos, (B,)) against its N wrong labels (gneg, (N, B))."""
     z = gneg - gpos[None, :] + margin
     return torch.logsumexp(torch.cat([torch.zeros_like(z[:1]), z]), 0).mean()
+
+
+def ae_loss(y, x, weight, bias=None):
+    """The UFF autoencoder cell's loss (fflib's ``loss="ae"``) in PyTorch: block output y (B, O)
+    reconstructs the block's input x (B, I) through the linear decoder (weight (I, O), bias
+    (I)): ``mean((y weight^T + bias - x)^2)`` over all B I values."""
+    return F.mse_loss(F.linear(y, weight, bias), x)
 
 
 # ---------------------------------------------------------------------------- layers
