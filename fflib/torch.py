@@ -238,7 +238,9 @@ class FFNet(torch.nn.Module):
     """An fflib network as a ``torch.nn.Module`` (make one with :func:`to_module`).
 
     ``layers`` (a ModuleList indexed like ``FFModel.layers``), ``head`` (Linear F -> K, or None),
-    ``label_embedding`` (``torch.nn.Embedding(K, H*W)``, or None); ``blocks`` the (first, last)
+    ``label_embedding`` (``torch.nn.Embedding(K, H*W)``, or None), ``decoders`` (with
+    ``loss="ae"``: a ModuleList of block b's Linear(output -> input) decoder, else None; the twin
+    holds them, :class:`TorchFF` does not train them); ``blocks`` the (first, last)
     layer ranges of the cut (change it with :meth:`set_block_ranges` or :meth:`set_routine`),
     ``config`` the FF settings.  ``forward(x, labels=None)`` encodes the labels (None: the
     neutral label) and returns the last layer's output; :meth:`goodness`, :meth:`predict_proba`,
@@ -269,6 +271,11 @@ class FFNet(torch.nn.Module):
             feat = sum(int(np.prod(self.shapes[i])) for i in self.head_layers)
             self.head = torch.nn.Linear(feat, K)
         self.label_embedding = torch.nn.Embedding(K, H * W) if self.label_encoding == "embedding" else None
+        # loss "ae" (UFF autoencoder cells): block b's decoder, Linear(block output -> block input)
+        self.decoders = None
+        if self.config.get("loss") == "ae":
+            size = [int(np.prod(self.input_shape))] + [int(np.prod(s)) for s in self.shapes]
+            self.decoders = torch.nn.ModuleList(torch.nn.Linear(size[l], size[f]) for f, l in self.blocks)
         if self.label_encoding == "fourier":
             self.register_buffer("patterns", fourier_patterns(K, H, W, arch.get("fourier_modes")),
                                  persistent=False)
