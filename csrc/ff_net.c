@@ -1520,6 +1520,11 @@ ff_status ff_net_train(ff_net *net, const ff_train_args *a) {
     if (!labels && (train_head || (!xneg && !ff_losses[net->loss.kind].label_free)))
         return ff_fail(net, FF_ERR_ARG, "labels are required (only a step with x_neg or a label-free loss (ae), and "
                        "no head, may omit them)");
+    if (!labels && !xneg)   /* a block may have its own loss (ff_net_set_block_loss) that reads labels */
+        for (int b = 0; b < net->nblocks; b++)
+            if ((!a->active || a->active[b]) && !ff_losses[net->blocks[b].loss.kind].label_free)
+                return ff_fail(net, FF_ERR_ARG, "labels are required: block %d trains by the %s loss, which reads "
+                               "them", b, ff_losses[net->blocks[b].loss.kind].name);
     ff_status st = labels ? check_labels(net, labels, B, "labels") : FF_OK;
     if (st != FF_OK) return st;
     ff_work *w = &net->work;

@@ -273,6 +273,11 @@ def test_ae_models_refuse_what_they_cannot_do(rng):
         m.train_step(x, None, train_head=True)       # the head learns from labels
     with pytest.raises((TypeError, ValueError), match="x_neg"):
         FFModel(mlp([20, 8]), (20, 1, 1), 3).train_step(x, None)   # other losses still need labels
+    mixed = uff_model([20, 15, 12], 3)     # one block on a loss that reads labels
+    mixed._net.set_block_loss(1, fflib.nn.LOSSES["cwc"], 0, 2.0, 4.0, 0.0)
+    with pytest.raises(ValueError, match="block 1 trains by the cwc loss"):
+        mixed.train_step(x, None, train_head=False)
+    assert mixed.train_step(x, None, active=np.array([1, 0], np.uint8), train_head=False)[0] > 0
     with pytest.raises(ValueError, match="NaN"):
         m.train_step(np.full((4, 20), np.nan, np.float32), None, train_head=False)
 
