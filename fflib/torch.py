@@ -26,7 +26,8 @@ What one training step does, in both libraries (rows of B samples):
   the training rows only (the neutral rows are normalised with them), and the running statistics
   move once per step, in the first block that runs the layer (not at all if that block is
   inactive).
-* block loss on the training rows of its output: FF ``softplus(theta - g+) + softplus(g- - theta)``
+* block loss on the training rows of its output (ae: the mean squared error of the block's input
+  rebuilt from its output by the block's decoder): FF ``softplus(theta - g+) + softplus(g- - theta)``
   or SymBa ``softplus(-alpha (g+ - g-))`` or DF ``log(1 + sum_j exp(g-_j - g+ + margin))`` over
   the sample's K - 1 wrong labels (the Distance-Forward N-pair margin loss) with goodness the sum or mean of squares; CwC softmax
   cross-entropy over the K channel-group goodness values, PvN, or their mix (``pvn_weight``);
@@ -52,7 +53,7 @@ except ImportError as _e:   # pragma: no cover - exercised in a subprocess by th
 __all__ = ["FFNet", "TorchFF", "to_module", "torch_scheduler", "compare", "df_loss", "ae_loss", "LenNorm", "BatchNorm2d", "Linear",
            "Conv2d", "MaxPool2d", "Flatten"]
 
-LABEL_FREE = ("cwc", "pvn", "mix", "xent")
+LABEL_FREE = ("cwc", "pvn", "mix", "xent", "ae")
 GROUP_LOSSES = ("cwc", "pvn", "mix")
 
 
@@ -553,6 +554,8 @@ class TorchFF:
         layer_params = [p for layer in net.layers for p in layer.parameters()]
         if net.label_embedding is not None:
             layer_params.append(net.label_embedding.weight)
+        if net.decoders is not None:   # ae: each block's decoder steps with the layers
+            layer_params += list(net.decoders.parameters())
         groups = [{"params": layer_params, "lr": float(lr)}]
         if net.head is not None:
             groups.append({"params": list(net.head.parameters()), "lr": float(lr if head_lr is None else head_lr)})
@@ -585,6 +588,8 @@ class TorchFF:
         net = self.net
         x = net.as_rows(x)
         B, K = x.shape[0], net.num_classes
+        if y is None and net.config["loss"] == "ae" and not train_head:   # the ae loss needs no labels
+            return net.encode(x, None), torch.zeros(B, dtype=torch.int64), B, 0
         y = _labels(y, "y")
         if y.shape[0] != B:
             raise ValueError(f"y has {y.shape[0]} labels for {B} samples")
@@ -606,10 +611,14 @@ class TorchFF:
         reps = 3 if train_head else 2
         return net.encode(x.repeat(reps, 1), lab), y, 2 * B, 2 * B
 
-    def block_loss(self, out, y, T):
-        """The local loss of a block output's first T rows (autograd-able)."""
+    def block_loss(self, out, y, T, inp=None, block=None):
+        """The local loss of a block output's first T rows (autograd-able); the ae loss also
+        reads the block's input ``inp`` and index ``block`` (its decoder)."""
         cfg, K = self.net.config, self.net.num_classes
         loss_kind, B = cfg["loss"], y.shape[0]
+        if loss_kind == "ae":
+            dec = self.net.decoders[block]
+            return ae_loss(out[:T].reshape(T, -1), inp[:T].reshape(T, -1), dec.weight, dec.bias)
         theta = float(cfg["threshold"])
         if loss_kind in GROUP_LOSSES:
             if out.reshape(out.shape[0], -1).shape[1] % K or (out.dim() == 4 and out.shape[1] % K):
@@ -710,8 +719,9 @@ class TorchFF:
                 losses[b] = float(loss)
             elif on[b]:
                 update_from = net.blocks[b - 1][1] if b else 0
+                inp = h
                 h = net.run(h, f, l, stat_rows=T, update_from=update_from, keep=outs)
-                loss = self.block_loss(h, y, T)
+                loss = self.block_loss(h, y, T, inp, b)
                 loss.backward()
                 losses[b] = float(loss.detach())
             else:

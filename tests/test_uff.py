@@ -210,6 +210,26 @@ def test_matches_pytorch_autograd_and_adam(rng, torch_one_thread):
         np.testing.assert_allclose(sd[k], v.numpy(), rtol=1e-4, atol=1e-6, err_msg=k)
 
 
+def test_matches_the_torch_training_twin(rng, torch_one_thread):
+    """fflib.torch.TorchFF (the shared twin of FFModel.train_step) on an ae model: three steps
+    of the cells without labels, then two probe steps (frozen cells, the head on labels)."""
+    from fflib.torch import TorchFF
+    m = uff_model([13, 9, 6], 3, seed=6)
+    opt = Adam(m, lr=1e-2, head_lr=0.05)
+    twin = TorchFF(m, optimizer=opt)
+    x, y = batch(rng, 8, 13), np.arange(8, dtype=np.int64) % 3
+    for _ in range(3):
+        np.testing.assert_allclose(m.train_step(x, None, train_head=False),
+                                   twin.step(x, None, train_head=False), rtol=1e-5, atol=1e-7)
+    off = np.zeros(2, np.uint8)
+    for _ in range(2):
+        np.testing.assert_allclose(m.train_step(x, y, active=off, train_head=True),
+                                   twin.step(x, y, active=off, train_head=True), rtol=1e-5, atol=1e-6)
+    sd = m.state_dict()
+    for k, v in twin.net.state_dict().items():
+        np.testing.assert_allclose(sd[k], v.numpy(), rtol=1e-4, atol=1e-6, err_msg=k)
+
+
 # ---------------------------------------------------------------------------- the model's state
 
 def test_decoders_are_saved_loaded_and_stepped_by_the_optimisers(rng, tmp_path):
