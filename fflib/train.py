@@ -198,6 +198,9 @@ def fit(model, x, y, *, epochs=10, batch_size=100, optimizer=None, scheduler=Non
     from .optim import Adam, _Optimizer, _Scheduler
     if method == "uff":
         return _fit_uff(model, x, y, locals())
+    if method == "ff" and isinstance(model, FFModel) and model.config["loss"] == "ae":
+        raise ValueError("the model's ae loss trains autoencoder cells without labels and has no class scores: "
+                         "fit it with method='uff' (the cells, then the linear probe)")
     if method != "ff":
         return _fit_label_free(method, model, x, y, locals())
     if not isinstance(model, FFModel):

@@ -322,6 +322,8 @@ def test_fit_uff_rejects_bad_arguments(rng):
         fflib.fit(m, x, y, method="uff", routine="chunked", progress=False)
     with pytest.raises(ValueError, match="optimizer"):
         fit_uff(m, x, y, optimizer=Adam(uff_model([20, 8], 3)))
+    with pytest.raises(ValueError, match="method='uff'"):
+        fflib.fit(m, x, y, progress=False)
 
 
 def test_fit_method_uff_and_orders(rng):
