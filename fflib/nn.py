@@ -544,7 +544,7 @@ class FFModel:
         K, the number of classes.
     blocks : list of int, optional
         Block ends (exclusive layer indices); default: a new block at every Linear/Conv2d.
-    loss : {"ff", "symba", "df", "cwc", "pvn", "xent"}
+    loss : {"ff", "symba", "df", "cwc", "pvn", "xent", "ae"}
         FF softplus loss with threshold (eq. 1); SymBa; DF, the Distance-Forward goodness-based
         N-pair margin loss (Wu et al. 2024, arXiv:2408.14925): each sample with its true label
         against the same sample with each of the K - 1 wrong labels,
@@ -554,6 +554,10 @@ class FFModel:
         true group's goodness against the mean of the others), mixed by ``pvn_weight``; or
         softmax cross-entropy on a K-wide output (the backprop baseline).  The last three need
         no label in the input and no negatives.
+        "ae": the UFF autoencoder cell (Hwang et al. 2024, :mod:`fflib.uff`): each block of the
+        cut made here gets a linear decoder back to its input (``decoders``) and the block's loss
+        is the mean squared error of its input rebuilt from its output; no labels, no negatives,
+        ``label_encoding="none"``, MLP layers only; train with ``fit(..., method="uff")``.
     threshold : float
         theta of the FF and PvN losses.
     alpha : float
