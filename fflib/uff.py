@@ -15,8 +15,9 @@ What fflib builds (the AE cell, MLP blocks):
 - **decoder** = one Linear layer from the block's output back to the block's input, owned by
   the block (``FFModel.decoders``, saved, loaded and stepped by the optimiser with it);
 - **loss** = the mean squared reconstruction error of the block's input (``loss="ae"``, the
-  ``ae`` row of the core's loss table, :c:func:`ff_ae_loss`), the target being the block's
-  input as it arrives (the raw data for block 0, the previous block's ReLU output after it);
+  ``ae`` row of the core's loss table, ``ff_ae_loss`` in ``csrc/ff_loss.c``), the target being
+  the block's input as it arrives (the raw data for block 0, the previous block's ReLU output
+  after it);
 - **training**: every block at once on each minibatch, each on its own loss (``order=
   "simultaneous"``), or cell by cell (``order="sequential"``: block b trains for ``epochs``
   epochs before block b + 1 starts);
