@@ -47,8 +47,9 @@ def uff_model(sizes, num_classes=10, input_shape=None, *, norm="l2", head_blocks
     """An MLP of autoencoder cells: ``sizes = [D, h1, h2, ...]`` gives blocks
     ``LenNorm -> Linear(D, h1) -> ReLU``, ... each with a decoder back to its input, the ``ae``
     loss, no label in the input, and a one-pass head on every block's output (``head_blocks=
-    "all"``; or a list of block indices, or None for no head).  ``input_shape`` defaults to
-    ``(D, 1, 1)``."""
+    "all"``; or a list of block indices, or None for no head).  ``norm`` ("l2", "rms" or
+    "none") is the length normalisation of every block's input (:func:`fflib.nn.mlp`) and of the
+    head's features ("l2" for the head when "none").  ``input_shape`` defaults to ``(D, 1, 1)``."""
     if not isinstance(sizes, (list, tuple)) or len(sizes) < 2:
         raise ValueError(f"sizes must be a list [input, hidden1, ...] of at least 2 ints, got {sizes!r}")
     nb = len(sizes) - 1
