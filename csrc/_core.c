@@ -386,6 +386,16 @@ static PyObject *Net_set_head(NetObject *self, PyObject *args) {
     return net_status(self, ff_net_set_head(self->net, n, sel), "head_blocks");
 }
 
+static PyObject *Net_set_decoders(NetObject *self, PyObject *Py_UNUSED(a)) {
+    GUARD(self);
+    return net_status(self, ff_net_set_decoders(self->net), "decoders");
+}
+
+static PyObject *Net_num_decoders(NetObject *self, PyObject *Py_UNUSED(a)) {
+    GUARD(self);
+    return PyLong_FromLong(ff_net_num_decoders(self->net));
+}
+
 static PyObject *Net_finalize(NetObject *self, PyObject *Py_UNUSED(a)) {
     GUARD(self);
     if (net_enter(self) < 0) return NULL;
@@ -656,9 +666,9 @@ static PyObject *Net_train_step(NetObject *self, PyObject *args, PyObject *kw) {
             return PyErr_Format(PyExc_ValueError, "x_neg must have as many samples as x (%zd), got %zd",
                                 (Py_ssize_t)B, (Py_ssize_t)Bn);
         xneg = PyArray_DATA(xn);
-    } else if (!y) {
+    } else if (!y && ff_net_get_config(self->net).loss != FF_LOSS_AE) {   /* ae: label-free */
         return PyErr_Format(PyExc_TypeError, "labels must be a numpy.ndarray of int64 (only a step with "
-                            "x_neg may pass labels=None)");
+                            "x_neg, or with the ae loss, may pass labels=None)");
     }
     int nb = ff_net_num_blocks(self->net);
     npy_intp shA[1] = {nb};
@@ -961,6 +971,9 @@ static PyMethodDef Net_methods[] = {
     {"add_lennorm", (PyCFunction)Net_add_lennorm, METH_VARARGS, "add_lennorm(kind, eps)"},
     {"add_flatten", (PyCFunction)Net_add_flatten, METH_NOARGS, "add_flatten()"},
     {"set_head", (PyCFunction)Net_set_head, METH_VARARGS, "set_head(layers): one-pass head input layers"},
+    {"set_decoders", (PyCFunction)Net_set_decoders, METH_NOARGS,
+     "set_decoders(): a linear decoder per block for the ae loss (before finalize)"},
+    {"num_decoders", (PyCFunction)Net_num_decoders, METH_NOARGS, "num_decoders() -> int"},
     {"finalize", (PyCFunction)Net_finalize, METH_NOARGS, "finalize(): allocate and initialise"},
     {"set_blocks", (PyCFunction)Net_set_blocks, METH_VARARGS, "set_blocks(ends)"},
     {"default_blocks", (PyCFunction)Net_default_blocks, METH_NOARGS, "default_blocks() -> block ends"},
@@ -1700,6 +1713,7 @@ PyMODINIT_FUNC PyInit__core(void) {
     }
     PyModule_AddIntConstant(m, "HEAD", FF_LAYER_HEAD);
     PyModule_AddIntConstant(m, "EMBEDDING", FF_LAYER_EMBEDDING);
+    PyModule_AddIntConstant(m, "DECODER", FF_LAYER_DECODER(0));   /* decoder b is DECODER - b */
     PyModule_AddIntConstant(m, "VERSION_MINOR", FF_VERSION_MINOR);
     return m;
 }

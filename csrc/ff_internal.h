@@ -108,7 +108,10 @@ typedef struct {
 
 /* Scratch a loss uses: per-row goodness and its gradient, (rows, K) group goodness and its
  * gradient. */
-typedef struct { float *g, *dg, *G, *dG; } ff_loss_scratch;
+typedef struct { float *g, *dg, *G, *dG;
+    /* the ae loss: the block's input rows (in_w floats each), its decoder's parameters and
+     * their gradients, and (rows, in_w) room for the reconstruction */
+    const float *in, *dec_w, *dec_b; float *dec_gw, *dec_gb, *rec; int in_w; } ff_loss_scratch;
 
 /* Negative rows a loss trains on per positive row (ff_loss_ops.negatives). */
 enum { FF_NEG_NONE = 0, FF_NEG_ONE = 1, FF_NEG_ALL = 2 /* one per wrong label: K - 1 */ };
@@ -128,10 +131,11 @@ typedef struct {
      * without negatives), or out[r*stride] = the row's goodness. */
     void (*scores)(const ff_block_loss *bl, const float *y, int R, int OC, int HW, int K,
                    float *out, size_t stride, size_t kstride, const ff_loss_scratch *s);
+    int label_free;   /* trains without labels (ae): a step may omit them; scores NULL */
 } ff_loss_ops;
 
 extern const ff_loss_ops ff_losses[];
-#define FF_NUM_LOSSES 6
+#define FF_NUM_LOSSES 7
 /* Row-wise softmax: probs (n, K) from logits. */
 void ff_softmax_rows(float *probs, const float *logits, int n, int K);
 
@@ -193,6 +197,8 @@ struct ff_work {
     int lean;
     float *gscratch;
     size_t gscratch_cap, gscratch_base;
+    float *rec;               /* the ae loss's reconstruction (training rows, widest block input) */
+    size_t rec_cap;
 };
 
 /* A trainable parameter pair outside the layer list (the one-pass head's linear layer and the
@@ -213,6 +219,8 @@ struct ff_net {
     int has_head, nhead, head_layers[FF_MAX_LAYERS], F;
     ff_layer head;            /* the one-pass head: Linear(F, K) trained by softmax xent */
     ff_layer embed;           /* the label embedding: (K, H*W) maps, when used */
+    int want_dec, ndec;       /* ff_net_set_decoders called; decoders made at finalize */
+    ff_layer *dec;            /* ndec autoencoder decoders: Linear(block output, block input) */
     ff_config cfg;
     int share_labels;         /* compute the label-independent part of the first layer once */
     _Atomic int progress;     /* layers whose gradients are final in the running step (ff_net_progress) */

@@ -109,6 +109,20 @@ float ff_df_loss(float *dgpos, float *dgneg, const float *gpos, const float *gne
     return (float)(L / B);
 }
 
+float ff_ae_loss(float *rec, float *dy, float *gw, float *gb, const float *y, const float *x,
+                 const float *W, const float *b, int B, int O, int I) {
+    ff_linear_forward(rec, y, W, b, B, O, I);
+    size_t n = (size_t)B * I;
+    double L = 0.0, c = 2.0 / (double)n;
+    for (size_t i = 0; i < n; i++) {
+        double e = (double)rec[i] - x[i];
+        L += e * e;
+        rec[i] = (float)(c * e);
+    }
+    if (dy || gw || gb) ff_linear_backward(dy, gw, gb, rec, y, W, B, O, I);
+    return (float)(L / (double)n);
+}
+
 float ff_softmax_xent(float *dlogits, float *probs, const float *logits, const int64_t *labels,
                       int B, int K) {
     double L = 0.0;
@@ -219,6 +233,14 @@ static void logit_scores(const ff_block_loss *bl, const float *y, int R, int OC,
         for (int k = 0; k < K; k++) out[r * stride + k * kstride] = y[(size_t)r * K + k];
 }
 
+/* The UFF autoencoder cell: the block's output (T label-free rows) reconstructs the block's
+ * input through the block's decoder (ff_ae_loss). */
+static float ae_loss(const ff_block_loss *bl, const float *y, float *dy, int B, int T, int OC, int HW,
+                     int K, const int64_t *labels, const ff_loss_scratch *s) {
+    (void)bl; (void)B; (void)K; (void)labels;
+    return ff_ae_loss(s->rec, dy, s->dec_gw, s->dec_gb, y, s->in, s->dec_w, s->dec_b, T, OC * HW, s->in_w);
+}
+
 /* by ff_loss_kind */
 const ff_loss_ops ff_losses[FF_NUM_LOSSES] = {
     [FF_LOSS_FF] = {"ff", FF_NEG_ONE, 0, 0, pair_loss, goodness_scores},
@@ -227,4 +249,5 @@ const ff_loss_ops ff_losses[FF_NUM_LOSSES] = {
     [FF_LOSS_PVN] = {"pvn", 0, 1, 0, group_loss, group_scores},
     [FF_LOSS_XENT] = {"xent", 0, 0, 1, xent_loss, logit_scores},
     [FF_LOSS_DF] = {"df", FF_NEG_ALL, 0, 0, pair_loss, goodness_scores},
+    [FF_LOSS_AE] = {"ae", FF_NEG_NONE, 0, 0, ae_loss, NULL, 1},
 };

@@ -199,7 +199,7 @@ ff_net *ff_net_create(int C, int H, int W, int K, uint64_t seed) {
 }
 
 static void free_work(ff_work *w) {
-    free(w->ws); free(w->lab); free(w->gscratch);
+    free(w->ws); free(w->lab); free(w->gscratch); free(w->rec);
     memset(w, 0, sizeof(*w));
 }
 
@@ -215,7 +215,7 @@ static void free_blocks(ff_net *net) {
 void ff_net_destroy(ff_net *net) {
     if (!net) return;
     free(net->params); free(net->grads); free(net->m); free(net->v); free(net->gtail);
-    free(net->buffers); free(net->saved); free(net->pattern); free(net->modes);
+    free(net->buffers); free(net->saved); free(net->pattern); free(net->modes); free(net->dec);
     free_work(&net->work);
     ff_net_pipeline_end(net);
     free_blocks(net);
@@ -314,6 +314,23 @@ ff_status ff_net_add_flatten(ff_net *net) {
     L.kind = FF_LAYER_FLATTEN;
     return add_layer(net, &L);
 }
+
+ff_status ff_net_set_decoders(ff_net *net) {
+    if (net->finalized) return ff_fail(net, FF_ERR_STATE, "decoders must be set before finalize");
+    if (net->nl == 0) return ff_fail(net, FF_ERR_STATE, "decoders follow the blocks: add layers first");
+    if (net->label != FF_LABEL_NONE)
+        return ff_fail(net, FF_ERR_ARG, "decoders serve the label-free ae loss: label_encoding must be none, got %s",
+                       ff_label_name(net->label));
+    for (int i = 0; i < net->nl; i++)
+        if (net->layers[i].kind != FF_LAYER_LINEAR && net->layers[i].kind != FF_LAYER_RELU &&
+            net->layers[i].kind != FF_LAYER_LENNORM)
+            return ff_fail(net, FF_ERR_ARG, "autoencoder cells are built for MLP blocks (Linear, ReLU, LenNorm); "
+                           "layer %d is %s", i, kind_name(net->layers[i].kind));
+    net->want_dec = 1;
+    return FF_OK;
+}
+
+int ff_net_num_decoders(const ff_net *net) { return net->ndec; }
 
 ff_status ff_net_set_head(ff_net *net, int nsel, const int *sel) {
     if (net->finalized) return ff_fail(net, FF_ERR_STATE, "the head must be set before finalize");
@@ -487,8 +504,29 @@ static ff_status loss_fits(ff_net *net, ff_loss_kind kind, int b, int last, int 
     return FF_OK;
 }
 
+/* Input width of a block starting at layer `first`. */
+static size_t block_in(const ff_net *net, int first) { return ff_layer_in(&net->layers[first]); }
+
+/* Can block b = [first, last) carry loss `kind`?  The ae loss needs the block's decoder, made
+ * at finalize for the block's input and output sizes (a later cut must keep them). */
+static ff_status decoder_fits(ff_net *net, ff_loss_kind kind, int b, int first, int last) {
+    if (kind != FF_LOSS_AE) return FF_OK;
+    if (!net->ndec)
+        return ff_fail(net, FF_ERR_ARG, "the ae loss trains each block's decoder, but the network has none "
+                       "(build it with decoders: ff_net_set_decoders before finalize)");
+    const ff_layer *L = &net->layers[last];
+    if (b >= net->ndec || (size_t)net->dec[b].C != ff_layer_out(L) || (size_t)net->dec[b].OC != block_in(net, first))
+        return ff_fail(net, FF_ERR_SHAPE, "the ae loss: block %d = [%d, %d) maps %zu inputs to %zu outputs, but %s",
+                       b, first, last + 1, block_in(net, first), ff_layer_out(L), b >= net->ndec ?
+                       "the network has decoders for the blocks of its first cut only" :
+                       "its decoder was made for another cut (decoders follow the cut at finalize)");
+    return FF_OK;
+}
+
 static ff_status check_block_loss(ff_net *net, int b, int for_training) {
-    return loss_fits(net, net->blocks[b].loss.kind, b, net->blocks[b].last - 1, for_training);
+    ff_status st = loss_fits(net, net->blocks[b].loss.kind, b, net->blocks[b].last - 1, for_training);
+    if (st != FF_OK || !net->finalized) return st;
+    return decoder_fits(net, net->blocks[b].loss.kind, b, net->blocks[b].first, net->blocks[b].last - 1);
 }
 
 /* (Re)compile every block's plans; their losses are the net's. */
@@ -528,6 +566,7 @@ ff_status ff_net_set_block_ranges(ff_net *net, int nblocks, const int *firsts, c
         if (net->finalized && !ff_losses[net->loss.kind].negatives) {
             /* the cut must carry the net's loss: checked before anything changes */
             ff_status st = loss_fits(net, net->loss.kind, b, lasts[b] - 1, 0);
+            if (st == FF_OK) st = decoder_fits(net, net->loss.kind, b, firsts[b], lasts[b] - 1);
             if (st != FF_OK) return st;
         }
     }
@@ -707,11 +746,33 @@ ff_status ff_net_finalize(ff_net *net) {
         if (!net->pattern) return ff_fail(net, FF_ERR_NOMEM, "out of memory for the label patterns");
         fourier_patterns(net->pattern, net->modes, net->K, net->nmodes, net->H, net->W);
     }
+    if (net->want_dec) {
+        /* one decoder per block of the cut in force: Linear(block output, block input) */
+        int ends[FF_MAX_LAYERS], firsts[FF_MAX_LAYERS], nbk = net->nblocks;
+        if (nbk) for (int b = 0; b < nbk; b++) { firsts[b] = net->blocks[b].first; ends[b] = net->blocks[b].last; }
+        else {
+            nbk = ff_net_default_blocks(net, ends);
+            for (int b = 0; b < nbk; b++) firsts[b] = b ? ends[b - 1] : 0;
+        }
+        if (nbk <= 0) return ff_fail(net, FF_ERR_STATE, "no blocks to give decoders");
+        net->dec = calloc((size_t)nbk, sizeof(ff_layer));
+        if (!net->dec) return ff_fail(net, FF_ERR_NOMEM, "out of memory for %d decoders", nbk);
+        net->ndec = nbk;
+        for (int b = 0; b < nbk; b++) {
+            ff_layer *Dc = &net->dec[b];
+            Dc->kind = FF_LAYER_LINEAR; Dc->H = Dc->W = Dc->OH = Dc->OW = 1; Dc->bias = 1;
+            Dc->C = (int)ff_layer_out(&net->layers[ends[b] - 1]);
+            Dc->OC = (int)block_in(net, firsts[b]);
+            Dc->w_n = (size_t)Dc->C * Dc->OC; Dc->b_n = (size_t)Dc->OC;
+            Dc->opt = ff_opt_config_default();
+        }
+    }
     size_t np = 0, nb = 0, ns = 0;
     for (int i = 0; i < net->nl; i++) place_params(&net->layers[i], &np, &nb, &ns);
     net->tail_off = np;
     if (net->has_head) place_params(&net->head, &np, &nb, &ns);
     if (net->label == FF_LABEL_EMBEDDING) place_params(&net->embed, &np, &nb, &ns);
+    for (int b = 0; b < net->ndec; b++) place_params(&net->dec[b], &np, &nb, &ns);
     net->nparams = np; net->nbuffers = nb; net->nsaved = ns;
     net->params = calloc(np ? np : 1, sizeof(float));
     net->m = calloc(np ? np : 1, sizeof(float));
@@ -730,6 +791,7 @@ ff_status ff_net_finalize(ff_net *net) {
         float bound = 0.5f * net->cfg.label_value, *p = net->params + net->embed.w_off;
         for (size_t i = 0; i < net->embed.w_n; i++) p[i] = (2.0f * ff_rng_uniform(net->rng) - 1.0f) * bound;
     }
+    for (int b = 0; b < net->ndec; b++) ff_layer_kinds[FF_LAYER_LINEAR].init(net, &net->dec[b], net->rng);
     net->finalized = 1;
     if (!net->nblocks) {
         int ends[FF_MAX_LAYERS];
@@ -744,7 +806,7 @@ ff_status ff_net_finalize(ff_net *net) {
 ff_status ff_net_set_config(ff_net *net, const ff_config *c) {
     if ((int)c->loss < 0 || c->loss >= FF_NUM_LOSSES)
         return ff_fail(net, FF_ERR_ARG, "loss must be one of ff (0), symba (1), cwc (2), pvn (3), xent (4), "
-                       "df (5), got %d", (int)c->loss);
+                       "df (5), ae (6), got %d", (int)c->loss);
     if (!isfinite(c->theta)) return ff_fail(net, FF_ERR_ARG, "threshold must be finite, got %g", (double)c->theta);
     if (!isfinite(c->alpha) || !(c->alpha > 0.0f))
         return ff_fail(net, FF_ERR_ARG, "alpha must be finite and > 0, got %g", (double)c->alpha);
@@ -762,6 +824,8 @@ ff_status ff_net_set_config(ff_net *net, const ff_config *c) {
         return ff_fail(net, FF_ERR_ARG, "label_value must be finite, got %g", (double)c->label_value);
     for (int b = 0; b < net->nblocks; b++) {   /* every block must carry the new loss */
         ff_status st = loss_fits(net, c->loss, b, net->blocks[b].last - 1, 0);
+        if (st == FF_OK && net->finalized)
+            st = decoder_fits(net, c->loss, b, net->blocks[b].first, net->blocks[b].last - 1);
         if (st != FF_OK) return st;
     }
     net->loss = loss_of(c);
@@ -800,14 +864,17 @@ static ff_layer *layer_at(ff_net *net, int layer) {
     if (layer == FF_LAYER_HEAD) return net->has_head && net->finalized ? &net->head : NULL;
     if (layer == FF_LAYER_EMBEDDING)
         return net->label == FF_LABEL_EMBEDDING && net->finalized ? &net->embed : NULL;
+    if (layer <= FF_LAYER_DECODER(0))
+        return FF_LAYER_DECODER(0) - layer < net->ndec ? &net->dec[FF_LAYER_DECODER(0) - layer] : NULL;
     if (layer < 0 || layer >= net->nl) return NULL;
     return &net->layers[layer];
 }
 
 static ff_status no_layer(ff_net *net, int layer) {
     return ff_fail(net, FF_ERR_ARG, "layer %d does not exist (layers 0..%d, %d: the head%s, %d: the "
-                   "label embedding%s)", layer, net->nl - 1, FF_LAYER_HEAD, net->has_head ? "" : ", absent",
-                   FF_LAYER_EMBEDDING, net->label == FF_LABEL_EMBEDDING ? "" : ", absent");
+                   "label embedding%s, %d - b: decoder b of %d)", layer, net->nl - 1, FF_LAYER_HEAD,
+                   net->has_head ? "" : ", absent", FF_LAYER_EMBEDDING,
+                   net->label == FF_LABEL_EMBEDDING ? "" : ", absent", FF_LAYER_DECODER(0), net->ndec);
 }
 
 /* float32-representable and finite */
@@ -887,6 +954,7 @@ size_t ff_net_num_params(const ff_net *net) {
     for (int i = 0; i < net->nl; i++) n += net->layers[i].w_n + net->layers[i].b_n;
     if (net->has_head) n += net->head.w_n + net->head.b_n;
     if (net->label == FF_LABEL_EMBEDDING) n += net->embed.w_n;
+    for (int b = 0; b < net->ndec; b++) n += net->dec[b].w_n + net->dec[b].b_n;
     return n;
 }
 size_t ff_net_workspace_bytes(const ff_net *net) { return net->work.ws_floats * sizeof(float); }
@@ -970,6 +1038,17 @@ static ff_status reserve_blocks(ff_net *net, ff_work *w, int rows, int trows, in
         int f = net->blocks[b].first, l = net->blocks[b].last;
         size_t hi = l < net->nl ? net->layers[l].w_off : net->tail_off;
         if (hi - net->layers[f].w_off > span) span = hi - net->layers[f].w_off;
+    }
+    if (net->ndec) {   /* the ae loss's reconstruction: training rows x the widest block input */
+        size_t in = 0, need = 0;
+        for (int b = b0; b < b1; b++) if (block_in(net, net->blocks[b].first) > in) in = block_in(net, net->blocks[b].first);
+        need = (size_t)(trows > w->train_cap ? trows : w->train_cap) * in;
+        if (need > w->rec_cap) {
+            float *r = malloc(need * sizeof(float));
+            if (!r) return ff_fail(net, FF_ERR_NOMEM, "out of memory for the ae reconstruction (%zu floats)", need);
+            free(w->rec);
+            w->rec = r; w->rec_cap = need;
+        }
     }
     if (span > w->gscratch_cap) {
         float *g = malloc(span * sizeof(float));
@@ -1319,7 +1398,7 @@ static float head_run(ff_net *net, ff_work *w, const float *feat, int n, const i
         return 0.0f;
     }
     ff_block_loss bl = {FF_LOSS_XENT, FF_GOODNESS_SUM, 0.0f, 1.0f, 0.0f, 0.0f};
-    ff_loss_scratch s = {w->g, w->dg, w->G, w->dlogits};
+    ff_loss_scratch s = {.g = w->g, .dg = w->dg, .G = w->G, .dG = w->dlogits};
     float loss = ff_losses[FF_LOSS_XENT].loss(&bl, w->logits, w->dlogits, n, n, net->K, 1, net->K, labels, &s);
     ff_layer_kinds[FF_LAYER_LINEAR].backward(&c, Hd, NULL, ff_grad_at(net, w, Hd->w_off),
                                              ff_grad_at(net, w, Hd->b_off), w->dlogits, feat, w->logits,
@@ -1335,7 +1414,14 @@ static ff_status block_loss(ff_net *net, ff_work *w, int b, const float *y, int 
     ff_status st = check_block_loss(net, b, 1);
     if (st != FF_OK) return st;
     memset(w->d[0], 0, (size_t)T * ff_layer_out(last) * sizeof(float));
-    ff_loss_scratch s = {w->g, w->dg, w->G, w->dlogits};
+    ff_loss_scratch s = {.g = w->g, .dg = w->dg, .G = w->G, .dG = w->dlogits};
+    if (blk->loss.kind == FF_LOSS_AE) {   /* the block's input (carry) and its decoder */
+        const ff_layer *Dc = &net->dec[b];
+        zero_layer_grads(net, w, Dc);
+        s.in = w->carry; s.in_w = Dc->OC; s.rec = w->rec;
+        s.dec_w = net->params + Dc->w_off; s.dec_b = net->params + Dc->b_off;
+        s.dec_gw = ff_grad_at(net, w, Dc->w_off); s.dec_gb = ff_grad_at(net, w, Dc->b_off);
+    }
     float loss = ff_losses[blk->loss.kind].loss(&blk->loss, y, w->d[0], B, T, last->OC, last->OH * last->OW,
                                                 net->K, w->lab, &s);
     if (!isfinite(loss))
@@ -1347,6 +1433,11 @@ static ff_status block_loss(ff_net *net, ff_work *w, int b, const float *y, int 
 }
 
 /* ------------------------------------------------------------------ training */
+
+/* Block b's decoder when it trains by the ae loss, else NULL. */
+static ff_layer *ae_decoder(ff_net *net, int b) {
+    return net->blocks[b].loss.kind == FF_LOSS_AE && b < net->ndec ? &net->dec[b] : NULL;
+}
 
 /* The last block a step with `active` runs (trains or forwards for the head): stop - 1. */
 static int train_stop(const ff_net *net, const uint8_t *active, int train_head) {
@@ -1385,7 +1476,7 @@ int ff_net_train_rows(const ff_net *net, int B) { return (1 + negatives_per_row(
 static void step_labels(ff_net *net, int64_t *lab, const int64_t *labels, const int64_t *neg_labels,
                         int B, int nneg, int T, int R) {
     for (int b = 0; b < B; b++) {
-        lab[b] = labels[b];
+        lab[b] = labels ? labels[b] : -1;   /* a label-free loss may train without labels */
         if (nneg == 1) {
             if (neg_labels) lab[B + b] = neg_labels[b];
             else {
@@ -1426,8 +1517,14 @@ ff_status ff_net_train(ff_net *net, const ff_train_args *a) {
         return ff_fail(net, FF_ERR_ARG, "the %s loss compares inputs carrying the true and a wrong label, but "
                        "label_encoding is none: pass explicit negatives (x_neg), or use a label encoding",
                        ff_losses[net->loss.kind].name);
-    if (!labels && (!xneg || train_head))
-        return ff_fail(net, FF_ERR_ARG, "labels are required (only a step with x_neg and no head may omit them)");
+    if (!labels && (train_head || (!xneg && !ff_losses[net->loss.kind].label_free)))
+        return ff_fail(net, FF_ERR_ARG, "labels are required (only a step with x_neg or a label-free loss (ae), and "
+                       "no head, may omit them)");
+    if (!labels && !xneg)   /* a block may have its own loss (ff_net_set_block_loss) that reads labels */
+        for (int b = 0; b < net->nblocks; b++)
+            if ((!a->active || a->active[b]) && !ff_losses[net->blocks[b].loss.kind].label_free)
+                return ff_fail(net, FF_ERR_ARG, "labels are required: block %d trains by the %s loss, which reads "
+                               "them", b, ff_losses[net->blocks[b].loss.kind].name);
     ff_status st = labels ? check_labels(net, labels, B, "labels") : FF_OK;
     if (st != FF_OK) return st;
     ff_work *w = &net->work;
@@ -1519,8 +1616,10 @@ ff_status ff_net_train(ff_net *net, const ff_train_args *a) {
             st = plan_backward(net, w, &blk->train, w->carry, R, T, emb ? w->dxin : NULL);
             if (st != FF_OK) return st;
             if (emb) embedding_backward(net, w, T);
-            if (w->lean)   /* the next block's input was computed before this update */
+            if (w->lean) {   /* the next block's input was computed before this update */
                 for (int i = f; i < l; i++) layer_opt_step(net, w, &net->layers[i]);
+                if (ae_decoder(net, b)) layer_opt_step(net, w, ae_decoder(net, b));
+            }
             /* layers no later block trains have their final gradients */
             int fin = l;
             for (int j = b + 1; j < stop; j++)
@@ -1547,8 +1646,11 @@ ff_status ff_net_train(ff_net *net, const ff_train_args *a) {
     }
     set_progress(net, net->nl + 1);
     if (apply_update) {
-        if (!w->lean)
+        if (!w->lean) {
             for (int i = 0; i < net->nl; i++) if (train_layer[i]) layer_opt_step(net, w, &net->layers[i]);
+            for (int b = 0; b < nb; b++)
+                if ((!active || active[b]) && ae_decoder(net, b)) layer_opt_step(net, w, ae_decoder(net, b));
+        }
         if (embed) layer_opt_step(net, w, &net->embed);
         if (train_head) layer_opt_step(net, w, &net->head);
     }
@@ -1570,6 +1672,8 @@ ff_status ff_net_optimizer_step(ff_net *net, const uint8_t *active, int head) {
         if (holds_input(net, b) && net->label == FF_LABEL_EMBEDDING) embed = 1;
     }
     for (int i = 0; i < net->nl; i++) if (train_layer[i]) layer_opt_step(net, w, &net->layers[i]);
+    for (int b = 0; b < net->nblocks; b++)
+        if ((!active || active[b]) && ae_decoder(net, b)) layer_opt_step(net, w, ae_decoder(net, b));
     if (embed) layer_opt_step(net, w, &net->embed);
     if (head) layer_opt_step(net, w, &net->head);
     return FF_OK;
@@ -1602,7 +1706,7 @@ static ff_status run_segments(ff_net *net, ff_work *w, int R, int stop, int fn, 
         const ff_layer *last = &net->layers[blk->last - 1];
         const float *y = out_of(w, p, blk->last - 1, R);
         if (out) {
-            ff_loss_scratch s = {w->g, w->dg, w->G, w->dlogits};
+            ff_loss_scratch s = {.g = w->g, .dg = w->dg, .G = w->G, .dG = w->dlogits};
             ff_losses[blk->loss.kind].scores(&blk->loss, y, R, last->OC, last->OH * last->OW, net->K, out + b,
                                              rstride, per_label ? 0 : kstride, &s);
         }
@@ -1621,6 +1725,10 @@ static ff_status check_scores(ff_net *net) {
                                "(use features() with a probe, or a label encoding)", b,
                                ff_losses[net->blocks[b].loss.kind].name);
     for (int b = 0; b < net->nblocks; b++) {
+        if (!ff_losses[net->blocks[b].loss.kind].scores)
+            return ff_fail(net, FF_ERR_ARG, "block %d's %s loss has no class scores (it reconstructs its input, "
+                           "without labels): classify with the one-pass head on the features (a linear probe)",
+                           b, ff_losses[net->blocks[b].loss.kind].name);
         ff_status st = check_block_loss(net, b, 1);
         if (st != FF_OK) return st;
     }
@@ -1779,7 +1887,7 @@ ff_status ff_net_predict_early_exit(ff_net *net, const float *x, int B, int onep
             if (st != FF_OK) return st;
             const float *y = out_of(w, p, blkp->last - 1, R);
             if (!onepass) {
-                ff_loss_scratch sc = {w->g, w->dg, w->G, NULL};
+                ff_loss_scratch sc = {.g = w->g, .dg = w->dg, .G = w->G};
                 ff_losses[blkp->loss.kind].scores(&blkp->loss, y, R, last->OC, last->OH * last->OW, K, blk,
                                                   per == 1 ? (size_t)K : 1, 1, &sc);
                 for (size_t i = 0; i < (size_t)m * K; i++) acc[i] += blk[i];
@@ -1872,6 +1980,7 @@ ff_status ff_net_check_grad(ff_net *net, const float *x, const int64_t *labels, 
             if (!shared) own[nown++] = &net->layers[i];
         }
         if (holds_input(net, block) && net->label == FF_LABEL_EMBEDDING) own[nown++] = &net->embed;
+        if (ae_decoder(net, block)) own[nown++] = ae_decoder(net, block);
     }
     for (int k = 0; k < nown; k++) {
         for (size_t i = 0; i < own[k]->w_n; i++) u[own[k]->w_off + i] = 2.0f * ff_rng_uniform(s) - 1.0f;
@@ -1973,6 +2082,10 @@ ff_status ff_net_pipeline_begin(ff_net *net, int max_batch, const uint8_t *activ
     if (max_batch <= 0 || max_batch > maxB)
         return ff_fail(net, FF_ERR_ARG, "max_batch must be in [1, %d], got %d", maxB, max_batch);
     if (train_head && !net->has_head) return ff_fail(net, FF_ERR_STATE, "train_head: the network has no one-pass head");
+    for (int b = 0; b < net->nblocks; b++)
+        if (ff_losses[net->blocks[b].loss.kind].label_free)
+            return ff_fail(net, FF_ERR_ARG, "block %d's %s loss (autoencoder cells) is not pipelined: train it with "
+                           "train_step", b, ff_losses[net->blocks[b].loss.kind].name);
     if (ff_losses[net->loss.kind].negatives && net->label == FF_LABEL_NONE)
         return ff_fail(net, FF_ERR_ARG, "the %s loss with label_encoding none trains only on explicit negatives "
                        "(train_step's x_neg), which pipelined training does not take", ff_losses[net->loss.kind].name);

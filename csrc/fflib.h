@@ -149,6 +149,13 @@ float ff_symba_loss(float *dgpos, float *dgneg, const float *gpos, const float *
  * (gneg (N,B), row j holding every sample's j-th negative),
  *   L = (1/B) sum_b log(1 + sum_j exp(gneg[j,b] - gpos[b] + margin)).
  * Returns L; dgpos (B), dgneg (N,B) receive dL/dg (overwritten), either may be NULL. */
+/* Autoencoder reconstruction loss of a UFF cell, mean squared error over all B*I values:
+ *   rec = y W^T + b  (y (B,O) the block's output, W (I,O), b (I) or NULL), x (B,I) the target,
+ *   L = sum (rec - x)^2 / (B I).
+ * rec (B,I) is scratch (on return it holds dL/drec = 2 (rec - x) / (B I)); dy (B,O) += dL/dy;
+ * gw (I,O) += dL/dW; gb (I) += dL/db (each of dy, gw, gb may be NULL). */
+float ff_ae_loss(float *rec, float *dy, float *gw, float *gb, const float *y, const float *x,
+                 const float *W, const float *b, int B, int O, int I);
 float ff_df_loss(float *dgpos, float *dgneg, const float *gpos, const float *gneg, int B, int N,
                  float margin);
 /* Softmax cross-entropy: L = -(1/B) sum_b log softmax(logits[b])[labels[b]].
@@ -252,7 +259,10 @@ typedef enum {
  * loss (ff_df_loss, margin in ff_config). */
 typedef enum {
     FF_LOSS_FF = 0, FF_LOSS_SYMBA = 1, FF_LOSS_CWC = 2, FF_LOSS_PVN = 3, FF_LOSS_XENT = 4,
-    FF_LOSS_DF = 5
+    FF_LOSS_DF = 5,
+    FF_LOSS_AE = 6      /* UFF autoencoder cell (Hwang et al. 2024): reconstruct the block's input
+                           from its output through the block's own linear decoder (ff_ae_loss);
+                           needs ff_net_set_decoders, label_encoding none, no labels */
 } ff_loss_kind;
 /* How the label enters the input (see ff_net_set_label_encoding). */
 typedef enum {
@@ -267,6 +277,7 @@ typedef enum { FF_OPT_SGD = 0, FF_OPT_ADAM = 1 } ff_opt_kind;
 /* Layer indices of the parameters outside the layer list (ff_net_param, set_opt, ...). */
 #define FF_LAYER_HEAD (-1)        /* the one-pass head's Linear(F, K) */
 #define FF_LAYER_EMBEDDING (-2)   /* the label embedding, (K, H*W) */
+#define FF_LAYER_DECODER(b) (-3 - (b))   /* block b's autoencoder decoder, Linear(out_b, in_b) */
 
 /* Names of the enum values (NULL past the last): what the binding exports to Python, so the
  * tables of kinds live here and only here. */
@@ -355,6 +366,14 @@ ff_status ff_net_add_flatten(ff_net *net);
  * nsel layers in sel (strictly increasing layer indices; normally the last layer of each
  * chosen block).  Optional; after the layers are added, before finalize. */
 ff_status ff_net_set_head(ff_net *net, int nsel, const int *sel);
+/* Give every block of the cut in force at finalize (the default cut if none was set) a
+ * linear decoder from the block's output back to its input, trained by the ae loss (the UFF
+ * autoencoder cell: the block is the encoder).  Decoder b is the parameter record
+ * FF_LAYER_DECODER(b) for ff_net_param, set_opt, get/set_step; a later cut keeps the ae loss
+ * only where a block's input and output sizes still match its decoder's.  Needs label
+ * encoding none; after the layers are added, before finalize. */
+ff_status ff_net_set_decoders(ff_net *net);
+int ff_net_num_decoders(const ff_net *net);   /* 0 without decoders */
 /* Allocate arenas and initialise parameters (PyTorch's default uniform(-1/sqrt(fan_in), ..)). */
 ff_status ff_net_finalize(ff_net *net);
 

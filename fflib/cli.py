@@ -249,10 +249,12 @@ def build_parser():
     t.add_argument("--pipeline", action="store_true",
                    help="pipelined blocks: block k on minibatch t-k, the blocks at once on the threads "
                         "(same weights as sequential training)")
-    t.add_argument("--method", choices=["ff", "scff", "hybrid"], default="ff",
+    t.add_argument("--method", choices=["ff", "scff", "hybrid", "uff"], default="ff",
                    help="ff (labels in the input); scff or hybrid: train the MLP without labels on "
                         "self-contrastive pairs or hybrid images for --epochs, then a linear probe "
-                        "(the one-pass head on every block) for as many epochs")
+                        "(the one-pass head on every block) for as many epochs; uff: autoencoder cells "
+                        "(each block reconstructs its input through its own decoder) for --epochs "
+                        "(default 5), then the linear probe for 10 epochs")
     t.add_argument("--order", choices=["simultaneous", "layerwise"], default=None)
     t.add_argument("--negatives", choices=["uniform", "hard"], default=None)
     t.add_argument("--augment", default=None,
@@ -468,6 +470,9 @@ def load_train_test(a, bad):
 def train_command(a):
     from . import FFModel, mlp, Adam, MultiStepLR, LinearCooldown, fit, evaluate, set_num_threads, get_num_threads
     from . import __version__
+    if a.method == "uff":   # autoencoder cells: their own defaults (fflib.uff)
+        from .uff import train_command_uff
+        return train_command_uff(a, _bad)
     if a.method != "ff":
         # label-free training has its own defaults (fflib.unsupervised); no recipe applies
         if a.recipe is not None:

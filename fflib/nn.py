@@ -450,6 +450,9 @@ def _check_loss_fits(model, loss, ranges):
     if a step without them, or a goodness score, is asked of such a net.  DF scores every label of
     each sample, so it needs the label in the input."""
     K = model.num_classes
+    if loss == "ae" and model.label_encoding != "none":
+        raise ValueError(f"loss 'ae' (the UFF autoencoder cell) reconstructs each block's input without labels: "
+                         f"it needs label_encoding='none', got {model.label_encoding!r}")
     if loss == "df" and model.label_encoding == "none":
         raise ValueError("loss 'df' compares each sample's goodness under every label, but label_encoding "
                          "is 'none'; use loss 'cwc', 'pvn' or 'xent', or a label encoding")
@@ -541,7 +544,7 @@ class FFModel:
         K, the number of classes.
     blocks : list of int, optional
         Block ends (exclusive layer indices); default: a new block at every Linear/Conv2d.
-    loss : {"ff", "symba", "df", "cwc", "pvn", "xent"}
+    loss : {"ff", "symba", "df", "cwc", "pvn", "xent", "ae"}
         FF softplus loss with threshold (eq. 1); SymBa; DF, the Distance-Forward goodness-based
         N-pair margin loss (Wu et al. 2024, arXiv:2408.14925): each sample with its true label
         against the same sample with each of the K - 1 wrong labels,
@@ -551,6 +554,10 @@ class FFModel:
         true group's goodness against the mean of the others), mixed by ``pvn_weight``; or
         softmax cross-entropy on a K-wide output (the backprop baseline).  The last three need
         no label in the input and no negatives.
+        "ae": the UFF autoencoder cell (Hwang et al. 2024, :mod:`fflib.uff`): each block of the
+        cut made here gets a linear decoder back to its input (``decoders``) and the block's loss
+        is the mean squared error of its input rebuilt from its output; no labels, no negatives,
+        ``label_encoding="none"``, MLP layers only; train with ``fit(..., method="uff")``.
     threshold : float
         theta of the FF and PvN losses.
     alpha : float
@@ -669,6 +676,11 @@ class FFModel:
         _check_loss_fits(self, hparams["loss"], [(0 if b == 0 else ends[b - 1], e) for b, e in enumerate(ends)])
         if self._head_layers:
             net.set_head(self._head_layers)
+        if hparams["loss"] == "ae":   # UFF autoencoder cells: a decoder per block, made at finalize
+            try:
+                net.set_decoders()
+            except ValueError as e:
+                raise ValueError(f"loss 'ae': {e}") from None
         net.finalize()
         self.set_config(**self._hparams)
         for i, layer in enumerate(self.layers):
@@ -791,10 +803,22 @@ class FFModel:
         return self._net.label_patterns()
 
     def trainable_layers(self):
-        """Indices of layers with parameters, then -2 for a label embedding and -1 for the head."""
+        """Indices of layers with parameters, then -2 for a label embedding, ``_core.DECODER - b``
+        (-3, -4, ...) for the autoencoder decoder of block b (``loss="ae"``), and -1 for the head."""
         idx = [i for i in range(len(self.layers)) if self._net.param(i, _P_WEIGHT) is not None
                or self._net.param(i, _P_BIAS) is not None]
-        return idx + ([-2] if self.label_embedding is not None else []) + ([-1] if self.has_head else [])
+        return idx + ([-2] if self.label_embedding is not None else []) + self._decoder_indices() + \
+            ([-1] if self.has_head else [])
+
+    def _decoder_indices(self):
+        return [_core.DECODER - b for b in range(self._net.num_decoders())]
+
+    @property
+    def decoders(self):
+        """The UFF autoencoder decoders (``loss="ae"``): a list, one per block of the cut made at
+        construction, of (weight (in_b, out_b), bias (in_b)) views of C memory mapping block b's
+        output back to its input; empty without them."""
+        return [(self._net.param(i, _P_WEIGHT), self._net.param(i, _P_BIAS)) for i in self._decoder_indices()]
 
     def parameters(self):
         """All trainable arrays (views of C memory), layer by layer, head last."""
@@ -1156,8 +1180,8 @@ class FFModel:
 
     def _state_items(self):
         names = {_P_WEIGHT: "weight", _P_BIAS: "bias", _P_RMEAN: "running_mean", _P_RVAR: "running_var"}
-        for i in list(range(len(self.layers))) + [-2, -1]:
-            prefix = {-1: "head", -2: "label_embedding"}.get(i, f"layers.{i}")
+        for i in list(range(len(self.layers))) + [-2] + self._decoder_indices() + [-1]:
+            prefix = self._prefix(i)
             for which, name in names.items():
                 p = self._net.param(i, which)
                 if p is not None:
@@ -1183,8 +1207,14 @@ class FFModel:
         for k, dst in own.items():
             dst[...] = checked[k]
 
+    @staticmethod
+    def _prefix(i):
+        if i <= _core.DECODER:
+            return f"decoders.{_core.DECODER - i}"
+        return {-1: "head", -2: "label_embedding"}.get(i, f"layers.{i}")
+
     def _layer_prefixes(self):
-        return {i: {-1: "head", -2: "label_embedding"}.get(i, f"layers.{i}") for i in self.trainable_layers()}
+        return {i: self._prefix(i) for i in self.trainable_layers()}
 
     def optimizer_state(self):
         """Optimiser moments, step counters and the RNG state (for exact resumption)."""

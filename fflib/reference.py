@@ -23,7 +23,7 @@ __all__ = [
     "goodness_forward", "goodness_backward",
     "group_goodness_forward", "group_goodness_backward",
     "softplus", "sigmoid",
-    "ff_loss", "symba_loss", "df_loss", "softmax_xent", "cwc_loss", "pvn_loss",
+    "ff_loss", "symba_loss", "df_loss", "softmax_xent", "cwc_loss", "pvn_loss", "ae_loss",
     "adam_step", "sgd_step",
     "conv2d_output_size", "conv2d_forward", "conv2d_backward",
     "batchnorm2d_forward_train", "batchnorm2d_forward_eval", "batchnorm2d_backward",
@@ -247,6 +247,28 @@ def df_loss(gpos, gneg, margin=1.0):
     L = np.mean(M + np.log(tot))
     p = ez / tot / B                                   # dL/dgneg
     return float(L), -p.sum(axis=0), p
+
+
+def ae_loss(y, x, weight, bias=None):
+    """The UFF autoencoder cell's loss (Hwang et al. 2024; fflib's ``loss="ae"``): a block's
+    output y (B, O) reconstructs the block's input x (B, I) through the block's linear decoder,
+    ``rec = y weight^T + bias`` (weight (I, O), bias (I) or None), and
+    ``L = sum((rec - x)^2) / (B I)`` (the mean squared error over every value).
+    Returns (L, dL/dy (B, O), dL/dweight (I, O), dL/dbias (I))."""
+    y, x = np.atleast_2d(_f64(y)), np.atleast_2d(_f64(x))
+    weight = _f64(weight)
+    if weight.ndim != 2 or y.ndim != 2 or x.ndim != 2 or y.shape[0] != x.shape[0] or \
+            weight.shape != (x.shape[1], y.shape[1]) or y.size == 0 or x.size == 0:
+        raise ValueError(f"y must be (B, O), x (B, I) and weight (I, O), non-empty; got {y.shape}, {x.shape} "
+                         f"and {weight.shape}")
+    if bias is not None and _f64(bias).shape != (x.shape[1],):
+        raise ValueError(f"bias must be (I,) = ({x.shape[1]},), got {np.shape(bias)}")
+    rec = linear_forward(y, weight, bias)
+    e = rec - x
+    L = float(np.mean(e * e))
+    drec = 2.0 * e / e.size
+    dy, dw, db = linear_backward(drec, y, weight)
+    return L, dy, dw, db
 
 
 def softmax_xent(logits, labels):

@@ -26,7 +26,8 @@ What one training step does, in both libraries (rows of B samples):
   the training rows only (the neutral rows are normalised with them), and the running statistics
   move once per step, in the first block that runs the layer (not at all if that block is
   inactive).
-* block loss on the training rows of its output: FF ``softplus(theta - g+) + softplus(g- - theta)``
+* block loss on the training rows of its output (ae: the mean squared error of the block's input
+  rebuilt from its output by the block's decoder): FF ``softplus(theta - g+) + softplus(g- - theta)``
   or SymBa ``softplus(-alpha (g+ - g-))`` or DF ``log(1 + sum_j exp(g-_j - g+ + margin))`` over
   the sample's K - 1 wrong labels (the Distance-Forward N-pair margin loss) with goodness the sum or mean of squares; CwC softmax
   cross-entropy over the K channel-group goodness values, PvN, or their mix (``pvn_weight``);
@@ -49,10 +50,10 @@ except ImportError as _e:   # pragma: no cover - exercised in a subprocess by th
     raise ImportError("fflib.torch needs PyTorch, an optional dependency of fflib: "
                       "pip install 'fflib-core[torch]' (or pip install torch)") from _e
 
-__all__ = ["FFNet", "TorchFF", "to_module", "torch_scheduler", "compare", "df_loss", "LenNorm", "BatchNorm2d", "Linear",
+__all__ = ["FFNet", "TorchFF", "to_module", "torch_scheduler", "compare", "df_loss", "ae_loss", "LenNorm", "BatchNorm2d", "Linear",
            "Conv2d", "MaxPool2d", "Flatten"]
 
-LABEL_FREE = ("cwc", "pvn", "mix", "xent")
+LABEL_FREE = ("cwc", "pvn", "mix", "xent", "ae")
 GROUP_LOSSES = ("cwc", "pvn", "mix")
 
 
@@ -64,6 +65,13 @@ def df_loss(gpos, gneg, margin=1.0):
     goodness with its true label (gpos, (B,)) against its N wrong labels (gneg, (N, B))."""
     z = gneg - gpos[None, :] + margin
     return torch.logsumexp(torch.cat([torch.zeros_like(z[:1]), z]), 0).mean()
+
+
+def ae_loss(y, x, weight, bias=None):
+    """The UFF autoencoder cell's loss (fflib's ``loss="ae"``) in PyTorch: block output y (B, O)
+    reconstructs the block's input x (B, I) through the linear decoder (weight (I, O), bias
+    (I)): ``mean((y weight^T + bias - x)^2)`` over all B I values."""
+    return F.mse_loss(F.linear(y, weight, bias), x)
 
 
 # ---------------------------------------------------------------------------- layers
@@ -231,7 +239,9 @@ class FFNet(torch.nn.Module):
     """An fflib network as a ``torch.nn.Module`` (make one with :func:`to_module`).
 
     ``layers`` (a ModuleList indexed like ``FFModel.layers``), ``head`` (Linear F -> K, or None),
-    ``label_embedding`` (``torch.nn.Embedding(K, H*W)``, or None); ``blocks`` the (first, last)
+    ``label_embedding`` (``torch.nn.Embedding(K, H*W)``, or None), ``decoders`` (with
+    ``loss="ae"``: a ModuleList of block b's Linear(output -> input) decoder, else None; the twin
+    holds them, :class:`TorchFF` does not train them); ``blocks`` the (first, last)
     layer ranges of the cut (change it with :meth:`set_block_ranges` or :meth:`set_routine`),
     ``config`` the FF settings.  ``forward(x, labels=None)`` encodes the labels (None: the
     neutral label) and returns the last layer's output; :meth:`goodness`, :meth:`predict_proba`,
@@ -262,6 +272,11 @@ class FFNet(torch.nn.Module):
             feat = sum(int(np.prod(self.shapes[i])) for i in self.head_layers)
             self.head = torch.nn.Linear(feat, K)
         self.label_embedding = torch.nn.Embedding(K, H * W) if self.label_encoding == "embedding" else None
+        # loss "ae" (UFF autoencoder cells): block b's decoder, Linear(block output -> block input)
+        self.decoders = None
+        if self.config.get("loss") == "ae":
+            size = [int(np.prod(self.input_shape))] + [int(np.prod(s)) for s in self.shapes]
+            self.decoders = torch.nn.ModuleList(torch.nn.Linear(size[l], size[f]) for f, l in self.blocks)
         if self.label_encoding == "fourier":
             self.register_buffer("patterns", fourier_patterns(K, H, W, arch.get("fourier_modes")),
                                  persistent=False)
@@ -539,6 +554,8 @@ class TorchFF:
         layer_params = [p for layer in net.layers for p in layer.parameters()]
         if net.label_embedding is not None:
             layer_params.append(net.label_embedding.weight)
+        if net.decoders is not None:   # ae: each block's decoder steps with the layers
+            layer_params += list(net.decoders.parameters())
         groups = [{"params": layer_params, "lr": float(lr)}]
         if net.head is not None:
             groups.append({"params": list(net.head.parameters()), "lr": float(lr if head_lr is None else head_lr)})
@@ -571,6 +588,8 @@ class TorchFF:
         net = self.net
         x = net.as_rows(x)
         B, K = x.shape[0], net.num_classes
+        if y is None and net.config["loss"] == "ae" and not train_head:   # the ae loss needs no labels
+            return net.encode(x, None), torch.zeros(B, dtype=torch.int64), B, 0
         y = _labels(y, "y")
         if y.shape[0] != B:
             raise ValueError(f"y has {y.shape[0]} labels for {B} samples")
@@ -592,10 +611,14 @@ class TorchFF:
         reps = 3 if train_head else 2
         return net.encode(x.repeat(reps, 1), lab), y, 2 * B, 2 * B
 
-    def block_loss(self, out, y, T):
-        """The local loss of a block output's first T rows (autograd-able)."""
+    def block_loss(self, out, y, T, inp=None, block=None):
+        """The local loss of a block output's first T rows (autograd-able); the ae loss also
+        reads the block's input ``inp`` and index ``block`` (its decoder)."""
         cfg, K = self.net.config, self.net.num_classes
         loss_kind, B = cfg["loss"], y.shape[0]
+        if loss_kind == "ae":
+            dec = self.net.decoders[block]
+            return ae_loss(out[:T].reshape(T, -1), inp[:T].reshape(T, -1), dec.weight, dec.bias)
         theta = float(cfg["threshold"])
         if loss_kind in GROUP_LOSSES:
             if out.reshape(out.shape[0], -1).shape[1] % K or (out.dim() == 4 and out.shape[1] % K):
@@ -696,8 +719,9 @@ class TorchFF:
                 losses[b] = float(loss)
             elif on[b]:
                 update_from = net.blocks[b - 1][1] if b else 0
+                inp = h
                 h = net.run(h, f, l, stat_rows=T, update_from=update_from, keep=outs)
-                loss = self.block_loss(h, y, T)
+                loss = self.block_loss(h, y, T, inp, b)
                 loss.backward()
                 losses[b] = float(loss.detach())
             else:

@@ -138,7 +138,11 @@ def fit(model, x, y, *, epochs=10, batch_size=100, optimizer=None, scheduler=Non
         label-free training then ``head_epochs`` of a linear probe (the one-pass head) on the
         frozen features, by :func:`fflib.unsupervised.fit_unsupervised` (which takes
         ``batch_size``, ``optimizer``, ``scheduler``, ``augment``, ``random_state``,
-        ``x_val``/``y_val``, ``callback``; the model needs ``label_encoding="none"``).
+        ``x_val``/``y_val``, ``callback``; the model needs ``label_encoding="none"``), or
+        "uff" (Unsupervised FF, Hwang et al. 2024: autoencoder cells, each block reconstructing
+        its input through its own decoder, then the same linear probe; the model needs
+        ``loss="ae"``, see :func:`fflib.uff.uff_model`; run by :func:`fflib.uff.fit_uff`, which
+        takes the same options and ``order`` "simultaneous" or "sequential").
 
     routine : None (keep the model's current blocks), "greedy", "chunked", "overlapping" or
         "backprop" with ``chunk_size`` units per chunk (see :mod:`fflib.routines`);
@@ -192,6 +196,11 @@ def fit(model, x, y, *, epochs=10, batch_size=100, optimizer=None, scheduler=Non
     seconds, optional validation error), ``train_seconds`` and ``interrupted``.
     """
     from .optim import Adam, _Optimizer, _Scheduler
+    if method == "uff":
+        return _fit_uff(model, x, y, locals())
+    if method == "ff" and isinstance(model, FFModel) and model.config["loss"] == "ae":
+        raise ValueError("the model's ae loss trains autoencoder cells without labels and has no class scores: "
+                         "fit it with method='uff' (the cells, then the linear probe)")
     if method != "ff":
         return _fit_label_free(method, model, x, y, locals())
     if not isinstance(model, FFModel):
@@ -339,6 +348,24 @@ def fit(model, x, y, *, epochs=10, batch_size=100, optimizer=None, scheduler=Non
     history["train_seconds"] = time.perf_counter() - t_start
     model.eval()
     return history
+
+
+def _fit_uff(model, x, y, args):
+    """fit() with method "uff": the options :func:`fflib.uff.fit_uff` takes, the others refused
+    when they differ from their defaults."""
+    from .uff import fit_uff
+    defaults = dict(windows=None, negatives="uniform", train_head=True, routine=None, chunk_size=2, alternate=False,
+                    augment=None, checkpoint=None, checkpoint_every=1, resume=False, pipeline=False, comm=None,
+                    distributed=None)
+    for key, value in defaults.items():
+        if args[key] != value:
+            raise ValueError(f"{key}={args[key]!r} does not apply to method 'uff' (autoencoder cells, then a "
+                             f"linear probe; without checkpoints)")
+    order = {"layerwise": "sequential"}.get(args["order"], args["order"])
+    return fit_uff(model, x, y, epochs=args["epochs"], head_epochs=args["head_epochs"], batch_size=args["batch_size"],
+                   optimizer=args["optimizer"], scheduler=args["scheduler"], order=order,
+                   random_state=args["random_state"], x_val=args["x_val"], y_val=args["y_val"],
+                   callback=args["callback"], progress=False)
 
 
 def _fit_label_free(method, model, x, y, args):
