@@ -28,7 +28,10 @@ except ImportError as e:  # keep `import fflib` working; the estimator says what
         pass
 
 #: the training methods (``method=``): FF with labels, and the label-free ones of :mod:`fflib.unsupervised`
-METHODS = ("ff",) + tuple(_LABEL_FREE)
+METHODS = ("ff",) + tuple(_LABEL_FREE) + ("uff",)
+
+#: the ``loss`` parameter's default (method "uff" takes no other)
+_DEFAULT_LOSS = "symba"
 
 #: minibatch updates that ``epochs="auto"`` guarantees (10 epochs of MNIST are 6,000)
 AUTO_MIN_UPDATES = 1000
@@ -80,13 +83,15 @@ class FFClassifier(ClassifierMixin, BaseEstimator):
     order : "simultaneous" or "layerwise"; negatives : "uniform" or "hard".
     margin : float
         The DF loss's margin (``loss="df"``, Wu et al. 2024; default 1.0, unused by the other losses).
-    method : {"ff", "scff", "hybrid"}
+    method : {"ff", "scff", "hybrid", "uff"}
         "ff" (default): labels in the input.  "scff" (self-contrastive pairs, Chen et al. 2025)
         or "hybrid" (Hinton's hybrid-image negatives): ``epochs`` of label-free training (the
         loss "ff" or "symba"), then a linear probe -- the one-pass head on every block's
         features -- for ``head_epochs`` epochs (0, the default, means as many as ``epochs``),
-        through :func:`fflib.fit`'s ``method=``.  Label-free training takes the default
-        ``order``, ``negatives`` and ``inference``, and no ``early_stopping``.
+        through :func:`fflib.fit`'s ``method=``.  "uff": the blocks are autoencoder cells
+        (:func:`fflib.uff.uff_model`, Hwang et al.; their loss is the reconstruction "ae",
+        so ``loss`` must be left at its default), then the same probe.  Label-free training
+        takes the default ``negatives`` and ``inference``, and no ``early_stopping``.
     image_shape : (C, H, W) or None
         The image shape of the flattened samples, needed by ``method="hybrid"`` (it mixes
         images; "ff" and "scff" read flat samples); None takes the shape of X when fit is given
@@ -130,7 +135,7 @@ class FFClassifier(ClassifierMixin, BaseEstimator):
     """
 
     def __init__(self, hidden=(500, 100), epochs="auto", batch_size=100, lr=0.003, threshold=None,
-                 goodness="mean", norm="rms", loss="symba", label_placement="append", optimizer="adam",
+                 goodness="mean", norm="rms", loss=_DEFAULT_LOSS, label_placement="append", optimizer="adam",
                  momentum=0.9, weight_decay=0.0, milestones=None, gamma=0.1, cooldown=True,
                  order="simultaneous", negatives="uniform", inference="onepass", head_epochs=0,
                  head_lr=None, early_stopping=False, validation_fraction=0.1, n_iter_no_change=10,
@@ -162,6 +167,9 @@ class FFClassifier(ClassifierMixin, BaseEstimator):
             threshold = 1.0 if self.goodness == "mean" else float(hidden[0])
         kw = dict(loss=self.loss, threshold=threshold, goodness=self.goodness, norm=self.norm, seed=seed,
                   margin=self.margin)
+        if self.method == "uff":   # autoencoder cells; the probe reads every block
+            from .uff import uff_model
+            return uff_model((n_features,) + hidden, n_classes, input_shape, norm=self.norm, seed=seed)
         if self.method != "ff":   # no label in the input; the probe reads every block
             kw.update(label_encoding="none", head_blocks=list(range(len(hidden))))
         else:
@@ -220,7 +228,11 @@ class FFClassifier(ClassifierMixin, BaseEstimator):
                                  f"multi-pass prediction: inference must be 'onepass', got {self.inference!r}")
             if self.early_stopping:
                 raise ValueError(f"early_stopping needs method='ff', got method={self.method!r}")
-            if self.loss not in ("ff", "symba"):
+            if self.method == "uff":
+                if self.loss != _DEFAULT_LOSS:
+                    raise ValueError(f"method='uff' trains autoencoder cells on their reconstruction loss: leave "
+                                     f"loss at its default, got loss={self.loss!r}")
+            elif self.loss not in ("ff", "symba"):
                 raise ValueError(f"method={self.method!r} trains on explicit negatives: loss must be 'ff' or "
                                  f"'symba', got loss={self.loss!r}")
         if isinstance(self.margin, (bool, np.bool_)) or not isinstance(self.margin, (int, float, np.integer,
@@ -279,9 +291,9 @@ class FFClassifier(ClassifierMixin, BaseEstimator):
 
     def _record(self, history):
         for rec in history["epochs"]:
-            if "active" not in rec:      # label-free training: the probe's epochs are not counted
+            if history.get("method", "ff") != "ff":   # label-free: the probe's epochs are not counted
                 if rec["block_loss"] is not None:
-                    self.loss_curve_.append(float(np.mean(rec["block_loss"])))
+                    self.loss_curve_.append(float(np.nanmean(np.asarray(rec["block_loss"], np.float64))))
                     self.n_iter_ += 1
             elif any(rec["active"]):
                 losses = [v for v, a in zip(rec["block_loss"], rec["active"]) if a]

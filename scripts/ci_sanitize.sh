@@ -28,12 +28,12 @@ report() { cat "$work"/san.* 2>/dev/null || true; }
     tests/test_api.py tests/test_core_blocks.py tests/test_pipeline.py tests/test_share_labels.py \
     tests/test_battery.py tests/test_reliability.py tests/test_fuzz.py tests/test_kernels.py tests/test_conv.py \
     tests/test_threads.py tests/test_train_pairs.py ) || { report; exit 1; }
-# the newer C paths (DF loss, early exit, Fourier modes, pair kernels), without their real-data,
+# the newer C paths (DF and autoencoder losses, early exit, Fourier modes, pair kernels), without their real-data,
 # PyTorch and export runs
 ( cd "$work" && LD_PRELOAD="$asan $ubsan" ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=1:abort_on_error=1:log_path="$work/san.asan" \
   UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1:log_path="$work/san.ubsan" FFLIB_NUM_THREADS=2 \
   python -m pytest -q -p no:cacheprovider -m "not slow" -k "not mnist and not torch and not export and not cli" \
-    tests/test_df.py tests/test_early_exit.py tests/test_fourier.py tests/test_scff.py ) || { report; exit 1; }
+    tests/test_df.py tests/test_early_exit.py tests/test_fourier.py tests/test_scff.py tests/test_uff.py ) || { report; exit 1; }
 if ls "$work"/san.* >/dev/null 2>&1; then report; echo "sanitize: reports above" >&2; exit 1; fi
 
 echo "sanitize: tests/c/test_train.c under valgrind (reference BLAS)"

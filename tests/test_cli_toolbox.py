@@ -39,6 +39,6 @@ def test_help_documents_the_toolbox(capsys):
     with pytest.raises(SystemExit):
         cli.main(["train", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    for flag in ("--margin", "--method {ff,scff,hybrid}", "--early-exit", "--early-exit-drop", "distance-forward",
+    for flag in ("--margin", "--method {ff,scff,hybrid,uff}", "--early-exit", "--early-exit-drop", "distance-forward",
                  "self-contrastive pairs", "hybrid images"):
         assert flag in text, flag
