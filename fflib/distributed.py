@@ -380,6 +380,9 @@ def fit_distributed(model, x, y, *, comm, mode="data", epochs=10, batch_size=100
     if model.label_encoding == "none" and pairs:
         raise ValueError("distributed training draws negative labels; a model with label_encoding 'none' "
                          "and the ff/symba loss trains on explicit negatives (train_step(x, None, x_neg=...))")
+    if loss == "ae":
+        raise ValueError("distributed training does not support the autoencoder cells of loss 'ae' (their "
+                         "decoders are not all-reduced): train them with fit(method='uff') in one process")
     stages = None
     if mode == "pipeline":
         if negatives != "uniform":

@@ -213,3 +213,7 @@ def test_split_helpers_and_bad_arguments():
     assert np.isfinite(h["epochs"][0]["block_loss"]).all() and h["ranks"] == 1
     with pytest.raises(ValueError, match="negatives='uniform'"):
         fflib.fit(m, x, y, comm=MPI.COMM_SELF, distributed="pipeline", negatives="hard", train_head=False)
+    from fflib.distributed import fit_distributed
+    from fflib.uff import uff_model
+    with pytest.raises(ValueError, match="autoencoder cells of loss 'ae'"):
+        fit_distributed(uff_model([x.shape[1], 8]), x, y, comm=MPI.COMM_SELF)
