@@ -40,7 +40,7 @@ FULL_WIDTHS = (128, 264, 512, 1024)
 #: blocks, learned label channel, Adam 3e-3 with a linear cooldown, batch 100) on a subset
 BASE = dict(width=0.25, n_train=5000, n_val=1000, epochs=4, batch_size=100, lr=0.003, block_lr=None,
             head_lr=0.0003, head_blocks="auto", norm="rms", batchnorm=False, label_encoding="embedding",
-            label_value=1.0, cooldown=True, augment=None, seed=0)
+            label_value=1.0, cooldown=True, augment=None, windows=None, seed=0)
 
 _DATA = {}
 
@@ -101,7 +101,7 @@ def train(name, **over):
             s.step()
 
     t0 = time.perf_counter()
-    hist = fit(model, x, y, epochs=cfg["epochs"], batch_size=cfg["batch_size"], optimizer=opts[0],
+    hist = fit(model, x, y, epochs=cfg["epochs"], windows=cfg["windows"], batch_size=cfg["batch_size"], optimizer=opts[0],
                scheduler=scheds[0] if scheds else None, augment=cfg["augment"], random_state=cfg["seed"],
                x_val=xv, y_val=yv, progress=False, callback=step_others)
     epochs = [{"epoch": r["epoch"], "block_loss": r["block_loss"], "head_loss": r["head_loss"],
@@ -139,6 +139,13 @@ RUNS = {
     "label_fourier": ("a per-class plane wave added to the image", {"label_encoding": "fourier"}),
     "head_all_blocks": ("one-pass head on all four blocks at the blocks' rate",
                         {"head_blocks": [0, 1, 2, 3], "head_lr": 0.003}),
+    "delay_deeper": ("blocks 2-4 start after block 1's second epoch (5 epochs, block 1 trains all 5)",
+                     {"epochs": 5, "windows": [[0, 5], [2, 5], [2, 5], [2, 5]]}),
+    "label_value_3": ("the label channel's initial scale 3 instead of 1", {"label_value": 3.0}),
+    "batchnorm_only": ("BatchNorm2d before every conv and no RMS normalisation between blocks",
+                       {"batchnorm": True, "norm": "none"}),
+    "batchnorm_head_all": ("BatchNorm2d as in 'batchnorm', one-pass head on all four blocks at the blocks' rate",
+                           {"batchnorm": True, "head_blocks": [0, 1, 2, 3], "head_lr": 0.003}),
     "head_rate": ("one-pass head on blocks 2-4 at the blocks' rate (the recipe: a tenth)",
                   {"head_lr": 0.003}),
 }
