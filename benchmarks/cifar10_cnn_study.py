@@ -40,7 +40,7 @@ FULL_WIDTHS = (128, 264, 512, 1024)
 #: blocks, learned label channel, Adam 3e-3 with a linear cooldown, batch 100) on a subset
 BASE = dict(width=0.25, n_train=5000, n_val=1000, epochs=4, batch_size=100, lr=0.003, block_lr=None,
             head_lr=0.0003, head_blocks="auto", norm="rms", batchnorm=False, label_encoding="embedding",
-            label_value=1.0, cooldown=True, augment=None, windows=None, seed=0)
+            label_value=1.0, cooldown=True, augment=None, windows=None, first_norm=None, seed=0)
 
 _DATA = {}
 
@@ -60,8 +60,11 @@ def build(cfg):
     c = 3 + int(cfg["label_encoding"] == "embedding")
     layers = []
     norm = None if cfg["norm"] == "none" else cfg["norm"]
-    for out in widths:
-        layers += zoo.conv_block(c, out, 3, padding=1, pool=2, batchnorm=cfg["batchnorm"], norm=norm)
+    for b, out in enumerate(widths):
+        if b == 0 and cfg["first_norm"] is not None:   # block 1's input normalised otherwise
+            layers += zoo.conv_block(c, out, 3, padding=1, pool=2, norm=cfg["first_norm"])
+        else:
+            layers += zoo.conv_block(c, out, 3, padding=1, pool=2, batchnorm=cfg["batchnorm"], norm=norm)
         c = out
     head_blocks = cfg["head_blocks"]
     model = FFModel(layers, (3, 32, 32), 10, loss="symba", goodness="mean", threshold=1.0,
@@ -146,6 +149,12 @@ RUNS = {
                        {"batchnorm": True, "norm": "none"}),
     "batchnorm_head_all": ("BatchNorm2d as in 'batchnorm', one-pass head on all four blocks at the blocks' rate",
                            {"batchnorm": True, "head_blocks": [0, 1, 2, 3], "head_lr": 0.003}),
+    "rms_in_batchnorm_between": ("RMS normalisation of the input (block 1 as in the recipe), BatchNorm2d "
+                                 "and no RMS normalisation between blocks",
+                                 {"first_norm": "rms", "batchnorm": True, "norm": "none"}),
+    "half_baseline": ("the baseline at half the channels (64, 132, 256, 512), 3 epochs: does the ordering carry over?",
+                      {"width": 0.5, "epochs": 3}),
+    "half_batchnorm": ("'batchnorm' at half the channels, 3 epochs", {"width": 0.5, "epochs": 3, "batchnorm": True}),
     "head_rate": ("one-pass head on blocks 2-4 at the blocks' rate (the recipe: a tenth)",
                   {"head_lr": 0.003}),
 }
