@@ -149,6 +149,8 @@ RUNS = {
                        {"batchnorm": True, "norm": "none"}),
     "batchnorm_head_all": ("BatchNorm2d as in 'batchnorm', one-pass head on all four blocks at the blocks' rate",
                            {"batchnorm": True, "head_blocks": [0, 1, 2, 3], "head_lr": 0.003}),
+    "batchnorm_only_head_all": ("'batchnorm_only' with the one-pass head on all four blocks at the blocks' rate",
+                                {"batchnorm": True, "norm": "none", "head_blocks": [0, 1, 2, 3], "head_lr": 0.003}),
     "rms_in_batchnorm_between": ("RMS normalisation of the input (block 1 as in the recipe), BatchNorm2d "
                                  "and no RMS normalisation between blocks",
                                  {"first_norm": "rms", "batchnorm": True, "norm": "none"}),
