@@ -126,7 +126,9 @@ def train(name, **over):
             "seconds": time.perf_counter() - t0, "threads": fflib.get_num_threads()}
 
 
-#: the runs, by name: (what it tests, settings that differ from BASE)
+#: the runs, by name: (what it tests, settings that differ from BASE).  Not yet run (the study's
+#: time went to the BatchNorm follow-ups; ``python benchmarks/cifar10_cnn_study.py NAME`` runs one):
+#: lr_all_lower, norm_l2, label_fourier, head_all_blocks, delay_deeper, label_value_3, head_rate.
 RUNS = {
     "baseline": ("the recipe's settings at a quarter of the channels", {}),
     "lr_deeper_lower": ("learning rate falling with depth: 3e-3, 1e-3, 5e-4, 3e-4",
