@@ -53,7 +53,7 @@ def cifar10_cnn(batchnorm=True, norm="rms", label_channels=0):
 
     Why BatchNorm: measured on CIFAR-10 subsets (benchmarks/cifar10_cnn_study.py), a LenNorm
     of the whole block output divides out that block's mean goodness, the evidence blocks 2-4
-    would build on; they then stay near 15-20 % accuracy alone while block 1 reaches 33 %.
+    would build on; they then stay at 14-21 % accuracy alone while block 1 reaches 33 %.
     With BatchNorm2d between blocks (per channel, over the batch) blocks 2-4 reach 30-34 %,
     better the deeper they are, and the multi-pass / one-pass validation error falls from
     74.5 / 73.4 % to 65.7 / 58.1 % (a quarter of the channels, 5,000 images, 4 epochs).
