@@ -44,27 +44,38 @@ def mnist_cnn(batchnorm=False, norm="rms", label_channels=0):
     return layers, (1, 28, 28)
 
 
-def cifar10_cnn(batchnorm=False, norm="rms", label_channels=0):
+def cifar10_cnn(batchnorm=True, norm="rms", label_channels=0):
     """The survey's CIFAR-10 CNN: four conv layers of 128, 264, 512, 1024 filters.
 
     Choices the survey leaves open: 3x3 kernels with padding 1 and a 2x2 max pool after each
-    conv (32 -> 16 -> 8 -> 4 -> 2).  Four FF blocks, each length-normalising its input.
+    conv (32 -> 16 -> 8 -> 4 -> 2).  Four FF blocks, each normalising its input: with
+    ``batchnorm`` (the default) a BatchNorm2d, else a LenNorm(``norm``) (None for none).
+
+    Why BatchNorm: measured on CIFAR-10 subsets (benchmarks/cifar10_cnn_study.py), a LenNorm
+    of the whole block output divides out that block's mean goodness, the evidence blocks 2-4
+    would build on; they then stay at 14-21 % accuracy alone while block 1 reaches 33 %.
+    With BatchNorm2d between blocks (per channel, over the batch) blocks 2-4 reach 30-34 %,
+    better the deeper they are, and the multi-pass / one-pass validation error falls from
+    74.5 / 73.4 % to 65.7 / 58.1 % (a quarter of the channels, 5,000 images, 4 epochs).
     """
     layers, c = [], 3 + label_channels
     for out in (128, 264, 512, 1024):
-        layers += conv_block(c, out, 3, padding=1, pool=2, batchnorm=batchnorm, norm=norm)
+        layers += conv_block(c, out, 3, padding=1, pool=2, batchnorm=batchnorm,
+                             norm=None if batchnorm else norm)
         c = out
     return layers, (3, 32, 32)
 
 
-def survey_cnn(dataset, batchnorm=False, norm="rms", label_encoding="embedding"):
+def survey_cnn(dataset, batchnorm=None, norm="rms", label_encoding="embedding"):
     """The survey's original FF CNN for ``dataset`` (mnist, fashion-mnist, sample, cifar10),
-    with the extra input channel a label embedding needs."""
+    with the extra input channel a label embedding needs.  ``batchnorm`` None: the dataset's
+    default (LenNorm(``norm``) between the 28x28 CNN's blocks, BatchNorm2d between the
+    CIFAR-10 CNN's, see :func:`cifar10_cnn`)."""
     extra = int(label_encoding == "embedding")
     if dataset in ("mnist", "fashion-mnist", "sample"):
-        return mnist_cnn(batchnorm, norm, extra)
+        return mnist_cnn(bool(batchnorm), norm, extra)
     if dataset == "cifar10":
-        return cifar10_cnn(batchnorm, norm, extra)
+        return cifar10_cnn(True if batchnorm is None else batchnorm, norm, extra)
     raise ValueError(f"no survey CNN for dataset {dataset!r}")
 
 

@@ -183,6 +183,20 @@ def test_survey_cnns_build_and_shapes():
     assert [m.layers[i].weight.shape[0] for i in range(len(layers)) if layers[i].kind == "conv2d"] == [128, 264, 512, 1024]
 
 
+def test_cifar10_survey_cnn_normalises_blocks_by_batchnorm():
+    # the CIFAR-10 CNN's blocks open with BatchNorm2d, not a LenNorm (which divides out the
+    # previous block's goodness: benchmarks/cifar10_cnn_study.py); the 28x28 CNN keeps LenNorm
+    kinds = [l.kind for l in models.survey_cnn("cifar10")[0]]
+    assert kinds == ["batchnorm2d", "conv2d", "relu", "maxpool2d"] * 4
+    assert models.survey_cnn("cifar10")[0][0].num_features == 4       # image + label channel
+    kinds = [l.kind for l in models.survey_cnn("cifar10", batchnorm=False)[0]]
+    assert kinds == ["lennorm", "conv2d", "relu", "maxpool2d"] * 4
+    assert [l.kind for l in models.survey_cnn("mnist")[0]][:2] == ["lennorm", "conv2d"]
+    assert "batchnorm2d" not in [l.kind for l in models.survey_cnn("mnist")[0]]
+    m = models.build("cnn", "cifar10")
+    assert [l.kind for l in m.layers].count("batchnorm2d") == 4 and m.num_blocks == 4
+
+
 def test_cnn_train_eval_mode_and_inference(rng):
     layers, shape = models.mnist_cnn(batchnorm=True)
     m = fflib.FFModel(layers, shape, 10, goodness="mean", threshold=1.0, norm="rms", seed=0)

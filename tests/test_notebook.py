@@ -180,3 +180,23 @@ def test_losses_notebook_runs_and_draws(tmp_path, monkeypatch):
         assert r["multi_pass"] < 20.0, name                  # measured 6.0 (df) to 11.9 (symba)
     # measured: DF 6.00 %, FF 10.30 % multi-pass after 2 epochs
     assert saved["results"]["df"]["multi_pass"] < saved["results"]["ff"]["multi_pass"]
+
+
+def test_cifar10_cnn_study_notebook_runs_and_draws(tmp_path, monkeypatch):
+    """notebooks/cifar10_cnn_study.ipynb: the CIFAR-10 CNN study's per-block accuracy and loss
+    curves per variant, from benchmarks/results/cifar10_cnn_study.json (no training here)."""
+    nbformat = pytest.importorskip("nbformat")
+    pytest.importorskip("matplotlib")
+    nb = nbformat.read(str(ROOT / "notebooks" / "cifar10_cnn_study.ipynb"), as_version=4)
+    monkeypatch.setenv("FFLIB_REPO", str(ROOT))      # its cached study results (fflib may be installed)
+    pngs = _execute(nb, tmp_path, monkeypatch)
+    assert len(pngs) == 3 and all(base64.b64decode(p).startswith(PNG_MAGIC) for p in pngs)
+    rows = {r["run"]: r for r in json.loads((tmp_path / "cifar10_cnn_study_summary.json").read_text())}
+    study = json.loads((ROOT / "benchmarks" / "results" / "cifar10_cnn_study.json").read_text())
+    assert set(rows) == set(study)
+    # the finding the notebook states: with LenNorm between blocks every deeper block is worse
+    # than block 1; with BatchNorm2d instead every deeper block is better, and both errors fall
+    base, bn = rows["baseline"], rows["batchnorm_only"]
+    assert max(base["block_accuracy"][1:]) < base["block_accuracy"][0]
+    assert min(bn["block_accuracy"][1:]) > bn["block_accuracy"][0]
+    assert bn["multi_pass"] < base["multi_pass"] - 5 and bn["one_pass"] < base["one_pass"] - 10
