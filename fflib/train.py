@@ -138,7 +138,9 @@ def fit(model, x, y, *, epochs=10, batch_size=100, optimizer=None, scheduler=Non
         label-free training then ``head_epochs`` of a linear probe (the one-pass head) on the
         frozen features, by :func:`fflib.unsupervised.fit_unsupervised` (which takes
         ``batch_size``, ``optimizer``, ``scheduler``, ``augment``, ``random_state``,
-        ``x_val``/``y_val``, ``callback``; the model needs ``label_encoding="none"``).
+        ``x_val``/``y_val``, ``callback``; the model needs ``label_encoding="none"``;
+        :func:`fflib.unsupervised.scff_mlp` builds SCFF's recipe model, and without
+        ``optimizer`` SCFF trains with Adam 3e-3, its probe 1e-3).
 
     routine : None (keep the model's current blocks), "greedy", "chunked", "overlapping" or
         "backprop" with ``chunk_size`` units per chunk (see :mod:`fflib.routines`);
