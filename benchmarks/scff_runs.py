@@ -6,7 +6,8 @@ features of every block).
 
 The defaults are SCFF's recipe (fflib.unsupervised: scff_mlp's model, threshold 4 on the mean
 goodness, first layer x2, Adam 3e-3, probe Adam 1e-3); ``--epochs 0`` probes the untrained
-network (the baseline every SCFF number should be compared with).  Writes benchmarks/results/scff_mnist.json (hybrid_mnist.json for --method hybrid).  The run
+network (the baseline every SCFF number should be compared with).  Writes
+benchmarks/results/scff_mnist.json (hybrid_mnist.json for --method hybrid).  The run
 is a function, :func:`run`, returning a JSON-able dict (config, per-epoch history, test
 error, seconds) for benchmarks/reproduce.py.
 """
