@@ -251,7 +251,9 @@ def build_parser():
     t.add_argument("--method", choices=["ff", "scff", "hybrid"], default="ff",
                    help="ff (labels in the input); scff or hybrid: train the MLP without labels on "
                         "self-contrastive pairs or hybrid images for --epochs, then a linear probe "
-                        "(the one-pass head on every block) for as many epochs")
+                        "(the one-pass head on every block) for as many epochs; scff's defaults are its "
+                        "recipe (fflib.unsupervised.scff_mlp: threshold 4, first layer x2, --lr 3e-3, "
+                        "--head-lr 1e-3)")
     t.add_argument("--order", choices=["simultaneous", "layerwise"], default=None)
     t.add_argument("--negatives", choices=["uniform", "hard"], default=None)
     t.add_argument("--augment", default=None,
