@@ -23,8 +23,10 @@ probe, as in both papers).  :func:`fflib.fit` runs it with ``method="scff"`` or
 
 **The SCFF recipe** (:func:`scff_mlp` and :func:`fit_unsupervised`'s defaults for "scff"):
 mean goodness, RMS LenNorm, FF's eq. 1 loss (Hinton 2022) with threshold ``SCFF_THRESHOLD`` = 4
-on every block, Adam with lr ``SCFF_LR`` = 3e-3 for the blocks and ``SCFF_HEAD_LR`` = 1e-3 for
-the probe.  What the authors' MNIST code (``ContrastFF_MNIST.py`` with its ``config.json``)
+on every block, the first Linear's initial weights doubled (the authors' weight-shared halves,
+below), Adam with lr ``SCFF_LR`` = 3e-3 for the blocks and ``SCFF_HEAD_LR`` = 1e-3 for the
+probe.  On all of MNIST (784-2000-2000, 1 thread) one epoch and a 4-epoch probe reach 2.30 %
+test error against 3.40 % for the same probe on the untrained network (tests/test_scff.py).  What the authors' MNIST code (``ContrastFF_MNIST.py`` with its ``config.json``)
 does, for comparison: each image standardised (zero mean, unit std); first-layer
 pre-activation ``W a + W b + 2 c`` (twice the pre-activation of the pair's mean, not
 renormalised); layer loss ``softplus(th1 - g+) + softplus(g- - th2) + lamda * g+`` with g the
