@@ -4,7 +4,10 @@ features of every block).
 
     nice -n 10 python benchmarks/scff_runs.py --method scff --epochs 3 --head-epochs 3
 
-writes benchmarks/results/scff_mnist.json (hybrid_mnist.json for --method hybrid).  The run
+The defaults are SCFF's recipe (fflib.unsupervised: scff_mlp's model, threshold 4 on the mean
+goodness, first layer x2, Adam 3e-3, probe Adam 1e-3); ``--epochs 0`` probes the untrained
+network (the baseline every SCFF number should be compared with).  Writes
+benchmarks/results/scff_mnist.json (hybrid_mnist.json for --method hybrid).  The run
 is a function, :func:`run`, returning a JSON-able dict (config, per-epoch history, test
 error, seconds) for benchmarks/reproduce.py.
 """
@@ -20,14 +23,14 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
 import fflib  # noqa: E402
-from fflib import nn  # noqa: E402
 from fflib.optim import Adam  # noqa: E402
-from fflib.unsupervised import fit_unsupervised, probe_error  # noqa: E402
+from fflib.unsupervised import (SCFF_HEAD_LR, SCFF_LR, SCFF_THRESHOLD, fit_unsupervised,  # noqa: E402
+                                probe_error, scff_mlp)
 
 
-def run(method="scff", hidden=(2000, 2000), epochs=3, head_epochs=3, batch_size=100, lr=1e-3, head_lr=1e-3,
-        threshold=1.0, augment=None, num_train=None, threads=1, seed=0, data_dir=None, verbose=True,
-        partial_out=None):
+def run(method="scff", hidden=(2000, 2000), epochs=3, head_epochs=3, batch_size=100, lr=SCFF_LR,
+        head_lr=SCFF_HEAD_LR, threshold=SCFF_THRESHOLD, first_scale=2.0, augment=None, num_train=None, threads=1,
+        seed=0, data_dir=None, verbose=True, partial_out=None):
     """Train a 784-hidden MLP on MNIST without labels by ``method`` ("scff" or "hybrid"),
     then a softmax probe on all its blocks' features; return config, history, test error.
     ``partial_out``: a JSON file rewritten after every epoch with the history so far
@@ -41,13 +44,12 @@ def run(method="scff", hidden=(2000, 2000), epochs=3, head_epochs=3, batch_size=
     if num_train:
         x, y = x[:num_train], y[:num_train]
     sizes = [784] + list(hidden)
-    model = fflib.FFModel(nn.mlp(sizes, norm="rms"), input_shape=(1, 28, 28), label_encoding="none",
-                          loss="ff", goodness="mean", threshold=threshold, norm="rms",
-                          head_blocks=list(range(len(hidden))), seed=seed)
+    model = scff_mlp(tuple(hidden), (1, 28, 28), threshold, first_scale=first_scale, seed=seed)
     opt = Adam(model, lr=lr, head_lr=head_lr)
     config = {"method": method, "layers": sizes, "epochs": epochs, "head_epochs": head_epochs,
               "batch_size": batch_size, "lr": lr, "head_lr": head_lr, "loss": "ff", "goodness": "mean",
-              "threshold": threshold, "norm": "rms", "augment": augment, "num_train": int(len(y)),
+              "threshold": threshold, "first_scale": first_scale, "norm": "rms", "augment": augment,
+              "num_train": int(len(y)),
               "probe": "one-pass softmax head on the rms-normalised outputs of every block",
               "threads": threads, "seed": seed, "blas": fflib.blas_name()}
 
@@ -79,9 +81,10 @@ def main(argv=None):
     p.add_argument("--hidden", default="2000,2000")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--head-epochs", type=int, default=3)
-    p.add_argument("--threshold", type=float, default=1.0)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--head-lr", type=float, default=1e-3)
+    p.add_argument("--threshold", type=float, default=SCFF_THRESHOLD)
+    p.add_argument("--first-scale", type=float, default=2.0, help="first Linear's initial weights x this")
+    p.add_argument("--lr", type=float, default=SCFF_LR)
+    p.add_argument("--head-lr", type=float, default=SCFF_HEAD_LR)
     p.add_argument("--augment", default="none")
     p.add_argument("--num-train", type=int, default=None)
     p.add_argument("--threads", type=int, default=1)
@@ -89,7 +92,8 @@ def main(argv=None):
     a = p.parse_args(argv)
     out = a.out or os.path.join(HERE, "results", f"{a.method}_mnist.json")
     res = run(a.method, tuple(int(v) for v in a.hidden.split(",")), a.epochs, a.head_epochs, lr=a.lr,
-              head_lr=a.head_lr, threshold=a.threshold, augment=None if a.augment == "none" else a.augment,
+              head_lr=a.head_lr, threshold=a.threshold, first_scale=a.first_scale,
+              augment=None if a.augment == "none" else a.augment,
               num_train=a.num_train, threads=a.threads, partial_out=out)
     res["command"] = "python benchmarks/scff_runs.py " + " ".join(argv if argv is not None else sys.argv[1:])
     with open(out, "w") as f:

@@ -252,9 +252,10 @@ def build_parser():
     t.add_argument("--method", choices=["ff", "scff", "hybrid", "uff"], default="ff",
                    help="ff (labels in the input); scff or hybrid: train the MLP without labels on "
                         "self-contrastive pairs or hybrid images for --epochs, then a linear probe "
-                        "(the one-pass head on every block) for as many epochs; uff: autoencoder cells "
-                        "(each block reconstructs its input through its own decoder) for --epochs "
-                        "(default 5), then the linear probe for 10 epochs")
+                        "(the one-pass head on every block) for as many epochs; scff's defaults are its "
+                        "recipe (fflib.unsupervised.scff_mlp: threshold 4, first layer x2, --lr 3e-3, "
+                        "--head-lr 1e-3); uff: autoencoder cells (each block reconstructs its input "
+                        "through its own decoder) for --epochs (default 5), then the linear probe for 10 epochs")
     t.add_argument("--order", choices=["simultaneous", "layerwise"], default=None)
     t.add_argument("--negatives", choices=["uniform", "hard"], default=None)
     t.add_argument("--augment", default=None,

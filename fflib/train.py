@@ -138,7 +138,9 @@ def fit(model, x, y, *, epochs=10, batch_size=100, optimizer=None, scheduler=Non
         label-free training then ``head_epochs`` of a linear probe (the one-pass head) on the
         frozen features, by :func:`fflib.unsupervised.fit_unsupervised` (which takes
         ``batch_size``, ``optimizer``, ``scheduler``, ``augment``, ``random_state``,
-        ``x_val``/``y_val``, ``callback``; the model needs ``label_encoding="none"``), or
+        ``x_val``/``y_val``, ``callback``; the model needs ``label_encoding="none"``;
+        :func:`fflib.unsupervised.scff_mlp` builds SCFF's recipe model, and without
+        ``optimizer`` SCFF trains with Adam 3e-3, its probe 1e-3), or
         "uff" (Unsupervised FF, Hwang et al. 2024: autoencoder cells, each block reconstructing
         its input through its own decoder, then the same linear probe; the model needs
         ``loss="ae"``, see :func:`fflib.uff.uff_model`; run by :func:`fflib.uff.fit_uff`, which
