@@ -155,6 +155,8 @@ def run(name, *, epochs=None, subset=None, threads=1, out_dir=None, fresh=False,
     ckdir.mkdir(parents=True, exist_ok=True)
     _fold_session(ckdir)
     total = epochs or recipe.settings["epochs"]
+    if recipe.settings.get("method", "ff") in ("scff", "hybrid"):
+        total *= 2   # the label-free epochs, then as many epochs of the linear probe
     start = _checkpoint_epoch(ckdir)
     args = train_args(name, epochs, subset, threads, sample)
     cmd = [sys.executable, "-m", "fflib", "train", *args, "--checkpoint", str(ckdir), "--resume",
@@ -237,12 +239,13 @@ def run(name, *, epochs=None, subset=None, threads=1, out_dir=None, fresh=False,
                              + (" --sample" if sample else ""),
         "recipe": recipe.to_dict(),
         "config": dict(r["config"], checkpoint=_relative(r["config"].get("checkpoint"))),
-        "test_error": r["test_error"], "train_error": r["train_error"],
-        "block_accuracy_test": r["block_accuracy_test"],
+        # a label-free run (--method scff/hybrid) reports its linear probe's error only
+        "test_error": r["test_error"], "train_error": r.get("train_error"),
+        "block_accuracy_test": r.get("block_accuracy_test"),
         "epochs": r["epochs"],
         # the sum over every session's epochs: a resumed run's own train_seconds covers only its part
         "train_seconds": sum(e["seconds"] for e in r["epochs"]),
-        "test_eval_seconds": r["test_eval_seconds"],
+        "test_eval_seconds": r.get("test_eval_seconds"),
         "peak_rss_mb": max(s["peak_rss_mb"] for s in sessions if s.get("peak_rss_mb") is not None),
         # CPU seconds of every session run by this script (loading, training, evaluation)
         "cpu_seconds": sum(s.get("cpu_seconds", 0.0) for s in sessions),
@@ -255,8 +258,9 @@ def run(name, *, epochs=None, subset=None, threads=1, out_dir=None, fresh=False,
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_json(out, result)
     te = r["test_error"]
-    print(f"{tag}: test error one-pass {te['one_pass']:.2f}%  multi-pass {te['multi_pass']:.2f}%  "
-          f"({result['train_seconds'] / 60:.1f} min of training) -> {out}", flush=True)
+    what = (f"linear probe {te['probe']:.2f}%" if "probe" in te else
+            f"one-pass {te['one_pass']:.2f}%  multi-pass {te['multi_pass']:.2f}%")
+    print(f"{tag}: test error {what}  ({result['train_seconds'] / 60:.1f} min of training) -> {out}", flush=True)
     return 0
 
 

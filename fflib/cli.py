@@ -249,8 +249,8 @@ def build_parser():
     t.add_argument("--pipeline", action="store_true",
                    help="pipelined blocks: block k on minibatch t-k, the blocks at once on the threads "
                         "(same weights as sequential training)")
-    t.add_argument("--method", choices=["ff", "scff", "hybrid", "uff"], default="ff",
-                   help="ff (labels in the input); scff or hybrid: train the MLP without labels on "
+    t.add_argument("--method", choices=["ff", "scff", "hybrid", "uff"], default=None,
+                   help="default: the recipe's (ff). ff (labels in the input); scff or hybrid: train the MLP without labels on "
                         "self-contrastive pairs or hybrid images for --epochs, then a linear probe "
                         "(the one-pass head on every block) for as many epochs; scff's defaults are its "
                         "recipe (fflib.unsupervised.scff_mlp: threshold 4, first layer x2, --lr 3e-3, "
@@ -471,13 +471,22 @@ def load_train_test(a, bad):
 def train_command(a):
     from . import FFModel, mlp, Adam, MultiStepLR, LinearCooldown, fit, evaluate, set_num_threads, get_num_threads
     from . import __version__
+    # a recipe names its training method (a label-free one: fflib.unsupervised); the default is FF
+    recipe_method = recipes.get(a.recipe).settings.get("method", "ff") if a.recipe is not None else None
+    if a.method is None:
+        a.method = recipe_method or "ff"
+    elif recipe_method is not None and a.method != recipe_method:
+        _bad(f"--method {a.method} contradicts the recipe {a.recipe} (its method is {recipe_method})")
     if a.method == "uff":   # autoencoder cells: their own defaults (fflib.uff)
         from .uff import train_command_uff
         return train_command_uff(a, _bad)
     if a.method != "ff":
-        # label-free training has its own defaults (fflib.unsupervised); no recipe applies
+        # label-free training: its recipe's settings if one is named, then its own defaults
         if a.recipe is not None:
-            _bad(f"--recipe does not apply to --method {a.method}")
+            try:
+                recipes.resolve(a, a.recipe)
+            except ValueError as e:
+                _bad(str(e))
         for key, value in recipes.BASE.items():
             if getattr(a, key, None) is None:
                 setattr(a, key, value)

@@ -116,6 +116,13 @@ _ALL = [
            notes="Wu et al.'s N-pair margin loss (margin 1) over every label on sum goodness; the MLP "
                  "recipe's schedule with the head at twice the blocks' rate (benchmarks/df_runs.py "
                  "measured 2.01 / 1.92 with these settings through fit)"),
+    Recipe("mnist-mlp-scff", "mlp", "mnist", "MNIST MLP 784-2000-2000, self-contrastive FF without labels, "
+           "then a linear probe", dict(method="scff", layers=[2000, 2000], epochs=3, batch_size=100, goodness="mean",
+                                       norm="rms", augment=None, val_size=0, seed=0), default=False,
+           anchor="SCFF paper 1.3", target="<= 1.5",
+           notes="fflib.unsupervised.scff_mlp (threshold 4 on mean goodness, first layer x2), Adam 3e-3, then "
+                 "the one-pass head on both blocks as a linear probe (Adam 1e-3) for as many epochs; "
+                 "benchmarks/scff_runs.py measured 2.66 with these settings (3.64 for the untrained network)"),
     Recipe("mnist-cnn", "cnn", "mnist", "MNIST CNN (original FF): conv 32, conv 64, linear 256x100",
            dict(_CNN), status="measured", result={"one_pass": 1.35, "multi_pass": 1.64},
            source="benchmarks/results/reproduce/mnist-cnn.json", tuned_on=_TEST_TUNED,

@@ -357,17 +357,17 @@ def _fit_uff(model, x, y, args):
     when they differ from their defaults."""
     from .uff import fit_uff
     defaults = dict(windows=None, negatives="uniform", train_head=True, routine=None, chunk_size=2, alternate=False,
-                    augment=None, checkpoint=None, checkpoint_every=1, resume=False, pipeline=False, comm=None,
-                    distributed=None)
+                    augment=None, pipeline=False, comm=None, distributed=None)
     for key, value in defaults.items():
         if args[key] != value:
             raise ValueError(f"{key}={args[key]!r} does not apply to method 'uff' (autoencoder cells, then a "
-                             f"linear probe; without checkpoints)")
+                             f"linear probe)")
     order = {"layerwise": "sequential"}.get(args["order"], args["order"])
     return fit_uff(model, x, y, epochs=args["epochs"], head_epochs=args["head_epochs"], batch_size=args["batch_size"],
                    optimizer=args["optimizer"], scheduler=args["scheduler"], order=order,
                    random_state=args["random_state"], x_val=args["x_val"], y_val=args["y_val"],
-                   callback=args["callback"], progress=False)
+                   callback=args["callback"], progress=False, checkpoint=args["checkpoint"],
+                   checkpoint_every=args["checkpoint_every"], resume=args["resume"])
 
 
 def _fit_label_free(method, model, x, y, args):
@@ -377,16 +377,17 @@ def _fit_label_free(method, model, x, y, args):
     if not isinstance(method, str) or method not in METHODS:
         raise ValueError(f"method must be 'ff' or one of {METHODS}, got {method!r}")
     defaults = dict(order="simultaneous", windows=None, negatives="uniform", train_head=True, routine=None,
-                    chunk_size=2, alternate=False, checkpoint=None, checkpoint_every=1, resume=False, pipeline=False,
-                    comm=None, distributed=None)
+                    chunk_size=2, alternate=False, pipeline=False, comm=None, distributed=None)
     for key, value in defaults.items():
         if args[key] != value:
             raise ValueError(f"{key}={args[key]!r} does not apply to method {method!r} (label-free training "
-                             f"runs every block at once, without checkpoints)")
+                             f"runs every block at once)")
     return fit_unsupervised(model, x, y, method=method, epochs=args["epochs"], head_epochs=args["head_epochs"],
                             batch_size=args["batch_size"], optimizer=args["optimizer"], scheduler=args["scheduler"],
                             augment=args["augment"], random_state=args["random_state"], x_val=args["x_val"],
-                            y_val=args["y_val"], callback=args["callback"], progress=False)
+                            y_val=args["y_val"], callback=args["callback"], progress=False,
+                            checkpoint=args["checkpoint"], checkpoint_every=args["checkpoint_every"],
+                            resume=args["resume"])
 
 
 CHECKPOINT_FILE = "checkpoint.npz"

@@ -32,7 +32,6 @@ normalisation), simultaneous versus cell-by-cell training (both offered), and th
 (a linear softmax probe; the paper does not say it is linear).  Denoising, convolutional and
 GAN cells are not built: the ae loss accepts MLP blocks only and says so otherwise.
 """
-import time
 
 import numpy as np
 
@@ -66,7 +65,8 @@ def _count(name, v, lo):
 
 
 def fit_uff(model, x, y=None, *, epochs=10, head_epochs=5, batch_size=100, optimizer=None, scheduler=None,
-            order="simultaneous", random_state=0, x_val=None, y_val=None, callback=None, progress=False):
+            order="simultaneous", random_state=0, x_val=None, y_val=None, callback=None, progress=False,
+            checkpoint=None, checkpoint_every=1, resume=False):
     """Train ``model``'s autoencoder cells (``loss="ae"``, see :func:`uff_model`) on x without
     labels for ``epochs`` epochs, then its one-pass head on the frozen features for
     ``head_epochs`` epochs with the labels y (a linear probe; skipped when y is None).
@@ -78,9 +78,10 @@ def fit_uff(model, x, y=None, *, epochs=10, head_epochs=5, batch_size=100, optim
     stepped once per epoch.  Returns a history like :func:`fflib.fit`'s: per epoch its phase
     ("uff" or "probe"), the mean reconstruction loss of each block (None in the probe), the
     probe's loss, ``lr``, seconds, and ``val_error`` (the probe's, in percent) once the head has
-    trained and x_val is given."""
-    from .optim import Adam, _Optimizer, _Scheduler
-    from .unsupervised import probe_error
+    trained and x_val is given.  ``checkpoint``, ``checkpoint_every`` and ``resume`` as in
+    :func:`fflib.fit` (see :func:`fflib.unsupervised.label_free_epochs`)."""
+    from .optim import Adam
+    from .unsupervised import label_free_epochs
     if not isinstance(model, FFModel):
         raise TypeError(f"model must be an fflib.FFModel, got {type(model).__name__}")
     if model.config["loss"] != "ae" or not model.decoders:
@@ -99,59 +100,32 @@ def fit_uff(model, x, y=None, *, epochs=10, head_epochs=5, batch_size=100, optim
         raise ValueError("head_epochs > 0 needs a model with a one-pass head (head_blocks not None)")
     if (x_val is None) != (y_val is None):
         raise ValueError("x_val and y_val go together")
-    if optimizer is not None and (not isinstance(optimizer, _Optimizer) or optimizer.model is not model):
-        raise ValueError(f"optimizer must be an fflib optimiser created on this model, got {optimizer!r}")
+    from .train import _check_run_args
+    _check_run_args(model, optimizer, scheduler, checkpoint_every)
     if optimizer is None:
         optimizer = model.optimizer if model.optimizer is not None else Adam(model)
-    if scheduler is not None and (not isinstance(scheduler, _Scheduler) or scheduler.optimizer is not optimizer):
-        raise ValueError(f"scheduler must be an fflib schedule of the optimiser the run uses, got {scheduler!r}")
     rng = random_state if isinstance(random_state, np.random.Generator) else np.random.default_rng(random_state)
-    n, nb = x.shape[0], model.num_blocks
+    nb = model.num_blocks
     # the plan: one active mask per epoch (None: every block), then the probe's epochs
     if order == "simultaneous":
         plan = [None] * epochs
     else:
         plan = [np.eye(nb, dtype=np.uint8)[b] for b in range(nb) for _ in range(epochs)]
-    off = np.zeros(nb, np.uint8)
     plan += ["probe"] * head_epochs
-    history = {"method": "uff", "order": order, "epochs": [], "interrupted": False}
-    t_start = time.perf_counter()
-    model.train()
-    try:
-        for epoch, act in enumerate(plan):
-            probe = isinstance(act, str)
-            t0 = time.perf_counter()
-            perm = rng.permutation(n)
-            sums, steps = np.zeros(nb + 1), 0
-            for s in range(0, n, batch_size):
-                idx = perm[s:s + batch_size]
-                xb = np.ascontiguousarray(x[idx])
-                if probe:   # frozen cells: only the head steps
-                    losses = model.train_step(xb, np.ascontiguousarray(y[idx]), active=off, train_head=True)
-                else:
-                    losses = model.train_step(xb, None, active=act, train_head=False)
-                sums += losses
-                steps += 1
-            rec = {"epoch": epoch + 1, "phase": "probe" if probe else "uff",
-                   "active": None if probe or act is None else [int(b) for b in np.flatnonzero(act)],
-                   "block_loss": None if probe else [float(v) for v in sums[:nb] / max(steps, 1)],
-                   "head_loss": float(sums[nb] / max(steps, 1)) if probe else None,
-                   "lr": optimizer.lr, "seconds": time.perf_counter() - t0}
-            if probe and x_val is not None:
-                rec["val_error"] = probe_error(model, x_val, y_val)
-                model.train()
-            history["epochs"].append(rec)
-            if scheduler is not None:
-                scheduler.step()
-            if callback is not None:
-                callback(rec)
-            if progress:
-                print(f"uff epoch {epoch + 1}/{len(plan)} {rec}", flush=True)
-    except KeyboardInterrupt:
-        history["interrupted"] = True
-    history["train_seconds"] = time.perf_counter() - t_start
-    model.eval()
-    return history
+    off = np.zeros(nb, np.uint8)
+
+    def step(xb, yb, act):
+        if isinstance(act, str):   # frozen cells: only the head steps
+            return model.train_step(xb, yb, active=off, train_head=True)
+        return model.train_step(xb, None, active=act, train_head=False)
+
+    run = {"method": "uff", "epochs": int(epochs), "head_epochs": int(head_epochs), "batch_size": int(batch_size),
+           "order": order}
+    return label_free_epochs(model, x, y, plan, step, method="uff", batch_size=batch_size, min_batch=1,
+                             optimizer=optimizer, scheduler=scheduler, rng=rng, x_val=x_val, y_val=y_val,
+                             callback=callback, progress=progress, checkpoint=checkpoint,
+                             checkpoint_every=checkpoint_every, resume=resume, run=run,
+                             history={"order": order})
 
 
 def train_command_uff(a, bad):
@@ -160,9 +134,7 @@ def train_command_uff(a, bad):
     for that many epochs in turn), then its linear probe (the one-pass head on every block) for
     ``--head-epochs`` (default 10); prints and optionally writes (``--out``) the probe's test
     error.  ``bad(message)`` exits with a usage error."""
-    import json
-    import os
-    from . import set_num_threads, get_num_threads, __version__
+    from . import set_num_threads
     from .cli import _check_output, load_train_test
     from .optim import Adam
     if a.recipe is not None:
@@ -172,19 +144,23 @@ def train_command_uff(a, bad):
     for flag, given in (("--loss", a.loss not in (None, "ae")), ("--label-encoding", a.label_encoding not in (None, "none")),
                         ("--routine", a.routine not in (None, "greedy")), ("--pipeline", a.pipeline),
                         ("--negatives", a.negatives not in (None, "uniform")), ("--augment", a.augment),
-                        ("--checkpoint", a.checkpoint), ("--resume", a.resume), ("--alternate", a.alternate),
+                        ("--alternate", a.alternate),
                         ("--distributed", getattr(a, "distributed", None))):
         if given:
             bad(f"{flag} does not apply to --method uff (autoencoder cells reconstructing their inputs, then a "
                 f"linear probe)")
     _check_output("--out", a.out)
     _check_output("--save", a.save)
+    if a.resume and not a.checkpoint:
+        bad("--resume needs --checkpoint DIR (where the interrupted run kept its state)")
     if a.threads:
         set_num_threads(a.threads)
     for key in ("dataset", "seed"):   # the shared defaults the loader reads
         if getattr(a, key, None) is None:
             setattr(a, key, {"dataset": "sample", "seed": 0}[key])
     x, y, xt, yt = load_train_test(a, bad)
+    if a.subset:   # the first --subset training and test images
+        x, y, xt, yt = x[:a.subset], y[:a.subset], xt[:a.subset], yt[:a.subset]
     x, xt = x.reshape(len(x), -1), xt.reshape(len(xt), -1)
     layers = a.layers or [128, 128]
     epochs, head_epochs = a.epochs or 5, getattr(a, "head_epochs", None) or 10
@@ -199,29 +175,12 @@ def train_command_uff(a, bad):
     print(f"fflib: uff (autoencoder cells) on {a.dataset} without labels, MLP {sizes}, {epochs} epochs ({order}) "
           f"+ {head_epochs} probe epochs", flush=True)
 
-    def report(rec):
-        what = (f"reconstruction {' '.join(f'{v:.5f}' for v in rec['block_loss'])}" if rec["block_loss"] is not None
-                else f"probe loss {rec['head_loss']:.4f}")
-        print(f"epoch {rec['epoch']:3d} ({rec['phase']})  {what}  {rec['seconds']:.1f}s", flush=True)
-
+    from .unsupervised import epoch_printer, finish_command
     try:
         hist = fit_uff(model, x, y, epochs=epochs, head_epochs=head_epochs, batch_size=a.batch_size or 100,
-                       optimizer=opt, order=order, random_state=a.seed, callback=report)
+                       optimizer=opt, order=order, random_state=a.seed, callback=epoch_printer("reconstruction", 5),
+                       checkpoint=a.checkpoint, checkpoint_every=a.checkpoint_every, resume=a.resume)
     except (ValueError, TypeError) as e:
         bad(str(e).replace("\n", " "))
-    from .unsupervised import probe_error
-    err = probe_error(model, xt, yt)
-    print(f"test error (linear probe): {err:.2f}%  train {hist['train_seconds']:.1f}s", flush=True)
-    if a.save:
-        model.save(a.save)
-    if a.out:
-        res = {"config": {"method": "uff", "dataset": a.dataset, "layers": sizes, "epochs": epochs,
-                          "probe_epochs": head_epochs, "order": order, "lr": lr, "head_lr": head_lr, "norm": norm,
-                          "seed": a.seed, "threads": get_num_threads()},
-               "test_error": {"probe": err}, "epochs": hist["epochs"], "train_seconds": hist["train_seconds"],
-               "interrupted": hist["interrupted"], "fflib_version": __version__}
-        tmp = a.out + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(res, f, indent=2)
-        os.replace(tmp, a.out)
-    return 130 if hist["interrupted"] else 0
+    return finish_command(a, model, hist, xt, yt, sizes, epochs, head_epochs,
+                          {"order": order, "lr": lr, "head_lr": head_lr, "norm": norm})

@@ -190,7 +190,7 @@ def probe_error(model, x, y, batch_size=1000):
 
 def fit_unsupervised(model, x, y=None, *, method="scff", epochs=10, head_epochs=5, batch_size=100, optimizer=None,
                      scheduler=None, augment=None, iterations=HYBRID_ITERATIONS, random_state=0, x_val=None,
-                     y_val=None, callback=None, progress=False):
+                     y_val=None, callback=None, progress=False, checkpoint=None, checkpoint_every=1, resume=False):
     """Train ``model`` without labels on ``method``'s negatives for ``epochs`` epochs (every block
     at once, each on its own loss), then its one-pass head on the frozen features for
     ``head_epochs`` epochs with the labels y (a linear probe; skipped when y is None).
@@ -201,9 +201,10 @@ def fit_unsupervised(model, x, y=None, *, method="scff", epochs=10, head_epochs=
     probe, "hybrid" Adam's defaults.
     ``augment`` (SCFF): the pair's two members are two independently augmented views (the
     authors' MNIST recipe shifts by up to 2 pixels: ``"crop2"``); with "hybrid" the real
-    images are augmented before mixing.  Returns a history like :func:`fflib.fit`'s, each
-    epoch with ``val_error`` (the probe's, in percent) once the head has trained and x_val is
-    given."""
+    images are augmented before mixing.  ``checkpoint``, ``checkpoint_every`` and ``resume``
+    as in :func:`fflib.fit` (see :func:`label_free_epochs`).  Returns a history like
+    :func:`fflib.fit`'s, each epoch with ``val_error`` (the probe's, in percent) once the head
+    has trained and x_val is given."""
     from .optim import Adam
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS} (or 'ff' through fflib.fit), got {method!r}")
@@ -232,50 +233,85 @@ def fit_unsupervised(model, x, y=None, *, method="scff", epochs=10, head_epochs=
         raise ValueError(f"method 'hybrid' mixes images: the model needs input_shape (C, H, W) with H, W > 1, "
                          f"got {shape}")
     rng = _rng(random_state)
-    from .optim import _Optimizer, _Scheduler
-    if optimizer is not None and (not isinstance(optimizer, _Optimizer) or optimizer.model is not model):
-        raise ValueError(f"optimizer must be an fflib optimiser created on this model, got {optimizer!r}")
     if optimizer is None and model.optimizer is not None:
         optimizer = model.optimizer
     elif optimizer is None:
         optimizer = Adam(model, lr=SCFF_LR, head_lr=SCFF_HEAD_LR) if method == "scff" else Adam(model)
-    if scheduler is not None and (not isinstance(scheduler, _Scheduler) or scheduler.optimizer is not optimizer):
-        raise ValueError(f"scheduler must be an fflib schedule of the optimiser the run uses, got {scheduler!r}")
+    off = np.zeros(model.num_blocks, np.uint8)
+
+    def step(xb, yb, act):
+        if act == "probe":
+            # frozen blocks: only the head steps; x_neg is required by a label-free model's
+            # step and unused with no block active
+            return model.train_step(xb, yb, active=off, train_head=True, x_neg=xb)
+        if method == "scff":
+            x2 = None
+            if aug is not None:
+                x2 = aug(xb.copy().reshape((len(xb),) + shape), rng).reshape(xb.shape)
+                aug(xb.reshape((len(xb),) + shape), rng)
+            pos, neg = scff_pairs(xb, x2, random_state=rng)
+            return model.train_step(pos, None, train_head=False, x_neg=neg)
+        if aug is not None:
+            aug(xb.reshape((len(xb),) + shape), rng)
+        neg = hybrid_negatives(xb, shape, iterations=iterations, random_state=rng)
+        return model.train_step(xb, None, train_head=False, x_neg=neg)
+
+    run = {"method": method, "epochs": int(epochs), "head_epochs": int(head_epochs), "batch_size": int(batch_size),
+           "augment": augment, "iterations": int(iterations)}
+    return label_free_epochs(model, x, y, [None] * epochs + ["probe"] * head_epochs, step, method=method,
+                             batch_size=batch_size, min_batch=2, optimizer=optimizer, scheduler=scheduler, rng=rng,
+                             x_val=x_val, y_val=y_val, callback=callback, progress=progress, checkpoint=checkpoint,
+                             checkpoint_every=checkpoint_every, resume=resume, run=run)
+
+
+def label_free_epochs(model, x, y, plan, step, *, method, batch_size, min_batch, optimizer, scheduler, rng,
+                      x_val=None, y_val=None, callback=None, progress=False, checkpoint=None, checkpoint_every=1,
+                      resume=False, run=None, history=None):
+    """The epochs of a run without labels, shared by :func:`fit_unsupervised` (SCFF, hybrid
+    images) and :func:`fflib.uff.fit_uff` (autoencoder cells): ``plan[e]`` is ``"probe"`` (frozen
+    blocks, the head steps on y) or the active-block mask of a label-free epoch (None: every
+    block); ``step(xb, yb, plan[e])`` runs one minibatch (yb None outside the probe) and returns
+    the per-block and head losses.  Minibatches shorter than ``min_batch`` are skipped.
+
+    ``checkpoint`` (a directory): the run's whole state (weights, optimiser and schedule state,
+    the data RNG, the epoch, the history) is written atomically to ``checkpoint/checkpoint.npz``
+    every ``checkpoint_every`` epochs and after the last, as :func:`fflib.fit` does; with
+    ``resume`` a run continues from it and ends as an uninterrupted one would.  ``run``: the
+    settings a resumed run must share with the checkpointed one (the data's checksum is added).
+    Ctrl-C stops after the current minibatch with ``history["interrupted"]`` set."""
+    import os
+    import zlib
+    from .train import _check_run_args, _checkpoint_path, _restore, _write_checkpoint
+    _check_run_args(model, optimizer, scheduler, checkpoint_every)
     n, nb = x.shape[0], model.num_blocks
-    history = {"method": method, "epochs": [], "interrupted": False}
+    history = {"method": method, "epochs": [], "interrupted": False, **(history or {})}
+    run = dict(run or {}, plan=[p if p is None or isinstance(p, str) else [int(v) for v in p] for p in plan],
+               num_samples=int(n), data_crc32=[zlib.crc32(x), None if y is None else zlib.crc32(y)])
+    ckpt = None if checkpoint is None else _checkpoint_path(checkpoint)
+    if resume and ckpt is None:
+        raise ValueError("resume=True needs checkpoint= (the directory holding the checkpoint)")
+    start = 0
+    if resume and os.path.exists(ckpt):
+        optimizer, scheduler, start, history = _restore(ckpt, model, optimizer, scheduler, rng, run)
+        history["interrupted"] = False
     t_start = time.perf_counter()
-    off = np.zeros(nb, np.uint8)
     model.train()
     try:
-        for epoch in range(epochs + head_epochs):
-            probe = epoch >= epochs
+        for epoch in range(start, len(plan)):
+            act = plan[epoch]
+            probe = isinstance(act, str)
             t0 = time.perf_counter()
             perm = rng.permutation(n)
             sums, steps = np.zeros(nb + 1), 0
-            for s in range(0, n - 1, batch_size):
+            for s in range(0, n, batch_size):
                 idx = perm[s:s + batch_size]
-                if len(idx) < 2:
+                if len(idx) < min_batch:
                     continue
-                xb = np.ascontiguousarray(x[idx])
-                if probe:
-                    # frozen blocks: only the head steps; x_neg is required by a label-free
-                    # model's step and unused with no block active
-                    losses = model.train_step(xb, np.ascontiguousarray(y[idx]), active=off, train_head=True, x_neg=xb)
-                elif method == "scff":
-                    x2 = None
-                    if aug is not None:
-                        x2 = aug(xb.copy().reshape((len(idx),) + shape), rng).reshape(xb.shape)
-                        aug(xb.reshape((len(idx),) + shape), rng)
-                    pos, neg = scff_pairs(xb, x2, random_state=rng)
-                    losses = model.train_step(pos, None, train_head=False, x_neg=neg)
-                else:
-                    if aug is not None:
-                        aug(xb.reshape((len(idx),) + shape), rng)
-                    neg = hybrid_negatives(xb, shape, iterations=iterations, random_state=rng)
-                    losses = model.train_step(xb, None, train_head=False, x_neg=neg)
+                losses = step(np.ascontiguousarray(x[idx]), np.ascontiguousarray(y[idx]) if probe else None, act)
                 sums += losses
                 steps += 1
             rec = {"epoch": epoch + 1, "phase": "probe" if probe else method,
+                   "active": None if probe or act is None else [int(b) for b in np.flatnonzero(act)],
                    "block_loss": None if probe else [float(v) for v in sums[:nb] / max(steps, 1)],
                    "head_loss": float(sums[nb] / max(steps, 1)) if probe else None,
                    "lr": optimizer.lr, "seconds": time.perf_counter() - t0}
@@ -285,10 +321,12 @@ def fit_unsupervised(model, x, y=None, *, method="scff", epochs=10, head_epochs=
             history["epochs"].append(rec)
             if scheduler is not None:
                 scheduler.step()
+            if ckpt is not None and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == len(plan)):
+                _write_checkpoint(ckpt, model, optimizer, scheduler, rng, epoch + 1, history, run)
             if callback is not None:
                 callback(rec)
             if progress:
-                print(f"{method} epoch {epoch + 1}/{epochs + head_epochs} {rec}", flush=True)
+                print(f"{method} epoch {epoch + 1}/{len(plan)} {rec}", flush=True)
     except KeyboardInterrupt:
         history["interrupted"] = True
     history["train_seconds"] = time.perf_counter() - t_start
@@ -304,9 +342,7 @@ def train_command_label_free(a, bad):
     :func:`scff_mlp` (threshold ``SCFF_THRESHOLD``, first layer x2) and trains with Adam
     ``SCFF_LR`` / probe ``SCFF_HEAD_LR`` unless --threshold, --lr, --head-lr say otherwise.
     ``bad(message)`` exits with a usage error."""
-    import json
-    import os
-    from . import set_num_threads, get_num_threads, __version__
+    from . import set_num_threads
     from .nn import mlp
     from .optim import Adam
     if a.model != "mlp":
@@ -314,13 +350,17 @@ def train_command_label_free(a, bad):
     for flag, given in (("--loss", a.loss not in (None, "ff")), ("--label-encoding", a.label_encoding),
                         ("--routine", a.routine != "greedy"), ("--pipeline", a.pipeline),
                         ("--order", a.order != "simultaneous"), ("--negatives", a.negatives != "uniform"),
-                        ("--checkpoint", a.checkpoint), ("--resume", a.resume), ("--alternate", a.alternate)):
+                        ("--alternate", a.alternate)):
         if given:
             bad(f"{flag} does not apply to --method {a.method} (label-free FF loss, every block at once)")
+    if a.resume and not a.checkpoint:
+        bad("--resume needs --checkpoint DIR (where the interrupted run kept its state)")
     if a.threads:
         set_num_threads(a.threads)
     from .cli import load_train_test
     x, y, xt, yt = load_train_test(a, bad)
+    if a.subset:   # the first --subset training and test images
+        x, y, xt, yt = x[:a.subset], y[:a.subset], xt[:a.subset], yt[:a.subset]
     shape = tuple(x.shape[1:]) if x.ndim == 4 else (1,) + tuple(x.shape[1:])
     x, xt = x.reshape(len(x), -1), xt.reshape(len(xt), -1)
     epochs = a.epochs or 10
@@ -342,29 +382,52 @@ def train_command_label_free(a, bad):
     print(f"fflib: {a.method} on {a.dataset} without labels, MLP {sizes}, {epochs} epochs + {epochs} probe epochs",
           flush=True)
 
-    def report(rec):
-        what = (f"block losses {' '.join(f'{v:.4f}' for v in rec['block_loss'])}" if rec["block_loss"] is not None
-                else f"probe loss {rec['head_loss']:.4f}")
-        print(f"epoch {rec['epoch']:3d} ({rec['phase']})  {what}  {rec['seconds']:.1f}s", flush=True)
-
     try:
         hist = fit_unsupervised(model, x, y, method=a.method, epochs=epochs, head_epochs=epochs,
                                 batch_size=a.batch_size or 100, optimizer=opt, augment=a.augment,
-                                random_state=a.seed, callback=report)
+                                random_state=a.seed, callback=epoch_printer("block losses", 4),
+                                checkpoint=a.checkpoint, checkpoint_every=a.checkpoint_every, resume=a.resume)
     except (ValueError, TypeError) as e:
         bad(str(e).replace("\n", " "))
+    config = {"lr": lr, "head_lr": head_lr, "threshold": threshold,
+              "first_scale": 2.0 if scff and a.norm == "rms" and a.goodness == "mean" else 1.0,
+              "goodness": a.goodness, "norm": a.norm, "augment": a.augment}
+    return finish_command(a, model, hist, xt, yt, sizes, epochs, epochs, config)
+
+
+def epoch_printer(what, digits):
+    """The train command's line per epoch of a label-free run (``what``: the blocks' loss)."""
+    def report(rec):
+        losses = (f"{what} {' '.join(f'{v:.{digits}f}' for v in rec['block_loss'])}" if rec["block_loss"] is not None
+                  else f"probe loss {rec['head_loss']:.4f}")
+        print(f"epoch {rec['epoch']:3d} ({rec['phase']})  {losses}  {rec['seconds']:.1f}s", flush=True)
+    return report
+
+
+def finish_command(a, model, hist, xt, yt, sizes, epochs, probe_epochs, config):
+    """The end of ``train --method scff|hybrid|uff``: the linear probe's test error printed,
+    ``--save``, and ``--out``'s JSON (the run's settings with ``config``, per-epoch history,
+    the probe's test error, seconds, peak memory).  Returns the exit status (130 when
+    interrupted: the same command with ``--resume`` continues from ``--checkpoint``)."""
+    import json
+    import os
+    from . import __version__, blas_name, get_num_threads
+    from .cli import peak_rss_mb
+    t0 = time.perf_counter()
     err = probe_error(model, xt, yt)
-    print(f"test error (linear probe): {err:.2f}%  train {hist['train_seconds']:.1f}s", flush=True)
+    eval_s = time.perf_counter() - t0
+    print(f"test error (linear probe): {err:.2f}%  train {hist['train_seconds']:.1f}s  peak RSS {peak_rss_mb():.0f} MB",
+          flush=True)
     if a.save:
         model.save(a.save)
     if a.out:
-        res = {"config": {"method": a.method, "dataset": a.dataset, "layers": sizes, "epochs": epochs,
-                          "probe_epochs": epochs, "lr": lr, "head_lr": head_lr, "threshold": threshold,
-                          "first_scale": 2.0 if scff and a.norm == "rms" and a.goodness == "mean" else 1.0,
-                          "goodness": a.goodness, "norm": a.norm, "augment": a.augment, "seed": a.seed,
-                          "threads": get_num_threads()},
+        res = {"config": dict({"method": a.method, "recipe": a.recipe, "model": "mlp", "dataset": a.dataset,
+                               "subset": a.subset, "layers": sizes, "epochs": epochs, "probe_epochs": probe_epochs,
+                               "batch_size": a.batch_size or 100, "seed": a.seed, "threads": get_num_threads(),
+                               "checkpoint": a.checkpoint}, **config),
                "test_error": {"probe": err}, "epochs": hist["epochs"], "train_seconds": hist["train_seconds"],
-               "interrupted": hist["interrupted"], "fflib_version": __version__}
+               "test_eval_seconds": eval_s, "interrupted": hist["interrupted"], "peak_rss_mb": peak_rss_mb(),
+               "blas": blas_name(), "fflib_version": __version__}
         tmp = a.out + ".tmp"
         with open(tmp, "w") as f:
             json.dump(res, f, indent=2)

@@ -34,12 +34,14 @@ def load_run(recipe):
 
 
 def _pair(te):
+    if "probe" in te:   # a label-free run: the linear probe's error
+        return f"{te['probe']:.2f} (linear probe)"
     return f"{te['one_pass']:.2f} / {te['multi_pass']:.2f}"
 
 
 def _survey_gap(recipe, te):
     """ours minus the survey's figure, one-pass / multi-pass, in points (negative: fflib better)."""
-    if not recipe.survey:
+    if not recipe.survey or "probe" in te:
         return ""
     s1, s2 = (float(v) for v in recipe.survey.split("/"))
     return f"{te['one_pass'] - s1:+.2f} / {te['multi_pass'] - s2:+.2f}"

@@ -38,7 +38,28 @@ def test_label_free_methods_refuse_what_they_do_not_use(capsys):
 def test_help_documents_the_toolbox(capsys):
     with pytest.raises(SystemExit):
         cli.main(["train", "--help"])
-    text = " ".join(capsys.readouterr().out.split())
+    # argparse wraps lines at hyphens too ("self-" / "contrastive"): join such breaks back
+    text = " ".join(capsys.readouterr().out.split()).replace("- ", "-")
     for flag in ("--margin", "--method {ff,scff,hybrid,uff}", "--early-exit", "--early-exit-drop", "distance-forward",
                  "self-contrastive pairs", "hybrid images"):
         assert flag in text, flag
+
+
+def test_label_free_recipe_runs_and_resumes(tmp_path, capsys):
+    """--recipe mnist-mlp-scff (method scff) on the sample with a checkpoint: the run's JSON names
+    the recipe and its method; run again with --resume it continues from the finished checkpoint
+    (nothing left to train) and reports the same probe error."""
+    args = ["train", "--recipe", "mnist-mlp-scff", "--dataset", "sample", "--layers", "48,32", "--epochs", "1",
+            "--subset", "1000", "--threads", "1", "--no-progress", "--checkpoint", str(tmp_path / "ck")]
+    assert cli.main(args + ["--out", str(tmp_path / "a.json")]) == 0
+    a = json.loads((tmp_path / "a.json").read_text())
+    assert a["config"]["method"] == "scff" and a["config"]["recipe"] == "mnist-mlp-scff"
+    assert a["config"]["subset"] == 1000 and a["config"]["first_scale"] == 2.0
+    assert [e["phase"] for e in a["epochs"]] == ["scff", "probe"]
+    assert cli.main(args + ["--resume", "--out", str(tmp_path / "b.json")]) == 0
+    b = json.loads((tmp_path / "b.json").read_text())
+    assert b["test_error"] == a["test_error"] and b["epochs"] == a["epochs"]
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        cli.main(args + ["--method", "hybrid"])
+    assert "contradicts the recipe mnist-mlp-scff" in capsys.readouterr().err

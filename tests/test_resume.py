@@ -64,6 +64,56 @@ def test_resumed_fit_ends_bit_identical(name, sgd, tmp_path):
     assert opt2.lr == opt.lr and sched2.last_epoch == sched.last_epoch == 4
 
 
+def make_label_free(method):
+    from fflib.uff import uff_model
+    from fflib.unsupervised import scff_mlp
+    if method == "uff":
+        m = uff_model([64, 16, 12], 3, (1, 8, 8), seed=4)
+    elif method == "scff":
+        m = scff_mlp((16, 12), (1, 8, 8), seed=4)
+    else:
+        m = fflib.FFModel(fflib.mlp([64, 16, 12], norm="rms"), (1, 8, 8), 3, loss="ff", label_encoding="none",
+                          head_blocks=[0, 1], seed=4)
+    opt = fflib.Adam(m, lr=3e-3, head_lr=1e-3)
+    return m, opt, StepLR(opt, 2, 0.5)
+
+
+@pytest.mark.parametrize("method", ["scff", "hybrid", "uff"])
+def test_resumed_label_free_fit_ends_bit_identical(method, tmp_path):
+    """method scff/hybrid/uff: 3 label-free epochs and 2 probe epochs, stopped in the probe's
+    first epoch and resumed by a fresh model, optimiser and schedule, end bit-identical."""
+    rng = np.random.default_rng(3)
+    x = rng.random((24, 64), dtype=np.float32)
+    y = rng.integers(0, 3, 24)
+    kw = dict(method=method, epochs=3, head_epochs=2, batch_size=8, progress=False, random_state=11,
+              augment="crop2" if method == "scff" else None)
+    m, opt, sched = make_label_free(method)
+    full = fflib.fit(m, x, y, optimizer=opt, scheduler=sched, **kw)
+    m1, opt1, sched1 = make_label_free(method)
+    calls, step = [], m1.train_step
+
+    def dying_step(*a, **k):
+        calls.append(1)
+        if len(calls) == 11:             # the probe's first epoch, step 2 of 3
+            raise Killed()
+        return step(*a, **k)
+
+    m1.train_step = dying_step
+    h1 = fflib.fit(m1, x, y, optimizer=opt1, scheduler=sched1, checkpoint=tmp_path / "ck", **kw)
+    assert h1["interrupted"] and len(h1["epochs"]) == 3
+    m2, opt2, sched2 = make_label_free(method)
+    h2 = fflib.fit(m2, x, y, optimizer=opt2, scheduler=sched2, checkpoint=tmp_path / "ck", resume=True, **kw)
+    assert not h2["interrupted"] and [r["epoch"] for r in h2["epochs"]] == [1, 2, 3, 4, 5]
+    assert [r["head_loss"] for r in h2["epochs"]] == [r["head_loss"] for r in full["epochs"]]
+    assert [r["block_loss"] for r in h2["epochs"]] == [r["block_loss"] for r in full["epochs"]]
+    assert same_params(m, m2)
+    assert opt2.lr == opt.lr and sched2.last_epoch == sched.last_epoch == 5
+    m3, opt3, sched3 = make_label_free(method)
+    with pytest.raises(ValueError, match="the checkpoint was written by a run with"):
+        fflib.fit(m3, x, y, optimizer=opt3, scheduler=sched3, checkpoint=tmp_path / "ck", resume=True,
+                  **dict(kw, head_epochs=3))
+
+
 def test_resume_without_optimizer_restores_the_saved_kind(tmp_path):
     kw = dict(epochs=3, batch_size=8, progress=False, random_state=2)
     m, opt, sched = make_run("mlp", sgd=True)
