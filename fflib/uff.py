@@ -35,7 +35,7 @@ GAN cells are not built: the ae loss accepts MLP blocks only and says so otherwi
 
 import numpy as np
 
-from .nn import FFModel, as_float32_batch, mlp
+from .nn import FFModel, mlp
 
 __all__ = ["ORDERS", "uff_model", "fit_uff"]
 
@@ -58,12 +58,6 @@ def uff_model(sizes, num_classes=10, input_shape=None, *, norm="l2", head_blocks
                    label_encoding="none", head_blocks=heads, seed=seed)
 
 
-def _count(name, v, lo):
-    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < lo:
-        raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
-    return int(v)
-
-
 def fit_uff(model, x, y=None, *, epochs=10, head_epochs=5, batch_size=100, optimizer=None, scheduler=None,
             order="simultaneous", random_state=0, x_val=None, y_val=None, callback=None, progress=False,
             checkpoint=None, checkpoint_every=1, resume=False):
@@ -81,7 +75,7 @@ def fit_uff(model, x, y=None, *, epochs=10, head_epochs=5, batch_size=100, optim
     trained and x_val is given.  ``checkpoint``, ``checkpoint_every`` and ``resume`` as in
     :func:`fflib.fit` (see :func:`fflib.unsupervised.label_free_epochs`)."""
     from .optim import Adam
-    from .unsupervised import label_free_epochs
+    from .unsupervised import check_run, label_free_epochs
     if not isinstance(model, FFModel):
         raise TypeError(f"model must be an fflib.FFModel, got {type(model).__name__}")
     if model.config["loss"] != "ae" or not model.decoders:
@@ -89,17 +83,8 @@ def fit_uff(model, x, y=None, *, epochs=10, head_epochs=5, batch_size=100, optim
                          f"are made at construction; see fflib.uff.uff_model), got loss={model.config['loss']!r}")
     if order not in ORDERS:
         raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
-    x = as_float32_batch(x, "x", int(np.prod(model.input_shape)))
-    epochs, head_epochs = _count("epochs", epochs, 0), _count("head_epochs", head_epochs, 0)
-    batch_size = _count("batch_size", batch_size, 1)
-    if y is not None:
-        y = model._check_y(y, x.shape[0])
-    elif head_epochs:
-        raise ValueError("head_epochs > 0 trains the linear probe on labels: pass y (or head_epochs=0)")
-    if head_epochs and not model.has_head:
-        raise ValueError("head_epochs > 0 needs a model with a one-pass head (head_blocks not None)")
-    if (x_val is None) != (y_val is None):
-        raise ValueError("x_val and y_val go together")
+    x, y = check_run(model, x, y, epochs, head_epochs, batch_size, 1, x_val, y_val)
+    epochs, head_epochs, batch_size = int(epochs), int(head_epochs), int(batch_size)
     from .train import _check_run_args
     _check_run_args(model, optimizer, scheduler, checkpoint_every)
     if optimizer is None:

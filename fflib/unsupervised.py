@@ -213,18 +213,7 @@ def fit_unsupervised(model, x, y=None, *, method="scff", epochs=10, head_epochs=
     if model.label_encoding != "none" or model.config["loss"] not in ("ff", "symba"):
         raise ValueError(f"method {method!r} trains without labels: the model needs label_encoding='none' and the "
                          f"ff or symba loss, got label_encoding={model.label_encoding!r}, loss={model.config['loss']!r}")
-    x = as_float32_batch(x, "x", int(np.prod(model.input_shape)))
-    for name, v, lo in (("epochs", epochs, 0), ("head_epochs", head_epochs, 0), ("batch_size", batch_size, 2)):
-        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < lo:
-            raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
-    if y is not None:
-        y = model._check_y(y, x.shape[0])
-    elif head_epochs:
-        raise ValueError("head_epochs > 0 trains the linear probe on labels: pass y (or head_epochs=0)")
-    if head_epochs and not model.has_head:
-        raise ValueError("head_epochs > 0 needs a model with a one-pass head (head_blocks not None)")
-    if (x_val is None) != (y_val is None):
-        raise ValueError("x_val and y_val go together")
+    x, y = check_run(model, x, y, epochs, head_epochs, batch_size, 2, x_val, y_val)
     shape = tuple(model.input_shape)
     aug = parse_augment(augment)
     if aug is not None and shape[1] * shape[2] == 1:
@@ -262,6 +251,25 @@ def fit_unsupervised(model, x, y=None, *, method="scff", epochs=10, head_epochs=
                              batch_size=batch_size, min_batch=2, optimizer=optimizer, scheduler=scheduler, rng=rng,
                              x_val=x_val, y_val=y_val, callback=callback, progress=progress, checkpoint=checkpoint,
                              checkpoint_every=checkpoint_every, resume=resume, run=run)
+
+
+def check_run(model, x, y, epochs, head_epochs, batch_size, min_batch, x_val, y_val):
+    """The arguments every label-free run checks (:func:`fit_unsupervised`,
+    :func:`fflib.uff.fit_uff`): x as a float32 batch of the model's input, the counts, y (needed
+    by the probe) and the validation pair.  Returns (x, y)."""
+    x = as_float32_batch(x, "x", int(np.prod(model.input_shape)))
+    for name, v, lo in (("epochs", epochs, 0), ("head_epochs", head_epochs, 0), ("batch_size", batch_size, min_batch)):
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < lo:
+            raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
+    if y is not None:
+        y = model._check_y(y, x.shape[0])
+    elif head_epochs:
+        raise ValueError("head_epochs > 0 trains the linear probe on labels: pass y (or head_epochs=0)")
+    if head_epochs and not model.has_head:
+        raise ValueError("head_epochs > 0 needs a model with a one-pass head (head_blocks not None)")
+    if (x_val is None) != (y_val is None):
+        raise ValueError("x_val and y_val go together")
+    return x, y
 
 
 def label_free_epochs(model, x, y, plan, step, *, method, batch_size, min_batch, optimizer, scheduler, rng,

@@ -45,3 +45,34 @@ def mnist(data_dir):
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+def fflib_one_thread():
+    """Fixture body (module scope, autouse in the modules that compare against references):
+    fflib on one thread, a fixed summation order."""
+    import fflib
+    old = fflib.get_num_threads()
+    fflib.set_num_threads(1)
+    yield
+    fflib.set_num_threads(old)
+
+
+@pytest.fixture
+def torch_one_thread():
+    """torch (skipped without it) on one thread for the test."""
+    torch = pytest.importorskip("torch")
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield torch
+    torch.set_num_threads(old)
+
+
+def fd_grad(f, x, eps=1e-6):
+    """Central differences of scalar f at every entry of x (float64)."""
+    g = np.zeros_like(x)
+    for i in np.ndindex(x.shape):
+        xp, xm = x.copy(), x.copy()
+        xp[i] += eps
+        xm[i] -= eps
+        g[i] = (f(xp) - f(xm)) / (2 * eps)
+    return g

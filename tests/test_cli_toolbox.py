@@ -7,16 +7,14 @@ import pytest
 import fflib
 from fflib import cli
 
-TINY = ["--epochs", "1", "--layers", "48,32", "--threads", "1", "--no-progress", "--seed", "1", "--subset", "2000"]
+from test_cli_flags import TINY as FLAGS_TINY, fails as flags_fails
+
+TINY = FLAGS_TINY + ["--subset", "2000"]
 
 
 def fails(capsys, *args):
-    with pytest.raises(SystemExit) as e:
-        cli.main(["train", *TINY, *args])
-    assert e.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert "\n" not in err
-    return err
+    """The exit-2 message of a tiny run (test_cli_flags's) on 2,000 sample images."""
+    return flags_fails(capsys, "--subset", "2000", *args)
 
 
 def test_df_margin_reaches_the_model(tmp_path, capsys):

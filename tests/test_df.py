@@ -16,38 +16,13 @@ from fflib import _core, models
 from fflib import reference as ref
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import child_env  # noqa: E402
+from conftest import child_env, fd_grad, fflib_one_thread  # noqa: E402,F401
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """fflib on one thread (a fixed summation order; the PyTorch tests set torch's too)."""
-    old = fflib.get_num_threads()
-    fflib.set_num_threads(1)
-    yield
-    fflib.set_num_threads(old)
-
-
-@pytest.fixture
-def torch_one_thread():
-    torch = pytest.importorskip("torch")
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield torch
-    torch.set_num_threads(old)
-
-
-def fd_grad(f, x, eps=1e-6):
-    """Central differences of scalar f at every entry of x (float64)."""
-    g = np.zeros_like(x)
-    for i in np.ndindex(x.shape):
-        xp, xm = x.copy(), x.copy()
-        xp[i] += eps
-        xm[i] -= eps
-        g[i] = (f(xp) - f(xm)) / (2 * eps)
-    return g
+# fflib on one thread (a fixed summation order; the PyTorch tests set torch's too)
+single_thread = pytest.fixture(scope="module", autouse=True)(fflib_one_thread)
 
 
 # ---------------------------------------------------------------------------- the reference

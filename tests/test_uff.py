@@ -16,36 +16,13 @@ from fflib.nn import FFModel, mlp, Linear, ReLU, LenNorm, Conv2d, Flatten
 from fflib.optim import Adam, SGD
 from fflib.uff import fit_uff, uff_model
 
+from conftest import fd_grad, fflib_one_thread  # noqa: F401
+
 P = _core.PARAM_KINDS
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """fflib on one thread (a fixed summation order; the PyTorch tests set torch's too)."""
-    old = fflib.get_num_threads()
-    fflib.set_num_threads(1)
-    yield
-    fflib.set_num_threads(old)
-
-
-@pytest.fixture
-def torch_one_thread():
-    torch = pytest.importorskip("torch")
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield torch
-    torch.set_num_threads(old)
-
-
-def fd_grad(f, x, eps=1e-6):
-    """Central differences of scalar f at every entry of x (float64)."""
-    g = np.zeros_like(x)
-    for i in np.ndindex(x.shape):
-        xp, xm = x.copy(), x.copy()
-        xp[i] += eps
-        xm[i] -= eps
-        g[i] = (f(xp) - f(xm)) / (2 * eps)
-    return g
+# fflib on one thread (a fixed summation order; the PyTorch tests set torch's too)
+single_thread = pytest.fixture(scope="module", autouse=True)(fflib_one_thread)
 
 
 def batch(rng, B, D):
