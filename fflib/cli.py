@@ -797,10 +797,11 @@ def recipes_command(a):
     print(f"{'recipe':20s} {'status':9s} {'fflib %':>13s} {'survey':>11s} {'target':>8s}  command")
     for r in rows:
         res = r["result"]
-        got = "untuned" if res is None else f"{res['one_pass']:.2f} / {res['multi_pass']:.2f}"
+        got = "untuned" if res is None else recipes.format_result(res)
         print(f"{r['name']:20s} {r['status']:9s} {got:>13s} {r['survey'] or '-':>11s} "
               f"{r['target'] or '-':>8s}  {r['command']}")
-    print("\nfflib %: test error one-pass / multi-pass on the full test set, from the run in each recipe's\n"
+    print("\nfflib %: test error one-pass / multi-pass (a label-free recipe: its linear probe's) on the full\n"
+          "test set, from the run in each recipe's "
           "source (--json shows it, the settings and how they were tuned); untuned: no run with these\n"
           "settings yet.  Flags given to train override single settings of the recipe.")
     return 0

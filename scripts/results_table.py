@@ -33,10 +33,6 @@ def load_run(recipe):
         return json.load(f)
 
 
-def _pair(te):
-    if "probe" in te:   # a label-free run: the linear probe's error
-        return f"{te['probe']:.2f} (linear probe)"
-    return f"{te['one_pass']:.2f} / {te['multi_pass']:.2f}"
 
 
 def _survey_gap(recipe, te):
@@ -56,7 +52,7 @@ def rows():
         if run is not None:
             te = run["test_error"]
             cfg = run["config"]
-            row.update(ours=_pair(te), gap=_survey_gap(r, te),
+            row.update(ours=recipes.format_result(te), gap=_survey_gap(r, te),
                        epochs=f"{len(run['epochs'])}/{cfg['epochs']}",
                        time=f"{run['train_seconds'] / 60:.1f} min, {cfg.get('threads', '?')} thr",
                        rss=f"{run['peak_rss_mb']:.0f}")

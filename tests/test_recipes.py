@@ -132,7 +132,7 @@ def test_recipes_command_lists_them(capsys):
         assert recipes.command(r) in line
         assert ("untuned" in line) == (r.result is None)
         if r.result is not None:
-            assert f"{r.result['one_pass']:.2f} / {r.result['multi_pass']:.2f}" in line
+            assert recipes.format_result(r.result) in line
     assert cli.main(["recipes", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [r["name"] for r in rows] == list(recipes.RECIPES)
@@ -191,6 +191,6 @@ def test_results_tables_are_generated_from_the_json():
     for r in recipes.RECIPES.values():
         if r.source is not None:
             run = json.loads((REPO / r.source).read_text())
-            pair = f"{run['test_error']['one_pass']:.2f} / {run['test_error']['multi_pass']:.2f}"
+            pair = recipes.format_result(run["test_error"])
             assert pair in block and pair in md, r.name
         assert f"`{recipes.command(r)}`" in md
