@@ -377,8 +377,9 @@ def train_command_label_free(a, bad):
     head_lr = a.head_lr or (SCFF_HEAD_LR if scff else 1e-2)
     threshold = (SCFF_THRESHOLD if scff else 5.0) if a.threshold is None else a.threshold
     sizes = [x.shape[1]] + a.layers
+    recipe_model = scff and a.norm == "rms" and a.goodness == "mean"   # SCFF's recipe: scff_mlp
     try:
-        if scff and a.norm == "rms" and a.goodness == "mean":     # the recipe's model (scff_mlp)
+        if recipe_model:
             model = scff_mlp(a.layers, shape, threshold, seed=a.seed)
         else:
             model = FFModel(mlp(sizes, norm=a.norm), shape, 10, loss="ff", goodness=a.goodness,
@@ -398,7 +399,7 @@ def train_command_label_free(a, bad):
     except (ValueError, TypeError) as e:
         bad(str(e).replace("\n", " "))
     config = {"lr": lr, "head_lr": head_lr, "threshold": threshold,
-              "first_scale": 2.0 if scff and a.norm == "rms" and a.goodness == "mean" else 1.0,
+              "first_scale": 2.0 if recipe_model else 1.0,
               "goodness": a.goodness, "norm": a.norm, "augment": a.augment}
     return finish_command(a, model, hist, xt, yt, sizes, epochs, epochs, config)
 
