@@ -140,7 +140,8 @@ def build_model(name, args):
 
 
 def label_free(model):
-    return model.config["loss"] in ("cwc", "pvn", "xent")
+    from fflib.nn import GROUP_LOSSES
+    return model.config["loss"] in GROUP_LOSSES + ("xent",)
 
 
 def steps_of(name, args):

@@ -135,7 +135,7 @@ typedef struct {
 } ff_loss_ops;
 
 extern const ff_loss_ops ff_losses[];
-#define FF_NUM_LOSSES 7
+#define FF_NUM_LOSSES 8
 /* Row-wise softmax: probs (n, K) from logits. */
 void ff_softmax_rows(float *probs, const float *logits, int n, int K);
 

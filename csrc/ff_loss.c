@@ -195,13 +195,20 @@ static float pvn_loss(float *dG, const float *G, const int64_t *y, int B, int J,
 }
 
 /* CwC (CwComp eq. 3: softmax cross-entropy over the K group goodness values), mixed with PvN
- * by pvn_weight w: (1-w) CwC + w PvN.  PvN alone is w = 1. */
+ * by pvn_weight w: (1-w) CwC + w PvN.  PvN alone is w = 1.  DF_CWC is the DF N-pair margin
+ * loss on the group goodness: log(1 + sum_{j != y} exp(G_j - G_y + margin)), which is the
+ * softmax cross-entropy of the logits G + margin * (1 - onehot(y)) (no PvN part). */
 static float group_loss(const ff_block_loss *bl, const float *y, float *dy, int B, int T, int OC,
                         int HW, int K, const int64_t *labels, const ff_loss_scratch *s) {
     (void)T;
     int S = OC / K;
-    float w = bl->kind == FF_LOSS_PVN ? 1.0f : bl->pvn_weight, loss = 0.0f;
+    float w = bl->kind == FF_LOSS_PVN ? 1.0f : bl->kind == FF_LOSS_DF_CWC ? 0.0f : bl->pvn_weight;
+    float loss = 0.0f;
     ff_group_goodness_forward(s->G, y, B, K, S, HW);
+    if (bl->kind == FF_LOSS_DF_CWC)   /* the margin moves every wrong group's logit up */
+        for (int b = 0; b < B; b++)
+            for (int k = 0; k < K; k++)
+                if (k != labels[b]) s->G[(size_t)b * K + k] += bl->margin;
     if (w < 1.0f) {
         loss = (1.0f - w) * ff_softmax_xent(s->dG, NULL, s->G, labels, B, K);
         for (size_t i = 0; i < (size_t)B * K; i++) s->dG[i] *= 1.0f - w;
@@ -250,4 +257,5 @@ const ff_loss_ops ff_losses[FF_NUM_LOSSES] = {
     [FF_LOSS_XENT] = {"xent", 0, 0, 1, xent_loss, logit_scores},
     [FF_LOSS_DF] = {"df", FF_NEG_ALL, 0, 0, pair_loss, goodness_scores},
     [FF_LOSS_AE] = {"ae", FF_NEG_NONE, 0, 0, ae_loss, NULL, 1},
+    [FF_LOSS_DF_CWC] = {"df-cwc", 0, 1, 0, group_loss, group_scores},
 };

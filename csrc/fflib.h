@@ -260,9 +260,12 @@ typedef enum {
 typedef enum {
     FF_LOSS_FF = 0, FF_LOSS_SYMBA = 1, FF_LOSS_CWC = 2, FF_LOSS_PVN = 3, FF_LOSS_XENT = 4,
     FF_LOSS_DF = 5,
-    FF_LOSS_AE = 6      /* UFF autoencoder cell (Hwang et al. 2024): reconstruct the block's input
+    FF_LOSS_AE = 6,     /* UFF autoencoder cell (Hwang et al. 2024): reconstruct the block's input
                            from its output through the block's own linear decoder (ff_ae_loss);
                            needs ff_net_set_decoders, label_encoding none, no labels */
+    FF_LOSS_DF_CWC = 7  /* DF's N-pair margin loss (Wu et al. 2024) on CwC's K channel-group
+                           goodness values: one row per sample, log(1 + sum_{j != y}
+                           exp(G_j - G_y + margin)); reads the class like CwC */
 } ff_loss_kind;
 /* How the label enters the input (see ff_net_set_label_encoding). */
 typedef enum {
@@ -308,7 +311,7 @@ typedef struct {
     float norm_eps;
     float label_value;    /* one-hot value, Fourier amplitude, embedding initial scale */
     float pvn_weight;     /* with FF_LOSS_CWC: (1-w) CwC + w PvN; 0 = pure CwC */
-    float margin;         /* DF N-pair margin (>= 0) */
+    float margin;         /* DF and DF_CWC N-pair margin (>= 0) */
 } ff_config;
 
 typedef struct {

@@ -26,6 +26,7 @@ from . import datasets
 from . import models as zoo
 from . import recipes
 from .export import add_export_parser, run_export
+from .nn import GROUP_LOSSES
 
 
 def _core_tables():
@@ -230,11 +231,12 @@ def build_parser():
                    help="length normalisation between MLP layers (and of the one-pass head input)")
     t.add_argument("--loss", choices=list(_core_tables()[0]), default=None,
                    help="the blocks' local loss (default: symba for mlp/cnn, cwc for the CwC models); df is "
-                        "the distance-forward N-pair margin loss (--margin); xent is softmax cross-entropy on "
+                        "the distance-forward N-pair margin loss (--margin) over every label, df-cwc the same loss over "
+                        "the CwC models' channel groups (one pass per sample); xent is softmax cross-entropy on "
                         "a 10-wide last layer (the backprop baseline)")
     t.add_argument("--label-encoding", choices=list(_core_tables()[1]), default=None,
                    help="how the label enters the input (default: onehot for mlp, embedding for cnn; none "
-                        "for losses that read the class from the output: cwc, pvn, xent)")
+                        "for losses that read the class from the output: cwc, pvn, df-cwc, xent)")
     t.add_argument("--fourier-modes", default=None, metavar="FILE.npy|fflib|fit[:M]",
                    help="with --label-encoding fourier: the per-class waves, a (K, 4) or (K, M, 4) table "
                         "(wavelength, orientation, amplitude, phase) in a .npy file, the scheme fflib "
@@ -289,7 +291,7 @@ def build_parser():
                    help="with --loss cwc: (1-w) CwC + w PvN, w in [0, 1] (default 0: pure CwC)")
     t.add_argument("--alpha", type=_positive(float), default=None, help="SymBa's scale (default 4); --loss symba")
     t.add_argument("--margin", type=_nonnegative, default=None,
-                   help="the DF loss's margin m >= 0 (default 1); --loss df")
+                   help="the DF losses' margin m >= 0 (default 1); --loss df or df-cwc")
     t.add_argument("--optimizer", choices=["adam", "sgd"], default=None, help="default: the recipe's (adam)")
     t.add_argument("--momentum", type=_nonnegative, default=None, help="SGD momentum (default 0); --optimizer sgd")
     t.add_argument("--weight-decay", type=_nonnegative, default=0.0, help="L2 weight decay (default 0)")
@@ -376,8 +378,8 @@ def _check_api_flags(a, cwc):
         _bad(f"--pvn-weight mixes PvN into the cwc loss; it does not apply to --loss {loss}")
     if a.alpha is not None and loss != "symba":
         _bad(f"--alpha is SymBa's scale; it does not apply to --loss {loss}")
-    if a.margin is not None and loss != "df":
-        _bad(f"--margin is the DF loss's margin; it does not apply to --loss {loss}")
+    if a.margin is not None and loss not in ("df", "df-cwc"):
+        _bad(f"--margin is the DF losses' margin; it does not apply to --loss {loss}")
     if a.momentum is not None and a.optimizer != "sgd":
         _bad(f"--momentum is SGD's; give --optimizer sgd (got --optimizer {a.optimizer})")
     if a.windows is not None and (a.order != "simultaneous" or a.alternate or a.pipeline):
@@ -539,7 +541,7 @@ def train_command(a):
     if cwc and a.label_encoding not in (None, "none"):
         _bad(f"--label-encoding does not apply to {a.model} (channel-wise competitive models take no label in the input)")
     loss = a.loss or ("cwc" if cwc else "symba")
-    if not cwc and loss in ("cwc", "pvn") and a.model == "mlp":
+    if not cwc and loss in GROUP_LOSSES and a.model == "mlp":
         _bad(f"--loss {loss} needs a convolutional model with one channel group per class (cwcomp, ff_tiny, ...)")
     epochs = a.epochs or (DEFAULTS["epochs_sample"] if a.dataset == "sample" else DEFAULTS["epochs"])
     lr = a.lr or (DEFAULTS["lr_cwc"] if cwc else DEFAULTS["lr"])
@@ -620,7 +622,7 @@ def train_command(a):
               + (f"  val {val.get('one_pass', float('nan')):.2f}% / {val['multi_pass']:.2f}%" if val else "")
               + f"  {rec['seconds']:.1f}s", flush=True)
 
-    if (a.negatives == "hard" or a.order != "simultaneous") and loss in ("cwc", "pvn", "xent"):
+    if (a.negatives == "hard" or a.order != "simultaneous") and loss in GROUP_LOSSES + ("xent",):
         _bad("--negatives hard and --order layerwise apply to the ff and symba losses only")
     try:
         hist = fit(model, x, y, epochs=epochs, batch_size=batch_size, optimizer=opt, scheduler=sched,

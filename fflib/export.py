@@ -58,7 +58,9 @@ import tempfile
 
 import numpy as np
 
-LABEL_FREE = ("cwc", "pvn", "xent")
+from .nn import GROUP_LOSSES
+
+LABEL_FREE = GROUP_LOSSES + ("xent",)
 
 
 # ------------------------------------------------------------------------------------ plan
@@ -71,7 +73,7 @@ def default_multipass_blocks(model):
     """The blocks multi-pass sums by default, as :func:`fflib.evaluate`: every block for
     FF/SymBa, the last two for CwC/PvN."""
     nb = model.num_blocks
-    if model.config["loss"] in ("cwc", "pvn"):
+    if model.config["loss"] in GROUP_LOSSES:
         return [nb - 2, nb - 1] if nb > 1 else [nb - 1]
     return list(range(nb))
 
@@ -815,7 +817,7 @@ class _Gen:
                 lines.append(f"        k_head(logits, {src}, {w}, sc, {op['n']}, {p.K});")
             return lines + ["    }"]
         if kind == "score":
-            if p.loss in ("cwc", "pvn"):
+            if p.loss in GROUP_LOSSES:
                 if op["C"] % p.K == 0:
                     self.used.update(["group", "sumsq"])
                     return [f"    k_group_goodness(score, {src}, {p.K}, {op['n'] // p.K});"]

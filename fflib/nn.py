@@ -16,6 +16,8 @@ from ._loader import _core
 
 # The core's enum tables (name -> value), exported by the C core itself: one source of truth.
 LOSSES = dict(_core.LOSSES)
+#: the losses that read the class from K channel groups of each block's output (no label in the input)
+GROUP_LOSSES = ("cwc", "pvn", "df-cwc")
 GOODNESS = dict(_core.GOODNESS)
 NORMS = dict(_core.NORMS)
 LABEL_ENCODINGS = dict(_core.LABEL_ENCODINGS)
@@ -455,8 +457,9 @@ def _check_loss_fits(model, loss, ranges):
                          f"it needs label_encoding='none', got {model.label_encoding!r}")
     if loss == "df" and model.label_encoding == "none":
         raise ValueError("loss 'df' compares each sample's goodness under every label, but label_encoding "
-                         "is 'none'; use loss 'cwc', 'pvn' or 'xent', or a label encoding")
-    if loss not in ("cwc", "pvn", "xent"):
+                         "is 'none'; use loss 'df-cwc' (DF on channel groups), 'cwc', 'pvn' or 'xent', "
+                         "or a label encoding")
+    if loss not in GROUP_LOSSES + ("xent",):
         return
     for b, (_, end) in enumerate(ranges):
         last = int(end) - 1
@@ -544,16 +547,19 @@ class FFModel:
         K, the number of classes.
     blocks : list of int, optional
         Block ends (exclusive layer indices); default: a new block at every Linear/Conv2d.
-    loss : {"ff", "symba", "df", "cwc", "pvn", "xent", "ae"}
+    loss : {"ff", "symba", "df", "cwc", "pvn", "df-cwc", "xent", "ae"}
         FF softplus loss with threshold (eq. 1); SymBa; DF, the Distance-Forward goodness-based
         N-pair margin loss (Wu et al. 2024, arXiv:2408.14925): each sample with its true label
         against the same sample with each of the K - 1 wrong labels,
         ``mean_b log(1 + sum_j exp(g-_jb - g+_b + margin))`` (see :func:`fflib.reference.df_loss`;
         a step runs K rows per sample and ignores given negative labels); channel-wise competitive CwC (softmax
         cross-entropy over the K channel-group goodness values, eq. 3) or PvN (FF loss of the
-        true group's goodness against the mean of the others), mixed by ``pvn_weight``; or
-        softmax cross-entropy on a K-wide output (the backprop baseline).  The last three need
-        no label in the input and no negatives.
+        true group's goodness against the mean of the others), mixed by ``pvn_weight``; "df-cwc",
+        DF's N-pair margin loss on the K channel-group goodness values, one row per sample,
+        ``mean_b log(1 + sum_{j != y_b} exp(G_bj - G_by + margin))`` (see
+        :func:`fflib.reference.df_cwc_loss`: CwC's cross-entropy with the wrong groups' logits
+        raised by the margin); or softmax cross-entropy on a K-wide output (the backprop
+        baseline).  The last four need no label in the input and no negatives.
         "ae": the UFF autoencoder cell (Hwang et al. 2024, :mod:`fflib.uff`): each block of the
         cut made here gets a linear decoder back to its input (``decoders``) and the block's loss
         is the mean squared error of its input rebuilt from its output; no labels, no negatives,
@@ -563,7 +569,7 @@ class FFModel:
     alpha : float
         SymBa scale.
     margin : float
-        DF margin m >= 0 (default 1.0).
+        DF and df-cwc margin m >= 0 (default 1.0).
     goodness : {"sum", "mean"}
         Sum or mean of squared activities (FF, SymBa, DF).
     norm : {"l2", "rms", "none"}

@@ -23,7 +23,7 @@ __all__ = [
     "goodness_forward", "goodness_backward",
     "group_goodness_forward", "group_goodness_backward",
     "softplus", "sigmoid",
-    "ff_loss", "symba_loss", "df_loss", "softmax_xent", "cwc_loss", "pvn_loss", "ae_loss",
+    "ff_loss", "symba_loss", "df_loss", "softmax_xent", "cwc_loss", "df_cwc_loss", "pvn_loss", "ae_loss",
     "adam_step", "sgd_step",
     "conv2d_output_size", "conv2d_forward", "conv2d_backward",
     "batchnorm2d_forward_train", "batchnorm2d_forward_eval", "batchnorm2d_backward",
@@ -296,6 +296,33 @@ def cwc_loss(G, labels):
     Returns (L, dG (B,J)); identical to softmax_xent on G.
     """
     L, _, dG = softmax_xent(G, labels)
+    return L, dG
+
+
+def df_cwc_loss(G, labels, margin=1.0):
+    """DF's N-pair margin loss on channel-group goodness (fflib's ``loss="df-cwc"``).
+
+    The Distance-Forward loss (:func:`df_loss`, Wu et al. 2024) with CwComp's group goodness
+    (Papachristodoulou et al. 2024, eq. 2) as the class similarities: G (B, J) holds, for each
+    sample, the goodness of the channel group of each class, so one forward pass per sample gives
+    the true class's score G[b, y_b] and the J - 1 wrong ones, and
+
+        L = (1/B) sum_b log(1 + sum_{j != y_b} exp(G[b, j] - G[b, y_b] + m)).
+
+    With m = 0 this is CwComp's eq. 3 (:func:`cwc_loss`).  Returns (L, dG (B, J))."""
+    G = _f64(G)
+    if G.ndim != 2 or G.shape[1] < 2:
+        raise ValueError(f"G must be (B, J) with J >= 2 groups, got shape {G.shape}")
+    B, J = G.shape
+    y = _labels(labels, J)
+    rows = np.arange(B)
+    wrong = np.ones((B, J), dtype=bool)
+    wrong[rows, y] = False
+    gneg = G[wrong].reshape(B, J - 1).T                 # (J - 1, B): the wrong groups in class order
+    L, dgpos, dgneg = df_loss(G[rows, y], gneg, margin)
+    dG = np.zeros((B, J))
+    dG[rows, y] = dgpos
+    dG[wrong] = dgneg.T.reshape(-1)
     return L, dG
 
 

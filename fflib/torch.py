@@ -31,6 +31,7 @@ What one training step does, in both libraries (rows of B samples):
   or SymBa ``softplus(-alpha (g+ - g-))`` or DF ``log(1 + sum_j exp(g-_j - g+ + margin))`` over
   the sample's K - 1 wrong labels (the Distance-Forward N-pair margin loss) with goodness the sum or mean of squares; CwC softmax
   cross-entropy over the K channel-group goodness values, PvN, or their mix (``pvn_weight``);
+  df-cwc: the DF loss with the true group's goodness against the K - 1 other groups';
   xent: softmax cross-entropy of a K-wide output.  All averaged over the batch.
 * the one-pass head: Linear + softmax cross-entropy on the concatenated outputs of the head
   layers for the neutral rows, each normalised with the model's ``norm``/``norm_eps``; its input
@@ -53,8 +54,8 @@ except ImportError as _e:   # pragma: no cover - exercised in a subprocess by th
 __all__ = ["FFNet", "TorchFF", "to_module", "torch_scheduler", "compare", "df_loss", "ae_loss", "LenNorm", "BatchNorm2d", "Linear",
            "Conv2d", "MaxPool2d", "Flatten"]
 
-LABEL_FREE = ("cwc", "pvn", "mix", "xent", "ae")
-GROUP_LOSSES = ("cwc", "pvn", "mix")
+LABEL_FREE = ("cwc", "pvn", "mix", "df-cwc", "xent", "ae")
+GROUP_LOSSES = ("cwc", "pvn", "mix", "df-cwc")
 
 
 # ---------------------------------------------------------------------------- losses
@@ -625,6 +626,10 @@ class TorchFF:
                 raise ValueError(f"the {loss_kind} loss needs a block output whose channels split into "
                                  f"{K} groups, got shape {tuple(out.shape[1:])}")
             G = out[:B].reshape(B, K, -1).square().mean(dim=2)
+            if loss_kind == "df-cwc":   # DF's N-pair loss: the true group against the K - 1 others
+                wrong = torch.ones_like(G, dtype=torch.bool).scatter_(1, y[:, None], False)
+                return df_loss(G.gather(1, y[:, None])[:, 0], G[wrong].reshape(B, K - 1).t(),
+                               float(cfg.get("margin", 1.0)))
             w = 1.0 if loss_kind == "pvn" else float(cfg["pvn_weight"])
             loss = out.new_zeros(())
             if w < 1.0:

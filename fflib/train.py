@@ -9,7 +9,7 @@ import zlib
 
 import numpy as np
 
-from .nn import FFModel, as_float32_batch, _atomic_savez, _read_npz, _field
+from .nn import FFModel, GROUP_LOSSES, as_float32_batch, _atomic_savez, _read_npz, _field
 from .augment import parse as parse_augment
 from .routines import ROUTINES, block_ranges, unit_ranges
 
@@ -74,7 +74,7 @@ def evaluate(model, x, y, batch_size=1000, multipass_blocks=None):
             # trained to have high goodness for the right label: its goodness is noise
             ends = {b for _, b in saved}
             trained = [u for u, (_, e) in enumerate(units) if e in ends] or [len(units) - 1]
-            if model.config["loss"] in ("cwc", "pvn"):
+            if model.config["loss"] in GROUP_LOSSES:
                 trained = trained[-2:]
             multipass_blocks = trained
         sel = model._block_selection(multipass_blocks)

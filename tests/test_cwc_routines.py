@@ -16,16 +16,17 @@ from fflib.torch import TorchFF  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from oracle_torch import fflib_grads, rel_err, torch_grads  # noqa: E402
+from conftest import fd_grad  # noqa: E402
 
 
-def tiny_cwc(loss="cwc", pvn_weight=0.0, seed=0, head_blocks=None):
+def tiny_cwc(loss="cwc", pvn_weight=0.0, seed=0, head_blocks=None, margin=0.7):
     """Four units of BN -> Conv(3x3, pad 1) -> ReLU (-> pool), 4 or 8 channels for K=4 classes."""
     layers = models.conv_block(2, 4, 3, padding=1, batchnorm=True)
     layers += models.conv_block(4, 8, 3, padding=1, pool=2, batchnorm=True, groups=4)
     layers += models.conv_block(8, 8, 3, padding=1, batchnorm=True)
     layers += models.conv_block(8, 4, 3, padding=1, batchnorm=True)
     return fflib.FFModel(layers, (2, 8, 8), 4, loss=loss, pvn_weight=pvn_weight, threshold=2.0,
-                         label_encoding="none", norm="none", head_blocks=head_blocks, seed=seed)
+                         label_encoding="none", norm="none", head_blocks=head_blocks, seed=seed, margin=margin)
 
 
 def batch(rng, n=6):
@@ -50,6 +51,28 @@ def test_group_losses_against_reference(rng, loss, w):
     np.testing.assert_allclose((1 - wt) * dG_ce + wt * dG_pvn, t.grad.numpy(), rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("margin", [0.0, 0.8, 3.0])
+def test_df_cwc_loss_reference(rng, margin):
+    """DF's N-pair margin loss on group goodness: the float64 reference against finite
+    differences, against CwC's eq. 3 at margin 0, and against PyTorch's cross-entropy of the
+    logits with every wrong group raised by the margin (a different formula for the same loss)."""
+    G = rng.standard_normal((7, 5)) * 2
+    y = rng.integers(0, 5, 7)
+    L, dG = ref.df_cwc_loss(G, y, margin)
+    np.testing.assert_allclose(dG, fd_grad(lambda g: ref.df_cwc_loss(g, y, margin)[0], G), rtol=1e-6, atol=1e-9)
+    if margin == 0.0:
+        L0, dG0 = ref.cwc_loss(G, y)
+        assert L == pytest.approx(L0, rel=1e-12)
+        np.testing.assert_allclose(dG, dG0, atol=1e-14)
+    t = torch.tensor(G, requires_grad=True)
+    yt = torch.tensor(y)
+    tl = F.cross_entropy(t + margin * (1 - F.one_hot(yt, 5).double()), yt)
+    tl.backward()
+    assert float(tl.detach()) == pytest.approx(L, rel=1e-12)
+    np.testing.assert_allclose(dG, t.grad.numpy(), rtol=1e-10, atol=1e-14)
+    assert L > ref.cwc_loss(G, y)[0] or margin == 0.0     # the margin only adds to the loss
+
+
 def test_group_goodness_kernel(rng):
     act = rng.standard_normal((3, 8, 5, 5)).astype(np.float32)
     G = np.zeros((3, 4), np.float32)
@@ -63,7 +86,7 @@ def test_group_goodness_kernel(rng):
         fflib._core.group_goodness_forward(np.zeros((3, 3), np.float32), act, 3)
 
 
-@pytest.mark.parametrize("loss, w", [("cwc", 0.0), ("pvn", 0.0), ("cwc", 0.28)])
+@pytest.mark.parametrize("loss, w", [("cwc", 0.0), ("pvn", 0.0), ("cwc", 0.28), ("df-cwc", 0.0)])
 @pytest.mark.parametrize("routine", ["greedy", "chunked", "overlapping", "backprop"])
 def test_routines_gradients_match_torch(rng, loss, w, routine):
     m = tiny_cwc(loss, w)

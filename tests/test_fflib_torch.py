@@ -110,11 +110,12 @@ def test_to_module_names_weights_and_modes():
 # ---------------------------------------------------------------------------- training against the C
 
 CASES = [("symba", "onehot", {}), ("ff", "fourier", {}), ("ff", "embedding", {}),
-         ("cwc", "none", {}), ("pvn", "none", {}), ("cwc", "none", {"pvn_weight": 0.3})]
+         ("cwc", "none", {}), ("pvn", "none", {}), ("cwc", "none", {"pvn_weight": 0.3}),
+         ("df-cwc", "none", {"margin": 0.5})]
 
 
 @pytest.mark.parametrize("loss, encoding, cfg", CASES, ids=["symba-onehot", "ff-fourier", "ff-embedding",
-                                                            "cwc", "pvn", "cwc+pvn"])
+                                                            "cwc", "pvn", "cwc+pvn", "df-cwc"])
 def test_training_every_layer_kind_matches_fflib(rng, loss, encoding, cfg):
     """Three SGD steps with the head (its neutral rows go through batch norm with the training
     rows' statistics), then gradients, weights, running statistics and both inferences.  (SGD:

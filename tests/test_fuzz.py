@@ -134,7 +134,7 @@ LAYER_SETS = {
                                          st.sampled_from([(2 ** 30 + 5, 2, 2), (3, 2 ** 16, 2 ** 16), "12", 12.0,
                                                           (12,), [2, 6, 6]])), 3),
        K=mostly(st.sampled_from([2, 4, 5, 10]), st.one_of(st.integers(-1, 12), junk)),
-       loss=mostly(st.sampled_from(["ff", "symba", "cwc", "pvn", "xent"]), junk),
+       loss=mostly(st.sampled_from(["ff", "symba", "cwc", "pvn", "df-cwc", "xent"]), junk),
        goodness=mostly(st.sampled_from(["sum", "mean"]), junk),
        encoding=mostly(st.sampled_from(["onehot", "fourier", "embedding", "none"]), junk),
        threshold=mostly(st.floats(-3, 3), reals), alpha=mostly(st.floats(0.1, 8), reals),
@@ -155,7 +155,7 @@ def test_fuzz_model_construction(which, shape, K, loss, goodness, encoding, thre
                or not good_real(pvn_weight, 0, 1)
                or isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 64
                or isinstance(K, bool) or not isinstance(K, int) or K < 2
-               or loss not in ("ff", "symba", "cwc", "pvn", "xent") or goodness not in ("sum", "mean")
+               or loss not in ("ff", "symba", "cwc", "pvn", "df-cwc", "xent") or goodness not in ("sum", "mean")
                or encoding not in ("onehot", "fourier", "embedding", "none"))
 
     def check(m):
@@ -171,7 +171,7 @@ def test_fuzz_model_construction(which, shape, K, loss, goodness, encoding, thre
         g = m.goodness(x)
         if g.shape != (3, m.num_classes, m.num_blocks) or not finite(g):
             return f"goodness {g.shape} finite={finite(g)}"
-        if m.config["loss"] in ("cwc", "pvn", "xent") and not np.any(g):
+        if m.config["loss"] in ("cwc", "pvn", "df-cwc", "xent") and not np.any(g):
             return "label-free loss gives all-zero class scores"
         losses = m.train_step(x, y)
         if not finite(losses) or not all(finite(p) for p in m.parameters()):

@@ -1,0 +1,66 @@
+"""Choose the margin of ``loss="df-cwc"`` (Distance-Forward's N-pair margin loss on CwComp's
+channel-group goodness) for FF_small on CIFAR-10, on a validation split, never the test set.
+
+Each run is ``python -m fflib train`` on the first --subset training images with the last 5,000
+training images held out for validation (``--val-size 5000``), the light recipe's rates and
+augmentation with its schedule compressed to --epochs; margin 0 is the CwC loss itself (the
+baseline).  A run whose JSON exists is skipped, so the study resumes where it stopped:
+
+    python benchmarks/df_cwc_margin.py                       # margins 0 0.5 1 2, 10,000 images, 8 epochs
+    python benchmarks/df_cwc_margin.py --margins 0 1 --subset 2000 --epochs 2
+
+Writes benchmarks/results/df_cwc/<model>_m<margin>_n<subset>_e<epochs>.json (the train command's
+JSON: config, per-epoch history with validation error) and prints a table of the final
+validation errors.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+OUT = HERE / "results" / "df_cwc"
+
+
+def run_name(model, margin, subset, epochs):
+    return f"{model}_m{margin:g}_n{subset}_e{epochs}"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="ff_small")
+    p.add_argument("--margins", type=float, nargs="+", default=[0.0, 0.5, 1.0, 2.0])
+    p.add_argument("--subset", type=int, default=10000)
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--milestones", type=int, nargs="*", default=None,
+                   help="default: at 5/8 and 7/8 of the epochs (the light recipe's 25/35 of 50, compressed)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out-dir", default=str(OUT))
+    a = p.parse_args(argv)
+    milestones = a.milestones if a.milestones is not None else sorted({max(1, a.epochs * 5 // 8),
+                                                                      max(1, a.epochs * 7 // 8)})
+    out = Path(a.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for m in a.margins:
+        path = out / (run_name(a.model, m, a.subset, a.epochs) + ".json")
+        if not path.exists():
+            loss = ["--loss", "cwc"] if m == 0 else ["--loss", "df-cwc", "--margin", str(m)]
+            cmd = [sys.executable, "-m", "fflib", "train", "--dataset", "cifar10", "--model", a.model, *loss,
+                   "--subset", str(a.subset), "--val-size", "5000", "--epochs", str(a.epochs),
+                   "--milestones", *map(str, milestones), "--threads", str(a.threads), "--no-progress",
+                   "--out", str(path)]
+            print(" ".join(cmd[1:]), flush=True)
+            subprocess.run(cmd, check=True, cwd=HERE.parent, env=dict(os.environ))
+        res = json.loads(path.read_text())
+        val = res["epochs"][-1]["val_error"]
+        rows.append((m, val["one_pass"], val["multi_pass"], res["train_seconds"]))
+    print(f"{a.model}, {a.subset} training images, {a.epochs} epochs, validation error % (one-pass / multi-pass):")
+    for m, one, multi, s in rows:
+        print(f"  margin {m:g}{' (cwc)' if m == 0 else ''}: {one:.2f} / {multi:.2f}   {s:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
