@@ -50,7 +50,7 @@ def main(argv=None):
             loss = ["--loss", "cwc"] if m == 0 else ["--loss", "df-cwc", "--margin", str(m)]
             cmd = [sys.executable, "-m", "fflib", "train", "--dataset", "cifar10", "--model", a.model, *loss,
                    "--subset", str(a.subset), "--val-size", "5000", "--epochs", str(a.epochs),
-                   "--milestones", *map(str, milestones), "--threads", str(a.threads), "--no-progress",
+                   "--milestones", ",".join(map(str, milestones)), "--threads", str(a.threads), "--no-progress",
                    "--out", str(path)]
             print(" ".join(cmd[1:]), flush=True)
             subprocess.run(cmd, check=True, cwd=HERE.parent, env=dict(os.environ))

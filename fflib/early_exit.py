@@ -106,16 +106,16 @@ def head_stop(model):
 def block_macs(model, mode="multipass"):
     """Multiply-accumulates per image of each block an inference runs (Linear and Conv2d layers
     only; normalisation, ReLU and pooling are not counted).  Block b runs the layers between the
-    previous block's end and its own.  Multi-pass with the FF/SymBa losses runs every block once
-    per candidate label (K rows per image; label sharing saving part of the first layer is not
-    subtracted); one-pass runs a block once, and a block holding head inputs adds K MACs per
+    previous block's end and its own.  Multi-pass with the label in the input (FF, SymBa, DF)
+    runs every block once per candidate label (K rows per image; label sharing saving part of
+    the first layer is not subtracted), with the channel-group losses once; one-pass runs a block once, and a block holding head inputs adds K MACs per
     head feature it produces."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     net, K = model._net, model.num_classes
     blocks = model.blocks
     stop = head_stop(model) if mode == "onepass" else len(blocks)
-    per = K if mode == "multipass" and model.config["loss"] in ("ff", "symba") else 1
+    per = K if mode == "multipass" and model.label_encoding != "none" else 1
     costs, prev = [], 0
     for b in range(stop):
         end = blocks[b][1]

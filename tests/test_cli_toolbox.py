@@ -27,6 +27,18 @@ def test_df_margin_reaches_the_model(tmp_path, capsys):
     assert "--margin" in fails(capsys, "--loss", "df", "--margin", "-1")
 
 
+def test_df_cwc_on_a_channel_group_model(tmp_path, capsys):
+    """--loss df-cwc (DF's margin loss on channel-group goodness) on CwComp: the margin reaches
+    the model, no label channel is added; an MLP (no channel groups) is refused."""
+    out, save = tmp_path / "r.json", tmp_path / "m.npz"
+    assert cli.main(["train", "--model", "cwcomp", "--loss", "df-cwc", "--margin", "0.5", "--subset", "300",
+                     "--epochs", "1", "--threads", "1", "--no-progress", "--out", str(out), "--save", str(save)]) == 0
+    r, m = json.loads(out.read_text()), fflib.FFModel.load(save)
+    assert m.config["loss"] == "df-cwc" and m.config["margin"] == 0.5 and m.label_encoding == "none"
+    assert r["config"]["loss"] == "df-cwc"
+    assert "--loss df-cwc needs a convolutional model" in fails(capsys, "--loss", "df-cwc")
+
+
 def test_label_free_methods_refuse_what_they_do_not_use(capsys):
     assert "--early-exit does not apply to --method scff" in fails(capsys, "--method", "scff", "--early-exit",
                                                                    "--val-size", "100")

@@ -101,6 +101,12 @@ def test_label_free_loss_one_pass_scores():
     assert block_macs(m, "multipass").tolist() == [784 * 40 + 40 * 10]
 
 
+def test_df_multipass_runs_every_label():
+    """DF reads the label from the input as FF does: multi-pass runs K rows per image."""
+    m = fflib.FFModel(fflib.mlp([784, 40, 30]), 784, 10, loss="df")
+    assert block_macs(m, "multipass").tolist() == [10 * 784 * 40, 10 * 40 * 30]
+
+
 def test_bad_inputs_raise(model, test_x):
     x, y = test_x
     nb = model.num_blocks
