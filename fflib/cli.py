@@ -568,7 +568,10 @@ def train_command(a):
             net_layers = mlp(sizes, norm=a.norm)
             if loss == "xent":   # cross-entropy reads the last layer's logits: the net is one block
                 kw["blocks"] = [len(net_layers)]
-            model = FFModel(net_layers, x.shape[1], 10, **kw)
+            # augmentation shifts and mirrors images: the MLP then takes them as images (its
+            # first LenNorm and Linear read them flattened; a one-hot label goes into the first
+            # K pixels of every channel plane, for MNIST the same pixels as without)
+            model = FFModel(net_layers, image_shape if a.augment else x.shape[1], 10, **kw)
         elif a.model == "cnn":
             kw["label_encoding"] = a.label_encoding or "embedding"
             layers, shape = zoo.survey_cnn(a.dataset, norm=None if a.norm == "none" else a.norm,
