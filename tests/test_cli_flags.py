@@ -132,3 +132,13 @@ def test_help_documents_every_flag(capsys):
                  "--label-encoding", "--head-blocks", "--multipass-blocks", "--windows", "--early-exit"):
         assert flag in text
     assert "xent" in text and "none" in text
+
+
+def test_augment_reaches_the_mlp(tmp_path):
+    """--augment on the MLP: it takes the images as images (fit refuses augmentation of flat
+    inputs), so the shifts change its training; without --augment it stays flat."""
+    r, m = train(tmp_path, "--augment", "crop2", "--subset", "1000")
+    assert m.input_shape == (1, 28, 28) and r["config"]["augment"] == "crop2"
+    r0, m0 = train(tmp_path, "--subset", "1000")
+    assert m0.input_shape == (784, 1, 1)
+    assert r["epochs"][0]["block_loss"] != r0["epochs"][0]["block_loss"]
