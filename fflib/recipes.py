@@ -146,6 +146,12 @@ _ALL = [
            source="benchmarks/results/runs/cwcomp_mnist.json", tuned_on=_TEST_TUNED,
            survey="0.8 / 0.7", anchor="CwComp paper 0.58", target="<= 0.55",
            notes="CwC loss, Adam 1e-2, head at a tenth of that, steps at epochs 5 and 7, 2-pixel shifts"),
+    Recipe("mnist-cwcomp-dfcwc", "cwcomp", "mnist", "MNIST CwComp, distance-forward loss on channel groups (df-cwc)",
+           dict(_CWCOMP, loss="df-cwc", margin=0.5), default=False, anchor="DF paper 0.3 (a convnet)",
+           target="<= 1.0",
+           tuned_on="the margin from the CIFAR-10 FF_small validation study (benchmarks/df_cwc_margin.py); the "
+                    "rest is the MNIST CwComp recipe (" + _TEST_TUNED + ")",
+           notes="the MNIST CwComp recipe with DF's N-pair margin loss on each block's channel-group goodness"),
     # ---- Fashion-MNIST: the MNIST recipes, never run on it
     Recipe("fashion-mnist-mlp", "mlp", "fashion-mnist", "Fashion-MNIST MLP 784-500-100, 10 epochs",
            dict(_MLP), status="measured", result={"one_pass": 13.34, "multi_pass": 13.13},
