@@ -37,6 +37,7 @@ def main(argv=None):
     p.add_argument("--milestones", type=int, nargs="*", default=None,
                    help="default: at 5/8 and 7/8 of the epochs (the light recipe's 25/35 of 50, compressed)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--data-dir", default=None, help="CIFAR-10's directory (default: the train command's search)")
     p.add_argument("--out-dir", default=str(OUT))
     a = p.parse_args(argv)
     milestones = a.milestones if a.milestones is not None else sorted({max(1, a.epochs * 5 // 8),
@@ -51,16 +52,17 @@ def main(argv=None):
             cmd = [sys.executable, "-m", "fflib", "train", "--dataset", "cifar10", "--model", a.model, *loss,
                    "--subset", str(a.subset), "--val-size", "5000", "--epochs", str(a.epochs),
                    "--milestones", ",".join(map(str, milestones)), "--threads", str(a.threads), "--no-progress",
-                   "--out", str(path)]
+                   "--out", str(path)] + (["--data-dir", a.data_dir] if a.data_dir else [])
             print(" ".join(cmd[1:]), flush=True)
-            subprocess.run(cmd, check=True, cwd=HERE.parent, env=dict(os.environ))
+            subprocess.run(cmd, check=True, env=dict(os.environ))
         res = json.loads(path.read_text())
         val = res["epochs"][-1]["val_error"]
         rows.append((m, val["one_pass"], val["multi_pass"], res["train_seconds"]))
     print(f"{a.model}, {a.subset} training images, {a.epochs} epochs, validation error % (one-pass / multi-pass):")
     for m, one, multi, s in rows:
         print(f"  margin {m:g}{' (cwc)' if m == 0 else ''}: {one:.2f} / {multi:.2f}   {s:.0f} s")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -16,7 +16,7 @@ from fflib import _core, models
 from fflib import reference as ref
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import child_env, fd_grad, fflib_one_thread  # noqa: E402,F401
+from conftest import child_env, fd_grad, fflib_one_thread, shared_data_dir  # noqa: E402,F401
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -254,7 +254,6 @@ def test_light_model_with_df_takes_a_label_channel(rng):
 
 
 def test_cli_light_model_with_df(tmp_path):
-    from conftest import shared_data_dir
     cifar10_dir = shared_data_dir() / "cifar10"
     if not cifar10_dir.is_dir():
         pytest.skip(f"real CIFAR-10 not found under {cifar10_dir} (set FFLIB_DATA)")
@@ -300,3 +299,23 @@ def test_fit_refuses_hard_negatives_for_df():
     x, y = np.zeros((4, 20), np.float32), np.arange(4)
     with pytest.raises(ValueError, match="negatives='hard' does not apply to loss 'df'"):
         fflib.fit(m, x, y, epochs=1, negatives="hard", progress=False)
+
+
+def test_df_cwc_margin_study_runs_and_resumes(tmp_path):
+    """benchmarks/df_cwc_margin.py (how the df-cwc recipe's margin was chosen) on 200 images: one
+    train run per margin, its table from the runs' JSON, and a second call reruns nothing."""
+    cifar10_dir = shared_data_dir() / "cifar10"
+    if not cifar10_dir.is_dir():
+        pytest.skip(f"real CIFAR-10 not found under {cifar10_dir} (set FFLIB_DATA)")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "df_cwc_margin.py"
+    args = [sys.executable, str(script), "--model", "ff_tiny", "--margins", "0", "0.5", "--subset", "200",
+            "--epochs", "1", "--data-dir", str(cifar10_dir), "--out-dir", str(tmp_path)]
+    res = subprocess.run(args, capture_output=True, text=True, env=child_env(), cwd=tmp_path, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    runs = sorted(p.name for p in tmp_path.glob("*.json"))
+    assert runs == ["ff_tiny_m0.5_n200_e1.json", "ff_tiny_m0_n200_e1.json"]
+    assert json.loads((tmp_path / runs[0]).read_text())["config"]["loss"] == "df-cwc"
+    assert json.loads((tmp_path / runs[1]).read_text())["config"]["loss"] == "cwc"
+    assert "margin 0 (cwc):" in res.stdout and "margin 0.5:" in res.stdout
+    again = subprocess.run(args, capture_output=True, text=True, env=child_env(), cwd=tmp_path, timeout=600)
+    assert again.returncode == 0 and "fflib train" not in again.stdout and "margin 0.5:" in again.stdout
