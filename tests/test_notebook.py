@@ -165,7 +165,7 @@ def test_fourier_labels_notebook_runs_and_draws(tmp_path, monkeypatch):
 
 
 def test_losses_notebook_runs_and_draws(tmp_path, monkeypatch):
-    """notebooks/losses.ipynb: FF, SymBa, DF and CwC on one MLP and the embedded sample (2 epochs
+    """notebooks/losses.ipynb: FF, SymBa, DF, CwC and df-cwc on one MLP and the embedded sample (2 epochs
     here), with its three figures (error per epoch, per-layer accuracy, goodness histograms)."""
     nbformat = pytest.importorskip("nbformat")
     pytest.importorskip("matplotlib")
@@ -174,7 +174,7 @@ def test_losses_notebook_runs_and_draws(tmp_path, monkeypatch):
     pngs = _execute(nb, tmp_path, monkeypatch)
     assert len(pngs) == 2 and all(base64.b64decode(p).startswith(PNG_MAGIC) for p in pngs)
     saved = json.loads((tmp_path / "losses_results.json").read_text())
-    assert saved["epochs"] == 2 and set(saved["results"]) == {"ff", "symba", "df", "cwc"}
+    assert saved["epochs"] == 2 and set(saved["results"]) == {"ff", "symba", "df", "cwc", "df-cwc"}
     for name, r in saved["results"].items():
         assert len(r["test_error_per_epoch"]) == 2 and len(r["block_accuracy"]) == 2, name
         assert r["multi_pass"] < 20.0, name                  # measured 6.0 (df) to 11.9 (symba)
