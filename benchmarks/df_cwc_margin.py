@@ -10,18 +10,16 @@ baseline).  A run whose JSON exists is skipped, so the study resumes where it st
     python benchmarks/df_cwc_margin.py --margins 0 1 --subset 2000 --epochs 2
 
 Writes benchmarks/results/df_cwc/<model>_m<margin>_n<subset>_e<epochs>.json (the train command's
-JSON: config, per-epoch history with validation error) and prints a table of the final
-validation errors.
+JSON: config, per-epoch history with validation error; through benchmarks/recipe_study.py, which
+also writes summary.json) and prints a table of the final validation errors.
 """
 import argparse
-import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-OUT = HERE / "results" / "df_cwc"
+sys.path.insert(0, str(HERE))
+from recipe_study import run  # noqa: E402
 
 
 def run_name(model, margin, subset, epochs):
@@ -38,29 +36,21 @@ def main(argv=None):
                    help="default: at 5/8 and 7/8 of the epochs (the light recipe's 25/35 of 50, compressed)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--data-dir", default=None, help="CIFAR-10's directory (default: the train command's search)")
-    p.add_argument("--out-dir", default=str(OUT))
+    p.add_argument("--out-dir", default=str(HERE / "results" / "df_cwc"))
     a = p.parse_args(argv)
     milestones = a.milestones if a.milestones is not None else sorted({max(1, a.epochs * 5 // 8),
                                                                       max(1, a.epochs * 7 // 8)})
+    base = ["--dataset", "cifar10", "--model", a.model, "--subset", str(a.subset), "--epochs", str(a.epochs),
+            "--milestones", ",".join(map(str, milestones))] + (["--data-dir", a.data_dir] if a.data_dir else [])
+    variants = [(run_name(a.model, m, a.subset, a.epochs),
+                 ["--loss", "cwc"] if m == 0 else ["--loss", "df-cwc", "--margin", str(m)]) for m in a.margins]
     out = Path(a.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for m in a.margins:
-        path = out / (run_name(a.model, m, a.subset, a.epochs) + ".json")
-        if not path.exists():
-            loss = ["--loss", "cwc"] if m == 0 else ["--loss", "df-cwc", "--margin", str(m)]
-            cmd = [sys.executable, "-m", "fflib", "train", "--dataset", "cifar10", "--model", a.model, *loss,
-                   "--subset", str(a.subset), "--val-size", "5000", "--epochs", str(a.epochs),
-                   "--milestones", ",".join(map(str, milestones)), "--threads", str(a.threads), "--no-progress",
-                   "--out", str(path)] + (["--data-dir", a.data_dir] if a.data_dir else [])
-            print(" ".join(cmd[1:]), flush=True)
-            subprocess.run(cmd, check=True, env=dict(os.environ))
-        res = json.loads(path.read_text())
-        val = res["epochs"][-1]["val_error"]
-        rows.append((m, val["one_pass"], val["multi_pass"], res["train_seconds"]))
+    rows = {r["name"]: r for r in run(out.name, base, variants, 5000, a.threads, out.parent)}
     print(f"{a.model}, {a.subset} training images, {a.epochs} epochs, validation error % (one-pass / multi-pass):")
-    for m, one, multi, s in rows:
-        print(f"  margin {m:g}{' (cwc)' if m == 0 else ''}: {one:.2f} / {multi:.2f}   {s:.0f} s")
+    for m, (name, _) in zip(a.margins, variants):
+        r = rows[name]
+        print(f"  margin {m:g}{' (cwc)' if m == 0 else ''}: {r['val_one_pass']:.2f} / {r['val_multi_pass']:.2f}   "
+              f"{r['train_seconds']:.0f} s")
     return 0
 
 

@@ -313,7 +313,7 @@ def test_df_cwc_margin_study_runs_and_resumes(tmp_path):
     res = subprocess.run(args, capture_output=True, text=True, env=child_env(), cwd=tmp_path, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
     runs = sorted(p.name for p in tmp_path.glob("*.json"))
-    assert runs == ["ff_tiny_m0.5_n200_e1.json", "ff_tiny_m0_n200_e1.json"]
+    assert runs == ["ff_tiny_m0.5_n200_e1.json", "ff_tiny_m0_n200_e1.json", "summary.json"]
     assert json.loads((tmp_path / runs[0]).read_text())["config"]["loss"] == "df-cwc"
     assert json.loads((tmp_path / runs[1]).read_text())["config"]["loss"] == "cwc"
     assert "margin 0 (cwc):" in res.stdout and "margin 0.5:" in res.stdout

@@ -194,3 +194,25 @@ def test_results_tables_are_generated_from_the_json():
             pair = recipes.format_result(run["test_error"])
             assert pair in block and pair in md, r.name
         assert f"`{recipes.command(r)}`" in md
+
+
+def test_recipe_study_compares_variants_on_the_validation_split(tmp_path):
+    """benchmarks/recipe_study.py: one train run per variant with the shared flags and
+    --val-size, the summary best first by validation error, nothing rerun on a second call, and a
+    variant without NAME= refused."""
+    script = REPO / "benchmarks" / "recipe_study.py"
+    args = [sys.executable, str(script), "s", "--base", "--layers 24 --epochs 1 --subset 600", "--variant", "a=",
+            "--variant", "b=--lr 0.02 --seed 3", "--val-size", "300", "--out-dir", str(tmp_path)]
+    res = subprocess.run(args, capture_output=True, text=True, env=child_env(), cwd=tmp_path, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    b = json.loads((tmp_path / "s" / "b.json").read_text())["config"]
+    assert b["lr"] == 0.02 and b["seed"] == 3 and b["val_size"] == 300 and b["layers"] == [784, 24]
+    summary = json.loads((tmp_path / "s" / "summary.json").read_text())
+    assert {v["name"] for v in summary["variants"]} == {"a", "b"} and summary["val_size"] == 300
+    means = [(v["val_one_pass"] + v["val_multi_pass"]) / 2 for v in summary["variants"]]
+    assert means == sorted(means)
+    again = subprocess.run(args, capture_output=True, text=True, env=child_env(), cwd=tmp_path, timeout=600)
+    assert again.returncode == 0 and "fflib train" not in again.stdout
+    bad = subprocess.run([sys.executable, str(script), "s", "--variant", "nameless"], capture_output=True,
+                         text=True, env=child_env(), cwd=tmp_path, timeout=60)
+    assert bad.returncode == 2 and "NAME=FLAGS" in bad.stderr
