@@ -97,7 +97,11 @@ _ALL = [
     # ---- MNIST
     Recipe("mnist-mlp", "mlp", "mnist", "MNIST MLP 784-500-100, 10 epochs", dict(_MLP),
            status="measured", result={"one_pass": 2.41, "multi_pass": 2.42},
-           source="benchmarks/results/reproduce/mnist-mlp.json", tuned_on=_TEST_TUNED,
+           source="benchmarks/results/reproduce/mnist-mlp.json",
+           tuned_on=_TEST_TUNED + "; checked on a validation split (the last 5,000 training images, "
+                    "benchmarks/results/recipe_study/mnist-mlp/): rates 3e-3 to 1e-2, batch 50, 1- and 2-pixel "
+                    "shifts and the DF loss ended at 1.84 to 2.54 % validation error, and the best of them "
+                    "(batch 50 at 5e-3) matched this recipe over three seeds (mean 2.07 against 2.13 %)",
            survey="8.0 / 7.2", target="<= 2.0",
            notes="SymBa loss on mean goodness, RMS normalisation, Adam 3e-3 with a linear cooldown"),
     Recipe("mnist-mlp-ff", "mlp", "mnist", "MNIST MLP 784-500-100, 10 epochs, Hinton's FF loss (eq. 1)",
