@@ -301,8 +301,9 @@ def test_fit_refuses_hard_negatives_for_df():
         fflib.fit(m, x, y, epochs=1, negatives="hard", progress=False)
 
 
-def test_df_cwc_margin_study_runs_and_resumes(tmp_path):
-    """benchmarks/df_cwc_margin.py (how the df-cwc recipe's margin was chosen) on 200 images: one
+def test_cli_df_cwc_margin_study_runs_and_resumes(tmp_path):
+    """benchmarks/df_cwc_margin.py (how the df-cwc recipe's margin was chosen; train commands in child
+    processes, hence "cli" in the name, which the sanitizer job skips) on 200 images: one
     train run per margin, its table from the runs' JSON, and a second call reruns nothing."""
     cifar10_dir = shared_data_dir() / "cifar10"
     if not cifar10_dir.is_dir():
