@@ -40,7 +40,7 @@ def run(study, base, variants, val_size=5000, threads=1, out_dir=OUT):
         val = res["epochs"][-1]["val_error"]
         rows.append({"name": name, "flags": " ".join(flags), "val_one_pass": val.get("one_pass"),
                      "val_multi_pass": val["multi_pass"], "train_seconds": res["train_seconds"]})
-    rows.sort(key=lambda r: _mean(r))
+    rows.sort(key=_mean)
     (out / "summary.json").write_text(json.dumps({"study": study, "base": " ".join(base), "val_size": val_size,
                                                   "variants": rows}, indent=1) + "\n")
     return rows

@@ -108,8 +108,8 @@ def block_macs(model, mode="multipass"):
     only; normalisation, ReLU and pooling are not counted).  Block b runs the layers between the
     previous block's end and its own.  Multi-pass with the label in the input (FF, SymBa, DF)
     runs every block once per candidate label (K rows per image; label sharing saving part of
-    the first layer is not subtracted), with the channel-group losses once; one-pass runs a block once, and a block holding head inputs adds K MACs per
-    head feature it produces."""
+    the first layer is not subtracted), with the channel-group losses once; one-pass runs a
+    block once, and a block holding head inputs adds K MACs per head feature it produces."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     net, K = model._net, model.num_classes
