@@ -9,7 +9,7 @@ Each run's JSON (the train command's: config, per-epoch history with validation 
 test error, which a study must not choose by) goes to benchmarks/results/recipe_study/STUDY/NAME.json;
 a variant whose JSON exists is not rerun, so a study resumes where it stopped.  The table printed
 at the end (and written as STUDY/summary.json) lists the variants by mean validation error of
-one-pass and multi-pass.
+one-pass and multi-pass (a label-free run, ``--method scff``: its linear probe's).
 """
 import argparse
 import json
@@ -38,8 +38,11 @@ def run(study, base, variants, val_size=5000, threads=1, out_dir=OUT):
             subprocess.run(cmd, check=True, env=dict(os.environ))
         res = json.loads(path.read_text())
         val = res["epochs"][-1]["val_error"]
+        if not isinstance(val, dict):   # a label-free run (--method scff, ...): its linear probe's error
+            val = {"probe": val}
         rows.append({"name": name, "flags": " ".join(flags), "val_one_pass": val.get("one_pass"),
-                     "val_multi_pass": val["multi_pass"], "train_seconds": res["train_seconds"]})
+                     "val_multi_pass": val.get("multi_pass"), "val_probe": val.get("probe"),
+                     "train_seconds": res["train_seconds"]})
     rows.sort(key=_mean)
     (out / "summary.json").write_text(json.dumps({"study": study, "base": " ".join(base), "val_size": val_size,
                                                   "variants": rows}, indent=1) + "\n")
@@ -47,15 +50,19 @@ def run(study, base, variants, val_size=5000, threads=1, out_dir=OUT):
 
 
 def _mean(r):
-    vals = [v for v in (r["val_one_pass"], r["val_multi_pass"]) if v is not None]
+    vals = [v for v in (r["val_one_pass"], r["val_multi_pass"], r.get("val_probe")) if v is not None]
     return sum(vals) / len(vals)
 
 
 def print_table(study, rows):
-    print(f"{study}: final validation error % (one-pass / multi-pass), best first")
+    print(f"{study}: final validation error % (one-pass / multi-pass, or the linear probe's), best first")
     for r in rows:
-        one = "-" if r["val_one_pass"] is None else f"{r['val_one_pass']:.2f}"
-        print(f"  {r['name']:16s} {one} / {r['val_multi_pass']:.2f}   {r['train_seconds']:.0f} s   {r['flags']}")
+        if r.get("val_probe") is not None:
+            err = f"{r['val_probe']:.2f} (probe)"
+        else:
+            one = "-" if r["val_one_pass"] is None else f"{r['val_one_pass']:.2f}"
+            err = f"{one} / {r['val_multi_pass']:.2f}"
+        print(f"  {r['name']:16s} {err}   {r['train_seconds']:.0f} s   {r['flags']}")
 
 
 def _variant(text):

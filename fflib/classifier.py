@@ -327,7 +327,7 @@ class FFClassifier(ClassifierMixin, BaseEstimator):
         probe_epochs = (self.head_epochs or epochs) if self.method != "ff" else 0
         opt = self._optimizer(model)
         sched = None
-        total = epochs + probe_epochs if self.order == "simultaneous" else epochs * model.num_blocks
+        total = (epochs if self.order == "simultaneous" else epochs * model.num_blocks) + probe_epochs
         if self.milestones:
             sched = MultiStepLR(opt, self.milestones, self.gamma)
         elif self.cooldown:

@@ -258,7 +258,9 @@ def build_parser():
                         "recipe (fflib.unsupervised.scff_mlp: threshold 4, first layer x2, --lr 3e-3, "
                         "--head-lr 1e-3); uff: autoencoder cells (each block reconstructs its input "
                         "through its own decoder) for --epochs (default 5), then the linear probe for 10 epochs")
-    t.add_argument("--order", choices=["simultaneous", "layerwise"], default=None)
+    t.add_argument("--order", choices=["simultaneous", "layerwise"], default=None,
+                   help="every block on every minibatch (default), or each block alone in turn for --epochs "
+                        "epochs (the blocks' phase lasts --epochs times the number of blocks)")
     t.add_argument("--negatives", choices=["uniform", "hard"], default=None)
     t.add_argument("--augment", default=None,
                    help="image augmentation of training batches: flip, cropN (random shift by up to N "
@@ -271,6 +273,10 @@ def build_parser():
     t.add_argument("--val-size", type=int, default=None,
                    help="hold out the last N training samples as a validation set, evaluated every "
                         "epoch (tune on it, never on the test set)")
+    t.add_argument("--head-epochs", type=_positive(int), default=None, metavar="N",
+                   help="epochs training only the one-pass head on the frozen blocks after the blocks' "
+                        "epochs (default: none with labels; the linear probe of --method scff/hybrid/uff: "
+                        "as many as --epochs, 10 for uff)")
     t.add_argument("--seed", type=_seed, default=None)
     t.add_argument("--subset", type=_positive(int), default=None, metavar="N",
                    help="smoke runs: only the first N training, validation and test images each")
@@ -470,6 +476,23 @@ def load_train_test(a, bad):
     return x, y, xt, yt
 
 
+def split_validation(a, x, y, xt, yt, bad):
+    """The train command's data split: the last ``--val-size`` training samples held out as the
+    validation set (None, None without it), then ``--subset`` N of each.  Returns
+    (x, y, x_val, y_val, x_test, y_test)."""
+    val_size = a.val_size or 0
+    if not 0 <= val_size < len(x):
+        bad(f"--val-size must be in [0, {len(x)}), got {val_size}")
+    xv = yv = None
+    if val_size:
+        x, xv, y, yv = x[:-val_size], x[-val_size:], y[:-val_size], y[-val_size:]
+    if a.subset:
+        x, y, xt, yt = x[:a.subset], y[:a.subset], xt[:a.subset], yt[:a.subset]
+        if xv is not None:
+            xv, yv = xv[:a.subset], yv[:a.subset]
+    return x, y, xv, yv, xt, yt
+
+
 def train_command(a):
     from . import FFModel, mlp, Adam, MultiStepLR, LinearCooldown, fit, evaluate, set_num_threads, get_num_threads
     from . import __version__
@@ -525,15 +548,7 @@ def train_command(a):
     image_shape = tuple(x.shape[1:])
     x = x.reshape(len(x), -1)
     xt = xt.reshape(len(xt), -1)
-    if not 0 <= a.val_size < len(x):
-        _bad(f"--val-size must be in [0, {len(x)}), got {a.val_size}")
-    xv = yv = None
-    if a.val_size:
-        x, xv, y, yv = x[:-a.val_size], x[-a.val_size:], y[:-a.val_size], y[-a.val_size:]
-    if a.subset:
-        x, y, xt, yt = x[:a.subset], y[:a.subset], xt[:a.subset], yt[:a.subset]
-        if xv is not None:
-            xv, yv = xv[:a.subset], yv[:a.subset]
+    x, y, xv, yv, xt, yt = split_validation(a, x, y, xt, yt, _bad)
     # a light model under a loss that reads the label from the input takes a label channel
     labelled_light = a.model in zoo.LIGHT_MODELS and a.loss in zoo.LABEL_LOSSES
     cwc = a.model in CWC_MODELS and not labelled_light
@@ -598,11 +613,14 @@ def train_command(a):
               "cooldown": a.cooldown, "augment": a.augment, "seed": a.seed, "threads": get_num_threads(),
               "checkpoint": a.checkpoint, "checkpoint_every": a.checkpoint_every, "resume": a.resume,
               "num_train": int(len(y)), "num_test": int(len(yt)), "val_size": a.val_size,
+              "head_epochs": a.head_epochs or 0,
               "num_params": model.num_parameters(), "num_params_with_head": model.num_parameters(head=True),
               "distributed": a.distributed, "ranks": 1 if comm is None else comm.Get_size(),
               **_api_config(a, model)}
     # a pipeline across ranks trains the head after the blocks (see fflib.distributed)
-    head_epochs = 1 if a.distributed == "pipeline" and model.has_head else 0
+    head_epochs = a.head_epochs or (1 if a.distributed == "pipeline" and model.has_head else 0)
+    if a.head_epochs and not model.has_head:
+        _bad("--head-epochs trains the one-pass head: the model needs one (--head-blocks)")
     try:
         opt = _make_optimizer(a, model, lr, head_lr, Adam)
         sched = None
@@ -633,8 +651,8 @@ def train_command(a):
                    alternate=a.alternate, augment=a.augment, random_state=a.seed, x_val=xv, y_val=yv,
                    progress=not a.no_progress and sys.stderr.isatty(), callback=report,
                    checkpoint=a.checkpoint, checkpoint_every=a.checkpoint_every, resume=a.resume,
-                   pipeline=a.pipeline, windows=a.windows,
-                   **({} if comm is None else dict(comm=comm, distributed=a.distributed, head_epochs=head_epochs)))
+                   pipeline=a.pipeline, windows=a.windows, head_epochs=head_epochs,
+                   **({} if comm is None else dict(comm=comm, distributed=a.distributed)))
     except (ValueError, TypeError, OSError) as e:
         _bad(str(e).replace("\n", " "))
     if rank != 0:       # rank 0 evaluates and writes; the others hold the same model

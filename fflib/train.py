@@ -138,13 +138,14 @@ def fit(model, x, y, *, epochs=10, batch_size=100, optimizer=None, scheduler=Non
         label-free training then ``head_epochs`` of a linear probe (the one-pass head) on the
         frozen features, by :func:`fflib.unsupervised.fit_unsupervised` (which takes
         ``batch_size``, ``optimizer``, ``scheduler``, ``augment``, ``random_state``,
-        ``x_val``/``y_val``, ``callback``; the model needs ``label_encoding="none"``;
+        ``x_val``/``y_val``, ``callback``, and ``order`` "simultaneous" or "layerwise": each
+        block alone in turn for ``epochs`` epochs; the model needs ``label_encoding="none"``;
         :func:`fflib.unsupervised.scff_mlp` builds SCFF's recipe model, and without
         ``optimizer`` SCFF trains with Adam 3e-3, its probe 1e-3), or
         "uff" (Unsupervised FF, Hwang et al. 2024: autoencoder cells, each block reconstructing
         its input through its own decoder, then the same linear probe; the model needs
         ``loss="ae"``, see :func:`fflib.uff.uff_model`; run by :func:`fflib.uff.fit_uff`, which
-        takes the same options and ``order`` "simultaneous" or "sequential").
+        takes the same options and ``order`` "simultaneous" or "layerwise", there called "sequential").
 
     routine : None (keep the model's current blocks), "greedy", "chunked", "overlapping" or
         "backprop" with ``chunk_size`` units per chunk (see :mod:`fflib.routines`);
@@ -376,15 +377,16 @@ def _fit_label_free(method, model, x, y, args):
     from .unsupervised import METHODS, fit_unsupervised
     if not isinstance(method, str) or method not in METHODS:
         raise ValueError(f"method must be 'ff' or one of {METHODS}, got {method!r}")
-    defaults = dict(order="simultaneous", windows=None, negatives="uniform", train_head=True, routine=None,
+    defaults = dict(windows=None, negatives="uniform", train_head=True, routine=None,
                     chunk_size=2, alternate=False, pipeline=False, comm=None, distributed=None)
     for key, value in defaults.items():
         if args[key] != value:
             raise ValueError(f"{key}={args[key]!r} does not apply to method {method!r} (label-free training "
-                             f"runs every block at once)")
+                             f"on explicit negatives, then a linear probe)")
+    order = {"layerwise": "sequential"}.get(args["order"], args["order"])
     return fit_unsupervised(model, x, y, method=method, epochs=args["epochs"], head_epochs=args["head_epochs"],
                             batch_size=args["batch_size"], optimizer=args["optimizer"], scheduler=args["scheduler"],
-                            augment=args["augment"], random_state=args["random_state"], x_val=args["x_val"],
+                            augment=args["augment"], order=order, random_state=args["random_state"], x_val=args["x_val"],
                             y_val=args["y_val"], callback=args["callback"], progress=False,
                             checkpoint=args["checkpoint"], checkpoint_every=args["checkpoint_every"],
                             resume=args["resume"])

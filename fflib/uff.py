@@ -36,10 +36,9 @@ GAN cells are not built: the ae loss accepts MLP blocks only and says so otherwi
 import numpy as np
 
 from .nn import FFModel, mlp
+from .unsupervised import ORDERS   # one list of orders for every label-free run
 
 __all__ = ["ORDERS", "uff_model", "fit_uff"]
-
-ORDERS = ("simultaneous", "sequential")
 
 
 def uff_model(sizes, num_classes=10, input_shape=None, *, norm="l2", head_blocks="all", seed=0):
@@ -75,7 +74,7 @@ def fit_uff(model, x, y=None, *, epochs=10, head_epochs=5, batch_size=100, optim
     trained and x_val is given.  ``checkpoint``, ``checkpoint_every`` and ``resume`` as in
     :func:`fflib.fit` (see :func:`fflib.unsupervised.label_free_epochs`)."""
     from .optim import Adam
-    from .unsupervised import check_run, label_free_epochs
+    from .unsupervised import check_run, label_free_epochs, label_free_plan
     if not isinstance(model, FFModel):
         raise TypeError(f"model must be an fflib.FFModel, got {type(model).__name__}")
     if model.config["loss"] != "ae" or not model.decoders:
@@ -91,12 +90,7 @@ def fit_uff(model, x, y=None, *, epochs=10, head_epochs=5, batch_size=100, optim
         optimizer = model.optimizer if model.optimizer is not None else Adam(model)
     rng = random_state if isinstance(random_state, np.random.Generator) else np.random.default_rng(random_state)
     nb = model.num_blocks
-    # the plan: one active mask per epoch (None: every block), then the probe's epochs
-    if order == "simultaneous":
-        plan = [None] * epochs
-    else:
-        plan = [np.eye(nb, dtype=np.uint8)[b] for b in range(nb) for _ in range(epochs)]
-    plan += ["probe"] * head_epochs
+    plan = label_free_plan(nb, epochs, head_epochs, order)
     off = np.zeros(nb, np.uint8)
 
     def step(xb, yb, act):
@@ -120,7 +114,7 @@ def train_command_uff(a, bad):
     ``--head-epochs`` (default 10); prints and optionally writes (``--out``) the probe's test
     error.  ``bad(message)`` exits with a usage error."""
     from . import set_num_threads
-    from .cli import _check_output, load_train_test
+    from .cli import _check_output, load_train_test, split_validation
     from .optim import Adam
     if a.recipe is not None:
         bad("--recipe does not apply to --method uff")
@@ -144,11 +138,10 @@ def train_command_uff(a, bad):
         if getattr(a, key, None) is None:
             setattr(a, key, {"dataset": "sample", "seed": 0}[key])
     x, y, xt, yt = load_train_test(a, bad)
-    if a.subset:   # the first --subset training and test images
-        x, y, xt, yt = x[:a.subset], y[:a.subset], xt[:a.subset], yt[:a.subset]
     x, xt = x.reshape(len(x), -1), xt.reshape(len(xt), -1)
+    x, y, xv, yv, xt, yt = split_validation(a, x, y, xt, yt, bad)
     layers = a.layers or [128, 128]
-    epochs, head_epochs = a.epochs or 5, getattr(a, "head_epochs", None) or 10
+    epochs, head_epochs = a.epochs or 5, a.head_epochs or 10
     lr, head_lr, norm = a.lr or 3e-3, a.head_lr or 0.1, a.norm or "l2"
     order = {None: "simultaneous", "layerwise": "sequential"}.get(a.order, a.order)
     sizes = [x.shape[1]] + list(layers)
@@ -163,7 +156,8 @@ def train_command_uff(a, bad):
     from .unsupervised import epoch_printer, finish_command
     try:
         hist = fit_uff(model, x, y, epochs=epochs, head_epochs=head_epochs, batch_size=a.batch_size or 100,
-                       optimizer=opt, order=order, random_state=a.seed, callback=epoch_printer("reconstruction", 5),
+                       optimizer=opt, order=order, random_state=a.seed, x_val=xv, y_val=yv,
+                       callback=epoch_printer("reconstruction", 5),
                        checkpoint=a.checkpoint, checkpoint_every=a.checkpoint_every, resume=a.resume)
     except (ValueError, TypeError) as e:
         bad(str(e).replace("\n", " "))

@@ -57,10 +57,11 @@ from . import _core
 from .augment import parse as parse_augment
 from .nn import FFModel, as_float32_batch
 
-__all__ = ["METHODS", "SCFF_THRESHOLD", "SCFF_LR", "SCFF_HEAD_LR", "scff_pairs", "hybrid_masks",
+__all__ = ["METHODS", "ORDERS", "SCFF_THRESHOLD", "SCFF_LR", "SCFF_HEAD_LR", "scff_pairs", "hybrid_masks",
            "hybrid_negatives", "scff_mlp", "probe_error", "fit_unsupervised"]
 
 METHODS = ("scff", "hybrid")
+ORDERS = ("simultaneous", "sequential")   # every block on every minibatch, or one block after another
 SCFF_THRESHOLD = 4.0    # FF threshold on the mean goodness (see the module docstring)
 SCFF_LR = 3e-3          # Adam learning rate of the blocks (the authors' first layer: AdamW 3e-3)
 SCFF_HEAD_LR = 1e-3     # Adam learning rate of the linear probe (the authors' probe: Adam 1e-3)
@@ -189,11 +190,17 @@ def probe_error(model, x, y, batch_size=1000):
 
 
 def fit_unsupervised(model, x, y=None, *, method="scff", epochs=10, head_epochs=5, batch_size=100, optimizer=None,
-                     scheduler=None, augment=None, iterations=HYBRID_ITERATIONS, random_state=0, x_val=None,
-                     y_val=None, callback=None, progress=False, checkpoint=None, checkpoint_every=1, resume=False):
-    """Train ``model`` without labels on ``method``'s negatives for ``epochs`` epochs (every block
-    at once, each on its own loss), then its one-pass head on the frozen features for
-    ``head_epochs`` epochs with the labels y (a linear probe; skipped when y is None).
+                     scheduler=None, augment=None, iterations=HYBRID_ITERATIONS, order="simultaneous", random_state=0,
+                     x_val=None, y_val=None, callback=None, progress=False, checkpoint=None, checkpoint_every=1,
+                     resume=False):
+    """Train ``model`` without labels on ``method``'s negatives for ``epochs`` epochs, then its
+    one-pass head on the frozen features for ``head_epochs`` epochs with the labels y (a linear
+    probe; skipped when y is None).
+
+    ``order``: "simultaneous" (every block on every minibatch, each on its own loss) or
+    "sequential" (block b alone for ``epochs`` epochs, then block b + 1, as the SCFF authors
+    train their layers one after the other: the label-free phase lasts ``epochs * num_blocks``
+    epochs, each later block's epochs running the frozen earlier blocks forward).
 
     The model needs ``label_encoding="none"`` and a loss with negatives (ff, symba); for SCFF
     :func:`scff_mlp` builds the recipe's.  Without ``optimizer`` (and none attached to the
@@ -208,6 +215,8 @@ def fit_unsupervised(model, x, y=None, *, method="scff", epochs=10, head_epochs=
     from .optim import Adam
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS} (or 'ff' through fflib.fit), got {method!r}")
+    if not isinstance(order, str) or order not in ORDERS:
+        raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
     if not isinstance(model, FFModel):
         raise TypeError(f"model must be an fflib.FFModel, got {type(model).__name__}")
     if model.label_encoding != "none" or model.config["loss"] not in ("ff", "symba"):
@@ -229,7 +238,7 @@ def fit_unsupervised(model, x, y=None, *, method="scff", epochs=10, head_epochs=
     off = np.zeros(model.num_blocks, np.uint8)
 
     def step(xb, yb, act):
-        if act == "probe":
+        if isinstance(act, str):   # "probe"
             # frozen blocks: only the head steps; x_neg is required by a label-free model's
             # step and unused with no block active
             return model.train_step(xb, yb, active=off, train_head=True, x_neg=xb)
@@ -239,18 +248,30 @@ def fit_unsupervised(model, x, y=None, *, method="scff", epochs=10, head_epochs=
                 x2 = aug(xb.copy().reshape((len(xb),) + shape), rng).reshape(xb.shape)
                 aug(xb.reshape((len(xb),) + shape), rng)
             pos, neg = scff_pairs(xb, x2, random_state=rng)
-            return model.train_step(pos, None, train_head=False, x_neg=neg)
+            return model.train_step(pos, None, active=act, train_head=False, x_neg=neg)
         if aug is not None:
             aug(xb.reshape((len(xb),) + shape), rng)
         neg = hybrid_negatives(xb, shape, iterations=iterations, random_state=rng)
-        return model.train_step(xb, None, train_head=False, x_neg=neg)
+        return model.train_step(xb, None, active=act, train_head=False, x_neg=neg)
 
     run = {"method": method, "epochs": int(epochs), "head_epochs": int(head_epochs), "batch_size": int(batch_size),
-           "augment": augment, "iterations": int(iterations)}
-    return label_free_epochs(model, x, y, [None] * epochs + ["probe"] * head_epochs, step, method=method,
+           "augment": augment, "iterations": int(iterations), "order": order}
+    return label_free_epochs(model, x, y, label_free_plan(model.num_blocks, epochs, head_epochs, order), step,
+                             method=method,
                              batch_size=batch_size, min_batch=2, optimizer=optimizer, scheduler=scheduler, rng=rng,
                              x_val=x_val, y_val=y_val, callback=callback, progress=progress, checkpoint=checkpoint,
                              checkpoint_every=checkpoint_every, resume=resume, run=run)
+
+
+def label_free_plan(num_blocks, epochs, head_epochs, order):
+    """The epochs of a label-free run as :func:`label_free_epochs` takes them: ``epochs`` epochs
+    of every block (order "simultaneous", None) or ``epochs`` of each block alone in turn
+    ("sequential", its active-block mask), then ``head_epochs`` of the probe ("probe")."""
+    if order == "simultaneous":
+        plan = [None] * int(epochs)
+    else:
+        plan = [np.eye(num_blocks, dtype=np.uint8)[b] for b in range(num_blocks) for _ in range(int(epochs))]
+    return plan + ["probe"] * int(head_epochs)
 
 
 def check_run(model, x, y, epochs, head_epochs, batch_size, min_batch, x_val, y_val):
@@ -357,21 +378,21 @@ def train_command_label_free(a, bad):
         bad(f"--method {a.method} trains an MLP (--model mlp --layers ...), got --model {a.model}")
     for flag, given in (("--loss", a.loss not in (None, "ff")), ("--label-encoding", a.label_encoding),
                         ("--routine", a.routine != "greedy"), ("--pipeline", a.pipeline),
-                        ("--order", a.order != "simultaneous"), ("--negatives", a.negatives != "uniform"),
-                        ("--alternate", a.alternate)):
+                        ("--negatives", a.negatives != "uniform"), ("--alternate", a.alternate)):
         if given:
-            bad(f"{flag} does not apply to --method {a.method} (label-free FF loss, every block at once)")
+            bad(f"{flag} does not apply to --method {a.method} (label-free FF loss on explicit negatives)")
     if a.resume and not a.checkpoint:
         bad("--resume needs --checkpoint DIR (where the interrupted run kept its state)")
     if a.threads:
         set_num_threads(a.threads)
-    from .cli import load_train_test
+    from .cli import load_train_test, split_validation
     x, y, xt, yt = load_train_test(a, bad)
-    if a.subset:   # the first --subset training and test images
-        x, y, xt, yt = x[:a.subset], y[:a.subset], xt[:a.subset], yt[:a.subset]
     shape = tuple(x.shape[1:]) if x.ndim == 4 else (1,) + tuple(x.shape[1:])
     x, xt = x.reshape(len(x), -1), xt.reshape(len(xt), -1)
+    x, y, xv, yv, xt, yt = split_validation(a, x, y, xt, yt, bad)
     epochs = a.epochs or 10
+    head_epochs = a.head_epochs or epochs
+    order = {"layerwise": "sequential"}.get(a.order, "simultaneous")
     scff = a.method == "scff"
     lr = a.lr or (SCFF_LR if scff else 1e-3)
     head_lr = a.head_lr or (SCFF_HEAD_LR if scff else 1e-2)
@@ -388,20 +409,20 @@ def train_command_label_free(a, bad):
         opt = Adam(model, lr=lr, head_lr=head_lr)
     except ValueError as e:
         bad(str(e))
-    print(f"fflib: {a.method} on {a.dataset} without labels, MLP {sizes}, {epochs} epochs + {epochs} probe epochs",
-          flush=True)
+    print(f"fflib: {a.method} on {a.dataset} without labels, MLP {sizes}, {epochs} epochs ({order}) + {head_epochs} "
+          f"probe epochs", flush=True)
 
     try:
-        hist = fit_unsupervised(model, x, y, method=a.method, epochs=epochs, head_epochs=epochs,
-                                batch_size=a.batch_size or 100, optimizer=opt, augment=a.augment,
-                                random_state=a.seed, callback=epoch_printer("block losses", 4),
+        hist = fit_unsupervised(model, x, y, method=a.method, epochs=epochs, head_epochs=head_epochs,
+                                batch_size=a.batch_size or 100, optimizer=opt, augment=a.augment, order=order,
+                                random_state=a.seed, x_val=xv, y_val=yv, callback=epoch_printer("block losses", 4),
                                 checkpoint=a.checkpoint, checkpoint_every=a.checkpoint_every, resume=a.resume)
     except (ValueError, TypeError) as e:
         bad(str(e).replace("\n", " "))
     config = {"lr": lr, "head_lr": head_lr, "threshold": threshold,
-              "first_scale": 2.0 if recipe_model else 1.0,
+              "first_scale": 2.0 if recipe_model else 1.0, "order": order,
               "goodness": a.goodness, "norm": a.norm, "augment": a.augment}
-    return finish_command(a, model, hist, xt, yt, sizes, epochs, epochs, config)
+    return finish_command(a, model, hist, xt, yt, sizes, epochs, head_epochs, config)
 
 
 def epoch_printer(what, digits):
@@ -409,6 +430,8 @@ def epoch_printer(what, digits):
     def report(rec):
         losses = (f"{what} {' '.join(f'{v:.{digits}f}' for v in rec['block_loss'])}" if rec["block_loss"] is not None
                   else f"probe loss {rec['head_loss']:.4f}")
+        if rec.get("val_error") is not None:
+            losses += f"  val {rec['val_error']:.2f}%"
         print(f"epoch {rec['epoch']:3d} ({rec['phase']})  {losses}  {rec['seconds']:.1f}s", flush=True)
     return report
 
@@ -431,7 +454,8 @@ def finish_command(a, model, hist, xt, yt, sizes, epochs, probe_epochs, config):
         model.save(a.save)
     if a.out:
         res = {"config": dict({"method": a.method, "recipe": a.recipe, "model": "mlp", "dataset": a.dataset,
-                               "subset": a.subset, "layers": sizes, "epochs": epochs, "probe_epochs": probe_epochs,
+                               "subset": a.subset, "val_size": a.val_size or 0, "layers": sizes, "epochs": epochs,
+                               "probe_epochs": probe_epochs,
                                "batch_size": a.batch_size or 100, "seed": a.seed, "threads": get_num_threads(),
                                "checkpoint": a.checkpoint}, **config),
                "test_error": {"probe": err}, "epochs": hist["epochs"], "train_seconds": hist["train_seconds"],
