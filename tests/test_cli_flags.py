@@ -142,3 +142,16 @@ def test_augment_reaches_the_mlp(tmp_path):
     r0, m0 = train(tmp_path, "--subset", "1000")
     assert m0.input_shape == (784, 1, 1)
     assert r["epochs"][0]["block_loss"] != r0["epochs"][0]["block_loss"]
+
+
+def test_head_epochs(tmp_path, capsys):
+    """--head-epochs N: N epochs of the one-pass head alone on the frozen blocks after the blocks'
+    epochs (fit's head_epochs): the blocks end as without it, the head does not."""
+    r0, m0 = train(tmp_path, "--no-cooldown", "--head-blocks", "0,1")
+    r, m = train(tmp_path, "--no-cooldown", "--head-blocks", "0,1", "--head-epochs", "2")
+    assert len(r["epochs"]) == 3 and r["config"]["head_epochs"] == 2 and r0["config"]["head_epochs"] == 0
+    for a, b in zip(m0.parameters()[:-2], m.parameters()[:-2]):     # the blocks (the head is last)
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(m0.head_weight, m.head_weight)
+    assert "--head-epochs" in fails(capsys, "--head-epochs", "0")
+    assert "--head-epochs" in fails(capsys, "--head-epochs", "1", "--head-blocks", "none")

@@ -216,3 +216,22 @@ def test_recipe_study_compares_variants_on_the_validation_split(tmp_path):
     bad = subprocess.run([sys.executable, str(script), "s", "--variant", "nameless"], capture_output=True,
                          text=True, env=child_env(), cwd=tmp_path, timeout=60)
     assert bad.returncode == 2 and "NAME=FLAGS" in bad.stderr
+
+
+def test_cli_recipe_study_ranks_label_free_runs_by_their_probe(tmp_path):
+    """A study of label-free runs (--method scff) ranks them by the linear probe's validation
+    error, the only validation error they have."""
+    script = REPO / "benchmarks" / "recipe_study.py"
+    args = [sys.executable, str(script), "u", "--base", "--method scff --layers 24 --epochs 1 --subset 600",
+            "--variant", "a=", "--variant", "b=--head-epochs 3", "--val-size", "300", "--out-dir", str(tmp_path)]
+    res = subprocess.run(args, capture_output=True, text=True, env=child_env(), cwd=tmp_path, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    summary = json.loads((tmp_path / "u" / "summary.json").read_text())
+    rows = {v["name"]: v for v in summary["variants"]}
+    for name, probe_epochs in (("a", 1), ("b", 3)):
+        run = json.loads((tmp_path / "u" / f"{name}.json").read_text())
+        assert run["config"]["probe_epochs"] == probe_epochs
+        assert rows[name]["val_probe"] == run["epochs"][-1]["val_error"]
+        assert rows[name]["val_one_pass"] is None and rows[name]["val_multi_pass"] is None
+    probes = [v["val_probe"] for v in summary["variants"]]
+    assert probes == sorted(probes) and "(probe)" in res.stdout

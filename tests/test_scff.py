@@ -146,6 +146,29 @@ def test_fit_methods_train_without_labels_then_probe():
         np.testing.assert_array_equal(m.features(x[:50]), feats)    # the probe leaves the blocks frozen
 
 
+@pytest.mark.parametrize("method", ["scff", "hybrid"])
+def test_layerwise_order_trains_one_block_at_a_time(method):
+    """order="layerwise" (fit_unsupervised's "sequential"): block 0 alone for ``epochs`` epochs,
+    then block 1 alone, then the probe; a block outside its epochs keeps its weights."""
+    x, y = fflib.datasets.load_sample(True)
+    x = x.reshape(len(x), -1)[:600]
+    m = _small()
+    w0 = [p.copy() for p in m.parameters()[:4]]         # block 0's and block 1's Linear (weight, bias)
+    snaps = []
+    h = fflib.fit(m, x, y[:600], method=method, order="layerwise", epochs=2, head_epochs=1, batch_size=50,
+                  callback=lambda rec: snaps.append([p.copy() for p in m.parameters()[:4]]))
+    assert [(r["phase"], r["active"]) for r in h["epochs"]] == [(method, [0])] * 2 + [(method, [1])] * 2 + [
+        ("probe", None)]
+    assert h["epochs"][0]["block_loss"][1] == 0.0 and h["epochs"][2]["block_loss"][0] == 0.0
+    for i in (0, 1):
+        assert not np.array_equal(snaps[1][i], w0[i])           # block 0 trained in epochs 1-2
+        np.testing.assert_array_equal(snaps[1][i + 2], w0[i + 2])   # block 1 untouched
+        np.testing.assert_array_equal(snaps[3][i], snaps[1][i])     # block 0 frozen in epochs 3-4
+        assert not np.array_equal(snaps[3][i + 2], snaps[1][i + 2])
+    with pytest.raises(ValueError, match="order must be one of"):
+        uf.fit_unsupervised(_small(), x, None, order="layerwise", epochs=1)
+
+
 def test_fit_methods_refuse_what_they_cannot_do():
     x, y = fflib.datasets.load_sample(True)
     x = x.reshape(len(x), -1)[:200]
@@ -188,6 +211,29 @@ def test_cli_method_scff(tmp_path):
     assert r["config"]["method"] == "scff" and 0 <= r["test_error"]["probe"] < 90
     with pytest.raises(SystemExit):
         main(["train", "--method", "hybrid", "--loss", "symba", "--epochs", "1"])
+
+
+def test_cli_label_free_validation_split_probe_epochs_and_order(tmp_path):
+    """--val-size holds out the last N training images and scores the probe on them every probe
+    epoch; --head-epochs sets the probe's epochs; --order layerwise trains the blocks in turn."""
+    from fflib.cli import main
+    out = tmp_path / "r.json"
+    assert main(["train", "--method", "scff", "--layers", "40,40", "--epochs", "1", "--head-epochs", "2",
+                 "--val-size", "500", "--order", "layerwise", "--subset", "2000", "--no-progress",
+                 "--out", str(out), "--save", str(tmp_path / "m.npz")]) == 0
+    r = json.loads(out.read_text())
+    c = r["config"]
+    assert (c["val_size"], c["epochs"], c["probe_epochs"], c["order"]) == (500, 1, 2, "sequential")
+    assert [(e["phase"], e["active"]) for e in r["epochs"]] == [("scff", [0]), ("scff", [1]), ("probe", None),
+                                                                ("probe", None)]
+    assert all(0 <= e["val_error"] < 90 for e in r["epochs"][2:]) and "val_error" not in r["epochs"][0]
+    # the validation split is the last 500 of the 10,000 sample images, scored by the probe
+    x, y = fflib.datasets.load_sample(True)
+    m = fflib.FFModel.load(str(tmp_path / "m.npz"))
+    assert uf.probe_error(m, x[-500:].reshape(500, -1), y[-500:]) == pytest.approx(r["epochs"][-1]["val_error"])
+    for bad in (["--val-size", "10000"], ["--val-size", "-1"]):
+        with pytest.raises(SystemExit):
+            main(["train", "--method", "scff", "--layers", "40", "--epochs", "1", *bad])
 
 
 def test_scff_trains_a_cnn_and_its_probe():

@@ -325,6 +325,12 @@ def test_cli_method_uff(tmp_path, capsys):
     assert res["config"]["method"] == "uff" and res["config"]["layers"][1:] == [32]
     assert 0.0 < res["test_error"]["probe"] < 90.0
     assert "test error (linear probe)" in capsys.readouterr().out
+    assert main(["train", "--method", "uff", "--layers", "32", "--epochs", "1", "--head-epochs", "2",
+                 "--val-size", "500", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert (res["config"]["probe_epochs"], res["config"]["val_size"]) == (2, 500)
+    assert [e["phase"] for e in res["epochs"]] == ["uff", "probe", "probe"]
+    assert all(0 < e["val_error"] < 90 for e in res["epochs"][1:])
     with pytest.raises(SystemExit):
         main(["train", "--method", "uff", "--augment", "crop2"])
     assert "does not apply to --method uff" in capsys.readouterr().err
