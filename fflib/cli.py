@@ -254,10 +254,12 @@ def build_parser():
     t.add_argument("--method", choices=["ff", "scff", "hybrid", "uff"], default=None,
                    help="default: the recipe's (ff). ff (labels in the input); scff or hybrid: train the MLP without labels on "
                         "self-contrastive pairs or hybrid images for --epochs, then a linear probe "
-                        "(the one-pass head on every block) for as many epochs; scff's defaults are its "
+                        "(the one-pass head on every block) for --head-epochs (default as many); scff's defaults are its "
                         "recipe (fflib.unsupervised.scff_mlp: threshold 4, first layer x2, --lr 3e-3, "
                         "--head-lr 1e-3); uff: autoencoder cells (each block reconstructs its input "
-                        "through its own decoder) for --epochs (default 5), then the linear probe for 10 epochs")
+                        "through its own decoder) for --epochs (default 5), then the linear probe for --head-epochs "
+                        "(default 10); the schedule (--milestones, or the cooldown unless --no-cooldown) spans "
+                        "both phases")
     t.add_argument("--order", choices=["simultaneous", "layerwise"], default=None,
                    help="every block on every minibatch (default), or each block alone in turn for --epochs "
                         "epochs (the blocks' phase lasts --epochs times the number of blocks)")

@@ -115,6 +115,7 @@ def train_command_uff(a, bad):
     error.  ``bad(message)`` exits with a usage error."""
     from . import set_num_threads
     from .cli import _check_output, load_train_test, split_validation
+    from .unsupervised import cli_schedule, label_free_plan, schedule_name
     from .optim import Adam
     if a.recipe is not None:
         bad("--recipe does not apply to --method uff")
@@ -148,6 +149,7 @@ def train_command_uff(a, bad):
     try:
         model = uff_model(sizes, num_classes=10, norm=norm, seed=a.seed)
         opt = Adam(model, lr=lr, head_lr=head_lr)
+        sched = cli_schedule(a, opt, label_free_plan(model.num_blocks, epochs, head_epochs, order))
     except ValueError as e:
         bad(str(e))
     print(f"fflib: uff (autoencoder cells) on {a.dataset} without labels, MLP {sizes}, {epochs} epochs ({order}) "
@@ -156,10 +158,10 @@ def train_command_uff(a, bad):
     from .unsupervised import epoch_printer, finish_command
     try:
         hist = fit_uff(model, x, y, epochs=epochs, head_epochs=head_epochs, batch_size=a.batch_size or 100,
-                       optimizer=opt, order=order, random_state=a.seed, x_val=xv, y_val=yv,
+                       optimizer=opt, scheduler=sched, order=order, random_state=a.seed, x_val=xv, y_val=yv,
                        callback=epoch_printer("reconstruction", 5),
                        checkpoint=a.checkpoint, checkpoint_every=a.checkpoint_every, resume=a.resume)
     except (ValueError, TypeError) as e:
         bad(str(e).replace("\n", " "))
     return finish_command(a, model, hist, xt, yt, sizes, epochs, head_epochs,
-                          {"order": order, "lr": lr, "head_lr": head_lr, "norm": norm})
+                          {"order": order, "lr": lr, "head_lr": head_lr, "norm": norm, "schedule": schedule_name(sched)})

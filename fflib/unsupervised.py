@@ -407,6 +407,7 @@ def train_command_label_free(a, bad):
                             threshold=threshold, norm=a.norm, label_encoding="none",
                             head_blocks=list(range(len(a.layers))), seed=a.seed)
         opt = Adam(model, lr=lr, head_lr=head_lr)
+        sched = cli_schedule(a, opt, label_free_plan(model.num_blocks, epochs, head_epochs, order))
     except ValueError as e:
         bad(str(e))
     print(f"fflib: {a.method} on {a.dataset} without labels, MLP {sizes}, {epochs} epochs ({order}) + {head_epochs} "
@@ -414,15 +415,34 @@ def train_command_label_free(a, bad):
 
     try:
         hist = fit_unsupervised(model, x, y, method=a.method, epochs=epochs, head_epochs=head_epochs,
-                                batch_size=a.batch_size or 100, optimizer=opt, augment=a.augment, order=order,
+                                batch_size=a.batch_size or 100, optimizer=opt, scheduler=sched,
+                                augment=a.augment, order=order,
                                 random_state=a.seed, x_val=xv, y_val=yv, callback=epoch_printer("block losses", 4),
                                 checkpoint=a.checkpoint, checkpoint_every=a.checkpoint_every, resume=a.resume)
     except (ValueError, TypeError) as e:
         bad(str(e).replace("\n", " "))
-    config = {"lr": lr, "head_lr": head_lr, "threshold": threshold,
+    config = {"lr": lr, "head_lr": head_lr, "threshold": threshold, "schedule": schedule_name(sched),
               "first_scale": 2.0 if recipe_model else 1.0, "order": order,
               "goodness": a.goodness, "norm": a.norm, "augment": a.augment}
     return finish_command(a, model, hist, xt, yt, sizes, epochs, head_epochs, config)
+
+
+def cli_schedule(a, optimizer, plan):
+    """The learning-rate schedule of a label-free train command, over its whole ``plan`` (the
+    label-free epochs, then the probe's): ``--milestones``/``--gamma`` (MultiStepLR), else
+    unless ``--no-cooldown`` a linear cooldown to 0 over the second half (in the usual run the
+    probe's epochs), else None (constant rates)."""
+    from .optim import LinearCooldown, MultiStepLR
+    if a.milestones:
+        return MultiStepLR(optimizer, a.milestones, a.gamma if a.gamma is not None else 0.1)
+    if a.cooldown is None or a.cooldown:
+        return LinearCooldown(optimizer, len(plan))
+    return None
+
+
+def schedule_name(sched):
+    """How the run's JSON names its schedule: None, or the scheduler's kind and settings."""
+    return None if sched is None else dict({"kind": type(sched).__name__}, **sched.config())
 
 
 def epoch_printer(what, digits):

@@ -231,6 +231,13 @@ def test_cli_label_free_validation_split_probe_epochs_and_order(tmp_path):
     x, y = fflib.datasets.load_sample(True)
     m = fflib.FFModel.load(str(tmp_path / "m.npz"))
     assert uf.probe_error(m, x[-500:].reshape(500, -1), y[-500:]) == pytest.approx(r["epochs"][-1]["val_error"])
+    # the schedule spans the whole plan (4 epochs): constant, then the linear cooldown's second half
+    assert c["schedule"] == {"kind": "LinearCooldown", "total": 4, "start": 2}
+    assert [e["lr"] for e in r["epochs"]] == pytest.approx([3e-3, 3e-3, 3e-3, 1.5e-3])
+    assert main(["train", "--method", "scff", "--layers", "40", "--epochs", "2", "--no-cooldown", "--subset", "500",
+                 "--no-progress", "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["config"]["schedule"] is None and {e["lr"] for e in r["epochs"]} == {3e-3}
     for bad in (["--val-size", "10000"], ["--val-size", "-1"]):
         with pytest.raises(SystemExit):
             main(["train", "--method", "scff", "--layers", "40", "--epochs", "1", *bad])

@@ -329,6 +329,10 @@ def test_cli_method_uff(tmp_path, capsys):
                  "--val-size", "500", "--out", str(out)]) == 0
     res = json.loads(out.read_text())
     assert (res["config"]["probe_epochs"], res["config"]["val_size"]) == (2, 500)
+    assert res["config"]["schedule"] == {"kind": "LinearCooldown", "total": 3, "start": 1}
+    assert main(["train", "--method", "uff", "--layers", "32", "--epochs", "1", "--head-epochs", "2",
+                 "--milestones", "1", "--gamma", "0.5", "--out", str(out)]) == 0
+    assert [e["lr"] for e in json.loads(out.read_text())["epochs"]] == pytest.approx([3e-3, 1.5e-3, 1.5e-3])
     assert [e["phase"] for e in res["epochs"]] == ["uff", "probe", "probe"]
     assert all(0 < e["val_error"] < 90 for e in res["epochs"][1:])
     with pytest.raises(SystemExit):
