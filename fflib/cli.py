@@ -82,6 +82,14 @@ def _finite(text):
     return v
 
 
+def _finite_list(text):
+    """Comma-separated finite numbers, e.g. 4,1."""
+    vals = [v for v in text.split(",") if v.strip()]
+    if not vals:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, e.g. 4,1, got {text!r}")
+    return [_finite(v) for v in vals]
+
+
 def _threads(text):
     try:
         v = int(text)
@@ -226,6 +234,8 @@ def build_parser():
                    help="learning rate of the one-pass head (default: the recipe's; without one --lr, "
                         "a tenth of it for the CwC models)")
     t.add_argument("--threshold", type=_finite, default=None, help="FF / PvN loss threshold theta")
+    t.add_argument("--block-thresholds", type=_finite_list, default=None, metavar="T0,T1,...",
+                   help="one FF / PvN threshold per block instead of --threshold, e.g. 4,1")
     t.add_argument("--goodness", choices=["sum", "mean"], default=None)
     t.add_argument("--norm", choices=["l2", "rms", "none"], default=None,
                    help="length normalisation between MLP layers (and of the one-pass head input)")
@@ -388,6 +398,8 @@ def _check_api_flags(a, cwc):
         _bad(f"--alpha is SymBa's scale; it does not apply to --loss {loss}")
     if a.margin is not None and loss not in ("df", "df-cwc"):
         _bad(f"--margin is the DF losses' margin; it does not apply to --loss {loss}")
+    if a.block_thresholds is not None and loss not in ("ff", "pvn") and not (loss == "cwc" and a.pvn_weight):
+        _bad(f"--block-thresholds are the FF and PvN losses' thresholds; they do not apply to --loss {loss}")
     if a.momentum is not None and a.optimizer != "sgd":
         _bad(f"--momentum is SGD's; give --optimizer sgd (got --optimizer {a.optimizer})")
     if a.windows is not None and (a.order != "simultaneous" or a.alternate or a.pipeline):
@@ -408,6 +420,8 @@ def _model_flags(a):
         kw["margin"] = a.margin
     if a.head_blocks is not None:
         kw["head_blocks"] = None if a.head_blocks == "none" else a.head_blocks
+    if a.block_thresholds is not None:
+        kw["block_thresholds"] = a.block_thresholds
     return kw
 
 
@@ -427,6 +441,7 @@ def _run_epochs(a, epochs, model):
 
 def _api_config(a, model):
     return {"alpha": model.config["alpha"], "pvn_weight": model.config["pvn_weight"],
+            "block_thresholds": model.config["block_thresholds"],
             "margin": model.config["margin"], "optimizer": a.optimizer,
             "momentum": a.momentum or 0.0, "weight_decay": a.weight_decay,
             "head_blocks": a.head_blocks, "multipass_blocks": a.multipass_blocks,

@@ -29,7 +29,8 @@ FORMAT_VERSION = 2          # 2: block units, optimiser and scheduler objects; v
 _F32_MAX = float(np.finfo(np.float32).max)
 
 
-_HPARAM_KEYS = ("loss", "threshold", "alpha", "goodness", "norm", "norm_eps", "pvn_weight", "label_value", "margin")
+_HPARAM_KEYS = ("loss", "threshold", "alpha", "goodness", "norm", "norm_eps", "pvn_weight", "label_value", "margin",
+                "block_thresholds")
 _MOMENT_NAMES = ((_P_MW, "m_weight"), (_P_MB, "m_bias"), (_P_VW, "v_weight"), (_P_VB, "v_bias"))
 
 
@@ -437,7 +438,13 @@ def _check_hparams(h):
     _choice("loss", h["loss"], LOSSES)
     _choice("goodness", h["goodness"], GOODNESS)
     _choice("norm", h["norm"], NORMS)
-    return dict(h, threshold=_real("threshold", h["threshold"]),
+    bt = h.get("block_thresholds")
+    if bt is not None:
+        if isinstance(bt, (str, bytes)) or not hasattr(bt, "__len__") or len(bt) == 0:
+            raise ValueError(f"block_thresholds must be None or a non-empty sequence of numbers (one threshold "
+                             f"per block), got {bt!r}")
+        bt = [_real(f"block_thresholds[{i}]", v) for i, v in enumerate(bt)]
+    return dict(h, threshold=_real("threshold", h["threshold"]), block_thresholds=bt,
                 alpha=_real("alpha", h["alpha"], lo=0.0, lo_open=True),
                 norm_eps=_real("norm_eps", h["norm_eps"], lo=0.0, lo_open=True),
                 pvn_weight=_real("pvn_weight", h["pvn_weight"], lo=0.0, hi=1.0),
@@ -566,6 +573,10 @@ class FFModel:
         ``label_encoding="none"``, MLP layers only; train with ``fit(..., method="uff")``.
     threshold : float
         theta of the FF and PvN losses.
+    block_thresholds : sequence of float or None
+        One theta per block instead of ``threshold`` (None: every block's is ``threshold``), as
+        the SCFF authors' layers have their own (Chen et al. 2025, their code's config: 4 and
+        1).  A re-cut into another number of blocks is refused while it is set.
     alpha : float
         SymBa scale.
     margin : float
@@ -613,7 +624,7 @@ class FFModel:
     def __init__(self, layers, input_shape, num_classes=10, *, blocks=None, loss="ff", threshold=2.0,
                  alpha=4.0, goodness="sum", norm="l2", norm_eps=1e-4, pvn_weight=0.0,
                  label_value=1.0, label_encoding="onehot", label_placement="overwrite", head_blocks="auto",
-                 seed=0, fourier_modes=None, margin=1.0):
+                 seed=0, fourier_modes=None, margin=1.0, block_thresholds=None):
         if not isinstance(layers, (list, tuple)):
             raise TypeError(f"layers must be a list of fflib layers, got {type(layers).__name__}")
         if not layers:
@@ -631,7 +642,7 @@ class FFModel:
         _choice("label_encoding", label_encoding, LABEL_ENCODINGS)
         hparams = _check_hparams(dict(loss=loss, threshold=threshold, alpha=alpha, goodness=goodness, norm=norm,
                                       norm_eps=norm_eps, pvn_weight=pvn_weight, label_value=label_value,
-                                      margin=margin))
+                                      margin=margin, block_thresholds=block_thresholds))
         if blocks is not None:
             blocks = _int_list("blocks", blocks)
         self.layers = list(layers)
@@ -728,8 +739,10 @@ class FFModel:
         self._net.set_blocks(ends)      # checks the cut
         try:
             _check_loss_fits(self, self._hparams["loss"], self.blocks)
+            self._set_block_thresholds(self._hparams)
         except ValueError:
             self._net.set_block_ranges([a for a, _ in old], [b for _, b in old])
+            self._set_block_thresholds(self._hparams)
             raise
 
     def set_block_ranges(self, ranges):
@@ -745,8 +758,10 @@ class FFModel:
         self._net.set_block_ranges([a for a, _ in ranges], [b for _, b in ranges])   # checks the cut
         try:
             _check_loss_fits(self, self._hparams["loss"], ranges)
+            self._set_block_thresholds(self._hparams)
         except ValueError:
             self._net.set_block_ranges([a for a, _ in old], [b for _, b in old])
+            self._set_block_thresholds(self._hparams)
             raise
 
     def default_blocks(self):
@@ -756,11 +771,13 @@ class FFModel:
         return list(self._units)
 
     def set_config(self, **kw):
-        """Change loss, threshold, alpha, goodness, norm, norm_eps, pvn_weight, label_value, margin."""
+        """Change loss, threshold, alpha, goodness, norm, norm_eps, pvn_weight, label_value, margin,
+        block_thresholds."""
         unknown = set(kw) - set(self._hparams)
         if unknown:
             raise TypeError(f"unknown FFModel settings: {sorted(unknown)}")
         h = _check_hparams(dict(self._hparams, **kw))
+        self._check_block_thresholds(h["block_thresholds"])
         if h["loss"] != self._hparams["loss"]:
             _check_loss_fits(self, h["loss"], self.blocks)
         self._net.set_config(loss=_choice("loss", h["loss"], LOSSES),
@@ -769,7 +786,24 @@ class FFModel:
                              norm=_choice("norm", h["norm"], NORMS), norm_eps=float(h["norm_eps"]),
                              label_value=float(h["label_value"]), pvn_weight=float(h["pvn_weight"]),
                              margin=float(h["margin"]))
+        self._set_block_thresholds(h)
         self._hparams = h
+
+    def _check_block_thresholds(self, bt):
+        if bt is not None and len(bt) != self.num_blocks:
+            raise ValueError(f"block_thresholds has {len(bt)} values but the model has {self.num_blocks} blocks "
+                             f"(one threshold per block)")
+
+    def _set_block_thresholds(self, h):
+        """Give block b the theta ``h["block_thresholds"][b]`` (the C net's per-block loss; a
+        re-cut or set_config resets every block to the net's settings)."""
+        bt = h.get("block_thresholds")
+        if bt is None:
+            return
+        self._check_block_thresholds(bt)
+        for b, theta in enumerate(bt):
+            self._net.set_block_loss(b, LOSSES[h["loss"]], GOODNESS[h["goodness"]], float(theta),
+                                     float(h["alpha"]), float(h["pvn_weight"]))
 
     @property
     def config(self):
@@ -1156,6 +1190,8 @@ class FFModel:
             with _field("architecture.fourier_modes"):
                 from .labels import check_fourier_modes
                 extra["fourier_modes"] = check_fourier_modes(extra["fourier_modes"], arch.get("num_classes", 0))
+        cfg = dict(cfg)
+        block_thresholds = cfg.pop("block_thresholds", None)    # set for the saved cut, below
         with _field("architecture"):
             model = cls(layers, arch["input_shape"], arch["num_classes"], blocks=units, head_blocks=head,
                         seed=arch.get("seed", 0), label_encoding=arch.get("label_encoding", "onehot"),
@@ -1170,6 +1206,9 @@ class FFModel:
             ranges = [tuple(_int_list("blocks", r)) for r in arch.get("blocks", model.blocks)]
             if model.blocks != ranges:
                 model.set_block_ranges(ranges)
+        if block_thresholds is not None:
+            with _field("architecture.config.block_thresholds"):
+                model.set_config(block_thresholds=block_thresholds)
         return model
 
     def _with_saved_units(self, arch):

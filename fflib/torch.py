@@ -68,6 +68,12 @@ def df_loss(gpos, gneg, margin=1.0):
     return torch.logsumexp(torch.cat([torch.zeros_like(z[:1]), z]), 0).mean()
 
 
+def _theta(cfg, block):
+    """Block ``block``'s threshold: its entry of ``block_thresholds`` when the model has them."""
+    bt = cfg.get("block_thresholds")
+    return float(cfg["threshold"] if bt is None or block is None else bt[block])
+
+
 def ae_loss(y, x, weight, bias=None):
     """The UFF autoencoder cell's loss (fflib's ``loss="ae"``) in PyTorch: block output y (B, O)
     reconstructs the block's input x (B, I) through the linear decoder (weight (I, O), bias
@@ -620,7 +626,7 @@ class TorchFF:
         if loss_kind == "ae":
             dec = self.net.decoders[block]
             return ae_loss(out[:T].reshape(T, -1), inp[:T].reshape(T, -1), dec.weight, dec.bias)
-        theta = float(cfg["threshold"])
+        theta = _theta(cfg, block)
         if loss_kind in GROUP_LOSSES:
             if out.reshape(out.shape[0], -1).shape[1] % K or (out.dim() == 4 and out.shape[1] % K):
                 raise ValueError(f"the {loss_kind} loss needs a block output whose channels split into "
@@ -654,7 +660,7 @@ class TorchFF:
         raise ValueError(f"fflib.torch does not know the loss {loss_kind!r}")
 
     @torch.no_grad()
-    def _manual_block(self, f, l, h, y, T):
+    def _manual_block(self, f, l, h, y, T, block):
         """Closed-form gradient of a [LenNorm..] Linear ReLU block; returns (output, loss)."""
         net, cfg = self.net, self.net.config
         h = net.run(h, f, l - 2)
@@ -665,7 +671,8 @@ class TorchFF:
         at, B = a[:T], y.shape[0]
         g = net.block_scores(at)
         if cfg["loss"] == "ff":
-            zp, zn = float(cfg["threshold"]) - g[:B], g[B:] - float(cfg["threshold"])
+            theta = _theta(cfg, block)
+            zp, zn = theta - g[:B], g[B:] - theta
             loss = (F.softplus(zp) + F.softplus(zn)).mean()
             dg = torch.cat([-torch.sigmoid(zp), torch.sigmoid(zn)]) / B
         elif cfg["loss"] == "df":
@@ -719,7 +726,7 @@ class TorchFF:
             f, l = net.blocks[b]
             h = carry if b == 0 else carry.detach()
             if on[b] and self.grad == "manual":
-                h, loss = self._manual_block(f, l, h, y, T)
+                h, loss = self._manual_block(f, l, h, y, T, b)
                 outs[l - 1] = h
                 losses[b] = float(loss)
             elif on[b]:

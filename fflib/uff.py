@@ -124,7 +124,7 @@ def train_command_uff(a, bad):
     for flag, given in (("--loss", a.loss not in (None, "ae")), ("--label-encoding", a.label_encoding not in (None, "none")),
                         ("--routine", a.routine not in (None, "greedy")), ("--pipeline", a.pipeline),
                         ("--negatives", a.negatives not in (None, "uniform")), ("--augment", a.augment),
-                        ("--alternate", a.alternate),
+                        ("--alternate", a.alternate), ("--block-thresholds", a.block_thresholds),
                         ("--distributed", getattr(a, "distributed", None))):
         if given:
             bad(f"{flag} does not apply to --method uff (autoencoder cells reconstructing their inputs, then a "

@@ -148,7 +148,8 @@ def hybrid_negatives(x, image_shape, shift=None, iterations=HYBRID_ITERATIONS, r
     return out
 
 
-def scff_mlp(hidden=(2000, 2000), input_shape=(1, 28, 28), threshold=SCFF_THRESHOLD, first_scale=2.0, seed=0):
+def scff_mlp(hidden=(2000, 2000), input_shape=(1, 28, 28), threshold=SCFF_THRESHOLD, first_scale=2.0, seed=0,
+             block_thresholds=None):
     """The SCFF recipe's model: an MLP ``prod(input_shape)``-``hidden`` (RMS LenNorm on the input
     and between blocks, ReLU) with ``label_encoding="none"``, FF loss on the mean goodness with
     ``threshold`` (default ``SCFF_THRESHOLD``), and a one-pass head (the linear probe) on every
@@ -157,7 +158,8 @@ def scff_mlp(hidden=(2000, 2000), input_shape=(1, 28, 28), threshold=SCFF_THRESH
     ``W a + W b + 2 c``, twice the pre-activation of the pair's mean that fflib's first layer
     computes.  (Scaling a ReLU block's input weights changes its normalised output only through
     the LenNorm's eps, so the untrained network's features hardly depend on ``first_scale``.)  Train it with
-    ``fflib.fit(model, x, y, method="scff", epochs=..., head_epochs=...)``."""
+    ``fflib.fit(model, x, y, method="scff", epochs=..., head_epochs=...)``.  ``block_thresholds``:
+    one threshold per block instead (the authors' code: 4 on layer 1, 1 on layer 2)."""
     from .nn import mlp
     from .nn import FFModel as _FFModel
     if isinstance(hidden, (int, np.integer)) or not hasattr(hidden, "__len__") or len(hidden) == 0 or any(
@@ -170,7 +172,7 @@ def scff_mlp(hidden=(2000, 2000), input_shape=(1, 28, 28), threshold=SCFF_THRESH
     sizes = [int(np.prod(shape))] + [int(h) for h in hidden]
     model = _FFModel(mlp(sizes, norm="rms"), input_shape=input_shape, label_encoding="none", loss="ff",
                      goodness="mean", threshold=threshold, norm="rms", head_blocks=list(range(len(hidden))),
-                     seed=seed)
+                     seed=seed, block_thresholds=block_thresholds)
     for p in model.parameters()[:2]:    # the first Linear's weight and bias (views of C memory)
         p *= np.float32(first_scale)
     return model
@@ -401,11 +403,11 @@ def train_command_label_free(a, bad):
     recipe_model = scff and a.norm == "rms" and a.goodness == "mean"   # SCFF's recipe: scff_mlp
     try:
         if recipe_model:
-            model = scff_mlp(a.layers, shape, threshold, seed=a.seed)
+            model = scff_mlp(a.layers, shape, threshold, seed=a.seed, block_thresholds=a.block_thresholds)
         else:
             model = FFModel(mlp(sizes, norm=a.norm), shape, 10, loss="ff", goodness=a.goodness,
                             threshold=threshold, norm=a.norm, label_encoding="none",
-                            head_blocks=list(range(len(a.layers))), seed=a.seed)
+                            head_blocks=list(range(len(a.layers))), seed=a.seed, block_thresholds=a.block_thresholds)
         opt = Adam(model, lr=lr, head_lr=head_lr)
         sched = cli_schedule(a, opt, label_free_plan(model.num_blocks, epochs, head_epochs, order))
     except ValueError as e:
@@ -421,7 +423,8 @@ def train_command_label_free(a, bad):
                                 checkpoint=a.checkpoint, checkpoint_every=a.checkpoint_every, resume=a.resume)
     except (ValueError, TypeError) as e:
         bad(str(e).replace("\n", " "))
-    config = {"lr": lr, "head_lr": head_lr, "threshold": threshold, "schedule": schedule_name(sched),
+    config = {"lr": lr, "head_lr": head_lr, "threshold": threshold, "block_thresholds": a.block_thresholds,
+              "schedule": schedule_name(sched),
               "first_scale": 2.0 if recipe_model else 1.0, "order": order,
               "goodness": a.goodness, "norm": a.norm, "augment": a.augment}
     return finish_command(a, model, hist, xt, yt, sizes, epochs, head_epochs, config)

@@ -155,3 +155,12 @@ def test_head_epochs(tmp_path, capsys):
     assert not np.array_equal(m0.head_weight, m.head_weight)
     assert "--head-epochs" in fails(capsys, "--head-epochs", "0")
     assert "--head-epochs" in fails(capsys, "--head-epochs", "1", "--head-blocks", "none")
+
+
+def test_block_thresholds(tmp_path, capsys):
+    r, m = train(tmp_path, "--loss", "ff", "--block-thresholds", "3,0.5")
+    assert m.config["block_thresholds"] == [3.0, 0.5] and r["config"]["block_thresholds"] == [3.0, 0.5]
+    assert "one threshold per block" in fails(capsys, "--loss", "ff", "--block-thresholds", "1,2,3")
+    assert "do not apply to --loss symba" in fails(capsys, "--block-thresholds", "1,2")
+    assert "--block-thresholds" in fails(capsys, "--loss", "ff", "--block-thresholds", "1,nan")
+    assert "does not apply to --method uff" in fails(capsys, "--method", "uff", "--block-thresholds", "1,2")

@@ -109,6 +109,46 @@ def test_blocks_own_their_loss(rng):
         b._net.set_block_loss(0, fflib.nn.LOSSES["cwc"], 0, 2.0, 4.0, 0.0)
 
 
+def test_block_thresholds_give_each_block_its_own_theta(rng, tmp_path):
+    """FFModel(block_thresholds=[t0, t1]): block b's FF loss uses t_b.  Block b's loss and
+    update equal those of a model whose one threshold is t_b (the other block inactive); the
+    thresholds survive set_config, save/load and a re-cut into as many blocks, and a cut into
+    another number of blocks is refused."""
+    x, y = _batch(rng)
+    neg = (y + 1) % 4
+    for b, theta in ((0, 5.0), (1, 0.5)):
+        active = np.eye(2, dtype=np.uint8)[b]
+        two, one = _mlp(loss="ff", block_thresholds=[5.0, 0.5]), _mlp(loss="ff", threshold=theta)
+        l2 = two.train_step(x, y, neg_labels=neg, active=active)
+        l1 = one.train_step(x, y, neg_labels=neg, active=active)
+        assert l2[b] == l1[b]
+        for p2, p1 in zip(two.parameters(), one.parameters()):
+            np.testing.assert_array_equal(p2, p1)
+    plain = _mlp(loss="ff")
+    assert plain.train_step(x, y, neg_labels=neg)[1] != _mlp(loss="ff", block_thresholds=[2.0, 0.5]).train_step(
+        x, y, neg_labels=neg)[1]
+    m = _mlp(loss="ff", block_thresholds=[5.0, 0.5])
+    m.set_config(alpha=3.0)                       # a set_config keeps them (the C core resets blocks)
+    assert m.config["block_thresholds"] == [5.0, 0.5]
+    m2 = fflib.FFModel.load(m.save(tmp_path / "m.npz"))
+    assert m2.config["block_thresholds"] == [5.0, 0.5]
+    a, b = _mlp(loss="ff", threshold=0.5), m2
+    m2.set_blocks(m2.default_blocks())            # a re-cut into as many blocks re-applies them
+    act = np.array([0, 1], np.uint8)
+    assert a.train_step(x, y, neg_labels=neg, active=act)[1] == b.train_step(x, y, neg_labels=neg, active=act)[1]
+    with pytest.raises(ValueError, match="block_thresholds has 2 values but the model has 1 blocks"):
+        m2.set_blocks([m2.default_blocks()[-1]])
+    assert len(m2.blocks) == 2
+    with pytest.raises(ValueError, match="one threshold per block"):
+        _mlp(block_thresholds=[1.0])
+    for bad in ("12", [], [1.0, float("nan")]):
+        with pytest.raises((ValueError, TypeError), match="block_thresholds"):
+            _mlp(block_thresholds=bad)
+    m2.set_config(block_thresholds=None)
+    assert m2.config["block_thresholds"] is None
+    m2.set_blocks([m2.default_blocks()[-1]])      # free to re-cut again
+
+
 def test_gradient_views_do_not_change_memory(rng):
     x, y = _batch(rng)
     m = _mlp()

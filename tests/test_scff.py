@@ -192,6 +192,7 @@ def test_scff_mlp_is_the_recipe_and_checks_its_arguments():
     assert m.config["threshold"] == 4.0 and m.config["goodness"] == "mean" and m.label_encoding == "none"
     for i, (a, b) in enumerate(zip(m.parameters(), plain.parameters())):
         np.testing.assert_array_equal(a, 2 * b if i < 2 else b)     # first Linear's weight and bias x2
+    assert uf.scff_mlp((30, 20), block_thresholds=(4, 1)).config["block_thresholds"] == [4.0, 1.0]
     one = uf.scff_mlp([30], input_shape=12, first_scale=1.0, seed=3)
     assert one.num_blocks == 1 and int(np.prod(one.input_shape)) == 12
     for bad, match in (((), "hidden"), ((30, 0), "hidden"), (5, "hidden"), ((30, 2.5), "hidden")):
