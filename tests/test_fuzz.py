@@ -141,14 +141,16 @@ LAYER_SETS = {
        norm_eps=mostly(st.floats(0, 1e-2), reals), pvn_weight=mostly(small, reals),
        blocks=mostly(st.none(), st.one_of(st.lists(st.integers(-1, 8), max_size=4), junk)),
        head=mostly(st.sampled_from(["auto", None]), st.one_of(st.lists(st.integers(-3, 4), max_size=3), junk)),
-       seed=mostly(st.integers(0, 2 ** 64 - 1), st.one_of(st.integers(-3, 2 ** 64 + 3), junk)))
+       seed=mostly(st.integers(0, 2 ** 64 - 1), st.one_of(st.integers(-3, 2 ** 64 + 3), junk)),
+       block_thresholds=mostly(st.none(), st.one_of(st.lists(mostly(st.floats(-3, 3), reals), max_size=4), junk)))
 def test_fuzz_model_construction(which, shape, K, loss, goodness, encoding, threshold, alpha, norm_eps,
-                                 pvn_weight, blocks, head, seed):
+                                 pvn_weight, blocks, head, seed, block_thresholds):
     layers, natural = LAYER_SETS[which]()
     shape = natural if shape is None else shape
     kw = dict(loss=loss, goodness=goodness, label_encoding=encoding, threshold=threshold, alpha=alpha,
-              norm_eps=norm_eps, pvn_weight=pvn_weight, blocks=blocks, head_blocks=head, seed=seed)
-    names = ["input_shape", "num_classes", "loss", "goodness", "label_encoding", "threshold", "alpha",
+              norm_eps=norm_eps, pvn_weight=pvn_weight, blocks=blocks, head_blocks=head, seed=seed,
+              block_thresholds=block_thresholds)
+    names = ["input_shape", "num_classes", "loss", "goodness", "label_encoding", "threshold", "block_thresholds", "alpha",
              "norm_eps", "pvn_weight", "blocks", "block", "head_blocks", "seed", "layers", "in_features",
              "channels", "kernel", "label", "input", "features", "shape", "size"]
     invalid = (not good_real(threshold) or not good_real(alpha, 0, lo_open=True) or not good_real(norm_eps, 0, lo_open=True)
@@ -156,7 +158,9 @@ def test_fuzz_model_construction(which, shape, K, loss, goodness, encoding, thre
                or isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 64
                or isinstance(K, bool) or not isinstance(K, int) or K < 2
                or loss not in ("ff", "symba", "cwc", "pvn", "df-cwc", "xent") or goodness not in ("sum", "mean")
-               or encoding not in ("onehot", "fourier", "embedding", "none"))
+               or encoding not in ("onehot", "fourier", "embedding", "none")
+               or (block_thresholds is not None and (not isinstance(block_thresholds, list) or not block_thresholds
+                                                     or not all(good_real(t) for t in block_thresholds))))
 
     def check(m):
         rng = np.random.default_rng(0)
