@@ -837,7 +837,13 @@ ff_config ff_net_get_config(const ff_net *net) { return net->cfg; }
 
 ff_status ff_net_set_share_labels(ff_net *net, int on) {
     net->share_labels = on != 0;
-    return net->nblocks ? compile_blocks(net) : FF_OK;
+    if (!net->nblocks) return FF_OK;
+    /* recompiling the plans keeps the blocks' own losses (ff_net_set_block_loss) */
+    ff_block_loss keep[FF_MAX_LAYERS];
+    for (int b = 0; b < net->nblocks; b++) keep[b] = net->blocks[b].loss;
+    ff_status st = compile_blocks(net);
+    for (int b = 0; b < net->nblocks; b++) net->blocks[b].loss = keep[b];
+    return st;
 }
 
 ff_status ff_net_set_block_loss(ff_net *net, int b, ff_loss_kind loss, ff_goodness_kind goodness,

@@ -144,6 +144,10 @@ def test_block_thresholds_give_each_block_its_own_theta(rng, tmp_path):
     for bad in ("12", [], [1.0, float("nan")]):
         with pytest.raises((ValueError, TypeError), match="block_thresholds"):
             _mlp(block_thresholds=bad)
+    c, d = _mlp(loss="ff", threshold=0.5), _mlp(loss="ff", block_thresholds=[2.0, 0.5])
+    d._net.set_share_labels(False)               # recompiling the plans keeps the blocks' own losses
+    assert c.train_step(x, y, neg_labels=neg, active=act)[1] == pytest.approx(
+        d.train_step(x, y, neg_labels=neg, active=act)[1], rel=1e-5)    # unshared: equal up to rounding
     m2.set_config(block_thresholds=None)
     assert m2.config["block_thresholds"] is None
     m2.set_blocks([m2.default_blocks()[-1]])      # free to re-cut again
