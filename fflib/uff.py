@@ -114,7 +114,7 @@ def train_command_uff(a, bad):
     ``--head-epochs`` (default 10); prints and optionally writes (``--out``) the probe's test
     error.  ``bad(message)`` exits with a usage error."""
     from . import set_num_threads
-    from .cli import _check_output, load_train_test, split_validation
+    from .cli import _check_output, _make_optimizer, load_train_test, split_validation
     from .unsupervised import cli_schedule, label_free_plan, schedule_name
     from .optim import Adam
     if a.recipe is not None:
@@ -131,6 +131,8 @@ def train_command_uff(a, bad):
                 f"linear probe)")
     _check_output("--out", a.out)
     _check_output("--save", a.save)
+    if a.momentum is not None and a.optimizer != "sgd":
+        bad(f"--momentum is SGD's; give --optimizer sgd (got --optimizer {a.optimizer or 'adam'})")
     if a.resume and not a.checkpoint:
         bad("--resume needs --checkpoint DIR (where the interrupted run kept its state)")
     if a.threads:
@@ -148,7 +150,7 @@ def train_command_uff(a, bad):
     sizes = [x.shape[1]] + list(layers)
     try:
         model = uff_model(sizes, num_classes=10, norm=norm, seed=a.seed)
-        opt = Adam(model, lr=lr, head_lr=head_lr)
+        opt = _make_optimizer(a, model, lr, head_lr, Adam)
         sched = cli_schedule(a, opt, label_free_plan(model.num_blocks, epochs, head_epochs, order))
     except ValueError as e:
         bad(str(e))
@@ -164,4 +166,5 @@ def train_command_uff(a, bad):
     except (ValueError, TypeError) as e:
         bad(str(e).replace("\n", " "))
     return finish_command(a, model, hist, xt, yt, sizes, epochs, head_epochs,
-                          {"order": order, "lr": lr, "head_lr": head_lr, "norm": norm, "schedule": schedule_name(sched)})
+                          {"order": order, "lr": lr, "head_lr": head_lr, "norm": norm, "schedule": schedule_name(sched),
+                           "optimizer": a.optimizer or "adam", "weight_decay": a.weight_decay, "momentum": a.momentum})

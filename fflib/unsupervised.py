@@ -383,11 +383,13 @@ def train_command_label_free(a, bad):
                         ("--negatives", a.negatives != "uniform"), ("--alternate", a.alternate)):
         if given:
             bad(f"{flag} does not apply to --method {a.method} (label-free FF loss on explicit negatives)")
+    if a.momentum is not None and a.optimizer != "sgd":
+        bad(f"--momentum is SGD's; give --optimizer sgd (got --optimizer {a.optimizer or 'adam'})")
     if a.resume and not a.checkpoint:
         bad("--resume needs --checkpoint DIR (where the interrupted run kept its state)")
     if a.threads:
         set_num_threads(a.threads)
-    from .cli import load_train_test, split_validation
+    from .cli import _make_optimizer, load_train_test, split_validation
     x, y, xt, yt = load_train_test(a, bad)
     shape = tuple(x.shape[1:]) if x.ndim == 4 else (1,) + tuple(x.shape[1:])
     x, xt = x.reshape(len(x), -1), xt.reshape(len(xt), -1)
@@ -408,7 +410,7 @@ def train_command_label_free(a, bad):
             model = FFModel(mlp(sizes, norm=a.norm), shape, 10, loss="ff", goodness=a.goodness,
                             threshold=threshold, norm=a.norm, label_encoding="none",
                             head_blocks=list(range(len(a.layers))), seed=a.seed, block_thresholds=a.block_thresholds)
-        opt = Adam(model, lr=lr, head_lr=head_lr)
+        opt = _make_optimizer(a, model, lr, head_lr, Adam)
         sched = cli_schedule(a, opt, label_free_plan(model.num_blocks, epochs, head_epochs, order))
     except ValueError as e:
         bad(str(e))
@@ -423,7 +425,8 @@ def train_command_label_free(a, bad):
                                 checkpoint=a.checkpoint, checkpoint_every=a.checkpoint_every, resume=a.resume)
     except (ValueError, TypeError) as e:
         bad(str(e).replace("\n", " "))
-    config = {"lr": lr, "head_lr": head_lr, "threshold": threshold, "block_thresholds": a.block_thresholds,
+    config = {"lr": lr, "head_lr": head_lr, "optimizer": a.optimizer or "adam", "weight_decay": a.weight_decay,
+              "momentum": a.momentum, "threshold": threshold, "block_thresholds": a.block_thresholds,
               "schedule": schedule_name(sched),
               "first_scale": 2.0 if recipe_model else 1.0, "order": order,
               "goodness": a.goodness, "norm": a.norm, "augment": a.augment}

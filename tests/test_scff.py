@@ -239,7 +239,15 @@ def test_cli_label_free_validation_split_probe_epochs_and_order(tmp_path):
                  "--no-progress", "--out", str(out)]) == 0
     r = json.loads(out.read_text())
     assert r["config"]["schedule"] is None and {e["lr"] for e in r["epochs"]} == {3e-3}
-    for bad in (["--val-size", "10000"], ["--val-size", "-1"]):
+    # the optimiser flags reach the label-free run (they were ignored)
+    assert main(["train", "--method", "scff", "--layers", "40", "--epochs", "1", "--subset", "500", "--no-progress",
+                 "--optimizer", "sgd", "--momentum", "0.9", "--weight-decay", "1e-4", "--lr", "0.01",
+                 "--out", str(out), "--save", str(tmp_path / "m.npz")]) == 0
+    c = json.loads(out.read_text())["config"]
+    assert (c["optimizer"], c["momentum"], c["weight_decay"]) == ("sgd", 0.9, 1e-4)
+    opt = fflib.FFModel.load(str(tmp_path / "m.npz")).optimizer
+    assert type(opt).__name__ == "SGD" and opt.momentum == 0.9 and opt.weight_decay == 1e-4
+    for bad in (["--val-size", "10000"], ["--val-size", "-1"], ["--momentum", "0.9"]):
         with pytest.raises(SystemExit):
             main(["train", "--method", "scff", "--layers", "40", "--epochs", "1", *bad])
 
