@@ -456,13 +456,13 @@ static PyObject *Net_blocks(NetObject *self, PyObject *Py_UNUSED(a)) {
 static PyObject *Net_set_config(NetObject *self, PyObject *args, PyObject *kw) {
     GUARD(self);
     static char *kwlist[] = {"loss", "goodness", "theta", "alpha", "norm", "norm_eps",
-                             "label_value", "pvn_weight", "margin", NULL};
+                             "label_value", "pvn_weight", "margin", "head_dropout", NULL};
     GUARD(self);
     ff_config c = ff_net_get_config(self->net);
     int loss = c.loss, good = c.goodness, norm = c.norm;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "|iiffiffff", kwlist, &loss, &good, &c.theta,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|iiffifffff", kwlist, &loss, &good, &c.theta,
                                      &c.alpha, &norm, &c.norm_eps, &c.label_value, &c.pvn_weight,
-                                     &c.margin))
+                                     &c.margin, &c.head_dropout))
         return NULL;
     c.loss = (ff_loss_kind)loss; c.goodness = (ff_goodness_kind)good; c.norm = (ff_norm_kind)norm;
     if (net_enter(self) < 0) return NULL;
@@ -486,11 +486,11 @@ static PyObject *Net_set_block_loss(NetObject *self, PyObject *args, PyObject *k
 static PyObject *Net_get_config(NetObject *self, PyObject *Py_UNUSED(a)) {
     GUARD(self);
     ff_config c = ff_net_get_config(self->net);
-    return Py_BuildValue("{s:i,s:i,s:d,s:d,s:i,s:d,s:d,s:d,s:d}", "loss", (int)c.loss, "goodness",
+    return Py_BuildValue("{s:i,s:i,s:d,s:d,s:i,s:d,s:d,s:d,s:d,s:d}", "loss", (int)c.loss, "goodness",
                          (int)c.goodness, "theta", (double)c.theta, "alpha", (double)c.alpha,
                          "norm", (int)c.norm, "norm_eps", (double)c.norm_eps, "label_value",
                          (double)c.label_value, "pvn_weight", (double)c.pvn_weight, "margin",
-                         (double)c.margin);
+                         (double)c.margin, "head_dropout", (double)c.head_dropout);
 }
 
 static PyObject *Net_set_opt(NetObject *self, PyObject *args, PyObject *kw) {

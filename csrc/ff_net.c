@@ -146,7 +146,7 @@ ff_config ff_config_default(void) {
     ff_config c;
     c.loss = FF_LOSS_FF; c.goodness = FF_GOODNESS_SUM; c.theta = 2.0f; c.alpha = 4.0f;
     c.norm = FF_NORM_L2; c.norm_eps = 1e-4f; c.label_value = 1.0f; c.pvn_weight = 0.0f;
-    c.margin = 1.0f;
+    c.margin = 1.0f; c.head_dropout = 0.0f;
     return c;
 }
 
@@ -814,6 +814,10 @@ ff_status ff_net_set_config(ff_net *net, const ff_config *c) {
         return ff_fail(net, FF_ERR_ARG, "pvn_weight must be in [0, 1], got %g", (double)c->pvn_weight);
     if (!isfinite(c->margin) || !(c->margin >= 0.0f))
         return ff_fail(net, FF_ERR_ARG, "margin must be finite and >= 0, got %g", (double)c->margin);
+    if (!(c->head_dropout >= 0.0f && c->head_dropout < 1.0f))
+        return ff_fail(net, FF_ERR_ARG, "head_dropout must be in [0, 1), got %g", (double)c->head_dropout);
+    if (c->head_dropout > 0.0f && net->pipe && ff_net_pipeline_in_flight(net) > 0)
+        return ff_fail(net, FF_ERR_STATE, "head_dropout cannot be set while minibatches are in the pipeline");
     if (c->goodness != FF_GOODNESS_SUM && c->goodness != FF_GOODNESS_MEAN)
         return ff_fail(net, FF_ERR_ARG, "goodness must be sum (0) or mean (1), got %d", (int)c->goodness);
     if (c->norm != FF_NORM_NONE && c->norm != FF_NORM_L2 && c->norm != FF_NORM_RMS)
@@ -1412,6 +1416,14 @@ static float head_run(ff_net *net, ff_work *w, const float *feat, int n, const i
     return loss;
 }
 
+/* Inverted dropout on the head's n input values (training only): each is zeroed with
+ * probability p = head_dropout, the others scaled by 1 / (1 - p), drawn from the net's RNG.
+ * The head's gradient stops at its input, so the masked values are all its backward needs. */
+static void drop_features(ff_net *net, float *feat, size_t n) {
+    float p = net->cfg.head_dropout, keep = 1.0f / (1.0f - p);
+    for (size_t i = 0; i < n; i++) feat[i] = ff_rng_uniform(net->rng) < p ? 0.0f : feat[i] * keep;
+}
+
 /* The local loss of block b whose output y (R rows) was just computed, and its gradient
  * w.r.t. y in d0 (T rows). */
 static ff_status block_loss(ff_net *net, ff_work *w, int b, const float *y, int B, int T, float *loss_out) {
@@ -1644,6 +1656,7 @@ ff_status ff_net_train(ff_net *net, const ff_train_args *a) {
         }
     }
     if (train_head) {
+        if (net->cfg.head_dropout > 0.0f) drop_features(net, w->feat, (size_t)B * net->F);
         float hl = head_run(net, w, w->feat, B, labels, NULL, 1);   /* training needs no probabilities */
         if (!isfinite(hl))
             return ff_fail(net, FF_ERR_NONFINITE, "the one-pass head's loss is not finite (%g): lower its "
@@ -2088,6 +2101,9 @@ ff_status ff_net_pipeline_begin(ff_net *net, int max_batch, const uint8_t *activ
     if (max_batch <= 0 || max_batch > maxB)
         return ff_fail(net, FF_ERR_ARG, "max_batch must be in [1, %d], got %d", maxB, max_batch);
     if (train_head && !net->has_head) return ff_fail(net, FF_ERR_STATE, "train_head: the network has no one-pass head");
+    if (train_head && net->cfg.head_dropout > 0.0f)   /* its masks would race the other stages for the RNG */
+        return ff_fail(net, FF_ERR_ARG, "head_dropout %g: the head's dropout is not pipelined; train with "
+                       "train_step (or head_dropout 0)", (double)net->cfg.head_dropout);
     for (int b = 0; b < net->nblocks; b++)
         if (ff_losses[net->blocks[b].loss.kind].label_free)
             return ff_fail(net, FF_ERR_ARG, "block %d's %s loss (autoencoder cells) is not pipelined: train it with "

@@ -312,6 +312,8 @@ typedef struct {
     float label_value;    /* one-hot value, Fourier amplitude, embedding initial scale */
     float pvn_weight;     /* with FF_LOSS_CWC: (1-w) CwC + w PvN; 0 = pure CwC */
     float margin;         /* DF and DF_CWC N-pair margin (>= 0) */
+    float head_dropout;   /* while the one-pass head trains (train_step), each input feature is zeroed
+                           * with this probability and the others scaled by 1 / (1 - p); in [0, 1) */
 } ff_config;
 
 typedef struct {

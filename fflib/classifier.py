@@ -85,6 +85,8 @@ class FFClassifier(ClassifierMixin, BaseEstimator):
         The DF loss's margin (``loss="df"``, Wu et al. 2024; default 1.0, unused by the other losses).
     block_thresholds : None or one threshold per hidden layer
         Each block's own FF threshold instead of ``threshold`` (e.g. SCFF's ``(4, 1)``).
+    head_dropout : float in [0, 1)
+        Dropout on the one-pass head's input while it trains (e.g. a label-free method's probe).
     method : {"ff", "scff", "hybrid", "uff"}
         "ff" (default): labels in the input.  "scff" (self-contrastive pairs, Chen et al. 2025)
         or "hybrid" (Hinton's hybrid-image negatives): ``epochs`` of label-free training (the
@@ -142,7 +144,8 @@ class FFClassifier(ClassifierMixin, BaseEstimator):
                  order="simultaneous", negatives="uniform", inference="onepass", head_epochs=0,
                  head_lr=None, early_stopping=False, validation_fraction=0.1, n_iter_no_change=10,
                  tol=1e-4, random_state=None, threads=None, verbose=False, margin=1.0, method="ff",
-                 image_shape=None, early_exit=None, early_exit_rule="softmax", block_thresholds=None):
+                 image_shape=None, early_exit=None, early_exit_rule="softmax", block_thresholds=None,
+                 head_dropout=0.0):
         self.hidden, self.epochs, self.batch_size, self.lr = hidden, epochs, batch_size, lr
         self.threshold, self.goodness, self.norm, self.loss = threshold, goodness, norm, loss
         self.label_placement = label_placement
@@ -155,7 +158,7 @@ class FFClassifier(ClassifierMixin, BaseEstimator):
         self.random_state, self.threads, self.verbose = random_state, threads, verbose
         self.margin, self.method, self.image_shape = margin, method, image_shape
         self.early_exit, self.early_exit_rule = early_exit, early_exit_rule
-        self.block_thresholds = block_thresholds
+        self.block_thresholds, self.head_dropout = block_thresholds, head_dropout
 
     # ------------------------------------------------------------------ building
     def build(self, n_features, n_classes, seed, input_shape=None):
@@ -169,13 +172,15 @@ class FFClassifier(ClassifierMixin, BaseEstimator):
         if threshold is None:  # per unit for mean goodness, per layer for sum goodness
             threshold = 1.0 if self.goodness == "mean" else float(hidden[0])
         kw = dict(loss=self.loss, threshold=threshold, goodness=self.goodness, norm=self.norm, seed=seed,
-                  margin=self.margin, block_thresholds=self.block_thresholds)
+                  margin=self.margin, block_thresholds=self.block_thresholds, head_dropout=self.head_dropout)
         if self.method == "uff":   # autoencoder cells; the probe reads every block
             if self.block_thresholds is not None:
                 raise ValueError("block_thresholds does not apply to method='uff' (autoencoder cells have no "
                                  "threshold)")
             from .uff import uff_model
-            return uff_model((n_features,) + hidden, n_classes, input_shape, norm=self.norm, seed=seed)
+            model = uff_model((n_features,) + hidden, n_classes, input_shape, norm=self.norm, seed=seed)
+            model.set_config(head_dropout=self.head_dropout)
+            return model
         if self.method != "ff":   # no label in the input; the probe reads every block
             kw.update(label_encoding="none", head_blocks=list(range(len(hidden))))
         else:

@@ -285,6 +285,9 @@ def build_parser():
     t.add_argument("--val-size", type=int, default=None,
                    help="hold out the last N training samples as a validation set, evaluated every "
                         "epoch (tune on it, never on the test set)")
+    t.add_argument("--head-dropout", type=_finite, default=None, metavar="P",
+                   help="dropout probability on the one-pass head's input while it trains, in [0, 1) "
+                        "(the SCFF authors' probe; default 0)")
     t.add_argument("--head-epochs", type=_positive(int), default=None, metavar="N",
                    help="epochs training only the one-pass head on the frozen blocks after the blocks' "
                         "epochs (default: none with labels; the linear probe of --method scff/hybrid/uff: "
@@ -422,6 +425,8 @@ def _model_flags(a):
         kw["head_blocks"] = None if a.head_blocks == "none" else a.head_blocks
     if a.block_thresholds is not None:
         kw["block_thresholds"] = a.block_thresholds
+    if a.head_dropout is not None:
+        kw["head_dropout"] = a.head_dropout
     return kw
 
 
@@ -441,7 +446,7 @@ def _run_epochs(a, epochs, model):
 
 def _api_config(a, model):
     return {"alpha": model.config["alpha"], "pvn_weight": model.config["pvn_weight"],
-            "block_thresholds": model.config["block_thresholds"],
+            "block_thresholds": model.config["block_thresholds"], "head_dropout": model.config["head_dropout"],
             "margin": model.config["margin"], "optimizer": a.optimizer,
             "momentum": a.momentum or 0.0, "weight_decay": a.weight_decay,
             "head_blocks": a.head_blocks, "multipass_blocks": a.multipass_blocks,

@@ -30,7 +30,7 @@ _F32_MAX = float(np.finfo(np.float32).max)
 
 
 _HPARAM_KEYS = ("loss", "threshold", "alpha", "goodness", "norm", "norm_eps", "pvn_weight", "label_value", "margin",
-                "block_thresholds")
+                "block_thresholds", "head_dropout")
 _MOMENT_NAMES = ((_P_MW, "m_weight"), (_P_MB, "m_bias"), (_P_VW, "v_weight"), (_P_VB, "v_bias"))
 
 
@@ -449,7 +449,8 @@ def _check_hparams(h):
                 norm_eps=_real("norm_eps", h["norm_eps"], lo=0.0, lo_open=True),
                 pvn_weight=_real("pvn_weight", h["pvn_weight"], lo=0.0, hi=1.0),
                 label_value=_real("label_value", h["label_value"]),
-                margin=_real("margin", h["margin"], lo=0.0))
+                margin=_real("margin", h["margin"], lo=0.0),
+                head_dropout=_real("head_dropout", h.get("head_dropout", 0.0), lo=0.0, hi=1.0, hi_open=True))
 
 
 def _check_loss_fits(model, loss, ranges):
@@ -577,6 +578,11 @@ class FFModel:
         One theta per block instead of ``threshold`` (None: every block's is ``threshold``), as
         the SCFF authors' layers have their own (Chen et al. 2025, their code's config: 4 and
         1).  A re-cut into another number of blocks is refused while it is set.
+    head_dropout : float in [0, 1)
+        Dropout on the one-pass head's input features while the head trains (a train step's
+        head; inference never drops): each feature zeroed with this probability, the others
+        scaled by 1 / (1 - p), masks from the model's RNG.  The SCFF authors' linear probe uses
+        dropout.  Not with pipelined training.
     alpha : float
         SymBa scale.
     margin : float
@@ -624,7 +630,7 @@ class FFModel:
     def __init__(self, layers, input_shape, num_classes=10, *, blocks=None, loss="ff", threshold=2.0,
                  alpha=4.0, goodness="sum", norm="l2", norm_eps=1e-4, pvn_weight=0.0,
                  label_value=1.0, label_encoding="onehot", label_placement="overwrite", head_blocks="auto",
-                 seed=0, fourier_modes=None, margin=1.0, block_thresholds=None):
+                 seed=0, fourier_modes=None, margin=1.0, block_thresholds=None, head_dropout=0.0):
         if not isinstance(layers, (list, tuple)):
             raise TypeError(f"layers must be a list of fflib layers, got {type(layers).__name__}")
         if not layers:
@@ -642,7 +648,8 @@ class FFModel:
         _choice("label_encoding", label_encoding, LABEL_ENCODINGS)
         hparams = _check_hparams(dict(loss=loss, threshold=threshold, alpha=alpha, goodness=goodness, norm=norm,
                                       norm_eps=norm_eps, pvn_weight=pvn_weight, label_value=label_value,
-                                      margin=margin, block_thresholds=block_thresholds))
+                                      margin=margin, block_thresholds=block_thresholds,
+                                      head_dropout=head_dropout))
         if blocks is not None:
             blocks = _int_list("blocks", blocks)
         self.layers = list(layers)
@@ -772,7 +779,7 @@ class FFModel:
 
     def set_config(self, **kw):
         """Change loss, threshold, alpha, goodness, norm, norm_eps, pvn_weight, label_value, margin,
-        block_thresholds."""
+        block_thresholds, head_dropout."""
         unknown = set(kw) - set(self._hparams)
         if unknown:
             raise TypeError(f"unknown FFModel settings: {sorted(unknown)}")
@@ -785,7 +792,7 @@ class FFModel:
                              theta=float(h["threshold"]), alpha=float(h["alpha"]),
                              norm=_choice("norm", h["norm"], NORMS), norm_eps=float(h["norm_eps"]),
                              label_value=float(h["label_value"]), pvn_weight=float(h["pvn_weight"]),
-                             margin=float(h["margin"]))
+                             margin=float(h["margin"]), head_dropout=float(h["head_dropout"]))
         self._set_block_thresholds(h)
         self._hparams = h
 

@@ -541,6 +541,9 @@ class TorchFF:
         if not isinstance(net, FFNet):
             net = to_module(net)
         self.net = net
+        if net.config.get("head_dropout", 0.0) > 0.0:
+            raise ValueError(f"the model's head_dropout {net.config['head_dropout']} draws its masks from fflib's RNG: "
+                             f"the twin cannot follow it (set head_dropout=0 to compare)")
         if grad not in ("autograd", "manual"):
             raise ValueError(f"grad must be 'autograd' or 'manual', got {grad!r}")
         self.grad = grad

@@ -150,6 +150,8 @@ def train_command_uff(a, bad):
     sizes = [x.shape[1]] + list(layers)
     try:
         model = uff_model(sizes, num_classes=10, norm=norm, seed=a.seed)
+        if a.head_dropout is not None:
+            model.set_config(head_dropout=a.head_dropout)
         opt = _make_optimizer(a, model, lr, head_lr, Adam)
         sched = cli_schedule(a, opt, label_free_plan(model.num_blocks, epochs, head_epochs, order))
     except ValueError as e:
@@ -167,4 +169,5 @@ def train_command_uff(a, bad):
         bad(str(e).replace("\n", " "))
     return finish_command(a, model, hist, xt, yt, sizes, epochs, head_epochs,
                           {"order": order, "lr": lr, "head_lr": head_lr, "norm": norm, "schedule": schedule_name(sched),
-                           "optimizer": a.optimizer or "adam", "weight_decay": a.weight_decay, "momentum": a.momentum})
+                           "optimizer": a.optimizer or "adam", "weight_decay": a.weight_decay, "momentum": a.momentum,
+                           "head_dropout": model.config["head_dropout"]})

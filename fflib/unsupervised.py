@@ -410,6 +410,8 @@ def train_command_label_free(a, bad):
             model = FFModel(mlp(sizes, norm=a.norm), shape, 10, loss="ff", goodness=a.goodness,
                             threshold=threshold, norm=a.norm, label_encoding="none",
                             head_blocks=list(range(len(a.layers))), seed=a.seed, block_thresholds=a.block_thresholds)
+        if a.head_dropout is not None:
+            model.set_config(head_dropout=a.head_dropout)
         opt = _make_optimizer(a, model, lr, head_lr, Adam)
         sched = cli_schedule(a, opt, label_free_plan(model.num_blocks, epochs, head_epochs, order))
     except ValueError as e:
@@ -427,6 +429,7 @@ def train_command_label_free(a, bad):
         bad(str(e).replace("\n", " "))
     config = {"lr": lr, "head_lr": head_lr, "optimizer": a.optimizer or "adam", "weight_decay": a.weight_decay,
               "momentum": a.momentum, "threshold": threshold, "block_thresholds": a.block_thresholds,
+              "head_dropout": model.config["head_dropout"],
               "schedule": schedule_name(sched),
               "first_scale": 2.0 if recipe_model else 1.0, "order": order,
               "goodness": a.goodness, "norm": a.norm, "augment": a.augment}

@@ -292,12 +292,12 @@ def test_df_loss_with_its_margin(rng):
     assert scores.mean() > 0.85, scores
 
 
-def test_block_thresholds_reach_the_model(rng):
+def test_block_thresholds_and_head_dropout_reach_the_model(rng):
     X, y = blobs(rng, d=16)
-    clf = FFClassifier(hidden=(12, 8), epochs=1, loss="ff", block_thresholds=(3.0, 0.5))
+    clf = FFClassifier(hidden=(12, 8), epochs=1, loss="ff", block_thresholds=(3.0, 0.5), head_dropout=0.25)
     assert sklearn.base.clone(clf).get_params()["block_thresholds"] == (3.0, 0.5)
     clf.fit(X, y)
-    assert clf.model_.config["block_thresholds"] == [3.0, 0.5]
+    assert clf.model_.config["block_thresholds"] == [3.0, 0.5] and clf.model_.config["head_dropout"] == 0.25
 
 
 @pytest.mark.parametrize("inference", ["multipass", "onepass"])
@@ -334,6 +334,7 @@ def test_early_exit_is_calibrated_on_the_held_out_split(sample, inference):
     (dict(method="scff", loss="df"), "loss must be 'ff' or 'symba'"),
     (dict(method="scff", negatives="hard"), "negatives='hard' does not apply"),
     (dict(margin=-1.0), "margin must be"),
+    (dict(head_dropout=1.0), "head_dropout must be"),
     (dict(block_thresholds=(1.0, 2.0)), "block_thresholds has 2 values but the model has 1 blocks"),
     (dict(method="uff", block_thresholds=(1.0,)), "block_thresholds does not apply to method='uff'"),
     (dict(early_exit=2.0), "early_exit must be None or"),
