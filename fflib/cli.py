@@ -238,7 +238,8 @@ def build_parser():
                    help="one FF / PvN threshold per block instead of --threshold, e.g. 4,1")
     t.add_argument("--goodness", choices=["sum", "mean"], default=None)
     t.add_argument("--norm", choices=["l2", "rms", "none"], default=None,
-                   help="length normalisation between MLP layers (and of the one-pass head input)")
+                   help="length normalisation between MLP layers and of the one-pass head input (the CwC "
+                        "models: of the head input only; default: the model's, none for cwcomp, rms for ff_*)")
     t.add_argument("--loss", choices=list(_core_tables()[0]), default=None,
                    help="the blocks' local loss (default: symba for mlp/cnn, cwc for the CwC models); df is "
                         "the distance-forward N-pair margin loss (--margin) over every label, df-cwc the same loss over "
@@ -518,6 +519,7 @@ def split_validation(a, x, y, xt, yt, bad):
 def train_command(a):
     from . import FFModel, mlp, Adam, MultiStepLR, LinearCooldown, fit, evaluate, set_num_threads, get_num_threads
     from . import __version__
+    norm_given = a.norm is not None    # before the recipe and the defaults fill it
     # a recipe names its training method (a label-free one: fflib.unsupervised); the default is FF
     recipe_method = recipes.get(a.recipe).settings.get("method", "ff") if a.recipe is not None else None
     if a.method is None:
@@ -596,6 +598,8 @@ def train_command(a):
         kw["fourier_modes"] = _fourier_modes_arg(a.fourier_modes, x, y, image_shape)
     if a.label_value is not None or (a.fourier_modes or "").startswith("fit"):
         kw["label_value"] = 0.1 if a.label_value is None else a.label_value
+    if cwc and norm_given:   # a CwC model's --norm is its one-pass head's input normalisation
+        kw["norm"] = a.norm
     if not cwc:
         kw.update(goodness=a.goodness, norm=a.norm,
                   label_encoding=a.label_encoding or ("embedding" if labelled_light else "onehot"))
@@ -626,7 +630,7 @@ def train_command(a):
               "dataset": a.dataset, "data_dir": a.data_dir, "model": a.model,
               "layers": [x.shape[1]] + a.layers if a.model == "mlp" else None,
               "epochs": epochs, "batch_size": batch_size, "lr": lr, "head_lr": head_lr,
-              # the settings the model runs with (a CwC model ignores --norm and --goodness)
+              # the settings the model runs with (a CwC model ignores --goodness, and --norm unless given)
               "threshold": model.config["threshold"], "goodness": model.config["goodness"],
               "norm": model.config["norm"], "loss": model.config["loss"], "label_encoding": model.label_encoding,
               "fourier_modes": a.fourier_modes, "label_value": model.config["label_value"],

@@ -164,3 +164,15 @@ def test_block_thresholds(tmp_path, capsys):
     assert "do not apply to --loss symba" in fails(capsys, "--block-thresholds", "1,2")
     assert "--block-thresholds" in fails(capsys, "--loss", "ff", "--block-thresholds", "1,nan")
     assert "does not apply to --method uff" in fails(capsys, "--method", "uff", "--block-thresholds", "1,2")
+
+
+def test_norm_reaches_a_cwc_models_head_only_when_given(tmp_path):
+    """--norm on a CwC model sets its one-pass head's input normalisation; without it the model
+    keeps its own (cwcomp: none), not the MLP default the recipes fill in."""
+    base = ["train", "--model", "cwcomp", "--epochs", "1", "--subset", "64", "--threads", "1", "--no-progress",
+            "--seed", "1"]
+    for extra, want in (([], "none"), (["--norm", "rms"], "rms")):
+        out, save = tmp_path / "r.json", tmp_path / "m.npz"
+        assert cli.main([*base, *extra, "--out", str(out), "--save", str(save)]) == 0
+        assert json.loads(out.read_text())["config"]["norm"] == want
+        assert fflib.FFModel.load(save).config["norm"] == want
