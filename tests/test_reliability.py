@@ -35,9 +35,15 @@ def same_params(a, b):
     return sa.keys() == sb.keys() and all(np.array_equal(sa[k], sb[k]) for k in sa)
 
 
+@pytest.mark.parametrize("extras", [False, True], ids=["plain", "head-dropout+block-thresholds"])
 @pytest.mark.parametrize("name", zoo.ZOO)
-def test_zoo_round_trip_predicts_and_trains_on_identically(name, tmp_path):
+def test_zoo_round_trip_predicts_and_trains_on_identically(name, extras, tmp_path):
+    """extras: the head's dropout (its masks from the core's RNG, which the file holds) and one
+    threshold per block, both kept by save/load, so training goes on identically."""
     m = zoo_model(name)
+    if extras:
+        m.set_config(head_dropout=0.3 if m.has_head else 0.0,
+                     block_thresholds=[1.0 + 0.5 * b for b in range(m.num_blocks)])
     x, y = data(m)
     # SGD with momentum for half the zoo: a loaded model must not come back as Adam
     opt = (fflib.SGD(m, lr=0.01, momentum=0.9, nesterov=True) if name in ("mlp", "cwcomp", "ff_small", "ff_optimal")
@@ -47,7 +53,7 @@ def test_zoo_round_trip_predicts_and_trains_on_identically(name, tmp_path):
     written = m.save(tmp_path / "model")          # no suffix: .npz is appended, load finds it
     assert written.endswith("model.npz") and os.path.exists(written)
     m2 = fflib.FFModel.load(tmp_path / "model")
-    assert m2.architecture() == m.architecture()
+    assert m2.architecture() == m.architecture() and m2.config == m.config
     assert m2.blocks == m.blocks and m2._head_layers == m._head_layers and m2.training == m.training
     assert same_params(m, m2)
     assert np.array_equal(m.goodness(x), m2.goodness(x))
