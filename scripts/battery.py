@@ -28,17 +28,20 @@ STEPS = 20
 
 
 def cpu_signature():
-    """The CPU model name and whether it has AVX-512 (what OpenBLAS's kernel choice follows)."""
-    name, avx512 = "unknown", False
+    """The CPU model name, family number and whether it has AVX-512 (what OpenBLAS's kernel
+    choice follows: a virtual machine's "AMD EPYC" is several generations, whose kernels round
+    differently; with AVX-512, family 25 is Zen 4 and 26 Zen 5)."""
+    info, avx512 = {}, False
     try:
         for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
+            key = line.split(":", 1)[0].strip()
+            if key in ("model name", "cpu family") and key not in info:
+                info[key] = line.split(":", 1)[1].strip()
             if line.startswith("flags"):
                 avx512 = " avx512f" in line
     except OSError:
         pass
-    return f"{name} avx512={avx512}"
+    return f"{info.get('model name', 'unknown')} family={info.get('cpu family', '?')} avx512={avx512}"
 
 
 def _data(shape, n, seed):
@@ -153,5 +156,6 @@ def record(path):
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="tests/data/battery.npz")
+    ap.add_argument("--out", default="tests/data/battery-new.npz",
+                    help="where the record goes (tests compare with every tests/data/battery*.npz)")
     record(ap.parse_args().out)
