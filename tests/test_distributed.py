@@ -118,9 +118,13 @@ def test_two_ranks_equal_one_process(tmp_path):
         for rank in (0, 1):
             got = np.load(tmp_path / f"{mode}_{rank}.npz")
             params = [got[f"arr_{k}"] for k in range(len(ref.parameters()))]
+            # the shards' gradients summed by the all-reduce round differently from one batch's,
+            # and 8 Adam steps amplify that for weights with tiny gradients (measured on Zen 5:
+            # 3.3e-5 on a weight array whose largest value is 0.12); a layer left out of the
+            # all-reduce would differ by Adam's steps, 1e-3 each
             for p, q in zip(params, ref.parameters()):
-                np.testing.assert_allclose(p, q, rtol=1e-4, atol=1e-5 * float(np.abs(q).max()))
-            np.testing.assert_allclose(got["losses"], h["epochs"][-1]["block_loss"], rtol=1e-4)
+                np.testing.assert_allclose(p, q, rtol=1e-3, atol=5e-4 * float(np.abs(q).max()))
+            np.testing.assert_allclose(got["losses"], h["epochs"][-1]["block_loss"], rtol=1e-3)
         # pipeline: rank 0 hands on 40 floats for each positive and negative row (2 epochs);
         # data: the gradients of every layer and the head, 4 steps an epoch
         if mode == "pipeline":
@@ -132,7 +136,7 @@ def test_two_ranks_equal_one_process(tmp_path):
     for rank in (0, 1):
         got = np.load(tmp_path / f"cwc_{rank}.npz")
         for k, q in enumerate(ref):       # weights, biases and the batch norm's running statistics
-            np.testing.assert_allclose(got[f"arr_{k}"], q, rtol=1e-4, atol=1e-5 * float(np.abs(q).max()))
+            np.testing.assert_allclose(got[f"arr_{k}"], q, rtol=1e-3, atol=5e-4 * float(np.abs(q).max()))
 
 
 def test_cli_distributed(tmp_path):
