@@ -115,7 +115,7 @@ def train_command_uff(a, bad):
     error.  ``bad(message)`` exits with a usage error."""
     from . import set_num_threads
     from .cli import _check_output, _make_optimizer, load_train_test, split_validation
-    from .unsupervised import cli_schedule, label_free_plan, schedule_name
+    from .unsupervised import cli_schedule, label_free_plan, refuse_label_free_flags, schedule_name
     from .optim import Adam
     if a.recipe is not None:
         bad("--recipe does not apply to --method uff")
@@ -129,6 +129,10 @@ def train_command_uff(a, bad):
         if given:
             bad(f"{flag} does not apply to --method uff (autoencoder cells reconstructing their inputs, then a "
                 f"linear probe)")
+    refuse_label_free_flags(a, "uff", bad)
+    for flag, given in (("--threshold", a.threshold is not None), ("--goodness", a.goodness is not None)):
+        if given:
+            bad(f"{flag} does not apply to --method uff (its cells' loss is the reconstruction error)")
     _check_output("--out", a.out)
     _check_output("--save", a.save)
     if a.momentum is not None and a.optimizer != "sgd":

@@ -365,6 +365,19 @@ def label_free_epochs(model, x, y, plan, step, *, method, batch_size, min_batch,
     return history
 
 
+def refuse_label_free_flags(a, method, bad):
+    """Exit with a usage error on a train flag that a label-free run (``--method scff``,
+    ``hybrid``, ``uff``) has no use for, rather than ignoring it."""
+    unused = (("--pvn-weight", "pvn_weight"), ("--alpha", "alpha"), ("--margin", "margin"),
+              ("--head-blocks", "head_blocks"), ("--multipass-blocks", "multipass_blocks"), ("--windows", "windows"),
+              ("--distributed", "distributed"), ("--fourier-modes", "fourier_modes"), ("--label-value", "label_value"),
+              ("--early-exit", "early_exit"))
+    for flag, key in unused:
+        if getattr(a, key, None) not in (None, False):
+            bad(f"{flag} does not apply to --method {method} (label-free blocks, then a linear probe on every "
+                f"block's features)")
+
+
 def train_command_label_free(a, bad):
     """``python -m fflib train --method scff|hybrid``: an MLP (``--layers``) trained without
     labels for ``--epochs``, then its linear probe (the one-pass head on every block's
@@ -383,6 +396,7 @@ def train_command_label_free(a, bad):
                         ("--negatives", a.negatives != "uniform"), ("--alternate", a.alternate)):
         if given:
             bad(f"{flag} does not apply to --method {a.method} (label-free FF loss on explicit negatives)")
+    refuse_label_free_flags(a, a.method, bad)
     if a.momentum is not None and a.optimizer != "sgd":
         bad(f"--momentum is SGD's; give --optimizer sgd (got --optimizer {a.optimizer or 'adam'})")
     if a.resume and not a.checkpoint:

@@ -247,7 +247,8 @@ def test_cli_label_free_validation_split_probe_epochs_and_order(tmp_path):
     assert (c["optimizer"], c["momentum"], c["weight_decay"]) == ("sgd", 0.9, 1e-4)
     opt = fflib.FFModel.load(str(tmp_path / "m.npz")).optimizer
     assert type(opt).__name__ == "SGD" and opt.momentum == 0.9 and opt.weight_decay == 1e-4
-    for bad in (["--val-size", "10000"], ["--val-size", "-1"], ["--momentum", "0.9"]):
+    for bad in (["--val-size", "10000"], ["--val-size", "-1"], ["--momentum", "0.9"], ["--pvn-weight", "0.3"],
+                ["--head-blocks", "0"], ["--alpha", "2"], ["--windows", "0:1"], ["--label-value", "0.5"]):
         with pytest.raises(SystemExit):
             main(["train", "--method", "scff", "--layers", "40", "--epochs", "1", *bad])
 

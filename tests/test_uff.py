@@ -335,6 +335,10 @@ def test_cli_method_uff(tmp_path, capsys):
     assert [e["lr"] for e in json.loads(out.read_text())["epochs"]] == pytest.approx([3e-3, 1.5e-3, 1.5e-3])
     assert [e["phase"] for e in res["epochs"]] == ["uff", "probe", "probe"]
     assert all(0 < e["val_error"] < 90 for e in res["epochs"][1:])
+    for flag in (["--threshold", "2"], ["--goodness", "sum"], ["--head-blocks", "0"], ["--pvn-weight", "0.1"]):
+        with pytest.raises(SystemExit):
+            main(["train", "--method", "uff", *flag])
+        assert "does not apply to --method uff" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["train", "--method", "uff", "--augment", "crop2"])
     assert "does not apply to --method uff" in capsys.readouterr().err
