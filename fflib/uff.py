@@ -135,8 +135,6 @@ def train_command_uff(a, bad):
             bad(f"{flag} does not apply to --method uff (its cells' loss is the reconstruction error)")
     _check_output("--out", a.out)
     _check_output("--save", a.save)
-    if a.momentum is not None and a.optimizer != "sgd":
-        bad(f"--momentum is SGD's; give --optimizer sgd (got --optimizer {a.optimizer or 'adam'})")
     if a.resume and not a.checkpoint:
         bad("--resume needs --checkpoint DIR (where the interrupted run kept its state)")
     if a.threads:

@@ -259,8 +259,7 @@ def fit_unsupervised(model, x, y=None, *, method="scff", epochs=10, head_epochs=
     run = {"method": method, "epochs": int(epochs), "head_epochs": int(head_epochs), "batch_size": int(batch_size),
            "augment": augment, "iterations": int(iterations), "order": order}
     return label_free_epochs(model, x, y, label_free_plan(model.num_blocks, epochs, head_epochs, order), step,
-                             method=method,
-                             batch_size=batch_size, min_batch=2, optimizer=optimizer, scheduler=scheduler, rng=rng,
+                             method=method, batch_size=batch_size, min_batch=2, optimizer=optimizer, scheduler=scheduler, rng=rng,
                              x_val=x_val, y_val=y_val, callback=callback, progress=progress, checkpoint=checkpoint,
                              checkpoint_every=checkpoint_every, resume=resume, run=run)
 
@@ -376,6 +375,8 @@ def refuse_label_free_flags(a, method, bad):
         if getattr(a, key, None) not in (None, False):
             bad(f"{flag} does not apply to --method {method} (label-free blocks, then a linear probe on every "
                 f"block's features)")
+    if a.momentum is not None and a.optimizer != "sgd":
+        bad(f"--momentum is SGD's; give --optimizer sgd (got --optimizer {a.optimizer or 'adam'})")
 
 
 def train_command_label_free(a, bad):
@@ -397,8 +398,6 @@ def train_command_label_free(a, bad):
         if given:
             bad(f"{flag} does not apply to --method {a.method} (label-free FF loss on explicit negatives)")
     refuse_label_free_flags(a, a.method, bad)
-    if a.momentum is not None and a.optimizer != "sgd":
-        bad(f"--momentum is SGD's; give --optimizer sgd (got --optimizer {a.optimizer or 'adam'})")
     if a.resume and not a.checkpoint:
         bad("--resume needs --checkpoint DIR (where the interrupted run kept its state)")
     if a.threads:
