@@ -258,6 +258,16 @@ def test_label_free_methods_learn_features_a_probe_reads(sample, random_feature_
     assert clf.n_iter_ == 6
 
 
+def test_label_free_layerwise_order_trains_the_blocks_in_turn(sample):
+    x, y, _, _ = sample
+    clf = FFClassifier(hidden=(32, 16), epochs=1, head_epochs=2, method="scff", order="layerwise",
+                       random_state=0).fit(x[:600].reshape(600, -1), y[:600])
+    assert [(e["phase"], e["active"]) for e in clf.history_["epochs"]] == [("scff", [0]), ("scff", [1]),
+                                                                          ("probe", None), ("probe", None)]
+    # the default cooldown spans all four epochs: the last probe epoch runs at half the rate
+    assert clf.history_["epochs"][-1]["lr"] == pytest.approx(clf.history_["epochs"][0]["lr"] / 2)
+
+
 def test_uff_method_trains_autoencoder_cells_a_probe_reads(sample):
     """method="uff": autoencoder cells (784-128, 10 epochs) then a 10-epoch probe at head_lr 0.1
     on 3,000 sample images.  Measured (random_state=0) on 2,000 test images: 85.75 %, against
