@@ -397,8 +397,9 @@ ff_status ff_net_set_block_ranges(ff_net *net, int nblocks, const int *firsts, c
 int ff_net_default_blocks(const ff_net *net, int *ends);
 
 /* The net's configuration; its loss settings become every block's (ff_net_set_block_loss then
- * overrides one block until the next re-cut or set_config; ff_net_set_share_labels keeps it).  A loss that reads channel groups
- * (CwC, PvN) is refused unless every block's output channels divide by K. */
+ * overrides one block until the next re-cut or set_config; ff_net_set_share_labels keeps it).
+ * A loss that reads channel groups (CwC, PvN) is refused unless every block's output channels
+ * divide by K. */
 ff_status ff_net_set_config(ff_net *net, const ff_config *cfg);
 ff_config ff_net_get_config(const ff_net *net);
 /* Block b's own loss.  Its kind must build the same rows as the net's (with or without

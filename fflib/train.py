@@ -357,13 +357,14 @@ def _fit_uff(model, x, y, args):
     """fit() with method "uff": the options :func:`fflib.uff.fit_uff` takes, the others refused
     when they differ from their defaults."""
     from .uff import fit_uff
+    from .unsupervised import label_free_order
     defaults = dict(windows=None, negatives="uniform", train_head=True, routine=None, chunk_size=2, alternate=False,
                     augment=None, pipeline=False, comm=None, distributed=None)
     for key, value in defaults.items():
         if args[key] != value:
             raise ValueError(f"{key}={args[key]!r} does not apply to method 'uff' (autoencoder cells, then a "
                              f"linear probe)")
-    order = {"layerwise": "sequential"}.get(args["order"], args["order"])
+    order = label_free_order(args["order"])
     return fit_uff(model, x, y, epochs=args["epochs"], head_epochs=args["head_epochs"], batch_size=args["batch_size"],
                    optimizer=args["optimizer"], scheduler=args["scheduler"], order=order,
                    random_state=args["random_state"], x_val=args["x_val"], y_val=args["y_val"],
@@ -374,7 +375,7 @@ def _fit_uff(model, x, y, args):
 def _fit_label_free(method, model, x, y, args):
     """fit() with method "scff" or "hybrid": the options the label-free loop takes, the others
     refused when they differ from their defaults."""
-    from .unsupervised import METHODS, fit_unsupervised
+    from .unsupervised import METHODS, fit_unsupervised, label_free_order
     if not isinstance(method, str) or method not in METHODS:
         raise ValueError(f"method must be 'ff' or one of {METHODS}, got {method!r}")
     defaults = dict(windows=None, negatives="uniform", train_head=True, routine=None,
@@ -383,7 +384,7 @@ def _fit_label_free(method, model, x, y, args):
         if args[key] != value:
             raise ValueError(f"{key}={args[key]!r} does not apply to method {method!r} (label-free training "
                              f"on explicit negatives, then a linear probe)")
-    order = {"layerwise": "sequential"}.get(args["order"], args["order"])
+    order = label_free_order(args["order"])
     return fit_unsupervised(model, x, y, method=method, epochs=args["epochs"], head_epochs=args["head_epochs"],
                             batch_size=args["batch_size"], optimizer=args["optimizer"], scheduler=args["scheduler"],
                             augment=args["augment"], order=order, random_state=args["random_state"], x_val=args["x_val"],

@@ -115,7 +115,8 @@ def train_command_uff(a, bad):
     error.  ``bad(message)`` exits with a usage error."""
     from . import set_num_threads
     from .cli import _check_output, _make_optimizer, load_train_test, split_validation
-    from .unsupervised import cli_schedule, label_free_plan, refuse_label_free_flags, schedule_name
+    from .unsupervised import (cli_schedule, label_free_order, label_free_plan, refuse_label_free_flags,
+                               schedule_name)
     from .optim import Adam
     if a.recipe is not None:
         bad("--recipe does not apply to --method uff")
@@ -148,7 +149,7 @@ def train_command_uff(a, bad):
     layers = a.layers or [128, 128]
     epochs, head_epochs = a.epochs or 5, a.head_epochs or 10
     lr, head_lr, norm = a.lr or 3e-3, a.head_lr or 0.1, a.norm or "l2"
-    order = {None: "simultaneous", "layerwise": "sequential"}.get(a.order, a.order)
+    order = label_free_order(a.order)
     sizes = [x.shape[1]] + list(layers)
     try:
         model = uff_model(sizes, num_classes=10, norm=norm, seed=a.seed)

@@ -264,6 +264,12 @@ def fit_unsupervised(model, x, y=None, *, method="scff", epochs=10, head_epochs=
                              checkpoint_every=checkpoint_every, resume=resume, run=run)
 
 
+def label_free_order(order):
+    """The label-free loops' name for ``order``: fit's and the CLI's "layerwise" is their
+    "sequential" (None: "simultaneous"); anything else is passed on for them to check."""
+    return {None: "simultaneous", "layerwise": "sequential"}.get(order, order)
+
+
 def label_free_plan(num_blocks, epochs, head_epochs, order):
     """The epochs of a label-free run as :func:`label_free_epochs` takes them: ``epochs`` epochs
     of every block (order "simultaneous", None) or ``epochs`` of each block alone in turn
@@ -409,7 +415,7 @@ def train_command_label_free(a, bad):
     x, y, xv, yv, xt, yt = split_validation(a, x, y, xt, yt, bad)
     epochs = a.epochs or 10
     head_epochs = a.head_epochs or epochs
-    order = {"layerwise": "sequential"}.get(a.order, "simultaneous")
+    order = label_free_order(a.order)
     scff = a.method == "scff"
     lr = a.lr or (SCFF_LR if scff else 1e-3)
     head_lr = a.head_lr or (SCFF_HEAD_LR if scff else 1e-2)
