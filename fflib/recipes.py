@@ -253,7 +253,12 @@ _ALL = [
                  "(one seed each: differences under a point are within seed noise); the full run (94.5 min "
                  "on 1 thread) ends at validation 21.00 / 20.74 against CwC's 20.7 / 19.8 with the same recipe"),
     Recipe("cifar10-ff_medium", "ff_medium", "cifar10", "CIFAR-10 FF_medium", dict(_LIGHT),
-           survey="21.5 / 20.7", target="<= 19.7", notes="the FF_tiny recipe; not run"),
+           status="measured", result={"one_pass": 20.53, "multi_pass": 18.8},
+           source="benchmarks/results/reproduce/cifar10-ff_medium.json", tuned_on=_VAL5000,
+           survey="21.5 / 20.7", target="<= 19.7",
+           notes="the FF_tiny recipe (tuned on FF_tiny's validation split, not re-tuned for FF_medium), 50 epochs, "
+                 "60 min of training on 2 threads; validation error 19.94 / 17.78 after the last epoch, flat "
+                 "from epoch 36 on; blocks' test accuracy 41 / 68 / 75 / 81 %"),
     Recipe("cifar10-ff_optimal", "ff_optimal", "cifar10", "CIFAR-10 FF_optimal", dict(_LIGHT),
            survey="19.6 / 19.3", target="<= 18.3", notes="the FF_tiny recipe; not run"),
     Recipe("cifar10-ff_deep", "ff_deep", "cifar10", "CIFAR-10 FF_deep", dict(_LIGHT),
