@@ -519,7 +519,7 @@ def split_validation(a, x, y, xt, yt, bad):
 def train_command(a):
     from . import FFModel, mlp, Adam, MultiStepLR, LinearCooldown, fit, evaluate, set_num_threads, get_num_threads
     from . import __version__
-    norm_given = a.norm is not None    # before the recipe and the defaults fill it
+    norm_given = a.norm is not None    # by a flag: before the recipe and the defaults fill it
     # a recipe names its training method (a label-free one: fflib.unsupervised); the default is FF
     recipe_method = recipes.get(a.recipe).settings.get("method", "ff") if a.recipe is not None else None
     if a.method is None:
@@ -541,9 +541,10 @@ def train_command(a):
                 setattr(a, key, value)
     # unset flags take the recipe's settings (python -m fflib recipes), then the base defaults
     try:
-        recipe, _ = recipes.resolve(a, a.recipe) if a.method == "ff" else (None, {})
+        recipe, supplied = recipes.resolve(a, a.recipe) if a.method == "ff" else (None, {})
     except ValueError as e:
         _bad(str(e))
+    norm_given = norm_given or "norm" in supplied    # a recipe that names its norm gives it too
     _check_output("--out", a.out)
     _check_output("--save", a.save)
     _check_output("--checkpoint", a.checkpoint, directory=True)

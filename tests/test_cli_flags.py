@@ -176,3 +176,18 @@ def test_norm_reaches_a_cwc_models_head_only_when_given(tmp_path):
         assert cli.main([*base, *extra, "--out", str(out), "--save", str(save)]) == 0
         assert json.loads(out.read_text())["config"]["norm"] == want
         assert fflib.FFModel.load(save).config["norm"] == want
+
+
+def test_a_recipes_norm_reaches_a_cwc_models_head(tmp_path, monkeypatch):
+    """A recipe that names its norm gives it as the flag does (the fashion-mnist-cwcomp run of
+    session 9 asked for --norm rms through its recipe and trained without it)."""
+    from fflib import recipes
+    r = recipes.Recipe("test-cwcomp-rms", "cwcomp", "mnist", "test", dict(recipes._CWCOMP, norm="rms", epochs=1),
+                       default=False)
+    monkeypatch.setitem(recipes.RECIPES, r.name, r)
+    base = ["train", "--recipe", r.name, "--dataset", "sample", "--subset", "64", "--threads", "1",
+            "--no-progress"]
+    for extra, want in (([], "rms"), (["--norm", "none"], "none")):
+        out = tmp_path / "r.json"
+        assert cli.main([*base, *extra, "--out", str(out)]) == 0
+        assert json.loads(out.read_text())["config"]["norm"] == want
