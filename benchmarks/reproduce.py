@@ -9,7 +9,10 @@ A run is ``python -m fflib train --recipe NAME --checkpoint DIR --resume`` in a 
 with its state checkpointed after every epoch in ``results/reproduce/checkpoints/NAME/``: stopped
 at any moment (Ctrl-C, a kill, a reboot), the same command resumes it where its last checkpoint
 left it, and it ends bit-identical to an uninterrupted run on the same thread count.  Ctrl-C
-stops the child after its current minibatch and writes nothing final; a finished run writes
+stops the child after its current minibatch and writes nothing final; ``kill PID`` (SIGTERM) to
+this script alone, as a job scheduler or ``timeout`` sends it, stops the child at once (its last
+epoch's checkpoint stays) instead of leaving it training with no one to write its result.  A
+finished run writes
 ``results/reproduce/NAME.json``: the resolved config, the full per-epoch history, one-pass and
 multi-pass test errors, training seconds (summed over the epochs of every session), the child's
 CPU seconds, peak RSS (the largest of the sessions'), the fflib version and the git commit.  A
@@ -137,6 +140,14 @@ def _fold_session(ckdir):
     last.unlink()
 
 
+class _Terminated(Exception):
+    """SIGTERM reached this process while a run's child was training."""
+
+
+def _raise_terminated(signum, frame):
+    raise _Terminated()
+
+
 def run(name, *, epochs=None, subset=None, threads=1, out_dir=None, fresh=False, progress=None, sample=False):
     """Run (or resume) one recipe; returns the process exit status (0 done, 130 interrupted)."""
     recipe = recipes.get(name)
@@ -176,34 +187,48 @@ def run(name, *, epochs=None, subset=None, threads=1, out_dir=None, fresh=False,
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     # the child takes Ctrl-C itself (stops after its minibatch, keeps its last checkpoint); a
     # child of a backgrounded shell inherits SIGINT ignored, so give it the default action back
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-                            env=child_env(), cwd=str(ckdir),
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    # SIGTERM to this process alone (kill PID, a scheduler, timeout) would end it and leave the
+    # child training with no one to write its result: pass it on to the child instead
+    try:
+        old_term = signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:                                # not the main thread: leave SIGTERM alone
+        old_term = None
     interrupted = False
-    with open(ckdir / "log.txt", "a") as log:
-        while True:
-            try:
-                line = proc.stdout.readline()
-                if not line:
+    try:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+                                env=child_env(), cwd=str(ckdir),
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        with open(ckdir / "log.txt", "a") as log:
+            while True:
+                try:
+                    line = proc.stdout.readline()
+                    if not line:
+                        break
+                    log.write(line)
+                    log.flush()
+                    if bar is not None:
+                        if line.startswith("epoch"):
+                            bar.update(1)
+                        bar.write(line.rstrip())
+                    else:
+                        print(f"{tag}: {line.rstrip()}", flush=True)
+                except KeyboardInterrupt:
+                    interrupted = True
+                    if proc.poll() is None:
+                        proc.send_signal(signal.SIGINT)   # a no-op if the terminal already sent it
+                except _Terminated:
+                    interrupted = True
+                    if proc.poll() is None:
+                        proc.send_signal(signal.SIGTERM)  # at once: its last checkpoint stays
+            while True:
+                try:
+                    rc = proc.wait()
                     break
-                log.write(line)
-                log.flush()
-                if bar is not None:
-                    if line.startswith("epoch"):
-                        bar.update(1)
-                    bar.write(line.rstrip())
-                else:
-                    print(f"{tag}: {line.rstrip()}", flush=True)
-            except KeyboardInterrupt:
-                interrupted = True
-                if proc.poll() is None:
-                    proc.send_signal(signal.SIGINT)   # a no-op if the terminal already sent it
-        while True:
-            try:
-                rc = proc.wait()
-                break
-            except KeyboardInterrupt:
-                interrupted = True
+                except (KeyboardInterrupt, _Terminated):
+                    interrupted = True
+    finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
     if bar is not None:
         bar.close()
     wall = time.time() - t0

@@ -182,6 +182,36 @@ def test_reproduce_resumes_after_ctrl_c_bit_identically(tmp_path, capsys):
     assert "done" in capsys.readouterr().out
 
 
+def test_reproduce_stopped_by_sigterm_to_itself_stops_its_child(tmp_path):
+    """kill PID (SIGTERM to reproduce.py alone, not its process group, as a scheduler or timeout
+    sends it) stops the training child too, instead of leaving it training with no one to write
+    its result; the same command then resumes from the last checkpoint."""
+    env = child_env()
+    proc = subprocess.Popen(reproduce(tmp_path / "term"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=env, cwd=str(tmp_path), start_new_session=True)
+    t0, line = time.time(), ""
+    while "epoch   1" not in line and time.time() - t0 < 120:
+        line = proc.stdout.readline()
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out
+    assert "run the same command to resume" in out
+    deadline = time.time() + 10
+    while True:                      # the child shares the group: none of it may be left running
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        assert time.time() < deadline, "the training child outlived reproduce.py"
+        time.sleep(0.1)
+    again = subprocess.run(reproduce(tmp_path / "term"), capture_output=True, text=True, timeout=300,
+                           env=env, cwd=str(tmp_path))
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "resuming after epoch" in again.stdout
+    b = json.loads((tmp_path / "term" / "mnist-mlp.e8.s2500.sample.json").read_text())
+    assert [e["epoch"] for e in b["epochs"]] == list(range(1, 9)) and len(b["sessions"]) == 2
+
+
 def test_results_tables_are_generated_from_the_json():
     table = _script("results_table")
     assert table.main(["--check"]) == 0, "run python scripts/results_table.py"
