@@ -267,12 +267,17 @@ _ALL = [
                  "60 min of training on 2 threads; validation error 19.94 / 17.78 after the last epoch, flat "
                  "from epoch 36 on; blocks' test accuracy 41 / 68 / 75 / 81 %"),
     Recipe("cifar10-ff_optimal", "ff_optimal", "cifar10", "CIFAR-10 FF_optimal", dict(_LIGHT),
-           survey="19.6 / 19.3", target="<= 18.3", notes="the FF_tiny recipe; not run"),
+           survey="19.6 / 19.3", target="<= 18.3",
+           notes="the FF_tiny recipe; not run to the end (benchmarks/results/partial/cifar10-ff_optimal.log): "
+                 "on a 2.0 GHz Xeon (AVX-512) its first two epochs took 159 and 154 s of training on 2 threads "
+                 "(about 2.2 h for 50; FF_medium's took 75 s on the AMD machine of its run), and after 7 of "
+                 "them the validation error was 37.60 / 34.06 % (FF_medium's 38.20 / 34.78 after its 7th)"),
     Recipe("cifar10-ff_deep", "ff_deep", "cifar10", "CIFAR-10 FF_deep", dict(_LIGHT, lr=0.001),
            survey="18.8 / 18.2",
            tuned_on="validation split: the blocks' rate, 1e-2 (the light recipe's) against 1e-3 (the rate of "
                     "the Trifecta code whose 6-block network FF_deep is), 2 epochs on the first 4,000 training "
-                    "images, validated on 4,000 of the last 5,000 (benchmarks/results/recipe_study/cifar10-ff_deep-lr/)",
+                    "images, validated on 4,000 of the last 5,000 "
+                    "(benchmarks/results/recipe_study/cifar10-ff_deep-lr/)",
            notes="the FF_tiny recipe with the blocks at 1e-3; not run to the end (50 epochs would take about 10 h "
                  "of training on 2 threads). At the light recipe's 1e-2 FF_deep does not train: on the rate study's "
                  "split its blocks 2-6 ended epoch 1 with losses of 11-195 and the validation error at chance "
