@@ -7,6 +7,69 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _share_cores_between_xdist_workers():
+    """Under pytest-xdist (``pytest -n N``) every worker is its own process with fflib's default
+    of all CPUs, so N workers would run N x CPUs threads that wait on each other's time slices.
+    Give each worker its share of the cores instead (fflib and torch/OpenMP), unless the caller
+    set FFLIB_NUM_THREADS / OMP_NUM_THREADS.  It runs before any test module imports fflib; the
+    tests that need 2 threads set them explicitly, and child processes inherit the share."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if not os.environ.get("PYTEST_XDIST_WORKER") or not workers:
+        return
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cpus = os.cpu_count() or 1
+    share = str(max(1, cpus // max(1, int(workers))))
+    os.environ.setdefault("FFLIB_NUM_THREADS", share)
+    os.environ.setdefault("OMP_NUM_THREADS", share)
+
+
+_share_cores_between_xdist_workers()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist, start every worker on its share of the long trainings.
+
+    ``--dist worksteal`` hands each of the N workers a contiguous 1/N of the collection, and an
+    idle worker later steals from the tail of a busy one's queue; a worker always keeps the test
+    after its current one.  In file order the two longest tests (the MNIST CNN and CwComp
+    trainings) sit side by side, so one worker would run both, one after the other, while the
+    others finish early.  The tests marked ``slow(seconds=S)`` (S measured at 2 threads) are dealt
+    out longest first to the least-loaded worker's slice, at its front; the other tests fill the
+    slices in their file order.  Outside xdist the order is the file order."""
+    try:
+        workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 0)
+    except ValueError:
+        return
+    if not os.environ.get("PYTEST_XDIST_WORKER") or workers < 2:
+        return
+
+    def cost(item):
+        m = item.get_closest_marker("slow")
+        return float(m.kwargs.get("seconds", 0)) if m is not None else 0.0
+
+    heavy = sorted((it for it in items if cost(it) > 0), key=cost, reverse=True)
+    if not heavy:
+        return
+    light = [it for it in items if cost(it) <= 0]
+    sizes, left = [], len(items)          # xdist's first hand-out: 1/N of what is left, in turn
+    for i in range(workers):
+        sizes.append(left // (workers - i))
+        left -= sizes[-1]
+    slices, load = [[] for _ in range(workers)], [0.0] * workers
+    for it in heavy:
+        w = min(range(workers), key=lambda k: load[k])
+        slices[w].append(it)
+        load[w] += cost(it)
+    order, pos = [], 0
+    for w in range(workers):
+        n = max(0, sizes[w] - len(slices[w]))
+        order += slices[w] + light[pos:pos + n]
+        pos += n
+    items[:] = order + light[pos:]
+
+
 def shared_data_dir():
     """The real datasets: $FFLIB_DATA, else ../shared/data beside the repository."""
     env = os.environ.get("FFLIB_DATA")

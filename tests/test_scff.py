@@ -268,6 +268,7 @@ def test_scff_trains_a_cnn_and_its_probe():
     assert uf.probe_error(m, xt[:2000], yt[:2000]) <= 16.0
 
 
+@pytest.mark.slow(seconds=110)
 def test_scff_recipe_beats_the_untrained_network_on_full_mnist(mnist):
     """The SCFF recipe (unsupervised.scff_mlp: 784-2000-2000, threshold 4, first layer x2; fit's
     scff defaults: Adam 3e-3, probe 1e-3) on all 60,000 images: one epoch without labels, then a
