@@ -7,20 +7,30 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _xdist_workers():
+    """The number of pytest-xdist workers when this process is one of them, else 0."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return 0
+    try:
+        return max(0, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 0))
+    except ValueError:
+        return 0
+
+
 def _share_cores_between_xdist_workers():
     """Under pytest-xdist (``pytest -n N``) every worker is its own process with fflib's default
     of all CPUs, so N workers would run N x CPUs threads that wait on each other's time slices.
     Give each worker its share of the cores instead (fflib and torch/OpenMP), unless the caller
     set FFLIB_NUM_THREADS / OMP_NUM_THREADS.  It runs before any test module imports fflib; the
     tests that need 2 threads set them explicitly, and child processes inherit the share."""
-    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
-    if not os.environ.get("PYTEST_XDIST_WORKER") or not workers:
+    workers = _xdist_workers()
+    if not workers:
         return
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:
         cpus = os.cpu_count() or 1
-    share = str(max(1, cpus // max(1, int(workers))))
+    share = str(max(1, cpus // workers))
     os.environ.setdefault("FFLIB_NUM_THREADS", share)
     os.environ.setdefault("OMP_NUM_THREADS", share)
 
@@ -38,11 +48,8 @@ def pytest_collection_modifyitems(config, items):
     others finish early.  The tests marked ``slow(seconds=S)`` (S measured at 2 threads) are dealt
     out longest first to the least-loaded worker's slice, at its front; the other tests fill the
     slices in their file order.  Outside xdist the order is the file order."""
-    try:
-        workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 0)
-    except ValueError:
-        return
-    if not os.environ.get("PYTEST_XDIST_WORKER") or workers < 2:
+    workers = _xdist_workers()
+    if workers < 2:
         return
 
     def cost(item):
