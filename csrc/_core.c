@@ -250,6 +250,59 @@ static PyObject *Net_set_label_encoding(NetObject *self, PyObject *args) {
     return net_status(self, ff_net_set_label_encoding(self->net, (ff_label_kind)kind), "label_encoding");
 }
 
+/* One float32 C-contiguous aligned native array of exactly n values for argument `name`, or NULL
+ * with the Python exception set. */
+static const float *input_affine_arg(PyObject *o, const char *name, int n) {
+    if (!PyArray_Check(o) || PyArray_TYPE((PyArrayObject *)o) != NPY_FLOAT32) {
+        PyErr_Format(PyExc_TypeError, "%s must be a numpy.ndarray of float32, got %s", name,
+                     PyArray_Check(o) ? PyArray_DESCR((PyArrayObject *)o)->typeobj->tp_name : Py_TYPE(o)->tp_name);
+        return NULL;
+    }
+    PyArrayObject *a = (PyArrayObject *)o;
+    if (PyArray_SIZE(a) != n) {
+        PyErr_Format(PyExc_ValueError, "%s must hold %d values (the input size), got %zd", name, n,
+                     (Py_ssize_t)PyArray_SIZE(a));
+        return NULL;
+    }
+    if (!PyArray_IS_C_CONTIGUOUS(a) || !PyArray_ISALIGNED(a) || !PyArray_ISNOTSWAPPED(a)) {
+        PyErr_Format(PyExc_ValueError, "%s must be C-contiguous, aligned and native-endian", name);
+        return NULL;
+    }
+    return (const float *)PyArray_DATA(a);
+}
+
+/* set_input_affine(scale, shift): two float32 arrays of the input size, or None, None (off). */
+static PyObject *Net_set_input_affine(NetObject *self, PyObject *args) {
+    GUARD(self);
+    PyObject *so, *to;
+    if (!PyArg_ParseTuple(args, "OO:set_input_affine", &so, &to)) return NULL;
+    if ((so == Py_None) != (to == Py_None))
+        return PyErr_Format(PyExc_ValueError, "input affine: give both scale and shift, or neither (None, None)");
+    const float *sc = NULL, *sh = NULL;
+    if (so != Py_None) {
+        int D = ff_net_input_size(self->net);
+        if (!(sc = input_affine_arg(so, "scale", D)) || !(sh = input_affine_arg(to, "shift", D))) return NULL;
+    }
+    return net_status(self, ff_net_set_input_affine(self->net, sc, sh), "input_affine");
+}
+
+/* (scale, shift) copies, or None when the net has no input affine map. */
+static PyObject *Net_input_affine(NetObject *self, PyObject *Py_UNUSED(ignored)) {
+    GUARD(self);
+    const float *sh = NULL, *sc = ff_net_input_affine(self->net, &sh);
+    if (!sc) Py_RETURN_NONE;
+    npy_intp n = ff_net_input_size(self->net);
+    PyObject *a = PyArray_SimpleNew(1, &n, NPY_FLOAT32), *b = PyArray_SimpleNew(1, &n, NPY_FLOAT32);
+    if (!a || !b) {
+        Py_XDECREF(a);
+        Py_XDECREF(b);
+        return NULL;
+    }
+    memcpy(PyArray_DATA((PyArrayObject *)a), sc, (size_t)n * sizeof(float));
+    memcpy(PyArray_DATA((PyArrayObject *)b), sh, (size_t)n * sizeof(float));
+    return Py_BuildValue("(NN)", a, b);
+}
+
 /* modes: None (the default table) or a float64 C-contiguous (K, M, 4) array. */
 static PyObject *Net_set_fourier_modes(NetObject *self, PyObject *o) {
     GUARD(self);
@@ -960,6 +1013,9 @@ static PyMethodDef Net_methods[] = {
     {"predict_early_exit", (PyCFunction)Net_predict_early_exit, METH_VARARGS,
      "predict_early_exit(x, onepass, rule, thresholds) -> (pred, blocks_used)"},
     {"set_label_encoding", (PyCFunction)Net_set_label_encoding, METH_VARARGS, "set_label_encoding(kind)"},
+    {"set_input_affine", (PyCFunction)Net_set_input_affine, METH_VARARGS,
+     "set_input_affine(scale, shift): x * scale + shift on every raw input value (float32, D each), or None, None"},
+    {"input_affine", (PyCFunction)Net_input_affine, METH_NOARGS, "input_affine() -> (scale, shift) float32 or None"},
     {"set_fourier_modes", (PyCFunction)Net_set_fourier_modes, METH_O, "set_fourier_modes(modes or None)"},
     {"fourier_modes", (PyCFunction)Net_fourier_modes, METH_NOARGS, "fourier_modes() -> (K, M, 4) float64 or None"},
     {"label_patterns", (PyCFunction)Net_label_patterns, METH_NOARGS, "label_patterns() -> (K, H*W) float32 or None"},

@@ -210,6 +210,7 @@ struct ff_net {
     float *pattern;           /* (K, H*W) label patterns: Fourier waves, or NULL */
     double *modes;            /* (K, nmodes, 4) Fourier modes: wavelength, orientation, amplitude, phase */
     int nmodes;
+    float *in_affine;         /* (2, D) input scale then shift (ff_net_set_input_affine), or NULL */
     int nl, finalized, training;
     ff_layer layers[FF_MAX_LAYERS];
     int nblocks;

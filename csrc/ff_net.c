@@ -98,7 +98,12 @@ ff_status ff_overlay_labels(float *out, const float *x, const int64_t *labels, i
 static void encode_into(const ff_net *net, float *out, const float *x, int64_t y) {
     int K = net->K, HW = net->H * net->W;
     float v = net->cfg.label_value;
-    memcpy(out, x, (size_t)net->D * sizeof(float));
+    if (net->in_affine) {
+        const float *sc = net->in_affine, *sh = sc + net->D;
+        for (int i = 0; i < net->D; i++) out[i] = x[i] * sc[i] + sh[i];
+    } else {
+        memcpy(out, x, (size_t)net->D * sizeof(float));
+    }
     switch (net->label) {
     case FF_LABEL_ONEHOT:   /* the first K values of a flat row, or of every channel plane */
         for (int c = 0; c < (HW == 1 ? 1 : net->C); c++) onehot_fill(out + (size_t)c * HW, K, y, v);
@@ -216,6 +221,7 @@ void ff_net_destroy(ff_net *net) {
     if (!net) return;
     free(net->params); free(net->grads); free(net->m); free(net->v); free(net->gtail);
     free(net->buffers); free(net->saved); free(net->pattern); free(net->modes); free(net->dec);
+    free(net->in_affine);
     free_work(&net->work);
     ff_net_pipeline_end(net);
     free_blocks(net);
@@ -687,6 +693,33 @@ ff_status ff_net_set_fourier_modes(ff_net *net, const double *modes, int M) {
     net->nmodes = M;
     if (net->pattern) fourier_patterns(net->pattern, net->modes, net->K, M, net->H, net->W);
     return FF_OK;
+}
+
+ff_status ff_net_set_input_affine(ff_net *net, const float *scale, const float *shift) {
+    if (!scale != !shift)
+        return ff_fail(net, FF_ERR_ARG, "input affine: give both scale and shift, or neither");
+    if (!scale) {
+        free(net->in_affine);
+        net->in_affine = NULL;
+        return FF_OK;
+    }
+    for (int i = 0; i < net->D; i++) {
+        if (!isfinite(scale[i]))
+            return ff_fail(net, FF_ERR_ARG, "input scale[%d] must be finite, got %g", i, (double)scale[i]);
+        if (!isfinite(shift[i]))
+            return ff_fail(net, FF_ERR_ARG, "input shift[%d] must be finite, got %g", i, (double)shift[i]);
+    }
+    float *t = net->in_affine ? net->in_affine : malloc(2 * (size_t)net->D * sizeof(float));
+    if (!t) return ff_fail(net, FF_ERR_NOMEM, "out of memory for the input affine map");
+    memcpy(t, scale, (size_t)net->D * sizeof(float));
+    memcpy(t + net->D, shift, (size_t)net->D * sizeof(float));
+    net->in_affine = t;
+    return FF_OK;
+}
+
+const float *ff_net_input_affine(const ff_net *net, const float **shift) {
+    if (shift) *shift = net->in_affine ? net->in_affine + net->D : NULL;
+    return net->in_affine;
 }
 
 const double *ff_net_fourier_modes(const ff_net *net, int *M) {

@@ -358,6 +358,13 @@ const float *ff_net_label_patterns(const ff_net *net, int *HW);
 /* The default table into modes (K, 4): orientation pi k / K, wavelength max(H, W) / (2 + k mod 3)
  * pixels, amplitude 1, phase 0 (fflib's original fixed mapping). */
 void ff_fourier_default_modes(double *modes, int K, int H, int W);
+/* A per-value affine map of the raw input, x' = x * scale + shift (D values each; input
+ * standardisation: scale 1/std, shift -mean/std), applied where every training and inference
+ * path encodes a sample, before the label goes in.  NULL for both turns it off (the default).
+ * Every value must be finite.  Any time; the net copies the arrays. */
+ff_status ff_net_set_input_affine(ff_net *net, const float *scale, const float *shift);
+/* The net's scale (D values; *shift gets the shift), or NULL when off. */
+const float *ff_net_input_affine(const ff_net *net, const float **shift);
 ff_status ff_net_add_linear(ff_net *net, int out_features, int bias);
 ff_status ff_net_add_conv2d(ff_net *net, int out_channels, int kernel, int stride, int pad,
                             int groups, int bias);

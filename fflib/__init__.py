@@ -22,7 +22,8 @@ from ._loader import _core
 from ._version import __version__
 from . import datasets, models
 from . import labels  # Fourier label mode tables (fflib.labels)
-from .nn import (Layer, Linear, ReLU, Conv2d, BatchNorm2d, MaxPool2d, Flatten, LenNorm, FFModel, mlp)
+from .nn import (Layer, Linear, ReLU, Conv2d, BatchNorm2d, MaxPool2d, Flatten, LenNorm, FFModel, mlp,
+                 channel_stats)
 from .optim import Adam, SGD, StepLR, MultiStepLR, CosineAnnealingLR, LambdaLR, LinearCooldown
 from .train import fit, evaluate
 from .export import export_c
@@ -95,6 +96,7 @@ def get_include() -> str:
 
 __all__ = [
     "Layer", "Linear", "ReLU", "Conv2d", "BatchNorm2d", "MaxPool2d", "Flatten", "LenNorm", "FFModel", "mlp",
+    "channel_stats",
     "Adam", "SGD", "StepLR", "MultiStepLR", "CosineAnnealingLR", "LambdaLR", "LinearCooldown", "fit",
     "evaluate", "export_c", "FFClassifier", "EarlyExit",
     "datasets", "models", "set_num_threads", "get_num_threads", "blas_name", "get_include", "__version__",

@@ -87,6 +87,11 @@ class FFClassifier(ClassifierMixin, BaseEstimator):
         Each block's own FF threshold instead of ``threshold`` (e.g. SCFF's ``(4, 1)``).
     head_dropout : float in [0, 1)
         Dropout on the one-pass head's input while it trains (e.g. a label-free method's probe).
+    standardize : bool
+        Standardise every feature by the training data's mean and standard deviation (a
+        constant feature: by 1) inside the model (:attr:`FFModel.input_norm`: saved, pickled
+        and exported with it), as a StandardScaler in front would (partial_fit: by its first
+        call's data); method "ff" only.
     method : {"ff", "scff", "hybrid", "uff"}
         "ff" (default): labels in the input.  "scff" (self-contrastive pairs, Chen et al. 2025)
         or "hybrid" (Hinton's hybrid-image negatives): ``epochs`` of label-free training (the
@@ -145,7 +150,7 @@ class FFClassifier(ClassifierMixin, BaseEstimator):
                  head_lr=None, early_stopping=False, validation_fraction=0.1, n_iter_no_change=10,
                  tol=1e-4, random_state=None, threads=None, verbose=False, margin=1.0, method="ff",
                  image_shape=None, early_exit=None, early_exit_rule="softmax", block_thresholds=None,
-                 head_dropout=0.0):
+                 head_dropout=0.0, standardize=False):
         self.hidden, self.epochs, self.batch_size, self.lr = hidden, epochs, batch_size, lr
         self.threshold, self.goodness, self.norm, self.loss = threshold, goodness, norm, loss
         self.label_placement = label_placement
@@ -159,6 +164,7 @@ class FFClassifier(ClassifierMixin, BaseEstimator):
         self.margin, self.method, self.image_shape = margin, method, image_shape
         self.early_exit, self.early_exit_rule = early_exit, early_exit_rule
         self.block_thresholds, self.head_dropout = block_thresholds, head_dropout
+        self.standardize = standardize
 
     # ------------------------------------------------------------------ building
     def build(self, n_features, n_classes, seed, input_shape=None):
@@ -246,6 +252,11 @@ class FFClassifier(ClassifierMixin, BaseEstimator):
             elif self.loss not in ("ff", "symba"):
                 raise ValueError(f"method={self.method!r} trains on explicit negatives: loss must be 'ff' or "
                                  f"'symba', got loss={self.loss!r}")
+        if not isinstance(self.standardize, (bool, np.bool_)):
+            raise ValueError(f"standardize must be True or False, got {self.standardize!r}")
+        if self.standardize and self.method != "ff":
+            raise ValueError(f"standardize=True needs method='ff' (it standardises a labelled model's input), "
+                             f"got method={self.method!r}")
         if isinstance(self.margin, (bool, np.bool_)) or not isinstance(self.margin, (int, float, np.integer,
                                                                                         np.floating)) \
                 or not 0 <= float(self.margin) < math.inf:
@@ -289,6 +300,10 @@ class FFClassifier(ClassifierMixin, BaseEstimator):
         self._rng = rs if isinstance(rs, np.random.Generator) else np.random.default_rng(rs)
         seed = int(self._rng.integers(0, 2**63 - 1))
         self.model_ = self.build(X.shape[1], len(classes), seed, self._input_shape(X.shape[1], images))
+        if self.standardize:   # every feature to mean 0, std 1 by the training data, inside the model
+            X64 = np.asarray(X, np.float64)
+            std = X64.std(axis=0)
+            self.model_.set_input_norm(X64.mean(axis=0), np.where(std > 0, std, 1.0))
         self.n_iter_, self.loss_curve_ = 0, []
 
     def _encode(self, y):

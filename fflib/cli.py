@@ -278,6 +278,10 @@ def build_parser():
     t.add_argument("--augment", default=None,
                    help="image augmentation of training batches: flip, cropN (random shift by up to N "
                         "pixels), joined by +, e.g. crop4+flip for CIFAR-10, crop2 for MNIST")
+    t.add_argument("--input-norm", choices=("none", "channel"), default=None,
+                   help="standardise the inputs: channel (each image channel to mean 0 and std 1 by the "
+                        "training split's statistics, saved with the model and applied in every "
+                        "inference and export) or none (the default)")
     t.add_argument("--milestones", type=_increasing, default=None, help="MultiStepLR epochs, e.g. 30,45")
     t.add_argument("--gamma", type=_positive(float), default=None)
     t.add_argument("--no-cooldown", dest="cooldown", action="store_const", const=False, default=None,
@@ -627,6 +631,16 @@ def train_command(a):
             model = zoo.build(a.model, a.dataset, **kw)
     except ValueError as e:
         _bad(str(e))
+    if a.input_norm == "channel":   # statistics of the training split only (not validation, not test)
+        from .nn import channel_stats
+        try:
+            mean, std = channel_stats(x, image_shape)
+        except ValueError as e:
+            _bad(f"--input-norm channel: {e}")
+        if tuple(model.input_shape) != tuple(image_shape):   # a flat MLP: one value per pixel
+            per = int(np.prod(image_shape[1:]))
+            mean, std = np.repeat(mean, per), np.repeat(std, per)
+        model.set_input_norm(mean, std)
     config = {"recipe": None if recipe is None else recipe.name, "subset": a.subset,
               "dataset": a.dataset, "data_dir": a.data_dir, "model": a.model,
               "layers": [x.shape[1]] + a.layers if a.model == "mlp" else None,
@@ -637,7 +651,8 @@ def train_command(a):
               "fourier_modes": a.fourier_modes, "label_value": model.config["label_value"],
               "routine": a.routine, "chunk_size": a.chunk_size, "alternate": a.alternate, "pipeline": a.pipeline,
               "order": a.order, "negatives": a.negatives, "milestones": a.milestones, "gamma": a.gamma,
-              "cooldown": a.cooldown, "augment": a.augment, "seed": a.seed, "threads": get_num_threads(),
+              "cooldown": a.cooldown, "augment": a.augment, "input_norm": a.input_norm or "none",
+              "seed": a.seed, "threads": get_num_threads(),
               "checkpoint": a.checkpoint, "checkpoint_every": a.checkpoint_every, "resume": a.resume,
               "num_train": int(len(y)), "num_test": int(len(yt)), "val_size": a.val_size,
               "head_epochs": a.head_epochs or 0,
@@ -659,7 +674,7 @@ def train_command(a):
         _bad(str(e))
     if rank == 0:
         print(f"fflib: training {a.model} ({model.num_parameters()} parameters, {loss} loss, {a.routine}) "
-              f"on {a.dataset} ({len(y)} train / {len(yt)} test), {epochs} epochs"
+              f"on {a.dataset} ({len(y)} train / {len(yt)} test), {_run_epochs(a, epochs, model) + head_epochs} epochs"
               + (f", {a.distributed}-parallel on {comm.Get_size()} ranks" if comm is not None else ""), flush=True)
 
     def report(rec):

@@ -8,8 +8,8 @@ and no libm beyond ``sqrtf`` and ``expf``, and runs in a caller-provided scratch
 ``<NAME>_SCRATCH_FLOATS`` floats (stated in the header).
 
 How the C reproduces Python
-    One walk over the layers, as the C core's inference does: the raw sample is encoded with
-    a label (one-hot, Fourier wave, embedding channel) or the neutral label; every layer runs
+    One walk over the layers, as the C core's inference does: the raw sample is standardised
+    (``FFModel.input_norm``, if set) and encoded with a label (one-hot, Fourier wave, embedding channel) or the neutral label; every layer runs
     in order; at the end of block b its class scores are taken (goodness, sum or mean of
     squares, for FF/SymBa; channel-group goodness for CwC/PvN); a head layer's output is
     length-normalised (``config["norm"]``) and multiplied into its columns of the head.
@@ -92,6 +92,8 @@ class _Plan:
         self.loss = self.cfg["loss"]
         self.label_free = self.loss in LABEL_FREE
         self.Din = self.D + (self.HW if self.enc == "embedding" else 0)
+        # input standardisation (FFModel.input_norm): x * scale + shift, as the core applies it
+        self.in_affine = model.input_affine
         ends = [b for _, b in model.blocks]
         self.NB = len(ends)
         self.head_layers = list(model._head_layers)
@@ -250,7 +252,7 @@ class _Plan:
         """x (N, D) raw samples -> (N, Din) encoded with label (int, or -1 neutral)."""
         N = x.shape[0]
         out = np.zeros((N, self.Din), np.float32)
-        out[:, :self.D] = x
+        out[:, :self.D] = x if self.in_affine is None else x * self.in_affine[0] + self.in_affine[1]
         K, v, HW = self.K, self.label_value, self.HW
         if self.enc == "onehot":
             vals = np.full(K, v / np.float32(K), np.float32) if label < 0 else \
@@ -869,7 +871,11 @@ class _Gen:
         p = self.p
         lines = ["/* s (Din) = x (D) with label y (-1: the neutral label) written in, as the core's encode_row */",
                  "static void encode(float *s, const float *x, int y) {", "    int i;"]
-        body = [f"    for (i = 0; i < {p.D}; i++) s[i] = x[i];"]
+        if p.in_affine is None:
+            body = [f"    for (i = 0; i < {p.D}; i++) s[i] = x[i];"]
+        else:   # the model's input standardisation
+            sc, sh = self.const("input_scale", p.in_affine[0]), self.const("input_shift", p.in_affine[1])
+            body = [f"    for (i = 0; i < {p.D}; i++) s[i] = x[i] * {sc}[i] + {sh}[i];"]
         K, HW = p.K, p.HW
         v = _c_float(p.label_value)
         vk = _c_float(p.label_value / np.float32(K))

@@ -527,6 +527,70 @@ def _label_slots(placement, encoding, input_shape, K):
     return K
 
 
+def _check_input_norm(mean, std, input_shape):
+    """(mean, std) float64 arrays checked against input_shape: each a number, C per-channel
+    values, or one per input value."""
+    C, H, W = input_shape
+    D = C * H * W
+    out = []
+    for name, v in (("mean", mean), ("std", std)):
+        try:
+            a = np.array(v, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise TypeError(f"input_norm {name} must be a number or an array of numbers, got {type(v).__name__}") from None
+        if a.size == 1:    # one number for every value
+            a = a.reshape(())
+        elif not (a.ndim == 1 and a.size == C) and a.size != D:
+            raise ValueError(f"input_norm {name} must be a number, {C} per-channel values or {D} values "
+                             f"(input_shape {tuple(input_shape)}), got shape {a.shape}")
+        if a.ndim and a.size == D and not (a.ndim == 1 and a.size == C):
+            a = a.reshape(input_shape if H * W > 1 else (D,))
+        if not np.all(np.isfinite(a)):
+            raise ValueError(f"input_norm {name} must be finite, got {float(a[~np.isfinite(a)].ravel()[0])}")
+        out.append(a)
+    if np.any(out[1] <= 0):
+        raise ValueError(f"input_norm std must be > 0, got {float(out[1][out[1] <= 0].ravel()[0])}")
+    return tuple(out)
+
+
+def _affine_of(norm, input_shape):
+    """(scale, shift) float32 (D,) of a checked (mean, std): scale 1/std, shift -mean/std."""
+    mean, std = norm
+    C, H, W = input_shape
+    if mean.ndim == 0:
+        mean, std = np.full(C * H * W, float(mean)), np.full(C * H * W, float(std))
+    elif mean.ndim == 1 and mean.size == C and H * W > 1:
+        mean, std = np.repeat(mean, H * W), np.repeat(std, H * W)
+    mean, std = mean.ravel(), std.ravel()
+    return (1.0 / std).astype(np.float32), (-mean / std).astype(np.float32)
+
+
+def channel_stats(x, input_shape, chunk=4096):
+    """Per-channel mean and standard deviation of image data x (N, C, H, W) or (N, C*H*W) with
+    ``input_shape`` (C, H, W), over samples and pixels, in float64, computed in chunks of
+    ``chunk`` samples (no copy of x): the ``input_norm`` that standardises each channel."""
+    input_shape = _shape3("input_shape", input_shape)
+    C, H, W = input_shape
+    x = as_array(x, "x")
+    if not isinstance(x, np.ndarray) or x.ndim < 2 or int(np.prod(x.shape[1:])) != C * H * W or len(x) == 0:
+        raise ValueError(f"x must be a non-empty batch of {C * H * W} values per sample (input_shape "
+                         f"{input_shape}), got shape {getattr(x, 'shape', None)}")
+    s = np.zeros(C)
+    ss = np.zeros(C)
+    for i in range(0, len(x), int(chunk)):
+        b = np.asarray(x[i:i + int(chunk)], dtype=np.float64).reshape(-1, C, H * W)
+        if not np.all(np.isfinite(b)):
+            raise ValueError("x must be finite (it holds NaN or inf)")
+        s += b.sum(axis=(0, 2))
+        ss += np.square(b).sum(axis=(0, 2))
+    n = len(x) * H * W
+    mean = s / n
+    std = np.sqrt(np.maximum(ss / n - mean * mean, 0.0))
+    if np.any(std == 0):
+        raise ValueError(f"channel {int(np.argmin(std))} of x is constant: it cannot be standardised")
+    return mean, std
+
+
 def as_float32_batch(x, name, input_size):
     """Convert once, explicitly, to the C-contiguous float32 (B, input_size) the core wants
     (no copy when ``x`` already is one, including a CPU tensor read through DLPack)."""
@@ -625,12 +689,21 @@ class FFModel:
         Indices count from the end when negative (``[-2, -1]``: the last two blocks).
     seed : int
         Initialisation and negative-label sampling seed.
+    input_norm : None or (mean, std)
+        Standardise every input before the label goes in, ``x' = (x - mean) / std``, in training
+        and in every inference (the exported C code too).  ``mean`` and ``std`` are each a
+        number, one value per channel (a 1-D array of C values, broadcast over an image's
+        H x W), or one value per input value (an array of ``input_shape`` or of its size);
+        ``std > 0``, all finite.  :func:`channel_stats` computes per-channel ones from training
+        data.  The core applies ``x * (1/std) + (-mean/std)`` in float32 (``input_affine``).
+        Saved and loaded with the model; change it with :meth:`set_input_norm`.
     """
 
     def __init__(self, layers, input_shape, num_classes=10, *, blocks=None, loss="ff", threshold=2.0,
                  alpha=4.0, goodness="sum", norm="l2", norm_eps=1e-4, pvn_weight=0.0,
                  label_value=1.0, label_encoding="onehot", label_placement="overwrite", head_blocks="auto",
-                 seed=0, fourier_modes=None, margin=1.0, block_thresholds=None, head_dropout=0.0):
+                 seed=0, fourier_modes=None, margin=1.0, block_thresholds=None, head_dropout=0.0,
+                 input_norm=None):
         if not isinstance(layers, (list, tuple)):
             raise TypeError(f"layers must be a list of fflib layers, got {type(layers).__name__}")
         if not layers:
@@ -707,6 +780,8 @@ class FFModel:
                 raise ValueError(f"loss 'ae': {e}") from None
         net.finalize()
         self.set_config(**self._hparams)
+        self._input_norm = None
+        self.set_input_norm(input_norm)
         for i, layer in enumerate(self.layers):
             layer._bind(self, i)
         self.training = True
@@ -848,6 +923,44 @@ class FFModel:
         """The (K, H*W) float32 label patterns the core adds to every channel plane (before the
         ``label_value`` factor) with ``label_encoding="fourier"`` (a copy), or None."""
         return self._net.label_patterns()
+
+    @property
+    def input_norm(self):
+        """The input standardisation ``(mean, std)`` as float64 arrays in the shape they were
+        given (see the ``input_norm`` parameter), or None."""
+        return None if self._input_norm is None else tuple(v.copy() for v in self._input_norm)
+
+    @property
+    def input_affine(self):
+        """What the core applies to each raw input value, ``(scale, shift)`` float32 arrays of
+        the input size (``x * scale + shift``), or None without an input standardisation."""
+        return None if self._input_norm is None else _affine_of(self._input_norm, self.input_shape)
+
+    def set_input_norm(self, mean, std=None):
+        """Standardise the inputs by ``mean`` and ``std`` (see the ``input_norm`` parameter);
+        ``set_input_norm(None)`` turns it off.  A ``(mean, std)`` pair (or a dict with those
+        keys) as the only argument is taken too."""
+        if std is None and mean is not None:
+            pair = mean
+            if isinstance(pair, dict):
+                if set(pair) != {"mean", "std"}:
+                    raise ValueError(f"input_norm as a dict must have the keys 'mean' and 'std', got {sorted(pair)}")
+                pair = (pair["mean"], pair["std"])
+            if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+                raise ValueError(f"input_norm must be None or a (mean, std) pair, got {type(pair).__name__}")
+            mean, std = pair
+        if mean is None:
+            self._input_norm = None
+            self._net.set_input_affine(None, None)
+            return
+        norm = _check_input_norm(mean, std, self.input_shape)
+        scale, shift = _affine_of(norm, self.input_shape)
+        extra = self._net.info()["input_size"] - scale.size
+        if extra:   # label_placement "append": the K label slots in front pass unchanged
+            scale = np.concatenate([np.ones(extra, np.float32), scale])
+            shift = np.concatenate([np.zeros(extra, np.float32), shift])
+        self._net.set_input_affine(scale, shift)
+        self._input_norm = norm
 
     def trainable_layers(self):
         """Indices of layers with parameters, then -2 for a label embedding, ``_core.DECODER - b``
@@ -1156,6 +1269,8 @@ class FFModel:
             "seed": self.seed, "config": self.config, "label_encoding": self.label_encoding,
             "label_placement": self.label_placement,
             **({"fourier_modes": self.fourier_modes.tolist()} if self.label_encoding == "fourier" else {}),
+            **({"input_norm": {"mean": self._input_norm[0].tolist(), "std": self._input_norm[1].tolist()}}
+               if self._input_norm is not None else {}),
         }
 
     @classmethod

@@ -33,6 +33,7 @@ BASE: Dict[str, Any] = {
     "label_encoding": None, "routine": "greedy", "chunk_size": 2, "alternate": False,
     "order": "simultaneous", "negatives": "uniform", "augment": None, "milestones": None,
     "gamma": 0.1, "cooldown": True, "val_size": 0, "seed": 0, "optimizer": "adam", "head_blocks": None,
+    "input_norm": "none",
 }
 
 _TEST_TUNED = ("the MNIST test set: earlier sessions compared these settings by test error "

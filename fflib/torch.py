@@ -284,6 +284,16 @@ class FFNet(torch.nn.Module):
         if self.config.get("loss") == "ae":
             size = [int(np.prod(self.input_shape))] + [int(np.prod(s)) for s in self.shapes]
             self.decoders = torch.nn.ModuleList(torch.nn.Linear(size[l], size[f]) for f, l in self.blocks)
+        # input standardisation (FFModel.input_norm): x * scale + shift before the label goes in
+        if arch.get("input_norm") is None:
+            self.input_scale = self.input_shift = None
+        else:
+            from .nn import _check_input_norm, _affine_of
+            norm = arch["input_norm"]
+            scale, shift = _affine_of(_check_input_norm(norm["mean"], norm["std"], self.input_shape),
+                                      self.input_shape)
+            self.register_buffer("input_scale", torch.from_numpy(scale), persistent=False)
+            self.register_buffer("input_shift", torch.from_numpy(shift), persistent=False)
         if self.label_encoding == "fourier":
             self.register_buffer("patterns", fourier_patterns(K, H, W, arch.get("fourier_modes")),
                                  persistent=False)
@@ -344,6 +354,8 @@ class FFNet(torch.nn.Module):
         """Rows of x (N, D) with labels (N,) in the input (None or -1: the neutral label); the result
         has the shape the first layer takes: (N, D) flat, (N, C(+1), H, W) for images."""
         x = self.as_rows(x)
+        if self.input_scale is not None:
+            x = x * self.input_scale + self.input_shift
         N = x.shape[0]
         C, H, W = self.input_shape
         HW, K, v = H * W, self.num_classes, float(self.config["label_value"])

@@ -381,6 +381,8 @@ def refuse_label_free_flags(a, method, bad):
         if getattr(a, key, None) not in (None, False):
             bad(f"{flag} does not apply to --method {method} (label-free blocks, then a linear probe on every "
                 f"block's features)")
+    if getattr(a, "input_norm", None) not in (None, "none"):
+        bad(f"--input-norm does not apply to --method {method} (it standardises a labelled model's input)")
     if a.momentum is not None and a.optimizer != "sgd":
         bad(f"--momentum is SGD's; give --optimizer sgd (got --optimizer {a.optimizer or 'adam'})")
 

@@ -264,3 +264,26 @@ def test_other_label_encodings_and_losses(sample, tmp_path, case):
     if model.has_head:
         np.testing.assert_allclose(export.run_host(exe, info, xt[:50], "proba"), model.predict_proba(xt[:50]),
                                    atol=1e-5)
+
+
+@needs_gcc
+def test_input_norm_is_exported(sample, tmp_path):
+    """A model that standardises its input (FFModel.input_norm): the C applies the same
+    x * scale + shift before the label goes in."""
+    x, y, xt, _ = sample
+    model = FFModel(fflib.mlp([784, 50, 30], norm="rms"), (1, 28, 28), 10, loss="symba", goodness="mean",
+                    threshold=1.0, norm="rms", input_norm=(0.13, 0.31))
+    _train(model, x[:500], y[:500])
+    info = export.export_c(model, tmp_path, inference="multipass")
+    with open(info["c_path"]) as f:
+        assert "input_scale" in f.read()
+    exe = export.build_host(info)
+    g = export.run_host(exe, info, xt[:50], "goodness")
+    assert _goodness_error(g, model.goodness(xt[:50])) < GOODNESS_TOL
+    np.testing.assert_allclose(export.run_host(exe, info, xt[:50], "proba"), model.predict_proba(xt[:50]), atol=1e-5)
+    # the plan's NumPy encoder (int8 calibration feeds it) standardises before the label goes in
+    x5 = xt[:5].reshape(5, -1)
+    scale, shift = model.input_affine
+    want = x5 * scale + shift
+    want[:, :10] = np.eye(10, dtype=np.float32)[3]
+    np.testing.assert_array_equal(export._Plan(model, None).encode(x5, 3), want)

@@ -112,12 +112,15 @@ def test_to_module_names_weights_and_modes():
 CASES = [("symba", "onehot", {}), ("ff", "fourier", {}), ("ff", "embedding", {}),
          ("cwc", "none", {}), ("pvn", "none", {}), ("cwc", "none", {"pvn_weight": 0.3}),
          ("df-cwc", "none", {"margin": 0.5}), ("ff", "onehot", {"block_thresholds": [0.3, 2.0, 0.8]}),
-         ("pvn", "none", {"block_thresholds": [1.0, 3.0, 0.5]})]
+         ("pvn", "none", {"block_thresholds": [1.0, 3.0, 0.5]}),
+         ("ff", "embedding", {"input_norm": ([0.5, 0.2, -0.1], [0.3, 1.5, 0.7])}),
+         ("cwc", "none", {"input_norm": (0.45, 0.25)})]
 
 
 @pytest.mark.parametrize("loss, encoding, cfg", CASES, ids=["symba-onehot", "ff-fourier", "ff-embedding",
                                                             "cwc", "pvn", "cwc+pvn", "df-cwc", "ff-block-thresholds",
-                                                            "pvn-block-thresholds"])
+                                                            "pvn-block-thresholds", "ff-embedding-input-norm",
+                                                            "cwc-input-norm"])
 def test_training_every_layer_kind_matches_fflib(rng, loss, encoding, cfg):
     """Three SGD steps with the head (its neutral rows go through batch norm with the training
     rows' statistics), then gradients, weights, running statistics and both inferences.  (SGD:

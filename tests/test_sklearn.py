@@ -351,8 +351,33 @@ def test_early_exit_is_calibrated_on_the_held_out_split(sample, inference):
     (dict(early_exit=True), "early_exit must be None or"),
     (dict(early_exit=0.01, early_exit_rule="entropy"), "early_exit_rule must be"),
     (dict(early_exit=0.01, validation_fraction=0.0), "validation_fraction must be in"),
+    (dict(standardize="yes"), "standardize must be True or False"),
+    (dict(method="scff", standardize=True), "standardize=True needs method='ff'"),
 ])
 def test_bad_toolbox_parameters_name_themselves(rng, params, match):
     X, y = blobs(rng, d=16)
     with pytest.raises(ValueError, match=match):
         FFClassifier(hidden=(8,), epochs=1, **params).fit(X, y)
+
+
+@parametrize_with_checks([FFClassifier(hidden=(32,), epochs=40, batch_size=32, lr=0.01, random_state=0,
+                                       standardize=True)],
+                         expected_failed_checks=lambda est: EXPECTED_FAILED_CHECKS)
+def test_sklearn_estimator_checks_standardizing(estimator, check):
+    check(estimator)
+
+
+def test_standardize_inside_the_model_on_raw_wine():
+    """Raw wine features span 0.1 to 1,680: without standardisation the default classifier is
+    near chance (47.9 % in 5-fold CV, measured), with ``standardize=True`` at the level of a
+    StandardScaler pipeline (98.3 %, measured); the fitted model carries the scaling, so
+    model_ on raw rows predicts what the estimator does."""
+    X, y = load_wine(return_X_y=True)
+    on = cross_val_score(FFClassifier(standardize=True, random_state=0), X, y, cv=5).mean()
+    off = cross_val_score(FFClassifier(random_state=0), X, y, cv=5).mean()
+    assert on >= 0.95 and off < 0.8, (on, off)
+    clf = FFClassifier(standardize=True, random_state=0, epochs=20).fit(X, y)
+    mean, std = clf.model_.input_norm
+    np.testing.assert_allclose(mean, X.astype(np.float32).astype(np.float64).mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(std, X.astype(np.float32).astype(np.float64).std(axis=0), rtol=1e-12)
+    np.testing.assert_array_equal(clf.predict(X), clf.classes_[clf.model_.predict_onepass(X.astype(np.float32))])

@@ -91,6 +91,24 @@ int main(void) {
         if (!(rel < 2e-2) || an == 0.0) { fprintf(stderr, "gradient check failed\n"); return 1; }
     }
 
+    /* input standardisation: x * scale + shift where the sample is encoded; with scale 2 and
+     * shift 0.25 the goodness equals that of 2x + 0.25 fed as is (the label slots included:
+     * the label is written after the map) */
+    static float sc[D], sh[D], x2[B * D], g2[B * K * 2];
+    for (int d = 0; d < D; d++) { sc[d] = 2.0f; sh[d] = 0.25f; }
+    for (int i = 0; i < B * D; i++) x2[i] = x[i] * 2.0f + 0.25f;
+    CHECK(ff_net_goodness(net, x2, B, g));
+    CHECK(ff_net_set_input_affine(net, sc, sh));
+    CHECK(ff_net_goodness(net, x, B, g2));
+    if (memcmp(g, g2, sizeof g) != 0) { fprintf(stderr, "input affine: goodness differs\n"); return 1; }
+    const float *shift_back = NULL;
+    if (ff_net_input_affine(net, &shift_back) == NULL || shift_back == NULL || shift_back[3] != 0.25f) return 1;
+    sc[5] = INFINITY;
+    if (ff_net_set_input_affine(net, sc, sh) != FF_ERR_ARG || !strstr(ff_net_last_error(net), "scale[5]")) return 1;
+    if (ff_net_set_input_affine(net, sc, NULL) != FF_ERR_ARG) return 1;
+    CHECK(ff_net_set_input_affine(net, NULL, NULL));
+    if (ff_net_input_affine(net, NULL) != NULL) return 1;
+
     /* errors are statuses with a reason, never crashes */
     int64_t bad[1] = {K};
     if (ff_net_train_step(net, x, bad, NULL, 1, NULL, 0, 1, NULL) != FF_ERR_LABEL) return 1;
