@@ -575,17 +575,19 @@ def channel_stats(x, input_shape, chunk=4096):
     if not isinstance(x, np.ndarray) or x.ndim < 2 or int(np.prod(x.shape[1:])) != C * H * W or len(x) == 0:
         raise ValueError(f"x must be a non-empty batch of {C * H * W} values per sample (input_shape "
                          f"{input_shape}), got shape {getattr(x, 'shape', None)}")
-    s = np.zeros(C)
-    ss = np.zeros(C)
-    for i in range(0, len(x), int(chunk)):
+    mean, m2, n = np.zeros(C), np.zeros(C), 0
+    for i in range(0, len(x), int(chunk)):   # chunk statistics merged (Chan et al.'s pairwise update)
         b = np.asarray(x[i:i + int(chunk)], dtype=np.float64).reshape(-1, C, H * W)
         if not np.all(np.isfinite(b)):
             raise ValueError("x must be finite (it holds NaN or inf)")
-        s += b.sum(axis=(0, 2))
-        ss += np.square(b).sum(axis=(0, 2))
-    n = len(x) * H * W
-    mean = s / n
-    std = np.sqrt(np.maximum(ss / n - mean * mean, 0.0))
+        nb = b.shape[0] * H * W
+        mb = b.mean(axis=(0, 2))
+        m2b = np.square(b - mb[:, None]).sum(axis=(0, 2))
+        delta = mb - mean
+        mean = mean + delta * nb / (n + nb)
+        m2 = m2 + m2b + delta * delta * n * nb / (n + nb)
+        n += nb
+    std = np.sqrt(m2 / n)
     if np.any(std == 0):
         raise ValueError(f"channel {int(np.argmin(std))} of x is constant: it cannot be standardised")
     return mean, std
@@ -950,6 +952,8 @@ class FFModel:
                 raise ValueError(f"input_norm must be None or a (mean, std) pair, got {type(pair).__name__}")
             mean, std = pair
         if mean is None:
+            if std is not None:
+                raise ValueError("input_norm: a std without a mean (set_input_norm(None) turns it off)")
             self._input_norm = None
             self._net.set_input_affine(None, None)
             return

@@ -114,6 +114,8 @@ def test_channel_stats_against_numpy():
     np.testing.assert_allclose(std, x64.std(axis=(0, 2, 3)), rtol=1e-9)
     mean2, std2 = fflib.channel_stats(x.reshape(50, -1), (3, 5, 4))
     np.testing.assert_allclose(mean2, mean, rtol=1e-12)
+    far = (x64 + 1e6).astype(np.float64)        # a large offset: no cancellation in the variance
+    np.testing.assert_allclose(fflib.channel_stats(far, (3, 5, 4), chunk=7)[1], x64.std(axis=(0, 2, 3)), rtol=1e-6)
     with pytest.raises(ValueError, match="constant"):
         fflib.channel_stats(np.ones((4, 3, 2, 2), np.float32), (3, 2, 2))
     with pytest.raises(ValueError, match="finite"):
