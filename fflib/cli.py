@@ -644,7 +644,9 @@ def train_command(a):
     config = {"recipe": None if recipe is None else recipe.name, "subset": a.subset,
               "dataset": a.dataset, "data_dir": a.data_dir, "model": a.model,
               "layers": [x.shape[1]] + a.layers if a.model == "mlp" else None,
-              "epochs": epochs, "batch_size": batch_size, "lr": lr, "head_lr": head_lr,
+              # with --windows the blocks' epochs end with the last window (--epochs is not used)
+              "epochs": epochs if a.windows is None else max(e for _, e in a.windows),
+              "batch_size": batch_size, "lr": lr, "head_lr": head_lr,
               # the settings the model runs with (a CwC model ignores --goodness, and --norm unless given)
               "threshold": model.config["threshold"], "goodness": model.config["goodness"],
               "norm": model.config["norm"], "loss": model.config["loss"], "label_encoding": model.label_encoding,

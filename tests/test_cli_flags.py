@@ -80,6 +80,7 @@ def test_windows(tmp_path, capsys):
     r, m = train(tmp_path, "--windows", "0:1,1:2")
     ep = r["epochs"]
     assert len(ep) == 2 and r["config"]["windows"] == [[0, 1], [1, 2]]
+    assert r["config"]["epochs"] == 2      # the run's length, not --epochs (which windows override)
     assert ep[0]["block_loss"][0] > 0 and ep[0]["block_loss"][1] == 0     # block 1 waits
     assert ep[1]["block_loss"][0] == 0 and ep[1]["block_loss"][1] > 0     # block 0 is done
     assert "START:END" in fails(capsys, "--windows", "0-1,1-2")
