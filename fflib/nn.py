@@ -537,7 +537,8 @@ def _check_input_norm(mean, std, input_shape):
         try:
             a = np.array(v, dtype=np.float64)
         except (TypeError, ValueError):
-            raise TypeError(f"input_norm {name} must be a number or an array of numbers, got {type(v).__name__}") from None
+            raise TypeError(f"input_norm {name} must be a number or an array of numbers, "
+                            f"got {type(v).__name__}") from None
         if a.size == 1:    # one number for every value
             a = a.reshape(())
         elif not (a.ndim == 1 and a.size == C) and a.size != D:
