@@ -179,7 +179,7 @@ def test_cli_input_norm_channel_uses_the_training_split(tmp_path):
     out, saved = tmp_path / "r.json", tmp_path / "m.npz"
     subprocess.run([sys.executable, "-m", "fflib", "train", "--epochs", "1", "--subset", "3000", "--val-size", "1000",
                     "--input-norm", "channel", "--no-progress", "--out", str(out), "--save", str(saved)],
-                   check=True, env=child_env(), capture_output=True)
+                   check=True, env=child_env(), capture_output=True, cwd=tmp_path)
     res = json.loads(out.read_text())
     assert res["config"]["input_norm"] == "channel"
     assert res["test_error"]["one_pass"] < 50
@@ -189,5 +189,6 @@ def test_cli_input_norm_channel_uses_the_training_split(tmp_path):
     np.testing.assert_allclose(model.input_norm[0], np.repeat(mean, 784), rtol=1e-12)
     np.testing.assert_allclose(model.input_norm[1], np.repeat(std, 784), rtol=1e-12)
     bad = subprocess.run([sys.executable, "-m", "fflib", "train", "--method", "scff", "--epochs", "1",
-                          "--input-norm", "channel"], env=child_env(), capture_output=True, text=True)
+                          "--input-norm", "channel"], env=child_env(), capture_output=True, text=True,
+                         cwd=tmp_path)
     assert bad.returncode == 2 and "--input-norm does not apply to --method scff" in bad.stderr
