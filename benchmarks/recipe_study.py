@@ -9,7 +9,9 @@ Each run's JSON (the train command's: config, per-epoch history with validation 
 test error, which a study must not choose by) goes to benchmarks/results/recipe_study/STUDY/NAME.json;
 a variant whose JSON exists is not rerun, so a study resumes where it stopped.  The table printed
 at the end (and written as STUDY/summary.json) lists the variants by mean validation error of
-one-pass and multi-pass (a label-free run, ``--method scff``: its linear probe's).
+one-pass and multi-pass (a label-free run, ``--method scff``: its linear probe's).  Variants run by
+an earlier call of the same study and not named again stay in the summary (each row keeps the base
+flags it ran with), so a study grows one call at a time.
 """
 import argparse
 import json
@@ -25,10 +27,17 @@ OUT = HERE / "results" / "recipe_study"
 
 def run(study, base, variants, val_size=5000, threads=1, out_dir=OUT):
     """Run every (name, flags) of ``variants`` not yet run; return the summary rows, best first:
-    name, flags, final validation error (one-pass, multi-pass), training seconds."""
+    name, base flags, flags, final validation error (one-pass, multi-pass, probe), training
+    seconds; with them the rows of earlier calls' variants not named here."""
     out = Path(out_dir) / study
     out.mkdir(parents=True, exist_ok=True)
     rows = []
+    names = {name for name, _ in variants}
+    earlier = []
+    if (out / "summary.json").exists():   # variants of earlier calls, kept unless rerun here
+        old = json.loads((out / "summary.json").read_text())
+        earlier = [dict(r, base=r.get("base", old.get("base", ""))) for r in old.get("variants", [])
+                   if r.get("name") not in names and (out / f"{r.get('name')}.json").exists()]
     for name, flags in variants:
         path = out / f"{name}.json"
         if not path.exists():
@@ -40,9 +49,10 @@ def run(study, base, variants, val_size=5000, threads=1, out_dir=OUT):
         val = res["epochs"][-1]["val_error"]
         if not isinstance(val, dict):   # a label-free run (--method scff, ...): its linear probe's error
             val = {"probe": val}
-        rows.append({"name": name, "flags": " ".join(flags), "val_one_pass": val.get("one_pass"),
-                     "val_multi_pass": val.get("multi_pass"), "val_probe": val.get("probe"),
-                     "train_seconds": res["train_seconds"]})
+        rows.append({"name": name, "base": " ".join(base), "flags": " ".join(flags),
+                     "val_one_pass": val.get("one_pass"), "val_multi_pass": val.get("multi_pass"),
+                     "val_probe": val.get("probe"), "train_seconds": res["train_seconds"]})
+    rows += earlier
     rows.sort(key=_mean)
     (out / "summary.json").write_text(json.dumps({"study": study, "base": " ".join(base), "val_size": val_size,
                                                   "variants": rows}, indent=1) + "\n")

@@ -235,8 +235,8 @@ def test_results_tables_are_generated_from_the_json():
 
 def test_recipe_study_compares_variants_on_the_validation_split(tmp_path):
     """benchmarks/recipe_study.py: one train run per variant with the shared flags and
-    --val-size, the summary best first by validation error, nothing rerun on a second call, and a
-    variant without NAME= refused."""
+    --val-size, the summary best first by validation error, nothing rerun on a second call, earlier
+    variants kept by a call naming others, and a variant without NAME= refused."""
     script = REPO / "benchmarks" / "recipe_study.py"
     args = [sys.executable, str(script), "s", "--base", "--layers 24 --epochs 1 --subset 600", "--variant", "a=",
             "--variant", "b=--lr 0.02 --seed 3", "--val-size", "300", "--out-dir", str(tmp_path)]
@@ -250,6 +250,14 @@ def test_recipe_study_compares_variants_on_the_validation_split(tmp_path):
     assert means == sorted(means)
     again = subprocess.run(args, capture_output=True, text=True, env=child_env(), cwd=tmp_path, timeout=600)
     assert again.returncode == 0 and "fflib train" not in again.stdout
+    # a later call naming only a new variant keeps the earlier ones in the summary
+    more = subprocess.run(args[:5] + ["--variant", "c=--seed 4", "--val-size", "300", "--out-dir", str(tmp_path)],
+                          capture_output=True, text=True, env=child_env(), cwd=tmp_path, timeout=600)
+    assert more.returncode == 0, more.stderr[-2000:]
+    rows = json.loads((tmp_path / "s" / "summary.json").read_text())["variants"]
+    assert {v["name"] for v in rows} == {"a", "b", "c"} and all(v["base"] == args[4] for v in rows)
+    means = [v["val_one_pass"] + v["val_multi_pass"] for v in rows]
+    assert means == sorted(means)
     bad = subprocess.run([sys.executable, str(script), "s", "--variant", "nameless"], capture_output=True,
                          text=True, env=child_env(), cwd=tmp_path, timeout=60)
     assert bad.returncode == 2 and "NAME=FLAGS" in bad.stderr
