@@ -48,13 +48,16 @@ SCHEMA = 1
 
 
 def git_commit():
-    """(commit, dirty) of the checkout holding this script; (None, None) outside git."""
+    """(commit, dirty) of the checkout holding this script, dirty meaning tracked changes outside
+    benchmarks/results/; (None, None) outside git."""
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=str(REPO), capture_output=True,
                               text=True, timeout=30)
         if head.returncode:
             return None, None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=str(REPO),
+        # results files (other runs' JSON) do not change what a run does: not counted as dirty
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":(exclude)benchmarks/results"], cwd=str(REPO),
                                capture_output=True, text=True, timeout=30)
         return head.stdout.strip(), bool(dirty.stdout.strip())
     except (OSError, subprocess.SubprocessError):
