@@ -38,7 +38,8 @@ def train_mlp(mnist, name):
     opt = fflib.Adam(model, lr=s["lr"], head_lr=s["head_lr"])
     t0 = time.perf_counter()
     hist = fflib.fit(model, x, y, epochs=s["epochs"], batch_size=s["batch_size"], optimizer=opt,
-                     scheduler=fflib.LinearCooldown(opt, s["epochs"]), random_state=s["seed"], progress=False)
+                     scheduler=fflib.LinearCooldown(opt, s["epochs"]), negatives=s["negatives"],
+                     random_state=s["seed"], progress=False)
     res = fflib.evaluate(model, xt, yt)
     print(f"\n{name} -> one-pass {res['one_pass']:.2f}%  multi-pass {res['multi_pass']:.2f}% "
           f"in {time.perf_counter() - t0:.0f}s")
@@ -46,21 +47,23 @@ def train_mlp(mnist, name):
     return res
 
 
-@pytest.mark.slow(seconds=32)
-def test_mnist_mlp_symba_under_3_percent(mnist):
-    """The survey's 784-500-100 FF MLP by its recipe (10 epochs, SymBa loss): <= 3% with both
-    inferences (survey: 8.0 / 7.2; the recipe's full run 2.41 / 2.42)."""
+@pytest.mark.slow(seconds=64)
+def test_mnist_mlp_symba_under_2_percent(mnist):
+    """The survey's 784-500-100 FF MLP by its recipe (10 epochs, SymBa loss, hard negatives): <= 2%
+    with both inferences, the issue's target (survey: 8.0 / 7.2; this test and the recipe's full run
+    1.77 / 1.76; 2.41 / 2.42 with uniform negatives)."""
     assert recipes.lookup("mlp", "mnist").name == "mnist-mlp"
     res = train_mlp(mnist, "mnist-mlp")
-    assert res["one_pass"] <= 3.0 and res["multi_pass"] <= 3.0
+    assert res["one_pass"] <= 2.0 and res["multi_pass"] <= 2.0
 
 
-@pytest.mark.slow(seconds=46)
-def test_mnist_mlp_ff_loss_under_3_percent(mnist):
+@pytest.mark.slow(seconds=90)
+def test_mnist_mlp_ff_loss_under_2_6_percent(mnist):
     """The same network with Hinton's FF loss (recipe mnist-mlp-ff: eq. 1, sum-of-squares
-    goodness, theta 2000): <= 3% with both inferences (the recipe's full run 2.78 / 2.77)."""
+    goodness, theta 2000, hard negatives): <= 2.6% with both inferences (this test and the
+    recipe's full run 2.36 / 2.24; 2.78 / 2.77 with uniform negatives)."""
     res = train_mlp(mnist, "mnist-mlp-ff")
-    assert res["one_pass"] <= 3.0 and res["multi_pass"] <= 3.0
+    assert res["one_pass"] <= 2.6 and res["multi_pass"] <= 2.6
 
 
 def fit_and_evaluate(model, mnist, epochs, lr, batch_size, scheduler="cooldown", head_lr=None, **fit_kw):
