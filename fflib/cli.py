@@ -585,6 +585,11 @@ def train_command(a):
     if cwc and a.label_encoding not in (None, "none"):
         _bad(f"--label-encoding does not apply to {a.model} (channel-wise competitive models take no label in the input)")
     loss = a.loss or ("cwc" if cwc else "symba")
+    # a recipe's hard negatives where a flag changed what they apply to: the DF, cross-entropy and
+    # group losses take no sampled wrong label, and no pipeline rank holds the whole model to draw
+    # one; there the run takes uniform negatives (--negatives hard asks for them and is refused)
+    if supplied.get("negatives") == "hard" and (loss not in ("ff", "symba") or a.distributed == "pipeline"):
+        a.negatives = "uniform"
     if not cwc and loss in GROUP_LOSSES and a.model == "mlp":
         _bad(f"--loss {loss} needs a convolutional model with one channel group per class (cwcomp, ff_tiny, ...)")
     epochs = a.epochs or (DEFAULTS["epochs_sample"] if a.dataset == "sample" else DEFAULTS["epochs"])

@@ -57,6 +57,21 @@ def test_loss_xent_and_label_encoding_none(tmp_path, capsys):
     assert "fourier" in fails(capsys, "--label-encoding", "fourier")     # needs images
 
 
+def test_recipe_hard_negatives_give_way_to_a_loss_without_them(tmp_path, capsys):
+    """The MLP recipe's hard negatives run with the FF losses; a --loss that draws no wrong label
+    (df, xent) takes uniform ones instead of failing; --negatives hard with it is refused."""
+    r, _ = train(tmp_path)
+    assert r["config"]["negatives"] == "hard" and r["config"]["loss"] == "symba"
+    r, _ = train(tmp_path, "--loss", "ff")
+    assert r["config"]["negatives"] == "hard"
+    for extra in (["--loss", "df"], ["--loss", "xent", "--label-encoding", "none", "--layers", "64,10"]):
+        r, m = train(tmp_path, *extra)
+        assert r["config"]["negatives"] == "uniform" and m.config["loss"] == extra[1]
+    assert "hard" in fails(capsys, "--loss", "df", "--negatives", "hard")
+    assert "--negatives hard" in fails(capsys, "--loss", "xent", "--label-encoding", "none", "--layers", "64,10",
+                                       "--negatives", "hard")
+
+
 def test_head_blocks(tmp_path, capsys):
     r, m = train(tmp_path, "--layers", "48,32,24", "--head-blocks=-1")
     assert m._head_layers == [m.blocks[-1][1] - 1]
