@@ -72,6 +72,20 @@ def test_recipe_hard_negatives_give_way_to_a_loss_without_them(tmp_path, capsys)
                                        "--negatives", "hard")
 
 
+def test_recipe_validation_split_on_the_sample(tmp_path):
+    """The MNIST CNN recipe holds out 5,000 of MNIST's 60,000 training images; on the embedded
+    sample (10,000) it holds out a tenth instead of half; an explicit --val-size is kept."""
+    out = tmp_path / "r.json"
+    base = ["train", "--model", "cnn", "--epochs", "1", "--subset", "200", "--threads", "1", "--no-progress",
+            "--out", str(out)]
+    assert cli.main(base) == 0
+    r = json.loads(out.read_text())
+    assert r["config"]["recipe"] == "mnist-cnn" and r["config"]["val_size"] == 1000
+    assert r["config"]["negatives"] == "hard" and r["epochs"][-1]["val_error"]["multi_pass"] is not None
+    assert cli.main(base + ["--val-size", "300"]) == 0
+    assert json.loads(out.read_text())["config"]["val_size"] == 300
+
+
 def test_head_blocks(tmp_path, capsys):
     r, m = train(tmp_path, "--layers", "48,32,24", "--head-blocks=-1")
     assert m._head_layers == [m.blocks[-1][1] - 1]

@@ -85,13 +85,16 @@ def fit_and_evaluate(model, mnist, epochs, lr, batch_size, scheduler="cooldown",
 def test_mnist_survey_cnn_under_2_percent(mnist):
     """The survey's MNIST CNN (conv 32, conv 64, linear 256x100) by its recipe: learned label
     channel, SymBa loss, random 2-pixel shifts, 12 epochs: at most 2% test error with both
-    inferences (the issue's bar; the survey reports 4.4 / 5.0)."""
+    inferences (the issue's bar; the survey reports 4.4 / 5.0).  The recipe's hard negatives
+    (1.18 / 0.97 by reproduce.py) double the time per epoch, past this test's share of the CI
+    budget, so it trains on all 60,000 images with uniform negatives (1.36 / 1.58 measured here)."""
     s = recipe("mnist-cnn")
     assert recipes.lookup("cnn", "mnist").name == "mnist-cnn" and s["cooldown"] and not s["milestones"]
+    assert s["negatives"] == "hard"     # what users get; this test trains the uniform variant
     model = models.build("cnn", "mnist", loss=s["loss"], goodness=s["goodness"], norm=s["norm"],
                          label_encoding=s["label_encoding"], head_blocks=s["head_blocks"], seed=s["seed"])
     res = fit_and_evaluate(model, mnist, epochs=s["epochs"], lr=s["lr"], head_lr=s["head_lr"],
-                           batch_size=s["batch_size"], augment=s["augment"])
+                           batch_size=s["batch_size"], augment=s["augment"], negatives="uniform")
     assert res["one_pass"] <= 2.0 and res["multi_pass"] <= 2.0
 
 
