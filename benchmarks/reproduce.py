@@ -271,8 +271,10 @@ def run(name, *, epochs=None, subset=None, threads=1, out_dir=None, fresh=False,
         "test_error": r["test_error"], "train_error": r.get("train_error"),
         "block_accuracy_test": r.get("block_accuracy_test"),
         "epochs": r["epochs"],
+        # the one-pass head refitted after training (--head-refit), or None
+        "head_refit": r.get("head_refit"),
         # the sum over every session's epochs: a resumed run's own train_seconds covers only its part
-        "train_seconds": sum(e["seconds"] for e in r["epochs"]),
+        "train_seconds": sum(e["seconds"] for e in r["epochs"] + (r.get("head_refit") or [])),
         "test_eval_seconds": r.get("test_eval_seconds"),
         "peak_rss_mb": max(s["peak_rss_mb"] for s in sessions if s.get("peak_rss_mb") is not None),
         # CPU seconds of every session run by this script (loading, training, evaluation)

@@ -25,7 +25,7 @@ from . import labels  # Fourier label mode tables (fflib.labels)
 from .nn import (Layer, Linear, ReLU, Conv2d, BatchNorm2d, MaxPool2d, Flatten, LenNorm, FFModel, mlp,
                  channel_stats)
 from .optim import Adam, SGD, StepLR, MultiStepLR, CosineAnnealingLR, LambdaLR, LinearCooldown
-from .train import fit, evaluate
+from .train import fit, evaluate, refit_head
 from .export import export_c
 from .early_exit import EarlyExit
 
@@ -98,7 +98,7 @@ __all__ = [
     "Layer", "Linear", "ReLU", "Conv2d", "BatchNorm2d", "MaxPool2d", "Flatten", "LenNorm", "FFModel", "mlp",
     "channel_stats",
     "Adam", "SGD", "StepLR", "MultiStepLR", "CosineAnnealingLR", "LambdaLR", "LinearCooldown", "fit",
-    "evaluate", "export_c", "FFClassifier", "EarlyExit",
+    "evaluate", "refit_head", "export_c", "FFClassifier", "EarlyExit",
     "datasets", "models", "set_num_threads", "get_num_threads", "blas_name", "get_include", "__version__",
 ]
 __all__ += ["labels"]

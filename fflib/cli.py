@@ -297,6 +297,12 @@ def build_parser():
                    help="epochs training only the one-pass head on the frozen blocks after the blocks' "
                         "epochs (default: none with labels; the linear probe of --method scff/hybrid/uff: "
                         "as many as --epochs, 10 for uff)")
+    t.add_argument("--head-refit", type=_positive(int), default=None, metavar="N",
+                   help="after training, zero the one-pass head and train it again for N epochs on the "
+                        "frozen blocks in inference mode, without augmentation (fflib.refit_head); the "
+                        "checkpoint keeps the model before it, --save and the test error are after it")
+    t.add_argument("--head-refit-lr", type=_finite, default=None, metavar="LR",
+                   help="the refitted head's Adam rate (default 1e-4)")
     t.add_argument("--seed", type=_seed, default=None)
     t.add_argument("--subset", type=_positive(int), default=None, metavar="N",
                    help="smoke runs: only the first N training, validation and test images each")
@@ -393,6 +399,7 @@ def _fourier_modes_arg(spec, x, y, image_shape):
 
 
 TRAIN_ERROR_SAMPLES = 10000
+HEAD_REFIT_LR = 1e-4      # --head-refit-lr default: the rate of the FF_optimal head study
 DEFAULTS = {"lr": 0.003, "lr_cwc": 0.01, "epochs": 10, "epochs_sample": 10}
 CWC_MODELS = ("cwcomp",) + tuple(zoo.LIGHT_MODELS)
 
@@ -521,7 +528,7 @@ def split_validation(a, x, y, xt, yt, bad):
 
 
 def train_command(a):
-    from . import FFModel, mlp, Adam, MultiStepLR, LinearCooldown, fit, evaluate, set_num_threads, get_num_threads
+    from . import FFModel, mlp, Adam, MultiStepLR, LinearCooldown, fit, evaluate, refit_head, set_num_threads, get_num_threads
     from . import __version__
     norm_given = a.norm is not None    # by a flag: before the recipe and the defaults fill it
     # a recipe names its training method (a label-free one: fflib.unsupervised); the default is FF
@@ -666,7 +673,8 @@ def train_command(a):
               "seed": a.seed, "threads": get_num_threads(),
               "checkpoint": a.checkpoint, "checkpoint_every": a.checkpoint_every, "resume": a.resume,
               "num_train": int(len(y)), "num_test": int(len(yt)), "val_size": a.val_size,
-              "head_epochs": a.head_epochs or 0,
+              "head_epochs": a.head_epochs or 0, "head_refit": a.head_refit or 0,
+              "head_refit_lr": (a.head_refit_lr or HEAD_REFIT_LR) if a.head_refit else None,
               "num_params": model.num_parameters(), "num_params_with_head": model.num_parameters(head=True),
               "distributed": a.distributed, "ranks": 1 if comm is None else comm.Get_size(),
               **_api_config(a, model)}
@@ -674,6 +682,14 @@ def train_command(a):
     head_epochs = a.head_epochs or (1 if a.distributed == "pipeline" and model.has_head else 0)
     if a.head_epochs and not model.has_head:
         _bad("--head-epochs trains the one-pass head: the model needs one (--head-blocks)")
+    if a.head_refit and not model.has_head:
+        _bad("--head-refit trains the one-pass head: the model needs one (--head-blocks)")
+    if a.head_refit_lr is not None and not a.head_refit:
+        _bad("--head-refit-lr is the rate of --head-refit N; give both")
+    if a.head_refit_lr is not None and a.head_refit_lr <= 0:
+        _bad(f"--head-refit-lr must be > 0, got {a.head_refit_lr}")
+    if a.head_refit and a.distributed:
+        _bad("--head-refit runs in one process after training; it does not take --distributed")
     try:
         opt = _make_optimizer(a, model, lr, head_lr, Adam)
         sched = None
@@ -690,8 +706,9 @@ def train_command(a):
 
     def report(rec):
         val = rec.get("val")
-        print(f"epoch {rec['epoch']:3d}  block losses "
-              + " ".join(f"{v:.4f}" for v in rec["block_loss"])
+        head_only = rec.get("active") is not None and not any(rec["active"])
+        print(f"epoch {rec['epoch']:3d}  " + ("head only" if head_only else "block losses "
+              + " ".join(f"{v:.4f}" for v in rec["block_loss"]))
               + (f"  head {rec['head_loss']:.4f}" if rec["head_loss"] is not None else "")
               + (f"  val {val.get('one_pass', float('nan')):.2f}% / {val['multi_pass']:.2f}%" if val else "")
               + f"  {rec['seconds']:.1f}s", flush=True)
@@ -710,6 +727,16 @@ def train_command(a):
         _bad(str(e).replace("\n", " "))
     if rank != 0:       # rank 0 evaluates and writes; the others hold the same model
         return 0
+    refit = None
+    if a.head_refit and not hist["interrupted"]:
+        lr_refit = a.head_refit_lr or HEAD_REFIT_LR
+        print(f"fflib: refitting the one-pass head for {a.head_refit} epochs at {lr_refit:g} on the frozen blocks",
+              flush=True)
+        refit = refit_head(model, x, y, epochs=a.head_refit, lr=lr_refit, batch_size=batch_size,
+                           random_state=a.seed, x_val=xv, y_val=yv, callback=report,
+                           progress=not a.no_progress and sys.stderr.isatty())
+        hist["interrupted"] = refit["interrupted"]
+        hist["train_seconds"] += refit["train_seconds"]
     if hist["interrupted"]:
         print("fflib: interrupted; evaluating the model as it is", flush=True)
     t0 = time.perf_counter()
@@ -734,6 +761,11 @@ def train_command(a):
                     "lr": r["lr"], "seconds": r["seconds"],
                     **({"val_error": {k: r["val"][k] for k in ("one_pass", "multi_pass") if k in r["val"]}}
                        if "val" in r else {})} for r in hist["epochs"]],
+        # the head refitted after training (--head-refit): its epochs, numbered from 1
+        "head_refit": None if refit is None else [
+            {"epoch": r["epoch"], "head_loss": r["head_loss"], "lr": r["lr"], "seconds": r["seconds"],
+             **({"val_error": {k: r["val"][k] for k in ("one_pass", "multi_pass") if k in r["val"]}}
+                if "val" in r else {})} for r in refit["epochs"]],
         "train_seconds": hist["train_seconds"], "test_eval_seconds": eval_seconds,
         "interrupted": hist["interrupted"], "peak_rss_mb": peak_rss_mb(),
         "blas": __import__("fflib").blas_name(), "fflib_version": __version__,

@@ -437,6 +437,7 @@ def fit_distributed(model, x, y, *, comm, mode="data", epochs=10, batch_size=100
         for epoch in range(total_epochs):
             head_only = epoch >= total
             active = np.array([0 if head_only else int(a <= epoch < b) for a, b in wins], dtype=np.uint8)
+            model.train(not head_only)      # as fit(): the head alone sees inference-mode features
             t0 = time.perf_counter()
             perm = rng.permutation(n)
             if negatives == "hard" and not head_only and pairs:

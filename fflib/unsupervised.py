@@ -376,7 +376,7 @@ def refuse_label_free_flags(a, method, bad):
     unused = (("--pvn-weight", "pvn_weight"), ("--alpha", "alpha"), ("--margin", "margin"),
               ("--head-blocks", "head_blocks"), ("--multipass-blocks", "multipass_blocks"), ("--windows", "windows"),
               ("--distributed", "distributed"), ("--fourier-modes", "fourier_modes"), ("--label-value", "label_value"),
-              ("--early-exit", "early_exit"))
+              ("--early-exit", "early_exit"), ("--head-refit", "head_refit"), ("--head-refit-lr", "head_refit_lr"))
     for flag, key in unused:
         if getattr(a, key, None) not in (None, False):
             bad(f"{flag} does not apply to --method {method} (label-free blocks, then a linear probe on every "

@@ -86,6 +86,25 @@ def test_recipe_validation_split_on_the_sample(tmp_path):
     assert json.loads(out.read_text())["config"]["val_size"] == 300
 
 
+def test_head_refit(tmp_path, capsys):
+    """--head-refit N: the head zeroed and trained again for N epochs on the frozen blocks
+    (fflib.refit_head), its epochs in the JSON; the saved model and test error are after it."""
+    r, m = train(tmp_path, "--head-refit", "2", "--head-refit-lr", "0.002", "--val-size", "500")
+    assert r["config"]["head_refit"] == 2 and r["config"]["head_refit_lr"] == 0.002
+    assert [e["epoch"] for e in r["head_refit"]] == [1, 2] and r["head_refit"][0]["lr"] == pytest.approx(0.002)
+    assert "one_pass" in r["head_refit"][-1]["val_error"] and len(r["epochs"]) == 1
+    xt, yt = fflib.datasets.load_sample(False)
+    assert r["test_error"]["one_pass"] == pytest.approx(fflib.evaluate(m, xt.reshape(len(xt), -1), yt)["one_pass"])
+    r, _ = train(tmp_path, "--head-refit", "1")
+    assert r["config"]["head_refit_lr"] == 1e-4
+    r, _ = train(tmp_path)
+    assert r["head_refit"] is None and r["config"]["head_refit"] == 0
+    assert "--head-refit" in fails(capsys, "--head-refit", "0")
+    assert "give both" in fails(capsys, "--head-refit-lr", "0.01")
+    assert "--head-refit-lr" in fails(capsys, "--head-refit", "1", "--head-refit-lr", "-1")
+    assert "--head-blocks" in fails(capsys, "--head-refit", "1", "--head-blocks", "none")
+
+
 def test_head_blocks(tmp_path, capsys):
     r, m = train(tmp_path, "--layers", "48,32,24", "--head-blocks=-1")
     assert m._head_layers == [m.blocks[-1][1] - 1]

@@ -1,0 +1,76 @@
+"""Head-only training on frozen blocks: fit()'s head_epochs run the blocks in inference mode
+(batch norm from its running statistics, the features evaluate() and the predictions see), and
+refit_head() trains a fresh head that way."""
+import numpy as np
+import pytest
+
+import fflib
+from fflib import models
+
+
+def tiny_bn_model():
+    # FF_tiny: every block BatchNorm -> Conv -> ReLU, the head on the last two blocks
+    return models.build("ff_tiny", "cifar10", seed=3)
+
+
+def data(n=32, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.random((n, 3, 32, 32), dtype=np.float32), rng.integers(0, 10, n).astype(np.int64)
+
+
+def xent(model, x, y):
+    model.eval()
+    z = model.features(x).astype(np.float64) @ model.head_weight.T.astype(np.float64) + model.head_bias
+    z -= z.max(axis=1, keepdims=True)
+    return float(np.mean(np.log(np.exp(z).sum(axis=1)) - z[np.arange(len(y)), y]))
+
+
+def test_head_only_epochs_see_inference_features():
+    x, y = data()
+    m = tiny_bn_model()
+    fflib.fit(m, x, y, epochs=1, batch_size=8, progress=False)     # running statistics now differ from a batch's
+    want = xent(m, x, y)
+    m.train()
+    train_mode = m.features(x).astype(np.float64)
+    m.eval()
+    assert not np.allclose(train_mode, m.features(x), rtol=1e-2)   # so the two modes are told apart below
+    blocks = {k: v for k, v in m.state_dict().items() if not k.startswith("head.")}
+    # one minibatch: the epoch's head loss is the loss before the head's only update
+    hist = fflib.fit(m, x, y, epochs=0, head_epochs=1, batch_size=len(y), progress=False)
+    assert hist["epochs"][0]["active"] == [0] * m.num_blocks
+    assert hist["epochs"][0]["head_loss"] == pytest.approx(want, rel=1e-4)
+    after = m.state_dict()
+    assert all(np.array_equal(v, after[k]) for k, v in blocks.items())     # weights and running statistics
+
+
+def test_refit_head_trains_a_fresh_head_on_frozen_blocks():
+    x, y = data(64)
+    m = tiny_bn_model()
+    fflib.fit(m, x, y, epochs=1, batch_size=16, progress=False)
+    before = m.state_dict()
+    hist = fflib.refit_head(m, x, y, epochs=1, lr=0.01, batch_size=len(y), progress=False, x_val=x[:16], y_val=y[:16])
+    # reset: the first (only) minibatch's loss is that of a zero head, ln K
+    assert hist["epochs"][0]["head_loss"] == pytest.approx(np.log(10), rel=1e-5)
+    assert "val" in hist["epochs"][0] and len(hist["epochs"]) == 1
+    after = m.state_dict()
+    assert all(np.array_equal(before[k], after[k]) for k in before if not k.startswith("head."))
+    assert not np.array_equal(before["head.weight"], after["head.weight"]) and np.abs(after["head.weight"]).max() > 0
+    assert not m.training
+    # reset=False continues from the current head
+    loss = xent(m, x, y)
+    hist = fflib.refit_head(m, x, y, epochs=1, lr=0.01, batch_size=len(y), reset=False, progress=False)
+    assert hist["epochs"][0]["head_loss"] == pytest.approx(loss, rel=1e-4)
+
+
+def test_refit_head_refuses_bad_arguments():
+    x, y = data(16)
+    m = tiny_bn_model()
+    for kw, msg in ((dict(epochs=0), "epochs"), (dict(epochs=1.5), "epochs"), (dict(lr=0.0), "lr"),
+                    (dict(lr=float("inf")), "lr"), (dict(lr="1"), "lr")):
+        with pytest.raises(ValueError, match=msg):
+            fflib.refit_head(m, x, y, progress=False, **kw)
+    headless = fflib.FFModel(fflib.mlp([3072, 16, 8]), 3072, 10, head_blocks=None)
+    with pytest.raises(ValueError, match="one-pass head"):
+        fflib.refit_head(headless, x.reshape(16, -1), y, progress=False)
+    with pytest.raises(TypeError, match="FFModel"):
+        fflib.refit_head(object(), x, y, progress=False)
