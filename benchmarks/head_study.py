@@ -70,6 +70,9 @@ def main(argv=None):
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--lr", type=float, nargs="+", default=[1e-3, 3e-4, 1e-4])
     p.add_argument("--weight-decay", type=float, nargs="+", default=[0.0, 1e-4])
+    p.add_argument("--bn-gap", type=int, default=0, metavar="N",
+                   help="also compare the head's input features under batch statistics (minibatches of 128, "
+                        "as training computes them) with inference's on the first N training images")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=None)
     a = p.parse_args(argv)
@@ -85,6 +88,21 @@ def main(argv=None):
     saved = {"one_pass": r["one_pass"], "multi_pass": r["multi_pass"]}
     print(f"features {f.shape} in {time.perf_counter() - t0:.0f} s; the saved model on the held-out "
           f"images: one-pass {saved['one_pass']:.2f}  multi-pass {saved['multi_pass']:.2f}", flush=True)
+    gap = None
+    if a.bn_gap:
+        # the features a training step gives the head: batch statistics of each minibatch of 128
+        # (un-augmented here), against inference's running statistics
+        ft = f[:a.bn_gap].astype(np.float64)
+        model.train()
+        fb = _features(model, x[:a.bn_gap], chunk=128).astype(np.float64)
+        model.eval()
+        w, b = model.head_weight.T.astype(np.float64), model.head_bias.astype(np.float64)
+        gap = {"images": int(a.bn_gap), "relative_rms": float(np.sqrt(((fb - ft) ** 2).mean() / (ft ** 2).mean())),
+               "saved_head_error_inference_features": float(100 * ((ft @ w + b).argmax(1) != y[:a.bn_gap]).mean()),
+               "saved_head_error_batch_features": float(100 * ((fb @ w + b).argmax(1) != y[:a.bn_gap]).mean())}
+        print(f"batch-statistics features against inference's on {a.bn_gap} training images: relative RMS "
+              f"difference {gap['relative_rms']:.3f}; the saved head's error {gap['saved_head_error_inference_features']:.2f} "
+              f"/ {gap['saved_head_error_batch_features']:.2f} %", flush=True)
     rows = []
     for lr in a.lr:
         for wd in a.weight_decay:
@@ -97,7 +115,8 @@ def main(argv=None):
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out).write_text(json.dumps({"model": a.model, "dataset": a.dataset, "val_size": a.val_size,
-                                           "features": int(f.shape[1]), "saved": saved, "heads": rows},
+                                           "features": int(f.shape[1]), "saved": saved, "batch_norm_gap": gap,
+                                           "heads": rows},
                                           indent=1) + "\n")
 
 
