@@ -657,6 +657,8 @@ def train_command(a):
             per = int(np.prod(image_shape[1:]))
             mean, std = np.repeat(mean, per), np.repeat(std, per)
         model.set_input_norm(mean, std)
+    if supplied.get("head_refit") and (not model.has_head or a.distributed):
+        a.head_refit = None     # a recipe's refit gives way to --head-blocks none and --distributed
     config = {"recipe": None if recipe is None else recipe.name, "subset": a.subset,
               "dataset": a.dataset, "data_dir": a.data_dir, "model": a.model,
               "layers": [x.shape[1]] + a.layers if a.model == "mlp" else None,

@@ -105,6 +105,24 @@ def test_head_refit(tmp_path, capsys):
     assert "--head-blocks" in fails(capsys, "--head-refit", "1", "--head-blocks", "none")
 
 
+def test_recipe_head_refit_gives_way_to_a_model_without_head(tmp_path, data_dir):
+    """The FF_optimal recipe refits its head after training; with --head-blocks none there is no
+    head to refit, and the run goes on without (an explicit --head-refit is refused)."""
+    if not (data_dir / "cifar10").exists() and not (data_dir / "cifar-10-batches-bin").exists():
+        pytest.skip("CIFAR-10 not found")
+    out = tmp_path / "r.json"
+    base = ["train", "--model", "ff_optimal", "--dataset", "cifar10", "--data-dir", str(data_dir), "--epochs", "1",
+            "--subset", "64", "--threads", "1", "--no-progress", "--out", str(out)]
+    assert cli.main(base) == 0
+    r = json.loads(out.read_text())
+    assert r["config"]["head_refit"] == 5 and len(r["head_refit"]) == 5
+    assert cli.main(base + ["--head-blocks", "none"]) == 0
+    r = json.loads(out.read_text())
+    assert r["config"]["head_refit"] == 0 and r["head_refit"] is None and r["test_error"]["one_pass"] is None
+    with pytest.raises(SystemExit):
+        cli.main(base + ["--head-blocks", "none", "--head-refit", "2"])
+
+
 def test_head_blocks(tmp_path, capsys):
     r, m = train(tmp_path, "--layers", "48,32,24", "--head-blocks=-1")
     assert m._head_layers == [m.blocks[-1][1] - 1]
