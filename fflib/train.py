@@ -381,6 +381,7 @@ def refit_head(model, x, y, *, epochs=5, lr=1e-4, batch_size=128, reset=True, au
         raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
     if isinstance(lr, bool) or not isinstance(lr, (int, float, np.floating)) or not np.isfinite(lr) or lr <= 0:
         raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+    _check_data_args(model, x, y, 0, batch_size, epochs)    # bad data is refused before the head is touched
     if reset:
         model.head_weight[...] = 0.0
         model.head_bias[...] = 0.0

@@ -69,6 +69,11 @@ def test_refit_head_refuses_bad_arguments():
                     (dict(lr=float("inf")), "lr"), (dict(lr="1"), "lr")):
         with pytest.raises(ValueError, match=msg):
             fflib.refit_head(m, x, y, progress=False, **kw)
+    head = m.head_weight.copy()
+    assert np.abs(head).max() > 0
+    with pytest.raises(ValueError):
+        fflib.refit_head(m, x, y[:8], progress=False)          # 16 images, 8 labels
+    assert np.array_equal(m.head_weight, head)                  # untouched
     headless = fflib.FFModel(fflib.mlp([3072, 16, 8]), 3072, 10, head_blocks=None)
     with pytest.raises(ValueError, match="one-pass head"):
         fflib.refit_head(headless, x.reshape(16, -1), y, progress=False)
