@@ -377,8 +377,7 @@ def refit_head(model, x, y, *, epochs=5, lr=1e-4, batch_size=128, reset=True, au
         raise TypeError(f"model must be an fflib.FFModel, got {type(model).__name__}")
     if not model.has_head:
         raise ValueError("refit_head needs a model with a one-pass head (head_blocks not None)")
-    if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 1:
-        raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
+    epochs = _count("epochs", epochs, 1)
     if isinstance(lr, bool) or not isinstance(lr, (int, float, np.floating)) or not np.isfinite(lr) or lr <= 0:
         raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
     _check_data_args(model, x, y, 0, batch_size, epochs)    # bad data is refused before the head is touched
@@ -386,7 +385,7 @@ def refit_head(model, x, y, *, epochs=5, lr=1e-4, batch_size=128, reset=True, au
         model.head_weight[...] = 0.0
         model.head_bias[...] = 0.0
     opt = Adam(model, lr=float(lr), layers=[], head=True)
-    return fit(model, x, y, epochs=0, head_epochs=int(epochs), batch_size=batch_size, optimizer=opt,
+    return fit(model, x, y, epochs=0, head_epochs=epochs, batch_size=batch_size, optimizer=opt,
                augment=augment, random_state=random_state, progress=progress, x_val=x_val, y_val=y_val,
                callback=callback)
 
