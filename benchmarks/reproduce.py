@@ -155,10 +155,11 @@ def total_epochs(recipe, epochs=None):
     """The number of "epoch" lines a run of ``recipe`` prints (``epochs`` overrides the recipe's):
     the blocks' epochs (a label-free method's, then as many of its linear probe), the head-only
     epochs after them and the head refit's."""
-    total = epochs or recipe.settings["epochs"]
-    if recipe.settings.get("method", "ff") in ("scff", "hybrid"):
-        total *= 2
-    return total + (recipe.settings.get("head_epochs") or 0) + (recipe.settings.get("head_refit") or 0)
+    settings = recipe.settings
+    total = epochs or settings["epochs"]
+    if settings.get("method", "ff") in ("scff", "hybrid"):
+        return total + (settings.get("head_epochs") or total)     # the probe: head_epochs, else as many
+    return total + (settings.get("head_epochs") or 0) + (settings.get("head_refit") or 0)
 
 
 def run(name, *, epochs=None, subset=None, threads=1, out_dir=None, fresh=False, progress=None, sample=False):

@@ -439,8 +439,8 @@ def train_command_label_free(a, bad):
         sched = cli_schedule(a, opt, label_free_plan(model.num_blocks, epochs, head_epochs, order))
     except ValueError as e:
         bad(str(e))
-    print(f"fflib: {a.method} on {a.dataset} without labels, MLP {sizes}, {epochs} epochs ({order}) + {head_epochs} "
-          f"probe epochs", flush=True)
+    print(f"fflib: {a.method} on {a.dataset} without labels, MLP {sizes}, {epochs} epoch{'s' * (epochs != 1)} "
+          f"({order}) + {head_epochs} probe epoch{'s' * (head_epochs != 1)}", flush=True)
 
     try:
         hist = fit_unsupervised(model, x, y, method=a.method, epochs=epochs, head_epochs=head_epochs,

@@ -196,7 +196,10 @@ def test_reproduce_counts_every_epoch_line_the_run_prints(capsys):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     assert mod.total_epochs(recipes.get("cifar10-ff_optimal")) == 50 + 5
-    assert mod.total_epochs(recipes.get("mnist-mlp-scff")) == 2 * 20
+    scff = recipes.get("mnist-mlp-scff").settings
+    assert mod.total_epochs(recipes.get("mnist-mlp-scff")) == scff["epochs"] + (scff.get("head_epochs") or scff["epochs"])
+    probe = recipes.Recipe("t", "mlp", "mnist", "t", dict(method="scff", epochs=2, head_epochs=5))
+    assert mod.total_epochs(probe) == 7 and mod.total_epochs(probe, epochs=1) == 6
     assert mod.total_epochs(recipes.get("mnist-mlp"), epochs=3) == 3
     # the count against what the train command prints, on a recipe given head-only and refit epochs
     recipe = recipes.Recipe("t", "mlp", "mnist", "t", dict(epochs=2, head_epochs=1, head_refit=2))
