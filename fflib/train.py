@@ -381,8 +381,8 @@ def refit_head(model, x, y, *, epochs=5, lr=1e-4, batch_size=128, reset=True, au
     norm, features normalised by each training minibatch's statistics rather than the running
     ones inference uses.  On the CIFAR-10 FF_optimal recipe's trained model (validation split,
     the last 5,000 training images) its one-pass error was 19.42 % against the multi-pass
-    16.50; a head refitted this way for 5 epochs at 1e-4 reached 16.92
-    (benchmarks/results/reproduce/cifar10-ff_optimal.json; the test error 20.60 -> 18.32)."""
+    16.50; a head refitted this way for 5 epochs at 1e-4 reached 17.24
+    (benchmarks/results/reproduce/cifar10-ff_optimal.json; the test error 20.60 -> 18.33)."""
     from .optim import Adam
     if not isinstance(model, FFModel):
         raise TypeError(f"model must be an fflib.FFModel, got {type(model).__name__}")
