@@ -305,9 +305,9 @@ def label_free_epochs(model, x, y, plan, step, *, method, batch_size, min_batch,
                       resume=False, run=None, history=None):
     """The epochs of a run without labels, shared by :func:`fit_unsupervised` (SCFF, hybrid
     images) and :func:`fflib.uff.fit_uff` (autoencoder cells): ``plan[e]`` is ``"probe"`` (frozen
-    blocks in inference mode, the head steps on y) or the active-block mask of a label-free epoch (None: every
-    block); ``step(xb, yb, plan[e])`` runs one minibatch (yb None outside the probe) and returns
-    the per-block and head losses.  Minibatches shorter than ``min_batch`` are skipped.
+    blocks in inference mode, the head steps on y) or the active-block mask of a label-free epoch
+    (None: every block); ``step(xb, yb, plan[e])`` runs one minibatch (yb None outside the probe)
+    and returns the per-block and head losses.  Minibatches shorter than ``min_batch`` are skipped.
 
     ``checkpoint`` (a directory): the run's whole state (weights, optimiser and schedule state,
     the data RNG, the epoch, the history) is written atomically to ``checkpoint/checkpoint.npz``
