@@ -196,6 +196,7 @@ def test_reproduce_counts_every_epoch_line_the_run_prints(capsys):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     assert mod.total_epochs(recipes.get("cifar10-ff_optimal")) == 50 + 5
+    assert mod.total_epochs(recipes.get("fashion-mnist-cwcomp")) == 23 + 7
     scff = recipes.get("mnist-mlp-scff").settings
     assert mod.total_epochs(recipes.get("mnist-mlp-scff")) == scff["epochs"] + (scff.get("head_epochs") or scff["epochs"])
     probe = recipes.Recipe("t", "mlp", "mnist", "t", dict(method="scff", epochs=2, head_epochs=5))
