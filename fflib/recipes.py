@@ -139,7 +139,8 @@ _ALL = [
            notes="Wu et al.'s N-pair margin loss (margin 1) over every label on sum goodness; the MLP "
                  "recipe's schedule with the head at twice the blocks' rate"),
     Recipe("mnist-mlp-scff", "mlp", "mnist", "MNIST MLP 784-2000-2000, self-contrastive FF without labels, "
-           "then a linear probe", dict(method="scff", layers=[2000, 2000], epochs=20, batch_size=100, goodness="mean",
+           "then a linear probe", dict(method="scff", layers=[2000, 2000], epochs=20, head_epochs=50, batch_size=100,
+                                       goodness="mean",
                                        norm="rms", augment="crop2", head_dropout=0.2, cooldown=True, val_size=5000,
                                        seed=0), default=False,
            status="measured", result={"probe": 1.74},
