@@ -151,6 +151,17 @@ def _raise_terminated(signum, frame):
     raise _Terminated()
 
 
+def total_epochs(recipe, epochs=None):
+    """The number of "epoch" lines a run of ``recipe`` prints (``epochs`` overrides the recipe's):
+    the blocks' epochs (a label-free method's, then as many of its linear probe), the head-only
+    epochs after them and the head refit's."""
+    settings = recipe.settings
+    total = epochs or settings["epochs"]
+    if settings.get("method", "ff") in ("scff", "hybrid"):
+        return total + (settings.get("head_epochs") or total)     # the probe: head_epochs, else as many
+    return total + (settings.get("head_epochs") or 0) + (settings.get("head_refit") or 0)
+
+
 def run(name, *, epochs=None, subset=None, threads=1, out_dir=None, fresh=False, progress=None, sample=False):
     """Run (or resume) one recipe; returns the process exit status (0 done, 130 interrupted)."""
     recipe = recipes.get(name)
@@ -168,9 +179,7 @@ def run(name, *, epochs=None, subset=None, threads=1, out_dir=None, fresh=False,
         return 0
     ckdir.mkdir(parents=True, exist_ok=True)
     _fold_session(ckdir)
-    total = epochs or recipe.settings["epochs"]
-    if recipe.settings.get("method", "ff") in ("scff", "hybrid"):
-        total *= 2   # the label-free epochs, then as many epochs of the linear probe
+    total = total_epochs(recipe, epochs)
     start = _checkpoint_epoch(ckdir)
     args = train_args(name, epochs, subset, threads, sample)
     cmd = [sys.executable, "-m", "fflib", "train", *args, "--checkpoint", str(ckdir), "--resume",

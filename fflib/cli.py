@@ -449,6 +449,10 @@ def _make_optimizer(a, model, lr, head_lr, adam):
     return adam(model, lr=lr, weight_decay=a.weight_decay, head_lr=head_lr)
 
 
+def _epochs_text(n):
+    return f"{n} epoch" + ("" if n == 1 else "s")
+
+
 def _run_epochs(a, epochs, model):
     """Epochs the run lasts: the largest window end, or epochs (per block when layerwise)."""
     if a.windows is not None:
@@ -703,7 +707,8 @@ def train_command(a):
         _bad(str(e))
     if rank == 0:
         print(f"fflib: training {a.model} ({model.num_parameters()} parameters, {loss} loss, {a.routine}) "
-              f"on {a.dataset} ({len(y)} train / {len(yt)} test), {_run_epochs(a, epochs, model) + head_epochs} epochs"
+              f"on {a.dataset} ({len(y)} train / {len(yt)} test), "
+              f"{_epochs_text(_run_epochs(a, epochs, model) + head_epochs)}"
               + (f", {a.distributed}-parallel on {comm.Get_size()} ranks" if comm is not None else ""), flush=True)
 
     def report(rec):
@@ -732,8 +737,8 @@ def train_command(a):
     refit = None
     if a.head_refit and not hist["interrupted"]:
         lr_refit = a.head_refit_lr or HEAD_REFIT_LR
-        print(f"fflib: refitting the one-pass head for {a.head_refit} epochs at {lr_refit:g} on the frozen blocks",
-              flush=True)
+        print(f"fflib: refitting the one-pass head for {_epochs_text(a.head_refit)} at {lr_refit:g} on the "
+              f"frozen blocks", flush=True)
         refit = refit_head(model, x, y, epochs=a.head_refit, lr=lr_refit, batch_size=batch_size,
                            random_state=a.seed, x_val=xv, y_val=yv, callback=report,
                            progress=not a.no_progress and sys.stderr.isatty())

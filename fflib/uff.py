@@ -159,8 +159,9 @@ def train_command_uff(a, bad):
         sched = cli_schedule(a, opt, label_free_plan(model.num_blocks, epochs, head_epochs, order))
     except ValueError as e:
         bad(str(e))
-    print(f"fflib: uff (autoencoder cells) on {a.dataset} without labels, MLP {sizes}, {epochs} epochs ({order}) "
-          f"+ {head_epochs} probe epochs", flush=True)
+    print(f"fflib: uff (autoencoder cells) on {a.dataset} without labels, MLP {sizes}, "
+          f"{epochs} epoch{'s' * (epochs != 1)} ({order}) + {head_epochs} probe epoch{'s' * (head_epochs != 1)}",
+          flush=True)
 
     from .unsupervised import epoch_printer, finish_command
     try:

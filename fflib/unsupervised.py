@@ -305,9 +305,9 @@ def label_free_epochs(model, x, y, plan, step, *, method, batch_size, min_batch,
                       resume=False, run=None, history=None):
     """The epochs of a run without labels, shared by :func:`fit_unsupervised` (SCFF, hybrid
     images) and :func:`fflib.uff.fit_uff` (autoencoder cells): ``plan[e]`` is ``"probe"`` (frozen
-    blocks, the head steps on y) or the active-block mask of a label-free epoch (None: every
-    block); ``step(xb, yb, plan[e])`` runs one minibatch (yb None outside the probe) and returns
-    the per-block and head losses.  Minibatches shorter than ``min_batch`` are skipped.
+    blocks in inference mode, the head steps on y) or the active-block mask of a label-free epoch
+    (None: every block); ``step(xb, yb, plan[e])`` runs one minibatch (yb None outside the probe)
+    and returns the per-block and head losses.  Minibatches shorter than ``min_batch`` are skipped.
 
     ``checkpoint`` (a directory): the run's whole state (weights, optimiser and schedule state,
     the data RNG, the epoch, the history) is written atomically to ``checkpoint/checkpoint.npz``
@@ -336,6 +336,9 @@ def label_free_epochs(model, x, y, plan, step, *, method, batch_size, min_batch,
         for epoch in range(start, len(plan)):
             act = plan[epoch]
             probe = isinstance(act, str)
+            # the probe trains the head on the features inference gives: frozen blocks in
+            # inference mode (batch norm from its running statistics, which the probe leaves alone)
+            model.train(not probe)
             t0 = time.perf_counter()
             perm = rng.permutation(n)
             sums, steps = np.zeros(nb + 1), 0
@@ -353,7 +356,6 @@ def label_free_epochs(model, x, y, plan, step, *, method, batch_size, min_batch,
                    "lr": optimizer.lr, "seconds": time.perf_counter() - t0}
             if probe and x_val is not None:
                 rec["val_error"] = probe_error(model, x_val, y_val)
-                model.train()
             history["epochs"].append(rec)
             if scheduler is not None:
                 scheduler.step()
@@ -437,8 +439,8 @@ def train_command_label_free(a, bad):
         sched = cli_schedule(a, opt, label_free_plan(model.num_blocks, epochs, head_epochs, order))
     except ValueError as e:
         bad(str(e))
-    print(f"fflib: {a.method} on {a.dataset} without labels, MLP {sizes}, {epochs} epochs ({order}) + {head_epochs} "
-          f"probe epochs", flush=True)
+    print(f"fflib: {a.method} on {a.dataset} without labels, MLP {sizes}, {epochs} epoch{'s' * (epochs != 1)} "
+          f"({order}) + {head_epochs} probe epoch{'s' * (head_epochs != 1)}", flush=True)
 
     try:
         hist = fit_unsupervised(model, x, y, method=a.method, epochs=epochs, head_epochs=head_epochs,

@@ -146,3 +146,24 @@ def test_every_entry_point_takes_tensors(rng):
         a.train_step(torch.from_numpy(np.ascontiguousarray(x.T)).T, y)
     with pytest.raises(TypeError, match="x must be numeric"):
         a.goodness(torch.zeros(2, 12, dtype=torch.complex64))
+
+
+@pytest.mark.parametrize("kw, err, msg", [
+    (dict(x_val="x"), ValueError, "x_val and y_val go together"),
+    (dict(x_val="x3", y_val="y2"), ValueError, "y_val has 2 labels for 3 samples"),
+    (dict(x_val="narrow", y_val="y"), ValueError, "x_val must have"),
+    (dict(x_val="x", y_val="y+10"), ValueError, "y_val must be in"),
+    (dict(callback=3), TypeError, "callback must be callable"),
+])
+def test_fit_refuses_a_bad_validation_pair_or_callback_before_training(kw, err, msg, rng):
+    """A bad x_val / y_val or callback is refused before the first epoch (it used to surface at
+    the first epoch's end, after a whole epoch of training), and the model is left as it was."""
+    m = fflib.FFModel(fflib.mlp([12, 16, 8]), 12, 4, seed=0)
+    x = rng.random((8, 12), dtype=np.float32)
+    y = np.arange(8) % 4
+    vals = {"x": x, "x3": x[:3], "y2": y[:2], "narrow": x[:, :6], "y": y, "y+10": y + 10}
+    kw = {k: vals.get(v, v) if isinstance(v, str) else v for k, v in kw.items()}
+    before = m.state_dict()
+    with pytest.raises(err, match=msg):
+        fflib.fit(m, x, y, epochs=1, batch_size=4, progress=False, **kw)
+    assert all(np.array_equal(v, m.state_dict()[k]) for k, v in before.items())

@@ -189,6 +189,27 @@ def test_reproduce_resumes_after_ctrl_c_bit_identically(tmp_path, capsys):
     assert "done" in capsys.readouterr().out
 
 
+def test_reproduce_counts_every_epoch_line_the_run_prints(capsys):
+    """reproduce.py's progress total is the number of "epoch" lines the train command prints:
+    the blocks' epochs, then the head-only epochs and the head refit's (each prints one)."""
+    spec = importlib.util.spec_from_file_location("_reproduce", REPO / "benchmarks" / "reproduce.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.total_epochs(recipes.get("cifar10-ff_optimal")) == 50 + 5
+    assert mod.total_epochs(recipes.get("fashion-mnist-cwcomp")) == 23 + 7
+    scff = recipes.get("mnist-mlp-scff").settings
+    assert mod.total_epochs(recipes.get("mnist-mlp-scff")) == scff["epochs"] + (scff.get("head_epochs") or scff["epochs"])
+    probe = recipes.Recipe("t", "mlp", "mnist", "t", dict(method="scff", epochs=2, head_epochs=5))
+    assert mod.total_epochs(probe) == 7 and mod.total_epochs(probe, epochs=1) == 6
+    assert mod.total_epochs(recipes.get("mnist-mlp"), epochs=3) == 3
+    # the count against what the train command prints, on a recipe given head-only and refit epochs
+    recipe = recipes.Recipe("t", "mlp", "mnist", "t", dict(epochs=2, head_epochs=1, head_refit=2))
+    assert cli.main(["train", "--epochs", "2", "--head-epochs", "1",
+                     "--head-refit", "2", "--subset", "500", "--no-progress"]) == 0
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch")]
+    assert len(printed) == mod.total_epochs(recipe) == 5
+
+
 def test_reproduce_stopped_by_sigterm_to_itself_stops_its_child(tmp_path):
     """kill PID (SIGTERM to reproduce.py alone, not its process group, as a scheduler or timeout
     sends it) stops the training child too, instead of leaving it training with no one to write

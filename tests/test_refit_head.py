@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import fflib
-from fflib import models, reference
+from fflib import models, recipes, reference
 
 
 def tiny_bn_model():
@@ -78,3 +78,68 @@ def test_refit_head_refuses_bad_arguments():
         fflib.refit_head(headless, x.reshape(16, -1), y, progress=False)
     with pytest.raises(TypeError, match="FFModel"):
         fflib.refit_head(object(), x, y, progress=False)
+
+
+def test_refit_head_starts_a_fresh_adam_whatever_training_left(tmp_path):
+    """The refit's Adam starts from zero moments and step 0: a trained model saved with its
+    optimiser state and one saved without it refit to the same head (before, the first carried
+    training's moments and step into the refit)."""
+    x, y = data(48)
+    m = tiny_bn_model()
+    fflib.fit(m, x, y, epochs=2, batch_size=16, progress=False)
+    m.save(tmp_path / "with.npz")
+    m.save(tmp_path / "without.npz", optimizer=False)
+    a, b = fflib.FFModel.load(tmp_path / "with.npz"), fflib.FFModel.load(tmp_path / "without.npz")
+    assert a._net.get_step(-1) > 0 and b._net.get_step(-1) == 0
+    for model in (a, b):
+        fflib.refit_head(model, x, y, epochs=2, lr=0.01, batch_size=16, progress=False)
+    assert np.array_equal(a.head_weight, b.head_weight) and np.array_equal(a.head_bias, b.head_bias)
+    assert a._net.get_step(-1) == b._net.get_step(-1) == 6
+
+
+@pytest.mark.parametrize("kw", [dict(augment="bogus"), dict(x_val="x"), dict(random_state="a"),
+                                dict(callback=3), dict(lr=1e38)])
+def test_a_refit_that_raises_leaves_the_model_as_it_was(kw):
+    """A bad argument fit() refuses, or a loss that is not finite, after the head was zeroed:
+    the head, its optimiser state and the attached optimiser are put back."""
+    x, y = data(32)
+    m = tiny_bn_model()
+    opt = fflib.Adam(m, lr=0.01)
+    fflib.fit(m, x, y, epochs=1, batch_size=8, optimizer=opt, progress=False)
+    before, step, setting = m.optimizer_state(), m._net.get_step(-1), m._net.get_opt(-1)
+    weights = m.state_dict()
+    if kw.get("x_val") == "x":
+        kw = dict(x_val=x)                                       # x_val without y_val
+    with pytest.raises(Exception) as e:
+        fflib.refit_head(m, x, y, epochs=1, batch_size=8, progress=False, **kw)
+    assert isinstance(e.value, (ValueError, TypeError, ArithmeticError)), repr(e.value)
+    after = m.state_dict()
+    assert all(np.array_equal(v, after[k]) for k, v in weights.items())
+    assert m._net.get_step(-1) == step and m._net.get_opt(-1) == setting and m.optimizer is opt
+    now = m.optimizer_state()
+    assert any(k.startswith("head.") for k in before)
+    assert all(np.array_equal(v, now[k]) for k, v in before.items() if k.startswith("head."))
+
+
+@pytest.mark.parametrize("name,dataset", [(n, d) for n, ds in recipes.DATASETS.items() for d in ds])
+def test_refit_head_on_every_zoo_model_survives_save_and_load(name, dataset, tmp_path):
+    """Every zoo model on every dataset it runs on: refit_head trains its head only (the blocks'
+    weights and running statistics untouched) and the refitted model saves and loads with the
+    same predictions (the lesson of save/load breaking on CwComp only)."""
+    m = models.build(name, dataset, seed=1)
+    shape = tuple(m.input_shape)
+    rng = np.random.default_rng(2)
+    x = rng.random((12,) + shape, dtype=np.float32)
+    y = rng.integers(0, 10, 12).astype(np.int64)
+    fflib.fit(m, x, y, epochs=1, batch_size=6, progress=False)
+    before = m.state_dict()
+    hist = fflib.refit_head(m, x, y, epochs=1, lr=0.01, batch_size=6, progress=False)
+    assert len(hist["epochs"]) == 1 and np.isfinite(hist["epochs"][0]["head_loss"])
+    after = m.state_dict()
+    assert all(np.array_equal(before[k], after[k]) for k in before if not k.startswith("head."))
+    assert not np.array_equal(before["head.weight"], after["head.weight"])
+    p = m.predict_onepass(x)
+    m.save(tmp_path / "m.npz")
+    back = fflib.FFModel.load(tmp_path / "m.npz")
+    assert np.array_equal(back.predict_onepass(x), p)
+    assert np.array_equal(back.predict_multipass(x), m.predict_multipass(x))

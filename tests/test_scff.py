@@ -289,3 +289,34 @@ def test_scff_recipe_beats_the_untrained_network_on_full_mnist(mnist):
     assert max(h["epochs"][0]["block_loss"]) < 1.2
     assert err <= 3.0
     assert err < base - 0.5
+
+
+@pytest.mark.parametrize("method", ["scff", "hybrid"])
+def test_the_probe_leaves_batch_norm_blocks_alone(method):
+    """The probe (head-only) epochs of a label-free run train the head on the features inference
+    gives: a model with batch norm (FF_tiny's blocks) has the same block weights and running
+    statistics after its label-free epoch and after the probe that follows it (before, the probe
+    ran in training mode: batch statistics into the head and the running statistics moved)."""
+    from fflib.models import light_model
+    rng = np.random.default_rng(0)
+    x = rng.random((16, 3, 32, 32), dtype=np.float32)
+    y = rng.integers(0, 10, 16).astype(np.int64)
+
+    def model():
+        layers, shape = light_model("ff_tiny", (3, 32, 32))
+        return fflib.FFModel(layers, shape, 10, label_encoding="none", loss="ff", goodness="mean", threshold=1.0,
+                             norm="rms", head_blocks=[2, 3], seed=0)
+    blocks_only, probed = model(), model()
+    fflib.fit(blocks_only, x, y, method=method, epochs=1, head_epochs=0, batch_size=16, random_state=0)
+    blocks_only.eval()
+    z = blocks_only.features(x).astype(np.float64) @ blocks_only.head_weight.T.astype(np.float64)
+    want = ref.softmax_xent(z + blocks_only.head_bias, y)[0]
+    # one minibatch: the probe epoch's head loss is the loss of the head before its only step
+    h = fflib.fit(probed, x, y, method=method, epochs=1, head_epochs=1, batch_size=16, random_state=0,
+                  x_val=x, y_val=y)
+    assert h["epochs"][-1]["phase"] == "probe" and not probed.training
+    assert h["epochs"][-1]["head_loss"] == pytest.approx(want, rel=1e-4)
+    a, b = blocks_only.state_dict(), probed.state_dict()
+    assert any(k.endswith("running_mean") for k in a)
+    assert all(np.array_equal(a[k], b[k]) for k in a if not k.startswith("head."))
+    assert not np.array_equal(a["head.weight"], b["head.weight"])
