@@ -371,7 +371,7 @@ def fit_distributed(model, x, y, *, comm, mode="data", epochs=10, batch_size=100
     max_in_flight = _count("max_in_flight", max_in_flight, 1)
     if negatives not in ("uniform", "hard"):
         raise ValueError(f"negatives must be 'uniform' or 'hard', got {negatives!r}")
-    _check_run_args(model, optimizer, scheduler, checkpoint_every, x_val, y_val, callback)
+    x_val, y_val = _check_run_args(model, optimizer, scheduler, checkpoint_every, x_val, y_val, callback)
     train_head = bool(train_head) and model.has_head
     if routine is not None:
         model.set_block_ranges(block_ranges(model, routine, _count("chunk_size", chunk_size, 1), 0))

@@ -88,10 +88,7 @@ class _Optimizer:
         if moments:
             state = {}
             for i in self.layers:
-                s = {name: p.copy() for which, name in _MOMENTS
-                     if (p := self.model._net.param(i, which)) is not None}
-                s["step"] = int(self.model._net.get_step(i))
-                state[i] = s
+                state[i] = _read_layer_state(self.model, i)
             out["state"] = state
         return out
 
@@ -164,6 +161,13 @@ def _check_layer_state(model, i, s, where):
             raise ValueError(f"{where}['step'] must be an int in [0, 2**62), got {t!r}")
         out["step"] = int(t)
     return out
+
+
+def _read_layer_state(model, i):
+    """A copy of layer ``i``'s optimiser state: the moments it has and its step counter."""
+    s = {name: p.copy() for which, name in _MOMENTS if (p := model._net.param(i, which)) is not None}
+    s["step"] = int(model._net.get_step(i))
+    return s
 
 
 def _write_layer_state(model, i, s):

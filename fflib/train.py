@@ -115,12 +115,13 @@ def _check_data_args(model, x, y, epochs, batch_size, head_epochs):
 
 def _check_run_args(model, optimizer, scheduler, checkpoint_every, x_val=None, y_val=None, callback=None):
     """fit()'s (and the distributed fit's) checks of the optimiser, schedule, checkpoint period,
-    validation pair and callback: refused before the first epoch, not after it."""
+    validation pair and callback: refused before the first epoch, not after it.  Returns the
+    validation pair as the core reads it (converted once, not at every epoch's evaluation)."""
     if (x_val is None) != (y_val is None):
         raise ValueError("x_val and y_val go together: pass both or neither")
     if x_val is not None:
-        xv = as_float32_batch(x_val, "x_val", int(np.prod(model.input_shape)))
-        model._check_y(y_val, xv.shape[0], "y_val")
+        x_val = as_float32_batch(x_val, "x_val", int(np.prod(model.input_shape)))
+        y_val = model._check_y(y_val, x_val.shape[0], "y_val")
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable or None, got {type(callback).__name__}")
     from .optim import _Optimizer, _Scheduler
@@ -132,6 +133,7 @@ def _check_run_args(model, optimizer, scheduler, checkpoint_every, x_val=None, y
     if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, (int, np.integer)) \
             or checkpoint_every <= 0:
         raise ValueError(f"checkpoint_every must be a positive int, got {checkpoint_every!r}")
+    return x_val, y_val
 
 
 def fit(model, x, y, *, epochs=10, batch_size=100, optimizer=None, scheduler=None, order="simultaneous",
@@ -243,7 +245,7 @@ def fit(model, x, y, *, epochs=10, batch_size=100, optimizer=None, scheduler=Non
     if aug is not None and model.input_shape[1] * model.input_shape[2] == 1:
         raise ValueError(f"augment {augment!r} needs an image model (input_shape (C, H, W) with H, W > 1), "
                          f"got input_shape {model.input_shape}")
-    _check_run_args(model, optimizer, scheduler, checkpoint_every, x_val, y_val, callback)
+    x_val, y_val = _check_run_args(model, optimizer, scheduler, checkpoint_every, x_val, y_val, callback)
     if resume and checkpoint is None:
         raise ValueError("resume=True needs checkpoint= (the directory holding the checkpoint)")
     ckpt_path = None
@@ -392,31 +394,24 @@ def refit_head(model, x, y, *, epochs=5, lr=1e-4, batch_size=128, reset=True, au
     if isinstance(lr, bool) or not isinstance(lr, (int, float, np.floating)) or not np.isfinite(lr) or lr <= 0:
         raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
     _check_data_args(model, x, y, 0, batch_size, epochs)    # bad data is refused before the head is touched
-    from .optim import _MOMENTS
-    net, attached = model._net, model._optimizer
-    kept = {"weight": model.head_weight.copy(), "bias": model.head_bias.copy(), "opt": net.get_opt(-1),
-            "step": net.get_step(-1)}
-    moments = [(which, net.param(-1, which)) for which, _ in _MOMENTS]
-    kept["moments"] = [(which, m.copy()) for which, m in moments if m is not None]
+    from .optim import _read_layer_state, _write_layer_state
+    net, attached, setting = model._net, model._optimizer, model._net.get_opt(-1)
+    weight, bias, state = model.head_weight.copy(), model.head_bias.copy(), _read_layer_state(model, -1)
     try:
         if reset:
             model.head_weight[...] = 0.0
             model.head_bias[...] = 0.0
         opt = Adam(model, lr=float(lr), layers=[], head=True)
-        for _, m in moments:            # a new optimiser: none of training's moments or steps
-            if m is not None:
-                m[...] = 0.0
-        net.set_step(-1, 0)
+        # a new optimiser: none of training's moments or steps
+        _write_layer_state(model, -1, {name: 0.0 for name in state} | {"step": 0})
         return fit(model, x, y, epochs=0, head_epochs=epochs, batch_size=batch_size, optimizer=opt,
                    augment=augment, random_state=random_state, progress=progress, x_val=x_val, y_val=y_val,
                    callback=callback)
     except BaseException:
-        model.head_weight[...] = kept["weight"]
-        model.head_bias[...] = kept["bias"]
-        for which, m in kept["moments"]:
-            net.param(-1, which)[...] = m
-        net.set_step(-1, kept["step"])
-        net.set_opt(-1, **kept["opt"])
+        model.head_weight[...] = weight
+        model.head_bias[...] = bias
+        _write_layer_state(model, -1, state)
+        net.set_opt(-1, **setting)
         model._optimizer = attached
         raise
 
