@@ -150,7 +150,8 @@ _ALL = [
                     "thresholds 4 and 1 1.68, 20 + 20 epochs 1.68 and with the probe's dropout 0.2 1.60 (the "
                     "module's threshold and first-layer scale: fflib.unsupervised's docstring); the probe for 50 "
                     "epochs, the authors' length, 1.64 (test 1.82; benchmarks/results/runs/"
-                    "mnist-mlp-scff-probe50.json): not adopted",
+                    "mnist-mlp-scff-probe50.json): not adopted; the negative pair left un-renormalised as the "
+                    "authors feed it 1.60 (benchmarks/scff_pair_norm.py): not adopted",
            anchor="SCFF paper 1.3", target="<= 1.5",
            notes="fflib.unsupervised.scff_mlp (threshold 4 on mean goodness, first layer x2), Adam 3e-3 on two "
                  "views shifted by up to 2 pixels for 20 epochs, then the one-pass head on both blocks as a linear "
