@@ -25,12 +25,13 @@ import numpy as np
 
 import fflib
 from fflib import Adam, FFModel, LinearCooldown, mlp
+from fflib.reference import lennorm_forward
 from fflib.unsupervised import fit_unsupervised, label_free_plan, scff_mlp
 
 
 def rms_normalise(x):
-    """Each row divided by its root mean square (the RMS LenNorm's output, eps 1e-4)."""
-    return (x / np.sqrt((x.astype(np.float64) ** 2).mean(axis=1, keepdims=True) + 1e-4)).astype(np.float32)
+    """Each row as the RMS LenNorm outputs it (eps 1e-4), in float32."""
+    return lennorm_forward(x, "rms")[0].astype(np.float32)
 
 
 def main(argv=None):
