@@ -3,7 +3,7 @@ import math
 
 import numpy as np
 
-from .nn import FFModel, as_array, mlp
+from .nn import FFModel, _real, as_array, mlp
 from .optim import Adam, SGD, LinearCooldown, MultiStepLR
 from .train import evaluate, fit
 from .unsupervised import METHODS as _LABEL_FREE
@@ -87,6 +87,11 @@ class FFClassifier(ClassifierMixin, BaseEstimator):
         Each block's own FF threshold instead of ``threshold`` (e.g. SCFF's ``(4, 1)``).
     head_dropout : float in [0, 1)
         Dropout on the one-pass head's input while it trains (e.g. a label-free method's probe).
+    block_decay : float in (0, 1]
+        A label-free method's schedule: the blocks' rate times ``block_decay`` after every
+        label-free epoch, then the probe from its full rate cooled linearly to 0
+        (:class:`fflib.LinearCooldown`'s ``decay``; the SCFF recipe's 0.944).  1 (default):
+        the cooldown over the second half of all epochs.
     standardize : bool
         Standardise every feature by the training data's mean and standard deviation (a
         constant feature: by 1) inside the model (:attr:`FFModel.input_norm`: saved, pickled
@@ -150,7 +155,7 @@ class FFClassifier(ClassifierMixin, BaseEstimator):
                  head_lr=None, early_stopping=False, validation_fraction=0.1, n_iter_no_change=10,
                  tol=1e-4, random_state=None, threads=None, verbose=False, margin=1.0, method="ff",
                  image_shape=None, early_exit=None, early_exit_rule="softmax", block_thresholds=None,
-                 head_dropout=0.0, standardize=False):
+                 head_dropout=0.0, standardize=False, block_decay=1.0):
         self.hidden, self.epochs, self.batch_size, self.lr = hidden, epochs, batch_size, lr
         self.threshold, self.goodness, self.norm, self.loss = threshold, goodness, norm, loss
         self.label_placement = label_placement
@@ -164,7 +169,7 @@ class FFClassifier(ClassifierMixin, BaseEstimator):
         self.margin, self.method, self.image_shape = margin, method, image_shape
         self.early_exit, self.early_exit_rule = early_exit, early_exit_rule
         self.block_thresholds, self.head_dropout = block_thresholds, head_dropout
-        self.standardize = standardize
+        self.standardize, self.block_decay = standardize, block_decay
 
     # ------------------------------------------------------------------ building
     def build(self, n_features, n_classes, seed, input_shape=None):
@@ -354,8 +359,16 @@ class FFClassifier(ClassifierMixin, BaseEstimator):
         opt = self._optimizer(model)
         sched = None
         total = (epochs if self.order == "simultaneous" else epochs * model.num_blocks) + probe_epochs
+        _real("block_decay", self.block_decay, lo=0.0, hi=1.0, lo_open=True)
+        if self.block_decay != 1.0 and (self.method == "ff" or self.milestones or not self.cooldown):
+            raise ValueError(f"block_decay={self.block_decay!r} anneals a label-free method's blocks before its "
+                             f"probe's cooldown: it needs method 'scff', 'hybrid' or 'uff', cooldown=True and no "
+                             f"milestones (got method={self.method!r}, cooldown={self.cooldown!r}, "
+                             f"milestones={self.milestones!r})")
         if self.milestones:
             sched = MultiStepLR(opt, self.milestones, self.gamma)
+        elif self.cooldown and self.block_decay != 1.0:
+            sched = LinearCooldown(opt, total, start=total - probe_epochs, decay=self.block_decay)
         elif self.cooldown:
             sched = LinearCooldown(opt, total)
         kw = dict(batch_size=self._batch_size(), optimizer=opt, negatives=self.negatives,

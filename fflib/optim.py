@@ -415,22 +415,33 @@ class LambdaLR(_Scheduler):
 class LinearCooldown(_Scheduler):
     """Constant learning rate until ``start`` epochs, then linear decay to 0 at ``total``
     (Hinton's FF recipe cools the rate down over the second half of training); the same as
-    PyTorch's LambdaLR with ``lambda e: 1 if e <= start else max(0, (total - e) / (total - start))``."""
+    PyTorch's LambdaLR with ``lambda e: 1 if e <= start else max(0, (total - e) / (total - start))``.
 
-    def __init__(self, optimizer, total, start=None):
+    ``decay`` (in (0, 1], default 1): the rate is multiplied by ``decay`` after each of the
+    first ``start`` epochs and is back at the full rate when the cooldown starts, i.e.
+    ``lambda e: decay ** e if e < start else ...`` as above.  This is a label-free run's
+    schedule (:func:`fflib.fit` with ``method="scff"``, ``start`` its label-free epochs): the
+    blocks anneal exponentially, as the SCFF authors' ExponentialLR does (Chen et al. 2025:
+    x0.9 every 1,000 minibatches), then the linear probe starts at its own rate and cools."""
+
+    def __init__(self, optimizer, total, start=None, decay=1.0):
         total = _epoch_int("total", total, lo=0)
         start = total // 2 if start is None else _epoch_int("start", start, lo=0)
         if not start < total:
             raise ValueError(f"need 0 <= start < total, got start={start}, total={total}")
+        self.decay = _real("decay", decay, lo=0.0, hi=1.0, lo_open=True)
         self.total, self.start = total, start
         super().__init__(optimizer)
 
     def config(self):
-        return {"total": self.total, "start": self.start}
+        # decay 1 (the plain cooldown) is left out: the settings of schedules saved before it existed
+        return {"total": self.total, "start": self.start, **({"decay": self.decay} if self.decay != 1.0 else {})}
 
     def lr_at(self, epoch):
         """Learning rate in force after ``epoch`` scheduler steps."""
-        if epoch <= self.start:
+        if epoch < self.start:
+            return self.base_lr * self.decay ** epoch
+        if epoch == self.start:
             return self.base_lr
         return self.base_lr * max(0.0, (self.total - epoch) / (self.total - self.start))
 

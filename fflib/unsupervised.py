@@ -464,8 +464,22 @@ def cli_schedule(a, optimizer, plan):
     """The learning-rate schedule of a label-free train command, over its whole ``plan`` (the
     label-free epochs, then the probe's): ``--milestones``/``--gamma`` (MultiStepLR), else
     unless ``--no-cooldown`` a linear cooldown to 0 over the second half (in the usual run the
-    probe's epochs), else None (constant rates)."""
+    probe's epochs), else None (constant rates).  ``--block-decay G`` < 1: the blocks' rate
+    times G after every label-free epoch, then the probe's cooldown from its full rate
+    (LinearCooldown with ``decay``); it needs the cooldown."""
     from .optim import LinearCooldown, MultiStepLR
+    decay = getattr(a, "block_decay", None)
+    if decay is not None:
+        if not 0.0 < decay <= 1.0:
+            raise ValueError(f"--block-decay must be in (0, 1], got {decay!r}")
+        if a.milestones or a.cooldown is False:
+            raise ValueError("--block-decay anneals the blocks, then cools the probe down: it does not combine with "
+                             + ("--milestones" if a.milestones else "--no-cooldown"))
+        if decay < 1.0:
+            label_free = sum(1 for p in plan if not isinstance(p, str))
+            if label_free == len(plan):
+                raise ValueError("--block-decay needs probe epochs after the label-free ones (--head-epochs)")
+            return LinearCooldown(optimizer, len(plan), start=label_free, decay=decay)
     if a.milestones:
         return MultiStepLR(optimizer, a.milestones, a.gamma if a.gamma is not None else 0.1)
     if a.cooldown is None or a.cooldown:

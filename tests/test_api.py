@@ -160,6 +160,9 @@ def test_bad_structure():
     (lambda m: fflib.SGD(m, nesterov=True), "nesterov"),
     (lambda m: fflib.MultiStepLR(fflib.Adam(m), [5, 3]), "milestones"),
     (lambda m: fflib.LinearCooldown(fflib.Adam(m), 0), "start < total"),
+    (lambda m: fflib.LinearCooldown(fflib.Adam(m), 4, decay=0.0), "decay must be > 0"),
+    (lambda m: fflib.LinearCooldown(fflib.Adam(m), 4, decay=1.5), "decay must be <= 1"),
+    (lambda m: fflib.LinearCooldown(fflib.Adam(m), 4, decay=float("nan")), "decay must be finite"),
     (lambda m: fflib.Adam(m, head_lr=-0.1), "head_lr must be"),
     (lambda m: fflib.SGD(m, head_lr=float("inf")), "head_lr must be"),
 ])
@@ -319,6 +322,27 @@ def test_schedules():
         c.step()
         vals.append(opt2.lr)
     np.testing.assert_allclose(vals, [1, 1, 1, 1, 1, 0.8, 0.6, 0.4, 0.2, 0.0], atol=1e-12)
+    assert c.config() == {"total": 10, "start": 5}    # decay 1 is not named (schedules saved before it)
+
+
+def test_linear_cooldown_decay_anneals_then_restarts_the_cooldown():
+    """decay: the rate times decay**e in the first ``start`` epochs (a label-free run's blocks),
+    then the full rate again at ``start``, cooled linearly to 0 at ``total`` (the probe)."""
+    opt = fflib.Adam(small_model(), lr=1.0, head_lr=0.5)
+    c = fflib.LinearCooldown(opt, total=7, start=3, decay=0.5)
+    vals = [opt.lr]
+    for _ in range(7):
+        c.step()
+        vals.append(opt.lr)
+    np.testing.assert_allclose(vals, [1, 0.5, 0.25, 1, 0.75, 0.5, 0.25, 0.0], atol=1e-12)
+    assert c.config() == {"total": 7, "start": 3, "decay": 0.5}
+    # a checkpoint's state restores only into the same schedule
+    state = c.state_dict()
+    c2 = fflib.LinearCooldown(fflib.Adam(small_model(), lr=1.0), total=7, start=3, decay=0.5)
+    c2.load_state_dict(state)
+    assert c2.last_epoch == 7 and c2.lr_at(2) == 0.25
+    with pytest.raises(ValueError, match="differ from this schedule"):
+        fflib.LinearCooldown(fflib.Adam(small_model(), lr=1.0), total=7, start=3).load_state_dict(state)
 
 
 def test_head_lr_follows_the_schedule_and_can_freeze_the_head(rng):

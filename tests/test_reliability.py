@@ -346,6 +346,8 @@ def test_active_masks_must_be_integral():
      lambda o, t: t.LambdaLR(o, lambda e: 0.9 ** e + 0.1 * (e % 3))),
     (lambda o: fflib.optim.LinearCooldown(o, total=10, start=4),
      lambda o, t: t.LambdaLR(o, lambda e: 1.0 if e <= 4 else max(0.0, (10 - e) / 6))),
+    (lambda o: fflib.optim.LinearCooldown(o, total=10, start=4, decay=0.7),
+     lambda o, t: t.LambdaLR(o, lambda e: 0.7 ** e if e < 4 else 1.0 if e == 4 else max(0.0, (10 - e) / 6))),
 ])
 def test_schedules_follow_pytorch(make_ours, make_torch):
     torch = pytest.importorskip("torch")

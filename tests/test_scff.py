@@ -7,6 +7,7 @@ and no goodness penalty: fflib.unsupervised's docstring gives the measured compa
 oracle tests already check, so no new loss is tested here.
 """
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -251,6 +252,33 @@ def test_cli_label_free_validation_split_probe_epochs_and_order(tmp_path):
                 ["--head-blocks", "0"], ["--alpha", "2"], ["--windows", "0:1"], ["--label-value", "0.5"]):
         with pytest.raises(SystemExit):
             main(["train", "--method", "scff", "--layers", "40", "--epochs", "1", *bad])
+
+
+def test_cli_block_decay_anneals_the_blocks_then_cools_the_probe(tmp_path, capsys):
+    """--block-decay G: the blocks' rate times G after each label-free epoch, then the probe
+    from its full rate (the SCFF recipe's schedule); refused where it has no meaning."""
+    from fflib.cli import main
+    out = tmp_path / "r.json"
+    assert main(["train", "--method", "scff", "--layers", "40", "--epochs", "3", "--head-epochs", "2",
+                 "--block-decay", "0.5", "--subset", "500", "--no-progress", "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["config"]["schedule"] == {"kind": "LinearCooldown", "total": 5, "start": 3, "decay": 0.5}
+    assert [e["lr"] for e in r["epochs"]] == pytest.approx([3e-3, 1.5e-3, 0.75e-3, 3e-3, 1.5e-3])
+    # layer-wise: the label-free phase is epochs x blocks long, the probe starts after it
+    assert main(["train", "--method", "hybrid", "--layers", "30,20", "--epochs", "1", "--head-epochs", "1",
+                 "--order", "layerwise", "--block-decay", "0.5", "--subset", "300", "--no-progress",
+                 "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert [e["lr"] for e in r["epochs"]] == pytest.approx([1e-3, 0.5e-3, 1e-3])
+    capsys.readouterr()
+    for bad, msg in ((["--method", "scff", "--block-decay", "0"], "--block-decay: must be positive"),
+                     (["--method", "scff", "--block-decay", "1.5"], r"must be in \(0, 1\]"),
+                     (["--method", "scff", "--block-decay", "0.5", "--milestones", "1"], "does not combine with --milestones"),
+                     (["--method", "scff", "--block-decay", "0.5", "--no-cooldown"], "does not combine with --no-cooldown"),
+                     (["--block-decay", "0.5"], "label-free run")):
+        with pytest.raises(SystemExit):
+            main(["train", "--layers", "40", "--epochs", "1", "--subset", "300", "--no-progress", *bad])
+        assert re.search(msg, capsys.readouterr().err), bad
 
 
 def test_scff_trains_a_cnn_and_its_probe():

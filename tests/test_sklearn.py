@@ -266,6 +266,17 @@ def test_label_free_layerwise_order_trains_the_blocks_in_turn(sample):
                                                                           ("probe", None), ("probe", None)]
     # the default cooldown spans all four epochs: the last probe epoch runs at half the rate
     assert clf.history_["epochs"][-1]["lr"] == pytest.approx(clf.history_["epochs"][0]["lr"] / 2)
+    # block_decay: the blocks' rate halves after each label-free epoch, the probe starts again at
+    # the full rate and cools (LinearCooldown's decay, as the SCFF recipe's --block-decay)
+    clf = FFClassifier(hidden=(32, 16), epochs=1, head_epochs=2, method="scff", order="layerwise",
+                       block_decay=0.5, random_state=0).fit(x[:600].reshape(600, -1), y[:600])
+    assert [e["lr"] for e in clf.history_["epochs"]] == pytest.approx([3e-3, 1.5e-3, 3e-3, 1.5e-3])
+    for kw, msg in ((dict(method="ff"), "needs method"), (dict(method="scff", milestones=[1]), "no milestones"),
+                    (dict(method="scff", cooldown=False), "cooldown=True"),
+                    (dict(method="scff", block_decay=0.0), "block_decay must be > 0")):
+        with pytest.raises(ValueError, match=msg):
+            FFClassifier(hidden=(8,), epochs=1, **dict(dict(block_decay=0.5), **kw)).fit(x[:100].reshape(100, -1),
+                                                                                       y[:100])
 
 
 def test_uff_method_trains_autoencoder_cells_a_probe_reads(sample):
