@@ -13,13 +13,12 @@ is the recipe itself.
         --out benchmarks/results/recipe_study/mnist-mlp-scff/block-anneal.json
 """
 import argparse
-import json
 import os
-import time
 
 import fflib
 from fflib import Adam, LambdaLR
-from fflib.unsupervised import fit_unsupervised, scff_mlp
+from fflib.unsupervised import scff_mlp
+from scff_pair_norm import mnist_split, run_on_validation
 
 
 def rate_factor(epoch, epochs, head_epochs, decay, batches_per_epoch):
@@ -45,28 +44,14 @@ def main(argv=None):
     if not 0.0 < a.decay <= 1.0:
         p.error(f"--decay must be in (0, 1], got {a.decay}")
     fflib.set_num_threads(a.threads)
-    x, y = fflib.datasets.load_mnist(root=a.root)
-    x = x.reshape(len(x), -1)
-    x, xv, y, yv = x[:-5000], x[-5000:], y[:-5000], y[-5000:]
+    x, y, xv, yv = mnist_split(a.root)
     model = scff_mlp((2000, 2000), (1, 28, 28), 4.0, first_scale=2.0, seed=0)
     model.set_config(head_dropout=0.2)
     opt = Adam(model, lr=3e-3, head_lr=1e-3)
     per_epoch = len(x) // 100
     sched = LambdaLR(opt, lambda e: rate_factor(e, a.epochs, a.head_epochs, a.decay, per_epoch))
-    hist = []
-
-    def report(rec):
-        hist.append({k: v for k, v in rec.items() if isinstance(v, (int, float, str, list, dict, type(None)))})
-        print(json.dumps(hist[-1]), flush=True)
-        with open(a.out, "w") as f:
-            json.dump({"decay_per_1000_batches": a.decay, "epochs": a.epochs, "head_epochs": a.head_epochs,
-                       "history": hist}, f, indent=1)
-
-    t = time.perf_counter()
-    fit_unsupervised(model, x, y, method="scff", epochs=a.epochs, head_epochs=a.head_epochs, batch_size=100,
-                     optimizer=opt, scheduler=sched, augment="crop2", random_state=0, x_val=xv, y_val=yv,
-                     callback=report)
-    print(f"{time.perf_counter() - t:.0f} s")
+    run_on_validation(model, opt, sched, x, y, xv, yv, a.epochs, a.head_epochs, a.out,
+                      {"decay_per_1000_batches": a.decay})
 
 
 if __name__ == "__main__":

@@ -34,6 +34,32 @@ def rms_normalise(x):
     return lennorm_forward(x, "rms")[0].astype(np.float32)
 
 
+def mnist_split(root):
+    """The first 55,000 MNIST training images and labels, flat, and the last 5,000 (validation)."""
+    x, y = fflib.datasets.load_mnist(root=root)
+    x = x.reshape(len(x), -1)
+    return x[:-5000], y[:-5000], x[-5000:], y[-5000:]
+
+
+def run_on_validation(model, opt, sched, x, y, xv, yv, epochs, head_epochs, out, meta):
+    """The recipe's SCFF run of ``model`` (2-pixel shifts, batch 100, seed 0) with ``opt`` and
+    ``sched``, the probe scored on (xv, yv) every probe epoch; after every epoch the history so
+    far is printed and written to ``out`` as JSON with the settings ``meta``."""
+    hist = []
+
+    def report(rec):
+        hist.append({k: v for k, v in rec.items() if isinstance(v, (int, float, str, list, dict, type(None)))})
+        print(json.dumps(hist[-1]), flush=True)
+        with open(out, "w") as f:
+            json.dump(dict(meta, epochs=epochs, head_epochs=head_epochs, history=hist), f, indent=1)
+
+    t = time.perf_counter()
+    fit_unsupervised(model, x, y, method="scff", epochs=epochs, head_epochs=head_epochs, batch_size=100,
+                     optimizer=opt, scheduler=sched, augment="crop2", random_state=0, x_val=xv, y_val=yv,
+                     callback=report)
+    print(f"{time.perf_counter() - t:.0f} s")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--mode", choices=["control", "unnorm"], default="unnorm")
@@ -44,9 +70,7 @@ def main(argv=None):
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
     fflib.set_num_threads(a.threads)
-    x, y = fflib.datasets.load_mnist(root=a.root)
-    x = x.reshape(len(x), -1)
-    x, xv, y, yv = x[:-5000], x[-5000:], y[:-5000], y[-5000:]
+    x, y, xv, yv = mnist_split(a.root)
     if a.mode == "control":
         model = scff_mlp((2000, 2000), (1, 28, 28), 4.0, first_scale=2.0, seed=0)
     else:
@@ -59,20 +83,7 @@ def main(argv=None):
     model.set_config(head_dropout=0.2)
     opt = Adam(model, lr=3e-3, head_lr=1e-3)
     sched = LinearCooldown(opt, len(label_free_plan(model.num_blocks, a.epochs, a.head_epochs, "simultaneous")))
-    hist = []
-
-    def report(rec):
-        hist.append({k: v for k, v in rec.items() if isinstance(v, (int, float, str, list, dict, type(None)))})
-        print(json.dumps(hist[-1]), flush=True)
-        with open(a.out, "w") as f:
-            json.dump({"mode": a.mode, "epochs": a.epochs, "head_epochs": a.head_epochs, "history": hist}, f,
-                      indent=1)
-
-    t = time.perf_counter()
-    fit_unsupervised(model, x, y, method="scff", epochs=a.epochs, head_epochs=a.head_epochs, batch_size=100,
-                     optimizer=opt, scheduler=sched, augment="crop2", random_state=0, x_val=xv, y_val=yv,
-                     callback=report)
-    print(f"{time.perf_counter() - t:.0f} s")
+    run_on_validation(model, opt, sched, x, y, xv, yv, a.epochs, a.head_epochs, a.out, {"mode": a.mode})
 
 
 if __name__ == "__main__":
