@@ -12,13 +12,10 @@ is the recipe itself.
     FFLIB_DATA=../shared/data python benchmarks/scff_block_anneal.py --decay 0.9 \\
         --out benchmarks/results/recipe_study/mnist-mlp-scff/block-anneal.json
 """
-import argparse
-import os
-
 import fflib
 from fflib import Adam, LambdaLR
 from fflib.unsupervised import scff_mlp
-from scff_pair_norm import mnist_split, run_on_validation
+from scff_pair_norm import mnist_split, run_on_validation, study_parser
 
 
 def rate_factor(epoch, epochs, head_epochs, decay, batches_per_epoch):
@@ -33,13 +30,8 @@ def rate_factor(epoch, epochs, head_epochs, decay, batches_per_epoch):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = study_parser(__doc__)
     p.add_argument("--decay", type=float, default=0.9)
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--head-epochs", type=int, default=20)
-    p.add_argument("--root", default=os.environ.get("FFLIB_DATA"))
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", required=True)
     a = p.parse_args(argv)
     if not 0.0 < a.decay <= 1.0:
         p.error(f"--decay must be in (0, 1], got {a.decay}")

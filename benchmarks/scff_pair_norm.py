@@ -60,14 +60,21 @@ def run_on_validation(model, opt, sched, x, y, xv, yv, epochs, head_epochs, out,
     print(f"{time.perf_counter() - t:.0f} s")
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--mode", choices=["control", "unnorm"], default="unnorm")
+def study_parser(doc):
+    """The flags the SCFF study scripts share: the recipe's 20 + 20 epochs, the data's root,
+    threads, the JSON to write."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--head-epochs", type=int, default=20)
     p.add_argument("--root", default=os.environ.get("FFLIB_DATA"))
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", required=True)
+    return p
+
+
+def main(argv=None):
+    p = study_parser(__doc__)
+    p.add_argument("--mode", choices=["control", "unnorm"], default="unnorm")
     a = p.parse_args(argv)
     fflib.set_num_threads(a.threads)
     x, y, xv, yv = mnist_split(a.root)
