@@ -37,13 +37,13 @@ def main(argv=None):
         p.error(f"--decay must be in (0, 1], got {a.decay}")
     fflib.set_num_threads(a.threads)
     x, y, xv, yv = mnist_split(a.root)
-    model = scff_mlp((2000, 2000), (1, 28, 28), 4.0, first_scale=2.0, seed=0)
+    model = scff_mlp((2000, 2000), (1, 28, 28), 4.0, first_scale=2.0, seed=a.seed)
     model.set_config(head_dropout=0.2)
     opt = Adam(model, lr=3e-3, head_lr=1e-3)
     per_epoch = len(x) // 100
     sched = LambdaLR(opt, lambda e: rate_factor(e, a.epochs, a.head_epochs, a.decay, per_epoch))
     run_on_validation(model, opt, sched, x, y, xv, yv, a.epochs, a.head_epochs, a.out,
-                      {"decay_per_1000_batches": a.decay})
+                      {"decay_per_1000_batches": a.decay, "seed": a.seed})
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ linear probe on the last 5,000 after every probe epoch (never the test set):
   images alike) and the same MLP without its input LenNorm, so a pair ``(x_a + x_b) / 2`` keeps
   its smaller norm; everything else as the recipe (first layer x2, threshold 4, Adam 3e-3 / probe
   1e-3, dropout 0.2 on the probe's input, 2-pixel shifts, 20 + 20 epochs, linear cooldown over
-  the probe's epochs, seed 0).
+  the probe's epochs, seed 0 unless ``--seed``).
 
     FFLIB_DATA=../shared/data python benchmarks/scff_pair_norm.py --mode unnorm \\
         --out benchmarks/results/recipe_study/mnist-mlp-scff/unnorm-pair.json
@@ -42,7 +42,7 @@ def mnist_split(root):
 
 
 def run_on_validation(model, opt, sched, x, y, xv, yv, epochs, head_epochs, out, meta):
-    """The recipe's SCFF run of ``model`` (2-pixel shifts, batch 100, seed 0) with ``opt`` and
+    """The recipe's SCFF run of ``model`` (2-pixel shifts, batch 100, seed ``meta["seed"]``) with ``opt`` and
     ``sched``, the probe scored on (xv, yv) every probe epoch; after every epoch the history so
     far is printed and written to ``out`` as JSON with the settings ``meta``."""
     hist = []
@@ -55,7 +55,7 @@ def run_on_validation(model, opt, sched, x, y, xv, yv, epochs, head_epochs, out,
 
     t = time.perf_counter()
     fit_unsupervised(model, x, y, method="scff", epochs=epochs, head_epochs=head_epochs, batch_size=100,
-                     optimizer=opt, scheduler=sched, augment="crop2", random_state=0, x_val=xv, y_val=yv,
+                     optimizer=opt, scheduler=sched, augment="crop2", random_state=meta["seed"], x_val=xv, y_val=yv,
                      callback=report)
     print(f"{time.perf_counter() - t:.0f} s")
 
@@ -68,6 +68,7 @@ def study_parser(doc):
     p.add_argument("--head-epochs", type=int, default=20)
     p.add_argument("--root", default=os.environ.get("FFLIB_DATA"))
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0, help="the weights' and the data order's seed (the recipe's: 0)")
     p.add_argument("--out", required=True)
     return p
 
@@ -79,18 +80,18 @@ def main(argv=None):
     fflib.set_num_threads(a.threads)
     x, y, xv, yv = mnist_split(a.root)
     if a.mode == "control":
-        model = scff_mlp((2000, 2000), (1, 28, 28), 4.0, first_scale=2.0, seed=0)
+        model = scff_mlp((2000, 2000), (1, 28, 28), 4.0, first_scale=2.0, seed=a.seed)
     else:
         x, xv = rms_normalise(x), rms_normalise(xv)
         model = FFModel(mlp([784, 2000, 2000], norm="rms", normalize_input=False), input_shape=(1, 28, 28),
                         label_encoding="none", loss="ff", goodness="mean", threshold=4.0, norm="rms",
-                        head_blocks=[0, 1], seed=0)
+                        head_blocks=[0, 1], seed=a.seed)
         for q in model.parameters()[:2]:    # the first Linear's weight and bias, x2 as scff_mlp
             q *= np.float32(2.0)
     model.set_config(head_dropout=0.2)
     opt = Adam(model, lr=3e-3, head_lr=1e-3)
     sched = LinearCooldown(opt, len(label_free_plan(model.num_blocks, a.epochs, a.head_epochs, "simultaneous")))
-    run_on_validation(model, opt, sched, x, y, xv, yv, a.epochs, a.head_epochs, a.out, {"mode": a.mode})
+    run_on_validation(model, opt, sched, x, y, xv, yv, a.epochs, a.head_epochs, a.out, {"mode": a.mode, "seed": a.seed})
 
 
 if __name__ == "__main__":
