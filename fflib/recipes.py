@@ -161,7 +161,7 @@ _ALL = [
                     "lower at each of the last ten probe epochs): adopted as block_decay 0.944 per epoch",
            anchor="SCFF paper 1.3", target="<= 1.5",
            notes="fflib.unsupervised.scff_mlp (threshold 4 on mean goodness, first layer x2), Adam 3e-3 on two "
-                 "views shifted by up to 2 pixels for 20 epochs, the rate x0.944 after each (to 0.32x), then the "
+                 "views shifted by up to 2 pixels for 20 epochs, the rate x0.944 after each (0.33x in the last), then the "
                  "one-pass head on both blocks as a linear probe (Adam 1e-3, dropout 0.2 on its input) for 20 "
                  "epochs, the rate cooling linearly to 0 over them; trains on 55,000 images (the last 5,000 chose "
                  "the settings); 18 min of training on 1 thread beside other runs; validation 1.38 after the last "
