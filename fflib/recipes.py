@@ -187,7 +187,7 @@ _ALL = [
            survey="4.4 / 5.0", anchor="Scodellaro et al. 0.84", target="<= 1.0",
            notes="the CNN recipe before its head read all three blocks: the head on the last two "
                  "blocks (356 features) at the blocks' rate"),
-    Recipe("mnist-cwcomp", "cwcomp", "mnist", "MNIST CwComp (20/80/240/480 channels)", dict(_CWCOMP),
+    Recipe("mnist-cwcomp", "cwcomp", "mnist", "MNIST CwComp (20/80/240/480 channels)", dict(_CWCOMP, val_size=5000),
            status="measured", result={"one_pass": 0.68, "multi_pass": 1.12},
            source="benchmarks/results/runs/cwcomp_mnist.json", tuned_on=_TEST_TUNED,
            survey="0.8 / 0.7", anchor="CwComp paper 0.58", target="<= 0.55",
