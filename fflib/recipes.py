@@ -191,20 +191,32 @@ _ALL = [
            survey="4.4 / 5.0", anchor="Scodellaro et al. 0.84", target="<= 1.0",
            notes="the CNN recipe before its head read all three blocks: the head on the last two "
                  "blocks (356 features) at the blocks' rate"),
-    Recipe("mnist-cwcomp", "cwcomp", "mnist", "MNIST CwComp (20/80/240/480 channels)", dict(_CWCOMP),
-           status="measured", result={"one_pass": 0.68, "multi_pass": 1.12},
-           source="benchmarks/results/runs/cwcomp_mnist.json", tuned_on=_TEST_TUNED,
+    Recipe("mnist-cwcomp", "cwcomp", "mnist", "MNIST CwComp (20/80/240/480 channels)",
+           dict(_CWCOMP, val_size=5000, epochs=23, milestones=[15, 20], head_epochs=7),
+           status="measured", result={"one_pass": 0.56, "multi_pass": 0.95},
+           source="benchmarks/results/reproduce/mnist-cwcomp.json",
+           tuned_on="the rates, batch and shifts on " + _TEST_TUNED + "; the schedule on a validation split (the "
+                    "last 5,000 training images): Fashion-MNIST's run D, 23 epochs with steps at 15 and 20 then 7 "
+                    "head-only epochs, 0.48 / 0.94 after the last epoch against 0.68 / 1.12 with the 8-epoch "
+                    "schedule (steps at 5 and 7; test 0.72 / 1.17, benchmarks/results/runs/"
+                    "mnist-cwcomp-8ep-val5000.json)",
            survey="0.8 / 0.7", anchor="CwComp paper 0.58", target="<= 0.55",
-           notes="CwC loss, Adam 1e-2, head at a tenth of that, steps at epochs 5 and 7, 2-pixel shifts"),
+           notes="CwC loss, Adam 1e-2, head at a tenth of that, 2-pixel shifts, 23 epochs with x0.1 steps after "
+                 "epochs 15 and 20, then 7 head-only epochs; trains on 55,000 images (100 min of training on 1 "
+                 "thread beside other runs, over two sessions through its checkpoints): validation 0.92 / 3.00 "
+                 "after epoch 2, 0.58 / 0.94 one epoch after the first step, 0.48 / 0.94 after epoch 23 and "
+                 "after the head-only epochs; training error 0.14 / 0.08 %; blocks' test accuracy 74 / 85 / 99 / "
+                 "99 %. The 8-epoch recipe before it (steps at 5 and 7, all 60,000 images): 0.68 / 1.12 "
+                 "(benchmarks/results/runs/cwcomp_mnist.json)"),
     Recipe("mnist-cwcomp-dfcwc", "cwcomp", "mnist", "MNIST CwComp, distance-forward loss on channel groups (df-cwc)",
            dict(_CWCOMP, loss="df-cwc", margin=0.5), default=False, anchor="DF paper 0.3 (a convnet)",
            target="<= 1.0",
            tuned_on="the margin from the CIFAR-10 FF_small validation study (benchmarks/df_cwc_margin.py); the "
-                    "rest is the MNIST CwComp recipe (" + _TEST_TUNED + ")",
+                    "rest is the MNIST CwComp recipe's 8-epoch schedule before run D (" + _TEST_TUNED + ")",
            status="measured", result={"one_pass": 0.79, "multi_pass": 1.16},
            source="benchmarks/results/reproduce/mnist-cwcomp-dfcwc.json",
-           notes="the MNIST CwComp recipe with DF's N-pair margin loss on each block's channel-group goodness "
-                 "(38 min on 1 thread); CwC itself gives 0.68 / 1.12 with the same recipe"),
+           notes="the 8-epoch MNIST CwComp recipe with DF's N-pair margin loss on each block's channel-group goodness "
+                 "(38 min on 1 thread); CwC itself gave 0.68 / 1.12 with the same 8-epoch recipe"),
     # ---- Fashion-MNIST: the MNIST recipes, never run on it
     Recipe("fashion-mnist-mlp", "mlp", "fashion-mnist", "Fashion-MNIST MLP 784-500-100, 10 epochs",
            dict(_MLP, negatives="hard"), status="measured", result={"one_pass": 11.55, "multi_pass": 11.62},

@@ -102,7 +102,7 @@ def test_mnist_survey_cnn_under_2_percent(mnist):
 def test_mnist_cwcomp_under_1_percent(mnist):
     """A slimmed CwComp CNN (channel groups, CwC loss, no negatives, no label in the input) by
     the CwComp recipe's rates, batch and shifts, for 6 epochs (one step at epoch 4) instead of the
-    recipe's 8 to fit CI: <= 1.0% with the one-pass softmax head on the last two layers (CwComp's
+    recipe's 23 and 7 head-only epochs to fit CI: <= 1.0% with the one-pass softmax head on the last two layers (CwComp's
     own predictor; the survey: 0.8 / 0.7, CwComp 0.58) and <= 2.0% with the group goodness of the
     last two layers."""
     s = recipe("mnist-cwcomp")
