@@ -250,7 +250,7 @@ _ALL = [
                  "one-pass), 7.38 / 8.50 one epoch after the first step, 7.14 / 8.44 after epoch 23 and 7.06 / "
                  "8.44 after the head-only epochs; training error 5.46 / 6.82 %; blocks' test accuracy 71 / 77 / "
                  "91 / 91 %. The 8-epoch recipe before it (steps at 5 and 7) reached 8.78 / 10.56 "
-                 "(validation 8.34 / 9.40); the MNIST recipe as it is 9.31 / 10.43. The validation split "
+                 "(validation 8.34 / 9.40); the 8-epoch MNIST recipe as it was 9.31 / 10.43. The validation split "
                  "flatters this recipe more than the 8-epoch one (7.06 against a test 8.11; 8.34 against 8.78)"),
     # ---- CIFAR-10
     Recipe("cifar10-mlp", "mlp", "cifar10", "CIFAR-10 MLP 3072-3072-2000-1000 (original FF)",
