@@ -13,20 +13,9 @@ is the recipe itself.
         --out benchmarks/results/recipe_study/mnist-mlp-scff/block-anneal.json
 """
 import fflib
-from fflib import Adam, LambdaLR
+from fflib import Adam, LinearCooldown
 from fflib.unsupervised import scff_mlp
 from scff_pair_norm import mnist_split, run_on_validation, study_parser
-
-
-def rate_factor(epoch, epochs, head_epochs, decay, batches_per_epoch):
-    """The rate's factor in epoch ``epoch`` (0-based) of ``epochs`` label-free epochs then
-    ``head_epochs`` probe epochs: ``decay`` per 1,000 batches in the label-free phase (applied
-    per epoch in closed form), then the recipe's probe schedule (LinearCooldown over the whole
-    run: the full rate in the probe's first epoch, then linearly to 0)."""
-    if epoch < epochs:
-        return decay ** (epoch * batches_per_epoch / 1000.0)
-    total, start = epochs + head_epochs, (epochs + head_epochs) // 2
-    return 1.0 if epoch <= start else max(0.0, (total - epoch) / (total - start))
 
 
 def main(argv=None):
@@ -40,8 +29,10 @@ def main(argv=None):
     model = scff_mlp((2000, 2000), (1, 28, 28), 4.0, first_scale=2.0, seed=a.seed)
     model.set_config(head_dropout=0.2)
     opt = Adam(model, lr=3e-3, head_lr=1e-3)
-    per_epoch = len(x) // 100
-    sched = LambdaLR(opt, lambda e: rate_factor(e, a.epochs, a.head_epochs, a.decay, per_epoch))
+    # decay per 1,000 minibatches as a factor per epoch (100 images a minibatch), restarting at the
+    # full rate for the probe's linear cooldown
+    sched = LinearCooldown(opt, a.epochs + a.head_epochs, start=a.epochs,
+                           decay=a.decay ** (len(x) // 100 / 1000.0))
     run_on_validation(model, opt, sched, x, y, xv, yv, a.epochs, a.head_epochs, a.out,
                       {"decay_per_1000_batches": a.decay, "seed": a.seed})
 
