@@ -78,26 +78,45 @@ def _epochs_of(history: Any, name: str = "history") -> List[Mapping[str, Any]]:
     return list(history)
 
 
+def _trains(rec: Mapping[str, Any], b: int) -> bool:
+    """Whether block ``b`` trained in the epoch of ``rec``: fit()'s ``active`` is a 0/1 mask over
+    the blocks, a label-free run's (a record with a ``phase``) a list of block indices; without
+    it (a result written before ``train --out`` recorded it) a loss of exactly 0 marks a block
+    that did not train (fit() reports 0 for it; a trained block's loss is positive)."""
+    act = rec.get("active")
+    if act is None:
+        return "phase" in rec or rec["block_loss"][b] != 0.0
+    if "phase" in rec:
+        return b in act
+    return b < len(act) and bool(act[b])
+
+
 def loss_curves(history: Any, *, path: Optional[PathLike] = None, log: bool = False) -> "Figure":
     """The mean local loss of every block per epoch (the head's dashed, when trained).
 
     history : :func:`fflib.fit`'s return value, a ``python -m fflib train --out`` result, or
-        their list of epoch records (each with ``block_loss`` and optionally ``head_loss``).
+        their list of epoch records (each with ``block_loss`` and optionally ``head_loss``; a
+        label-free run's probe epochs have no block losses and are drawn as the linear probe's).
     log : a logarithmic loss axis.
     """
     recs = _epochs_of(history)
     epochs = np.array([r.get("epoch", i + 1) for i, r in enumerate(recs)])
-    nb = len(recs[0]["block_loss"])
-    if any(len(r["block_loss"]) != nb for r in recs):
+    # a label-free run's probe epochs train the head alone (block_loss None), its label-free
+    # epochs the blocks alone (head_loss None): each curve is drawn over the epochs that have it
+    trained = [r["block_loss"] for r in recs if r["block_loss"] is not None]
+    nb = len(trained[0]) if trained else 0
+    if any(len(b) != nb for b in trained):
         raise ValueError("history: the number of blocks changes between epochs")
-    losses = np.array([r["block_loss"] for r in recs], dtype=float)
     fig = _figure()
     ax = fig.add_subplot()
     for b in range(nb):
-        ax.plot(epochs, losses[:, b], marker="o", ms=3, label=f"block {b + 1}")
-    if all(r.get("head_loss") is not None for r in recs):
-        head = np.array([r["head_loss"] for r in recs], dtype=float)
-        ax.plot(epochs, head, "k--", marker="s", ms=3, label="one-pass head")
+        pts = [(e, r["block_loss"][b]) for e, r in zip(epochs, recs)
+               if r["block_loss"] is not None and _trains(r, b)]
+        ax.plot(*zip(*pts) if pts else ([], []), marker="o", ms=3, label=f"block {b + 1}")
+    head = [(e, r["head_loss"]) for e, r in zip(epochs, recs) if r.get("head_loss") is not None]
+    if head:
+        probe = any(r.get("phase") == "probe" for r in recs)
+        ax.plot(*zip(*head), "k--", marker="s", ms=3, label="linear probe" if probe else "one-pass head")
     _integer_epochs(ax)
     ax.set_xlabel("epoch")
     ax.set_ylabel("mean local loss")
@@ -189,18 +208,23 @@ def goodness_distributions(model: "FFModel", x: Any, y: Any, *, bins: int = 40, 
 
 
 def _val_curves(recs: Sequence[Mapping[str, Any]]) -> Dict[str, List[Optional[float]]]:
-    out: Dict[str, List[Optional[float]]] = {"one_pass": [], "multi_pass": []}
+    # fit()'s records hold evaluate()'s dict as "val", a train --out result's as "val_error";
+    # a label-free run's (fflib.unsupervised) hold the linear probe's error as a number
+    out: Dict[str, List[Optional[float]]] = {"one_pass": [], "multi_pass": [], "probe": []}
     for r in recs:
-        v = r.get("val", r.get("val_error")) or {}
+        v = r.get("val", r.get("val_error"))
+        if isinstance(v, (int, float)):
+            v = {"probe": v}
+        v = v or {}
         for key in out:
             out[key].append(None if v.get(key) is None else float(v[key]))
     return out
 
 
 def inference_comparison(result: Mapping[str, Any], *, path: Optional[PathLike] = None) -> "Figure":
-    """One-pass against multi-pass error (%): per epoch on the validation data when the run
-    recorded it (``fit(..., x_val=, y_val=)`` or ``--val-size``), and as bars on the test (and
-    training) data.
+    """One-pass against multi-pass error (%) -- a label-free run's (``--method scff|hybrid|uff``)
+    linear probe's -- per epoch on the validation data when the run recorded it
+    (``fit(..., x_val=, y_val=)`` or ``--val-size``), and as bars on the test (and training) data.
 
     result : ``{"history": fit's history, "test": evaluate's dict}`` (what the quick-start
         notebook saves), a ``python -m fflib train --out`` result, or an :func:`fflib.evaluate`
@@ -215,14 +239,16 @@ def inference_comparison(result: Mapping[str, Any], *, path: Optional[PathLike] 
     curves = _val_curves(recs)
     has_curves = any(v is not None for vs in curves.values() for v in vs)
     bars = [(name, d) for name, d in (("test", test), ("train", train)) if isinstance(d, Mapping)
-            and (d.get("one_pass") is not None or d.get("multi_pass") is not None)]
+            and any(d.get(k) is not None for k in ("one_pass", "multi_pass", "probe"))]
     if not has_curves and not bars:
         raise ValueError("result holds neither per-epoch validation errors nor test errors "
                          f"(keys: {sorted(result)})")
     fig = _figure(ncols=int(has_curves) + int(bool(bars)), width=5.0)
     axes = fig.subplots(1, int(has_curves) + int(bool(bars)), squeeze=False)[0]
-    colors = {"one_pass": "tab:red", "multi_pass": "tab:green"}
-    labels = {"one_pass": "one-pass (head)", "multi_pass": "multi-pass (goodness)"}
+    colors = {"one_pass": "tab:red", "multi_pass": "tab:green", "probe": "tab:purple"}
+    labels = {"one_pass": "one-pass (head)", "multi_pass": "multi-pass (goodness)", "probe": "linear probe"}
+    keys = [k for k in colors if any(d.get(k) is not None for _, d in bars)
+            or any(v is not None for v in curves[k])]
     i = 0
     if has_curves:
         ax = axes[i]
@@ -240,9 +266,10 @@ def inference_comparison(result: Mapping[str, Any], *, path: Optional[PathLike] 
         ax.grid(alpha=0.3)
     if bars:
         ax = axes[i]
-        width = 0.38
-        for j, key in enumerate(("one_pass", "multi_pass")):
-            xs = [k + (j - 0.5) * width for k in range(len(bars)) if bars[k][1].get(key) is not None]
+        width = 0.76 / len(keys)
+        for j, key in enumerate(keys):
+            xs = [k + (j - (len(keys) - 1) / 2) * width for k in range(len(bars))
+                  if bars[k][1].get(key) is not None]
             vs = [float(d[key]) for _, d in bars if d.get(key) is not None]
             if vs:
                 rects = ax.bar(xs, vs, width, color=colors[key], label=labels[key])
@@ -254,7 +281,7 @@ def inference_comparison(result: Mapping[str, Any], *, path: Optional[PathLike] 
         ax.set_ylabel("error (%)")
         ax.set_title("after training")
         ax.legend()
-    fig.suptitle("one-pass vs multi-pass inference")
+    fig.suptitle("linear probe on label-free features" if keys == ["probe"] else "one-pass vs multi-pass inference")
     return _save(fig, path)
 
 
@@ -280,7 +307,8 @@ def plot_result(result: Union[Mapping[str, Any], PathLike], out_dir: PathLike, *
         loss_curves(result, path=p)
         written.append(p)
     acc_src = result.get("test", result)
-    if isinstance(acc_src, Mapping) and ("block_accuracy" in acc_src or "block_accuracy_test" in acc_src):
+    if isinstance(acc_src, Mapping) and (acc_src.get("block_accuracy") is not None
+                                         or acc_src.get("block_accuracy_test") is not None):
         p = os.path.join(out, "layer_accuracy.png")
         layer_accuracy(acc_src if "test" in result else result, path=p)
         written.append(p)

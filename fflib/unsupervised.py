@@ -509,12 +509,13 @@ def epoch_printer(what, digits):
 def finish_command(a, model, hist, xt, yt, sizes, epochs, probe_epochs, config):
     """The end of ``train --method scff|hybrid|uff``: the linear probe's test error printed,
     ``--save``, and ``--out``'s JSON (the run's settings with ``config``, per-epoch history,
-    the probe's test error, seconds, peak memory).  Returns the exit status (130 when
-    interrupted: the same command with ``--resume`` continues from ``--checkpoint``)."""
+    the probe's test error, seconds, peak memory) with its per-epoch CSV beside it.  Returns the
+    exit status (130 when interrupted: the same command with ``--resume`` continues from
+    ``--checkpoint``)."""
     import json
     import os
     from . import __version__, blas_name, get_num_threads
-    from .cli import peak_rss_mb
+    from .cli import csv_path, peak_rss_mb, write_epoch_csv
     t0 = time.perf_counter()
     err = probe_error(model, xt, yt)
     eval_s = time.perf_counter() - t0
@@ -535,4 +536,5 @@ def finish_command(a, model, hist, xt, yt, sizes, epochs, probe_epochs, config):
         with open(tmp, "w") as f:
             json.dump(res, f, indent=2)
         os.replace(tmp, a.out)
+        write_epoch_csv(csv_path(a.out), hist["epochs"])
     return 130 if hist["interrupted"] else 0

@@ -93,6 +93,15 @@ def test_plot_functions_check_their_inputs(tmp_path):
     fig = fp.loss_curves(r, path=tmp_path / "l.png")
     assert isinstance(fig, Figure) and (tmp_path / "l.png").exists()
     assert len(fig.axes[0].lines) == 3                  # two blocks and the head
+    # a head-only epoch (fit's "active" mask all 0, or a loss of exactly 0 in an older result
+    # without "active") has no block points; the head's curve goes on
+    for head_only in ({"active": [0, 0]}, {}):
+        r2 = _cli_result()
+        r2["epochs"].append(dict({"epoch": 3, "block_loss": [0.0, 0.0], "head_loss": 0.5, "lr": 1e-4,
+                                  "seconds": 1.0}, **head_only))
+        r2["epochs"][1]["active"] = [0, 1]               # block 1 frozen in epoch 2
+        lines = fp.loss_curves(r2).axes[0].lines
+        assert [list(ln.get_xdata()) for ln in lines] == [[1], [1, 2], [1, 2, 3]]
     assert isinstance(fp.layer_accuracy({"block_accuracy": [0.5], "multi_pass": 40.0}), Figure)
     with pytest.raises(ValueError, match="history"):
         fp.loss_curves({"foo": 1})

@@ -233,6 +233,31 @@ def test_cli_label_free_validation_split_probe_epochs_and_order(tmp_path):
     x, y = fflib.datasets.load_sample(True)
     m = fflib.FFModel.load(str(tmp_path / "m.npz"))
     assert uf.probe_error(m, x[-500:].reshape(500, -1), y[-500:]) == pytest.approx(r["epochs"][-1]["val_error"])
+    # the per-epoch CSV beside the JSON: phase, block losses in label-free epochs, the probe's loss
+    # and validation error in probe epochs
+    import csv
+    rows = list(csv.DictReader(open(tmp_path / "r.csv")))
+    assert list(rows[0]) == ["epoch", "phase", "seconds", "lr", "head_loss", "block_loss_0", "block_loss_1",
+                             "val_probe"]
+    assert [(w["epoch"], w["phase"]) for w in rows] == [("1", "scff"), ("2", "scff"), ("3", "probe"),
+                                                         ("4", "probe")]
+    for w, e in zip(rows[:2], r["epochs"][:2]):
+        assert [float(w[f"block_loss_{b}"]) for b in (0, 1)] == pytest.approx(e["block_loss"])
+        assert not w["head_loss"] and not w["val_probe"]
+    for w, e in zip(rows[2:], r["epochs"][2:]):
+        assert not w["block_loss_0"] and float(w["head_loss"]) == pytest.approx(e["head_loss"])
+        assert float(w["val_probe"]) == pytest.approx(e["val_error"])
+    # and `fflib plot` draws it: block losses, the probe's loss, its validation curve and test error
+    pytest.importorskip("matplotlib")
+    import fflib.plot as fp
+    fig = fp.loss_curves(r)
+    assert [ln.get_label() for ln in fig.axes[0].lines] == ["block 1", "block 2", "linear probe"]
+    assert len(fig.axes[0].lines[0].get_xdata()) == 1 and len(fig.axes[0].lines[2].get_xdata()) == 2
+    fig = fp.inference_comparison(r)
+    assert [ln.get_label() for ln in fig.axes[0].lines] == ["linear probe"]
+    assert fig._suptitle.get_text() == "linear probe on label-free features"
+    assert main(["plot", str(out), "--out", str(tmp_path / "plots")]) == 0
+    assert sorted(q.name for q in (tmp_path / "plots").iterdir()) == ["inference.png", "loss_curves.png"]
     # the schedule spans the whole plan (4 epochs): constant, then the linear cooldown's second half
     assert c["schedule"] == {"kind": "LinearCooldown", "total": 4, "start": 2}
     assert [e["lr"] for e in r["epochs"]] == pytest.approx([3e-3, 3e-3, 3e-3, 1.5e-3])
