@@ -376,8 +376,9 @@ def build_parser():
                    help="whose test split (default: the embedded sample)")
     e.add_argument("--data-dir", default=None, help="dataset directory (default: $FFLIB_DATA)")
     e.add_argument("--threads", type=_positive(int), default=None, help="threads of the C core")
-    e.add_argument("--multipass-blocks", type=_int_list, default=None,
-                   help="blocks whose goodness multi-pass sums, e.g. -2,-1 (default: fflib.evaluate's)")
+    e.add_argument("--multipass-blocks", type=_block_list, default=None,
+                   help="blocks whose goodness multi-pass sums, e.g. --multipass-blocks=-2,-1 (default: "
+                        "fflib.evaluate's)")
     e.add_argument("--early-exit", nargs="?", const="softmax", choices=["softmax", "lightff"], default=None,
                    help="also report early-exit inference (LightFF): thresholds calibrated on the last "
                         "--val-size samples of the training split; the rule: softmax (default) or lightff")
@@ -560,6 +561,7 @@ def train_command(a):
     if a.method == "uff":   # autoencoder cells: their own defaults (fflib.uff)
         from .uff import train_command_uff
         return train_command_uff(a, _bad)
+    layers_given = a.layers is not None
     if a.method != "ff":
         # label-free training: its recipe's settings if one is named, then its own defaults
         if a.recipe is not None:
@@ -584,7 +586,7 @@ def train_command(a):
             if given:
                 _bad(f"{flag} does not apply to --method {a.method} (label-free FF loss; its probe is reported)")
         from .unsupervised import train_command_label_free
-        return train_command_label_free(a, _bad)
+        return train_command_label_free(a, _bad, layers_given)
     if a.block_decay is not None:
         _bad("--block-decay anneals the blocks of a label-free run (--method scff|hybrid|uff); a labelled run "
              "schedules every epoch with --milestones or the cooldown")
@@ -842,6 +844,27 @@ def main(argv=None):
     return 2
 
 
+def _eval_label_free(a, model, xt, yt):
+    """``eval`` of a model trained without labels (``--method scff|hybrid|uff``: no label in its
+    input and a loss without class scores): its linear probe's test error."""
+    import json
+    from . import __version__
+    from .unsupervised import probe_error
+    for flag, given in (("--multipass-blocks", a.multipass_blocks is not None), ("--early-exit", a.early_exit)):
+        if given:
+            _bad(f"{flag} needs class scores; {a.model} was trained without labels (its {model.config['loss']} "
+                 f"loss scores no label): it is evaluated by its linear probe")
+    if not model.has_head:
+        _bad(f"{a.model} was trained without labels and has no one-pass head (linear probe) to classify with")
+    err = probe_error(model, xt, yt)
+    print(f"test error (linear probe): {err:.2f}%")
+    if a.out is not None:
+        with open(a.out, "w") as f:
+            json.dump({"fflib_version": __version__, "model": os.path.abspath(a.model), "dataset": a.dataset,
+                       "test_samples": int(len(yt)), "test_error": {"probe": err}}, f, indent=1)
+    return 0
+
+
 def eval_command(a):
     """Load a model file and report its test error (one-pass and multi-pass, in percent) and
     every block's multi-pass accuracy on a dataset's test split; optionally as JSON."""
@@ -875,6 +898,8 @@ def eval_command(a):
     need = int(np.prod(model.input_shape))
     if xt.shape[1] != need:
         _bad(f"{a.model} takes {need} values per sample; the {a.dataset} test split has {xt.shape[1]}")
+    if model.label_encoding == "none" and model.config["loss"] not in GROUP_LOSSES:
+        return _eval_label_free(a, model, xt, yt)
     try:
         r = evaluate(model, xt, yt, multipass_blocks=a.multipass_blocks)
     except ValueError as e:

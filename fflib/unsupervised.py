@@ -395,19 +395,25 @@ def refuse_label_free_flags(a, method, bad):
         bad(f"--momentum is SGD's; give --optimizer sgd (got --optimizer {a.optimizer or 'adam'})")
 
 
-def train_command_label_free(a, bad):
-    """``python -m fflib train --method scff|hybrid``: an MLP (``--layers``) trained without
-    labels for ``--epochs``, then its linear probe (the one-pass head on every block's
-    features) for as many epochs; prints and optionally writes (``--out``) the probe's test
-    error.  ``--method scff`` with the default --norm rms / --goodness mean builds
-    :func:`scff_mlp` (threshold ``SCFF_THRESHOLD``, first layer x2) and trains with Adam
+def train_command_label_free(a, bad, layers_given=True):
+    """``python -m fflib train --method scff|hybrid``: an MLP (``--layers``) or the survey's CNN
+    for the dataset (``--model cnn``, without its label channel: :func:`fflib.models.survey_cnn`)
+    trained without labels for ``--epochs``, then its linear probe (the one-pass head on every
+    block's features; the CIFAR-10 CNN's on blocks 2-4, as :func:`fflib.models.build` reads
+    them) for as many epochs; prints and optionally writes (``--out``) the probe's test
+    error.  ``--method scff`` on an MLP with the default --norm rms / --goodness mean builds
+    :func:`scff_mlp` (threshold ``SCFF_THRESHOLD``, first layer x2); it trains with Adam
     ``SCFF_LR`` / probe ``SCFF_HEAD_LR`` unless --threshold, --lr, --head-lr say otherwise.
+    ``layers_given``: --layers was on the command line (refused with --model cnn).
     ``bad(message)`` exits with a usage error."""
     from . import set_num_threads
     from .nn import mlp
     from .optim import Adam
-    if a.model != "mlp":
-        bad(f"--method {a.method} trains an MLP (--model mlp --layers ...), got --model {a.model}")
+    if a.model not in ("mlp", "cnn"):
+        bad(f"--method {a.method} trains an MLP (--model mlp --layers ...) or the survey's CNN (--model cnn), "
+            f"got --model {a.model}")
+    if a.model == "cnn" and layers_given:
+        bad(f"--layers sets an MLP's hidden sizes; --model cnn is the survey's CNN for --dataset {a.dataset}")
     for flag, given in (("--loss", a.loss not in (None, "ff")), ("--label-encoding", a.label_encoding),
                         ("--routine", a.routine != "greedy"), ("--pipeline", a.pipeline),
                         ("--negatives", a.negatives != "uniform"), ("--alternate", a.alternate)):
@@ -430,10 +436,15 @@ def train_command_label_free(a, bad):
     lr = a.lr or (SCFF_LR if scff else 1e-3)
     head_lr = a.head_lr or (SCFF_HEAD_LR if scff else 1e-2)
     threshold = (SCFF_THRESHOLD if scff else 5.0) if a.threshold is None else a.threshold
-    sizes = [x.shape[1]] + a.layers
-    recipe_model = scff and a.norm == "rms" and a.goodness == "mean"   # SCFF's recipe: scff_mlp
+    cnn = a.model == "cnn"
+    sizes = None if cnn else [x.shape[1]] + a.layers
+    recipe_model = scff and not cnn and a.norm == "rms" and a.goodness == "mean"   # SCFF's recipe: scff_mlp
     try:
-        if recipe_model:
+        if cnn:
+            from .models import build
+            model = build("cnn", a.dataset, seed=a.seed, label_encoding="none", loss="ff", goodness=a.goodness,
+                          threshold=threshold, norm=a.norm, block_thresholds=a.block_thresholds)
+        elif recipe_model:
             model = scff_mlp(a.layers, shape, threshold, seed=a.seed, block_thresholds=a.block_thresholds)
         else:
             model = FFModel(mlp(sizes, norm=a.norm), shape, 10, loss="ff", goodness=a.goodness,
@@ -445,7 +456,10 @@ def train_command_label_free(a, bad):
         sched = cli_schedule(a, opt, label_free_plan(model.num_blocks, epochs, head_epochs, order))
     except ValueError as e:
         bad(str(e))
-    print(f"fflib: {a.method} on {a.dataset} without labels, MLP {sizes}, {epochs} epoch{'s' * (epochs != 1)} "
+    head = [b + 1 for b, (_, e) in enumerate(model.blocks) if e - 1 in model._head_layers]
+    net = (f"the survey's CNN ({model.num_parameters()} parameters, probe on blocks "
+           f"{', '.join(map(str, head))})" if cnn else f"MLP {sizes}")
+    print(f"fflib: {a.method} on {a.dataset} without labels, {net}, {epochs} epoch{'s' * (epochs != 1)} "
           f"({order}) + {head_epochs} probe epoch{'s' * (head_epochs != 1)}", flush=True)
 
     try:
@@ -524,7 +538,7 @@ def finish_command(a, model, hist, xt, yt, sizes, epochs, probe_epochs, config):
     if a.save:
         model.save(a.save)
     if a.out:
-        res = {"config": dict({"method": a.method, "recipe": a.recipe, "model": "mlp", "dataset": a.dataset,
+        res = {"config": dict({"method": a.method, "recipe": a.recipe, "model": a.model, "dataset": a.dataset,
                                "subset": a.subset, "val_size": a.val_size or 0, "layers": sizes, "epochs": epochs,
                                "probe_epochs": probe_epochs,
                                "batch_size": a.batch_size or 100, "seed": a.seed, "threads": get_num_threads(),

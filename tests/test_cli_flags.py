@@ -140,6 +140,12 @@ def test_multipass_blocks(tmp_path, capsys):
     assert r["config"]["multipass_blocks"] == [-1]
     assert "--multipass-blocks" in fails(capsys, "--multipass-blocks", "a")
     assert "blocks" in fails(capsys, "--multipass-blocks", "7")
+    # eval takes the same block list, negative indices too (its parser took only >= 0 before)
+    saved = tmp_path / "m.npz"
+    m.save(str(saved))
+    capsys.readouterr()
+    assert cli.main(["eval", str(saved), "--multipass-blocks=-1"]) == 0
+    assert f"multi-pass {want:.2f}%" in capsys.readouterr().out
 
 
 def test_windows(tmp_path, capsys):

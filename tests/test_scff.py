@@ -373,3 +373,41 @@ def test_the_probe_leaves_batch_norm_blocks_alone(method):
     assert any(k.endswith("running_mean") for k in a)
     assert all(np.array_equal(a[k], b[k]) for k in a if not k.startswith("head."))
     assert not np.array_equal(a["head.weight"], b["head.weight"])
+
+
+def test_cli_label_free_cnn_and_eval_of_label_free_models(tmp_path, capsys):
+    """--method scff|hybrid --model cnn trains the survey's CNN without its label channel (the
+    probe on all three blocks of the 28x28 CNN, as fflib.models.build reads them); `fflib eval`
+    scores a label-free model by its linear probe (it has no class scores), the same error the
+    train command's model gives."""
+    from fflib.cli import main
+    for method in ("scff", "hybrid"):
+        out, saved = tmp_path / f"{method}.json", tmp_path / f"{method}.npz"
+        assert main(["train", "--method", method, "--model", "cnn", "--epochs", "1", "--head-epochs", "1",
+                     "--subset", "1000", "--no-progress", "--out", str(out), "--save", str(saved)]) == 0
+        r = json.loads(out.read_text())
+        assert r["config"]["model"] == "cnn" and r["config"]["layers"] is None
+        assert [e["phase"] for e in r["epochs"]] == [method, "probe"] and len(r["epochs"][0]["block_loss"]) == 3
+        assert 0 <= r["test_error"]["probe"] < 60           # 10 classes: chance is 90 %
+        m = fflib.FFModel.load(str(saved))
+        assert m.label_encoding == "none" and m.input_shape == (1, 28, 28) and m.num_blocks == 3
+        assert m.num_parameters() == fflib.models.build("cnn", "sample", label_encoding="none").num_parameters()
+        capsys.readouterr()
+        ev = tmp_path / f"{method}-eval.json"
+        assert main(["eval", str(saved), "--out", str(ev)]) == 0
+        # train --subset 1000 scored the first 1,000 test images, eval scores all 2,000
+        xt, yt = fflib.datasets.load_sample(False)
+        assert uf.probe_error(m, xt[:1000].reshape(1000, -1), yt[:1000]) == pytest.approx(r["test_error"]["probe"])
+        err = uf.probe_error(m, xt.reshape(len(xt), -1), yt)
+        assert capsys.readouterr().out.strip() == f"test error (linear probe): {err:.2f}%"
+        assert json.loads(ev.read_text())["test_error"] == {"probe": pytest.approx(err)}
+    # flags without meaning for a label-free model or a CNN: one-line usage errors
+    for argv, msg in ((["eval", str(saved), "--early-exit"], "--early-exit needs class scores"),
+                      (["eval", str(saved), "--multipass-blocks=-1"], "--multipass-blocks needs class scores"),
+                      (["train", "--method", "scff", "--model", "cnn", "--layers", "100", "--epochs", "1"],
+                       "--layers sets an MLP's hidden sizes"),
+                      (["train", "--method", "scff", "--model", "cwcomp", "--epochs", "1"],
+                       "or the survey's CNN")):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 2 and msg in capsys.readouterr().err, argv
