@@ -146,7 +146,7 @@ _ALL = [
     Recipe("mnist-mlp-scff", "mlp", "mnist", "MNIST MLP 784-2000-2000, self-contrastive FF without labels, "
            "then a linear probe", dict(method="scff", layers=[2000, 2000], epochs=20, batch_size=100, goodness="mean",
                                        norm="rms", augment="crop2", head_dropout=0.2, cooldown=True,
-                                       block_decay=0.944, val_size=5000, seed=0), default=False,
+                                       block_decay=0.944, val_size=0, seed=0), default=False,
            status="measured", result={"probe": 1.72},
            source="benchmarks/results/reproduce/mnist-mlp-scff.json",
            tuned_on="validation split: the last 5,000 training images (benchmarks/results/recipe_study/mnist-mlp-scff/, "
