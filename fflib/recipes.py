@@ -146,8 +146,8 @@ _ALL = [
     Recipe("mnist-mlp-scff", "mlp", "mnist", "MNIST MLP 784-2000-2000, self-contrastive FF without labels, "
            "then a linear probe", dict(method="scff", layers=[2000, 2000], epochs=20, batch_size=100, goodness="mean",
                                        norm="rms", augment="crop2", head_dropout=0.2, cooldown=True,
-                                       block_decay=0.944, val_size=5000, seed=0), default=False,
-           status="measured", result={"probe": 1.72},
+                                       block_decay=0.944, val_size=0, seed=0), default=False,
+           status="measured", result={"probe": 1.81},
            source="benchmarks/results/reproduce/mnist-mlp-scff.json",
            tuned_on="validation split: the last 5,000 training images (benchmarks/results/recipe_study/mnist-mlp-scff/, "
                     "final probe validation error): 3 + 3 epochs 2.26, 10 + 10 2.06, with 2-pixel shifts 1.88, "
@@ -164,9 +164,12 @@ _ALL = [
            notes="fflib.unsupervised.scff_mlp (threshold 4 on mean goodness, first layer x2), Adam 3e-3 on two "
                  "views shifted by up to 2 pixels for 20 epochs, the rate x0.944 after each (0.33x in the last), then the "
                  "one-pass head on both blocks as a linear probe (Adam 1e-3, dropout 0.2 on its input) for 20 "
-                 "epochs, the rate cooling linearly to 0 over them; trains on 55,000 images (the last 5,000 chose "
-                 "the settings); 18 min of training on 1 thread beside other runs; validation 1.38 after the last "
-                 "epoch. The recipe before the blocks' decay: 1.74 (validation 1.60), the same within the test "
+                 "epochs, the rate cooling linearly to 0 over them; trains on all 60,000 images (20 min of "
+                 "training on 1 thread beside two other runs). The same recipe on 55,000 images, the last 5,000 "
+                 "held out (the split that chose the settings): test 1.72, validation 1.38 after the last epoch "
+                 "(benchmarks/results/runs/mnist-mlp-scff-val5000.json); the final run on every training image was "
+                 "decided before either test error was seen, and 1.81 against 1.72 is within the test set's noise "
+                 "(about 0.13 points). The recipe before the blocks' decay: 1.74 (validation 1.60), the same within the test "
                  "set's noise (about 0.13 points): the decay's validation gain did not carry to the test set. The "
                  "3 + 3 epoch recipe before that: 2.66 (benchmarks/results/scff_mnist_recipe_3plus3.json)"),
     Recipe("mnist-cnn", "cnn", "mnist", "MNIST CNN (original FF): conv 32, conv 64, linear 256x100",
