@@ -548,6 +548,14 @@ def split_validation(a, x, y, xt, yt, bad):
     return x, y, xv, yv, xt, yt
 
 
+def _errors_text(errors):
+    """evaluate()'s errors as one-pass / multi-pass percentages, or the multi-pass alone for a
+    model without a one-pass head (--head-blocks none)."""
+    if errors.get("one_pass") is None:
+        return f"{errors['multi_pass']:.2f}% multi-pass"
+    return f"{errors['one_pass']:.2f}% / {errors['multi_pass']:.2f}%"
+
+
 def train_command(a):
     from . import FFModel, mlp, Adam, MultiStepLR, LinearCooldown, fit, evaluate, refit_head, set_num_threads, get_num_threads
     from . import __version__
@@ -626,6 +634,9 @@ def train_command(a):
     # one; there the run takes uniform negatives (--negatives hard asks for them and is refused)
     if supplied.get("negatives") == "hard" and (loss not in ("ff", "symba") or a.distributed == "pipeline"):
         a.negatives = "uniform"
+    if cwc and loss in zoo.LABEL_LOSSES:     # cwcomp: the light models take a label channel for these
+        _bad(f"--loss {loss} reads the label from the input, and {a.model} takes no label in its input: use --loss "
+             f"cwc, pvn, df-cwc or xent (the light models ff_tiny .. ff_deep take a label channel for {loss})")
     if not cwc and loss in GROUP_LOSSES and a.model == "mlp":
         _bad(f"--loss {loss} needs a convolutional model with one channel group per class (cwcomp, ff_tiny, ...)")
     epochs = a.epochs or (DEFAULTS["epochs_sample"] if a.dataset == "sample" else DEFAULTS["epochs"])
@@ -684,6 +695,8 @@ def train_command(a):
         model.set_input_norm(mean, std)
     if supplied.get("head_refit") and (not model.has_head or a.distributed):
         a.head_refit = None     # a recipe's refit gives way to --head-blocks none and --distributed
+    if supplied.get("head_epochs") and not model.has_head:
+        a.head_epochs = None    # and its head-only epochs to --head-blocks none
     config = {"recipe": None if recipe is None else recipe.name, "subset": a.subset,
               "dataset": a.dataset, "data_dir": a.data_dir, "model": a.model,
               "layers": [x.shape[1]] + a.layers if a.model == "mlp" else None,
@@ -738,7 +751,7 @@ def train_command(a):
         print(f"epoch {rec['epoch']:3d}  " + ("head only" if head_only else "block losses "
               + " ".join(f"{v:.4f}" for v in rec["block_loss"]))
               + (f"  head {rec['head_loss']:.4f}" if rec["head_loss"] is not None else "")
-              + (f"  val {val.get('one_pass', float('nan')):.2f}% / {val['multi_pass']:.2f}%" if val else "")
+              + (f"  val {_errors_text(val)}" if val else "")
               + f"  {rec['seconds']:.1f}s", flush=True)
 
     if (a.negatives == "hard" or a.order != "simultaneous") and loss in GROUP_LOSSES + ("xent",):
@@ -799,8 +812,10 @@ def train_command(a):
         "blas": __import__("fflib").blas_name(), "fflib_version": __version__,
         "schema_version": SCHEMA_VERSION,
     }
-    print(f"test error: one-pass {test.get('one_pass', float('nan')):.2f}%  multi-pass {test['multi_pass']:.2f}%  "
-          f"(train {train.get('one_pass', float('nan')):.2f}% / {train['multi_pass']:.2f}%)  "
+    print((f"test error: one-pass {test['one_pass']:.2f}%  multi-pass {test['multi_pass']:.2f}%  "
+           if test.get("one_pass") is not None else
+           f"test error: multi-pass {test['multi_pass']:.2f}% (no one-pass head)  ")
+          + f"(train {_errors_text(train)})  "
           f"train {hist['train_seconds']:.1f}s  peak RSS {result['peak_rss_mb']:.0f} MB")
     if a.early_exit:
         result["early_exit"] = early_exit_report(model, xv, yv, xt, yt, a.early_exit, a.early_exit_drop)

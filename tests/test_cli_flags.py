@@ -132,6 +132,24 @@ def test_head_blocks(tmp_path, capsys):
     assert "head_blocks" in fails(capsys, "--head-blocks", "5")
 
 
+def test_cwcomp_without_head_and_with_a_label_loss(tmp_path, capsys):
+    """cwcomp's recipe trains head-only epochs; --head-blocks none drops them (as it drops a
+    recipe's head refit) and the run reports the multi-pass error alone, not 'one-pass nan%'.
+    A loss that reads the label from the input is refused for cwcomp (it takes none) up front."""
+    out = tmp_path / "r.json"
+    base = ["train", "--model", "cwcomp", "--epochs", "1", "--subset", "300", "--threads", "1", "--no-progress"]
+    assert cli.main(base + ["--head-blocks", "none", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    r = json.loads(out.read_text())
+    assert r["config"]["head_epochs"] == 0 and len(r["epochs"]) == 1 and r["test_error"]["one_pass"] is None
+    assert "nan" not in text and f"test error: multi-pass {r['test_error']['multi_pass']:.2f}% (no one-pass head)" in text
+    for loss in ("ff", "symba", "df"):
+        with pytest.raises(SystemExit) as e:
+            cli.main(base + ["--loss", loss])
+        assert e.value.code == 2
+        assert f"--loss {loss} reads the label from the input, and cwcomp takes no label" in capsys.readouterr().err
+
+
 def test_multipass_blocks(tmp_path, capsys):
     r, m = train(tmp_path, "--multipass-blocks=-1")
     xt, yt = fflib.datasets.load_sample(False)
