@@ -13,10 +13,15 @@ validation splits and head-only epochs are turned off (--val-size 0, --head-epoc
 the option under test sets them: about 3 minutes on 2 xdist workers."""
 import json
 import os
+import sys
+from pathlib import Path
 
 import pytest
 
 from fflib import cli
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from conftest import shared_data_dir  # noqa: E402
 
 OPTIONS = {
     "plain": [], "layerwise": ["--order", "layerwise"], "hard-negatives": ["--negatives", "hard"],
@@ -47,8 +52,12 @@ def _run(capsys, argv):
 
 @pytest.mark.parametrize("model,dataset,option", CASES, ids=[f"{m}-{o}" for m, _, o in CASES])
 def test_option_on_model_works_or_is_refused(model, dataset, option, tmp_path, capsys):
-    if dataset != "sample" and not os.environ.get("FFLIB_DATA"):
-        pytest.skip("FFLIB_DATA is not set (the CIFAR-10 files)")
+    data = []
+    if dataset != "sample":
+        d = shared_data_dir() / dataset
+        if not d.is_dir():
+            pytest.skip(f"real {dataset} not found under {d} (set FFLIB_DATA)")
+        data = ["--data-dir", str(d)]
     opts = list(OPTIONS[option])
     epochs = [] if "--epochs" in opts else ["--epochs", "1"]
     # the recipes' validation splits and head-only epochs would take most of the time here
@@ -56,7 +65,7 @@ def test_option_on_model_works_or_is_refused(model, dataset, option, tmp_path, c
     epochs += [] if "--head-epochs" in opts or "--head-blocks" in opts else ["--head-epochs", "1"]
     out, saved = tmp_path / "r.json", tmp_path / "m.npz"
     code, err = _run(capsys, ["train", "--model", model, "--dataset", dataset, "--subset", "100", "--threads", "1",
-                              "--no-progress", "--out", str(out), "--save", str(saved)] + epochs + opts)
+                              "--no-progress", "--out", str(out), "--save", str(saved)] + data + epochs + opts)
     if code == 2:      # refused: one line naming what is wrong
         assert err.startswith("python -m fflib: error: ") and "\n" not in err and "Traceback" not in err, err
         assert not saved.exists()
@@ -64,7 +73,7 @@ def test_option_on_model_works_or_is_refused(model, dataset, option, tmp_path, c
     assert code == 0, err
     r = json.loads(out.read_text())
     assert r["epochs"] and (tmp_path / "r.csv").exists()
-    code, err = _run(capsys, ["eval", str(saved), "--dataset", dataset, "--out", str(tmp_path / "e.json")])
+    code, err = _run(capsys, ["eval", str(saved), "--dataset", dataset, "--out", str(tmp_path / "e.json")] + data)
     assert code == 0, err
     e = json.loads((tmp_path / "e.json").read_text())
     assert e["test_error"] and all(v is None or 0 <= v <= 100 for v in e["test_error"].values())
