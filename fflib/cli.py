@@ -862,7 +862,6 @@ def main(argv=None):
 def _eval_label_free(a, model, xt, yt):
     """``eval`` of a model trained without labels (``--method scff|hybrid|uff``: no label in its
     input and a loss without class scores): its linear probe's test error."""
-    import json
     from . import __version__
     from .unsupervised import probe_error
     for flag, given in (("--multipass-blocks", a.multipass_blocks is not None), ("--early-exit", a.early_exit)):
@@ -883,7 +882,6 @@ def _eval_label_free(a, model, xt, yt):
 def eval_command(a):
     """Load a model file and report its test error (one-pass and multi-pass, in percent) and
     every block's multi-pass accuracy on a dataset's test split; optionally as JSON."""
-    import json
     from . import __version__
     from .nn import FFModel
     from .train import evaluate

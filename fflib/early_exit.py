@@ -96,7 +96,7 @@ def _layer_macs(info):
 
 def head_stop(model):
     """Blocks a one-pass prediction runs: up to the one holding the head's last input layer."""
-    last = max(model._head_layers)
+    last = max(model.head_layers)
     for b, (_, e) in enumerate(model.blocks):
         if e > last:
             return b + 1
@@ -121,7 +121,7 @@ def block_macs(model, mode="multipass"):
         end = blocks[b][1]
         c = sum(_layer_macs(net.layer_info(i)) for i in range(prev, end)) * per
         if mode == "onepass":
-            c += sum(K * int(np.prod(net.layer_shape(i))) for i in model._head_layers if prev <= i < end)
+            c += sum(K * int(np.prod(net.layer_shape(i))) for i in model.head_layers if prev <= i < end)
         costs.append(c)
         prev = end
     return np.asarray(costs, dtype=np.float64)
@@ -178,7 +178,7 @@ def cumulative_scores(model, x, mode, batch_size=1000):
     stop = head_stop(model)
     W, bias = model.head_weight, model.head_bias
     spans, col = [], 0
-    for i in model._head_layers:
+    for i in model.head_layers:
         d = int(np.prod(model._net.layer_shape(i)))
         spans.append((i, col, col + d))
         col += d

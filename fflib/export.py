@@ -97,7 +97,7 @@ class _Plan:
         self.in_affine = model.input_affine
         ends = [b for _, b in model.blocks]
         self.NB = len(ends)
-        self.head_layers = list(model._head_layers)
+        self.head_layers = list(model.head_layers)
         self.has_head = bool(self.head_layers)
         if multipass_blocks is None:
             multipass_blocks = default_multipass_blocks(model)
@@ -837,7 +837,7 @@ class _Gen:
 
     # ------------------------------------------------------------ whole file
     def source(self):
-        p, nm, N = self.p, self.name, self.N
+        p, nm = self.p, self.name
         self.plan_memory()
         blocks = []
         for b, seg in enumerate(p.segments):
@@ -910,7 +910,7 @@ class _Gen:
         return "\n".join(lines + body + ["}"])
 
     def api(self):
-        p, nm, N = self.p, self.name, self.N
+        p, nm = self.p, self.name
         K, NB = p.K, p.NB
         out = []
         calls = "\n".join(f"    {'if (b == %d) ' % b}block_{b}(s, score, logits);" for b in range(NB))
@@ -989,7 +989,7 @@ int {nm}_predict(const float *x, float *scratch, float *scores, int *blocks_run)
         return "".join(out)
 
     def early_exit_body(self):
-        p, nm = self.p, self.name
+        p = self.p
         K, NB, T = p.K, p.NB, _c_float(np.float32(self.early_exit))
         last_block = p.head_stop - 1 if p.label_free and self.inference == "onepass" else NB - 1
         check = f"""        if (b < {last_block}) {{

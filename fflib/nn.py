@@ -901,6 +901,18 @@ class FFModel:
         return bool(self._head_layers)
 
     @property
+    def head_layers(self):
+        """The layer indices whose normalised outputs the one-pass head reads, in order (a
+        tuple; empty without a head).  Each is the last layer of a block in :attr:`head_blocks`."""
+        return tuple(self._head_layers)
+
+    @property
+    def head_blocks(self):
+        """The block indices (into :attr:`blocks`) whose outputs the one-pass head reads, in
+        order (a tuple; empty without a head): what ``head_blocks="auto"`` or a list resolved to."""
+        return tuple(b for b, (_, end) in enumerate(self.blocks) if end - 1 in self._head_layers)
+
+    @property
     def head_weight(self):
         """One-pass head weight (K, F), a view of C memory, or None."""
         return self._net.param(-1, _P_WEIGHT) if self.has_head else None

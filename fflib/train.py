@@ -210,7 +210,7 @@ def fit(model, x, y, *, epochs=10, batch_size=100, optimizer=None, scheduler=Non
     Returns the history: a dict with ``epochs`` (per-epoch mean block losses, head loss, lr,
     seconds, optional validation error), ``train_seconds`` and ``interrupted``.
     """
-    from .optim import Adam, _Optimizer, _Scheduler
+    from .optim import Adam
     if method == "uff":
         return _fit_uff(model, x, y, locals())
     if method == "ff" and isinstance(model, FFModel) and model.config["loss"] == "ae":

@@ -457,7 +457,7 @@ def train_command_label_free(a, bad, layers_given=True):
         sched = cli_schedule(a, opt, label_free_plan(model.num_blocks, epochs, head_epochs, order))
     except ValueError as e:
         bad(str(e))
-    head = [b + 1 for b, (_, e) in enumerate(model.blocks) if e - 1 in model._head_layers]
+    head = [b + 1 for b in model.head_blocks]
     net = (f"the survey's CNN ({model.num_parameters()} parameters, probe on blocks "
            f"{', '.join(map(str, head))})" if cnn else f"MLP {sizes}")
     print(f"fflib: {a.method} on {a.dataset} without labels, {net}, {epochs} epoch{'s' * (epochs != 1)} "

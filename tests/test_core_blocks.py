@@ -219,3 +219,20 @@ def test_the_binding_refuses_other_byte_orders(rng):
         m._net.train_step(x, y.astype(">i8"))
     with pytest.raises(ValueError, match="x has non-native byte order"):
         m._net.goodness(x.astype(">f4"))
+
+
+def test_head_layers_and_head_blocks_say_what_the_head_reads(tmp_path):
+    m = fflib.FFModel(fflib.mlp([20, 16, 12, 8]), 20, 4)            # "auto": every block but the first
+    assert m.head_blocks == (1, 2) and m.head_layers == tuple(m.blocks[b][1] - 1 for b in (1, 2))
+    m = fflib.FFModel(fflib.mlp([20, 16, 12, 8]), 20, 4, head_blocks=[-1, 0])
+    assert m.head_blocks == (0, 2) and m.head_layers == (m.blocks[0][1] - 1, m.blocks[2][1] - 1)
+    assert m.has_head and m.head_weight.shape == (4, 16 + 8)
+    m = fflib.FFModel(fflib.mlp([20, 16, 12, 8]), 20, 4, head_blocks=None)
+    assert m.head_blocks == () and m.head_layers == () and not m.has_head
+    cnn = models.build("cnn", "mnist")
+    assert cnn.head_layers == tuple(cnn.blocks[b][1] - 1 for b in cnn.head_blocks) and cnn.head_blocks
+    with pytest.raises(AttributeError):
+        cnn.head_blocks = (0,)
+    cnn.save(tmp_path / "cnn.npz")
+    loaded = fflib.FFModel.load(tmp_path / "cnn.npz")
+    assert loaded.head_blocks == cnn.head_blocks and loaded.head_layers == cnn.head_layers
