@@ -136,6 +136,9 @@ def cwcomp(input_shape=(1, 28, 28), num_classes=10, channels=(20, 80, 240, 480))
 
 ZOO = ("mlp", "cnn", "cwcomp") + tuple(LIGHT_MODELS)
 
+#: the datasets :func:`build` sizes the zoo's networks for (``sample``: the embedded MNIST subset)
+DATASETS = ("mnist", "fashion-mnist", "sample", "cifar10")
+
 #: losses that compare a sample's goodness under labels put into its input: on a light model
 #: they need a label encoding (a learned label channel by default) instead of channel groups
 LABEL_LOSSES = ("ff", "symba", "df")
@@ -147,7 +150,13 @@ def build(name, dataset="cifar10", seed=0, **model_kw):
     reads all three blocks, the CIFAR-10 CNN's blocks 2-4), ``cwcomp`` and the light models
     (CwC loss, no label in the input, one-pass head on the last two blocks)."""
     from .nn import FFModel
+    if not isinstance(dataset, str) or dataset not in DATASETS:
+        raise ValueError(f"dataset must be one of {', '.join(DATASETS)} (the zoo's networks are sized by it), "
+                         f"got {dataset!r}")
     image = (1, 28, 28) if dataset in ("mnist", "fashion-mnist", "sample") else (3, 32, 32)
+    if name in LIGHT_MODELS and image[0] != 3:
+        raise ValueError(f"{name} is a CIFAR-10 network (3x32x32 input, as in the survey); dataset {dataset!r} has "
+                         f"1x28x28 images: use 'mlp', 'cnn' or 'cwcomp' for it")
     if name == "mlp":
         layers, shape = mlp([image[0] * image[1] * image[2], 500, 100], norm="rms"), image
         kw = dict(loss="symba", goodness="mean", threshold=1.0, norm="rms")

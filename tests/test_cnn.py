@@ -183,6 +183,18 @@ def test_survey_cnns_build_and_shapes():
     assert [m.layers[i].weight.shape[0] for i in range(len(layers)) if layers[i].kind == "conv2d"] == [128, 264, 512, 1024]
 
 
+@pytest.mark.parametrize("name, dataset, match", [
+    ("mlp", "fashion", "dataset must be one of mnist, fashion-mnist, sample, cifar10"),   # was a CIFAR-10 MLP
+    ("cnn", None, "dataset must be one of"),
+    ("ff_tiny", "mnist", "ff_tiny is a CIFAR-10 network"),
+    ("ff_deep", "sample", "ff_deep is a CIFAR-10 network"),
+    ("resnet", "mnist", "unknown model 'resnet'"),
+])
+def test_zoo_build_refuses_unknown_datasets_and_mismatched_images(name, dataset, match):
+    with pytest.raises(ValueError, match=match):
+        models.build(name, dataset)
+
+
 def test_cifar10_survey_cnn_normalises_blocks_by_batchnorm():
     # the CIFAR-10 CNN's blocks open with BatchNorm2d, not a LenNorm (which divides out the
     # previous block's goodness: benchmarks/cifar10_cnn_study.py); the 28x28 CNN keeps LenNorm
