@@ -2,7 +2,6 @@
 stated test-error bars within the CI time budget.  Marked slow; every one trains for real."""
 import time
 
-import numpy as np
 import pytest
 
 import fflib

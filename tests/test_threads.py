@@ -70,7 +70,7 @@ def test_large_gemms_split_into_panels_agree(threads, rng):
 def train_small_cnn(seed=0, steps=6):
     x, y = fflib.datasets.load_sample(True)
     m = models.build("cwcomp", "mnist", channels=(10, 20, 20, 40), seed=seed)
-    opt = fflib.Adam(m, lr=0.01)
+    fflib.Adam(m, lr=0.01)   # attaches itself to m: train_step steps it
     for s in range(steps):
         m.train_step(x[s * 64:(s + 1) * 64].reshape(64, -1), y[s * 64:(s + 1) * 64])
     return m.state_dict()

@@ -12,7 +12,7 @@ import pytest
 import fflib
 from fflib import _core
 from fflib import reference as ref
-from fflib.nn import FFModel, mlp, Linear, ReLU, LenNorm, Conv2d, Flatten
+from fflib.nn import FFModel, mlp, Linear, ReLU, Conv2d, Flatten
 from fflib.optim import Adam, SGD
 from fflib.uff import fit_uff, uff_model
 
