@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+import fflib
 from fflib import _core
 from fflib import reference as ref
 
@@ -113,7 +114,7 @@ def test_softmax_xent(rng, B, K):
     assert np.isfinite(_core.softmax_xent(None, None, np.array([[1e4, -1e4]], np.float32), np.array([1])))
 
 
-@pytest.mark.parametrize("n", [1, 7, 1000])
+@pytest.mark.parametrize("n", [1, 7, 1000, 300_001])   # the last is split over the threads
 @pytest.mark.parametrize("wd", [0.0, 0.01])
 def test_adam_steps(rng, n, wd):
     p, g = f32(rng, n), f32(rng, n)
@@ -139,6 +140,31 @@ def test_sgd_steps(rng, momentum, dampening, nesterov):
         _core.sgd_step(p, buf, g, 0.1, momentum, dampening, 1e-3, nesterov, t)
         rp, rbuf = ref.sgd_step(rp, rbuf, g, 0.1, momentum, dampening, 1e-3, nesterov, t)
     close(p, rp)
+
+
+@pytest.mark.parametrize("kind", ["adam", "sgd"])
+def test_optimiser_steps_do_not_depend_on_the_thread_count(rng, kind):
+    # a tensor of 300,001 parameters is split over the threads (at least 65,536 each): every
+    # element gets the same arithmetic, so 1, 2 and 3 threads give the same bits
+    n = 300_001
+    p0, g = f32(rng, n), f32(rng, n)
+    outs = []
+    before = fflib.get_num_threads()
+    try:
+        for threads in (1, 2, 3):
+            fflib.set_num_threads(threads)
+            p, a, b = p0.copy(), np.zeros(n, np.float32), np.zeros(n, np.float32)
+            for t in range(1, 4):
+                if kind == "adam":
+                    _core.adam_step(p, a, b, g * t, 1e-2, 0.9, 0.999, 1e-8, 0.01, t)
+                else:
+                    _core.sgd_step(p, a, g * t, 0.1, 0.9, 0.1, 1e-3, True, t)
+            outs.append((p, a, b))
+    finally:
+        fflib.set_num_threads(before)
+    for o in outs[1:]:
+        for x, y in zip(outs[0], o):
+            assert np.array_equal(x, y)
 
 
 @pytest.mark.parametrize("B, D, K", [(1, 12, 10), (5, 784, 10), (3, 4, 4)])
