@@ -1338,19 +1338,22 @@ static PyObject *k_softmax_xent(PyObject *m, PyObject *args) {
     return PyFloat_FromDouble(L);
 }
 
-static PyObject *k_adam_step(PyObject *m, PyObject *args) {
+static PyObject *adam_like(PyObject *args, int decoupled) {
     PyObject *po, *mo, *vo, *go; float lr, b1, b2, eps, wd; long t;
     PyArrayObject *p, *mm, *v, *g, *tmp;
-    (void)m;
     if (!PyArg_ParseTuple(args, "OOOOfffffl", &po, &mo, &vo, &go, &lr, &b1, &b2, &eps, &wd, &t) ||
         pair(po, "p", go, "g", &p, &g) < 0 || pair(mo, "m", go, "g", &mm, &tmp) < 0 ||
         pair(vo, "v", go, "g", &v, &tmp) < 0) return NULL;
     if (t < 1) return PyErr_Format(PyExc_ValueError, "t must be >= 1, got %ld", t);
     Py_BEGIN_ALLOW_THREADS
-    ff_adam_step(F32(p), F32(mm), F32(v), F32(g), (size_t)PyArray_SIZE(g), lr, b1, b2, eps, wd, t);
+    (decoupled ? ff_adamw_step : ff_adam_step)(F32(p), F32(mm), F32(v), F32(g), (size_t)PyArray_SIZE(g), lr, b1,
+                                               b2, eps, wd, t);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
 }
+
+static PyObject *k_adam_step(PyObject *m, PyObject *args) { (void)m; return adam_like(args, 0); }
+static PyObject *k_adamw_step(PyObject *m, PyObject *args) { (void)m; return adam_like(args, 1); }
 
 static PyObject *k_sgd_step(PyObject *m, PyObject *args) {
     PyObject *po, *bo, *go; float lr, mom, damp, wd; int nest; long t;
@@ -1718,6 +1721,7 @@ static PyMethodDef module_methods[] = {
     {"df_loss", k_df_loss, METH_VARARGS, "df_loss(dgpos, dgneg, gpos (B), gneg (N, B), margin) -> float"},
     {"softmax_xent", k_softmax_xent, METH_VARARGS, "softmax_xent(dlogits, probs, logits, labels) -> float"},
     {"adam_step", k_adam_step, METH_VARARGS, "adam_step(p, m, v, g, lr, b1, b2, eps, wd, t)"},
+    {"adamw_step", k_adamw_step, METH_VARARGS, "adamw_step(p, m, v, g, lr, b1, b2, eps, wd, t): decoupled decay"},
     {"sgd_step", k_sgd_step, METH_VARARGS, "sgd_step(p, buf, g, lr, momentum, dampening, wd, nesterov, t)"},
     {"conv2d_forward", k_conv2d_forward, METH_VARARGS, "conv2d_forward(out, inp, weight, bias, stride, pad, groups)"},
     {"conv2d_backward", k_conv2d_backward, METH_VARARGS, "conv2d_backward(dinp, dweight, dbias, dout, inp, weight, stride, pad, groups) (adds)"},

@@ -68,7 +68,7 @@ const char *ff_loss_name(int k) { return k >= 0 && k < FF_NUM_LOSSES ? ff_losses
 FF_NAMES(ff_label_name, "onehot", "fourier", "embedding", "none")
 FF_NAMES(ff_norm_name, "none", "l2", "rms")
 FF_NAMES(ff_goodness_name, "sum", "mean")
-FF_NAMES(ff_opt_name, "sgd", "adam")
+FF_NAMES(ff_opt_name, "sgd", "adam", "adamw")
 FF_NAMES(ff_param_name, "weight", "bias", "running_mean", "running_var", "grad_weight", "grad_bias",
          "m_weight", "m_bias", "v_weight", "v_bias")
 #undef FF_NAMES
@@ -926,8 +926,8 @@ static int finite_f(float x) { return isfinite(x); }
 ff_status ff_net_set_opt(ff_net *net, int layer, const ff_opt_config *o) {
     ff_layer *L = layer_at(net, layer);
     if (!L) return no_layer(net, layer);
-    if (o->kind != FF_OPT_ADAM && o->kind != FF_OPT_SGD)
-        return ff_fail(net, FF_ERR_ARG, "optimizer kind must be sgd (0) or adam (1), got %d", (int)o->kind);
+    if (o->kind != FF_OPT_ADAM && o->kind != FF_OPT_SGD && o->kind != FF_OPT_ADAMW)
+        return ff_fail(net, FF_ERR_ARG, "optimizer kind must be sgd (0), adam (1) or adamw (2), got %d", (int)o->kind);
     if (!finite_f(o->lr) || !(o->lr >= 0.0f))
         return ff_fail(net, FF_ERR_ARG, "lr must be finite and >= 0, got %g", (double)o->lr);
     if (!finite_f(o->weight_decay) || !(o->weight_decay >= 0.0f))
@@ -1373,6 +1373,9 @@ static void layer_opt_step(ff_net *net, const ff_work *w, ff_layer *L) {
         if (o->kind == FF_OPT_ADAM)
             ff_adam_step(p, net->m + offs[k], net->v + offs[k], g, ns[k], o->lr, o->beta1,
                          o->beta2, o->eps, o->weight_decay, L->step);
+        else if (o->kind == FF_OPT_ADAMW)
+            ff_adamw_step(p, net->m + offs[k], net->v + offs[k], g, ns[k], o->lr, o->beta1,
+                          o->beta2, o->eps, o->weight_decay, L->step);
         else
             ff_sgd_step(p, net->m + offs[k], g, ns[k], o->lr, o->momentum, o->dampening,
                         o->weight_decay, o->nesterov, L->step);

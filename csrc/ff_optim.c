@@ -1,4 +1,4 @@
-/* ff_optim.c - Adam and SGD with momentum, PyTorch semantics.
+/* ff_optim.c - Adam, AdamW and SGD with momentum, PyTorch semantics.
  *
  * Both are one pass over the parameters, their gradient and state: memory-bound (Adam reads
  * 16 and writes 12 bytes per parameter), so a large tensor is split over the worker threads
@@ -40,6 +40,29 @@ void ff_adam_step(float *p, float *m, float *v, const float *g, size_t n, float 
     adam_job j = {p, m, v, g, (float)(lr / (1.0 - pow(b1, (double)t))), (float)sqrt(1.0 - pow(b2, (double)t)),
                   b1, b2, eps, wd};
     ff_parallel_for(adam_range, &j, n, FF_OPTIM_MIN_PART);
+}
+
+/* AdamW: the weight decays before the step (torch's param.mul_(1 - lr * wd)), the moments see
+ * the plain gradient; wd in the job is the decay factor. */
+static void adamw_range(void *ctx, size_t lo, size_t hi) {
+    const adam_job *j = ctx;
+    float *p = j->p, *m = j->m, *v = j->v;
+    const float *g = j->g;
+    const float step = j->step, sbc2 = j->sbc2, b1 = j->b1, b2 = j->b2, eps = j->eps, keep = j->wd;
+    for (size_t i = lo; i < hi; i++) {
+        float gi = g[i];
+        p[i] *= keep;
+        m[i] = flush(b1 * m[i] + (1.0f - b1) * gi);
+        v[i] = flush(b2 * v[i] + (1.0f - b2) * gi * gi);
+        p[i] -= step * m[i] / (sqrtf(v[i]) / sbc2 + eps);
+    }
+}
+
+void ff_adamw_step(float *p, float *m, float *v, const float *g, size_t n, float lr, float b1,
+                   float b2, float eps, float wd, long t) {
+    adam_job j = {p, m, v, g, (float)(lr / (1.0 - pow(b1, (double)t))), (float)sqrt(1.0 - pow(b2, (double)t)),
+                  b1, b2, eps, (float)(1.0 - (double)lr * (double)wd)};
+    ff_parallel_for(adamw_range, &j, n, FF_OPTIM_MIN_PART);
 }
 
 typedef struct {

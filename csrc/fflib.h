@@ -170,6 +170,10 @@ float ff_softmax_xent(float *dlogits, float *probs, const float *logits, const i
  *   p -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps).   p, m, v, g (n). */
 void ff_adam_step(float *p, float *m, float *v, const float *g, size_t n, float lr, float b1,
                   float b2, float eps, float wd, long t);
+/* AdamW (Loshchilov & Hutter; torch.optim.AdamW): decoupled weight decay p *= 1 - lr wd, then
+ * the Adam step above on the plain gradient (g is not changed). */
+void ff_adamw_step(float *p, float *m, float *v, const float *g, size_t n, float lr, float b1,
+                   float b2, float eps, float wd, long t);
 /* SGD with momentum: g += wd p; buf = g at t == 1 else momentum buf + (1 - dampening) g;
  * p -= lr (g + momentum buf if nesterov else buf).  momentum 0 means plain SGD (buf unused). */
 void ff_sgd_step(float *p, float *buf, const float *g, size_t n, float lr, float momentum,
@@ -275,7 +279,7 @@ typedef enum {
     FF_LABEL_EMBEDDING = 2, /* an extra input channel holding a trained (H,W) map per class */
     FF_LABEL_NONE = 3       /* no label in the input (channel-wise competitive learning) */
 } ff_label_kind;
-typedef enum { FF_OPT_SGD = 0, FF_OPT_ADAM = 1 } ff_opt_kind;
+typedef enum { FF_OPT_SGD = 0, FF_OPT_ADAM = 1, FF_OPT_ADAMW = 2 } ff_opt_kind;
 
 /* Layer indices of the parameters outside the layer list (ff_net_param, set_opt, ...). */
 #define FF_LAYER_HEAD (-1)        /* the one-pass head's Linear(F, K) */
@@ -318,7 +322,7 @@ typedef struct {
 
 typedef struct {
     ff_opt_kind kind;
-    float lr, beta1, beta2, eps;          /* Adam */
+    float lr, beta1, beta2, eps;          /* Adam, AdamW */
     float momentum, dampening;            /* SGD */
     int nesterov;
     float weight_decay;

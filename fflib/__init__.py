@@ -10,7 +10,7 @@ Quick start::
 
 Building blocks (PyTorch-like): :class:`Linear`, :class:`ReLU`, :class:`Conv2d`,
 :class:`BatchNorm2d`, :class:`MaxPool2d`, :class:`Flatten`, :class:`LenNorm`, :class:`FFModel`, optimisers
-:class:`Adam`, :class:`SGD`, schedulers :class:`StepLR`, :class:`MultiStepLR`,
+:class:`Adam`, :class:`AdamW`, :class:`SGD`, schedulers :class:`StepLR`, :class:`MultiStepLR`,
 :class:`CosineAnnealingLR`, :class:`LambdaLR`, :class:`LinearCooldown`, and the
 training loop :func:`fit`; named survey networks in :mod:`fflib.models`, plots in
 :mod:`fflib.plot` (needs the ``plot`` extra, matplotlib).
@@ -24,7 +24,7 @@ from . import datasets, models
 from . import labels  # Fourier label mode tables (fflib.labels)
 from .nn import (Layer, Linear, ReLU, Conv2d, BatchNorm2d, MaxPool2d, Flatten, LenNorm, FFModel, mlp,
                  channel_stats)
-from .optim import Adam, SGD, StepLR, MultiStepLR, CosineAnnealingLR, LambdaLR, LinearCooldown
+from .optim import Adam, AdamW, SGD, StepLR, MultiStepLR, CosineAnnealingLR, LambdaLR, LinearCooldown
 from .train import fit, evaluate, refit_head
 from .export import export_c
 from .early_exit import EarlyExit
@@ -97,7 +97,7 @@ def get_include() -> str:
 __all__ = [
     "Layer", "Linear", "ReLU", "Conv2d", "BatchNorm2d", "MaxPool2d", "Flatten", "LenNorm", "FFModel", "mlp",
     "channel_stats",
-    "Adam", "SGD", "StepLR", "MultiStepLR", "CosineAnnealingLR", "LambdaLR", "LinearCooldown", "fit",
+    "Adam", "AdamW", "SGD", "StepLR", "MultiStepLR", "CosineAnnealingLR", "LambdaLR", "LinearCooldown", "fit",
     "evaluate", "refit_head", "export_c", "FFClassifier", "EarlyExit",
     "datasets", "models", "set_num_threads", "get_num_threads", "blas_name", "get_include", "__version__",
 ]

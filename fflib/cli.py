@@ -340,9 +340,12 @@ def build_parser():
     t.add_argument("--alpha", type=_positive(float), default=None, help="SymBa's scale (default 4); --loss symba")
     t.add_argument("--margin", type=_nonnegative, default=None,
                    help="the DF losses' margin m >= 0 (default 1); --loss df or df-cwc")
-    t.add_argument("--optimizer", choices=["adam", "sgd"], default=None, help="default: the recipe's (adam)")
+    t.add_argument("--optimizer", choices=["adam", "adamw", "sgd"], default=None,
+                   help="default: the recipe's (adam); adamw: Adam with decoupled weight decay")
     t.add_argument("--momentum", type=_nonnegative, default=None, help="SGD momentum (default 0); --optimizer sgd")
-    t.add_argument("--weight-decay", type=_nonnegative, default=0.0, help="L2 weight decay (default 0)")
+    t.add_argument("--weight-decay", type=_nonnegative, default=None,
+                   help="weight decay: L2 in the gradient for adam and sgd (default 0), decoupled for adamw "
+                        "(default 0.01, as torch.optim.AdamW)")
     t.add_argument("--head-blocks", type=_head_blocks, default=None,
                    help="blocks feeding the one-pass head: auto (all but the first), none (no head), or "
                         "indices, e.g. --head-blocks=-2,-1 (default: the model's)")
@@ -459,11 +462,20 @@ def _model_flags(a):
     return kw
 
 
+def _weight_decay(a):
+    """--weight-decay, or its default for the optimiser (AdamW's 0.01 as in PyTorch, else 0)."""
+    if a.weight_decay is not None:
+        return a.weight_decay
+    return 0.01 if a.optimizer == "adamw" else 0.0
+
+
 def _make_optimizer(a, model, lr, head_lr, adam):
-    from . import SGD
+    from . import SGD, AdamW
     if a.optimizer == "sgd":
-        return SGD(model, lr=lr, momentum=a.momentum or 0.0, weight_decay=a.weight_decay, head_lr=head_lr)
-    return adam(model, lr=lr, weight_decay=a.weight_decay, head_lr=head_lr)
+        return SGD(model, lr=lr, momentum=a.momentum or 0.0, weight_decay=_weight_decay(a), head_lr=head_lr)
+    if a.optimizer == "adamw":
+        return AdamW(model, lr=lr, weight_decay=_weight_decay(a), head_lr=head_lr)
+    return adam(model, lr=lr, weight_decay=_weight_decay(a), head_lr=head_lr)
 
 
 def _epochs_text(n):
@@ -481,7 +493,7 @@ def _api_config(a, model):
     return {"alpha": model.config["alpha"], "pvn_weight": model.config["pvn_weight"],
             "block_thresholds": model.config["block_thresholds"], "head_dropout": model.config["head_dropout"],
             "margin": model.config["margin"], "optimizer": a.optimizer,
-            "momentum": a.momentum or 0.0, "weight_decay": a.weight_decay,
+            "momentum": a.momentum or 0.0, "weight_decay": _weight_decay(a),
             "head_blocks": a.head_blocks, "multipass_blocks": a.multipass_blocks,
             "windows": None if a.windows is None else [list(w) for w in a.windows],
             "early_exit": a.early_exit, "early_exit_drop": a.early_exit_drop if a.early_exit else None}

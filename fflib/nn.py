@@ -1533,8 +1533,9 @@ class FFModel:
             raise ValueError(f"layer index must be an int, got {i!r}") from None
         if i not in self.trainable_layers() or not isinstance(cfg, dict):
             raise ValueError(f"layer {i}: not a trainable layer of the model, or settings not a dict")
-        if cfg.get("kind") not in (0, 1) or isinstance(cfg.get("kind"), bool):
-            raise ValueError(f"layer {i}: optimiser kind must be 0 (SGD) or 1 (Adam), got {cfg.get('kind')!r}")
+        if cfg.get("kind") not in (0, 1, 2) or isinstance(cfg.get("kind"), bool):
+            raise ValueError(f"layer {i}: optimiser kind must be 0 (SGD), 1 (Adam) or 2 (AdamW), "
+                             f"got {cfg.get('kind')!r}")
         known = {"lr", "beta1", "beta2", "eps", "momentum", "dampening", "nesterov", "weight_decay"}
         if cfg.keys() - known - {"kind"}:
             raise ValueError(f"layer {i}: unknown optimiser settings {sorted(cfg.keys() - known - {'kind'})}")

@@ -12,7 +12,7 @@ import numpy as np
 
 from .nn import FFModel, _real, _int_list, _active_mask, _P_MW, _P_MB, _P_VW, _P_VB, _check_array
 
-_ADAM, _SGD = 1, 0
+_ADAM, _SGD, _ADAMW = 1, 0, 2
 _MOMENTS = ((_P_MW, "m_weight"), (_P_MB, "m_bias"), (_P_VW, "v_weight"), (_P_VB, "v_bias"))
 
 
@@ -209,6 +209,25 @@ class Adam(_Optimizer):
                     weight_decay=self.weight_decay)
 
 
+class AdamW(Adam):
+    """AdamW (Loshchilov & Hutter 2019; ``torch.optim.AdamW`` semantics): Adam whose
+    ``weight_decay`` shrinks every parameter by ``1 - lr * weight_decay`` before each step
+    instead of entering the gradient, so the decay does not pass through Adam's per-parameter
+    scaling.  Default ``weight_decay`` 1e-2, as in PyTorch.  The head and every layer follow
+    the schedule's rate in the decay too (the decay factor uses the current ``lr``)."""
+
+    def __init__(self, model, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, layers=None, head=True,
+                 head_lr=None):
+        super().__init__(model, lr, betas, eps, weight_decay, layers, head, head_lr)
+
+    @staticmethod
+    def _check_hyper(betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
+        return Adam._check_hyper(betas, eps, weight_decay)
+
+    def _settings(self, lr):
+        return dict(super()._settings(lr), kind=_ADAMW)
+
+
 class SGD(_Optimizer):
     """SGD with momentum, dampening, Nesterov and L2 weight decay (PyTorch semantics)."""
 
@@ -243,7 +262,7 @@ class SGD(_Optimizer):
                     nesterov=self.nesterov, weight_decay=self.weight_decay)
 
 
-OPTIMIZERS = {"Adam": Adam, "SGD": SGD}
+OPTIMIZERS = {"Adam": Adam, "AdamW": AdamW, "SGD": SGD}
 
 
 def optimizer_from_state(model, state):
@@ -282,8 +301,8 @@ def optimizer_from_layers(model):
         if dict(cfgs[-1], lr=c["lr"]) != c:
             return None
         head_lr = cfgs[-1]["lr"] if cfgs[-1]["lr"] != c["lr"] else None
-    if c["kind"] == _ADAM:
-        return Adam(model, lr=c["lr"], betas=(c["beta1"], c["beta2"]), eps=c["eps"],
+    if c["kind"] in (_ADAM, _ADAMW):
+        return (Adam if c["kind"] == _ADAM else AdamW)(model, lr=c["lr"], betas=(c["beta1"], c["beta2"]), eps=c["eps"],
                     weight_decay=c["weight_decay"], head_lr=head_lr)
     return SGD(model, lr=c["lr"], momentum=c["momentum"], dampening=c["dampening"],
                weight_decay=c["weight_decay"], nesterov=c["nesterov"], head_lr=head_lr)

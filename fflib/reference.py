@@ -24,7 +24,7 @@ __all__ = [
     "group_goodness_forward", "group_goodness_backward",
     "softplus", "sigmoid",
     "ff_loss", "symba_loss", "df_loss", "softmax_xent", "cwc_loss", "df_cwc_loss", "pvn_loss", "ae_loss",
-    "adam_step", "sgd_step",
+    "adam_step", "adamw_step", "sgd_step",
     "conv2d_output_size", "conv2d_forward", "conv2d_backward",
     "batchnorm2d_forward_train", "batchnorm2d_forward_eval", "batchnorm2d_backward",
     "maxpool2d_forward", "maxpool2d_backward",
@@ -365,6 +365,16 @@ def adam_step(p, m, v, g, lr=1e-3, b1=0.9, b2=0.999, eps=1e-8, wd=0.0, t=1):
     denom = np.sqrt(v) / np.sqrt(bc2) + eps
     p = p - (lr / bc1) * m / denom
     return p, m, v
+
+
+def adamw_step(p, m, v, g, lr=1e-3, b1=0.9, b2=0.999, eps=1e-8, wd=1e-2, t=1):
+    """One torch.optim.AdamW step: the weight decays first (p * (1 - lr wd), decoupled from the
+    gradient, Loshchilov & Hutter), then the Adam step of :func:`adam_step` on the plain
+    gradient.  Returns new (p, m, v)."""
+    if t < 1:
+        raise ValueError("t is the step number after this step, t >= 1")
+    p = _f64(p) * (1.0 - lr * wd)
+    return adam_step(p, m, v, g, lr, b1, b2, eps, 0.0, t)
 
 
 def sgd_step(p, buf, g, lr=1e-2, momentum=0.0, dampening=0.0, wd=0.0, nesterov=False, t=1):

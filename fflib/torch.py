@@ -530,9 +530,9 @@ def _labels(y, name):
 class TorchFF:
     """fflib's training step (``FFModel.train_step``) in plain PyTorch, on an :class:`FFNet`.
 
-    ``net``: an FFNet, or an FFModel (converted by :func:`to_module`).  ``optimizer``: "adam" or
-    "sgd" with PyTorch's settings (``lr``, ``betas``, ``eps``, ``momentum``, ``dampening``,
-    ``nesterov``, ``weight_decay``, ``fused``), or an fflib optimiser (``fflib.Adam``/``fflib.SGD``)
+    ``net``: an FFNet, or an FFModel (converted by :func:`to_module`).  ``optimizer``: "adam",
+    "adamw" or "sgd" with PyTorch's settings (``lr``, ``betas``, ``eps``, ``momentum``, ``dampening``,
+    ``nesterov``, ``weight_decay``, ``fused``), or an fflib optimiser (``fflib.Adam``/``AdamW``/``SGD``)
     whose settings (its current rate included) are copied to every layer and the head; ``head_lr``: the head's rate (schedules scale it alike).  One
     ``torch.optim`` optimiser holds two parameter groups (layers and label embedding; the head).
     ``grad="manual"`` replaces autograd by the closed-form local gradient (``dL/dz = 2 dL/dg a``,
@@ -582,15 +582,16 @@ class TorchFF:
         if net.head is not None:
             groups.append({"params": list(net.head.parameters()), "lr": float(lr if head_lr is None else head_lr)})
         extra = {} if fused is None else {"fused": bool(fused)}
-        if optimizer == "adam":
-            self.optimizer = torch.optim.Adam(groups, lr=float(lr), betas=tuple(betas), eps=float(eps),
-                                              weight_decay=float(weight_decay), **extra)
+        if optimizer in ("adam", "adamw"):
+            cls = torch.optim.Adam if optimizer == "adam" else torch.optim.AdamW
+            self.optimizer = cls(groups, lr=float(lr), betas=tuple(betas), eps=float(eps),
+                                 weight_decay=float(weight_decay), **extra)
         elif optimizer == "sgd":
             self.optimizer = torch.optim.SGD(groups, lr=float(lr), momentum=float(momentum),
                                              dampening=float(dampening), nesterov=bool(nesterov),
                                              weight_decay=float(weight_decay), **extra)
         else:
-            raise ValueError(f"optimizer must be 'adam', 'sgd' or an fflib optimiser, got {optimizer!r}")
+            raise ValueError(f"optimizer must be 'adam', 'adamw', 'sgd' or an fflib optimiser, got {optimizer!r}")
         self.generator = torch.Generator().manual_seed(int(seed))
 
     # ------------------------------------------------------------------ checks
@@ -819,18 +820,18 @@ def torch_scheduler(scheduler, twin):
 
 def _optimizer_settings(opt):
     """An fflib optimiser's settings as TorchFF arguments."""
-    from .optim import Adam, SGD
+    from .optim import Adam, AdamW, SGD
     g = opt.param_groups[0]
     head_lr = opt.head_lr
     if head_lr is not None and g.get("initial_lr") and g["lr"] != g["initial_lr"]:   # the schedule's factor
         head_lr = head_lr * g["lr"] / g["initial_lr"]
     out = {"lr": g["lr"], "head_lr": head_lr, "weight_decay": opt.weight_decay}
     if isinstance(opt, Adam):
-        out.update(optimizer="adam", betas=opt.betas, eps=opt.eps)
+        out.update(optimizer="adamw" if isinstance(opt, AdamW) else "adam", betas=opt.betas, eps=opt.eps)
     elif isinstance(opt, SGD):
         out.update(optimizer="sgd", momentum=opt.momentum, dampening=opt.dampening, nesterov=opt.nesterov)
     else:
-        raise TypeError(f"optimizer must be fflib.Adam or fflib.SGD, got {type(opt).__name__}")
+        raise TypeError(f"optimizer must be fflib.Adam, fflib.AdamW or fflib.SGD, got {type(opt).__name__}")
     return out
 
 

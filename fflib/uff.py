@@ -114,7 +114,7 @@ def train_command_uff(a, bad):
     ``--head-epochs`` (default 10); prints and optionally writes (``--out``) the probe's test
     error.  ``bad(message)`` exits with a usage error."""
     from . import set_num_threads
-    from .cli import _check_output, _make_optimizer, load_train_test, split_validation
+    from .cli import _check_output, _make_optimizer, _weight_decay, load_train_test, split_validation
     from .unsupervised import (cli_schedule, label_free_order, label_free_plan, refuse_label_free_flags,
                                schedule_name)
     from .optim import Adam
@@ -173,5 +173,5 @@ def train_command_uff(a, bad):
         bad(str(e).replace("\n", " "))
     return finish_command(a, model, hist, xt, yt, sizes, epochs, head_epochs,
                           {"order": order, "lr": lr, "head_lr": head_lr, "norm": norm, "schedule": schedule_name(sched),
-                           "optimizer": a.optimizer or "adam", "weight_decay": a.weight_decay, "momentum": a.momentum,
+                           "optimizer": a.optimizer or "adam", "weight_decay": _weight_decay(a), "momentum": a.momentum,
                            "head_dropout": model.config["head_dropout"]})

@@ -426,6 +426,7 @@ def train_command_label_free(a, bad, layers_given=True):
     if a.threads:
         set_num_threads(a.threads)
     from .cli import _make_optimizer, load_train_test, split_validation
+    from .cli import _weight_decay as _cli_weight_decay
     x, y, xt, yt = load_train_test(a, bad)
     shape = tuple(x.shape[1:]) if x.ndim == 4 else (1,) + tuple(x.shape[1:])
     x, xt = x.reshape(len(x), -1), xt.reshape(len(xt), -1)
@@ -471,7 +472,7 @@ def train_command_label_free(a, bad, layers_given=True):
                                 checkpoint=a.checkpoint, checkpoint_every=a.checkpoint_every, resume=a.resume)
     except (ValueError, TypeError) as e:
         bad(str(e).replace("\n", " "))
-    config = {"lr": lr, "head_lr": head_lr, "optimizer": a.optimizer or "adam", "weight_decay": a.weight_decay,
+    config = {"lr": lr, "head_lr": head_lr, "optimizer": a.optimizer or "adam", "weight_decay": _cli_weight_decay(a),
               "momentum": a.momentum, "threshold": threshold, "block_thresholds": a.block_thresholds,
               "head_dropout": model.config["head_dropout"],
               "schedule": schedule_name(sched),

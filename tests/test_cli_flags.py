@@ -48,6 +48,19 @@ def test_optimizer_sgd_momentum_weight_decay(tmp_path, capsys):
     assert "--weight-decay" in fails(capsys, "--weight-decay", "-1")
 
 
+def test_optimizer_adamw(tmp_path, capsys):
+    r, m = train(tmp_path, "--optimizer", "adamw")
+    assert type(m.optimizer) is fflib.AdamW and m.optimizer.weight_decay == pytest.approx(0.01)   # torch's default
+    assert r["config"]["optimizer"] == "adamw" and r["config"]["weight_decay"] == pytest.approx(0.01)
+    assert all(m._net.get_opt(i)["kind"] == 2 for i in m.trainable_layers())                     # 2: AdamW in C
+    assert r["test_error"]["multi_pass"] < 60
+    r, m = train(tmp_path, "--optimizer", "adamw", "--weight-decay", "0.1")
+    assert m.optimizer.weight_decay == pytest.approx(0.1) and r["config"]["weight_decay"] == pytest.approx(0.1)
+    r, m = train(tmp_path)
+    assert type(m.optimizer) is fflib.Adam and r["config"]["weight_decay"] == 0.0
+    assert "--optimizer sgd" in fails(capsys, "--optimizer", "adamw", "--momentum", "0.9")
+
+
 def test_loss_xent_and_label_encoding_none(tmp_path, capsys):
     assert "xent" in fflib._core.LOSSES and "none" in fflib._core.LABEL_ENCODINGS
     r, m = train(tmp_path, "--loss", "xent", "--label-encoding", "none", "--layers", "64,10")

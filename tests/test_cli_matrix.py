@@ -30,13 +30,14 @@ OPTIONS = {
     "pipeline": ["--pipeline"], "head-refit": ["--head-refit", "1"], "head-epochs": ["--head-epochs", "1"],
     "early-exit": ["--early-exit", "--val-size", "50"], "augment": ["--augment", "crop2+flip"],
     "input-norm": ["--input-norm", "channel"], "sgd": ["--optimizer", "sgd", "--momentum", "0.9"],
+    "adamw": ["--optimizer", "adamw"],
     "no-head": ["--head-blocks", "none"], "pvn": ["--loss", "pvn"], "df": ["--loss", "df"],
     "df-cwc": ["--loss", "df-cwc"], "xent": ["--loss", "xent"], "ff": ["--loss", "ff"],
     "symba": ["--loss", "symba"], "fourier": ["--label-encoding", "fourier"],
     "milestones": ["--milestones", "1", "--epochs", "2"], "weight-decay": ["--weight-decay", "0.01"],
     "scff": ["--method", "scff", "--head-epochs", "1"], "hybrid": ["--method", "hybrid", "--head-epochs", "1"],
 }
-LIGHT_OPTIONS = ["plain", "alternate", "pipeline", "head-refit", "early-exit", "no-head", "df-cwc"]
+LIGHT_OPTIONS = ["plain", "adamw", "alternate", "pipeline", "head-refit", "early-exit", "no-head", "df-cwc"]
 CASES = ([(m, "sample", o) for m in ("mlp", "cnn", "cwcomp") for o in OPTIONS]
          + [("ff_tiny", "cifar10", o) for o in LIGHT_OPTIONS])
 

@@ -20,7 +20,7 @@ def test_enum_tables_come_from_the_core():
     assert _core.LOSSES == {"ff": 0, "symba": 1, "cwc": 2, "pvn": 3, "xent": 4, "df": 5, "ae": 6,
                             "df-cwc": 7}
     assert _core.LAYER_KINDS["conv2d"] == 1 and _core.LAYER_KINDS["lennorm"] == 6
-    assert _core.LABEL_ENCODINGS["none"] == 3 and _core.OPTIMIZERS == {"sgd": 0, "adam": 1}
+    assert _core.LABEL_ENCODINGS["none"] == 3 and _core.OPTIMIZERS == {"sgd": 0, "adam": 1, "adamw": 2}
     assert fflib.nn.LOSSES == _core.LOSSES and fflib.nn.NORMS == _core.NORMS
     assert (_core.HEAD, _core.EMBEDDING) == (-1, -2)
 

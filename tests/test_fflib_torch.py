@@ -292,7 +292,7 @@ def test_bad_inputs(rng):
     model = every_layer_cnn()
     with pytest.raises(TypeError, match="model must be an fflib.FFModel"):
         ft.to_module("net")
-    with pytest.raises(ValueError, match="optimizer must be 'adam', 'sgd'"):
+    with pytest.raises(ValueError, match="optimizer must be 'adam', 'adamw', 'sgd'"):
         ft.TorchFF(model, "rmsprop")
     with pytest.raises(ValueError, match="grad must be"):
         ft.TorchFF(model, grad="numeric")

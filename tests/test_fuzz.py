@@ -329,7 +329,7 @@ def test_fuzz_training_and_inference_report():
 
 # ----------------------------------------------------------------------------- optimisers, schedules
 @settings(PROFILE, max_examples=250)
-@given(kind=st.sampled_from(["Adam", "SGD"]), lr=mostly(st.floats(0, 1), reals), a=mostly(small, reals),
+@given(kind=st.sampled_from(["Adam", "AdamW", "SGD"]), lr=mostly(st.floats(0, 1), reals), a=mostly(small, reals),
        b=mostly(small, reals), wd=mostly(st.floats(0, 1e-2), reals),
        betas=mostly(st.tuples(small, small), st.one_of(st.tuples(reals, reals),
                                                        st.sampled_from([(0.9,), "ab", None, (0.9, 0.99, 0.1)]))),
@@ -340,8 +340,8 @@ def test_fuzz_training_and_inference_report():
        s2=st.one_of(st.lists(st.integers(-2, 12), max_size=3), reals))
 def test_fuzz_optimisers_and_schedules(kind, lr, a, b, wd, betas, nesterov, layers, sched, s1, s2):
     m = fflib.FFModel(fflib.mlp([12, 8, 8]), 12, 4, seed=1)
-    if kind == "Adam":
-        make = lambda: fflib.Adam(m, lr=lr, betas=betas, eps=a, weight_decay=wd, layers=layers)  # noqa: E731
+    if kind in ("Adam", "AdamW"):
+        make = lambda: getattr(fflib, kind)(m, lr=lr, betas=betas, eps=a, weight_decay=wd, layers=layers)  # noqa: E731
         invalid = (not isinstance(betas, tuple) or len(betas) != 2
                    or not all(good_real(v, 0, 1) and float(v) < 1 for v in betas) or not good_real(a, 0))
     else:

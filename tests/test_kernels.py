@@ -129,6 +129,35 @@ def test_adam_steps(rng, n, wd):
     close(v, rv)
 
 
+@pytest.mark.parametrize("n", [1, 7, 1000, 300_001])
+@pytest.mark.parametrize("wd", [0.0, 0.1])
+def test_adamw_steps(rng, n, wd):
+    p = f32(rng, n)
+    m, v = np.zeros(n, np.float32), np.zeros(n, np.float32)
+    rp, rm, rv = p.astype(np.float64), np.zeros(n), np.zeros(n)
+    for t in range(1, 6):
+        g = f32(rng, n)
+        _core.adamw_step(p, m, v, g, 1e-2, 0.9, 0.999, 1e-8, wd, t)
+        rp, rm, rv = ref.adamw_step(rp, rm, rv, g, 1e-2, 0.9, 0.999, 1e-8, wd, t)
+    close(p, rp, rtol=1e-5, atol=1e-6)
+    close(m, rm)
+    close(v, rv)
+
+
+def test_adamw_decay_is_decoupled(rng):
+    """A zero gradient leaves Adam's moments at zero: AdamW then only shrinks the weights by
+    1 - lr wd per step, while Adam's L2 decay goes through the moments (a step of about lr)."""
+    p0 = f32(rng, 100)
+    p, m, v = p0.copy(), np.zeros(100, np.float32), np.zeros(100, np.float32)
+    for t in range(1, 4):
+        _core.adamw_step(p, m, v, np.zeros(100, np.float32), 0.1, 0.9, 0.999, 1e-8, 0.5, t)
+    np.testing.assert_allclose(p, p0 * np.float32(1 - 0.05) ** 3, rtol=1e-6)
+    assert not m.any() and not v.any()
+    q, m, v = p0.copy(), np.zeros(100, np.float32), np.zeros(100, np.float32)
+    _core.adam_step(q, m, v, np.zeros(100, np.float32), 0.1, 0.9, 0.999, 1e-8, 0.5, 1)
+    np.testing.assert_allclose(np.abs(p0 - q), 0.1, rtol=1e-3)   # Adam's first step: lr * sign
+
+
 @pytest.mark.parametrize("momentum, dampening, nesterov", [(0.0, 0.0, False), (0.9, 0.0, False),
                                                            (0.9, 0.1, False), (0.9, 0.0, True)])
 def test_sgd_steps(rng, momentum, dampening, nesterov):
@@ -142,7 +171,7 @@ def test_sgd_steps(rng, momentum, dampening, nesterov):
     close(p, rp)
 
 
-@pytest.mark.parametrize("kind", ["adam", "sgd"])
+@pytest.mark.parametrize("kind", ["adam", "adamw", "sgd"])
 def test_optimiser_steps_do_not_depend_on_the_thread_count(rng, kind):
     # a tensor of 300,001 parameters is split over the threads (at least 65,536 each): every
     # element gets the same arithmetic, so 1, 2 and 3 threads give the same bits
@@ -155,8 +184,8 @@ def test_optimiser_steps_do_not_depend_on_the_thread_count(rng, kind):
             fflib.set_num_threads(threads)
             p, a, b = p0.copy(), np.zeros(n, np.float32), np.zeros(n, np.float32)
             for t in range(1, 4):
-                if kind == "adam":
-                    _core.adam_step(p, a, b, g * t, 1e-2, 0.9, 0.999, 1e-8, 0.01, t)
+                if kind in ("adam", "adamw"):
+                    getattr(_core, kind + "_step")(p, a, b, g * t, 1e-2, 0.9, 0.999, 1e-8, 0.01, t)
                 else:
                     _core.sgd_step(p, a, g * t, 0.1, 0.9, 0.1, 1e-3, True, t)
             outs.append((p, a, b))

@@ -114,6 +114,25 @@ def test_fit_without_optimizer_keeps_a_loaded_sgd(tmp_path):
     assert all(m2._net.get_opt(i)["kind"] == 0 for i in m2.trainable_layers())   # 0: SGD in C
 
 
+def test_adamw_is_saved_loaded_and_resumed_as_adamw(tmp_path):
+    m = zoo_model("mlp")
+    x, y = data(m)
+    opt = fflib.AdamW(m, lr=0.01, weight_decay=0.2, head_lr=0.02)
+    fflib.fit(m, x, y, epochs=1, batch_size=8, optimizer=opt, progress=False, random_state=1)
+    m.save(tmp_path / "m.npz")
+    m2 = fflib.FFModel.load(tmp_path / "m.npz")
+    assert type(m2.optimizer) is fflib.AdamW and m2.optimizer.weight_decay == pytest.approx(0.2)
+    assert m2.optimizer.head_lr == pytest.approx(0.02)
+    for model in (m, m2):    # the loaded optimiser carries on exactly as the original
+        fflib.fit(model, x, y, epochs=1, batch_size=8, progress=False, random_state=2)
+    assert same_params(m, m2)
+    st = opt.state_dict()
+    assert st["kind"] == "AdamW"
+    with pytest.raises(ValueError, match="state is of a AdamW optimiser, this is Adam"):
+        fflib.Adam(zoo_model("mlp")).load_state_dict(st)
+    assert type(fflib.optim.optimizer_from_state(m2, st)) is fflib.AdamW
+
+
 # ----------------------------------------------------------------------------- corrupt files
 def saved_bytes(tmp_path):
     m = zoo_model("mlp")

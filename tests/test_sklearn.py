@@ -89,6 +89,16 @@ def test_pickle_and_deepcopy_of_a_fitted_classifier_predict_and_train_on_identic
         np.testing.assert_array_equal(a, b)
 
 
+def test_adamw_optimizer_learns_and_decays_apart_from_adam(rng):
+    X, y = blobs(rng)
+    adam = small().set_params(weight_decay=0.1).fit(X, y)
+    adamw = small().set_params(optimizer="adamw", weight_decay=0.1).fit(X, y)
+    assert type(adamw.model_.optimizer) is fflib.AdamW and adamw.score(X, y) > 0.9
+    assert not np.array_equal(adam.model_.parameters()[0], adamw.model_.parameters()[0])
+    with pytest.raises(ValueError, match="'adam', 'adamw' or 'sgd'"):
+        small().set_params(optimizer="rmsprop").fit(X, y)
+
+
 def test_partial_fit_learns_online_with_any_label_type(rng):
     X, y = blobs(rng, n=300)
     names = np.array(["cat", "dog", "eel"])[y]

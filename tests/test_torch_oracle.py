@@ -59,6 +59,7 @@ ADAM_ATOL = 0.02 * ADAM_LR
 
 OPTIMIZERS = {
     "adam": lambda m: fflib.Adam(m, lr=ADAM_LR),
+    "adamw": lambda m: fflib.AdamW(m, lr=ADAM_LR, weight_decay=0.5),
     "sgd": lambda m: fflib.SGD(m, lr=0.05, momentum=0.9, weight_decay=1e-4),
 }
 
@@ -78,7 +79,7 @@ def compare_weights(model, twin, w0=None, atol="auto"):
     mine, theirs = model.state_dict(), twin.net.fflib_state_dict()
     assert set(mine) == set(theirs)
     if atol == "auto":
-        atol = ADAM_ATOL if isinstance(twin.optimizer, torch.optim.Adam) else None
+        atol = ADAM_ATOL if isinstance(twin.optimizer, (torch.optim.Adam, torch.optim.AdamW)) else None
     for k in sorted(mine):
         assert_close(mine[k], theirs[k], atol=atol, what=k)
         if w0 is not None and k in w0:
@@ -99,7 +100,7 @@ def train_both(model, twin, data, train_head):
 # ---------------------------------------------------------------------------- training
 
 @pytest.mark.parametrize("sizes", [[784, 31, 17], [784, 500, 100]], ids=["784-31-17", "784-500-100"])
-@pytest.mark.parametrize("opt", ["adam", "sgd"])
+@pytest.mark.parametrize("opt", ["adam", "adamw", "sgd"])
 @pytest.mark.parametrize("goodness", ["sum", "mean"])
 @pytest.mark.parametrize("head", [True, False], ids=["head", "nohead"])
 def test_training_matches_torch(mnist, sizes, opt, goodness, head):
@@ -368,6 +369,23 @@ def test_kernel_adam_step(n, wd):
     kclose(p, ref, "adam p")
     kclose(m, state["exp_avg"].numpy(), "adam m")
     kclose(v, state["exp_avg_sq"].numpy(), "adam v")
+
+
+@pytest.mark.parametrize("n", [1, 3, 7, 13, 33])
+@pytest.mark.parametrize("wd", [0.0, 0.01, 0.3])
+def test_kernel_adamw_step(n, wd):
+    rng = np.random.default_rng(n)
+    p0 = rnd(rng, n)
+    grads = [rnd(rng, n) * s for s in (1.0, 0.1, 3.0, 1e-3, 0.5, 2.0, 0.01)]
+    lr, b1, b2, eps = 0.0625, 0.8, 0.95, 1e-6   # lr exact in float32, as the core holds it
+    p, m, v = p0.copy(), np.zeros(n, np.float32), np.zeros(n, np.float32)
+    for t, g in enumerate(grads, start=1):
+        _core.adamw_step(p, m, v, g, lr, b1, b2, eps, wd, t)
+    ref, state = _torch_opt_run(
+        lambda ps: torch.optim.AdamW(ps, lr=lr, betas=(b1, b2), eps=eps, weight_decay=wd), p0, grads)
+    kclose(p, ref, "adamw p")
+    kclose(m, state["exp_avg"].numpy(), "adamw m")
+    kclose(v, state["exp_avg_sq"].numpy(), "adamw v")
 
 
 @pytest.mark.parametrize("n", [1, 3, 7, 13, 33])
