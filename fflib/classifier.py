@@ -78,7 +78,8 @@ class FFClassifier(ClassifierMixin, BaseEstimator):
         closed that gap there (89.3 % with hidden=(100,)) but is not the default: 1e-3 already
         cost 3 points on the MNIST sample.
     optimizer : {"adam", "adamw", "sgd"}; momentum and weight_decay for it (L2 in the
-        gradient for "adam" and "sgd", decoupled for "adamw": :class:`fflib.AdamW`).
+        gradient for "adam" and "sgd", decoupled for "adamw": :class:`fflib.AdamW`; the
+        default 0 holds for "adamw" too, so set it: PyTorch's AdamW default is 0.01).
     milestones, gamma : MultiStepLR schedule (epochs); cooldown : linear cooldown over the
         second half instead.
     order : "simultaneous" or "layerwise"; negatives : "uniform" or "hard".
