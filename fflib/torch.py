@@ -909,9 +909,7 @@ def _optimizer_from_settings(model, settings):
     s = dict(settings)
     kind = s.pop("optimizer")
     s["head_lr"] = s.pop("head_lr")
-    if kind == "adam":
-        return fflib.Adam(model, **s)
-    return fflib.SGD(model, **s)
+    return {"adam": fflib.Adam, "adamw": fflib.AdamW, "sgd": fflib.SGD}[kind](model, **s)
 
 
 def _worker(folder):
@@ -1013,7 +1011,7 @@ def compare(model, X, y, *, epochs=1, batch_size=100, optimizer=None, scheduler=
         y_eval = model._check_y(y_test, X_eval.shape[0], "y_test")
     if optimizer is None:
         optimizer = fflib.Adam(model)
-    _optimizer_settings(optimizer)   # an fflib Adam or SGD
+    _optimizer_settings(optimizer)   # an fflib Adam, AdamW or SGD
     if optimizer.model is not model:
         raise ValueError("optimizer must be an optimiser of this model")
     if routine is not None:

@@ -264,6 +264,18 @@ def test_compare_mlp_on_mnist_sample():
     assert not model.training and not np.array_equal(model.layers[1].weight, w0)   # trained by fflib
 
 
+def test_compare_adamw_in_isolated_processes():
+    """An AdamW travels to both worker processes as AdamW (fflib.AdamW / torch.optim.AdamW)."""
+    x, y = fflib.datasets.load_sample()
+    x, y = x[:600].reshape(600, -1), y[:600]
+    model = fflib.FFModel(fflib.mlp([784, 32, 16]), 784, 10, seed=0)
+    opt = fflib.AdamW(model, lr=3e-3, weight_decay=0.5)
+    res = ft.compare(model, x, y, epochs=1, batch_size=100, optimizer=opt, threads=1)
+    assert res["isolated"]
+    np.testing.assert_allclose(res["fflib"]["losses"], res["torch"]["losses"], rtol=1e-3)
+    assert abs(res["fflib"]["one_pass"] - res["torch"]["one_pass"]) <= 0.01
+
+
 def test_readme_example():
     """The example of the README section "Against PyTorch", as written there (isolated processes)."""
     readme = (REPO / "README.md").read_text()
