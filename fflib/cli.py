@@ -343,6 +343,9 @@ def build_parser():
     t.add_argument("--optimizer", choices=["adam", "adamw", "sgd"], default=None,
                    help="default: the recipe's (adam); adamw: Adam with decoupled weight decay")
     t.add_argument("--momentum", type=_nonnegative, default=None, help="SGD momentum (default 0); --optimizer sgd")
+    t.add_argument("--block-lr", type=_finite_list, default=None, metavar="LR0,LR1,...",
+                   help="each block's own learning rate (its layers' parameter group), one per block; "
+                        "the schedule scales them as --lr (default: every block at --lr)")
     t.add_argument("--weight-decay", type=_nonnegative, default=None,
                    help="weight decay: L2 in the gradient for adam and sgd (default 0), decoupled for adamw "
                         "(default 0.01, as torch.optim.AdamW)")
@@ -469,13 +472,28 @@ def _weight_decay(a):
     return 0.01 if a.optimizer == "adamw" else 0.0
 
 
+def _layer_lr(a, model):
+    """--block-lr as the optimiser's layer_lr: each block's trainable layers at its rate."""
+    rates = getattr(a, "block_lr", None)
+    if rates is None:
+        return None
+    blocks = model.blocks
+    if len(rates) != len(blocks):
+        raise ValueError(f"--block-lr gives {len(rates)} rates for the model's {len(blocks)} blocks")
+    if any(not r > 0 for r in rates):
+        raise ValueError(f"--block-lr rates must be > 0, got {rates}")
+    trainable = set(model.trainable_layers())
+    return {i: float(r) for (first, end), r in zip(blocks, rates) for i in range(first, end) if i in trainable}
+
+
 def _make_optimizer(a, model, lr, head_lr, adam):
     from . import SGD, AdamW
+    kw = dict(lr=lr, weight_decay=_weight_decay(a), head_lr=head_lr, layer_lr=_layer_lr(a, model))
     if a.optimizer == "sgd":
-        return SGD(model, lr=lr, momentum=a.momentum or 0.0, weight_decay=_weight_decay(a), head_lr=head_lr)
+        return SGD(model, momentum=a.momentum or 0.0, **kw)
     if a.optimizer == "adamw":
-        return AdamW(model, lr=lr, weight_decay=_weight_decay(a), head_lr=head_lr)
-    return adam(model, lr=lr, weight_decay=_weight_decay(a), head_lr=head_lr)
+        return AdamW(model, **kw)
+    return adam(model, **kw)
 
 
 def _epochs_text(n):
@@ -493,7 +511,7 @@ def _api_config(a, model):
     return {"alpha": model.config["alpha"], "pvn_weight": model.config["pvn_weight"],
             "block_thresholds": model.config["block_thresholds"], "head_dropout": model.config["head_dropout"],
             "margin": model.config["margin"], "optimizer": a.optimizer,
-            "momentum": a.momentum or 0.0, "weight_decay": _weight_decay(a),
+            "momentum": a.momentum or 0.0, "weight_decay": _weight_decay(a), "block_lr": a.block_lr,
             "head_blocks": a.head_blocks, "multipass_blocks": a.multipass_blocks,
             "windows": None if a.windows is None else [list(w) for w in a.windows],
             "early_exit": a.early_exit, "early_exit_drop": a.early_exit_drop if a.early_exit else None}

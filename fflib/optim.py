@@ -6,6 +6,7 @@ the PyTorch-style ``step()`` / ``zero_grad()`` / ``param_groups`` / ``state_dict
 that schedulers use.  Every setting is checked when it is given: a finite number that float32
 (the core's precision) can hold, in its range.
 """
+import inspect
 import math
 
 import numpy as np
@@ -21,7 +22,7 @@ def _lr(name, value):
 
 
 class _Optimizer:
-    def __init__(self, model, lr, layers, head, head_lr=None):
+    def __init__(self, model, lr, layers, head, head_lr=None, layer_lr=None):
         if not isinstance(model, FFModel):
             raise TypeError(f"model must be an fflib.FFModel, got {type(model).__name__}")
         lr = _lr("lr", lr)
@@ -39,6 +40,7 @@ class _Optimizer:
         if self.head and model.has_head:
             layers = layers + [-1]
         self.layers = layers
+        self.layer_lr = _check_layer_lr(layer_lr, layers, "layer_lr")
         self.param_groups = [{"lr": lr, "initial_lr": lr}]
         self._scheduler = None
         self._apply()
@@ -56,10 +58,13 @@ class _Optimizer:
 
     def _apply(self):
         g = self.param_groups[0]
+        factor = g["lr"] / g["initial_lr"] if g["initial_lr"] > 0 else 1.0
         for i in self.layers:
             lr = g["lr"]
             if i == -1 and self.head_lr is not None:   # the head follows the schedule's factor
-                lr = self.head_lr * (g["lr"] / g["initial_lr"] if g["initial_lr"] > 0 else 1.0)
+                lr = self.head_lr * factor
+            elif i in self.layer_lr:                   # so does a layer's own rate
+                lr = self.layer_lr[i] * factor
             self.model._net.set_opt(i, **self._settings(lr))
 
     def step(self, active=None):
@@ -76,7 +81,7 @@ class _Optimizer:
     def config(self):
         """The constructor settings (without ``model`` and ``lr``) as a JSON-able dict."""
         return dict(self._hyper(), layers=[i for i in self.layers if i != -1], head=self.head,
-                    head_lr=self.head_lr)
+                    head_lr=self.head_lr, layer_lr={str(i): v for i, v in self.layer_lr.items()})
 
     def state_dict(self, moments=True):
         """Kind, settings, learning rate and (``moments=True``) the per-layer state the C core
@@ -84,6 +89,7 @@ class _Optimizer:
         and the step counter, keyed by layer index (-1 the head, -2 a label embedding)."""
         out = {"kind": type(self).__name__, "settings": self._hyper(), "layers": list(self.layers),
                "head": self.head, "head_lr": self.head_lr,
+               "layer_lr": {str(i): v for i, v in self.layer_lr.items()},
                "param_groups": [dict(g) for g in self.param_groups]}
         if moments:
             state = {}
@@ -120,6 +126,7 @@ class _Optimizer:
                  "initial_lr": _lr("param_groups[0]['initial_lr']", groups[0].get("initial_lr", groups[0].get("lr")))}
         head_lr = state.get("head_lr", self.head_lr)
         head_lr = None if head_lr is None else _lr("state['head_lr']", head_lr)
+        layer_lr = _check_layer_lr(state.get("layer_lr", self.layer_lr), self.layers, "state['layer_lr']")
         moments = {}
         per_layer = state.get("state", {})
         if not isinstance(per_layer, dict):
@@ -135,11 +142,33 @@ class _Optimizer:
         # all checked: apply
         if hyper is not None:
             self._set_hyper(hyper)
-        self.head_lr = head_lr
+        self.head_lr, self.layer_lr = head_lr, layer_lr
         self.param_groups = [group]
         self._apply()
         for i, s in moments.items():
             _write_layer_state(self.model, i, s)
+
+
+def _check_layer_lr(layer_lr, layers, name):
+    """``layer_lr`` as a dict {layer index: learning rate} over layers the optimiser drives (not
+    the head, whose rate is ``head_lr``); keys may be ints or their strings (from JSON)."""
+    if layer_lr is None:
+        return {}
+    if not isinstance(layer_lr, dict):
+        raise TypeError(f"{name} must be a dict {{layer index: learning rate}}, got {type(layer_lr).__name__}")
+    out = {}
+    for k, v in layer_lr.items():
+        try:
+            if isinstance(k, (bool, np.bool_, float)):
+                raise ValueError
+            i = int(k)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} keys must be layer indices, got {k!r}") from None
+        if i == -1 or i not in layers:
+            raise ValueError(f"{name}: {k!r} is not a layer this optimiser drives "
+                             f"({[j for j in layers if j != -1]}; the head's rate is head_lr)")
+        out[i] = _lr(f"{name}[{k!r}]", v)
+    return dict(sorted(out.items()))
 
 
 def _check_layer_state(model, i, s, where):
@@ -182,12 +211,14 @@ class Adam(_Optimizer):
     """Adam (PyTorch semantics, L2 ``weight_decay`` added to the gradient), one state per layer.
 
     ``layers``: indices of the layers it drives (default all); ``head``: also the one-pass head;
-    ``head_lr``: the head's learning rate if not ``lr`` (schedulers scale both alike)."""
+    ``head_lr``: the head's learning rate if not ``lr``; ``layer_lr``: ``{layer index: rate}``
+    for layers with their own rate (PyTorch's parameter groups; e.g. ``{1: 6e-3}`` doubles the
+    first Linear of an MLP).  Schedulers scale every rate alike."""
 
     def __init__(self, model, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, layers=None, head=True,
-                 head_lr=None):
+                 head_lr=None, layer_lr=None):
         self._set_hyper(self._check_hyper(betas, eps, weight_decay))
-        super().__init__(model, lr, layers, head, head_lr)
+        super().__init__(model, lr, layers, head, head_lr, layer_lr)
 
     @staticmethod
     def _check_hyper(betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
@@ -217,8 +248,8 @@ class AdamW(Adam):
     the schedule's rate in the decay too (the decay factor uses the current ``lr``)."""
 
     def __init__(self, model, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, layers=None, head=True,
-                 head_lr=None):
-        super().__init__(model, lr, betas, eps, weight_decay, layers, head, head_lr)
+                 head_lr=None, layer_lr=None):
+        super().__init__(model, lr, betas, eps, weight_decay, layers, head, head_lr, layer_lr)
 
     @staticmethod
     def _check_hyper(betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
@@ -229,12 +260,13 @@ class AdamW(Adam):
 
 
 class SGD(_Optimizer):
-    """SGD with momentum, dampening, Nesterov and L2 weight decay (PyTorch semantics)."""
+    """SGD with momentum, dampening, Nesterov and L2 weight decay (PyTorch semantics);
+    ``layers``, ``head``, ``head_lr`` and ``layer_lr`` as for :class:`Adam`."""
 
     def __init__(self, model, lr=0.01, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False,
-                 layers=None, head=True, head_lr=None):
+                 layers=None, head=True, head_lr=None, layer_lr=None):
         self._set_hyper(self._check_hyper(momentum, dampening, weight_decay, nesterov))
-        super().__init__(model, lr, layers, head, head_lr)
+        super().__init__(model, lr, layers, head, head_lr, layer_lr)
 
     @staticmethod
     def _check_hyper(momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False):
@@ -265,6 +297,18 @@ class SGD(_Optimizer):
 OPTIMIZERS = {"Adam": Adam, "AdamW": AdamW, "SGD": SGD}
 
 
+def _check_settings(what, fn, settings, skip=()):
+    """A ValueError naming the keys when ``settings`` (from a file) does not fit ``fn``'s
+    keyword arguments: one it does not take, or one it needs that is missing."""
+    params = [p for name, p in inspect.signature(fn).parameters.items() if name not in skip]
+    known = {p.name for p in params}
+    required = {p.name for p in params if p.default is inspect.Parameter.empty}
+    unknown, missing = sorted(set(settings) - known, key=str), sorted(required - set(settings))
+    if unknown or missing:
+        raise ValueError(f"{what} must have the keys {sorted(known)} ({', '.join(sorted(required)) or 'none'} "
+                         f"required); unknown {unknown}, missing {missing}")
+
+
 def optimizer_from_state(model, state):
     """A new optimiser of the kind and settings in ``state`` (an optimiser's :meth:`state_dict`)
     driving ``model``, with that state loaded."""
@@ -275,11 +319,13 @@ def optimizer_from_state(model, state):
     if not isinstance(settings, dict):
         raise TypeError(f"optimizer settings must be a dict, got {type(settings).__name__}")
     cls = OPTIMIZERS[state["kind"]]
+    _check_settings(f"{state['kind']} settings", cls._check_hyper, settings)
     h = cls._check_hyper(**settings)
     layers = [i for i in _int_list("layers", state.get("layers", [])) if i != -1]
     groups = state.get("param_groups") or [{}]
     lr = groups[0].get("initial_lr", groups[0].get("lr", 0.0)) if isinstance(groups[0], dict) else 0.0
-    opt = cls(model, lr=lr, layers=layers, head=bool(state.get("head", True)), head_lr=state.get("head_lr"), **h)
+    opt = cls(model, lr=lr, layers=layers, head=bool(state.get("head", True)), head_lr=state.get("head_lr"),
+              layer_lr=state.get("layer_lr"), **h)
     opt.load_state_dict(state)
     return opt
 
@@ -287,25 +333,22 @@ def optimizer_from_state(model, state):
 def optimizer_from_layers(model):
     """The optimiser the C core's per-layer settings describe (a model file without an optimiser
     object: format 1, or a model trained without one), or None when the layers disagree: every
-    layer but the head with one kind and the same settings, the head with them or only another
-    learning rate."""
+    layer and the head with one kind and the same settings but for their learning rates (the
+    most common rate of the layers is ``lr``, the others ``layer_lr``)."""
     cfgs = {i: model._net.get_opt(i) for i in model.trainable_layers()}
     body = [i for i in cfgs if i != -1]
     if not body:
         return None
-    c = cfgs[body[0]]
-    if any(cfgs[i] != c for i in body):
+    rates = [cfgs[i]["lr"] for i in body]
+    c = dict(cfgs[body[0]], lr=max(rates, key=rates.count))
+    if any(dict(cfgs[i], lr=c["lr"]) != c for i in cfgs):
         return None
-    head_lr = None
-    if -1 in cfgs:
-        if dict(cfgs[-1], lr=c["lr"]) != c:
-            return None
-        head_lr = cfgs[-1]["lr"] if cfgs[-1]["lr"] != c["lr"] else None
+    layer_lr = {i: cfgs[i]["lr"] for i in body if cfgs[i]["lr"] != c["lr"]}
+    head_lr = cfgs[-1]["lr"] if -1 in cfgs and cfgs[-1]["lr"] != c["lr"] else None
+    common = dict(lr=c["lr"], weight_decay=c["weight_decay"], head_lr=head_lr, layer_lr=layer_lr)
     if c["kind"] in (_ADAM, _ADAMW):
-        return (Adam if c["kind"] == _ADAM else AdamW)(model, lr=c["lr"], betas=(c["beta1"], c["beta2"]), eps=c["eps"],
-                    weight_decay=c["weight_decay"], head_lr=head_lr)
-    return SGD(model, lr=c["lr"], momentum=c["momentum"], dampening=c["dampening"],
-               weight_decay=c["weight_decay"], nesterov=c["nesterov"], head_lr=head_lr)
+        return (Adam if c["kind"] == _ADAM else AdamW)(model, betas=(c["beta1"], c["beta2"]), eps=c["eps"], **common)
+    return SGD(model, momentum=c["momentum"], dampening=c["dampening"], nesterov=c["nesterov"], **common)
 
 
 # ------------------------------------------------------------------------------- schedulers
@@ -481,6 +524,7 @@ def scheduler_from_state(optimizer, state):
     settings = state.get("settings", {})
     if not isinstance(settings, dict):
         raise TypeError(f"scheduler settings must be a dict, got {type(settings).__name__}")
+    _check_settings(f"{kind} settings", SCHEDULERS[kind].__init__, settings, skip=("self", "optimizer"))
     lr = optimizer.param_groups[0]["lr"]
     sched = SCHEDULERS[kind](optimizer, **settings)
     optimizer.lr = lr

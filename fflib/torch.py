@@ -533,7 +533,8 @@ class TorchFF:
     ``net``: an FFNet, or an FFModel (converted by :func:`to_module`).  ``optimizer``: "adam",
     "adamw" or "sgd" with PyTorch's settings (``lr``, ``betas``, ``eps``, ``momentum``, ``dampening``,
     ``nesterov``, ``weight_decay``, ``fused``), or an fflib optimiser (``fflib.Adam``/``AdamW``/``SGD``)
-    whose settings (its current rate included) are copied to every layer and the head; ``head_lr``: the head's rate (schedules scale it alike).  One
+    whose settings (its current rate included) are copied to every layer and the head; ``head_lr``: the head's rate (schedules scale it alike);
+    ``layer_lr``: ``{layer index: rate}``, a parameter group of its own for each of those layers.  One
     ``torch.optim`` optimiser holds two parameter groups (layers and label embedding; the head).
     ``grad="manual"`` replaces autograd by the closed-form local gradient (``dL/dz = 2 dL/dg a``,
     only the 2B training rows in the weight gradient, as fflib computes it), for blocks made of
@@ -547,7 +548,7 @@ class TorchFF:
     label's map; the twin follows autograd (each map gets 1/K of the mean map's gradient).
     """
 
-    def __init__(self, net, optimizer="adam", lr=1e-3, *, head_lr=None, betas=(0.9, 0.999), eps=1e-8,
+    def __init__(self, net, optimizer="adam", lr=1e-3, *, head_lr=None, layer_lr=None, betas=(0.9, 0.999), eps=1e-8,
                  momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0, fused=None, grad="autograd",
                  channels_last=False, seed=0):
         if not isinstance(net, FFNet):
@@ -569,16 +570,20 @@ class TorchFF:
         if not isinstance(optimizer, str):
             settings = _optimizer_settings(optimizer)
             optimizer = settings.pop("optimizer")
-            lr, head_lr = settings.pop("lr"), settings.pop("head_lr")
+            lr, head_lr, layer_lr = settings.pop("lr"), settings.pop("head_lr"), settings.pop("layer_lr")
             betas, eps = settings.get("betas", betas), settings.get("eps", eps)
             momentum, dampening = settings.get("momentum", momentum), settings.get("dampening", dampening)
             nesterov, weight_decay = settings.get("nesterov", nesterov), settings["weight_decay"]
-        layer_params = [p for layer in net.layers for p in layer.parameters()]
+        layer_lr = {int(i): float(v) for i, v in (layer_lr or {}).items()}
+        if any(not 0 <= i < len(net.layers) or not list(net.layers[i].parameters()) for i in layer_lr):
+            raise ValueError(f"layer_lr keys must be indices of layers with parameters, got {sorted(layer_lr)}")
+        layer_params = [p for i, layer in enumerate(net.layers) if i not in layer_lr for p in layer.parameters()]
         if net.label_embedding is not None:
             layer_params.append(net.label_embedding.weight)
         if net.decoders is not None:   # ae: each block's decoder steps with the layers
             layer_params += list(net.decoders.parameters())
         groups = [{"params": layer_params, "lr": float(lr)}]
+        groups += [{"params": list(net.layers[i].parameters()), "lr": v} for i, v in sorted(layer_lr.items())]
         if net.head is not None:
             groups.append({"params": list(net.head.parameters()), "lr": float(lr if head_lr is None else head_lr)})
         extra = {} if fused is None else {"fused": bool(fused)}
@@ -825,7 +830,9 @@ def _optimizer_settings(opt):
     head_lr = opt.head_lr
     if head_lr is not None and g.get("initial_lr") and g["lr"] != g["initial_lr"]:   # the schedule's factor
         head_lr = head_lr * g["lr"] / g["initial_lr"]
-    out = {"lr": g["lr"], "head_lr": head_lr, "weight_decay": opt.weight_decay}
+    factor = g["lr"] / g["initial_lr"] if g.get("initial_lr") else 1.0
+    out = {"lr": g["lr"], "head_lr": head_lr, "weight_decay": opt.weight_decay,
+           "layer_lr": {str(i): v * factor for i, v in opt.layer_lr.items()}}
     if isinstance(opt, Adam):
         out.update(optimizer="adamw" if isinstance(opt, AdamW) else "adam", betas=opt.betas, eps=opt.eps)
     elif isinstance(opt, SGD):

@@ -173,5 +173,5 @@ def train_command_uff(a, bad):
         bad(str(e).replace("\n", " "))
     return finish_command(a, model, hist, xt, yt, sizes, epochs, head_epochs,
                           {"order": order, "lr": lr, "head_lr": head_lr, "norm": norm, "schedule": schedule_name(sched),
-                           "optimizer": a.optimizer or "adam", "weight_decay": _weight_decay(a), "momentum": a.momentum,
+                           "optimizer": a.optimizer or "adam", "weight_decay": _weight_decay(a), "block_lr": a.block_lr, "momentum": a.momentum,
                            "head_dropout": model.config["head_dropout"]})

@@ -473,6 +473,7 @@ def train_command_label_free(a, bad, layers_given=True):
     except (ValueError, TypeError) as e:
         bad(str(e).replace("\n", " "))
     config = {"lr": lr, "head_lr": head_lr, "optimizer": a.optimizer or "adam", "weight_decay": _cli_weight_decay(a),
+              "block_lr": a.block_lr,
               "momentum": a.momentum, "threshold": threshold, "block_thresholds": a.block_thresholds,
               "head_dropout": model.config["head_dropout"],
               "schedule": schedule_name(sched),

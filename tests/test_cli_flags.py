@@ -61,6 +61,18 @@ def test_optimizer_adamw(tmp_path, capsys):
     assert "--optimizer sgd" in fails(capsys, "--optimizer", "adamw", "--momentum", "0.9")
 
 
+def test_block_lr(tmp_path, capsys):
+    r, m = train(tmp_path, "--block-lr", "0.006,0.001", "--no-cooldown")
+    lrs = {i: m._net.get_opt(i)["lr"] for i in m.trainable_layers()}
+    (a0, b0), (a1, b1) = m.blocks
+    assert all(lrs[i] == pytest.approx(0.006) for i in lrs if a0 <= i < b0)
+    assert all(lrs[i] == pytest.approx(0.001) for i in lrs if a1 <= i < b1)
+    assert lrs[-1] == pytest.approx(r["config"]["head_lr"])          # the head keeps its own rate
+    assert r["config"]["block_lr"] == [0.006, 0.001] and m.optimizer.layer_lr
+    assert "2 blocks" in fails(capsys, "--block-lr", "0.006")
+    assert "> 0" in fails(capsys, "--block-lr", "0.006,0")
+
+
 def test_loss_xent_and_label_encoding_none(tmp_path, capsys):
     assert "xent" in fflib._core.LOSSES and "none" in fflib._core.LABEL_ENCODINGS
     r, m = train(tmp_path, "--loss", "xent", "--label-encoding", "none", "--layers", "64,10")

@@ -133,6 +133,28 @@ def test_adamw_is_saved_loaded_and_resumed_as_adamw(tmp_path):
     assert type(fflib.optim.optimizer_from_state(m2, st)) is fflib.AdamW
 
 
+def test_layer_lr_is_scheduled_saved_loaded_and_checked(tmp_path):
+    m = zoo_model("mlp")
+    x, y = data(m)
+    first = m.trainable_layers()[0]
+    opt = fflib.SGD(m, lr=0.01, momentum=0.9, head_lr=0.02, layer_lr={first: 0.05})
+    sched = MultiStepLR(opt, [1], gamma=0.5)
+    fflib.fit(m, x, y, epochs=2, batch_size=8, scheduler=sched, progress=False, random_state=1)
+    rates = {i: m._net.get_opt(i)["lr"] for i in m.trainable_layers()}
+    assert rates[first] == pytest.approx(0.025) and rates[-1] == pytest.approx(0.01)   # x0.5 after epoch 1
+    assert all(r == pytest.approx(0.005) for i, r in rates.items() if i not in (first, -1))
+    m.save(tmp_path / "m.npz")
+    m2 = fflib.FFModel.load(tmp_path / "m.npz")
+    assert m2.optimizer.layer_lr == {first: pytest.approx(0.05)}
+    for model in (m, m2):
+        fflib.fit(model, x, y, epochs=1, batch_size=8, progress=False, random_state=2)
+    assert same_params(m, m2)
+    with pytest.raises(ValueError, match="the head's rate is head_lr"):
+        fflib.Adam(m, layer_lr={-1: 0.1})
+    with pytest.raises(ValueError, match=r"layer_lr\[.*must be finite"):
+        fflib.Adam(m, layer_lr={first: float("nan")})
+
+
 # ----------------------------------------------------------------------------- corrupt files
 def saved_bytes(tmp_path):
     m = zoo_model("mlp")
@@ -211,6 +233,10 @@ def rewrite(tmp_path, edit, name="edited.npz"):
     (lambda meta, a: a.update(optim_config=np.array('{"1": {"kind": 7}}')), "optim_config"),
     (lambda meta, a: meta.update(optimizer={"kind": "Adam", "settings": {"eps": 1e39}}), "optimizer"),
     (lambda meta, a: meta.update(optimizer={"kind": "LBFGS"}), "optimizer"),
+    (lambda meta, a: meta.update(optimizer={"kind": "Adam", "settings": {"bogus": 1}}), "unknown ['bogus']"),
+    (lambda meta, a: meta.update(optimizer={"kind": "Adam"}, scheduler={"kind": "StepLR", "settings": {"gamma": 0.5}}),
+     "missing ['step_size']"),
+    (lambda meta, a: meta.update(optimizer={"kind": "Adam", "layer_lr": {"7": 0.1}}), "layer_lr"),
     (lambda meta, a: meta.update(training="yes"), "training"),
 ])
 def test_edited_files_raise_naming_file_and_field(tmp_path, edit, field):

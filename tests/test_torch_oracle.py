@@ -112,6 +112,22 @@ def test_training_matches_torch(mnist, sizes, opt, goodness, head):
     compare_weights(model, twin, w0)
 
 
+@pytest.mark.parametrize("opt", ["adam", "sgd"])
+def test_layer_lr_matches_torch_parameter_groups(mnist, opt):
+    """Per-layer rates (fflib's layer_lr, torch's parameter groups) under a schedule."""
+    x, y, _, _ = mnist
+    model = fflib.FFModel(fflib.mlp([784, 31, 17]), 784, 10, head_blocks="auto", seed=3)
+    first, second = model.trainable_layers()[:2]
+    kw = dict(lr=0.05, momentum=0.9) if opt == "sgd" else dict(lr=ADAM_LR)
+    o = (fflib.SGD if opt == "sgd" else fflib.Adam)(model, layer_lr={second: 4 * kw["lr"]}, **kw)
+    fflib.MultiStepLR(o, [1], gamma=0.5).step()
+    twin = TorchFF(model, o)
+    assert [g["lr"] for g in twin.optimizer.param_groups] == pytest.approx([kw["lr"] / 2, 2 * kw["lr"], kw["lr"] / 2])
+    w0 = {k: v for k, v in model.state_dict().items() if k.startswith("layers")}
+    train_both(model, twin, batches(x, y, STEPS), train_head=True)
+    compare_weights(model, twin, w0)
+
+
 def test_training_matches_torch_manual_gradients(mnist):
     """The benchmark's closed-form-gradient variant of the torch baseline is the same training."""
     x, y, _, _ = mnist
