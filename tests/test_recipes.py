@@ -109,7 +109,7 @@ def run_train(argv, tmp_path):
 
 
 def test_train_without_flags_runs_the_recipe(tmp_path, capsys):
-    # the model's name alone gives the CNN recipe (12 epochs, shifts, head on all blocks at 6e-3);
+    # the model's name alone gives the CNN recipe (20 epochs, shifts, head on all blocks at 6e-3);
     # epochs and subset overridden so it runs in seconds
     cfg = run_train(["--model", "cnn", "--epochs", "1", "--subset", "100"], tmp_path)
     want = recipes.get("mnist-cnn").settings
