@@ -18,51 +18,47 @@ static inline float flush(float x) { return fabsf(x) < FLT_MIN ? 0.0f : x; }
 typedef struct {
     float *p, *m, *v;
     const float *g;
-    float step, sbc2, b1, b2, eps, wd;
+    float step, sbc2, b1, b2, eps, wd, keep;
+    int decoupled;
 } adam_job;
 
+/* Adam: the decay wd enters the gradient; AdamW (decoupled): the weight is multiplied by keep =
+ * 1 - lr wd before the step (torch's param.mul_(1 - lr * wd)) and the moments see the plain
+ * gradient.  The branch is loop-invariant. */
 static void adam_range(void *ctx, size_t lo, size_t hi) {
     const adam_job *j = ctx;
     float *p = j->p, *m = j->m, *v = j->v;
     const float *g = j->g;
-    const float step = j->step, sbc2 = j->sbc2, b1 = j->b1, b2 = j->b2, eps = j->eps, wd = j->wd;
+    const float step = j->step, sbc2 = j->sbc2, b1 = j->b1, b2 = j->b2, eps = j->eps, wd = j->wd, keep = j->keep;
+    const int decoupled = j->decoupled;
     for (size_t i = lo; i < hi; i++) {
-        float gi = g[i] + wd * p[i];
+        float gi = g[i];
+        if (decoupled)
+            p[i] *= keep;
+        else
+            gi += wd * p[i];
         m[i] = flush(b1 * m[i] + (1.0f - b1) * gi);
         v[i] = flush(b2 * v[i] + (1.0f - b2) * gi * gi);
         p[i] -= step * m[i] / (sqrtf(v[i]) / sbc2 + eps);
     }
+}
+
+static void adam_run(float *p, float *m, float *v, const float *g, size_t n, float lr, float b1, float b2,
+                     float eps, float wd, long t, int decoupled) {
+    /* bias corrections in double, as PyTorch computes them in Python floats */
+    adam_job j = {p, m, v, g, (float)(lr / (1.0 - pow(b1, (double)t))), (float)sqrt(1.0 - pow(b2, (double)t)),
+                  b1, b2, eps, wd, (float)(1.0 - (double)lr * (double)wd), decoupled};
+    ff_parallel_for(adam_range, &j, n, FF_OPTIM_MIN_PART);
 }
 
 void ff_adam_step(float *p, float *m, float *v, const float *g, size_t n, float lr, float b1,
                   float b2, float eps, float wd, long t) {
-    /* bias corrections in double, as PyTorch computes them in Python floats */
-    adam_job j = {p, m, v, g, (float)(lr / (1.0 - pow(b1, (double)t))), (float)sqrt(1.0 - pow(b2, (double)t)),
-                  b1, b2, eps, wd};
-    ff_parallel_for(adam_range, &j, n, FF_OPTIM_MIN_PART);
-}
-
-/* AdamW: the weight decays before the step (torch's param.mul_(1 - lr * wd)), the moments see
- * the plain gradient; wd in the job is the decay factor. */
-static void adamw_range(void *ctx, size_t lo, size_t hi) {
-    const adam_job *j = ctx;
-    float *p = j->p, *m = j->m, *v = j->v;
-    const float *g = j->g;
-    const float step = j->step, sbc2 = j->sbc2, b1 = j->b1, b2 = j->b2, eps = j->eps, keep = j->wd;
-    for (size_t i = lo; i < hi; i++) {
-        float gi = g[i];
-        p[i] *= keep;
-        m[i] = flush(b1 * m[i] + (1.0f - b1) * gi);
-        v[i] = flush(b2 * v[i] + (1.0f - b2) * gi * gi);
-        p[i] -= step * m[i] / (sqrtf(v[i]) / sbc2 + eps);
-    }
+    adam_run(p, m, v, g, n, lr, b1, b2, eps, wd, t, 0);
 }
 
 void ff_adamw_step(float *p, float *m, float *v, const float *g, size_t n, float lr, float b1,
                    float b2, float eps, float wd, long t) {
-    adam_job j = {p, m, v, g, (float)(lr / (1.0 - pow(b1, (double)t))), (float)sqrt(1.0 - pow(b2, (double)t)),
-                  b1, b2, eps, (float)(1.0 - (double)lr * (double)wd)};
-    ff_parallel_for(adamw_range, &j, n, FF_OPTIM_MIN_PART);
+    adam_run(p, m, v, g, n, lr, b1, b2, eps, wd, t, 1);
 }
 
 typedef struct {

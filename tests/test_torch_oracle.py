@@ -371,37 +371,21 @@ def _torch_opt_run(make, p0, grads):
 
 
 @pytest.mark.parametrize("n", [1, 3, 7, 13, 33])
-@pytest.mark.parametrize("wd", [0.0, 0.01])
-def test_kernel_adam_step(n, wd):
-    rng = np.random.default_rng(n)
-    p0 = rnd(rng, n)
-    grads = [rnd(rng, n) * s for s in (1.0, 0.1, 3.0, 1e-3, 0.5, 2.0, 0.01)]
-    lr, b1, b2, eps = 0.01, 0.8, 0.95, 1e-6
-    p, m, v = p0.copy(), np.zeros(n, np.float32), np.zeros(n, np.float32)
-    for t, g in enumerate(grads, start=1):
-        _core.adam_step(p, m, v, g, lr, b1, b2, eps, wd, t)
-    ref, state = _torch_opt_run(
-        lambda ps: torch.optim.Adam(ps, lr=lr, betas=(b1, b2), eps=eps, weight_decay=wd), p0, grads)
-    kclose(p, ref, "adam p")
-    kclose(m, state["exp_avg"].numpy(), "adam m")
-    kclose(v, state["exp_avg_sq"].numpy(), "adam v")
-
-
-@pytest.mark.parametrize("n", [1, 3, 7, 13, 33])
 @pytest.mark.parametrize("wd", [0.0, 0.01, 0.3])
-def test_kernel_adamw_step(n, wd):
+@pytest.mark.parametrize("kind", ["adam", "adamw"])
+def test_kernel_adam_step(n, wd, kind):
     rng = np.random.default_rng(n)
     p0 = rnd(rng, n)
     grads = [rnd(rng, n) * s for s in (1.0, 0.1, 3.0, 1e-3, 0.5, 2.0, 0.01)]
     lr, b1, b2, eps = 0.0625, 0.8, 0.95, 1e-6   # lr exact in float32, as the core holds it
     p, m, v = p0.copy(), np.zeros(n, np.float32), np.zeros(n, np.float32)
     for t, g in enumerate(grads, start=1):
-        _core.adamw_step(p, m, v, g, lr, b1, b2, eps, wd, t)
-    ref, state = _torch_opt_run(
-        lambda ps: torch.optim.AdamW(ps, lr=lr, betas=(b1, b2), eps=eps, weight_decay=wd), p0, grads)
-    kclose(p, ref, "adamw p")
-    kclose(m, state["exp_avg"].numpy(), "adamw m")
-    kclose(v, state["exp_avg_sq"].numpy(), "adamw v")
+        getattr(_core, kind + "_step")(p, m, v, g, lr, b1, b2, eps, wd, t)
+    cls = torch.optim.Adam if kind == "adam" else torch.optim.AdamW
+    ref, state = _torch_opt_run(lambda ps: cls(ps, lr=lr, betas=(b1, b2), eps=eps, weight_decay=wd), p0, grads)
+    kclose(p, ref, f"{kind} p")
+    kclose(m, state["exp_avg"].numpy(), f"{kind} m")
+    kclose(v, state["exp_avg_sq"].numpy(), f"{kind} v")
 
 
 @pytest.mark.parametrize("n", [1, 3, 7, 13, 33])
