@@ -159,7 +159,9 @@ _ALL = [
                     "authors feed it 1.60 (benchmarks/scff_pair_norm.py): not adopted; the blocks' rate x0.9 every 1,000 "
                     "minibatches of the label-free phase, the authors' decay, 1.36 (benchmarks/scff_block_anneal.py; "
                     "lower at each of the last ten probe epochs; a second seed 1.38 against 1.50): adopted as "
-                    "block_decay 0.944 per epoch",
+                    "block_decay 0.944 per epoch; then the first block at twice the rate (--block-lr 0.006,0.003, as "
+                    "the authors' pair-summing first layer trains) 1.36 against the recipe's 1.38 (block-lr-2x.json): "
+                    "not adopted",
            anchor="SCFF paper 1.3", target="<= 1.5",
            notes="fflib.unsupervised.scff_mlp (threshold 4 on mean goodness, first layer x2), Adam 3e-3 on two "
                  "views shifted by up to 2 pixels for 20 epochs, the rate x0.944 after each (0.33x in the last), then the "
