@@ -94,6 +94,13 @@ _CWCOMP = dict(epochs=8, batch_size=128, optimizer="adam", lr=0.01, head_lr=0.00
 _LIGHT = dict(epochs=50, batch_size=128, optimizer="adam", lr=0.01, head_lr=0.001, milestones=[25, 35, 45],
               gamma=0.2, loss="cwc", routine="greedy", augment="crop4+flip", val_size=5000, seed=0)
 
+def _refit_recipe(model):
+    """The light recipe with FF_optimal's head refit, as the notes of a model trained with it say."""
+    return (f"the FF_tiny recipe (tuned on FF_tiny's validation split, not re-tuned for {model}), 50 epochs, then "
+            "the one-pass head zeroed and trained again for 5 epochs at 1e-4 by a fresh Adam on the frozen blocks "
+            "in inference mode (--head-refit 5)")
+
+
 _ALL = [
     # ---- MNIST
     Recipe("mnist-mlp", "mlp", "mnist", "MNIST MLP 784-500-100, 10 epochs", dict(_MLP, negatives="hard"),
@@ -353,9 +360,7 @@ _ALL = [
                     "without it 19.94 / 17.78 (benchmarks/results/runs/cifar10-ff_medium-no-refit.json, test "
                     "20.53 / 18.80)",
            survey="21.5 / 20.7", target="<= 19.7",
-           notes="the FF_tiny recipe (tuned on FF_tiny's validation split, not re-tuned for FF_medium), 50 epochs, "
-                 "then the one-pass head zeroed and trained again for 5 epochs at 1e-4 by a fresh Adam on the "
-                 "frozen blocks in inference mode (--head-refit 5); trains on all 50,000 images (104 min of "
+           notes=_refit_recipe("FF_medium") + "; trains on all 50,000 images (104 min of "
                  "training on 2 threads, about 75 of them beside 1-thread runs; the refit 2.2 min): training error "
                  "5.92 / 12.32 %, blocks' test accuracy 43 / 68 / 75 / 82 %. The same recipe on 45,000 images, the "
                  "last 5,000 held out: test 19.98 / 19.16, validation 17.90 / 17.52 after the refit "
@@ -373,9 +378,7 @@ _ALL = [
                     "(throwaway script, not in the repo): with crop4+flip 17.70 after 5 epochs, with dropout 0.5 on "
                     "its input 17.70 after 4",
            survey="19.6 / 19.3", target="<= 18.3",
-           notes="the FF_tiny recipe (tuned on FF_tiny's validation split, not re-tuned for FF_optimal), 50 epochs, "
-                 "then the one-pass head zeroed and trained again for 5 epochs at 1e-4 by a fresh Adam on the frozen "
-                 "blocks in inference mode (--head-refit 5); trains on all 50,000 images (103 min of training on 2 "
+           notes=_refit_recipe("FF_optimal") + "; trains on all 50,000 images (103 min of training on 2 "
                  "threads, Intel Xeon with AVX-512, of which about 40 min beside a 1-thread run and 8 min paused for "
                  "a benchmark; the refit 2.8 min): training error 3.52 / 9.31 %, blocks' test accuracy 43 / 68 / 75 / "
                  "81 / 83 %. The same recipe on 45,000 images, the last 5,000 held out (the split that chose the "

@@ -533,9 +533,10 @@ class TorchFF:
     ``net``: an FFNet, or an FFModel (converted by :func:`to_module`).  ``optimizer``: "adam",
     "adamw" or "sgd" with PyTorch's settings (``lr``, ``betas``, ``eps``, ``momentum``, ``dampening``,
     ``nesterov``, ``weight_decay``, ``fused``), or an fflib optimiser (``fflib.Adam``/``AdamW``/``SGD``)
-    whose settings (its current rate included) are copied to every layer and the head; ``head_lr``: the head's rate (schedules scale it alike);
-    ``layer_lr``: ``{layer index: rate}``, a parameter group of its own for each of those layers.  One
-    ``torch.optim`` optimiser holds two parameter groups (layers and label embedding; the head).
+    whose settings (its current rate included) are copied to every layer and the head; ``head_lr``:
+    the head's rate (schedules scale it alike); ``layer_lr``: ``{layer index: rate}``.  One
+    ``torch.optim`` optimiser holds the parameter groups: the layers and label embedding, one
+    group per ``layer_lr`` layer, the head.
     ``grad="manual"`` replaces autograd by the closed-form local gradient (``dL/dz = 2 dL/dg a``,
     only the 2B training rows in the weight gradient, as fflib computes it), for blocks made of
     LenNorm layers, one Linear and a ReLU with the FF or SymBa loss.  ``channels_last``: run the
@@ -827,12 +828,9 @@ def _optimizer_settings(opt):
     """An fflib optimiser's settings as TorchFF arguments."""
     from .optim import Adam, AdamW, SGD
     g = opt.param_groups[0]
-    head_lr = opt.head_lr
-    if head_lr is not None and g.get("initial_lr") and g["lr"] != g["initial_lr"]:   # the schedule's factor
-        head_lr = head_lr * g["lr"] / g["initial_lr"]
-    factor = g["lr"] / g["initial_lr"] if g.get("initial_lr") else 1.0
-    out = {"lr": g["lr"], "head_lr": head_lr, "weight_decay": opt.weight_decay,
-           "layer_lr": {str(i): v * factor for i, v in opt.layer_lr.items()}}
+    factor = g["lr"] / g["initial_lr"] if g.get("initial_lr") else 1.0   # the schedule's factor
+    out = {"lr": g["lr"], "head_lr": None if opt.head_lr is None else opt.head_lr * factor,
+           "weight_decay": opt.weight_decay, "layer_lr": {str(i): v * factor for i, v in opt.layer_lr.items()}}
     if isinstance(opt, Adam):
         out.update(optimizer="adamw" if isinstance(opt, AdamW) else "adam", betas=opt.betas, eps=opt.eps)
     elif isinstance(opt, SGD):
