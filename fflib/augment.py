@@ -35,11 +35,35 @@ class Augment:
         return "+".join(parts) or "none"
 
     def __call__(self, images, rng):
+        return self.apply(images, self.draw(len(images), rng))
+
+    def draw(self, b, rng):
+        """The random choices for ``b`` images from ``rng`` (those :meth:`__call__` makes, in
+        its order): a tuple (mirror flags, row shifts, column shifts), None where a part is off.
+        Distributed training draws them for the whole global minibatch on every rank, so its
+        data-order generator stays in step, and applies each rank's rows (:meth:`rows`)."""
+        mirror = rng.random(b) < 0.5 if self.flip else None
+        p = self.crop
+        dy = rng.integers(0, 2 * p + 1, b) if p else None
+        dx = rng.integers(0, 2 * p + 1, b) if p else None
+        return mirror, dy, dx
+
+    @staticmethod
+    def rows(draws, lo, hi):
+        """The choices of images ``lo:hi`` out of :meth:`draw`'s."""
+        return tuple(None if d is None else d[lo:hi] for d in draws)
+
+    def apply(self, images, draws):
+        """Augment the float32 (B, C, H, W) ``images`` in place by :meth:`draw`'s choices for B
+        images; returns them."""
         if images.ndim != 4:
             raise ValueError(f"augmentation needs image batches (B, C, H, W), got shape {images.shape}")
         b, _, h, w = images.shape
-        if self.flip:
-            mirror = rng.random(b) < 0.5
+        mirror, dy, dx = draws
+        if any(d is not None and len(d) != b for d in draws):
+            raise ValueError(f"augmentation draws for {len(next(d for d in draws if d is not None))} images, "
+                             f"got a batch of {b}")
+        if mirror is not None:
             images[mirror] = images[mirror][..., ::-1]
         p = self.crop
         if p:
@@ -47,12 +71,9 @@ class Augment:
                 raise ValueError(f"augment crop{p} must be smaller than the image ({h}x{w})")
             padded = np.zeros((b, images.shape[1], h + 2 * p, w + 2 * p), np.float32)
             padded[:, :, p:p + h, p:p + w] = images
-            dy = rng.integers(0, 2 * p + 1, b)
-            dx = rng.integers(0, 2 * p + 1, b)
             for i in range(b):
                 images[i] = padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w]
         return images
-
 
 def parse(spec):
     """An :class:`Augment` from a spec string (see the module docstring), an Augment, or None."""

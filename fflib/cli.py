@@ -316,7 +316,8 @@ def build_parser():
     t.add_argument("--head-refit", type=_positive(int), default=None, metavar="N",
                    help="after training, zero the one-pass head and train it again for N epochs on the "
                         "frozen blocks in inference mode, without augmentation (fflib.refit_head); the "
-                        "checkpoint keeps the model before it, --save and the test error are after it")
+                        "checkpoint keeps the model before it, --save and the test error are after it; with "
+                        "--distributed rank 0 refits alone after the distributed training")
     t.add_argument("--head-refit-lr", type=_finite, default=None, metavar="LR",
                    help="the refitted head's Adam rate (default 1e-4)")
     t.add_argument("--seed", type=_seed, default=None)
@@ -632,8 +633,7 @@ def train_command(a):
         _bad("--resume needs --checkpoint DIR (where the interrupted run kept its state)")
     comm, rank = None, 0
     if a.distributed:
-        for flag, used in (("--pipeline", a.pipeline), ("--resume", a.resume), ("--alternate", a.alternate),
-                           ("--augment", a.augment)):
+        for flag, used in (("--pipeline", a.pipeline), ("--alternate", a.alternate)):
             if used:
                 _bad(f"{flag} is not supported with --distributed")
         try:
@@ -723,8 +723,8 @@ def train_command(a):
             per = int(np.prod(image_shape[1:]))
             mean, std = np.repeat(mean, per), np.repeat(std, per)
         model.set_input_norm(mean, std)
-    if supplied.get("head_refit") and (not model.has_head or a.distributed):
-        a.head_refit = None     # a recipe's refit gives way to --head-blocks none and --distributed
+    if supplied.get("head_refit") and not model.has_head:
+        a.head_refit = None     # a recipe's refit gives way to --head-blocks none
     if supplied.get("head_epochs") and not model.has_head:
         a.head_epochs = None    # and its head-only epochs to --head-blocks none
     config = {"recipe": None if recipe is None else recipe.name, "subset": a.subset,
@@ -758,8 +758,6 @@ def train_command(a):
         _bad("--head-refit-lr is the rate of --head-refit N; give both")
     if a.head_refit_lr is not None and a.head_refit_lr <= 0:
         _bad(f"--head-refit-lr must be > 0, got {a.head_refit_lr}")
-    if a.head_refit and a.distributed:
-        _bad("--head-refit runs in one process after training; it does not take --distributed")
     try:
         opt = _make_optimizer(a, model, lr, head_lr, Adam)
         sched = None

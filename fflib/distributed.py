@@ -44,12 +44,23 @@ weights, optimiser state and data-order generator of rank 0 are broadcast at the
     2B rows per minibatch; channel-wise losses (cwc, pvn) hand on the B labelled rows, the
     labels being known to every rank from the shared order.
 
+Augmentation (``augment="crop4+flip"`` ...): every rank draws the random choices of the whole
+global minibatch from the shared generator, as one process would, and applies those of its own
+rows (data-parallel) or, in the pipeline, rank 0 applies them to the images it reads; so an
+augmented run equals one process's, as an unaugmented one does.
+
 Only rank 0 shows progress bars, evaluates ``x_val``, calls ``callback`` and writes checkpoints;
-the history is complete on rank 0.  An exception on any rank prints which rank failed and why,
+the history is complete on rank 0.  With ``resume=True`` rank 0 reads the checkpoint (weights,
+optimiser state and settings, schedule, data-order generator, epoch, history) and hands it to
+every rank; the run then continues as the uninterrupted one would.  The checkpoint must come from
+a distributed run of the same mode, data and settings; the number of ranks may differ (that
+changes only the float rounding of the sums; resumed on the same ranks and threads, a run ends
+bit-identical to an uninterrupted one).  An exception on any rank prints which rank failed and why,
 then calls ``MPI_Abort``, which ends every rank of the job; a rank that is killed makes Open
 MPI's ``mpirun`` end the others.
 """
 import contextlib
+import os
 import sys
 import threading
 import time
@@ -154,6 +165,40 @@ def _average_running_stats(comm, model):
             if p is not None:
                 comm.Allreduce(MPI.IN_PLACE, p, op=MPI.SUM)
                 p /= comm.Get_size()
+
+
+def _resume(comm, model, optimizer, scheduler, rng, history, run, ckpt_path, resume):
+    """Rank 0 restores the checkpoint at ``ckpt_path`` (if ``resume`` and it exists) into the
+    model, the optimiser, the schedule, ``rng`` and ``history``; every other rank takes the
+    optimiser's settings, the schedule's state, the epoch and the history from rank 0 (the model's
+    weights and optimiser state and the generator follow in the broadcasts after this).  Returns
+    (first epoch to run, optimizer, scheduler)."""
+    from .optim import optimizer_from_state, scheduler_from_state
+    from .train import _restore
+    got = None
+    if comm.Get_rank() == 0 and resume and os.path.exists(ckpt_path):
+        optimizer, scheduler, start, saved = _restore(ckpt_path, model, optimizer, scheduler, rng, run)
+        got = {"start": start, "history": saved, "optimizer": optimizer.state_dict(moments=False),
+               "scheduler": None if scheduler is None else scheduler.state_dict()}
+    got = comm.bcast(got, root=0)
+    if got is None:
+        return 0, optimizer, scheduler
+    if comm.Get_rank() != 0:
+        if optimizer is None:
+            optimizer = model.optimizer
+        if optimizer is None:
+            optimizer = optimizer_from_state(model, got["optimizer"])
+        else:
+            optimizer.load_state_dict(got["optimizer"])
+        if got["scheduler"] is not None:
+            if scheduler is None:
+                scheduler = scheduler_from_state(optimizer, got["scheduler"])
+            else:
+                lr = optimizer.lr
+                scheduler.load_state_dict(got["scheduler"])
+                optimizer.lr = lr
+    history["epochs"] = list(got["history"]["epochs"])
+    return got["start"], optimizer, scheduler
 
 
 class _GradientExchange:
@@ -344,11 +389,12 @@ def fit_distributed(model, x, y, *, comm, mode="data", epochs=10, batch_size=100
                     scheduler=None, order="simultaneous", windows=None, negatives="uniform", train_head=True,
                     head_epochs=0, random_state=0, progress=True, x_val=None, y_val=None, callback=None,
                     checkpoint=None, checkpoint_every=1, routine=None, chunk_size=2, max_in_flight=2,
-                    **unsupported):
+                    augment=None, resume=False, **unsupported):
     """:func:`fflib.fit` across the processes of ``comm`` (see the module's description);
     called by ``fit(..., comm=, distributed=)``.  Every rank passes the same model, data and
     settings.  ``max_in_flight`` bounds the minibatches a pipeline stage has sent and the next
     has not yet received.  Returns the history (complete on rank 0)."""
+    from .augment import parse as parse_augment
     from .optim import Adam
     from .train import (_check_data_args, _check_run_args, _count, _rng, _windows, _checkpoint_path, _write_checkpoint, _progress, evaluate,
                         hard_negative_labels)
@@ -373,8 +419,15 @@ def fit_distributed(model, x, y, *, comm, mode="data", epochs=10, batch_size=100
         raise ValueError(f"negatives must be 'uniform' or 'hard', got {negatives!r}")
     x_val, y_val = _check_run_args(model, optimizer, scheduler, checkpoint_every, x_val, y_val, callback)
     train_head = bool(train_head) and model.has_head
+    aug = parse_augment(augment)
+    if aug is not None and model.input_shape[1] * model.input_shape[2] == 1:
+        raise ValueError(f"augment {augment!r} needs an image model (input_shape (C, H, W) with H, W > 1), "
+                         f"got input_shape {model.input_shape}")
+    if resume and checkpoint is None:
+        raise ValueError("resume=True needs checkpoint= (the directory holding the checkpoint)")
+    chunk_size = _count("chunk_size", chunk_size, 1)
     if routine is not None:
-        model.set_block_ranges(block_ranges(model, routine, _count("chunk_size", chunk_size, 1), 0))
+        model.set_block_ranges(block_ranges(model, routine, chunk_size, 0))
     loss = model.config["loss"]
     pairs = loss in ("ff", "symba")
     if model.label_encoding == "none" and pairs:
@@ -405,21 +458,34 @@ def fit_distributed(model, x, y, *, comm, mode="data", epochs=10, batch_size=100
     rng = _rng(random_state)
     wins, total = _windows(model, epochs, order, windows)
     total_epochs = total + (head_epochs if train_head else 0)
-    if optimizer is None:
-        optimizer = model.optimizer if model.optimizer is not None else Adam(model)
-    if scheduler is not None and scheduler.optimizer is not optimizer:
+    if scheduler is not None and scheduler.optimizer is not (optimizer if optimizer is not None else model.optimizer):
         raise ValueError("scheduler must be a schedule of the optimiser the run uses")
     n, nb, K = len(y), model.num_blocks, model.num_classes
     # comm_bytes: what this rank handed to MPI (gradients all-reduced, or activations sent)
     history = {"epochs": [], "interrupted": False, "distributed": mode, "ranks": size}
+    # what a checkpoint's run must share with the run resuming it (not the number of ranks: a
+    # resumed run may use another, which changes the float rounding of the all-reduce only)
+    run = {"distributed": mode, "batch_size": batch_size, "order": order,
+           "windows": None if windows is None else [list(w) for w in wins], "negatives": negatives,
+           "train_head": train_head, "head_epochs": head_epochs, "augment": None if aug is None else repr(aug),
+           "routine": routine, "chunk_size": chunk_size, "num_samples": n,
+           "data_crc32": [zlib.crc32(x), zlib.crc32(y)]}
     # a run that differs between ranks would hang or silently diverge: compare first
-    _check_same_everywhere(comm, "training data (CRC-32 of x and y)", (zlib.crc32(x), zlib.crc32(y), n))
+    _check_same_everywhere(comm, "training data (CRC-32 of x and y)", (*run["data_crc32"], n))
     _check_same_everywhere(comm, "model architecture", repr(model.architecture()))
-    _check_same_everywhere(comm, "settings (mode, epochs, batch_size, negatives, train_head, head_epochs)",
-                           (mode, epochs, batch_size, negatives, train_head, head_epochs, str(order), str(wins)))
+    _check_same_everywhere(comm, "settings (mode, epochs, batch_size, negatives, train_head, head_epochs, "
+                                 "augment, resume)",
+                           (mode, epochs, batch_size, negatives, train_head, head_epochs, str(order), str(wins),
+                            repr(aug), bool(resume)))
     with abort_on_error(comm):
-        # only rank 0 writes: a bad checkpoint directory ends the job from there
+        # only rank 0 writes and reads the checkpoint: a bad directory ends the job from there
         ckpt_path = None if checkpoint is None or rank != 0 else _checkpoint_path(checkpoint)
+        start, optimizer, scheduler = _resume(comm, model, optimizer, scheduler, rng, history, run, ckpt_path,
+                                              bool(resume))
+        if start > total_epochs:
+            raise ValueError(f"the checkpoint {checkpoint} is at epoch {start}, beyond this run's {total_epochs}")
+        if optimizer is None:
+            optimizer = model.optimizer if model.optimizer is not None else Adam(model)
         state = comm.bcast(rng.bit_generator.state if rank == 0 else None, root=0)
         rng.bit_generator.state = state
         _bcast_model(comm, model)
@@ -434,7 +500,7 @@ def fit_distributed(model, x, y, *, comm, mode="data", epochs=10, batch_size=100
                 sender = _Sender(comm, rank + 1, max_in_flight)
         history["comm_bytes"] = 0
         t_start = time.perf_counter()
-        for epoch in range(total_epochs):
+        for epoch in range(start, total_epochs):
             head_only = epoch >= total
             active = np.array([0 if head_only else int(a <= epoch < b) for a, b in wins], dtype=np.uint8)
             model.train(not head_only)      # as fit(): the head alone sees inference-mode features
@@ -454,8 +520,12 @@ def fit_distributed(model, x, y, *, comm, mode="data", epochs=10, batch_size=100
                     lo, hi = shard_bounds(len(idx), size, rank)
                     w = (hi - lo) / len(idx)
                     mine = idx[lo:hi] if hi > lo else idx[:1]     # an empty shard: one row, weight 0
-                    losses = exchange.step(np.ascontiguousarray(x[mine]), np.ascontiguousarray(y[mine]),
-                                           np.ascontiguousarray(neg[mine]), w)
+                    xb = np.ascontiguousarray(x[mine])
+                    if aug is not None:     # the whole minibatch's choices, as one process draws them
+                        draws = aug.draw(len(idx), rng)
+                        aug.apply(xb.reshape((len(mine),) + tuple(model.input_shape)),
+                                  aug.rows(draws, lo, hi) if hi > lo else aug.rows(draws, 0, 1))
+                    losses = exchange.step(xb, np.ascontiguousarray(y[mine]), np.ascontiguousarray(neg[mine]), w)
                     _optimizer_step(model, optimizer, active, train_head)
                     sums += losses
                     steps += 1
@@ -465,7 +535,7 @@ def fit_distributed(model, x, y, *, comm, mode="data", epochs=10, batch_size=100
                 _average_running_stats(comm, model)
             else:
                 sums, steps = _pipeline_epoch(comm, model, sub, sender, optimizer, stages, ranges, layer_range,
-                                              x, y, perm, neg, batch_size, pairs, bar, epoch)
+                                              x, y, perm, neg, batch_size, pairs, bar, aug, rng)
                 history["comm_bytes"] = sender.bytes if sender is not None else 0
             mean = sums / max(steps, 1)
             rec = {"epoch": epoch + 1, "block_loss": [float(v) for v in mean[:nb]],
@@ -486,8 +556,7 @@ def fit_distributed(model, x, y, *, comm, mode="data", epochs=10, batch_size=100
                 scheduler.step()
             if ckpt_path is not None:
                 if save_now:
-                    _write_checkpoint(ckpt_path, model, optimizer, scheduler, rng, epoch + 1, history,
-                                      {"distributed": mode, "ranks": size, "batch_size": batch_size})
+                    _write_checkpoint(ckpt_path, model, optimizer, scheduler, rng, epoch + 1, history, run)
             if callback is not None and rank == 0:
                 callback(rec)
         history["train_seconds"] = time.perf_counter() - t_start
@@ -497,8 +566,10 @@ def fit_distributed(model, x, y, *, comm, mode="data", epochs=10, batch_size=100
 
 
 def _pipeline_epoch(comm, model, sub, sender, optimizer, stages, ranges, layer_range, x, y, perm, neg,
-                    batch_size, pairs, bar, epoch):
-    """One epoch of this rank's pipeline stage; returns (loss sums over all blocks, steps)."""
+                    batch_size, pairs, bar, aug, rng):
+    """One epoch of this rank's pipeline stage; returns (loss sums over all blocks, steps).
+    Every rank draws the augmentation's choices (keeping the shared generator in step); rank 0,
+    which alone reads the images, applies them."""
     MPI = _mpi()
     rank, size = comm.Get_rank(), comm.Get_size()
     nb = len(ranges)
@@ -520,9 +591,12 @@ def _pipeline_epoch(comm, model, sub, sender, optimizer, stages, ranges, layer_r
         yb = np.ascontiguousarray(y[idx])
         rows = 2 * B if pairs else B
         out = None if sender is None else sender.buffer(rows, out_cols)
+        draws = None if aug is None else aug.draw(B, rng)
         if rank == 0:
-            losses = model.train_step(np.ascontiguousarray(x[idx]), yb, np.ascontiguousarray(neg[idx]),
-                                      mask, False, out=out)
+            xb = np.ascontiguousarray(x[idx])
+            if aug is not None:
+                aug.apply(xb.reshape((B,) + tuple(model.input_shape)), draws)
+            losses = model.train_step(xb, yb, np.ascontiguousarray(neg[idx]), mask, False, out=out)
             sums[b0:b1] += losses[b0:b1]
         else:
             buf = np.empty((rows, in_cols), np.float32)

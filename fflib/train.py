@@ -203,8 +203,9 @@ def fit(model, x, y, *, epochs=10, batch_size=100, optimizer=None, scheduler=Non
         and all-reduces each block's gradients as soon as they are final; ``"pipeline"`` gives
         each rank a range of blocks and passes activations rank to rank.  Every rank passes the
         same model, data and settings; only rank 0 shows progress, evaluates ``x_val``, calls
-        ``callback`` and writes the checkpoint.  ``alternate``, ``augment``, ``resume`` and
-        ``pipeline`` are not supported there.  See :mod:`fflib.distributed`.
+        ``callback`` and writes (and, to ``resume``, reads) the checkpoint; ``augment`` draws
+        every minibatch's choices as one process does.  ``alternate`` and ``pipeline`` (the
+        in-process pipeline) are not supported there.  See :mod:`fflib.distributed`.
     Ctrl-C stops cleanly after the current minibatch (pipelined: after draining the minibatches
     in flight); the history says ``interrupted`` (the last checkpoint is kept as it was).
     Returns the history: a dict with ``epochs`` (per-epoch mean block losses, head loss, lr,
@@ -522,6 +523,8 @@ def _restore(path, model, optimizer, scheduler, rng, run):
     with _field("__meta__.optimizer", name):
         if meta.get("optimizer") is None:
             raise ValueError("missing")
+        if optimizer is None:       # as fit(): the model's own optimiser, else the saved kind
+            optimizer = model.optimizer
         if optimizer is None:
             optimizer = optimizer_from_state(model, meta["optimizer"])
         else:

@@ -74,20 +74,25 @@ def _fit(comm, mode, **kw):
     return m, h
 
 
-@pytest.mark.parametrize("mode", ["data", "pipeline"])
-def test_one_rank_is_the_plain_training_step(mode):
+@pytest.mark.parametrize("mode,augment", [("data", None), ("pipeline", None), ("data", "crop2+flip"),
+                                          ("pipeline", "crop3")])
+def test_one_rank_is_the_plain_training_step(mode, augment):
     """On one rank both modes are train_step on the global batch with the shared generator's
-    order and negative labels, bit for bit."""
-    a, _ = _fit(MPI.COMM_SELF, mode)
+    order, negative labels and augmentation (drawn after them, minibatch by minibatch), bit for bit."""
+    a, _ = _fit(MPI.COMM_SELF, mode, augment=augment)
     b = model()                                              # noqa: F821
     x, y = data()                                            # noqa: F821
+    aug = fflib.augment.parse(augment)
     r = np.random.default_rng(5)
     for _ in range(2):
         perm = r.permutation(len(y))
         neg = negative_labels(r, y, 10)
         for s in range(0, len(y), 63):
             i = perm[s:s + 63]
-            b.train_step(np.ascontiguousarray(x[i]), y[i], neg[i], train_head=mode == "data")
+            xb = np.ascontiguousarray(x[i])
+            if aug is not None:
+                aug(xb.reshape(-1, 1, 28, 28), r)
+            b.train_step(xb, y[i], neg[i], train_head=mode == "data")
     for p, q in zip(a.parameters(), b.parameters()):
         np.testing.assert_array_equal(p, q)
 
@@ -103,20 +108,22 @@ def test_two_ranks_equal_one_process(tmp_path):
         comm = MPI.COMM_WORLD
         x, y = data()
         for mode in ("data", "pipeline"):
-            m = model()
-            h = fflib.fit(m, x, y, epochs=2, batch_size=63, comm=comm, distributed=mode, progress=False,
-                          random_state=5, train_head=mode == "data")
-            np.savez(f"{mode}_{comm.Get_rank()}.npz", *m.parameters(), losses=h["epochs"][-1]["block_loss"],
-                     comm_bytes=h["comm_bytes"])
+            for augment in (None, "crop2+flip"):
+                m = model()
+                h = fflib.fit(m, x, y, epochs=2, batch_size=63, comm=comm, distributed=mode, progress=False,
+                              random_state=5, train_head=mode == "data", augment=augment)
+                np.savez(f"{mode}{augment or ''}_{comm.Get_rank()}.npz", *m.parameters(),
+                         losses=h["epochs"][-1]["block_loss"], comm_bytes=h["comm_bytes"])
         np.savez(f"cwc_{comm.Get_rank()}.npz", *fit_cwc(comm).state_dict().values())
     """)
     (tmp_path / "child.py").write_text(script)
     r, _ = _run([sys.executable, "child.py"], tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
-    for mode in ("data", "pipeline"):
-        ref, h = _fit(MPI.COMM_SELF, mode)
+    for mode, augment in [(m, a) for m in ("data", "pipeline") for a in (None, "crop2+flip")]:
+        # augmented: every rank draws the whole minibatch's shifts and flips and applies its rows'
+        ref, h = _fit(MPI.COMM_SELF, mode, augment=augment)
         for rank in (0, 1):
-            got = np.load(tmp_path / f"{mode}_{rank}.npz")
+            got = np.load(tmp_path / f"{mode}{augment or ''}_{rank}.npz")
             params = [got[f"arr_{k}"] for k in range(len(ref.parameters()))]
             # the shards' gradients summed by the all-reduce round differently from one batch's,
             # and 8 Adam steps amplify that for weights with tiny gradients (measured on Zen 5:
@@ -157,6 +164,24 @@ def test_cli_distributed(tmp_path):
     assert res["test_error"]["multi_pass"] < 30 and res["test_error"]["one_pass"] < 30
     m = fflib.FFModel.load(tmp_path / "model.npz")
     assert m.num_blocks == 2
+
+
+def test_cli_distributed_augment_and_resume(tmp_path):
+    """`--augment`, `--resume` and `--head-refit` with `--distributed` (refused before): the run
+    checkpoints, rank 0 refits the head, and the same command with --resume restores the finished
+    run (the checkpoint holds the model before the refit), refits again and reports the same errors."""
+    args = [sys.executable, "-m", "fflib", "train", "--distributed", "data", "--epochs", "2", "--layers", "64",
+            "--augment", "crop2", "--no-progress", "--checkpoint", "ck", "--seed", "3", "--head-refit", "1"]
+    r, _ = _run(args + ["--out", "a.json"], tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    r, _ = _run(args + ["--out", "b.json", "--resume"], tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    a, b = (json.loads((tmp_path / f).read_text()) for f in ("a.json", "b.json"))
+    assert a["config"]["augment"] == "crop2" and a["config"]["ranks"] == 2 and a["config"]["head_refit"] == 1
+    assert a["head_refit"] is not None and r.stdout.count("refitting the one-pass head") == 1
+    assert b["test_error"] == a["test_error"] and len(b["epochs"]) == 2
+    assert [e["block_loss"] for e in b["epochs"]] == [e["block_loss"] for e in a["epochs"]]
+    assert a["test_error"]["one_pass"] < 25      # it learnt (measured 11.85 / 12.80 %; untrained: about 90)
 
 
 @pytest.mark.parametrize("how", ["kill", "raise"])
@@ -209,8 +234,12 @@ def test_split_helpers_and_bad_arguments():
         fflib.fit(m, x, y, comm=MPI.COMM_SELF, distributed="model")
     with pytest.raises(TypeError, match="comm must be an mpi4py intra-communicator"):
         fflib.fit(m, x, y, comm="world")
-    with pytest.raises(ValueError, match=r"does not support \['augment'\]"):
-        fflib.fit(m, x, y, comm=MPI.COMM_SELF, augment="flip")
+    with pytest.raises(ValueError, match=r"does not support \['alternate'\]"):
+        fflib.fit(m, x, y, comm=MPI.COMM_SELF, routine="chunked", alternate=True)
+    with pytest.raises(ValueError, match="needs an image model"):
+        fflib.fit(fflib.FFModel(nn.mlp([784, 20]), input_shape=784), x, y, comm=MPI.COMM_SELF, augment="flip")
+    with pytest.raises(ValueError, match="resume=True needs checkpoint="):
+        fflib.fit(m, x, y, comm=MPI.COMM_SELF, resume=True)
     with pytest.raises(ValueError, match="head_epochs >= 1"):
         fflib.fit(m, x, y, comm=MPI.COMM_SELF, distributed="pipeline")
     h = fflib.fit(m, x, y, epochs=1, comm=MPI.COMM_SELF, negatives="hard", progress=False)
@@ -221,3 +250,69 @@ def test_split_helpers_and_bad_arguments():
     from fflib.uff import uff_model
     with pytest.raises(ValueError, match="autoencoder cells of loss 'ae'"):
         fit_distributed(uff_model([x.shape[1], 8]), x, y, comm=MPI.COMM_SELF)
+
+
+RESUME = """
+import shutil
+from mpi4py import MPI
+comm = MPI.COMM_WORLD
+x, y = data()
+
+def run(mode, ck, resume=False, callback=None):
+    m = model()
+    sched = fflib.MultiStepLR(m.optimizer, [2], 0.5)
+    # the pipeline trains the head in one head-only epoch after the 3 pipelined ones
+    h = fflib.fit(m, x, y, epochs=3, batch_size=63, comm=comm, distributed=mode, progress=False, random_state=5,
+                  head_epochs=0 if mode == "data" else 1, augment="crop2+flip",
+                  scheduler=sched, checkpoint=ck, resume=resume, callback=callback)
+    return m, h
+
+def keep_epoch_1(ck):
+    def callback(rec):       # rank 0, after the checkpoint: a copy of the state after epoch 1
+        if rec["epoch"] == 1:
+            shutil.copytree(ck, ck + "_at1")
+            shutil.copytree(ck, "ck_single")
+    return callback
+"""
+
+
+@pytest.mark.parametrize("mode", ["data", "pipeline"])
+def test_resumed_distributed_run_ends_bit_identical(tmp_path, mode):
+    """A 2-rank run (augmented, scheduled) resumed from its checkpoint after epoch 1 ends with the
+    uninterrupted run's weights, optimiser state, schedule and losses, bit for bit, on every rank;
+    the same checkpoint resumed on one rank ends equal up to the all-reduce's rounding, and rank
+    0's history lists every epoch."""
+    script = SETUP + RESUME + textwrap.dedent(f"""
+        mode = {mode!r}
+        full, hf = run(mode, "ck", callback=keep_epoch_1("ck"))
+        comm.Barrier()
+        resumed, hr = run(mode, "ck_at1", resume=True)
+        r = comm.Get_rank()
+        ost = resumed.optimizer_state()
+        np.savez(f"resumed_{{r}}.npz", *resumed.parameters(), *[ost[k] for k in sorted(ost)],
+                 losses=np.array([e["block_loss"] for e in hr["epochs"]]), lr=resumed.optimizer.lr,
+                 epochs=len(hr["epochs"]))
+        ost = full.optimizer_state()
+        np.savez(f"full_{{r}}.npz", *full.parameters(), *[ost[k] for k in sorted(ost)],
+                 losses=np.array([e["block_loss"] for e in hf["epochs"]]), lr=full.optimizer.lr)
+    """)
+    (tmp_path / "child.py").write_text(script)
+    r, _ = _run([sys.executable, "child.py"], tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    full = np.load(tmp_path / "full_0.npz")
+    for rank in (0, 1):
+        got = np.load(tmp_path / f"resumed_{rank}.npz")
+        arrays = sorted(k for k in full.files if k.startswith("arr_"))
+        for k in arrays:
+            np.testing.assert_array_equal(got[k], full[k], err_msg=f"rank {rank} {k}")
+        assert float(got["lr"]) == float(full["lr"]) == 0.005
+    got = np.load(tmp_path / "resumed_0.npz")
+    assert int(got["epochs"]) == (3 if mode == "data" else 4)
+    np.testing.assert_array_equal(got["losses"], full["losses"])
+    # the 2-rank checkpoint resumed in one process (another number of ranks)
+    env = {}
+    exec(SETUP + RESUME.replace("comm = MPI.COMM_WORLD", "comm = MPI.COMM_SELF"), env)
+    one, h1 = env["run"](mode, str(tmp_path / "ck_single"), resume=True)
+    assert [e["epoch"] for e in h1["epochs"]] == list(range(1, 4 if mode == "data" else 5))
+    for k, q in enumerate(one.parameters()):
+        np.testing.assert_allclose(q, full[f"arr_{k}"], rtol=1e-3, atol=5e-4 * float(np.abs(q).max()))

@@ -2,6 +2,7 @@
 uninterrupted one, in fit and on the command line (SIGKILL mid-epoch)."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -126,6 +127,24 @@ def test_resume_without_optimizer_restores_the_saved_kind(tmp_path):
     assert isinstance(m2.optimizer, fflib.SGD) and m2.optimizer.momentum == pytest.approx(0.9)
     assert isinstance(m2.scheduler, CosineAnnealingLR)
     assert same_params(m, m2)
+
+
+def test_resume_into_the_models_own_optimizer(tmp_path):
+    """The common script: the optimiser attached to the model (fflib.Adam(m)), a schedule of it,
+    and no optimizer= to fit.  The resumed run restores into that optimiser, which the schedule
+    drives (it had built a second one: "scheduler must be a schedule of the optimiser")."""
+    kw = dict(epochs=3, batch_size=8, progress=False, random_state=2)
+
+    def run(**k):
+        m, opt, _ = make_run("mlp", sgd=False)
+        sched = fflib.MultiStepLR(opt, [2], 0.5)
+        return m, sched, fflib.fit(m, *data(m, n=16), scheduler=sched, **kw, **k)
+    full, sched, _ = run()
+    run(checkpoint=tmp_path / "ck", callback=lambda rec: rec["epoch"] == 1 and shutil.copytree(
+        tmp_path / "ck", tmp_path / "at1"))
+    m2, sched2, h2 = run(checkpoint=tmp_path / "at1", resume=True)
+    assert sched2.optimizer is m2.optimizer and m2.optimizer.lr == full.optimizer.lr == pytest.approx(1.5e-3)
+    assert [r["epoch"] for r in h2["epochs"]] == [1, 2, 3] and same_params(full, m2)
 
 
 def test_resume_refuses_another_run(tmp_path):
