@@ -173,8 +173,7 @@ def _resume(comm, model, optimizer, scheduler, rng, history, run, ckpt_path, res
     optimiser's settings, the schedule's state, the epoch and the history from rank 0 (the model's
     weights and optimiser state and the generator follow in the broadcasts after this).  Returns
     (first epoch to run, optimizer, scheduler)."""
-    from .optim import optimizer_from_state, scheduler_from_state
-    from .train import _restore
+    from .train import _restore, _take_optimizer, _take_schedule
     got = None
     if comm.Get_rank() == 0 and resume and os.path.exists(ckpt_path):
         optimizer, scheduler, start, saved = _restore(ckpt_path, model, optimizer, scheduler, rng, run)
@@ -184,19 +183,8 @@ def _resume(comm, model, optimizer, scheduler, rng, history, run, ckpt_path, res
     if got is None:
         return 0, optimizer, scheduler
     if comm.Get_rank() != 0:
-        if optimizer is None:
-            optimizer = model.optimizer
-        if optimizer is None:
-            optimizer = optimizer_from_state(model, got["optimizer"])
-        else:
-            optimizer.load_state_dict(got["optimizer"])
-        if got["scheduler"] is not None:
-            if scheduler is None:
-                scheduler = scheduler_from_state(optimizer, got["scheduler"])
-            else:
-                lr = optimizer.lr
-                scheduler.load_state_dict(got["scheduler"])
-                optimizer.lr = lr
+        optimizer = _take_optimizer(model, optimizer, got["optimizer"])
+        scheduler = _take_schedule(optimizer, scheduler, got["scheduler"])
     history["epochs"] = list(got["history"]["epochs"])
     return got["start"], optimizer, scheduler
 

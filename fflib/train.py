@@ -489,10 +489,34 @@ def _write_checkpoint(path, model, optimizer, scheduler, rng, epoch, history, ru
     _atomic_savez(path, arrays)
 
 
+def _take_optimizer(model, optimizer, state):
+    """The resumed run's optimiser with the saved settings ``state``: ``optimizer``, else (as
+    fit() trains with) the model's own, else a new one of the saved kind."""
+    from .optim import optimizer_from_state
+    optimizer = optimizer if optimizer is not None else model.optimizer
+    if optimizer is None:
+        return optimizer_from_state(model, state)
+    optimizer.load_state_dict(state)
+    return optimizer
+
+
+def _take_schedule(optimizer, scheduler, state):
+    """The resumed run's schedule at the saved ``state`` (None: the run has none): ``scheduler``
+    or a new one of the saved kind; the optimiser keeps its restored rate."""
+    from .optim import scheduler_from_state
+    if state is None:
+        return scheduler
+    if scheduler is None:
+        return scheduler_from_state(optimizer, state)
+    lr = optimizer.lr
+    scheduler.load_state_dict(state)
+    optimizer.lr = lr
+    return scheduler
+
+
 def _restore(path, model, optimizer, scheduler, rng, run):
     """Load the checkpoint at ``path`` into ``model``, the optimiser, the schedule and ``rng``;
     returns (optimizer, scheduler, epoch, history)."""
-    from .optim import optimizer_from_state, scheduler_from_state
     name, data = _read_npz(path)
     saved, meta = FFModel._load(name, data)
     ck = meta.get("checkpoint")
@@ -523,22 +547,11 @@ def _restore(path, model, optimizer, scheduler, rng, run):
     with _field("__meta__.optimizer", name):
         if meta.get("optimizer") is None:
             raise ValueError("missing")
-        if optimizer is None:       # as fit(): the model's own optimiser, else the saved kind
-            optimizer = model.optimizer
-        if optimizer is None:
-            optimizer = optimizer_from_state(model, meta["optimizer"])
-        else:
-            optimizer.load_state_dict(meta["optimizer"])
+        optimizer = _take_optimizer(model, optimizer, meta["optimizer"])
     with _field("__meta__.scheduler", name):
-        if meta.get("scheduler") is None:
-            if scheduler is not None:
-                raise ValueError(f"the checkpointed run had no schedule, this one has a {type(scheduler).__name__}")
-        elif scheduler is None:
-            scheduler = scheduler_from_state(optimizer, meta["scheduler"])
-        else:
-            lr = optimizer.lr
-            scheduler.load_state_dict(meta["scheduler"])
-            optimizer.lr = lr
+        if meta.get("scheduler") is None and scheduler is not None:
+            raise ValueError(f"the checkpointed run had no schedule, this one has a {type(scheduler).__name__}")
+        scheduler = _take_schedule(optimizer, scheduler, meta.get("scheduler"))
     with _field("__meta__.checkpoint.data_rng", name):
         rng.bit_generator.state = state
     # all read and checked: the model takes the saved state
