@@ -370,8 +370,8 @@ def build_parser():
                    help="train across the ranks of an MPI job (mpirun -n N python -m fflib train --distributed "
                         "...; needs pip install 'fflib-core[mpi]'): data = each rank a shard of every minibatch, "
                         "gradients all-reduced; pipeline = each rank a range of blocks, activations passed on "
-                        "(the one-pass head then trains one more, head-only epoch); only rank 0 prints and "
-                        "writes files")
+                        "(the one-pass head then trains one more, head-only epoch); --method scff|hybrid "
+                        "train data-parallel; only rank 0 prints and writes files")
     sub.add_parser("models", help="list the model zoo with parameter counts")
     r = sub.add_parser("recipes", help="list the recipes (settings per model and dataset) with their "
                                        "reported test errors")

