@@ -633,9 +633,9 @@ def train_command(a):
         _bad("--resume needs --checkpoint DIR (where the interrupted run kept its state)")
     comm, rank = None, 0
     if a.distributed:
-        for flag, used in (("--pipeline", a.pipeline), ("--alternate", a.alternate)):
-            if used:
-                _bad(f"{flag} is not supported with --distributed")
+        if a.pipeline:
+            _bad("--pipeline (one process's pipelined blocks) is not supported with --distributed; "
+                 "--distributed pipeline spreads the blocks over the ranks")
         try:
             from mpi4py import MPI
         except ImportError:

@@ -463,7 +463,7 @@ def fit_distributed(model, x, y, *, comm, mode="data", epochs=10, batch_size=100
                     scheduler=None, order="simultaneous", windows=None, negatives="uniform", train_head=True,
                     head_epochs=0, random_state=0, progress=True, x_val=None, y_val=None, callback=None,
                     checkpoint=None, checkpoint_every=1, routine=None, chunk_size=2, max_in_flight=2,
-                    augment=None, resume=False, **unsupported):
+                    augment=None, resume=False, alternate=False, **unsupported):
     """:func:`fflib.fit` across the processes of ``comm`` (see the module's description);
     called by ``fit(..., comm=, distributed=)``.  Every rank passes the same model, data and
     settings.  ``max_in_flight`` bounds the minibatches a pipeline stage has sent and the next
@@ -497,8 +497,22 @@ def fit_distributed(model, x, y, *, comm, mode="data", epochs=10, batch_size=100
     if resume and checkpoint is None:
         raise ValueError("resume=True needs checkpoint= (the directory holding the checkpoint)")
     chunk_size = _count("chunk_size", chunk_size, 1)
+    cuts = None
     if routine is not None:
-        model.set_block_ranges(block_ranges(model, routine, chunk_size, 0))
+        cuts = [block_ranges(model, routine, chunk_size, 0)]
+        if alternate:       # as fit(): the chunks shift by one unit every other minibatch
+            if routine != "chunked" or windows is not None:
+                raise ValueError("alternate needs routine 'chunked' and no windows")
+            shifted = block_ranges(model, "chunked", chunk_size, 1)
+            if len(shifted) != len(cuts[0]) and order != "simultaneous":
+                raise ValueError(f"the alternating chunkings have {len(cuts[0])} and {len(shifted)} blocks, "
+                                 f"so the {order!r} order cannot follow them; use order 'simultaneous'")
+            if shifted != cuts[0]:  # chunks of one unit do not shift
+                cuts.append(shifted)
+        model.set_block_ranges(cuts[0])
+    elif alternate:
+        raise ValueError("alternate needs a routine (routine='chunked')")
+    alternating = cuts is not None and len(cuts) > 1
     loss = model.config["loss"]
     pairs = loss in ("ff", "symba")
     if model.label_encoding == "none" and pairs:
@@ -515,6 +529,9 @@ def fit_distributed(model, x, y, *, comm, mode="data", epochs=10, batch_size=100
         if order != "simultaneous" or windows is not None:
             raise ValueError("distributed='pipeline' trains every block on every minibatch: order "
                              "'simultaneous' and no windows")
+        if alternating:
+            raise ValueError("distributed='pipeline' gives each rank fixed blocks: alternate=True changes the "
+                             "cut every minibatch; use distributed='data'")
         if loss == "xent":
             raise ValueError("loss 'xent' trains one block (backprop); there is nothing to pipeline")
         if train_head and head_epochs == 0:
@@ -536,7 +553,7 @@ def fit_distributed(model, x, y, *, comm, mode="data", epochs=10, batch_size=100
     history = {"epochs": [], "interrupted": False, "distributed": mode, "ranks": size}
     # what a checkpoint's run must share with the run resuming it (not the number of ranks: a
     # resumed run may use another, which changes the float rounding of the all-reduce only)
-    run = {"distributed": mode, "batch_size": batch_size, "order": order,
+    run = {"distributed": mode, "batch_size": batch_size, "order": order, "alternate": bool(alternate),
            "windows": None if windows is None else [list(w) for w in wins], "negatives": negatives,
            "train_head": train_head, "head_epochs": head_epochs, "augment": None if aug is None else repr(aug),
            "routine": routine, "chunk_size": chunk_size, "num_samples": n,
@@ -545,9 +562,9 @@ def fit_distributed(model, x, y, *, comm, mode="data", epochs=10, batch_size=100
     _check_same_everywhere(comm, "training data (CRC-32 of x and y)", (*run["data_crc32"], n))
     _check_same_everywhere(comm, "model architecture", repr(model.architecture()))
     _check_same_everywhere(comm, "settings (mode, epochs, batch_size, negatives, train_head, head_epochs, "
-                                 "augment, resume)",
+                                 "augment, resume, alternate)",
                            (mode, epochs, batch_size, negatives, train_head, head_epochs, str(order), str(wins),
-                            repr(aug), bool(resume)))
+                            repr(aug), bool(resume), bool(alternate)))
     with abort_on_error(comm):
         # only rank 0 writes and reads the checkpoint: a bad directory ends the job from there
         ckpt_path = None if checkpoint is None or rank != 0 else _checkpoint_path(checkpoint)
@@ -585,8 +602,19 @@ def fit_distributed(model, x, y, *, comm, mode="data", epochs=10, batch_size=100
             steps = 0
             bar = _progress(range(0, n, batch_size), progress and rank == 0, f"epoch {epoch + 1}/{total_epochs}")
             if stages is None or head_only:
-                exchange = _GradientExchange(model, comm, active, train_head)
+                # one exchange per cut (alternate: the shifted chunking may have another block count)
+                exchanges, actives = [], []
+                for cut in (cuts if alternating else [None]):
+                    if cut is not None:
+                        model.set_block_ranges(cut)
+                    a = active if cut is None or len(cut) == nb else np.full(len(cut), active.max(), np.uint8)
+                    actives.append(a)
+                    exchanges.append(_GradientExchange(model, comm, a, train_head))
+                parts, counts = [np.zeros(len(a) + 1) for a in actives], [0] * len(actives)
                 for s in bar:
+                    c = steps % len(parts)
+                    if alternating:
+                        model.set_block_ranges(cuts[c])
                     idx = perm[s:s + batch_size]
                     lo, hi = shard_bounds(len(idx), size, rank)
                     w = (hi - lo) / len(idx)
@@ -596,22 +624,31 @@ def fit_distributed(model, x, y, *, comm, mode="data", epochs=10, batch_size=100
                         draws = aug.draw(len(idx), rng)
                         aug.apply(xb.reshape((len(mine),) + tuple(model.input_shape)),
                                   aug.rows(draws, lo, hi) if hi > lo else aug.rows(draws, 0, 1))
-                    losses = exchange.step(xb, np.ascontiguousarray(y[mine]), np.ascontiguousarray(neg[mine]), w)
-                    _optimizer_step(model, optimizer, active, train_head)
-                    sums += losses
+                    losses = exchanges[c].step(xb, np.ascontiguousarray(y[mine]), np.ascontiguousarray(neg[mine]), w)
+                    _optimizer_step(model, optimizer, actives[c], train_head)
+                    parts[c] += losses
+                    counts[c] += 1
                     steps += 1
-                history["comm_bytes"] += steps * exchange.bytes_per_step() if size > 1 else 0
+                if alternating:      # hard negatives, evaluation and checkpoints see the first cut
+                    model.set_block_ranges(cuts[0])
+                history["comm_bytes"] += sum(k * e.bytes_per_step() for k, e in zip(counts, exchanges)) \
+                    if size > 1 else 0
                 if size > 1:
-                    comm.Allreduce(MPI.IN_PLACE, sums, op=MPI.SUM)
+                    for part in parts:
+                        comm.Allreduce(MPI.IN_PLACE, part, op=MPI.SUM)
                 _average_running_stats(comm, model)
+                mean = parts[0] / max(counts[0], 1)
+                mean[nb] = sum(part[-1] for part in parts) / max(steps, 1)
             else:
                 sums, steps = _pipeline_epoch(comm, model, sub, sender, optimizer, stages, ranges, layer_range,
                                               x, y, perm, neg, batch_size, pairs, bar, aug, rng)
                 history["comm_bytes"] = sender.bytes if sender is not None else 0
-            mean = sums / max(steps, 1)
+                mean = sums / max(steps, 1)
             rec = {"epoch": epoch + 1, "block_loss": [float(v) for v in mean[:nb]],
                    "head_loss": float(mean[nb]) if train_head and (head_only or stages is None) else None,
                    "active": active.tolist(), "lr": optimizer.lr, "seconds": time.perf_counter() - t0}
+            if alternating and (stages is None or head_only):
+                rec["block_loss_shifted"] = [float(v) for v in parts[1][:-1] / max(counts[1], 1)]
             last = epoch + 1 == total_epochs
             save_now = checkpoint is not None and ((epoch + 1) % checkpoint_every == 0 or last)
             if stages is not None and not head_only and (last or save_now or x_val is not None

@@ -206,8 +206,9 @@ def fit(model, x, y, *, epochs=10, batch_size=100, optimizer=None, scheduler=Non
         each rank a range of blocks and passes activations rank to rank.  Every rank passes the
         same model, data and settings; only rank 0 shows progress, evaluates ``x_val``, calls
         ``callback`` and writes (and, to ``resume``, reads) the checkpoint; ``augment`` draws
-        every minibatch's choices as one process does.  ``alternate`` and ``pipeline`` (the
-        in-process pipeline) are not supported there.  See :mod:`fflib.distributed`.
+        every minibatch's choices as one process does; ``alternate`` shifts the chunks every
+        other minibatch (data-parallel only).  ``pipeline`` (the in-process pipeline) is not
+        supported there.  See :mod:`fflib.distributed`.
     Ctrl-C stops cleanly after the current minibatch (pipelined: after draining the minibatches
     in flight); the history says ``interrupted`` (the last checkpoint is kept as it was).
     Returns the history: a dict with ``epochs`` (per-epoch mean block losses, head loss, lr,

@@ -74,25 +74,35 @@ def _fit(comm, mode, **kw):
     return m, h
 
 
-@pytest.mark.parametrize("mode,augment", [("data", None), ("pipeline", None), ("data", "crop2+flip"),
-                                          ("pipeline", "crop3")])
-def test_one_rank_is_the_plain_training_step(mode, augment):
+@pytest.mark.parametrize("mode,augment,alternate", [("data", None, False), ("pipeline", None, False),
+                                                    ("data", "crop2+flip", False), ("pipeline", "crop3", False),
+                                                    ("data", None, True)])
+def test_one_rank_is_the_plain_training_step(mode, augment, alternate):
     """On one rank both modes are train_step on the global batch with the shared generator's
-    order, negative labels and augmentation (drawn after them, minibatch by minibatch), bit for bit."""
-    a, _ = _fit(MPI.COMM_SELF, mode, augment=augment)
+    order, negative labels and augmentation (drawn after them, minibatch by minibatch), and with
+    alternate the chunks shifted every other minibatch, bit for bit."""
+    kw = dict(routine="chunked", alternate=True) if alternate else {}
+    a, h = _fit(MPI.COMM_SELF, mode, augment=augment, **kw)
     b = model()                                              # noqa: F821
     x, y = data()                                            # noqa: F821
     aug = fflib.augment.parse(augment)
+    cuts = [[(0, 2), (2, 3)], [(0, 1), (1, 3)]]               # the 3 Linear units in chunks of 2, shifted
+    cuts = [[(b.default_blocks()[u0 - 1] if u0 else 0, b.default_blocks()[u1 - 1]) for u0, u1 in cut]
+            for cut in cuts]
     r = np.random.default_rng(5)
     for _ in range(2):
         perm = r.permutation(len(y))
         neg = negative_labels(r, y, 10)
-        for s in range(0, len(y), 63):
+        for k, s in enumerate(range(0, len(y), 63)):
             i = perm[s:s + 63]
             xb = np.ascontiguousarray(x[i])
             if aug is not None:
                 aug(xb.reshape(-1, 1, 28, 28), r)
+            if alternate:
+                b.set_block_ranges(cuts[k % 2])
             b.train_step(xb, y[i], neg[i], train_head=mode == "data")
+    if alternate:
+        assert a.blocks == cuts[0] and len(h["epochs"][-1]["block_loss_shifted"]) == 2
     for p, q in zip(a.parameters(), b.parameters()):
         np.testing.assert_array_equal(p, q)
 
@@ -114,6 +124,10 @@ def test_two_ranks_equal_one_process(tmp_path):
                               random_state=5, train_head=mode == "data", augment=augment)
                 np.savez(f"{mode}{augment or ''}_{comm.Get_rank()}.npz", *m.parameters(),
                          losses=h["epochs"][-1]["block_loss"], comm_bytes=h["comm_bytes"])
+        m = model()
+        fflib.fit(m, x, y, epochs=2, batch_size=63, comm=comm, progress=False, random_state=5,
+                  routine="chunked", alternate=True)
+        np.savez(f"alternate_{comm.Get_rank()}.npz", *m.parameters())
         np.savez(f"cwc_{comm.Get_rank()}.npz", *fit_cwc(comm).state_dict().values())
     """)
     (tmp_path / "child.py").write_text(script)
@@ -139,6 +153,11 @@ def test_two_ranks_equal_one_process(tmp_path):
         else:
             n_grad = sum(p.size for p in ref.parameters()) * 4
             assert int(np.load(tmp_path / "data_0.npz")["comm_bytes"]) == 2 * 4 * n_grad
+    ref, _ = _fit(MPI.COMM_SELF, "data", routine="chunked", alternate=True)
+    for rank in (0, 1):         # alternating chunks: every rank shifts them on the same minibatches
+        got = np.load(tmp_path / f"alternate_{rank}.npz")
+        for k, q in enumerate(ref.parameters()):
+            np.testing.assert_allclose(got[f"arr_{k}"], q, rtol=1e-3, atol=5e-4 * float(np.abs(q).max()))
     ref = list(fit_cwc(MPI.COMM_SELF).state_dict().values())     # noqa: F821 (from SETUP)
     for rank in (0, 1):
         got = np.load(tmp_path / f"cwc_{rank}.npz")
@@ -234,8 +253,13 @@ def test_split_helpers_and_bad_arguments():
         fflib.fit(m, x, y, comm=MPI.COMM_SELF, distributed="model")
     with pytest.raises(TypeError, match="comm must be an mpi4py intra-communicator"):
         fflib.fit(m, x, y, comm="world")
-    with pytest.raises(ValueError, match=r"does not support \['alternate'\]"):
-        fflib.fit(m, x, y, comm=MPI.COMM_SELF, routine="chunked", alternate=True)
+    with pytest.raises(ValueError, match=r"does not support \['pipeline'\]"):
+        fflib.fit(m, x, y, comm=MPI.COMM_SELF, pipeline=True)
+    with pytest.raises(ValueError, match="alternate needs a routine"):
+        fflib.fit(m, x, y, comm=MPI.COMM_SELF, alternate=True)
+    with pytest.raises(ValueError, match="gives each rank fixed blocks"):
+        fflib.fit(m, x, y, comm=MPI.COMM_SELF, distributed="pipeline", routine="chunked", alternate=True,
+                  head_epochs=1)
     with pytest.raises(ValueError, match="needs an image model"):
         fflib.fit(fflib.FFModel(nn.mlp([784, 20]), input_shape=784), x, y, comm=MPI.COMM_SELF, augment="flip")
     with pytest.raises(ValueError, match="resume=True needs checkpoint="):
