@@ -470,9 +470,8 @@ def fit_distributed(model, x, y, *, comm, mode="data", epochs=10, batch_size=100
     has not yet received.  Returns the history (complete on rank 0)."""
     from .augment import parse as parse_augment
     from .optim import Adam
-    from .train import (_check_data_args, _check_run_args, _count, _rng, _windows, _checkpoint_path, _write_checkpoint, _progress, evaluate,
-                        hard_negative_labels)
-    from .routines import block_ranges
+    from .train import (_check_data_args, _check_run_args, _count, _cuts, _rng, _windows, _checkpoint_path,
+                        _write_checkpoint, _progress, evaluate, hard_negative_labels)
     refused = {k: v for k, v in unsupported.items() if v not in (None, False)}
     if refused:
         raise ValueError(f"distributed training does not support {sorted(refused)} (got "
@@ -497,21 +496,7 @@ def fit_distributed(model, x, y, *, comm, mode="data", epochs=10, batch_size=100
     if resume and checkpoint is None:
         raise ValueError("resume=True needs checkpoint= (the directory holding the checkpoint)")
     chunk_size = _count("chunk_size", chunk_size, 1)
-    cuts = None
-    if routine is not None:
-        cuts = [block_ranges(model, routine, chunk_size, 0)]
-        if alternate:       # as fit(): the chunks shift by one unit every other minibatch
-            if routine != "chunked" or windows is not None:
-                raise ValueError("alternate needs routine 'chunked' and no windows")
-            shifted = block_ranges(model, "chunked", chunk_size, 1)
-            if len(shifted) != len(cuts[0]) and order != "simultaneous":
-                raise ValueError(f"the alternating chunkings have {len(cuts[0])} and {len(shifted)} blocks, "
-                                 f"so the {order!r} order cannot follow them; use order 'simultaneous'")
-            if shifted != cuts[0]:  # chunks of one unit do not shift
-                cuts.append(shifted)
-        model.set_block_ranges(cuts[0])
-    elif alternate:
-        raise ValueError("alternate needs a routine (routine='chunked')")
+    cuts = _cuts(model, routine, chunk_size, alternate, windows, order)   # as fit()
     alternating = cuts is not None and len(cuts) > 1
     loss = model.config["loss"]
     pairs = loss in ("ff", "symba")

@@ -255,21 +255,7 @@ def fit(model, x, y, *, epochs=10, batch_size=100, optimizer=None, scheduler=Non
     ckpt_path = None
     if checkpoint is not None:
         ckpt_path = _checkpoint_path(checkpoint)
-    cuts = None
-    if routine is not None:
-        cuts = [block_ranges(model, routine, chunk_size, 0)]
-        if alternate:
-            if routine != "chunked" or windows is not None:
-                raise ValueError("alternate needs routine 'chunked' and no windows")
-            shifted = block_ranges(model, "chunked", chunk_size, 1)
-            if len(shifted) != len(cuts[0]) and order != "simultaneous":
-                raise ValueError(f"the alternating chunkings have {len(cuts[0])} and {len(shifted)} blocks, "
-                                 f"so the {order!r} order cannot follow them; use order 'simultaneous'")
-            if shifted != cuts[0]:  # chunks of one unit do not shift
-                cuts.append(shifted)
-        model.set_block_ranges(cuts[0])
-    elif alternate:
-        raise ValueError(f"alternate needs a routine, one of {ROUTINES}")
+    cuts = _cuts(model, routine, chunk_size, alternate, windows, order)
     pipeline = bool(pipeline)
     if pipeline and alternate:
         raise ValueError("pipeline=True needs one cut for the whole epoch; alternate=True changes it every minibatch")
@@ -497,6 +483,28 @@ def _write_checkpoint(path, model, optimizer, scheduler, rng, epoch, history, ru
                           "data_rng": rng.bit_generator.state}
     arrays["__meta__"] = np.array(json.dumps(meta))
     _atomic_savez(path, arrays)
+
+
+def _cuts(model, routine, chunk_size, alternate, windows, order):
+    """The block ranges a run trains with: None (keep the model's, no ``routine``), or
+    ``routine``'s cut and, with ``alternate``, the cut shifted by one unit (every other
+    minibatch trains with it); the model takes the first."""
+    if routine is None:
+        if alternate:
+            raise ValueError(f"alternate needs a routine, one of {ROUTINES}")
+        return None
+    cuts = [block_ranges(model, routine, chunk_size, 0)]
+    if alternate:
+        if routine != "chunked" or windows is not None:
+            raise ValueError("alternate needs routine 'chunked' and no windows")
+        shifted = block_ranges(model, "chunked", chunk_size, 1)
+        if len(shifted) != len(cuts[0]) and order != "simultaneous":
+            raise ValueError(f"the alternating chunkings have {len(cuts[0])} and {len(shifted)} blocks, "
+                             f"so the {order!r} order cannot follow them; use order 'simultaneous'")
+        if shifted != cuts[0]:  # chunks of one unit do not shift
+            cuts.append(shifted)
+    model.set_block_ranges(cuts[0])
+    return cuts
 
 
 def _take_optimizer(model, optimizer, state):
