@@ -49,6 +49,10 @@ global minibatch from the shared generator, as one process would, and applies th
 rows (data-parallel) or, in the pipeline, rank 0 applies them to the images it reads; so an
 augmented run equals one process's, as an unaugmented one does.
 
+Head dropout (``head_dropout`` > 0) draws its masks on each rank for that rank's rows, from a
+stream of the rank's own for every step (:func:`rank_stream`): several ranks equal one process
+in distribution there, not bit for bit.
+
 Label-free training (``fit(..., method="scff" | "hybrid", comm=...)``, :func:`label_free_epochs`)
 is data-parallel: every rank builds the whole minibatch's positive and negative rows from the
 shared generator, as one process would, and trains on its shard of them; the probe's epochs
@@ -287,6 +291,18 @@ class _GradientExchange:
         return int(sum(g.nbytes for _, i in self.entries for g in self._grads(i)))
 
 
+def rank_stream(model, comm, epoch, step):
+    """Head dropout draws its masks from the core's generator, which the broadcast of the
+    optimiser state makes the same on every rank: on several ranks each rank's generator is set before every step to a
+    stream of its own (from the model's seed, the epoch, the step and the rank), so the ranks'
+    masks are independent, as one process's are for different rows, and a resumed run draws the
+    same ones.  One rank (or no dropout) keeps the generator as one process does."""
+    if comm.Get_size() > 1 and model.config.get("head_dropout", 0.0) > 0.0:
+        state = np.random.SeedSequence([model.seed, epoch, step, comm.Get_rank()]).generate_state(4, np.uint64)
+        state[0] |= np.uint64(state.max() == 0)       # the generator's state must not be all zero
+        model._net.set_rng(tuple(int(v) for v in state))
+
+
 def _optimizer_step(model, optimizer, active, train_head):
     optimizer._apply()          # a schedule may have changed the learning rate
     model._net.optimizer_step(np.ascontiguousarray(active, dtype=np.uint8),
@@ -339,6 +355,7 @@ def label_free_epochs(comm, model, x, y, plan, pairs, *, method, batch_size, min
                 lo, hi = shard_bounds(len(idx), size, rank)
                 w = (hi - lo) / len(idx)
                 mine = slice(lo, hi) if hi > lo else slice(0, 1)     # an empty shard: one row, weight 0
+                rank_stream(model, comm, epoch, steps)
                 if probe:
                     xb = np.ascontiguousarray(x[idx[mine]])
                     # x_neg: a label-free model's step needs one; no block is active to read it
@@ -609,6 +626,7 @@ def fit_distributed(model, x, y, *, comm, mode="data", epochs=10, batch_size=100
                         draws = aug.draw(len(idx), rng)
                         aug.apply(xb.reshape((len(mine),) + tuple(model.input_shape)),
                                   aug.rows(draws, lo, hi) if hi > lo else aug.rows(draws, 0, 1))
+                    rank_stream(model, comm, epoch, steps)
                     losses = exchanges[c].step(xb, np.ascontiguousarray(y[mine]), np.ascontiguousarray(neg[mine]), w)
                     _optimizer_step(model, optimizer, actives[c], train_head)
                     parts[c] += losses

@@ -18,7 +18,7 @@ from fflib import nn
 from conftest import child_env
 
 MPI = pytest.importorskip("mpi4py.MPI", reason="mpi4py is not installed (pip install 'fflib-core[mpi]')")
-from fflib.distributed import negative_labels, shard_bounds, stage_blocks  # noqa: E402
+from fflib.distributed import negative_labels, rank_stream, shard_bounds, stage_blocks  # noqa: E402
 
 
 def _mpirun():
@@ -435,3 +435,32 @@ def test_cli_label_free_distributed(tmp_path):
     assert d["config"]["ranks"] == 2 and d["config"]["distributed"] == "data" and o["config"]["ranks"] == 1
     assert abs(d["test_error"]["probe"] - o["test_error"]["probe"]) <= 0.5, (d["test_error"], o["test_error"])
     assert d["test_error"]["probe"] < 40        # it learnt (measured 26.60 %)
+
+
+def test_head_dropout_draws_a_stream_per_rank_and_step():
+    """The broadcast optimiser state gives every rank the same core generator, so head dropout
+    would draw the same masks on every rank's rows: on several ranks each rank's generator is set to its own
+    stream before every step (a function of seed, epoch, step and rank: a resumed run draws the
+    same); one rank, or no dropout, leaves it alone (one rank equals one process bit for bit)."""
+    class Comm:
+        def __init__(self, rank, size):
+            self.rank, self.size = rank, size
+
+        def Get_rank(self):
+            return self.rank
+
+        def Get_size(self):
+            return self.size
+
+    m = model()                                              # noqa: F821 (from SETUP)
+
+    def rng_after(comm, epoch, step):
+        rank_stream(m, comm, epoch, step)
+        return tuple(m._net.get_rng())
+    before = tuple(m._net.get_rng())
+    assert rng_after(Comm(1, 2), 0, 0) == before               # no dropout: untouched
+    m.set_config(head_dropout=0.3)
+    assert rng_after(Comm(0, 1), 3, 7) == before               # one rank: untouched
+    streams = {(r, e, s): rng_after(Comm(r, 2), e, s) for r in (0, 1) for e in (0, 1) for s in (0, 1)}
+    assert len(set(streams.values())) == len(streams)          # every rank, epoch and step its own
+    assert rng_after(Comm(1, 2), 1, 0) == streams[(1, 1, 0)]   # and the same again (resume)
