@@ -46,6 +46,17 @@ def _bad(message):
     sys.exit(2)
 
 
+def mpi_world(a, bad):
+    """(MPI.COMM_WORLD, this rank) for a train command with --distributed, else (None, 0)."""
+    if not getattr(a, "distributed", None):
+        return None, 0
+    try:
+        from mpi4py import MPI
+    except ImportError:
+        bad("--distributed needs mpi4py and an MPI library: pip install 'fflib-core[mpi]'")
+    return MPI.COMM_WORLD, MPI.COMM_WORLD.Get_rank()
+
+
 def _int_list(text):
     try:
         vals = [int(v) for v in text.split(",") if v.strip()]
@@ -370,7 +381,7 @@ def build_parser():
                    help="train across the ranks of an MPI job (mpirun -n N python -m fflib train --distributed "
                         "...; needs pip install 'fflib-core[mpi]'): data = each rank a shard of every minibatch, "
                         "gradients all-reduced; pipeline = each rank a range of blocks, activations passed on "
-                        "(the one-pass head then trains one more, head-only epoch); --method scff|hybrid "
+                        "(the one-pass head then trains one more, head-only epoch); --method scff|hybrid|uff "
                         "train data-parallel; only rank 0 prints and writes files")
     sub.add_parser("models", help="list the model zoo with parameter counts")
     r = sub.add_parser("recipes", help="list the recipes (settings per model and dataset) with their "
@@ -631,16 +642,10 @@ def train_command(a):
              "schedules every epoch with --milestones or the cooldown")
     if a.resume and not a.checkpoint:
         _bad("--resume needs --checkpoint DIR (where the interrupted run kept its state)")
-    comm, rank = None, 0
-    if a.distributed:
-        if a.pipeline:
-            _bad("--pipeline (one process's pipelined blocks) is not supported with --distributed; "
-                 "--distributed pipeline spreads the blocks over the ranks")
-        try:
-            from mpi4py import MPI
-        except ImportError:
-            _bad("--distributed needs mpi4py and an MPI library: pip install 'fflib-core[mpi]'")
-        comm, rank = MPI.COMM_WORLD, MPI.COMM_WORLD.Get_rank()
+    if a.distributed and a.pipeline:
+        _bad("--pipeline (one process's pipelined blocks) is not supported with --distributed; "
+             "--distributed pipeline spreads the blocks over the ranks")
+    comm, rank = mpi_world(a, _bad)
     if a.threads:
         set_num_threads(a.threads)
     x, y, xt, yt = load_train_test(a, _bad)

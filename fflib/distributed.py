@@ -53,10 +53,11 @@ Head dropout (``head_dropout`` > 0) draws its masks on each rank for that rank's
 stream of the rank's own for every step (:func:`rank_stream`): several ranks equal one process
 in distribution there, not bit for bit.
 
-Label-free training (``fit(..., method="scff" | "hybrid", comm=...)``, :func:`label_free_epochs`)
-is data-parallel: every rank builds the whole minibatch's positive and negative rows from the
-shared generator, as one process would, and trains on its shard of them; the probe's epochs
-shard the labelled rows.
+Label-free training (``fit(..., method="scff" | "hybrid" | "uff", comm=...)``,
+:func:`label_free_epochs`) is data-parallel: every rank builds the whole minibatch's positive and
+negative rows from the shared generator, as one process would, and trains on its shard of them
+(UFF's autoencoder cells: of the images, their decoders' gradients all-reduced with the cells');
+the probe's epochs shard the labelled rows.
 
 Only rank 0 shows progress bars, evaluates ``x_val``, calls ``callback`` and writes checkpoints;
 the history is complete on rank 0.  With ``resume=True`` rank 0 reads the checkpoint (weights,
@@ -223,6 +224,8 @@ class _GradientExchange:
         entries = [(i + 1, i) for i in sorted(layers) if i in trainable]
         if -2 in trainable and active[0]:
             entries.append((nl + 1, -2))
+        decoders = model._decoder_indices()      # UFF's autoencoder cells: one decoder per block
+        entries += [(nl + 1, d) for b, d in enumerate(decoders) if active[b] and d in trainable]
         if train_head and -1 in trainable:
             entries.append((nl + 1, -1))
         self.entries = entries              # (progress at which final, layer index)
@@ -317,7 +320,8 @@ def label_free_epochs(comm, model, x, y, plan, pairs, *, method, batch_size, min
     returns the positive and negative rows, from the shared generator, as one process would)
     and trains on its shard of them, the gradients all-reduced as in ``distributed="data"``;
     the probe's epochs shard the labelled rows.  One rank equals the one-process loop bit for
-    bit; more ranks equal it up to the sums' rounding.  Only rank 0 evaluates, calls
+    bit; more ranks equal it up to the sums' rounding.  ``pairs`` may return None negatives (the
+    autoencoder cells of loss "ae" train on the positives alone).  Only rank 0 evaluates, calls
     ``callback``, prints and writes (and, to resume, reads) the checkpoint."""
     from .train import _checkpoint_path, _check_run_args
     from .unsupervised import end_epoch, minibatches
@@ -335,6 +339,7 @@ def label_free_epochs(comm, model, x, y, plan, pairs, *, method, batch_size, min
     _check_same_everywhere(comm, "model architecture", repr(model.architecture()))
     _check_same_everywhere(comm, "settings", repr(sorted((k, str(v)) for k, v in run.items())) + str(bool(resume)))
     off = np.zeros(nb, np.uint8)
+    explicit = model.config["loss"] in ("ff", "symba")     # a step takes x_neg (unused by the probe)
     with abort_on_error(comm):
         ckpt = None if checkpoint is None or rank != 0 else _checkpoint_path(checkpoint)
         start, optimizer, scheduler = _resume(comm, model, optimizer, scheduler, rng, history, run, ckpt,
@@ -359,11 +364,12 @@ def label_free_epochs(comm, model, x, y, plan, pairs, *, method, batch_size, min
                 if probe:
                     xb = np.ascontiguousarray(x[idx[mine]])
                     # x_neg: a label-free model's step needs one; no block is active to read it
-                    losses = exchange.step(xb, np.ascontiguousarray(y[idx[mine]]), None, w, x_neg=xb)
+                    losses = exchange.step(xb, np.ascontiguousarray(y[idx[mine]]), None, w,
+                                           x_neg=xb if explicit else None)
                 else:
                     pos, neg = pairs(np.ascontiguousarray(x[idx]), act)
                     losses = exchange.step(np.ascontiguousarray(pos[mine]), None, None, w,
-                                           x_neg=np.ascontiguousarray(neg[mine]))
+                                           x_neg=None if neg is None else np.ascontiguousarray(neg[mine]))
                 _optimizer_step(model, optimizer, active, probe)
                 sums += losses
                 steps += 1
@@ -521,8 +527,8 @@ def fit_distributed(model, x, y, *, comm, mode="data", epochs=10, batch_size=100
         raise ValueError("distributed training draws negative labels; a model with label_encoding 'none' "
                          "and the ff/symba loss trains on explicit negatives (train_step(x, None, x_neg=...))")
     if loss == "ae":
-        raise ValueError("distributed training does not support the autoencoder cells of loss 'ae' (their "
-                         "decoders are not all-reduced): train them with fit(method='uff') in one process")
+        raise ValueError("the autoencoder cells of loss 'ae' train without labels: fit(model, x, y, method='uff', "
+                         "comm=...) trains them data-parallel")
     stages = None
     if mode == "pipeline":
         if negatives != "uniform":

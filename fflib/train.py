@@ -412,7 +412,7 @@ def _fit_uff(model, x, y, args):
     from .uff import fit_uff
     from .unsupervised import label_free_order
     defaults = dict(windows=None, negatives="uniform", train_head=True, routine=None, chunk_size=2, alternate=False,
-                    augment=None, pipeline=False, comm=None, distributed=None)
+                    augment=None, pipeline=False)
     for key, value in defaults.items():
         if args[key] != value:
             raise ValueError(f"{key}={args[key]!r} does not apply to method 'uff' (autoencoder cells, then a "
@@ -422,7 +422,20 @@ def _fit_uff(model, x, y, args):
                    optimizer=args["optimizer"], scheduler=args["scheduler"], order=order,
                    random_state=args["random_state"], x_val=args["x_val"], y_val=args["y_val"],
                    callback=args["callback"], progress=False, checkpoint=args["checkpoint"],
-                   checkpoint_every=args["checkpoint_every"], resume=args["resume"])
+                   checkpoint_every=args["checkpoint_every"], resume=args["resume"],
+                   comm=_label_free_comm("uff", args))
+
+
+def _label_free_comm(method, args):
+    """The communicator of a label-free fit(): ``comm``, or MPI.COMM_WORLD when only
+    ``distributed`` ("data": the label-free loops are data-parallel) is given; None for none."""
+    if args["distributed"] not in (None, "data"):
+        raise ValueError(f"method {method!r} trains data-parallel across ranks (distributed='data'), got "
+                         f"distributed={args['distributed']!r}")
+    if args["comm"] is None and args["distributed"] is None:
+        return None
+    from .distributed import check_comm
+    return check_comm(args["comm"])
 
 
 def _fit_label_free(method, model, x, y, args):
@@ -437,13 +450,7 @@ def _fit_label_free(method, model, x, y, args):
         if args[key] != value:
             raise ValueError(f"{key}={args[key]!r} does not apply to method {method!r} (label-free training "
                              f"on explicit negatives, then a linear probe)")
-    if args["distributed"] not in (None, "data"):
-        raise ValueError(f"method {method!r} trains data-parallel across ranks (distributed='data'), got "
-                         f"distributed={args['distributed']!r}")
-    comm = args["comm"]
-    if comm is None and args["distributed"] is not None:
-        from .distributed import check_comm
-        comm = check_comm(None)
+    comm = _label_free_comm(method, args)
     order = label_free_order(args["order"])
     return fit_unsupervised(model, x, y, method=method, epochs=args["epochs"], head_epochs=args["head_epochs"],
                             batch_size=args["batch_size"], optimizer=args["optimizer"], scheduler=args["scheduler"],

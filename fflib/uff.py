@@ -59,7 +59,7 @@ def uff_model(sizes, num_classes=10, input_shape=None, *, norm="l2", head_blocks
 
 def fit_uff(model, x, y=None, *, epochs=10, head_epochs=5, batch_size=100, optimizer=None, scheduler=None,
             order="simultaneous", random_state=0, x_val=None, y_val=None, callback=None, progress=False,
-            checkpoint=None, checkpoint_every=1, resume=False):
+            checkpoint=None, checkpoint_every=1, resume=False, comm=None):
     """Train ``model``'s autoencoder cells (``loss="ae"``, see :func:`uff_model`) on x without
     labels for ``epochs`` epochs, then its one-pass head on the frozen features for
     ``head_epochs`` epochs with the labels y (a linear probe; skipped when y is None).
@@ -72,7 +72,9 @@ def fit_uff(model, x, y=None, *, epochs=10, head_epochs=5, batch_size=100, optim
     ("uff" or "probe"), the mean reconstruction loss of each block (None in the probe), the
     probe's loss, ``lr``, seconds, and ``val_error`` (the probe's, in percent) once the head has
     trained and x_val is given.  ``checkpoint``, ``checkpoint_every`` and ``resume`` as in
-    :func:`fflib.fit` (see :func:`fflib.unsupervised.label_free_epochs`)."""
+    :func:`fflib.fit` (see :func:`fflib.unsupervised.label_free_epochs`).  ``comm`` (an mpi4py
+    communicator): data-parallel across its ranks, each training on its shard of every minibatch,
+    the decoders' gradients all-reduced with the cells' (:func:`fflib.distributed.label_free_epochs`)."""
     from .optim import Adam
     from .unsupervised import check_run, label_free_epochs, label_free_plan
     if not isinstance(model, FFModel):
@@ -100,11 +102,16 @@ def fit_uff(model, x, y=None, *, epochs=10, head_epochs=5, batch_size=100, optim
 
     run = {"method": "uff", "epochs": int(epochs), "head_epochs": int(head_epochs), "batch_size": int(batch_size),
            "order": order}
-    return label_free_epochs(model, x, y, plan, step, method="uff", batch_size=batch_size, min_batch=1,
-                             optimizer=optimizer, scheduler=scheduler, rng=rng, x_val=x_val, y_val=y_val,
-                             callback=callback, progress=progress, checkpoint=checkpoint,
-                             checkpoint_every=checkpoint_every, resume=resume, run=run,
-                             history={"order": order})
+    kw = dict(method="uff", batch_size=batch_size, min_batch=1, optimizer=optimizer, scheduler=scheduler, rng=rng,
+              x_val=x_val, y_val=y_val, callback=callback, progress=progress, checkpoint=checkpoint,
+              checkpoint_every=checkpoint_every, resume=resume, run=run)
+    if comm is not None:
+        from . import distributed
+        hist = distributed.label_free_epochs(distributed.check_comm(comm), model, x, y, plan,
+                                             lambda xb, act: (xb, None), **kw)
+        hist["order"] = order
+        return hist
+    return label_free_epochs(model, x, y, plan, step, history={"order": order}, **kw)
 
 
 def train_command_uff(a, bad):
@@ -114,7 +121,7 @@ def train_command_uff(a, bad):
     ``--head-epochs`` (default 10); prints and optionally writes (``--out``) the probe's test
     error.  ``bad(message)`` exits with a usage error."""
     from . import set_num_threads
-    from .cli import _check_output, _make_optimizer, _weight_decay, load_train_test, split_validation
+    from .cli import _check_output, _make_optimizer, _weight_decay, load_train_test, mpi_world, split_validation
     from .unsupervised import (cli_schedule, label_free_order, label_free_plan, refuse_label_free_flags,
                                schedule_name)
     from .optim import Adam
@@ -125,8 +132,7 @@ def train_command_uff(a, bad):
     for flag, given in (("--loss", a.loss not in (None, "ae")), ("--label-encoding", a.label_encoding not in (None, "none")),
                         ("--routine", a.routine not in (None, "greedy")), ("--pipeline", a.pipeline),
                         ("--negatives", a.negatives not in (None, "uniform")), ("--augment", a.augment),
-                        ("--alternate", a.alternate), ("--block-thresholds", a.block_thresholds),
-                        ("--distributed", getattr(a, "distributed", None))):
+                        ("--alternate", a.alternate), ("--block-thresholds", a.block_thresholds)):
         if given:
             bad(f"{flag} does not apply to --method uff (autoencoder cells reconstructing their inputs, then a "
                 f"linear probe)")
@@ -138,6 +144,7 @@ def train_command_uff(a, bad):
     _check_output("--save", a.save)
     if a.resume and not a.checkpoint:
         bad("--resume needs --checkpoint DIR (where the interrupted run kept its state)")
+    comm, rank = mpi_world(a, bad)
     if a.threads:
         set_num_threads(a.threads)
     for key in ("dataset", "seed"):   # the shared defaults the loader reads
@@ -159,19 +166,23 @@ def train_command_uff(a, bad):
         sched = cli_schedule(a, opt, label_free_plan(model.num_blocks, epochs, head_epochs, order))
     except ValueError as e:
         bad(str(e))
-    print(f"fflib: uff (autoencoder cells) on {a.dataset} without labels, MLP {sizes}, "
-          f"{epochs} epoch{'s' * (epochs != 1)} ({order}) + {head_epochs} probe epoch{'s' * (head_epochs != 1)}",
-          flush=True)
+    if rank == 0:
+        print(f"fflib: uff (autoencoder cells) on {a.dataset} without labels, MLP {sizes}, "
+              f"{epochs} epoch{'s' * (epochs != 1)} ({order}) + {head_epochs} probe epoch{'s' * (head_epochs != 1)}"
+              + ("" if comm is None else f", data-parallel on {comm.Get_size()} ranks"), flush=True)
 
     from .unsupervised import epoch_printer, finish_command
     try:
         hist = fit_uff(model, x, y, epochs=epochs, head_epochs=head_epochs, batch_size=a.batch_size or 100,
                        optimizer=opt, scheduler=sched, order=order, random_state=a.seed, x_val=xv, y_val=yv,
                        callback=epoch_printer("reconstruction", 5),
-                       checkpoint=a.checkpoint, checkpoint_every=a.checkpoint_every, resume=a.resume)
+                       checkpoint=a.checkpoint, checkpoint_every=a.checkpoint_every, resume=a.resume, comm=comm)
     except (ValueError, TypeError) as e:
         bad(str(e).replace("\n", " "))
+    if rank != 0:       # rank 0 evaluates and writes; the others hold the same model
+        return 0
     return finish_command(a, model, hist, xt, yt, sizes, epochs, head_epochs,
                           {"order": order, "lr": lr, "head_lr": head_lr, "norm": norm, "schedule": schedule_name(sched),
                            "optimizer": a.optimizer or "adam", "weight_decay": _weight_decay(a), "block_lr": a.block_lr, "momentum": a.momentum,
-                           "head_dropout": model.config["head_dropout"]})
+                           "head_dropout": model.config["head_dropout"], "distributed": a.distributed,
+                           "ranks": 1 if comm is None else comm.Get_size()})

@@ -425,7 +425,7 @@ def refuse_label_free_flags(a, method, bad):
         bad(f"--input-norm does not apply to --method {method} (it standardises a labelled model's input)")
     if a.momentum is not None and a.optimizer != "sgd":
         bad(f"--momentum is SGD's; give --optimizer sgd (got --optimizer {a.optimizer or 'adam'})")
-    if getattr(a, "distributed", None) not in (None, "data"):     # (uff refuses --distributed itself)
+    if getattr(a, "distributed", None) not in (None, "data"):
         bad(f"--distributed {a.distributed} does not apply to --method {method}: label-free runs train "
             f"data-parallel (--distributed data)")
 
@@ -457,16 +457,10 @@ def train_command_label_free(a, bad, layers_given=True):
     refuse_label_free_flags(a, a.method, bad)
     if a.resume and not a.checkpoint:
         bad("--resume needs --checkpoint DIR (where the interrupted run kept its state)")
-    comm, rank = None, 0
-    if a.distributed:
-        try:
-            from mpi4py import MPI
-        except ImportError:
-            bad("--distributed needs mpi4py and an MPI library: pip install 'fflib-core[mpi]'")
-        comm, rank = MPI.COMM_WORLD, MPI.COMM_WORLD.Get_rank()
+    from .cli import _make_optimizer, load_train_test, mpi_world, split_validation
+    comm, rank = mpi_world(a, bad)
     if a.threads:
         set_num_threads(a.threads)
-    from .cli import _make_optimizer, load_train_test, split_validation
     from .cli import _weight_decay as _cli_weight_decay
     x, y, xt, yt = load_train_test(a, bad)
     shape = tuple(x.shape[1:]) if x.ndim == 4 else (1,) + tuple(x.shape[1:])

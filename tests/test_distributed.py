@@ -272,7 +272,7 @@ def test_split_helpers_and_bad_arguments():
         fflib.fit(m, x, y, comm=MPI.COMM_SELF, distributed="pipeline", negatives="hard", train_head=False)
     from fflib.distributed import fit_distributed
     from fflib.uff import uff_model
-    with pytest.raises(ValueError, match="autoencoder cells of loss 'ae'"):
+    with pytest.raises(ValueError, match="autoencoder cells of loss 'ae' train without labels"):
         fit_distributed(uff_model([x.shape[1], 8]), x, y, comm=MPI.COMM_SELF)
 
 
@@ -351,6 +351,9 @@ def lf_data():
 def lf_model(method):
     if method == "scff":
         return scff_mlp((16, 12), (1, 8, 8), seed=4)
+    if method == "uff":
+        from fflib.uff import uff_model
+        return uff_model([64, 16, 12], 3, (1, 8, 8), seed=4)
     return fflib.FFModel(fflib.mlp([64, 16, 12], norm="rms"), (1, 8, 8), 3, loss="ff", label_encoding="none",
                          head_blocks=[0, 1], seed=4)
 def lf_fit(method, comm, **kw):
@@ -358,20 +361,25 @@ def lf_fit(method, comm, **kw):
     m = lf_model(method)
     fflib.Adam(m, lr=3e-3, head_lr=1e-2)
     sched = fflib.MultiStepLR(m.optimizer, [2], 0.5)
-    h = fflib.fit(m, x, y, method=method, epochs=2, head_epochs=2, batch_size=32, augment="crop1", random_state=3,
+    if method != "uff":     # (the autoencoder cells take no augmentation)
+        kw.setdefault("augment", "crop1")
+    h = fflib.fit(m, x, y, method=method, epochs=2, head_epochs=2, batch_size=32, random_state=3,
                   comm=comm, progress=False, scheduler=sched, **kw)
     return m, h
+def lf_state(m):            # weights, the UFF decoders and the head
+    return [a for a in m.state_dict().values() if a.dtype == np.float32]
 """
 exec(LABEL_FREE)
 
 
-@pytest.mark.parametrize("method", ["scff", "hybrid"])
+@pytest.mark.parametrize("method", ["scff", "hybrid", "uff"])
 def test_label_free_one_rank_is_the_one_process_loop(method):
-    """SCFF and hybrid-image training on one rank: the one-process loop bit for bit (the same
-    pairs from the same generator, compute_grads + the optimiser step = train_step)."""
+    """SCFF, hybrid images and UFF's autoencoder cells on one rank: the one-process loop bit for
+    bit (the same pairs from the same generator, compute_grads + the optimiser step = train_step;
+    the cells' decoders exchanged and stepped with them)."""
     a, ha = lf_fit(method, MPI.COMM_SELF)                     # noqa: F821 (from LABEL_FREE)
     b, hb = lf_fit(method, None)                              # noqa: F821
-    for p, q in zip(a.parameters(), b.parameters()):
+    for p, q in zip(lf_state(a), lf_state(b)):                # noqa: F821
         np.testing.assert_array_equal(p, q)
     assert [e["block_loss"] or e["head_loss"] for e in ha["epochs"]] == \
         [e["block_loss"] or e["head_loss"] for e in hb["epochs"]]
@@ -381,7 +389,7 @@ def test_label_free_one_rank_is_the_one_process_loop(method):
 
 
 def test_label_free_two_ranks_equal_one_process_and_resume(tmp_path):
-    """SCFF and hybrid images data-parallel on 2 ranks (every rank draws the whole minibatch's
+    """SCFF, hybrid images and UFF data-parallel on 2 ranks (every rank draws the whole minibatch's
     pairs, trains on its shard) equal one process up to the sums' rounding, on every rank; a
     2-rank SCFF run resumed from its checkpoint after epoch 1 ends bit-identical to the
     uninterrupted one."""
@@ -390,9 +398,9 @@ def test_label_free_two_ranks_equal_one_process_and_resume(tmp_path):
         from mpi4py import MPI
         comm = MPI.COMM_WORLD
         r = comm.Get_rank()
-        for method in ("scff", "hybrid"):
+        for method in ("scff", "hybrid", "uff"):
             m, h = lf_fit(method, comm)
-            np.savez(f"{method}_{r}.npz", *m.parameters())
+            np.savez(f"{method}_{r}.npz", *lf_state(m))
         def keep(rec):
             if rec["epoch"] == 1:
                 shutil.copytree("ck", "at1")
@@ -405,11 +413,11 @@ def test_label_free_two_ranks_equal_one_process_and_resume(tmp_path):
     (tmp_path / "child.py").write_text(script)
     r, _ = _run([sys.executable, "child.py"], tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
-    for method in ("scff", "hybrid"):
+    for method in ("scff", "hybrid", "uff"):
         ref, _ = lf_fit(method, None)                         # noqa: F821
         for rank in (0, 1):
             got = np.load(tmp_path / f"{method}_{rank}.npz")
-            for k, q in enumerate(ref.parameters()):
+            for k, q in enumerate(lf_state(ref)):             # noqa: F821
                 np.testing.assert_allclose(got[f"arr_{k}"], q, rtol=1e-3, atol=5e-4 * float(np.abs(q).max()),
                                            err_msg=f"{method} rank {rank} parameter {k}")
     full = np.load(tmp_path / "full_0.npz")
@@ -420,11 +428,14 @@ def test_label_free_two_ranks_equal_one_process_and_resume(tmp_path):
     assert int(np.load(tmp_path / "resumed_0.npz")["epochs"]) == 4
 
 
-def test_cli_label_free_distributed(tmp_path):
-    """`mpirun -n 2 python -m fflib train --method scff --distributed data`: rank 0 alone prints
-    and writes, and the probe's test error is the one process's (measured: 26.60 % both)."""
-    args = [sys.executable, "-m", "fflib", "train", "--method", "scff", "--epochs", "1", "--layers", "100",
-            "--augment", "crop2", "--no-progress", "--seed", "2"]
+@pytest.mark.parametrize("method", ["scff", "uff"])
+def test_cli_label_free_distributed(tmp_path, method):
+    """`mpirun -n 2 python -m fflib train --method scff|uff --distributed data`: rank 0 alone
+    prints and writes, and the probe's test error is the one process's (measured: SCFF 26.60 %,
+    UFF 20.50 %, both ways)."""
+    args = [sys.executable, "-m", "fflib", "train", "--method", method, "--epochs", "1", "--no-progress",
+            "--seed", "2"] + (["--layers", "100", "--augment", "crop2"] if method == "scff" else
+                              ["--layers", "64", "--head-epochs", "1"])
     r, _ = _run(args + ["--distributed", "data", "--out", "d.json"], tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.count("test error (linear probe)") == 1 and "data-parallel on 2 ranks" in r.stdout
@@ -434,7 +445,7 @@ def test_cli_label_free_distributed(tmp_path):
     d, o = (json.loads((tmp_path / f).read_text()) for f in ("d.json", "one.json"))
     assert d["config"]["ranks"] == 2 and d["config"]["distributed"] == "data" and o["config"]["ranks"] == 1
     assert abs(d["test_error"]["probe"] - o["test_error"]["probe"]) <= 0.5, (d["test_error"], o["test_error"])
-    assert d["test_error"]["probe"] < 40        # it learnt (measured 26.60 %)
+    assert d["test_error"]["probe"] < 40        # it learnt
 
 
 def test_head_dropout_draws_a_stream_per_rank_and_step():
