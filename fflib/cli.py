@@ -201,14 +201,15 @@ def csv_path(out):
 
 
 def write_epoch_csv(path, epochs):
-    """One row per epoch: epoch, seconds, lr, head_loss, block_loss_<b>..., val_one_pass,
-    val_multi_pass; a label-free run's (records with a ``phase``: ``--method scff|hybrid|uff``)
+    """One row per epoch: epoch, seconds, lr, head_loss, block_loss_<b>..., (with --alternate)
+    block_loss_shifted_<b>..., val_one_pass, val_multi_pass; a label-free run's (records with a ``phase``: ``--method scff|hybrid|uff``)
     has ``phase`` after ``epoch`` and ``val_probe`` (the linear probe's validation error) for the
     two, with the block losses empty in probe epochs and the head's in label-free ones."""
     label_free = any("phase" in r for r in epochs)
     nb = max((len(r["block_loss"]) for r in epochs if r.get("block_loss") is not None), default=0)
+    ns = max((len(r["block_loss_shifted"]) for r in epochs if r.get("block_loss_shifted") is not None), default=0)
     cols = (["epoch"] + (["phase"] if label_free else []) + ["seconds", "lr", "head_loss"]
-            + [f"block_loss_{b}" for b in range(nb)]
+            + [f"block_loss_{b}" for b in range(nb)] + [f"block_loss_shifted_{b}" for b in range(ns)]
             + (["val_probe"] if label_free else ["val_one_pass", "val_multi_pass"]))
     tmp = path + ".tmp"
     with open(tmp, "w", newline="") as f:
@@ -216,6 +217,7 @@ def write_epoch_csv(path, epochs):
         w.writerow(cols)
         for r in epochs:
             blocks = list(r.get("block_loss") or [])
+            shifted = list(r.get("block_loss_shifted") or [])
             if label_free:
                 v = r.get("val_error")
                 vals = ["" if v is None else v]
@@ -224,7 +226,7 @@ def write_epoch_csv(path, epochs):
                 vals = [val.get("one_pass", ""), val.get("multi_pass", "")]
             w.writerow([r["epoch"]] + ([r.get("phase", "")] if label_free else [])
                        + [r["seconds"], r["lr"], "" if r.get("head_loss") is None else r["head_loss"]]
-                       + blocks + [""] * (nb - len(blocks)) + vals)
+                       + blocks + [""] * (nb - len(blocks)) + shifted + [""] * (ns - len(shifted)) + vals)
     os.replace(tmp, path)
 
 
@@ -833,6 +835,8 @@ def train_command(a):
         "block_accuracy_test": test["block_accuracy"],
         "epochs": [{"epoch": r["epoch"], "block_loss": r["block_loss"], "head_loss": r["head_loss"],
                     "active": r["active"], "lr": r["lr"], "seconds": r["seconds"],
+                    # --alternate: the shifted cut's block losses
+                    **({"block_loss_shifted": r["block_loss_shifted"]} if "block_loss_shifted" in r else {}),
                     **({"val_error": {k: r["val"][k] for k in ("one_pass", "multi_pass") if k in r["val"]}}
                        if "val" in r else {})} for r in hist["epochs"]],
         # the head refitted after training (--head-refit): its epochs, numbered from 1

@@ -1,4 +1,5 @@
 """Regression tests for the Python-side bugs of issue 9 ("Bugs to fix on the way")."""
+import json
 import numpy as np
 import pytest
 
@@ -53,13 +54,19 @@ def test_alternating_chunks_with_other_block_counts_need_simultaneous_order(rng)
                   order="layerwise", progress=False)
 
 
-def test_cli_cwcomp_chunked_alternate_exits_0(monkeypatch, capsys):
+def test_cli_cwcomp_chunked_alternate_exits_0(monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(cli.datasets, "load_sample", small_sample(128))
     code = cli.main(["train", "--model", "cwcomp", "--routine", "chunked", "--alternate", "--epochs", "1",
-                     "--dataset", "sample", "--no-progress", "--threads", "1"])
+                     "--dataset", "sample", "--no-progress", "--threads", "1", "--out", str(tmp_path / "r.json")])
     out = capsys.readouterr()
     assert code == 0, out.err
     assert "test error: one-pass" in out.out
+    # the shifted cut's losses (3 blocks: units 1, 2-3, 4) reach the JSON and the CSV
+    rec = json.loads((tmp_path / "r.json").read_text())["epochs"][0]
+    assert len(rec["block_loss"]) == 2 and len(rec["block_loss_shifted"]) == 3
+    header = (tmp_path / "r.csv").read_text().splitlines()[0].split(",")
+    assert header[4:9] == ["block_loss_0", "block_loss_1", "block_loss_shifted_0", "block_loss_shifted_1",
+                           "block_loss_shifted_2"]
 
 
 # --------------------------------------------- the classifier's head rate follows the schedule
