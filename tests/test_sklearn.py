@@ -402,3 +402,42 @@ def test_standardize_inside_the_model_on_raw_wine():
     np.testing.assert_allclose(mean, X.astype(np.float32).astype(np.float64).mean(axis=0), rtol=1e-12)
     np.testing.assert_allclose(std, X.astype(np.float32).astype(np.float64).std(axis=0), rtol=1e-12)
     np.testing.assert_array_equal(clf.predict(X), clf.classes_[clf.model_.predict_onepass(X.astype(np.float32))])
+
+
+def test_cwcomp_classifier_learns_mnist_images(mnist):
+    """architecture="cwcomp": the CwComp CNN behind the same estimator, on flat MNIST rows with
+    image_shape (or on images): measured on 2,000 training images, 3 epochs, narrow blocks:
+    93.5 % one-pass and 72 % multi-pass accuracy on 2,000 test images; it pickles and clones."""
+    x, y, xt, yt = mnist
+    clf = FFClassifier(architecture="cwcomp", channels=(10, 20, 40, 80), image_shape=(1, 28, 28), lr=0.01,
+                       batch_size=64, epochs=3, augment="crop2", random_state=0, threads=1)
+    clf.fit(x[:2000], y[:2000])
+    m = clf.model_
+    assert m.config["loss"] == "cwc" and m.label_encoding == "none" and m.num_blocks == 4
+    assert m.optimizer.head_lr == pytest.approx(0.001)          # lr / 10 by default
+    assert np.mean(clf.predict(xt[:2000]) == yt[:2000]) >= 0.90
+    p = clf.predict_proba(xt[:50])
+    assert p.shape == (50, 10) and np.allclose(p.sum(axis=1), 1, atol=1e-5)
+    back = pickle.loads(pickle.dumps(clf))
+    np.testing.assert_array_equal(back.predict(xt[:200]), clf.predict(xt[:200]))
+    clf.set_params(inference="multipass")
+    assert np.mean(clf.predict(xt[:2000]) == yt[:2000]) >= 0.60
+    assert sklearn.base.clone(clf).get_params()["architecture"] == "cwcomp"
+
+
+def test_cwcomp_classifier_says_what_it_needs(rng):
+    x, y = rng.random((40, 64), dtype=np.float32), rng.integers(0, 4, 40)
+    with pytest.raises(ValueError, match="cwcomp' is a CNN: give image_shape"):
+        FFClassifier(architecture="cwcomp", epochs=1).fit(x, y)
+    for kw, msg in ((dict(loss="ff"), "loss must be one of"), (dict(method="scff"), "method must be 'ff'"),
+                    (dict(channels=(8, 8)), "channels must be 4 positive ints"),
+                    (dict(standardize=True), "normalises its images by batch norm"),
+                    (dict(negatives="hard"), "draws no negatives"), (dict(architecture="resnet"), "architecture must be")):
+        with pytest.raises(ValueError, match=msg):
+            FFClassifier(**dict(dict(architecture="cwcomp", image_shape=(1, 8, 8), epochs=1), **kw)).fit(x, y)
+    with pytest.raises(ValueError, match="H, W >= 4"):
+        FFClassifier(architecture="cwcomp", image_shape=(16, 2, 2), epochs=1).fit(x, y)
+    # 4 classes: the widths round up to multiples of 4 (one channel group per class)
+    clf = FFClassifier(architecture="cwcomp", image_shape=(1, 8, 8), channels=(6, 8, 10, 12), epochs=1,
+                       batch_size=20).fit(x, y)
+    assert [layer.out_channels for layer in clf.model_.layers if layer.kind == "conv2d"] == [8, 8, 12, 12]
