@@ -475,3 +475,20 @@ def test_head_dropout_draws_a_stream_per_rank_and_step():
     streams = {(r, e, s): rng_after(Comm(r, 2), e, s) for r in (0, 1) for e in (0, 1) for s in (0, 1)}
     assert len(set(streams.values())) == len(streams)          # every rank, epoch and step its own
     assert rng_after(Comm(1, 2), 1, 0) == streams[(1, 1, 0)]   # and the same again (resume)
+
+
+def test_resume_refuses_another_run(tmp_path):
+    """A distributed resume checks the checkpoint's run as fit does: another augmentation, mode
+    or a one-process checkpoint is a ValueError naming the difference (on one rank it raises;
+    on several, the rank prints it and the job aborts)."""
+    x, y = data()                                            # noqa: F821
+    kw = dict(epochs=1, batch_size=63, progress=False, random_state=5, comm=MPI.COMM_SELF)
+    fflib.fit(model(), x, y, checkpoint=tmp_path / "d", augment="flip", **kw)   # noqa: F821
+    with pytest.raises(ValueError, match=r"run with augment='flip'; this run has augment='crop2'"):
+        fflib.fit(model(), x, y, checkpoint=tmp_path / "d", resume=True, augment="crop2", **kw)   # noqa: F821
+    with pytest.raises(ValueError, match=r"run with distributed='data'; this run has distributed='pipeline'"):
+        fflib.fit(model(), x, y, checkpoint=tmp_path / "d", resume=True, augment="flip",   # noqa: F821
+                  distributed="pipeline", train_head=False, **kw)
+    fflib.fit(model(), x, y, epochs=1, batch_size=63, progress=False, checkpoint=tmp_path / "one")  # noqa: F821
+    with pytest.raises(ValueError, match="run with distributed=None; this run has distributed='data'"):
+        fflib.fit(model(), x, y, checkpoint=tmp_path / "one", resume=True, **kw)   # noqa: F821
