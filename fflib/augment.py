@@ -75,6 +75,7 @@ class Augment:
                 images[i] = padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w]
         return images
 
+
 def parse(spec):
     """An :class:`Augment` from a spec string (see the module docstring), an Augment, or None."""
     if spec is None or isinstance(spec, Augment):

@@ -202,9 +202,10 @@ def csv_path(out):
 
 def write_epoch_csv(path, epochs):
     """One row per epoch: epoch, seconds, lr, head_loss, block_loss_<b>..., (with --alternate)
-    block_loss_shifted_<b>..., val_one_pass, val_multi_pass; a label-free run's (records with a ``phase``: ``--method scff|hybrid|uff``)
-    has ``phase`` after ``epoch`` and ``val_probe`` (the linear probe's validation error) for the
-    two, with the block losses empty in probe epochs and the head's in label-free ones."""
+    block_loss_shifted_<b>..., val_one_pass, val_multi_pass; a label-free run's (records with a
+    ``phase``: ``--method scff|hybrid|uff``) has ``phase`` after ``epoch`` and ``val_probe`` (the
+    linear probe's validation error) for the two, with the block losses empty in probe epochs and
+    the head's in label-free ones."""
     label_free = any("phase" in r for r in epochs)
     nb = max((len(r["block_loss"]) for r in epochs if r.get("block_loss") is not None), default=0)
     ns = max((len(r["block_loss_shifted"]) for r in epochs if r.get("block_loss_shifted") is not None), default=0)

@@ -432,7 +432,8 @@ def test_cwcomp_classifier_says_what_it_needs(rng):
     for kw, msg in ((dict(loss="ff"), "loss must be one of"), (dict(method="scff"), "method must be 'ff'"),
                     (dict(channels=(8, 8)), "channels must be 4 positive ints"),
                     (dict(standardize=True), "normalises its images by batch norm"),
-                    (dict(negatives="hard"), "draws no negatives"), (dict(architecture="resnet"), "architecture must be")):
+                    (dict(negatives="hard"), "draws no negatives"),
+                    (dict(architecture="resnet"), "architecture must be")):
         with pytest.raises(ValueError, match=msg):
             FFClassifier(**dict(dict(architecture="cwcomp", image_shape=(1, 8, 8), epochs=1), **kw)).fit(x, y)
     with pytest.raises(ValueError, match="H, W >= 4"):
