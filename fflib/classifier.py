@@ -3,7 +3,7 @@ import math
 
 import numpy as np
 
-from .models import cwcomp
+from .models import cwcomp_model
 from .nn import FFModel, _real, as_array, mlp
 from .optim import Adam, AdamW, SGD, LinearCooldown, MultiStepLR
 from .train import evaluate, fit
@@ -245,13 +245,9 @@ class FFClassifier(ClassifierMixin, BaseEstimator):
                 isinstance(c, (bool, np.bool_)) or not isinstance(c, (int, np.integer)) or c < 1 for c in ch):
             raise ValueError(f"channels must be 4 positive ints (the CwComp blocks' widths), got {ch!r}")
         ch = tuple(-(-int(c) // n_classes) * n_classes for c in ch)     # one channel group per class
-        layers, shape = cwcomp(input_shape, n_classes, ch)
         loss = "cwc" if self.loss == _DEFAULT_LOSS else self.loss
-        # as fflib.models.build's cwcomp: each block ends at its batch norm; the head on the last two
-        ends = [i + 1 for i, layer in enumerate(layers) if layer.kind == "batchnorm2d"]
-        return FFModel(layers, shape, n_classes, loss=loss, label_encoding="none", norm="none", threshold=2.0,
-                       blocks=ends, head_blocks=[2, 3], seed=seed, margin=self.margin,
-                       head_dropout=self.head_dropout)
+        return cwcomp_model(input_shape, n_classes, ch, seed=seed, loss=loss, margin=self.margin,
+                            head_dropout=self.head_dropout)
 
     def _optimizer(self, model):
         head_lr = self.head_lr

@@ -134,6 +134,20 @@ def cwcomp(input_shape=(1, 28, 28), num_classes=10, channels=(20, 80, 240, 480))
     return layers, tuple(input_shape)
 
 
+def cwcomp_model(input_shape=(1, 28, 28), num_classes=10, channels=(20, 80, 240, 480), seed=0, **model_kw):
+    """The :func:`cwcomp` CNN as an :class:`fflib.FFModel` with the CwComp paper's settings: CwC
+    loss on channel-group goodness (threshold 2 for the losses that take one), no label in the
+    input, each block ending at its BatchNorm2d (whose output is the goodness's), and the one-pass
+    head on the last two blocks.  ``model_kw`` overrides any of them (e.g. ``loss="df-cwc"``)."""
+    from .nn import FFModel
+    layers, shape = cwcomp(input_shape, num_classes, channels)
+    kw = dict(loss="cwc", label_encoding="none", norm="none", threshold=2.0,
+              blocks=[i + 1 for i, layer in enumerate(layers) if layer.kind == "batchnorm2d"],
+              head_blocks=[len(channels) - 2, len(channels) - 1])
+    kw.update(model_kw)
+    return FFModel(layers, shape, num_classes, seed=seed, **kw)
+
+
 ZOO = ("mlp", "cnn", "cwcomp") + tuple(LIGHT_MODELS)
 
 #: the datasets :func:`build` sizes the zoo's networks for (``sample``: the embedded MNIST subset)
@@ -171,10 +185,7 @@ def build(name, dataset="cifar10", seed=0, **model_kw):
             # 1.62 % after 6 epochs, against 2.72 % reading blocks 2-3 only (356 features)
             kw["head_blocks"] = [0, 1, 2]
     elif name == "cwcomp":
-        layers, shape = cwcomp(image, channels=model_kw.pop("channels", (20, 80, 240, 480)))
-        # CwComp's goodness is that of each layer's final (batch-normalised) output
-        kw = dict(loss="cwc", label_encoding="none", norm="none", threshold=2.0,
-                  blocks=[i + 1 for i, l in enumerate(layers) if l.kind == "batchnorm2d"])
+        return cwcomp_model(image, 10, model_kw.pop("channels", (20, 80, 240, 480)), seed=seed, **model_kw)
     elif name in LIGHT_MODELS and model_kw.get("loss") in LABEL_LOSSES:
         # a light model trained with a label in its input (e.g. the distance-forward loss):
         # its blocks as for CwC, the first taking the extra channel of a learned label map
@@ -192,7 +203,7 @@ def build(name, dataset="cifar10", seed=0, **model_kw):
     else:
         raise ValueError(f"unknown model {name!r}; choose from {ZOO}")
     kw.update(model_kw)
-    if name in ("cwcomp",) + tuple(LIGHT_MODELS) and "head_blocks" not in model_kw:
+    if name in LIGHT_MODELS and "head_blocks" not in model_kw:
         n_units = sum(1 for l in layers if l.kind == "conv2d")
         kw["head_blocks"] = [n_units - 2, n_units - 1]
     return FFModel(layers, shape, 10, seed=seed, **kw)
