@@ -10,7 +10,7 @@ mean loss and seconds), train_seconds, peak_rss_mb, fflib_version and schema_ver
 per-epoch CSV log beside it (FILE.csv).  ``--checkpoint DIR`` keeps the run's state there after
 every epoch and ``--resume`` continues from it, ending bit-identical to an uninterrupted run.
 A bad argument (output paths included, checked before training) exits with status 2 and a
-one-line message; Ctrl-C stops after the current minibatch and still writes what it has.
+one-line message (under ``mpirun``, from rank 0 alone); Ctrl-C stops after the current minibatch and still writes what it has.
 """
 import argparse
 import csv
@@ -35,15 +35,35 @@ def _core_tables():
     return LOSSES, LABEL_ENCODINGS
 
 
+#: the variables MPI launchers set to a process's rank (Open MPI, PMIx, MPICH/Hydra, MVAPICH)
+_RANK_VARIABLES = ("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "MV2_COMM_WORLD_RANK")
+
+
+def launcher_rank():
+    """This process's rank as an MPI launcher (``mpirun -n N``) numbered it, read from the
+    environment before MPI is initialised; 0 when not launched so."""
+    for name in _RANK_VARIABLES:
+        value = os.environ.get(name, "")
+        if value.isdigit():
+            return int(value)
+    return 0
+
+
+def _usage_error(message):
+    """Exit 2 with ``message`` on one line.  Under ``mpirun`` every rank parses the same arguments
+    and checks the same paths, so only rank 0 prints it (each rank still exits 2)."""
+    if launcher_rank() == 0:
+        sys.stderr.write(message + "\n")
+    sys.exit(2)
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit 2
-        sys.stderr.write(f"{self.prog}: error: {message}\n")
-        sys.exit(2)
+        _usage_error(f"{self.prog}: error: {message}")
 
 
 def _bad(message):
-    sys.stderr.write(f"python -m fflib: error: {message}\n")
-    sys.exit(2)
+    _usage_error(f"python -m fflib: error: {message}")
 
 
 def mpi_world(a, bad):

@@ -82,6 +82,19 @@ def test_bad_arguments_exit_2_with_one_line(args, msg):
     assert len(lines) == 1 and msg.lower() in lines[0].lower(), res.stderr
 
 
+@pytest.mark.parametrize("variable", ["OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK"])
+@pytest.mark.parametrize("args", [["train", "--epochs", "0"], ["train", "--out", "/nonexistent/dir/r.json"]])
+def test_under_mpirun_only_rank_0_prints_a_usage_error(variable, args):
+    """`mpirun -n N python -m fflib train <bad flag>`: every rank exits 2, one message in all."""
+    for rank, printed in (("0", 1), ("1", 0), ("3", 0)):
+        env = child_env()
+        env[variable] = rank
+        res = subprocess.run([sys.executable, "-m", "fflib"] + args, capture_output=True, text=True,
+                             timeout=120, cwd=REPO + "/tests", env=env)
+        assert res.returncode == 2
+        assert len([l for l in res.stderr.splitlines() if l.strip()]) == printed, (rank, res.stderr)
+
+
 def test_bare_command_prints_help_and_version():
     res = run()
     assert res.returncode == 0 and "usage:" in res.stdout and "train" in res.stdout

@@ -185,6 +185,13 @@ def test_cli_distributed(tmp_path):
     assert m.num_blocks == 2
 
 
+def test_cli_usage_error_printed_once(tmp_path):
+    """A bad flag under `mpirun -n 2`: the job exits 2 with the message once, not once a rank."""
+    r, _ = _run([sys.executable, "-m", "fflib", "train", "--distributed", "data", "--lr", "-1"], tmp_path)
+    assert r.returncode == 2
+    assert r.stderr.count("error: argument --lr") == 1, r.stderr
+
+
 def test_cli_distributed_augment_and_resume(tmp_path):
     """`--augment`, `--resume` and `--head-refit` with `--distributed` (refused before): the run
     checkpoints, rank 0 refits the head, and the same command with --resume restores the finished
