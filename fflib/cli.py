@@ -10,7 +10,8 @@ mean loss and seconds), train_seconds, peak_rss_mb, fflib_version and schema_ver
 per-epoch CSV log beside it (FILE.csv).  ``--checkpoint DIR`` keeps the run's state there after
 every epoch and ``--resume`` continues from it, ending bit-identical to an uninterrupted run.
 A bad argument (output paths included, checked before training) exits with status 2 and a
-one-line message (under ``mpirun``, from rank 0 alone); Ctrl-C stops after the current minibatch and still writes what it has.
+one-line message (under ``mpirun``, from rank 0 alone); Ctrl-C stops after the current minibatch
+and still writes what it has.
 """
 import argparse
 import csv
