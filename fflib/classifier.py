@@ -1,9 +1,9 @@
-"""A scikit-learn estimator around an FF MLP or a CwComp CNN (scikit-learn itself is needed to use it)."""
+"""A scikit-learn estimator around an FF MLP or one of fflib's zoo CNNs (scikit-learn itself is needed to use it)."""
 import math
 
 import numpy as np
 
-from .models import cwcomp_model
+from .models import GROUP_MODELS, zoo_model
 from .nn import FFModel, _real, as_array, mlp
 from .optim import Adam, AdamW, SGD, LinearCooldown, MultiStepLR
 from .train import evaluate, fit
@@ -34,10 +34,11 @@ METHODS = ("ff",) + tuple(_LABEL_FREE) + ("uff",)
 #: the ``loss`` parameter's default (method "uff" takes no other)
 _DEFAULT_LOSS = "symba"
 
-#: the networks the estimator builds (``architecture=``)
-ARCHITECTURES = ("mlp", "cwcomp")
+#: the networks the estimator builds (``architecture=``): fflib's zoo (:func:`fflib.models.zoo_model`)
+ARCHITECTURES = ("mlp", "cnn") + GROUP_MODELS
 
-#: the losses of ``architecture="cwcomp"`` (channel groups); the ``loss`` default means "cwc" there
+#: the losses of the channel-group CNNs (``architecture`` "cwcomp" or a light model); the ``loss``
+#: default means "cwc" there
 CWCOMP_LOSSES = ("cwc", "pvn", "df-cwc")
 
 #: minibatch updates that ``epochs="auto"`` guarantees (10 epochs of MNIST are 6,000)
@@ -55,16 +56,24 @@ def _need_sklearn():
 
 
 class FFClassifier(ClassifierMixin, BaseEstimator):
-    """Forward-Forward classifier, an MLP or (``architecture="cwcomp"``) a channel-wise
-    competitive CNN for images; a scikit-learn estimator (``clone``, pipelines, grid search,
+    """Forward-Forward classifier, an MLP or (``architecture=``) one of fflib's CNNs for images:
+    the survey's original FF CNN, the CwComp CNN or a light model; a scikit-learn estimator (``clone``, pipelines, grid search,
     ``cross_val_score``, pickling, ``check_estimator`` all work).
 
     Parameters
     ----------
     hidden : tuple of int
         Hidden layer sizes (the survey's MNIST network is (500, 100)); the MLP's only.
-    architecture : {"mlp", "cwcomp"}
-        "mlp" (default): an FF MLP with the label in the input.  "cwcomp": the CwComp CNN
+    architecture : {"mlp", "cnn", "cwcomp", "ff_tiny", "ff_small", "ff_medium", "ff_optimal", "ff_deep"}
+        "mlp" (default): an FF MLP with the label in the input.  "cnn": the survey's original
+        FF CNN (:func:`fflib.models.mnist_cnn` for 1x28x28 images, :func:`fflib.models.cifar10_cnn`
+        for 3x32x32; a learned label channel, ``loss`` "symba" by default, ``goodness``,
+        ``norm``, ``threshold`` (default 1) and ``negatives`` as for the MLP); fflib's MNIST CNN
+        recipe trains it with ``head_lr=0.006``, ``augment="crop2"``, ``negatives="hard"``.
+        The light models (the survey's Table III, :func:`fflib.models.light_model`) train like
+        "cwcomp" below on images of any size their pooling allows (fflib's CIFAR-10 FF_small
+        recipe: ``lr=0.01``, ``batch_size=128``, ``augment="crop4+flip"``, ``milestones``).
+        "cwcomp": the CwComp CNN
         (Papachristodoulou et al. 2024, :func:`fflib.models.cwcomp`: four 3x3 conv blocks, the
         second and fourth grouped one group per class, 2x2 pooling after them, batch norm
         closing each block; no label in the input) for images: X as images (n, C, H, W) or
@@ -75,12 +84,13 @@ class FFClassifier(ClassifierMixin, BaseEstimator):
         ``inference="multipass"`` takes the class whose channel group is most active summed
         over the blocks.  fflib's MNIST CwComp recipe (0.75 / 0.94 % test error) trains it
         with ``lr=0.01``, ``batch_size=128``, ``augment="crop2"``; method "ff" only.
-    channels : tuple of 4 ints
-        The CwComp blocks' widths (default the paper's (20, 80, 240, 480)), each rounded up to a
+    channels : None or tuple of ints
+        The widths of a channel-group CNN's blocks ("cwcomp": 4, a light model: one per block;
+        None, the default: the paper's, e.g. CwComp's (20, 80, 240, 480)), each rounded up to a
         multiple of the number of classes (one channel group per class).
     augment : None or str
         Image augmentation of every training minibatch (:mod:`fflib.augment`, e.g. "crop2"),
-        for an image model (``architecture="cwcomp"``, or a label-free method with
+        for an image model (a CNN ``architecture``, or a label-free method with
         ``image_shape``).
     epochs : int or "auto"
         Training epochs; "auto" (the default) is 10 epochs, or more on small data sets: as
@@ -137,7 +147,7 @@ class FFClassifier(ClassifierMixin, BaseEstimator):
         takes the default ``negatives`` and ``inference``, and no ``early_stopping``.
     image_shape : (C, H, W) or None
         The image shape of the flattened samples, needed by ``method="hybrid"`` (it mixes
-        images) and ``architecture="cwcomp"`` (a CNN; the MLP reads flat samples); None takes
+        images) and the CNN ``architecture``s (the MLP reads flat samples); None takes
         the shape of X when fit is given images (n, C, H, W) or (n, H, W).
     inference : "onepass" or "multipass" for :meth:`predict`.
     early_exit : None or float
@@ -185,7 +195,7 @@ class FFClassifier(ClassifierMixin, BaseEstimator):
                  tol=1e-4, random_state=None, threads=None, verbose=False, margin=1.0, method="ff",
                  image_shape=None, early_exit=None, early_exit_rule="softmax", block_thresholds=None,
                  head_dropout=0.0, standardize=False, block_decay=1.0, architecture="mlp",
-                 channels=(20, 80, 240, 480), augment=None):
+                 channels=None, augment=None):
         self.hidden, self.epochs, self.batch_size, self.lr = hidden, epochs, batch_size, lr
         self.threshold, self.goodness, self.norm, self.loss = threshold, goodness, norm, loss
         self.label_placement = label_placement
@@ -206,8 +216,8 @@ class FFClassifier(ClassifierMixin, BaseEstimator):
     def build(self, n_features, n_classes, seed, input_shape=None):
         """The untrained :class:`FFModel` that :meth:`fit` trains (``input_shape``: the samples'
         (C, H, W), default ``n_features``)."""
-        if self.architecture == "cwcomp":
-            return self._build_cwcomp(n_classes, seed, input_shape)
+        if self.architecture != "mlp":
+            return self._build_cnn(n_classes, seed, input_shape)
         hidden = (self.hidden,) if isinstance(self.hidden, (int, np.integer)) else tuple(self.hidden)
         if not hidden or any(isinstance(h, bool) or int(h) != h or h <= 0 for h in hidden):
             raise ValueError(f"hidden must be a non-empty tuple of positive sizes, got {self.hidden!r}")
@@ -234,24 +244,29 @@ class FFClassifier(ClassifierMixin, BaseEstimator):
             kw.update(label_placement=self.label_placement)
         return FFModel(mlp((n_features,) + hidden, norm=self.norm), input_shape or n_features, n_classes, **kw)
 
-    def _build_cwcomp(self, n_classes, seed, input_shape):
+    def _build_cnn(self, n_classes, seed, input_shape):
+        arch = self.architecture
         if input_shape is None:
-            raise ValueError("architecture='cwcomp' is a CNN: give image_shape=(C, H, W) or fit on images shaped "
-                             "(n, C, H, W) or (n, H, W)")
-        if input_shape[1] < 4 or input_shape[2] < 4:
-            raise ValueError(f"architecture='cwcomp' pools twice by 2: images need H, W >= 4, got {input_shape}")
-        ch = self.channels
-        if isinstance(ch, (str, bytes)) or not hasattr(ch, "__len__") or len(ch) != 4 or any(
-                isinstance(c, (bool, np.bool_)) or not isinstance(c, (int, np.integer)) or c < 1 for c in ch):
-            raise ValueError(f"channels must be 4 positive ints (the CwComp blocks' widths), got {ch!r}")
-        ch = tuple(-(-int(c) // n_classes) * n_classes for c in ch)     # one channel group per class
-        loss = "cwc" if self.loss == _DEFAULT_LOSS else self.loss
-        return cwcomp_model(input_shape, n_classes, ch, seed=seed, loss=loss, margin=self.margin,
-                            head_dropout=self.head_dropout)
+            raise ValueError(f"architecture={arch!r} is a CNN: give image_shape=(C, H, W) or fit on images shaped "
+                             f"(n, C, H, W) or (n, H, W)")
+        kw = dict(seed=seed, margin=self.margin, head_dropout=self.head_dropout)
+        if arch == "cnn":
+            kw.update(loss=self.loss, goodness=self.goodness, norm=self.norm)
+            if self.threshold is not None:
+                kw.update(threshold=self.threshold)
+        else:
+            kw.update(loss="cwc" if self.loss == _DEFAULT_LOSS else self.loss, channels=self.channels)
+        try:
+            return zoo_model(arch, input_shape, n_classes, **kw)
+        except ValueError as e:
+            if not str(e).startswith("layers["):   # not a layer that the image's size left nothing for
+                raise
+            raise ValueError(f"architecture={arch!r} cannot take {'x'.join(map(str, input_shape))} images "
+                             f"(its convolutions and pooling need larger ones): {e}") from None
 
     def _optimizer(self, model):
         head_lr = self.head_lr
-        if head_lr is None and self.architecture == "cwcomp":
+        if head_lr is None and self.architecture in GROUP_MODELS:
             head_lr = self.lr / 10
         if self.optimizer == "adam":
             return Adam(model, lr=self.lr, weight_decay=self.weight_decay, head_lr=head_lr)
@@ -294,20 +309,39 @@ class FFClassifier(ClassifierMixin, BaseEstimator):
         """The settings fit checks before training (each error names its parameter)."""
         if not isinstance(self.architecture, str) or self.architecture not in ARCHITECTURES:
             raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {self.architecture!r}")
-        if self.architecture == "cwcomp":
+        arch = self.architecture
+        if arch != "mlp":
             if self.method != "ff":
-                raise ValueError(f"architecture='cwcomp' trains with labels (its channel groups): method must be "
-                                 f"'ff', got method={self.method!r}")
-            if self.loss != _DEFAULT_LOSS and self.loss not in CWCOMP_LOSSES:
-                raise ValueError(f"architecture='cwcomp' trains on its channel groups: loss must be one of "
-                                 f"{CWCOMP_LOSSES} (the default means 'cwc'), got loss={self.loss!r}")
+                raise ValueError(f"architecture={arch!r} trains with labels: method must be 'ff', got "
+                                 f"method={self.method!r} (the label-free methods train the MLP)")
             if self.standardize:
-                raise ValueError("standardize=True standardises an MLP's features; architecture='cwcomp' "
-                                 "normalises its images by batch norm")
+                raise ValueError(f"standardize=True standardises an MLP's features; architecture={arch!r} "
+                                 f"normalises its images itself (batch or length norm)")
+            if self.label_placement != "append":
+                raise ValueError(f"label_placement is the MLP's; architecture={arch!r} reads the label "
+                                 f"{'from a learned label channel' if arch == 'cnn' else 'from no input'}, got "
+                                 f"{self.label_placement!r}")
+            if np.ravel(np.asarray(self.hidden, dtype=object)).tolist() != [500, 100]:
+                raise ValueError(f"hidden sets the MLP's layers; architecture={arch!r} has its own (channels= "
+                                 f"sets a channel-group CNN's widths), got hidden={self.hidden!r}")
+        if arch == "cnn":
+            if self.loss in CWCOMP_LOSSES:
+                raise ValueError(f"architecture='cnn' puts the label in its input: loss {self.loss!r} is for the "
+                                 f"channel-group CNNs ({', '.join(GROUP_MODELS)})")
+            if self.channels is not None:
+                raise ValueError(f"channels sets a channel-group CNN's widths ({', '.join(GROUP_MODELS)}); the "
+                                 f"survey CNN's are fixed, got channels={self.channels!r}")
+        elif arch in GROUP_MODELS:
+            if self.loss != _DEFAULT_LOSS and self.loss not in CWCOMP_LOSSES:
+                raise ValueError(f"architecture={arch!r} trains on its channel groups: loss must be one of "
+                                 f"{CWCOMP_LOSSES} (the default means 'cwc'), got loss={self.loss!r}")
             if self.negatives != "uniform" or self.order != "simultaneous":
-                raise ValueError("architecture='cwcomp' draws no negatives and trains its blocks simultaneously: "
+                raise ValueError(f"architecture={arch!r} draws no negatives and trains its blocks simultaneously: "
                                  f"leave negatives='uniform' and order='simultaneous' (got {self.negatives!r}, "
                                  f"{self.order!r})")
+        elif self.channels is not None:
+            raise ValueError(f"channels sets a channel-group CNN's widths ({', '.join(GROUP_MODELS)}); the MLP's "
+                             f"layers are hidden=, got channels={self.channels!r}")
         if self.inference not in ("onepass", "multipass"):
             raise ValueError(f"inference must be 'onepass' or 'multipass', got {self.inference!r}")
         if not isinstance(self.method, str) or self.method not in METHODS:
@@ -362,8 +396,8 @@ class FFClassifier(ClassifierMixin, BaseEstimator):
             raise ValueError(f"image_shape must be (C, H, W) of positive ints with C*H*W = n_features "
                              f"({n_features}), got {self.image_shape if self.image_shape is not None else shape!r}")
         # FF with labels reads flat samples (the label is appended to, or written over, the
-        # features); the CwComp CNN reads images
-        return tuple(int(v) for v in shape) if self.method != "ff" or self.architecture == "cwcomp" else None
+        # features); the CNNs read images
+        return tuple(int(v) for v in shape) if self.method != "ff" or self.architecture != "mlp" else None
 
     def _start(self, X, classes, images=None):
         """Fresh model, rng and bookkeeping for ``classes``."""

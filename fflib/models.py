@@ -4,6 +4,8 @@ Every builder returns ``(layers, input_shape)``; pass them to :class:`fflib.FFMo
 convolutional FF block is ``[BatchNorm2d] -> Conv2d -> ReLU -> [MaxPool2d]``; the block's
 output goodness trains it and its length-normalised output feeds the next block.
 """
+import numpy as np
+
 from .nn import BatchNorm2d, Conv2d, Flatten, LenNorm, Linear, MaxPool2d, ReLU, mlp
 
 
@@ -98,7 +100,7 @@ SURVEY_PARAMS = {"ff_tiny": 164706, "ff_small": 239266, "ff_medium": 484506, "ff
                  "ff_deep": 4131346}
 
 
-def light_model(name, input_shape=(3, 32, 32), label_channels=0):
+def light_model(name, input_shape=(3, 32, 32), label_channels=0, channels=None):
     """FF_tiny, FF_small, FF_medium, FF_optimal or FF_deep: blocks BatchNorm2d -> Conv2d
     (kernel from the table, padding 1, no bias) -> ReLU, with a 2x2 max pool after blocks 1
     and 3 (and 6 in FF_deep: its three pools), as in the Trifecta code the survey builds on.
@@ -106,10 +108,12 @@ def light_model(name, input_shape=(3, 32, 32), label_channels=0):
     channels of every block split into one group per class.  The one-pass head reads the last
     two blocks (``head_blocks=[-2, -1]`` in :func:`build`).  ``label_channels=1`` widens the
     first block's BatchNorm2d and Conv2d by the channel of a learned label map, for the losses
-    that read the label from the input (ff, symba, df; ``label_encoding="embedding"``)."""
+    that read the label from the input (ff, symba, df; ``label_encoding="embedding"``).
+    ``channels``: the blocks' widths instead of the table's (one per block)."""
     if name not in LIGHT_MODELS:
         raise ValueError(f"unknown light model {name!r}; choose from {sorted(LIGHT_MODELS)}")
-    channels, kernels = LIGHT_MODELS[name]
+    table, kernels = LIGHT_MODELS[name]
+    channels = (input_shape[0],) + (table[1:] if channels is None else _widths(channels, len(kernels), name))
     pools = {0, 2, 5} if name == "ff_deep" else {0, 2}
     layers = []
     for i, k in enumerate(kernels):
@@ -134,21 +138,26 @@ def cwcomp(input_shape=(1, 28, 28), num_classes=10, channels=(20, 80, 240, 480))
     return layers, tuple(input_shape)
 
 
+def _widths(channels, count, name):
+    """``channels`` checked as ``count`` positive ints, as a tuple."""
+    if isinstance(channels, (str, bytes)) or not hasattr(channels, "__len__") or len(channels) != count or any(
+            isinstance(c, (bool, np.bool_)) or not hasattr(c, "__index__") or int(c) < 1 for c in channels):
+        raise ValueError(f"channels must be {count} positive ints (the widths of {name}'s blocks), got {channels!r}")
+    return tuple(int(c) for c in channels)
+
+
 def cwcomp_model(input_shape=(1, 28, 28), num_classes=10, channels=(20, 80, 240, 480), seed=0, **model_kw):
     """The :func:`cwcomp` CNN as an :class:`fflib.FFModel` with the CwComp paper's settings: CwC
     loss on channel-group goodness (threshold 2 for the losses that take one), no label in the
     input, each block ending at its BatchNorm2d (whose output is the goodness's), and the one-pass
     head on the last two blocks.  ``model_kw`` overrides any of them (e.g. ``loss="df-cwc"``)."""
-    from .nn import FFModel
-    layers, shape = cwcomp(input_shape, num_classes, channels)
-    kw = dict(loss="cwc", label_encoding="none", norm="none", threshold=2.0,
-              blocks=[i + 1 for i, layer in enumerate(layers) if layer.kind == "batchnorm2d"],
-              head_blocks=[len(channels) - 2, len(channels) - 1])
-    kw.update(model_kw)
-    return FFModel(layers, shape, num_classes, seed=seed, **kw)
+    return zoo_model("cwcomp", input_shape, num_classes, seed, channels=channels, **model_kw)
 
 
 ZOO = ("mlp", "cnn", "cwcomp") + tuple(LIGHT_MODELS)
+
+#: the zoo's networks whose blocks' channels split into one group per class (CwC-family losses)
+GROUP_MODELS = ("cwcomp",) + tuple(LIGHT_MODELS)
 
 #: the datasets :func:`build` sizes the zoo's networks for (``sample``: the embedded MNIST subset)
 DATASETS = ("mnist", "fashion-mnist", "sample", "cifar10")
@@ -163,7 +172,6 @@ def build(name, dataset="cifar10", seed=0, **model_kw):
     ``cnn`` (the survey's original FF networks for ``dataset``; the 28x28 CNN's one-pass head
     reads all three blocks, the CIFAR-10 CNN's blocks 2-4), ``cwcomp`` and the light models
     (CwC loss, no label in the input, one-pass head on the last two blocks)."""
-    from .nn import FFModel
     if not isinstance(dataset, str) or dataset not in DATASETS:
         raise ValueError(f"dataset must be one of {', '.join(DATASETS)} (the zoo's networks are sized by it), "
                          f"got {dataset!r}")
@@ -171,12 +179,37 @@ def build(name, dataset="cifar10", seed=0, **model_kw):
     if name in LIGHT_MODELS and image[0] != 3:
         raise ValueError(f"{name} is a CIFAR-10 network (3x32x32 input, as in the survey); dataset {dataset!r} has "
                          f"1x28x28 images: use 'mlp', 'cnn' or 'cwcomp' for it")
+    return zoo_model(name, image, 10, seed, **model_kw)
+
+
+def zoo_model(name, input_shape, num_classes=10, seed=0, **model_kw):
+    """:func:`build`'s networks for ``input_shape`` (C, H, W) and ``num_classes``: ``mlp`` for
+    any shape; ``cnn`` for 1x28x28 or 3x32x32 images (the survey's two); ``cwcomp`` and the light
+    models for any image their pooling leaves at least 1x1, their widths (``channels=``, default
+    the paper's) rounded up to multiples of ``num_classes`` for the channel-group losses (one
+    group per class).  ``model_kw`` overrides the paper's settings (:class:`fflib.FFModel`'s)."""
+    from .nn import FFModel, GROUP_LOSSES
+    image = tuple(int(v) for v in input_shape)
+    channels = model_kw.pop("channels", None)
+    if channels is not None and name not in GROUP_MODELS:
+        raise ValueError(f"channels sets the widths of {', '.join(GROUP_MODELS)}; {name!r} has fixed widths")
+    groups = model_kw.get("loss", "cwc") in GROUP_LOSSES
+
+    def grouped(widths):   # one channel group per class
+        return tuple(-(-c // num_classes) * num_classes for c in widths) if groups else widths
+
     if name == "mlp":
         layers, shape = mlp([image[0] * image[1] * image[2], 500, 100], norm="rms"), image
         kw = dict(loss="symba", goodness="mean", threshold=1.0, norm="rms")
     elif name == "cnn":
         enc = model_kw.get("label_encoding", "embedding")
-        layers, shape = survey_cnn(dataset, label_encoding=enc)
+        extra = int(enc == "embedding")
+        if image == (1, 28, 28):
+            layers, shape = mnist_cnn(False, "rms", extra)
+        elif image == (3, 32, 32):
+            layers, shape = cifar10_cnn(True, "rms", extra)
+        else:
+            raise ValueError(f"the survey's CNN ('cnn') takes 1x28x28 or 3x32x32 images, got {'x'.join(map(str, image))}")
         # a trained label channel: one-hot pixels in a corner or waves leave the first conv
         # layer unable to tell labels apart (measured), a learned map does not
         kw = dict(loss="symba", goodness="mean", threshold=1.0, norm="rms", label_encoding=enc)
@@ -185,7 +218,11 @@ def build(name, dataset="cifar10", seed=0, **model_kw):
             # 1.62 % after 6 epochs, against 2.72 % reading blocks 2-3 only (356 features)
             kw["head_blocks"] = [0, 1, 2]
     elif name == "cwcomp":
-        return cwcomp_model(image, 10, model_kw.pop("channels", (20, 80, 240, 480)), seed=seed, **model_kw)
+        widths = grouped(_widths((20, 80, 240, 480) if channels is None else channels, 4, name))
+        layers, shape = cwcomp(image, num_classes, widths)
+        # CwComp's goodness is that of each layer's final (batch-normalised) output
+        kw = dict(loss="cwc", label_encoding="none", norm="none", threshold=2.0,
+                  blocks=[i + 1 for i, layer in enumerate(layers) if layer.kind == "batchnorm2d"])
     elif name in LIGHT_MODELS and model_kw.get("loss") in LABEL_LOSSES:
         # a light model trained with a label in its input (e.g. the distance-forward loss):
         # its blocks as for CwC, the first taking the extra channel of a learned label map
@@ -193,17 +230,19 @@ def build(name, dataset="cifar10", seed=0, **model_kw):
         if enc == "none":
             raise ValueError(f"loss {model_kw['loss']!r} on {name} needs the label in the input: "
                              f"label_encoding 'embedding', 'onehot' or 'fourier', got 'none'")
-        layers, shape = light_model(name, image, label_channels=int(enc == "embedding"))
+        layers, shape = light_model(name, image, label_channels=int(enc == "embedding"), channels=channels)
         kw = dict(goodness="mean", threshold=1.0, norm="rms", label_encoding=enc)
     elif name in LIGHT_MODELS:
-        layers, shape = light_model(name, image)
+        widths = LIGHT_MODELS[name][0][1:] if channels is None else _widths(channels, len(LIGHT_MODELS[name][1]),
+                                                                            name)
+        layers, shape = light_model(name, image, channels=grouped(widths))
         # the blocks end in ReLU (their BatchNorm opens the next block), so the head's input is
         # RMS-normalised, as the survey's head normalises its input (its 2F affine parameters)
         kw = dict(loss="cwc", label_encoding="none", norm="rms", threshold=2.0)
     else:
         raise ValueError(f"unknown model {name!r}; choose from {ZOO}")
     kw.update(model_kw)
-    if name in LIGHT_MODELS and "head_blocks" not in model_kw:
-        n_units = sum(1 for l in layers if l.kind == "conv2d")
+    if name in GROUP_MODELS and "head_blocks" not in model_kw:
+        n_units = sum(1 for layer in layers if layer.kind == "conv2d")
         kw["head_blocks"] = [n_units - 2, n_units - 1]
-    return FFModel(layers, shape, 10, seed=seed, **kw)
+    return FFModel(layers, shape, num_classes, seed=seed, **kw)
