@@ -57,8 +57,8 @@ def _need_sklearn():
 
 class FFClassifier(ClassifierMixin, BaseEstimator):
     """Forward-Forward classifier, an MLP or (``architecture=``) one of fflib's CNNs for images:
-    the survey's original FF CNN, the CwComp CNN or a light model; a scikit-learn estimator (``clone``, pipelines, grid search,
-    ``cross_val_score``, pickling, ``check_estimator`` all work).
+    the survey's original FF CNN, the CwComp CNN or a light model; a scikit-learn estimator
+    (``clone``, pipelines, grid search, ``cross_val_score``, pickling, ``check_estimator`` all work).
 
     Parameters
     ----------
