@@ -693,6 +693,9 @@ def train_command(a):
     # one; there the run takes uniform negatives (--negatives hard asks for them and is refused)
     if supplied.get("negatives") == "hard" and (loss not in ("ff", "symba") or a.distributed == "pipeline"):
         a.negatives = "uniform"
+    # and a recipe's label encoding gives way to cross-entropy's (it reads the class from its output)
+    if loss == "xent" and "label_encoding" in supplied:
+        a.label_encoding = None
     if cwc and loss in zoo.LABEL_LOSSES:     # cwcomp: the light models take a label channel for these
         _bad(f"--loss {loss} reads the label from the input, and {a.model} takes no label in its input: use --loss "
              f"cwc, pvn, df-cwc or xent (the light models ff_tiny .. ff_deep take a label channel for {loss})")
@@ -718,7 +721,8 @@ def train_command(a):
         kw["norm"] = a.norm
     if not cwc:
         kw.update(goodness=a.goodness, norm=a.norm,
-                  label_encoding=a.label_encoding or ("embedding" if labelled_light else "onehot"))
+                  label_encoding=a.label_encoding or ("none" if loss == "xent" else
+                                                      "embedding" if labelled_light else "onehot"))
     try:
         if a.model == "mlp":
             sizes = [x.shape[1]] + a.layers
@@ -730,7 +734,7 @@ def train_command(a):
             # K pixels of every channel plane, for MNIST the same pixels as without)
             model = FFModel(net_layers, image_shape if a.augment else x.shape[1], 10, **kw)
         elif a.model == "cnn":
-            kw["label_encoding"] = a.label_encoding or "embedding"
+            kw["label_encoding"] = a.label_encoding or ("none" if loss == "xent" else "embedding")
             layers, shape = zoo.survey_cnn(a.dataset, norm=None if a.norm == "none" else a.norm,
                                            label_encoding=kw["label_encoding"])
             if shape != image_shape:
@@ -742,6 +746,11 @@ def train_command(a):
             model = zoo.build(a.model, a.dataset, **kw)
     except ValueError as e:
         _bad(str(e))
+    if a.multipass_blocks is not None:     # checked now, not after the training
+        try:
+            model._block_selection(a.multipass_blocks)
+        except ValueError as e:
+            _bad(f"--multipass-blocks: {e}")
     if a.input_norm == "channel":   # statistics of the training split only (not validation, not test)
         from .nn import channel_stats
         try:

@@ -1177,6 +1177,9 @@ class FFModel:
         sel = [int(b) % nb if -nb <= int(b) < nb else None for b in blocks]
         if not sel or any(b is None for b in sel):
             raise ValueError(f"blocks must be block indices in [-{nb}, {nb}), got {blocks!r}")
+        if len(set(sel)) != len(sel):
+            raise ValueError(f"blocks must be distinct (a block listed twice would count its goodness twice), "
+                             f"got {blocks!r}")
         return sel
 
     def predict_multipass(self, x, blocks=None, early_exit=None):

@@ -455,7 +455,11 @@ class FFNet(torch.nn.Module):
         blocks = [blocks] if isinstance(blocks, (int, np.integer)) else list(blocks)
         if not blocks or any(not -nb <= int(b) < nb for b in blocks):
             raise ValueError(f"blocks must be block indices in [-{nb}, {nb}), got {blocks!r}")
-        return [int(b) % nb for b in blocks]
+        sel = [int(b) % nb for b in blocks]
+        if len(set(sel)) != len(sel):
+            raise ValueError(f"blocks must be distinct (a block listed twice would count its goodness twice), "
+                             f"got {blocks!r}")
+        return sel
 
     def predict_multipass(self, x, blocks=None):
         """argmax over labels of the scores summed over ``blocks`` (default all)."""

@@ -73,6 +73,9 @@ def test_train_on_the_sample_writes_the_json_contract(tmp_path):
     (["train", "--checkpoint", "/nonexistent/dir/ck"], "--checkpoint"),
     (["train", "--out", "."], "is a directory"),
     (["train", "--resume"], "--resume needs --checkpoint"),
+    # checked before the training, not after it (the whole run was lost)
+    (["train", "--multipass-blocks=-3"], "--multipass-blocks: blocks must be block indices in [-2, 2)"),
+    (["train", "--multipass-blocks=0,0"], "--multipass-blocks: blocks must be distinct"),
     (["bogus"], "invalid choice"),
 ])
 def test_bad_arguments_exit_2_with_one_line(args, msg):

@@ -80,6 +80,9 @@ def test_loss_xent_and_label_encoding_none(tmp_path, capsys):
     assert r["test_error"]["multi_pass"] < 50            # a 1-epoch softmax MLP on 8,000 images
     assert "--loss" in fails(capsys, "--loss", "hinge")
     assert "fourier" in fails(capsys, "--label-encoding", "fourier")     # needs images
+    # --label-encoding none is xent's default, as --help says (it took the MLP's onehot before)
+    _, m = train(tmp_path, "--loss", "xent", "--layers", "64,10")
+    assert m.label_encoding == "none"
 
 
 def test_recipe_hard_negatives_give_way_to_a_loss_without_them(tmp_path, capsys):
