@@ -163,6 +163,15 @@ def layer_accuracy(result: Mapping[str, Any], *, path: Optional[PathLike] = None
     return _save(fig, path)
 
 
+def _check_labelled(model: "FFModel") -> None:
+    """A model whose goodness scores labels (a label in its input, or channel groups)."""
+    from .nn import GROUP_LOSSES
+    if model.label_encoding == "none" and model.config["loss"] not in GROUP_LOSSES:
+        raise ValueError(f"the model was trained without labels ({model.config['loss']} loss, no label in its "
+                         f"input): it has no goodness per label to plot (its linear probe's error is in the "
+                         f"result's plots)")
+
+
 def goodness_distributions(model: "FFModel", x: Any, y: Any, *, bins: int = 40, batch_size: int = 1000,
                            path: Optional[PathLike] = None) -> "Figure":
     """Per FF layer, histograms of the goodness with the true label (positive data) and with
@@ -172,6 +181,7 @@ def goodness_distributions(model: "FFModel", x: Any, y: Any, *, bins: int = 40, 
     trained with); the model's blocks and mode are restored afterwards."""
     from .nn import as_float32_batch
     from .routines import unit_ranges
+    _check_labelled(model)
     if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins < 1:
         raise ValueError(f"bins must be a positive int, got {bins!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
@@ -301,6 +311,8 @@ def plot_result(result: Union[Mapping[str, Any], PathLike], out_dir: PathLike, *
     out = os.fspath(out_dir)
     if not os.path.isdir(out):
         raise FileNotFoundError(f"out_dir {out!r} is not an existing directory")
+    if model is not None:
+        _check_labelled(model)      # before any file is written
     written = []
     if "epochs" in result or "history" in result:
         p = os.path.join(out, "loss_curves.png")
@@ -372,6 +384,7 @@ def run_plot(args: argparse.Namespace) -> int:
         from .nn import FFModel
         try:
             model = FFModel.load(args.model)
+            _check_labelled(model)
             name = (result.get("config") or {}).get("dataset", "sample")
             if name == "sample":
                 x, y = datasets.load_sample(train=False)
@@ -380,7 +393,7 @@ def run_plot(args: argparse.Namespace) -> int:
                                      train=False)
             x, y = x[:args.samples].reshape(min(len(x), args.samples), -1), y[:args.samples]
         except (OSError, ValueError, KeyError, datasets.DatasetError) as e:
-            return bad(str(e).replace("\n", " "))
+            return bad(f"--model {args.model}: " + str(e).replace("\n", " "))
     try:
         paths = plot_result(result, args.out, model=model, x=x, y=y)
     except (ValueError, TypeError) as e:
