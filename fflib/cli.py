@@ -196,6 +196,9 @@ def _windows(text):
     return out
 
 
+#: --early-exit-drop's default: percentage points of validation accuracy early exit may cost
+EARLY_EXIT_DROP = 0.2
+
 SCHEMA_VERSION = 2      # 2: fflib_version, schema_version, config.threads is the actual count, one num_params
 
 
@@ -398,7 +401,7 @@ def build_parser():
     t.add_argument("--early-exit", nargs="?", const="softmax", choices=["softmax", "lightff"], default=None,
                    help="also report early-exit inference (LightFF) on the test set: thresholds calibrated "
                         "on the --val-size split; the rule: softmax (default) or lightff")
-    t.add_argument("--early-exit-drop", type=_nonnegative, default=0.2, metavar="POINTS",
+    t.add_argument("--early-exit-drop", type=_nonnegative, default=None, metavar="POINTS",
                    help="largest validation accuracy loss early exit may cost, in percentage points (default "
                         "0.2): the validation samples it gets wrong that prediction without it gets right")
     t.add_argument("--distributed", choices=["data", "pipeline"], default=None,
@@ -424,7 +427,7 @@ def build_parser():
     e.add_argument("--early-exit", nargs="?", const="softmax", choices=["softmax", "lightff"], default=None,
                    help="also report early-exit inference (LightFF): thresholds calibrated on the last "
                         "--val-size samples of the training split; the rule: softmax (default) or lightff")
-    e.add_argument("--early-exit-drop", type=_nonnegative, default=0.2, metavar="POINTS",
+    e.add_argument("--early-exit-drop", type=_nonnegative, default=None, metavar="POINTS",
                    help="largest validation accuracy loss early exit may cost, in percentage points (default "
                         "0.2): the validation samples it gets wrong that prediction without it gets right")
     e.add_argument("--val-size", type=_positive(int), default=5000,
@@ -463,9 +466,22 @@ DEFAULTS = {"lr": 0.003, "lr_cwc": 0.01, "epochs": 10, "epochs_sample": 10}
 CWC_MODELS = ("cwcomp",) + tuple(zoo.LIGHT_MODELS)
 
 
-def _check_api_flags(a, cwc):
-    """Exit 2 on a flag of the Python API's that does not apply to this run."""
+def _check_api_flags(a, cwc, given=()):
+    """Exit 2 on a flag of the Python API's that does not apply to this run (``given``: the
+    settings given on the command line, not by a recipe or a default)."""
     loss = a.loss or ("cwc" if cwc else "symba")
+    threshold_loss = loss in ("ff", "pvn") or (loss == "cwc" and a.pvn_weight)
+    if "threshold" in given and not threshold_loss:
+        _bad(f"--threshold is the FF and PvN losses' theta; it does not apply to --loss {loss}")
+    if "threshold" in given and a.block_thresholds is not None:
+        _bad("--threshold and --block-thresholds both set the thresholds: give one")
+    if "chunk_size" in given and a.routine not in ("chunked", "overlapping"):
+        _bad(f"--chunk-size sets the units per chunk of --routine chunked or overlapping; it does not apply to "
+             f"--routine {a.routine}")
+    if "gamma" in given and not a.milestones:
+        _bad("--gamma is the factor of the --milestones steps; give --milestones")
+    if a.early_exit_drop is not None and not a.early_exit:
+        _bad("--early-exit-drop is the accuracy --early-exit may lose; give --early-exit")
     if a.pvn_weight is not None and loss != "cwc":
         _bad(f"--pvn-weight mixes PvN into the cwc loss; it does not apply to --loss {loss}")
     if a.alpha is not None and loss != "symba":
@@ -626,6 +642,7 @@ def train_command(a):
     from . import FFModel, mlp, Adam, MultiStepLR, LinearCooldown, fit, evaluate, refit_head, set_num_threads, get_num_threads
     from . import __version__
     norm_given = a.norm is not None    # by a flag: before the recipe and the defaults fill it
+    given = {key for key, value in vars(a).items() if value is not None}
     # a recipe names its training method (a label-free one: fflib.unsupervised); the default is FF
     recipe_method = recipes.get(a.recipe).settings.get("method", "ff") if a.recipe is not None else None
     if a.method is None:
@@ -684,7 +701,8 @@ def train_command(a):
     # a light model under a loss that reads the label from the input takes a label channel
     labelled_light = a.model in zoo.LIGHT_MODELS and a.loss in zoo.LABEL_LOSSES
     cwc = a.model in CWC_MODELS and not labelled_light
-    _check_api_flags(a, cwc)
+    _check_api_flags(a, cwc, given)
+    a.early_exit_drop = EARLY_EXIT_DROP if a.early_exit_drop is None else a.early_exit_drop
     if cwc and a.label_encoding not in (None, "none"):
         _bad(f"--label-encoding does not apply to {a.model} (channel-wise competitive models take no label in the input)")
     loss = a.loss or ("cwc" if cwc else "symba")
@@ -957,6 +975,9 @@ def eval_command(a):
         parent = os.path.dirname(os.path.abspath(a.out))
         if not os.path.isdir(parent):
             _bad(f"--out {a.out}: the directory {parent} does not exist")
+    if a.early_exit_drop is not None and not a.early_exit:
+        _bad("--early-exit-drop is the accuracy --early-exit may lose; give --early-exit")
+    a.early_exit_drop = EARLY_EXIT_DROP if a.early_exit_drop is None else a.early_exit_drop
     if a.threads is not None:
         if a.threads > 64:
             _bad(f"--threads must be in [1, 64], got {a.threads}")

@@ -76,6 +76,13 @@ def test_train_on_the_sample_writes_the_json_contract(tmp_path):
     # checked before the training, not after it (the whole run was lost)
     (["train", "--multipass-blocks=-3"], "--multipass-blocks: blocks must be block indices in [-2, 2)"),
     (["train", "--multipass-blocks=0,0"], "--multipass-blocks: blocks must be distinct"),
+    # flags that did nothing where they do not apply (silently), now refused like --alpha and --margin
+    (["train", "--threshold", "5"], "--threshold is the FF and PvN losses' theta; it does not apply to --loss symba"),
+    (["train", "--loss", "ff", "--threshold", "5", "--block-thresholds", "1,2"], "give one"),
+    (["train", "--chunk-size", "3"], "does not apply to --routine greedy"),
+    (["train", "--gamma", "0.5"], "--gamma is the factor of the --milestones steps"),
+    (["train", "--early-exit-drop", "0.5"], "give --early-exit"),
+    (["eval", "m.npz", "--early-exit-drop", "0.5"], "give --early-exit"),
     (["bogus"], "invalid choice"),
 ])
 def test_bad_arguments_exit_2_with_one_line(args, msg):
