@@ -827,6 +827,8 @@ def train_command(a):
         print(f"fflib: training {a.model} ({model.num_parameters()} parameters, {loss} loss, {a.routine}) "
               f"on {a.dataset} ({len(y)} train / {len(yt)} test), "
               f"{_epochs_text(_run_epochs(a, epochs, model) + head_epochs)}"
+              + (f" ({_run_epochs(a, epochs, model)} + {head_epochs} head-only"
+                 + (", the recipe's" if supplied.get("head_epochs") else "") + ")" if head_epochs else "")
               + (f", {a.distributed}-parallel on {comm.Get_size()} ranks" if comm is not None else ""), flush=True)
 
     def report(rec):
