@@ -216,6 +216,11 @@ def _check_output(flag, path, directory=False):
         _bad(f"{flag} {path}: is a directory")
     if not os.access(parent, os.W_OK):
         _bad(f"{flag} {path}: directory {parent} is not writable")
+    if directory:
+        try:        # made now, so a place that cannot hold it fails before the training
+            os.makedirs(path, exist_ok=True)
+        except OSError as e:
+            _bad(f"{flag} {path}: cannot create the directory ({e.strerror or e})")
 
 
 def csv_path(out):

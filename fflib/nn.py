@@ -105,6 +105,12 @@ def _read_npz(path):
         if isinstance(e, (FileNotFoundError, PermissionError, IsADirectoryError)):
             raise
         raise ValueError(f"{name}: not a readable fflib model file ({type(e).__name__}: {e})") from None
+    except ValueError as e:
+        if "pickled" not in str(e):
+            raise ValueError(f"{name}: not a readable fflib model file ({e})") from None
+        # numpy's advice (allow_pickle) is wrong for a file that must be treated as untrusted
+        raise ValueError(f"{name}: not a readable fflib model file (it holds pickled objects, which fflib never "
+                         f"loads: a model file holds arrays only)") from None
     except Exception as e:     # BadZipFile, EOFError, zlib.error, a truncated member, a bad header...
         raise ValueError(f"{name}: not a readable fflib model file ({type(e).__name__}: {e})") from None
     return name, data

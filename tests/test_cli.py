@@ -71,6 +71,8 @@ def test_train_on_the_sample_writes_the_json_contract(tmp_path):
     (["train", "--out", "/nonexistent/dir/r.json"], "--out /nonexistent/dir/r.json: directory"),
     (["train", "--save", "/nonexistent/dir/m.npz"], "--save"),
     (["train", "--checkpoint", "/nonexistent/dir/ck"], "--checkpoint"),
+    (["train", "--checkpoint", "/proc/ck"], "--checkpoint /proc/ck: cannot create the directory"),
+    (["train", "--dataset", "mnist", "--data-dir", "/nonexistent/dir"], "--data-dir DIR on the command line"),
     (["train", "--out", "."], "is a directory"),
     (["train", "--resume"], "--resume needs --checkpoint"),
     # checked before the training, not after it (the whole run was lost)
