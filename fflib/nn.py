@@ -548,6 +548,10 @@ def _check_input_norm(mean, std, input_shape):
         if a.size == 1:    # one number for every value
             a = a.reshape(())
         elif not (a.ndim == 1 and a.size == C) and a.size != D:
+            if H * W == 1:    # a flat model: no channels to take per-channel statistics of
+                raise ValueError(f"input_norm {name} must be a number or {D} values, one per feature (a flat "
+                                 f"model, input_shape {tuple(input_shape)}: per-channel statistics need an "
+                                 f"image-shaped model, e.g. input_shape=(3, 32, 32)), got shape {a.shape}")
             raise ValueError(f"input_norm {name} must be a number, {C} per-channel values or {D} values "
                              f"(input_shape {tuple(input_shape)}), got shape {a.shape}")
         if a.ndim and a.size == D and not (a.ndim == 1 and a.size == C):
