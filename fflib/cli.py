@@ -925,6 +925,17 @@ def train_command(a):
 
 def main(argv=None):
     """Entry point of ``python -m fflib`` and the ``fflib`` script."""
+    try:
+        status = _main(argv)
+        sys.stdout.flush()
+        return status
+    except BrokenPipeError:   # `fflib recipes | head`: the reader left; no traceback
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141            # as a shell reports SIGPIPE
+
+
+def _main(argv):
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv:
@@ -1062,11 +1073,12 @@ def recipes_command(a):
     if a.json:
         print(json.dumps(rows, indent=1))
         return 0
-    print(f"{'recipe':20s} {'status':9s} {'fflib %':>13s} {'survey':>11s} {'target':>8s}  command")
-    for r in rows:
-        res = r["result"]
-        got = "untuned" if res is None else recipes.format_result(res)
-        print(f"{r['name']:20s} {r['status']:9s} {got:>13s} {r['survey'] or '-':>11s} "
+    width = max(len(r["name"]) for r in rows)
+    got = ["untuned" if r["result"] is None else recipes.format_result(r["result"]) for r in rows]
+    wgot = max(13, max(len(g) for g in got))
+    print(f"{'recipe':{width}s} {'status':9s} {'fflib %':>{wgot}s} {'survey':>11s} {'target':>8s}  command")
+    for r, g in zip(rows, got):
+        print(f"{r['name']:{width}s} {r['status']:9s} {g:>{wgot}s} {r['survey'] or '-':>11s} "
               f"{r['target'] or '-':>8s}  {r['command']}")
     print("\nfflib %: test error one-pass / multi-pass (a label-free recipe: its linear probe's) on the full\n"
           "test set, from the run in each recipe's "

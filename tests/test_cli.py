@@ -107,6 +107,15 @@ def test_under_mpirun_only_rank_0_prints_a_usage_error(variable, args):
         assert len([l for l in res.stderr.splitlines() if l.strip()]) == printed, (rank, res.stderr)
 
 
+def test_a_reader_that_leaves_early_gets_no_traceback():
+    """`python -m fflib recipes | head -8` printed a BrokenPipeError traceback."""
+    p = subprocess.Popen([sys.executable, "-m", "fflib", "recipes"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         cwd=REPO + "/tests", env=child_env())
+    p.stdout.close()               # before the command writes anything
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=120) == 141 and "Traceback" not in err, err
+
+
 def test_bare_command_prints_help_and_version():
     res = run()
     assert res.returncode == 0 and "usage:" in res.stdout and "train" in res.stdout
