@@ -475,6 +475,8 @@ def _check_api_flags(a, cwc, given=()):
     """Exit 2 on a flag of the Python API's that does not apply to this run (``given``: the
     settings given on the command line, not by a recipe or a default)."""
     loss = a.loss or ("cwc" if cwc else "symba")
+    if loss == "ae":
+        _bad("--loss ae is the UFF autoencoder cells' reconstruction loss: train them with --method uff")
     threshold_loss = loss in ("ff", "pvn") or (loss == "cwc" and a.pvn_weight)
     if "threshold" in given and not threshold_loss:
         _bad(f"--threshold is the FF and PvN losses' theta; it does not apply to --loss {loss}")

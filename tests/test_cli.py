@@ -83,6 +83,7 @@ def test_train_on_the_sample_writes_the_json_contract(tmp_path):
     (["train", "--loss", "ff", "--threshold", "5", "--block-thresholds", "1,2"], "give one"),
     (["train", "--chunk-size", "3"], "does not apply to --routine greedy"),
     (["train", "--gamma", "0.5"], "--gamma is the factor of the --milestones steps"),
+    (["train", "--loss", "ae"], "train them with --method uff"),
     (["train", "--early-exit-drop", "0.5"], "give --early-exit"),
     (["eval", "m.npz", "--early-exit-drop", "0.5"], "give --early-exit"),
     (["bogus"], "invalid choice"),
