@@ -487,8 +487,7 @@ def _check_api_flags(a, cwc, given=()):
              f"--routine {a.routine}")
     if "gamma" in given and not a.milestones:
         _bad("--gamma is the factor of the --milestones steps; give --milestones")
-    if a.early_exit_drop is not None and not a.early_exit:
-        _bad("--early-exit-drop is the accuracy --early-exit may lose; give --early-exit")
+    _take_early_exit_drop(a)
     if a.pvn_weight is not None and loss != "cwc":
         _bad(f"--pvn-weight mixes PvN into the cwc loss; it does not apply to --loss {loss}")
     if a.alpha is not None and loss != "symba":
@@ -504,6 +503,13 @@ def _check_api_flags(a, cwc, given=()):
              "--alternate or --pipeline")
     if a.early_exit and not a.val_size:
         _bad("--early-exit calibrates its thresholds on a validation split: give --val-size N")
+
+
+def _take_early_exit_drop(a):
+    """--early-exit-drop only with --early-exit (exit 2 otherwise); its default when not given."""
+    if a.early_exit_drop is not None and not a.early_exit:
+        _bad("--early-exit-drop is the accuracy --early-exit may lose; give --early-exit")
+    a.early_exit_drop = EARLY_EXIT_DROP if a.early_exit_drop is None else a.early_exit_drop
 
 
 def _model_flags(a):
@@ -709,7 +715,6 @@ def train_command(a):
     labelled_light = a.model in zoo.LIGHT_MODELS and a.loss in zoo.LABEL_LOSSES
     cwc = a.model in CWC_MODELS and not labelled_light
     _check_api_flags(a, cwc, given)
-    a.early_exit_drop = EARLY_EXIT_DROP if a.early_exit_drop is None else a.early_exit_drop
     if cwc and a.label_encoding not in (None, "none"):
         _bad(f"--label-encoding does not apply to {a.model} (channel-wise competitive models take no label in the input)")
     loss = a.loss or ("cwc" if cwc else "symba")
@@ -995,9 +1000,7 @@ def eval_command(a):
         parent = os.path.dirname(os.path.abspath(a.out))
         if not os.path.isdir(parent):
             _bad(f"--out {a.out}: the directory {parent} does not exist")
-    if a.early_exit_drop is not None and not a.early_exit:
-        _bad("--early-exit-drop is the accuracy --early-exit may lose; give --early-exit")
-    a.early_exit_drop = EARLY_EXIT_DROP if a.early_exit_drop is None else a.early_exit_drop
+    _take_early_exit_drop(a)
     if a.threads is not None:
         if a.threads > 64:
             _bad(f"--threads must be in [1, 64], got {a.threads}")
