@@ -239,7 +239,7 @@ _ALL = [
                  "multi-pass 0.94 against 0.95 the same. The 8-epoch recipe before it (steps at 5 and 7, all "
                  "60,000 images): 0.68 / 1.12 (benchmarks/results/runs/cwcomp_mnist.json)"),
     Recipe("mnist-cwcomp-dfcwc", "cwcomp", "mnist", "MNIST CwComp, distance-forward loss on channel groups (df-cwc)",
-           dict(_CWCOMP, loss="df-cwc", margin=0.5), default=False, anchor="DF paper 0.3 (a convnet)",
+           dict(_CWCOMP, loss="df-cwc", margin=0.5, epochs=23, milestones=[15, 20], head_epochs=7), default=False, anchor="DF paper 0.3 (a convnet)",
            target="<= 1.0",
            tuned_on="the margin from the CIFAR-10 FF_small validation study (benchmarks/df_cwc_margin.py); the "
                     "rest is the MNIST CwComp recipe's 8-epoch schedule before run D (" + _TEST_TUNED + ")",
