@@ -239,14 +239,23 @@ _ALL = [
                  "multi-pass 0.94 against 0.95 the same. The 8-epoch recipe before it (steps at 5 and 7, all "
                  "60,000 images): 0.68 / 1.12 (benchmarks/results/runs/cwcomp_mnist.json)"),
     Recipe("mnist-cwcomp-dfcwc", "cwcomp", "mnist", "MNIST CwComp, distance-forward loss on channel groups (df-cwc)",
-           dict(_CWCOMP, loss="df-cwc", margin=0.5), default=False, anchor="DF paper 0.3 (a convnet)",
-           target="<= 1.0",
+           dict(_CWCOMP, loss="df-cwc", margin=0.5, epochs=23, milestones=[15, 20], head_epochs=7), default=False,
+           anchor="DF paper 0.3 (a convnet)", target="<= 1.0",
            tuned_on="the margin from the CIFAR-10 FF_small validation study (benchmarks/df_cwc_margin.py); the "
-                    "rest is the MNIST CwComp recipe's 8-epoch schedule before run D (" + _TEST_TUNED + ")",
-           status="measured", result={"one_pass": 0.79, "multi_pass": 1.16},
+                    "schedule is the MNIST CwComp recipe's, chosen for CwC on a validation split (the last 5,000 "
+                    "training images: 0.48 / 0.94 after the last epoch against 0.68 / 1.12 with the 8-epoch "
+                    "schedule), not re-tuned for df-cwc; the rates, batch and shifts on " + _TEST_TUNED,
+           status="measured", result={"one_pass": 0.58, "multi_pass": 0.95},
            source="benchmarks/results/reproduce/mnist-cwcomp-dfcwc.json",
-           notes="the 8-epoch MNIST CwComp recipe with DF's N-pair margin loss on each block's channel-group goodness "
-                 "(38 min on 1 thread); CwC itself gave 0.68 / 1.12 with the same 8-epoch recipe"),
+           notes="the MNIST CwComp recipe (23 epochs with x0.1 steps after epochs 15 and 20, then 7 head-only "
+                 "epochs) with DF's N-pair margin loss (margin 0.5) on each block's channel-group goodness; trains "
+                 "on all 60,000 images (83 min of training on 2 threads, partly beside another run): training "
+                 "error 0.13 / 0.11 %, blocks' test accuracy 74 / 86 / 99 / 99 %. The schedule change and the "
+                 "run on every training image were decided before the run (session 22), its test error to replace "
+                 "the row whatever it was. CwC with the same recipe: 0.75 / 0.94 (0.56 / 0.95 on 55,000 images: "
+                 "the one-pass spread between two runs of a recipe is about 0.2 here). The 8-epoch recipe before "
+                 "it (steps at 5 and 7): 0.79 / 1.16 (benchmarks/results/runs/mnist-cwcomp-dfcwc-8ep.json; CwC "
+                 "0.68 / 1.12 with it)"),
     # ---- Fashion-MNIST: the MNIST recipes, never run on it
     Recipe("fashion-mnist-mlp", "mlp", "fashion-mnist", "Fashion-MNIST MLP 784-500-100, 10 epochs",
            dict(_MLP, negatives="hard"), status="measured", result={"one_pass": 11.55, "multi_pass": 11.62},
