@@ -619,6 +619,22 @@ def as_float32_batch(x, name, input_size):
     return a
 
 
+def select_blocks(blocks, nb):
+    """``blocks`` (None: all; an index or a list, negatives from the end) as distinct indices in
+    [0, nb): the blocks whose goodness multi-pass inference sums (FFModel's and TorchFF's)."""
+    if blocks is None:
+        return list(range(nb))
+    if isinstance(blocks, (int, np.integer)):
+        blocks = [blocks]
+    sel = [int(b) % nb if -nb <= int(b) < nb else None for b in blocks]
+    if not sel or any(b is None for b in sel):
+        raise ValueError(f"blocks must be block indices in [-{nb}, {nb}), got {blocks!r}")
+    if len(set(sel)) != len(sel):
+        raise ValueError(f"blocks must be distinct (a block listed twice would count its goodness twice), "
+                         f"got {blocks!r}")
+    return sel
+
+
 class FFModel:
     """A Forward-Forward network: layers cut into locally trained blocks.
 
@@ -1179,18 +1195,7 @@ class FFModel:
         return self._net.goodness(self._input(x))
 
     def _block_selection(self, blocks):
-        nb = self.num_blocks
-        if blocks is None:
-            return list(range(nb))
-        if isinstance(blocks, (int, np.integer)):
-            blocks = [blocks]
-        sel = [int(b) % nb if -nb <= int(b) < nb else None for b in blocks]
-        if not sel or any(b is None for b in sel):
-            raise ValueError(f"blocks must be block indices in [-{nb}, {nb}), got {blocks!r}")
-        if len(set(sel)) != len(sel):
-            raise ValueError(f"blocks must be distinct (a block listed twice would count its goodness twice), "
-                             f"got {blocks!r}")
-        return sel
+        return select_blocks(blocks, self.num_blocks)
 
     def predict_multipass(self, x, blocks=None, early_exit=None):
         """Multi-pass prediction: argmax over labels of goodness summed over ``blocks``

@@ -449,17 +449,8 @@ class FFNet(torch.nn.Module):
         return out
 
     def _block_selection(self, blocks):
-        nb = self.num_blocks
-        if blocks is None:
-            return list(range(nb))
-        blocks = [blocks] if isinstance(blocks, (int, np.integer)) else list(blocks)
-        if not blocks or any(not -nb <= int(b) < nb for b in blocks):
-            raise ValueError(f"blocks must be block indices in [-{nb}, {nb}), got {blocks!r}")
-        sel = [int(b) % nb for b in blocks]
-        if len(set(sel)) != len(sel):
-            raise ValueError(f"blocks must be distinct (a block listed twice would count its goodness twice), "
-                             f"got {blocks!r}")
-        return sel
+        from .nn import select_blocks
+        return select_blocks(blocks, self.num_blocks)
 
     def predict_multipass(self, x, blocks=None):
         """argmax over labels of the scores summed over ``blocks`` (default all)."""
