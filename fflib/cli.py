@@ -27,7 +27,7 @@ from . import datasets
 from . import models as zoo
 from . import recipes
 from .export import add_export_parser, run_export
-from .nn import GROUP_LOSSES
+from .nn import GROUP_LOSSES, default_threshold
 
 
 def _core_tables():
@@ -290,7 +290,9 @@ def build_parser():
     t.add_argument("--threshold", type=_finite, default=None, help="FF / PvN loss threshold theta")
     t.add_argument("--block-thresholds", type=_finite_list, default=None, metavar="T0,T1,...",
                    help="one FF / PvN threshold per block instead of --threshold, e.g. 4,1")
-    t.add_argument("--goodness", choices=["sum", "mean"], default=None)
+    t.add_argument("--goodness", choices=["sum", "mean", "neg-sum", "neg-mean"], default=None,
+                   help="sum or mean of squared activities, or minus it (Hinton's 'min ssq': positive data "
+                        "trained to low activity; the default threshold is then negative)")
     t.add_argument("--norm", choices=["l2", "rms", "none"], default=None,
                    help="length normalisation between MLP layers and of the one-pass head input (the CwC "
                         "models: of the head input only; default: the model's, none for cwcomp, rms for ff_*)")
@@ -738,7 +740,7 @@ def train_command(a):
     batch_size = a.batch_size or (128 if cwc else 100)
     threshold = a.threshold
     if threshold is None:
-        threshold = 2.0 if loss == "pvn" else (1.0 if a.goodness == "mean" else float(a.layers[0]))
+        threshold = 2.0 if loss == "pvn" else default_threshold(a.goodness or "sum", a.layers[0])
     kw = dict(loss=loss, threshold=threshold, seed=a.seed)
     kw.update(_model_flags(a))
     if a.fourier_modes is not None:

@@ -831,8 +831,10 @@ class _Gen:
                             f"{self.off(op['in_side'], op['in_alloc'])})[k];"]
                 return [f"    for (k = 0; k < {p.K}; k++) score[k] = 0.0f;"]
             self.used.add("sumsq")
-            div = f" / {op['n']}.0f" if p.cfg["goodness"] == "mean" else ""
-            return [f"    score[0] = k_sumsq({src}, {op['n']}){div};"]
+            good = p.cfg["goodness"]
+            div = f" / {op['n']}.0f" if good.endswith("mean") else ""
+            sign = "-" if good.startswith("neg-") else ""
+            return [f"    score[0] = {sign}k_sumsq({src}, {op['n']}){div};"]
         raise AssertionError(kind)
 
     # ------------------------------------------------------------ whole file

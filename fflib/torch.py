@@ -420,7 +420,9 @@ class FFNet(torch.nn.Module):
         if loss == "xent":
             return flat if flat.shape[1] == K else out.new_zeros(out.shape[0], K)
         sq = flat.square()
-        return sq.mean(dim=1) if self.config["goodness"] == "mean" else sq.sum(dim=1)
+        good = self.config["goodness"]
+        g = sq.mean(dim=1) if good.endswith("mean") else sq.sum(dim=1)
+        return -g if good.startswith("neg-") else g
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
@@ -703,7 +705,9 @@ class TorchFF:
             loss = F.softplus(z).mean()
             s = torch.sigmoid(z) * (float(cfg["alpha"]) / B)
             dg = torch.cat([-s, s])
-        scale = 2.0 / at.shape[1] if cfg["goodness"] == "mean" else 2.0
+        scale = 2.0 / at.shape[1] if cfg["goodness"].endswith("mean") else 2.0
+        if cfg["goodness"].startswith("neg-"):
+            scale = -scale
         dz = at * (dg * scale).unsqueeze(1)          # relu' is implied: a == 0 where z <= 0
         for p, gp in ((lin.weight, dz.t() @ h[:T]), (lin.bias, dz.sum(dim=0) if lin.bias is not None else None)):
             if p is not None:

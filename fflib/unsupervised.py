@@ -472,7 +472,9 @@ def train_command_label_free(a, bad, layers_given=True):
     scff = a.method == "scff"
     lr = a.lr or (SCFF_LR if scff else 1e-3)
     head_lr = a.head_lr or (SCFF_HEAD_LR if scff else 1e-2)
-    threshold = (SCFF_THRESHOLD if scff else 5.0) if a.threshold is None else a.threshold
+    threshold = a.threshold
+    if threshold is None:   # minus the default for the neg- goodness kinds (positive rows below it)
+        threshold = (SCFF_THRESHOLD if scff else 5.0) * (-1.0 if a.goodness.startswith("neg-") else 1.0)
     cnn = a.model == "cnn"
     sizes = None if cnn else [x.shape[1]] + a.layers
     recipe_model = scff and not cnn and a.norm == "rms" and a.goodness == "mean"   # SCFF's recipe: scff_mlp
