@@ -100,10 +100,10 @@ class FFClassifier(ClassifierMixin, BaseEstimator):
     batch_size, lr : minibatch size and learning rate.
     threshold : float
         theta of the FF loss (default 1 per unit for mean goodness, the first layer's width
-        for sum goodness, minus that for "neg-mean" / "neg-sum"); goodness, norm, loss as in :class:`FFModel`.  The defaults (SymBa,
-        mean goodness, RMS normalisation, Adam 3e-3 with a linear cooldown, appended label)
-        reach 2.20 % one-pass / 2.28 % multi-pass test error on MNIST in 10 epochs
-        (784-500-100, random_state=0, measured).
+        for sum goodness, minus that for "neg-mean" / "neg-sum"); goodness, norm, loss as in
+        :class:`FFModel`.  The defaults (SymBa, mean goodness, RMS normalisation, Adam 3e-3
+        with a linear cooldown, appended label) reach 2.20 % one-pass / 2.28 % multi-pass
+        test error on MNIST in 10 epochs (784-500-100, random_state=0, measured).
     label_placement : {"append", "overwrite"}
         "append" (default) gives the network K extra inputs for the one-hot label, so every
         feature is kept (tabular data); "overwrite" writes the label over the first K features

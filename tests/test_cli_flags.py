@@ -316,3 +316,19 @@ def test_a_recipes_norm_reaches_a_cwc_models_head(tmp_path, monkeypatch):
         out = tmp_path / "r.json"
         assert cli.main([*base, *extra, "--out", str(out)]) == 0
         assert json.loads(out.read_text())["config"]["norm"] == want
+
+
+# bars: measured 10.05 / 12.00 (neg-mean) and 13.25 / 22.25 (neg-sum) %, mean goodness 9.25 / 8.95
+@pytest.mark.parametrize("goodness, threshold, bar", [("neg-mean", -1.0, 16), ("neg-sum", -48.0, 28)])
+def test_negative_goodness(tmp_path, capsys, goodness, threshold, bar):
+    """--goodness neg-mean / neg-sum (Hinton's "min ssq"): the FF loss's default threshold is
+    negated, and the model learns (the least active label wins multi-pass)."""
+    r, m = train(tmp_path, "--goodness", goodness, "--loss", "ff", "--epochs", "3")
+    assert m.config["goodness"] == r["config"]["goodness"] == goodness
+    assert m.config["threshold"] == threshold
+    xt, _ = fflib.datasets.load_sample(False)
+    g = m.goodness(xt[:200])
+    assert np.all(g <= 0)
+    np.testing.assert_array_equal(m.predict_multipass(xt[:200]), g.sum(axis=2).argmax(axis=1))
+    assert r["test_error"]["multi_pass"] < bar and r["test_error"]["one_pass"] < bar
+    assert "--goodness" in fails(capsys, "--goodness", "max")

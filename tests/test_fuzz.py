@@ -135,7 +135,7 @@ LAYER_SETS = {
                                                           (12,), [2, 6, 6]])), 3),
        K=mostly(st.sampled_from([2, 4, 5, 10]), st.one_of(st.integers(-1, 12), junk)),
        loss=mostly(st.sampled_from(["ff", "symba", "cwc", "pvn", "df-cwc", "xent"]), junk),
-       goodness=mostly(st.sampled_from(["sum", "mean"]), junk),
+       goodness=mostly(st.sampled_from(["sum", "mean", "neg-sum", "neg-mean"]), junk),
        encoding=mostly(st.sampled_from(["onehot", "fourier", "embedding", "none"]), junk),
        threshold=mostly(st.floats(-3, 3), reals), alpha=mostly(st.floats(0.1, 8), reals),
        norm_eps=mostly(st.floats(0, 1e-2), reals), pvn_weight=mostly(small, reals),
@@ -157,7 +157,8 @@ def test_fuzz_model_construction(which, shape, K, loss, goodness, encoding, thre
                or not good_real(pvn_weight, 0, 1)
                or isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 64
                or isinstance(K, bool) or not isinstance(K, int) or K < 2
-               or loss not in ("ff", "symba", "cwc", "pvn", "df-cwc", "xent") or goodness not in ("sum", "mean")
+               or loss not in ("ff", "symba", "cwc", "pvn", "df-cwc", "xent")
+               or goodness not in ("sum", "mean", "neg-sum", "neg-mean")
                or encoding not in ("onehot", "fourier", "embedding", "none")
                or (block_thresholds is not None and (not isinstance(block_thresholds, list) or not block_thresholds
                                                      or not all(good_real(t) for t in block_thresholds))))
