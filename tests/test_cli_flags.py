@@ -332,3 +332,15 @@ def test_negative_goodness(tmp_path, capsys, goodness, threshold, bar):
     np.testing.assert_array_equal(m.predict_multipass(xt[:200]), g.sum(axis=2).argmax(axis=1))
     assert r["test_error"]["multi_pass"] < bar and r["test_error"]["one_pass"] < bar
     assert "--goodness" in fails(capsys, "--goodness", "max")
+
+
+def test_negative_goodness_is_refused_without_labels(capsys):
+    """Label-free methods train real images as positives: minus the goodness would silence the
+    features the probe reads (85 % probe error on the sample against 28 %), so it is refused."""
+    for method in ("scff", "hybrid"):
+        assert "needs goodness 'sum' or 'mean'" in fails(capsys, "--method", method, "--goodness", "neg-mean")
+    m = fflib.FFModel(fflib.mlp([784, 20]), 784, 10, label_encoding="none", loss="ff", goodness="neg-sum",
+                      threshold=-3.0)
+    x, y = fflib.datasets.load_sample(True)
+    with pytest.raises(ValueError, match="needs goodness 'sum' or 'mean', got 'neg-sum'"):
+        fflib.fit(m, x[:100].reshape(100, -1), y[:100], method="scff", epochs=1)

@@ -129,10 +129,12 @@ def test_layer_lr_matches_torch_parameter_groups(mnist, opt):
     compare_weights(model, twin, w0)
 
 
-def test_training_matches_torch_manual_gradients(mnist):
+@pytest.mark.parametrize("goodness", ["sum", "neg-mean"])
+def test_training_matches_torch_manual_gradients(mnist, goodness):
     """The benchmark's closed-form-gradient variant of the torch baseline is the same training."""
     x, y, _, _ = mnist
-    model, _, twin = make_pair([784, 500, 100], "sum", True, "adam", grad="manual")
+    neg = {"threshold": -1.0} if goodness == "neg-mean" else {}
+    model, _, twin = make_pair([784, 500, 100], goodness, True, "adam", grad="manual", **neg)
     train_both(model, twin, batches(x, y, STEPS), train_head=True)
     compare_weights(model, twin)
 
