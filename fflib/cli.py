@@ -1081,7 +1081,8 @@ def recipes_command(a):
         print(json.dumps(rows, indent=1))
         return 0
     width = max(len(r["name"]) for r in rows)
-    got = ["untuned" if r["result"] is None else recipes.format_result(r["result"]) for r in rows]
+    got = [("-" if r["status"] == "stopped" else "untuned") if r["result"] is None
+           else recipes.format_result(r["result"]) for r in rows]
     wgot = max(13, max(len(g) for g in got))
     print(f"{'recipe':{width}s} {'status':9s} {'fflib %':>{wgot}s} {'survey':>11s} {'target':>8s}  command")
     for r, g in zip(rows, got):
@@ -1090,5 +1091,6 @@ def recipes_command(a):
     print("\nfflib %: test error one-pass / multi-pass (a label-free recipe: its linear probe's) on the full\n"
           "test set, from the run in each recipe's "
           "source (--json shows it, the settings and how they were tuned); untuned: no run with these\n"
-          "settings yet.  Flags given to train override single settings of the recipe.")
+          "settings yet; stopped: a run stopped before its end (its validation curve is in --json's notes).\n"
+          "Flags given to train override single settings of the recipe.")
     return 0

@@ -48,7 +48,9 @@ class Recipe:
     status: "measured" (``result`` is the test error of a run with exactly these settings,
     its JSON at ``source``), "partial" (measured, but a short run far from the row's target),
     "reported" (measured with these settings by a test that keeps no JSON, ``evidence`` says
-    which; the results tables wait for its JSON) or "untuned" (no run; ``result`` is None)."""
+    which; the results tables wait for its JSON), "stopped" (run with these settings but stopped
+    before its end, so no test error: ``result`` is None, ``notes`` give its time per epoch and
+    validation curve, ``evidence`` its log) or "untuned" (no run; ``result`` is None)."""
     name: str
     model: str
     dataset: str
@@ -408,7 +410,7 @@ _ALL = [
                  "benchmarks/results/runs/cifar10-ff_optimal-val5000.json). The final run on every training image "
                  "was decided before its test error was seen (sessions 18-19)"),
     Recipe("cifar10-ff_deep", "ff_deep", "cifar10", "CIFAR-10 FF_deep", dict(_LIGHT, lr=0.001),
-           survey="18.8 / 18.2",
+           status="stopped", evidence="benchmarks/results/partial/cifar10-ff_deep.log", survey="18.8 / 18.2",
            tuned_on="validation split: the blocks' rate, 1e-2 (the light recipe's) against 1e-3 (the rate of "
                     "the Trifecta code whose 6-block network FF_deep is), 2 epochs on the first 4,000 training "
                     "images, validated on 4,000 of the last 5,000 "
