@@ -29,10 +29,11 @@ What one training step does, in both libraries (rows of B samples):
 * block loss on the training rows of its output (ae: the mean squared error of the block's input
   rebuilt from its output by the block's decoder): FF ``softplus(theta - g+) + softplus(g- - theta)``
   or SymBa ``softplus(-alpha (g+ - g-))`` or DF ``log(1 + sum_j exp(g-_j - g+ + margin))`` over
-  the sample's K - 1 wrong labels (the Distance-Forward N-pair margin loss) with goodness the sum or mean of squares; CwC softmax
-  cross-entropy over the K channel-group goodness values, PvN, or their mix (``pvn_weight``);
-  df-cwc: the DF loss with the true group's goodness against the K - 1 other groups';
-  xent: softmax cross-entropy of a K-wide output.  All averaged over the batch.
+  the sample's K - 1 wrong labels (the Distance-Forward N-pair margin loss) with goodness the sum
+  or mean of squares (or minus it); CwC softmax cross-entropy over the K channel-group goodness
+  values, PvN, or their mix (``pvn_weight``); df-cwc: the DF loss with the true group's goodness
+  against the K - 1 other groups'; xent: softmax cross-entropy of a K-wide output.  All averaged
+  over the batch.
 * the one-pass head: Linear + softmax cross-entropy on the concatenated outputs of the head
   layers for the neutral rows, each normalised with the model's ``norm``/``norm_eps``; its input
   is detached.
