@@ -309,7 +309,11 @@ _ALL = [
                     "standardised, 50.36 / 50.24 standardised with the label at 3 (one standard error about 0.7); "
                     "the other settings are the MNIST MLP recipe's; 60 epochs with --augment crop2+flip ended at "
                     "validation 45.34 / 44.82 against this recipe's 44.46 / 43.10 (test 46.35 / 45.56, training "
-                    "error 40.9 %; benchmarks/results/runs/cifar10-mlp-crop2flip-60ep.json): not adopted",
+                    "error 40.9 %; benchmarks/results/runs/cifar10-mlp-crop2flip-60ep.json): not adopted; on the "
+                    "same screening with this recipe's settings (49.56 / 49.58, training error 24.3 %): minus the "
+                    "mean of squares as goodness (Hinton's 'min ssq', --goodness neg-mean) 49.56 / 49.80, AdamW's "
+                    "decoupled weight decay 0.05 49.14 / 49.14 and 0.5 50.60 / 51.32 (training error 25.3 and "
+                    "38.3 %), FF's eq. 1 loss 73.90 / 77.02 and with minus the goodness 71.56 / 67.80: not adopted",
            notes="the MNIST MLP recipe at the survey's CIFAR-10 size, 30 epochs, the input standardised per "
                  "channel by the training split's statistics (saved with the model), the one-hot label at 3 and "
                  "hard negatives (92 min of training on 1 thread beside two other runs): validation error 53.5 / 52.0 "
