@@ -450,7 +450,17 @@ def _check_hparams(h):
             raise ValueError(f"block_thresholds must be None or a non-empty sequence of numbers (one threshold "
                              f"per block), got {bt!r}")
         bt = [_real(f"block_thresholds[{i}]", v) for i, v in enumerate(bt)]
-    return dict(h, threshold=_real("threshold", h["threshold"]), block_thresholds=bt,
+    threshold = _real("threshold", h["threshold"])
+    if h["loss"] == "ff" and str(h["goodness"]).startswith("neg-"):
+        # minus the goodness is <= 0: a threshold >= 0 leaves the positive rows nothing to reach
+        for name, t in ([("threshold", threshold)] if bt is None else
+                        [(f"block_thresholds[{i}]", v) for i, v in enumerate(bt)]):
+            if not np.float32(t) < 0:   # as the core holds it
+                what = "mean" if h["goodness"].endswith("mean") else "sum"
+                raise ValueError(f"loss 'ff' with goodness {h['goodness']!r} (minus the {what} of squares, <= 0) needs "
+                                 f"a negative {name}: positive rows are pushed above it, i.e. their {what} of squares "
+                                 f"below minus it; got {t!r} (e.g. {-abs(t) or -2.0!r})")
+    return dict(h, threshold=threshold, block_thresholds=bt,
                 alpha=_real("alpha", h["alpha"], lo=0.0, lo_open=True),
                 norm_eps=_real("norm_eps", h["norm_eps"], lo=0.0, lo_open=True),
                 pvn_weight=_real("pvn_weight", h["pvn_weight"], lo=0.0, hi=1.0),
@@ -674,7 +684,8 @@ class FFModel:
         is the mean squared error of its input rebuilt from its output; no labels, no negatives,
         ``label_encoding="none"``, MLP layers only; train with ``fit(..., method="uff")``.
     threshold : float
-        theta of the FF and PvN losses.
+        theta of the FF and PvN losses (with the FF loss and a "neg-" goodness, which is <= 0,
+        it must be negative).
     block_thresholds : sequence of float or None
         One theta per block instead of ``threshold`` (None: every block's is ``threshold``), as
         the SCFF authors' layers have their own (Chen et al. 2025, their code's config: 4 and
@@ -691,9 +702,11 @@ class FFModel:
     goodness : {"sum", "mean", "neg-sum", "neg-mean"}
         Sum or mean of squared activities (FF, SymBa, DF), or minus it: "minus the sum of the
         squared activities" of Hinton (2022), whose CIFAR-10 nets did 3-5 points better with it
-        ("min ssq"): positive data is trained to low activity and negative data to high, and
-        multi-pass picks the label with the least activity.  With the FF loss the threshold is
-        then negative (positive rows are pushed above it, i.e. their sum of squares below -theta).
+        ("min ssq") under his loss: positive data is trained to low activity and negative data
+        to high, and multi-pass picks the label with the least activity.  With the FF loss the
+        threshold must then be negative (positive rows are pushed above it, i.e. their sum of
+        squares below -theta).  On fflib's CIFAR-10 MLP recipe it helped eq. 1 and not SymBa
+        (README, "Where fflib is short of its target").
     norm : {"l2", "rms", "none"}
         Normalisation of the one-pass head's input features; ``norm_eps`` its epsilon.  (The
         normalisation between blocks is a :class:`LenNorm` layer in ``layers``.)

@@ -344,3 +344,20 @@ def test_negative_goodness_is_refused_without_labels(capsys):
     x, y = fflib.datasets.load_sample(True)
     with pytest.raises(ValueError, match="needs goodness 'sum' or 'mean', got 'neg-sum'"):
         fflib.fit(m, x[:100].reshape(100, -1), y[:100], method="scff", epochs=1)
+
+
+def test_ff_loss_on_negative_goodness_needs_a_negative_threshold(capsys):
+    """Minus the goodness is <= 0: a threshold >= 0 would leave the positive rows nothing to
+    reach (a silent non-learner), so FFModel and the CLI refuse it, naming the setting."""
+    layers = lambda: fflib.mlp([784, 20, 20])  # noqa: E731
+    with pytest.raises(ValueError, match="needs a negative threshold.*got 2.0"):
+        fflib.FFModel(layers(), 784, 10, goodness="neg-mean")          # FFModel's default threshold
+    with pytest.raises(ValueError, match=r"negative block_thresholds\[1\]"):
+        fflib.FFModel(layers(), 784, 10, goodness="neg-sum", block_thresholds=[-1.0, 3.0])
+    with pytest.raises(ValueError, match="negative threshold"):
+        fflib.FFModel(layers(), 784, 10, goodness="neg-sum", threshold=1e-60)   # 0 in float32
+    m = fflib.FFModel(layers(), 784, 10, goodness="neg-mean", threshold=-1.0)
+    with pytest.raises(ValueError, match="negative threshold"):
+        m.set_config(threshold=0.5)
+    fflib.FFModel(layers(), 784, 10, goodness="neg-mean", loss="symba")      # SymBa has no threshold
+    assert "needs a negative threshold" in fails(capsys, "--goodness", "neg-mean", "--loss", "ff", "--threshold", "1")

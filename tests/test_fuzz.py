@@ -153,7 +153,12 @@ def test_fuzz_model_construction(which, shape, K, loss, goodness, encoding, thre
     names = ["input_shape", "num_classes", "loss", "goodness", "label_encoding", "threshold", "block_thresholds", "alpha",
              "norm_eps", "pvn_weight", "blocks", "block", "head_blocks", "seed", "layers", "in_features",
              "channels", "kernel", "label", "input", "features", "shape", "size"]
-    invalid = (not good_real(threshold) or not good_real(alpha, 0, lo_open=True) or not good_real(norm_eps, 0, lo_open=True)
+    # the FF loss on minus the goodness (<= 0) needs negative thresholds
+    bt_ok = isinstance(block_thresholds, list) and block_thresholds and all(good_real(t) for t in block_thresholds)
+    neg_ff_bad = (loss == "ff" and isinstance(goodness, str) and goodness.startswith("neg-")
+                  and (not np.float32(threshold) < 0 if block_thresholds is None and good_real(threshold) else
+                       bt_ok and not all(np.float32(t) < 0 for t in block_thresholds)))
+    invalid = (neg_ff_bad or not good_real(threshold) or not good_real(alpha, 0, lo_open=True) or not good_real(norm_eps, 0, lo_open=True)
                or not good_real(pvn_weight, 0, 1)
                or isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 64
                or isinstance(K, bool) or not isinstance(K, int) or K < 2
