@@ -199,7 +199,8 @@ def _windows(text):
 #: --early-exit-drop's default: percentage points of validation accuracy early exit may cost
 EARLY_EXIT_DROP = 0.2
 
-SCHEMA_VERSION = 2      # 2: fflib_version, schema_version, config.threads is the actual count, one num_params
+SCHEMA_VERSION = 3      # 2: fflib_version, schema_version, config.threads is the actual count, one num_params;
+                        # 3: epochs with a validation split carry val_block_accuracy
 
 
 def _check_output(flag, path, directory=False):
@@ -902,7 +903,9 @@ def train_command(a):
                     "active": r["active"], "lr": r["lr"], "seconds": r["seconds"],
                     # --alternate: the shifted cut's block losses
                     **({"block_loss_shifted": r["block_loss_shifted"]} if "block_loss_shifted" in r else {}),
-                    **({"val_error": {k: r["val"][k] for k in ("one_pass", "multi_pass") if k in r["val"]}}
+                    **({"val_error": {k: r["val"][k] for k in ("one_pass", "multi_pass") if k in r["val"]},
+                        # each FF layer's accuracy alone on the validation split (fractions)
+                        "val_block_accuracy": r["val"]["block_accuracy"]}
                        if "val" in r else {})} for r in hist["epochs"]],
         # the head refitted after training (--head-refit): its epochs, numbered from 1
         "head_refit": None if refit is None else [

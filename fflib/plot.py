@@ -7,6 +7,8 @@ and, given ``path``, also saves it as a PNG.
 * :func:`loss_curves`: the local loss of every block (and the head's) per epoch, from
   :func:`fflib.fit`'s history or the ``epochs`` of a ``python -m fflib train --out`` JSON.
 * :func:`layer_accuracy`: the test accuracy of every FF layer alone, from :func:`fflib.evaluate`.
+* :func:`layer_curves`: the validation accuracy of every FF layer alone per epoch, when the run
+  held out a validation split.
 * :func:`goodness_distributions`: per layer, histograms of the goodness of the true label
   (positive) and of the wrong labels (negative).
 * :func:`inference_comparison`: one-pass (softmax head) against multi-pass (goodness of every
@@ -27,7 +29,7 @@ if TYPE_CHECKING:
 
     from .nn import FFModel
 
-__all__ = ["loss_curves", "layer_accuracy", "goodness_distributions", "inference_comparison",
+__all__ = ["loss_curves", "layer_accuracy", "layer_curves", "goodness_distributions", "inference_comparison",
            "plot_result", "add_plot_parser", "run_plot"]
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -160,6 +162,46 @@ def layer_accuracy(result: Mapping[str, Any], *, path: Optional[PathLike] = None
     ax.set_ylim(0, 105)
     ax.set_title(title)
     ax.legend(loc="lower right")
+    return _save(fig, path)
+
+
+def _layer_curves(recs: Sequence[Mapping[str, Any]]) -> List[Optional[List[float]]]:
+    # fit()'s records hold evaluate()'s dict as "val", a train --out result's "val_block_accuracy"
+    out: List[Optional[List[float]]] = []
+    for r in recs:
+        v = r.get("val")
+        acc = v.get("block_accuracy") if isinstance(v, Mapping) else r.get("val_block_accuracy")
+        out.append(None if acc is None else [float(a) for a in acc])
+    return out
+
+
+def layer_curves(history: Any, *, path: Optional[PathLike] = None,
+                 title: str = "validation accuracy of each FF layer alone") -> "Figure":
+    """Every FF layer's accuracy alone (argmax over labels of that layer's goodness) on the
+    validation split, per epoch: which layers learn, and when (the survey's CIFAR-10 CNN study
+    reads it to see whether the deeper blocks build on the first).
+
+    history : fit()'s history (``fit(..., x_val=, y_val=)``), a ``python -m fflib train --out``
+        result of a run with ``--val-size`` (its epochs' ``val_block_accuracy``), or a list of
+        epoch records."""
+    recs = _epochs_of(history)
+    curves = _layer_curves(recs)
+    epochs = [int(r.get("epoch", i + 1)) for i, r in enumerate(recs)]
+    pts = [(e, c) for e, c in zip(epochs, curves) if c is not None]
+    if not pts:
+        raise ValueError("history has no per-layer validation accuracy (train with a validation split: "
+                         "fit(..., x_val=, y_val=) or --val-size)")
+    n = max(len(c) for _, c in pts)
+    fig = _figure()
+    ax = fig.add_subplot()
+    for b in range(n):
+        xs = [e for e, c in pts if b < len(c)]
+        ax.plot(xs, [100.0 * c[b] for _, c in pts if b < len(c)], marker="o", ms=3, label=f"layer {b + 1}")
+    _integer_epochs(ax)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_title(title)
+    ax.legend(loc="lower right", fontsize=8)
     return _save(fig, path)
 
 
@@ -298,8 +340,8 @@ def inference_comparison(result: Mapping[str, Any], *, path: Optional[PathLike] 
 def plot_result(result: Union[Mapping[str, Any], PathLike], out_dir: PathLike, *,
                 model: Optional["FFModel"] = None, x: Any = None, y: Any = None) -> List[str]:
     """Write every plot a result holds as PNGs into ``out_dir`` (which must exist) and return
-    their paths: ``loss_curves.png``, ``layer_accuracy.png``, ``inference.png``, and with a
-    model and data ``goodness.png``.
+    their paths: ``loss_curves.png``, ``layer_accuracy.png``, ``layer_curves.png`` (with a
+    validation split), ``inference.png``, and with a model and data ``goodness.png``.
 
     result : a dict or the path of a JSON file: a ``python -m fflib train --out`` result or
         ``{"history": ..., "test": ...}`` as the quick-start notebook saves."""
@@ -323,6 +365,11 @@ def plot_result(result: Union[Mapping[str, Any], PathLike], out_dir: PathLike, *
                                          or acc_src.get("block_accuracy_test") is not None):
         p = os.path.join(out, "layer_accuracy.png")
         layer_accuracy(acc_src if "test" in result else result, path=p)
+        written.append(p)
+    if ("epochs" in result or "history" in result) and any(c is not None for c in
+                                                           _layer_curves(_epochs_of(result, "result"))):
+        p = os.path.join(out, "layer_curves.png")
+        layer_curves(result, path=p)
         written.append(p)
     try:
         p = os.path.join(out, "inference.png")

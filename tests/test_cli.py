@@ -38,7 +38,7 @@ def test_train_on_the_sample_writes_the_json_contract(tmp_path):
     assert r["config"]["dataset"] == "sample" and r["config"]["seed"] == 3
     assert r["train_error_samples"] == min(10000, r["config"]["num_train"])
     import fflib
-    assert r["fflib_version"] == fflib.__version__ and r["schema_version"] == 2
+    assert r["fflib_version"] == fflib.__version__ and r["schema_version"] == 3
     assert r["config"]["threads"] == 1
     assert r["config"]["label_encoding"] == "onehot" and r["config"]["loss"] == "symba"   # resolved defaults
     text = out.read_text()

@@ -116,6 +116,9 @@ def test_recipe_validation_split_on_the_sample(tmp_path, monkeypatch):
     r = json.loads(out.read_text())
     assert r["config"]["recipe"] == "mnist-cnn" and r["config"]["val_size"] == 1000
     assert r["config"]["negatives"] == "hard" and r["epochs"][-1]["val_error"]["multi_pass"] is not None
+    # each FF layer's validation accuracy alone, per epoch (the CNN's three blocks)
+    acc = r["epochs"][-1]["val_block_accuracy"]
+    assert len(acc) == 3 and all(0.0 <= a <= 1.0 for a in acc)
     assert cli.main(base + ["--val-size", "300"]) == 0
     assert json.loads(out.read_text())["config"]["val_size"] == 300
 
