@@ -50,11 +50,24 @@ def launcher_rank():
     return 0
 
 
+# how long a rank other than 0 waits before exiting on a usage error (see _usage_error)
+_USAGE_ERROR_GRACE_SECONDS = 30.0
+
+
 def _usage_error(message):
     """Exit 2 with ``message`` on one line.  Under ``mpirun`` every rank parses the same arguments
-    and checks the same paths, so only rank 0 prints it (each rank still exits 2)."""
-    if launcher_rank() == 0:
+    and checks the same paths, so only rank 0 prints it (each rank still exits 2).  The other ranks
+    wait before exiting: the launcher ends the whole job when the first rank exits non-zero, and a
+    rank 1 that reached the error first would otherwise take rank 0 down before it printed.  Rank 0's
+    exit ends the job (and the wait) at once; if only this rank fails (a path one node lacks), the
+    job still ends after the wait, with the message printed here."""
+    rank = launcher_rank()
+    if rank == 0:
         sys.stderr.write(message + "\n")
+        sys.stderr.flush()
+    else:
+        time.sleep(_USAGE_ERROR_GRACE_SECONDS)
+        sys.stderr.write(f"[rank {rank}] {message}\n")
     sys.exit(2)
 
 
