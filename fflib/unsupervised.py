@@ -195,7 +195,7 @@ def probe_error(model, x, y, batch_size=1000):
         pred = np.concatenate([model.predict_onepass(x[s:s + batch_size]) for s in range(0, len(y), batch_size)])
     finally:
         model.train(was)
-    return float(100.0 * (pred != y).mean())
+    return 100.0 * int(np.count_nonzero(pred != y)) / len(y)
 
 
 def _neg_goodness_refusal(method, goodness):

@@ -151,3 +151,26 @@ def test_onehot_label_on_images_fills_the_first_k_pixels_of_every_plane():
     for k in range(K):
         every_plane = [c * H * W + k for c in range(C)]
         assert g[k] == pytest.approx(sum(((j + 1) * v) ** 2 for j in every_plane), rel=1e-6)
+
+
+# --------------------------------------------- error percentages read as the fraction they are
+def test_error_percentages_are_the_float_nearest_wrong_over_n(rng):
+    """evaluate() computed 100 * mean(wrong), so a JSON could read 46.300000000000004 for 463
+    wrong of 1,000; every error is now 100 * wrong / n, the float nearest the exact fraction (the
+    PyTorch twin's and the label-free probe's too)."""
+    from fflib.train import error_percent
+    y = np.zeros(1000, dtype=np.int64)
+    for wrong in range(1001):
+        pred = np.r_[np.ones(wrong, np.int64), np.zeros(1000 - wrong, np.int64)]
+        v = error_percent(pred, y)
+        assert v == wrong / 10 and repr(v) == repr(round(wrong / 10, 1))
+    assert 100.0 * np.mean(np.r_[np.ones(463), np.zeros(537)] != 0) != 46.3     # what it was
+    x = rng.random((1000, 10), dtype=np.float32)
+    yy = rng.integers(0, 3, 1000)
+    m = fflib.FFModel(fflib.mlp([10, 16, 16]), 10, 3)
+    fflib.fit(m, x[:200], yy[:200], epochs=1, batch_size=50, progress=False)
+    res = fflib.evaluate(m, x, yy)
+    g = m.goodness(x)
+    for key, pred in (("multi_pass", g.sum(2).argmax(1)), ("one_pass", m.predict_onepass(x))):
+        wrong = int(np.count_nonzero(pred != yy))
+        assert res[key] == 100.0 * wrong / 1000 and len(repr(res[key]).split(".")[1]) == 1, (key, res[key])
