@@ -1213,7 +1213,8 @@ static PyObject *k_goodness_forward(PyObject *m, PyObject *args) {
     if (!(act = check_array(ao, "act", NPY_FLOAT32, 2, any2, 0))) return NULL;
     npy_intp sb[1] = {dim(act, 0)};
     if (!(g = check_array(go, "g", NPY_FLOAT32, 1, sb, 1))) return NULL;
-    if (kind < 0 || kind > 1) return PyErr_Format(PyExc_ValueError, "kind must be 0 (sum) or 1 (mean)");
+    if (kind < 0 || kind >= FF_NUM_GOODNESS)
+        return PyErr_Format(PyExc_ValueError, "kind must be 0 (sum), 1 (mean), 2 (neg-sum) or 3 (neg-mean)");
     Py_BEGIN_ALLOW_THREADS
     ff_goodness_forward(F32(g), F32(act), (int)sb[0], (int)dim(act, 1), (ff_goodness_kind)kind);
     Py_END_ALLOW_THREADS
@@ -1228,7 +1229,8 @@ static PyObject *k_goodness_backward(PyObject *m, PyObject *args) {
     if (PyArray_NDIM(act) != 2) return PyErr_Format(PyExc_ValueError, "act must be 2-D (B, D)");
     npy_intp sb[1] = {dim(act, 0)};
     if (!(dg = check_array(dgo, "dg", NPY_FLOAT32, 1, sb, 0))) return NULL;
-    if (kind < 0 || kind > 1) return PyErr_Format(PyExc_ValueError, "kind must be 0 (sum) or 1 (mean)");
+    if (kind < 0 || kind >= FF_NUM_GOODNESS)
+        return PyErr_Format(PyExc_ValueError, "kind must be 0 (sum), 1 (mean), 2 (neg-sum) or 3 (neg-mean)");
     Py_BEGIN_ALLOW_THREADS
     ff_goodness_backward(F32(dact), F32(dg), F32(act), (int)sb[0], (int)dim(act, 1), (ff_goodness_kind)kind);
     Py_END_ALLOW_THREADS

@@ -6,19 +6,26 @@
 #include <string.h>
 #include "ff_internal.h"
 
+/* The NEG kinds negate the sum (or mean) of squares; the arithmetic is otherwise the same. */
+static int goodness_mean(ff_goodness_kind k) { return k == FF_GOODNESS_MEAN || k == FF_GOODNESS_NEG_MEAN; }
+static int goodness_neg(ff_goodness_kind k) { return k == FF_GOODNESS_NEG_SUM || k == FF_GOODNESS_NEG_MEAN; }
+
 void ff_goodness_forward(float *g, const float *act, int B, int D, ff_goodness_kind kind) {
+    const int mean = goodness_mean(kind), neg = goodness_neg(kind);
     for (int b = 0; b < B; b++) {
         const float *a = act + (size_t)b * D;
         double s = 0.0;
         for (int d = 0; d < D; d++) s += (double)a[d] * a[d];
-        g[b] = (float)(kind == FF_GOODNESS_MEAN ? s / D : s);
+        if (mean) s /= D;
+        g[b] = (float)(neg ? -s : s);
     }
 }
 
 void ff_goodness_backward(float *dact, const float *dg, const float *act, int B, int D,
                           ff_goodness_kind kind) {
+    const float sign = goodness_neg(kind) ? -2.0f : 2.0f, div = goodness_mean(kind) ? (float)D : 1.0f;
     for (int b = 0; b < B; b++) {
-        float c = 2.0f * dg[b] / (kind == FF_GOODNESS_MEAN ? (float)D : 1.0f);
+        float c = sign * dg[b] / div;
         const float *a = act + (size_t)b * D;
         float *da = dact + (size_t)b * D;
         for (int d = 0; d < D; d++) da[d] += c * a[d];

@@ -67,7 +67,7 @@ const char *ff_layer_kind_name(int k) { return k >= 0 && k < FF_NUM_LAYER_KINDS 
 const char *ff_loss_name(int k) { return k >= 0 && k < FF_NUM_LOSSES ? ff_losses[k].name : NULL; }
 FF_NAMES(ff_label_name, "onehot", "fourier", "embedding", "none")
 FF_NAMES(ff_norm_name, "none", "l2", "rms")
-FF_NAMES(ff_goodness_name, "sum", "mean")
+FF_NAMES(ff_goodness_name, "sum", "mean", "neg-sum", "neg-mean")
 FF_NAMES(ff_opt_name, "sgd", "adam", "adamw")
 FF_NAMES(ff_param_name, "weight", "bias", "running_mean", "running_var", "grad_weight", "grad_bias",
          "m_weight", "m_bias", "v_weight", "v_bias")
@@ -851,8 +851,9 @@ ff_status ff_net_set_config(ff_net *net, const ff_config *c) {
         return ff_fail(net, FF_ERR_ARG, "head_dropout must be in [0, 1), got %g", (double)c->head_dropout);
     if (c->head_dropout > 0.0f && net->pipe && ff_net_pipeline_in_flight(net) > 0)
         return ff_fail(net, FF_ERR_STATE, "head_dropout cannot be set while minibatches are in the pipeline");
-    if (c->goodness != FF_GOODNESS_SUM && c->goodness != FF_GOODNESS_MEAN)
-        return ff_fail(net, FF_ERR_ARG, "goodness must be sum (0) or mean (1), got %d", (int)c->goodness);
+    if ((int)c->goodness < 0 || c->goodness >= FF_NUM_GOODNESS)
+        return ff_fail(net, FF_ERR_ARG, "goodness must be sum (0), mean (1), neg-sum (2) or neg-mean (3), got %d",
+                       (int)c->goodness);
     if (c->norm != FF_NORM_NONE && c->norm != FF_NORM_L2 && c->norm != FF_NORM_RMS)
         return ff_fail(net, FF_ERR_ARG, "norm must be none (0), l2 (1) or rms (2), got %d", (int)c->norm);
     if (!(c->norm_eps > 0.0f) || !isfinite(c->norm_eps))   /* > 0: all-zero features normalise to zeros */
@@ -887,7 +888,7 @@ ff_status ff_net_set_block_loss(ff_net *net, int b, ff_loss_kind loss, ff_goodne
                                 float theta, float alpha, float pvn_weight) {
     if (b < 0 || b >= net->nblocks)
         return ff_fail(net, FF_ERR_ARG, "block %d does not exist (the net has %d)", b, net->nblocks);
-    if ((int)loss < 0 || loss >= FF_NUM_LOSSES || (goodness != FF_GOODNESS_SUM && goodness != FF_GOODNESS_MEAN) ||
+    if ((int)loss < 0 || loss >= FF_NUM_LOSSES || (int)goodness < 0 || goodness >= FF_NUM_GOODNESS ||
         !isfinite(theta) || !(alpha > 0.0f) || !isfinite(alpha) || !(pvn_weight >= 0.0f && pvn_weight <= 1.0f))
         return ff_fail(net, FF_ERR_ARG, "block %d: loss %d, goodness %d, theta %g, alpha %g, pvn_weight %g: "
                        "need a known loss and goodness, finite theta, alpha > 0, pvn_weight in [0, 1]", b,

@@ -119,10 +119,13 @@ void ff_lennorm_backward(float *dinp, const float *dout, const float *inp, const
                          int B, int D, ff_norm_kind kind, float eps);
 
 /* ------------------------------------------------------------------ goodness and losses */
-typedef enum { FF_GOODNESS_SUM = 0, FF_GOODNESS_MEAN = 1 } ff_goodness_kind;
-/* g (B) = sum_d act^2 (or mean_d), act (B,D). */
+/* The sum or mean of squares, or minus it (Hinton 2022's "minus the sum of the squared
+ * activities", his CIFAR-10 "min ssq": positive data is trained to low activity). */
+typedef enum { FF_GOODNESS_SUM = 0, FF_GOODNESS_MEAN = 1, FF_GOODNESS_NEG_SUM = 2, FF_GOODNESS_NEG_MEAN = 3,
+               FF_NUM_GOODNESS } ff_goodness_kind;
+/* g (B) = sum_d act^2 (or mean_d; negated for the NEG kinds), act (B,D). */
 void ff_goodness_forward(float *g, const float *act, int B, int D, ff_goodness_kind kind);
-/* dact (B,D) += dg[b] * 2 act (/ D for the mean). */
+/* dact (B,D) += dg[b] * 2 act (/ D for the mean; negated for the NEG kinds). */
 void ff_goodness_backward(float *dact, const float *dg, const float *act, int B, int D,
                           ff_goodness_kind kind);
 /* Channel-group goodness (CwComp eq. 2): act (B, J*S, HW) -> G (B,J) = mean over the

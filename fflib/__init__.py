@@ -28,6 +28,9 @@ from .optim import Adam, AdamW, SGD, StepLR, MultiStepLR, CosineAnnealingLR, Lam
 from .train import fit, evaluate, refit_head
 from .export import export_c
 from .early_exit import EarlyExit
+# the submodules the README uses as fflib.X without importing them (about 25 ms together); fflib.torch,
+# fflib.distributed and fflib.plot import their heavy packages (torch, mpi4py, matplotlib) only when imported
+from . import reference, unsupervised, uff  # noqa: E402,F401
 
 
 def __getattr__(name: str) -> _Any:   # PEP 562: FFClassifier (and scikit-learn with it) loads on first use

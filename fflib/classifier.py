@@ -4,7 +4,7 @@ import math
 import numpy as np
 
 from .models import GROUP_MODELS, zoo_model
-from .nn import FFModel, _real, as_array, mlp
+from .nn import FFModel, _real, as_array, default_threshold, mlp
 from .optim import Adam, AdamW, SGD, LinearCooldown, MultiStepLR
 from .train import evaluate, fit
 from .unsupervised import METHODS as _LABEL_FREE
@@ -57,8 +57,8 @@ def _need_sklearn():
 
 class FFClassifier(ClassifierMixin, BaseEstimator):
     """Forward-Forward classifier, an MLP or (``architecture=``) one of fflib's CNNs for images:
-    the survey's original FF CNN, the CwComp CNN or a light model; a scikit-learn estimator (``clone``, pipelines, grid search,
-    ``cross_val_score``, pickling, ``check_estimator`` all work).
+    the survey's original FF CNN, the CwComp CNN or a light model; a scikit-learn estimator
+    (``clone``, pipelines, grid search, ``cross_val_score``, pickling, ``check_estimator`` all work).
 
     Parameters
     ----------
@@ -100,10 +100,10 @@ class FFClassifier(ClassifierMixin, BaseEstimator):
     batch_size, lr : minibatch size and learning rate.
     threshold : float
         theta of the FF loss (default 1 per unit for mean goodness, the first layer's width
-        for sum goodness); goodness, norm, loss as in :class:`FFModel`.  The defaults (SymBa,
-        mean goodness, RMS normalisation, Adam 3e-3 with a linear cooldown, appended label)
-        reach 2.20 % one-pass / 2.28 % multi-pass test error on MNIST in 10 epochs
-        (784-500-100, random_state=0, measured).
+        for sum goodness, minus that for "neg-mean" / "neg-sum"); goodness, norm, loss as in
+        :class:`FFModel`.  The defaults (SymBa, mean goodness, RMS normalisation, Adam 3e-3
+        with a linear cooldown, appended label) reach 2.20 % one-pass / 2.28 % multi-pass
+        test error on MNIST in 10 epochs (784-500-100, random_state=0, measured).
     label_placement : {"append", "overwrite"}
         "append" (default) gives the network K extra inputs for the one-hot label, so every
         feature is kept (tabular data); "overwrite" writes the label over the first K features
@@ -223,8 +223,8 @@ class FFClassifier(ClassifierMixin, BaseEstimator):
             raise ValueError(f"hidden must be a non-empty tuple of positive sizes, got {self.hidden!r}")
         hidden = tuple(int(h) for h in hidden)
         threshold = self.threshold
-        if threshold is None:  # per unit for mean goodness, per layer for sum goodness
-            threshold = 1.0 if self.goodness == "mean" else float(hidden[0])
+        if threshold is None:  # per unit for mean goodness, per layer for sum goodness (negated for neg-)
+            threshold = default_threshold(self.goodness, hidden[0])
         kw = dict(loss=self.loss, threshold=threshold, goodness=self.goodness, norm=self.norm, seed=seed,
                   margin=self.margin, block_thresholds=self.block_thresholds, head_dropout=self.head_dropout)
         if self.method == "uff":   # autoencoder cells; the probe reads every block

@@ -27,7 +27,7 @@ from . import datasets
 from . import models as zoo
 from . import recipes
 from .export import add_export_parser, run_export
-from .nn import GROUP_LOSSES
+from .nn import GROUP_LOSSES, default_threshold
 
 
 def _core_tables():
@@ -196,7 +196,11 @@ def _windows(text):
     return out
 
 
-SCHEMA_VERSION = 2      # 2: fflib_version, schema_version, config.threads is the actual count, one num_params
+#: --early-exit-drop's default: percentage points of validation accuracy early exit may cost
+EARLY_EXIT_DROP = 0.2
+
+SCHEMA_VERSION = 3      # 2: fflib_version, schema_version, config.threads is the actual count, one num_params;
+                        # 3: epochs with a validation split carry val_block_accuracy
 
 
 def _check_output(flag, path, directory=False):
@@ -213,6 +217,11 @@ def _check_output(flag, path, directory=False):
         _bad(f"{flag} {path}: is a directory")
     if not os.access(parent, os.W_OK):
         _bad(f"{flag} {path}: directory {parent} is not writable")
+    if directory:
+        try:        # made now, so a place that cannot hold it fails before the training
+            os.makedirs(path, exist_ok=True)
+        except OSError as e:
+            _bad(f"{flag} {path}: cannot create the directory ({e.strerror or e})")
 
 
 def csv_path(out):
@@ -282,7 +291,9 @@ def build_parser():
     t.add_argument("--threshold", type=_finite, default=None, help="FF / PvN loss threshold theta")
     t.add_argument("--block-thresholds", type=_finite_list, default=None, metavar="T0,T1,...",
                    help="one FF / PvN threshold per block instead of --threshold, e.g. 4,1")
-    t.add_argument("--goodness", choices=["sum", "mean"], default=None)
+    t.add_argument("--goodness", choices=["sum", "mean", "neg-sum", "neg-mean"], default=None,
+                   help="sum or mean of squared activities, or minus it (Hinton's 'min ssq': positive data "
+                        "trained to low activity; the default threshold is then negative)")
     t.add_argument("--norm", choices=["l2", "rms", "none"], default=None,
                    help="length normalisation between MLP layers and of the one-pass head input (the CwC "
                         "models: of the head input only; default: the model's, none for cwcomp, rms for ff_*)")
@@ -398,7 +409,7 @@ def build_parser():
     t.add_argument("--early-exit", nargs="?", const="softmax", choices=["softmax", "lightff"], default=None,
                    help="also report early-exit inference (LightFF) on the test set: thresholds calibrated "
                         "on the --val-size split; the rule: softmax (default) or lightff")
-    t.add_argument("--early-exit-drop", type=_nonnegative, default=0.2, metavar="POINTS",
+    t.add_argument("--early-exit-drop", type=_nonnegative, default=None, metavar="POINTS",
                    help="largest validation accuracy loss early exit may cost, in percentage points (default "
                         "0.2): the validation samples it gets wrong that prediction without it gets right")
     t.add_argument("--distributed", choices=["data", "pipeline"], default=None,
@@ -424,7 +435,7 @@ def build_parser():
     e.add_argument("--early-exit", nargs="?", const="softmax", choices=["softmax", "lightff"], default=None,
                    help="also report early-exit inference (LightFF): thresholds calibrated on the last "
                         "--val-size samples of the training split; the rule: softmax (default) or lightff")
-    e.add_argument("--early-exit-drop", type=_nonnegative, default=0.2, metavar="POINTS",
+    e.add_argument("--early-exit-drop", type=_nonnegative, default=None, metavar="POINTS",
                    help="largest validation accuracy loss early exit may cost, in percentage points (default "
                         "0.2): the validation samples it gets wrong that prediction without it gets right")
     e.add_argument("--val-size", type=_positive(int), default=5000,
@@ -463,9 +474,23 @@ DEFAULTS = {"lr": 0.003, "lr_cwc": 0.01, "epochs": 10, "epochs_sample": 10}
 CWC_MODELS = ("cwcomp",) + tuple(zoo.LIGHT_MODELS)
 
 
-def _check_api_flags(a, cwc):
-    """Exit 2 on a flag of the Python API's that does not apply to this run."""
+def _check_api_flags(a, cwc, given=()):
+    """Exit 2 on a flag of the Python API's that does not apply to this run (``given``: the
+    settings given on the command line, not by a recipe or a default)."""
     loss = a.loss or ("cwc" if cwc else "symba")
+    if loss == "ae":
+        _bad("--loss ae is the UFF autoencoder cells' reconstruction loss: train them with --method uff")
+    threshold_loss = loss in ("ff", "pvn") or (loss == "cwc" and a.pvn_weight)
+    if "threshold" in given and not threshold_loss:
+        _bad(f"--threshold is the FF and PvN losses' theta; it does not apply to --loss {loss}")
+    if "threshold" in given and a.block_thresholds is not None:
+        _bad("--threshold and --block-thresholds both set the thresholds: give one")
+    if "chunk_size" in given and a.routine not in ("chunked", "overlapping"):
+        _bad(f"--chunk-size sets the units per chunk of --routine chunked or overlapping; it does not apply to "
+             f"--routine {a.routine}")
+    if "gamma" in given and not a.milestones:
+        _bad("--gamma is the factor of the --milestones steps; give --milestones")
+    _take_early_exit_drop(a)
     if a.pvn_weight is not None and loss != "cwc":
         _bad(f"--pvn-weight mixes PvN into the cwc loss; it does not apply to --loss {loss}")
     if a.alpha is not None and loss != "symba":
@@ -481,6 +506,13 @@ def _check_api_flags(a, cwc):
              "--alternate or --pipeline")
     if a.early_exit and not a.val_size:
         _bad("--early-exit calibrates its thresholds on a validation split: give --val-size N")
+
+
+def _take_early_exit_drop(a):
+    """--early-exit-drop only with --early-exit (exit 2 otherwise); its default when not given."""
+    if a.early_exit_drop is not None and not a.early_exit:
+        _bad("--early-exit-drop is the accuracy --early-exit may lose; give --early-exit")
+    a.early_exit_drop = EARLY_EXIT_DROP if a.early_exit_drop is None else a.early_exit_drop
 
 
 def _model_flags(a):
@@ -626,6 +658,7 @@ def train_command(a):
     from . import FFModel, mlp, Adam, MultiStepLR, LinearCooldown, fit, evaluate, refit_head, set_num_threads, get_num_threads
     from . import __version__
     norm_given = a.norm is not None    # by a flag: before the recipe and the defaults fill it
+    given = {key for key, value in vars(a).items() if value is not None}
     # a recipe names its training method (a label-free one: fflib.unsupervised); the default is FF
     recipe_method = recipes.get(a.recipe).settings.get("method", "ff") if a.recipe is not None else None
     if a.method is None:
@@ -684,7 +717,7 @@ def train_command(a):
     # a light model under a loss that reads the label from the input takes a label channel
     labelled_light = a.model in zoo.LIGHT_MODELS and a.loss in zoo.LABEL_LOSSES
     cwc = a.model in CWC_MODELS and not labelled_light
-    _check_api_flags(a, cwc)
+    _check_api_flags(a, cwc, given)
     if cwc and a.label_encoding not in (None, "none"):
         _bad(f"--label-encoding does not apply to {a.model} (channel-wise competitive models take no label in the input)")
     loss = a.loss or ("cwc" if cwc else "symba")
@@ -693,6 +726,9 @@ def train_command(a):
     # one; there the run takes uniform negatives (--negatives hard asks for them and is refused)
     if supplied.get("negatives") == "hard" and (loss not in ("ff", "symba") or a.distributed == "pipeline"):
         a.negatives = "uniform"
+    # and a recipe's label encoding gives way to cross-entropy's (it reads the class from its output)
+    if loss == "xent" and "label_encoding" in supplied:
+        a.label_encoding = None
     if cwc and loss in zoo.LABEL_LOSSES:     # cwcomp: the light models take a label channel for these
         _bad(f"--loss {loss} reads the label from the input, and {a.model} takes no label in its input: use --loss "
              f"cwc, pvn, df-cwc or xent (the light models ff_tiny .. ff_deep take a label channel for {loss})")
@@ -705,7 +741,7 @@ def train_command(a):
     batch_size = a.batch_size or (128 if cwc else 100)
     threshold = a.threshold
     if threshold is None:
-        threshold = 2.0 if loss == "pvn" else (1.0 if a.goodness == "mean" else float(a.layers[0]))
+        threshold = 2.0 if loss == "pvn" else default_threshold(a.goodness or "sum", a.layers[0])
     kw = dict(loss=loss, threshold=threshold, seed=a.seed)
     kw.update(_model_flags(a))
     if a.fourier_modes is not None:
@@ -718,7 +754,8 @@ def train_command(a):
         kw["norm"] = a.norm
     if not cwc:
         kw.update(goodness=a.goodness, norm=a.norm,
-                  label_encoding=a.label_encoding or ("embedding" if labelled_light else "onehot"))
+                  label_encoding=a.label_encoding or ("none" if loss == "xent" else
+                                                      "embedding" if labelled_light else "onehot"))
     try:
         if a.model == "mlp":
             sizes = [x.shape[1]] + a.layers
@@ -730,7 +767,7 @@ def train_command(a):
             # K pixels of every channel plane, for MNIST the same pixels as without)
             model = FFModel(net_layers, image_shape if a.augment else x.shape[1], 10, **kw)
         elif a.model == "cnn":
-            kw["label_encoding"] = a.label_encoding or "embedding"
+            kw["label_encoding"] = a.label_encoding or ("none" if loss == "xent" else "embedding")
             layers, shape = zoo.survey_cnn(a.dataset, norm=None if a.norm == "none" else a.norm,
                                            label_encoding=kw["label_encoding"])
             if shape != image_shape:
@@ -742,6 +779,11 @@ def train_command(a):
             model = zoo.build(a.model, a.dataset, **kw)
     except ValueError as e:
         _bad(str(e))
+    if a.multipass_blocks is not None:     # checked now, not after the training
+        try:
+            model._block_selection(a.multipass_blocks)
+        except ValueError as e:
+            _bad(f"--multipass-blocks: {e}")
     if a.input_norm == "channel":   # statistics of the training split only (not validation, not test)
         from .nn import channel_stats
         try:
@@ -800,6 +842,8 @@ def train_command(a):
         print(f"fflib: training {a.model} ({model.num_parameters()} parameters, {loss} loss, {a.routine}) "
               f"on {a.dataset} ({len(y)} train / {len(yt)} test), "
               f"{_epochs_text(_run_epochs(a, epochs, model) + head_epochs)}"
+              + (f" ({_run_epochs(a, epochs, model)} + {head_epochs} head-only"
+                 + (", the recipe's" if supplied.get("head_epochs") else "") + ")" if head_epochs else "")
               + (f", {a.distributed}-parallel on {comm.Get_size()} ranks" if comm is not None else ""), flush=True)
 
     def report(rec):
@@ -859,7 +903,9 @@ def train_command(a):
                     "active": r["active"], "lr": r["lr"], "seconds": r["seconds"],
                     # --alternate: the shifted cut's block losses
                     **({"block_loss_shifted": r["block_loss_shifted"]} if "block_loss_shifted" in r else {}),
-                    **({"val_error": {k: r["val"][k] for k in ("one_pass", "multi_pass") if k in r["val"]}}
+                    **({"val_error": {k: r["val"][k] for k in ("one_pass", "multi_pass") if k in r["val"]},
+                        # each FF layer's accuracy alone on the validation split (fractions)
+                        "val_block_accuracy": r["val"]["block_accuracy"]}
                        if "val" in r else {})} for r in hist["epochs"]],
         # the head refitted after training (--head-refit): its epochs, numbered from 1
         "head_refit": None if refit is None else [
@@ -891,6 +937,17 @@ def train_command(a):
 
 def main(argv=None):
     """Entry point of ``python -m fflib`` and the ``fflib`` script."""
+    try:
+        status = _main(argv)
+        sys.stdout.flush()
+        return status
+    except BrokenPipeError:   # `fflib recipes | head`: the reader left; no traceback
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141            # as a shell reports SIGPIPE
+
+
+def _main(argv):
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv:
@@ -948,6 +1005,7 @@ def eval_command(a):
         parent = os.path.dirname(os.path.abspath(a.out))
         if not os.path.isdir(parent):
             _bad(f"--out {a.out}: the directory {parent} does not exist")
+    _take_early_exit_drop(a)
     if a.threads is not None:
         if a.threads > 64:
             _bad(f"--threads must be in [1, 64], got {a.threads}")
@@ -1025,14 +1083,17 @@ def recipes_command(a):
     if a.json:
         print(json.dumps(rows, indent=1))
         return 0
-    print(f"{'recipe':20s} {'status':9s} {'fflib %':>13s} {'survey':>11s} {'target':>8s}  command")
-    for r in rows:
-        res = r["result"]
-        got = "untuned" if res is None else recipes.format_result(res)
-        print(f"{r['name']:20s} {r['status']:9s} {got:>13s} {r['survey'] or '-':>11s} "
+    width = max(len(r["name"]) for r in rows)
+    got = [("-" if r["status"] == "stopped" else "untuned") if r["result"] is None
+           else recipes.format_result(r["result"]) for r in rows]
+    wgot = max(13, max(len(g) for g in got))
+    print(f"{'recipe':{width}s} {'status':9s} {'fflib %':>{wgot}s} {'survey':>11s} {'target':>8s}  command")
+    for r, g in zip(rows, got):
+        print(f"{r['name']:{width}s} {r['status']:9s} {g:>{wgot}s} {r['survey'] or '-':>11s} "
               f"{r['target'] or '-':>8s}  {r['command']}")
     print("\nfflib %: test error one-pass / multi-pass (a label-free recipe: its linear probe's) on the full\n"
           "test set, from the run in each recipe's "
           "source (--json shows it, the settings and how they were tuned); untuned: no run with these\n"
-          "settings yet.  Flags given to train override single settings of the recipe.")
+          "settings yet; stopped: a run stopped before its end (its validation curve is in --json's notes).\n"
+          "Flags given to train override single settings of the recipe.")
     return 0

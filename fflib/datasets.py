@@ -295,9 +295,9 @@ def _locate(title, names, dirs, download, fetch):
         wanted = ", ".join(f"{n}[.gz]" for n in names)
         raise FileNotFoundError(
             f"{title} files not found: need {wanted}.\nSearched:\n{searched}\n"
-            "Fix: pass root=DIR (a directory holding these files), set the "
-            "FFLIB_DATA environment variable to such a directory, or call with "
-            "download=True to fetch them."
+            "Fix: pass root=DIR (--data-dir DIR on the command line), a directory "
+            "holding these files, or set the FFLIB_DATA environment variable to "
+            "such a directory; in Python, download=True fetches them."
         )
     return found
 

@@ -11,8 +11,8 @@ How the C reproduces Python
     One walk over the layers, as the C core's inference does: the raw sample is standardised
     (``FFModel.input_norm``, if set) and encoded with a label (one-hot, Fourier wave,
     embedding channel) or the neutral label; every layer runs in order; at the end of block b
-    its class scores are taken (goodness, sum or mean of squares, for FF/SymBa; channel-group
-    goodness for CwC/PvN); a head layer's output is
+    its class scores are taken (goodness, sum or mean of squares or minus it, for FF/SymBa;
+    channel-group goodness for CwC/PvN); a head layer's output is
     length-normalised (``config["norm"]``) and multiplied into its columns of the head.
     ``<name>_goodness`` equals :meth:`FFModel.goodness` (K x num_blocks), ``<name>_proba``
     :meth:`FFModel.predict_proba`; ``<name>_predict`` the chosen inference.  Blocks are the
@@ -831,8 +831,10 @@ class _Gen:
                             f"{self.off(op['in_side'], op['in_alloc'])})[k];"]
                 return [f"    for (k = 0; k < {p.K}; k++) score[k] = 0.0f;"]
             self.used.add("sumsq")
-            div = f" / {op['n']}.0f" if p.cfg["goodness"] == "mean" else ""
-            return [f"    score[0] = k_sumsq({src}, {op['n']}){div};"]
+            good = p.cfg["goodness"]
+            div = f" / {op['n']}.0f" if good.endswith("mean") else ""
+            sign = "-" if good.startswith("neg-") else ""
+            return [f"    score[0] = {sign}k_sumsq({src}, {op['n']}){div};"]
         raise AssertionError(kind)
 
     # ------------------------------------------------------------ whole file

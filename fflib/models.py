@@ -203,13 +203,10 @@ def zoo_model(name, input_shape, num_classes=10, seed=0, **model_kw):
         kw = dict(loss="symba", goodness="mean", threshold=1.0, norm="rms")
     elif name == "cnn":
         enc = model_kw.get("label_encoding", "embedding")
-        extra = int(enc == "embedding")
-        if image == (1, 28, 28):
-            layers, shape = mnist_cnn(False, "rms", extra)
-        elif image == (3, 32, 32):
-            layers, shape = cifar10_cnn(True, "rms", extra)
-        else:
-            raise ValueError(f"the survey's CNN ('cnn') takes 1x28x28 or 3x32x32 images, got {'x'.join(map(str, image))}")
+        if image not in ((1, 28, 28), (3, 32, 32)):
+            raise ValueError(f"the survey's CNN ('cnn') takes 1x28x28 or 3x32x32 images, got "
+                             f"{'x'.join(map(str, image))}")
+        layers, shape = survey_cnn("mnist" if image[0] == 1 else "cifar10", label_encoding=enc)
         # a trained label channel: one-hot pixels in a corner or waves leave the first conv
         # layer unable to tell labels apart (measured), a learned map does not
         kw = dict(loss="symba", goodness="mean", threshold=1.0, norm="rms", label_encoding=enc)

@@ -105,6 +105,12 @@ def _read_npz(path):
         if isinstance(e, (FileNotFoundError, PermissionError, IsADirectoryError)):
             raise
         raise ValueError(f"{name}: not a readable fflib model file ({type(e).__name__}: {e})") from None
+    except ValueError as e:
+        if "pickled" not in str(e):
+            raise ValueError(f"{name}: not a readable fflib model file ({e})") from None
+        # numpy's advice (allow_pickle) is wrong for a file that must be treated as untrusted
+        raise ValueError(f"{name}: not a readable fflib model file (it holds pickled objects, which fflib never "
+                         f"loads: a model file holds arrays only)") from None
     except Exception as e:     # BadZipFile, EOFError, zlib.error, a truncated member, a bad header...
         raise ValueError(f"{name}: not a readable fflib model file ({type(e).__name__}: {e})") from None
     return name, data
@@ -444,7 +450,17 @@ def _check_hparams(h):
             raise ValueError(f"block_thresholds must be None or a non-empty sequence of numbers (one threshold "
                              f"per block), got {bt!r}")
         bt = [_real(f"block_thresholds[{i}]", v) for i, v in enumerate(bt)]
-    return dict(h, threshold=_real("threshold", h["threshold"]), block_thresholds=bt,
+    threshold = _real("threshold", h["threshold"])
+    if h["loss"] == "ff" and str(h["goodness"]).startswith("neg-"):
+        # minus the goodness is <= 0: a threshold >= 0 leaves the positive rows nothing to reach
+        for name, t in ([("threshold", threshold)] if bt is None else
+                        [(f"block_thresholds[{i}]", v) for i, v in enumerate(bt)]):
+            if not np.float32(t) < 0:   # as the core holds it
+                what = "mean" if h["goodness"].endswith("mean") else "sum"
+                raise ValueError(f"loss 'ff' with goodness {h['goodness']!r} (minus the {what} of squares, <= 0) needs "
+                                 f"a negative {name}: positive rows are pushed above it, i.e. their {what} of squares "
+                                 f"below minus it; got {t!r} (e.g. {-abs(t) or -2.0!r})")
+    return dict(h, threshold=threshold, block_thresholds=bt,
                 alpha=_real("alpha", h["alpha"], lo=0.0, lo_open=True),
                 norm_eps=_real("norm_eps", h["norm_eps"], lo=0.0, lo_open=True),
                 pvn_weight=_real("pvn_weight", h["pvn_weight"], lo=0.0, hi=1.0),
@@ -542,6 +558,10 @@ def _check_input_norm(mean, std, input_shape):
         if a.size == 1:    # one number for every value
             a = a.reshape(())
         elif not (a.ndim == 1 and a.size == C) and a.size != D:
+            if H * W == 1:    # a flat model: no channels to take per-channel statistics of
+                raise ValueError(f"input_norm {name} must be a number or {D} values, one per feature (a flat "
+                                 f"model, input_shape {tuple(input_shape)}: per-channel statistics need an "
+                                 f"image-shaped model, e.g. input_shape=(3, 32, 32)), got shape {a.shape}")
             raise ValueError(f"input_norm {name} must be a number, {C} per-channel values or {D} values "
                              f"(input_shape {tuple(input_shape)}), got shape {a.shape}")
         if a.ndim and a.size == D and not (a.ndim == 1 and a.size == C):
@@ -609,6 +629,30 @@ def as_float32_batch(x, name, input_size):
     return a
 
 
+def default_threshold(goodness, width):
+    """The FF loss threshold a goodness kind starts from when none is given: 1 per unit for
+    mean goodness, ``width`` (the first layer's) for sum goodness, and minus that for the
+    "neg-" kinds (positive data is then trained below it)."""
+    t = 1.0 if str(goodness).endswith("mean") else float(width)
+    return -t if str(goodness).startswith("neg-") else t
+
+
+def select_blocks(blocks, nb):
+    """``blocks`` (None: all; an index or a list, negatives from the end) as distinct indices in
+    [0, nb): the blocks whose goodness multi-pass inference sums (FFModel's and TorchFF's)."""
+    if blocks is None:
+        return list(range(nb))
+    if isinstance(blocks, (int, np.integer)):
+        blocks = [blocks]
+    sel = [int(b) % nb if -nb <= int(b) < nb else None for b in blocks]
+    if not sel or any(b is None for b in sel):
+        raise ValueError(f"blocks must be block indices in [-{nb}, {nb}), got {blocks!r}")
+    if len(set(sel)) != len(sel):
+        raise ValueError(f"blocks must be distinct (a block listed twice would count its goodness twice), "
+                         f"got {blocks!r}")
+    return sel
+
+
 class FFModel:
     """A Forward-Forward network: layers cut into locally trained blocks.
 
@@ -640,7 +684,8 @@ class FFModel:
         is the mean squared error of its input rebuilt from its output; no labels, no negatives,
         ``label_encoding="none"``, MLP layers only; train with ``fit(..., method="uff")``.
     threshold : float
-        theta of the FF and PvN losses.
+        theta of the FF and PvN losses (with the FF loss and a "neg-" goodness, which is <= 0,
+        it must be negative).
     block_thresholds : sequence of float or None
         One theta per block instead of ``threshold`` (None: every block's is ``threshold``), as
         the SCFF authors' layers have their own (Chen et al. 2025, their code's config: 4 and
@@ -654,8 +699,14 @@ class FFModel:
         SymBa scale.
     margin : float
         DF and df-cwc margin m >= 0 (default 1.0).
-    goodness : {"sum", "mean"}
-        Sum or mean of squared activities (FF, SymBa, DF).
+    goodness : {"sum", "mean", "neg-sum", "neg-mean"}
+        Sum or mean of squared activities (FF, SymBa, DF), or minus it: "minus the sum of the
+        squared activities" of Hinton (2022), whose CIFAR-10 nets did 3-5 points better with it
+        ("min ssq") under his loss: positive data is trained to low activity and negative data
+        to high, and multi-pass picks the label with the least activity.  With the FF loss the
+        threshold must then be negative (positive rows are pushed above it, i.e. their sum of
+        squares below -theta).  On fflib's CIFAR-10 MLP recipe it helped eq. 1 and not SymBa
+        (README, "Where fflib is short of its target").
     norm : {"l2", "rms", "none"}
         Normalisation of the one-pass head's input features; ``norm_eps`` its epsilon.  (The
         normalisation between blocks is a :class:`LenNorm` layer in ``layers``.)
@@ -1169,15 +1220,7 @@ class FFModel:
         return self._net.goodness(self._input(x))
 
     def _block_selection(self, blocks):
-        nb = self.num_blocks
-        if blocks is None:
-            return list(range(nb))
-        if isinstance(blocks, (int, np.integer)):
-            blocks = [blocks]
-        sel = [int(b) % nb if -nb <= int(b) < nb else None for b in blocks]
-        if not sel or any(b is None for b in sel):
-            raise ValueError(f"blocks must be block indices in [-{nb}, {nb}), got {blocks!r}")
-        return sel
+        return select_blocks(blocks, self.num_blocks)
 
     def predict_multipass(self, x, blocks=None, early_exit=None):
         """Multi-pass prediction: argmax over labels of goodness summed over ``blocks``

@@ -499,6 +499,19 @@ class LinearCooldown(_Scheduler):
         # decay 1 (the plain cooldown) is left out: the settings of schedules saved before it existed
         return {"total": self.total, "start": self.start, **({"decay": self.decay} if self.decay != 1.0 else {})}
 
+    def load_state_dict(self, state):
+        """As :meth:`_Scheduler.load_state_dict`; a cooldown planned for another run length is
+        refused saying so (its rate has already fallen toward 0 over the planned epochs, so a
+        longer run cannot continue it as an uninterrupted run of that length would have gone)."""
+        saved = state.get("settings") if isinstance(state, dict) else None
+        if isinstance(saved, dict) and state.get("kind", "LinearCooldown") == "LinearCooldown" and (
+                saved.get("total"), saved.get("start")) != (self.total, self.start):
+            raise ValueError(f"the checkpointed run's linear cooldown was planned for {saved.get('total')} epochs "
+                             f"(decay from epoch {saved.get('start')}), this run's for {self.total} (from "
+                             f"{self.start}): a cooldown depends on the run's length, so resume with the same "
+                             f"epochs (a run without a cooldown, or with milestones, may grow)")
+        super().load_state_dict(state)
+
     def lr_at(self, epoch):
         """Learning rate in force after ``epoch`` scheduler steps."""
         if epoch < self.start:

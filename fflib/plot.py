@@ -7,6 +7,8 @@ and, given ``path``, also saves it as a PNG.
 * :func:`loss_curves`: the local loss of every block (and the head's) per epoch, from
   :func:`fflib.fit`'s history or the ``epochs`` of a ``python -m fflib train --out`` JSON.
 * :func:`layer_accuracy`: the test accuracy of every FF layer alone, from :func:`fflib.evaluate`.
+* :func:`layer_curves`: the validation accuracy of every FF layer alone per epoch, when the run
+  held out a validation split.
 * :func:`goodness_distributions`: per layer, histograms of the goodness of the true label
   (positive) and of the wrong labels (negative).
 * :func:`inference_comparison`: one-pass (softmax head) against multi-pass (goodness of every
@@ -27,7 +29,7 @@ if TYPE_CHECKING:
 
     from .nn import FFModel
 
-__all__ = ["loss_curves", "layer_accuracy", "goodness_distributions", "inference_comparison",
+__all__ = ["loss_curves", "layer_accuracy", "layer_curves", "goodness_distributions", "inference_comparison",
            "plot_result", "add_plot_parser", "run_plot"]
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -163,6 +165,55 @@ def layer_accuracy(result: Mapping[str, Any], *, path: Optional[PathLike] = None
     return _save(fig, path)
 
 
+def _layer_curves(recs: Sequence[Mapping[str, Any]]) -> List[Optional[List[float]]]:
+    # fit()'s records hold evaluate()'s dict as "val", a train --out result's "val_block_accuracy"
+    out: List[Optional[List[float]]] = []
+    for r in recs:
+        v = r.get("val")
+        acc = v.get("block_accuracy") if isinstance(v, Mapping) else r.get("val_block_accuracy")
+        out.append(None if acc is None else [float(a) for a in acc])
+    return out
+
+
+def layer_curves(history: Any, *, path: Optional[PathLike] = None,
+                 title: str = "validation accuracy of each FF layer alone") -> "Figure":
+    """Every FF layer's accuracy alone (argmax over labels of that layer's goodness) on the
+    validation split, per epoch: which layers learn, and when (the survey's CIFAR-10 CNN study
+    reads it to see whether the deeper blocks build on the first).
+
+    history : fit()'s history (``fit(..., x_val=, y_val=)``), a ``python -m fflib train --out``
+        result of a run with ``--val-size`` (its epochs' ``val_block_accuracy``), or a list of
+        epoch records."""
+    recs = _epochs_of(history)
+    curves = _layer_curves(recs)
+    epochs = [int(r.get("epoch", i + 1)) for i, r in enumerate(recs)]
+    pts = [(e, c) for e, c in zip(epochs, curves) if c is not None]
+    if not pts:
+        raise ValueError("history has no per-layer validation accuracy (train with a validation split: "
+                         "fit(..., x_val=, y_val=) or --val-size)")
+    n = max(len(c) for _, c in pts)
+    fig = _figure()
+    ax = fig.add_subplot()
+    for b in range(n):
+        xs = [e for e, c in pts if b < len(c)]
+        ax.plot(xs, [100.0 * c[b] for _, c in pts if b < len(c)], marker="o", ms=3, label=f"layer {b + 1}")
+    _integer_epochs(ax)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_title(title)
+    ax.legend(loc="lower right", fontsize=8)
+    return _save(fig, path)
+
+
+def _check_labelled(model: "FFModel") -> None:
+    """A model whose goodness scores labels (a label in its input, or channel groups)."""
+    from .nn import GROUP_LOSSES
+    if model.label_encoding == "none" and model.config["loss"] not in GROUP_LOSSES:
+        raise ValueError(f"the model was trained without labels ({model.config['loss']} loss, no label in its "
+                         f"input): it has no goodness per label to plot (its linear probe's error is in the "
+                         f"result's plots)")
+
+
 def goodness_distributions(model: "FFModel", x: Any, y: Any, *, bins: int = 40, batch_size: int = 1000,
                            path: Optional[PathLike] = None) -> "Figure":
     """Per FF layer, histograms of the goodness with the true label (positive data) and with
@@ -172,6 +223,7 @@ def goodness_distributions(model: "FFModel", x: Any, y: Any, *, bins: int = 40, 
     trained with); the model's blocks and mode are restored afterwards."""
     from .nn import as_float32_batch
     from .routines import unit_ranges
+    _check_labelled(model)
     if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins < 1:
         raise ValueError(f"bins must be a positive int, got {bins!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
@@ -288,8 +340,8 @@ def inference_comparison(result: Mapping[str, Any], *, path: Optional[PathLike] 
 def plot_result(result: Union[Mapping[str, Any], PathLike], out_dir: PathLike, *,
                 model: Optional["FFModel"] = None, x: Any = None, y: Any = None) -> List[str]:
     """Write every plot a result holds as PNGs into ``out_dir`` (which must exist) and return
-    their paths: ``loss_curves.png``, ``layer_accuracy.png``, ``inference.png``, and with a
-    model and data ``goodness.png``.
+    their paths: ``loss_curves.png``, ``layer_accuracy.png``, ``layer_curves.png`` (with a
+    validation split), ``inference.png``, and with a model and data ``goodness.png``.
 
     result : a dict or the path of a JSON file: a ``python -m fflib train --out`` result or
         ``{"history": ..., "test": ...}`` as the quick-start notebook saves."""
@@ -301,6 +353,8 @@ def plot_result(result: Union[Mapping[str, Any], PathLike], out_dir: PathLike, *
     out = os.fspath(out_dir)
     if not os.path.isdir(out):
         raise FileNotFoundError(f"out_dir {out!r} is not an existing directory")
+    if model is not None:
+        _check_labelled(model)      # before any file is written
     written = []
     if "epochs" in result or "history" in result:
         p = os.path.join(out, "loss_curves.png")
@@ -311,6 +365,11 @@ def plot_result(result: Union[Mapping[str, Any], PathLike], out_dir: PathLike, *
                                          or acc_src.get("block_accuracy_test") is not None):
         p = os.path.join(out, "layer_accuracy.png")
         layer_accuracy(acc_src if "test" in result else result, path=p)
+        written.append(p)
+    if ("epochs" in result or "history" in result) and any(c is not None for c in
+                                                           _layer_curves(_epochs_of(result, "result"))):
+        p = os.path.join(out, "layer_curves.png")
+        layer_curves(result, path=p)
         written.append(p)
     try:
         p = os.path.join(out, "inference.png")
@@ -372,6 +431,7 @@ def run_plot(args: argparse.Namespace) -> int:
         from .nn import FFModel
         try:
             model = FFModel.load(args.model)
+            _check_labelled(model)
             name = (result.get("config") or {}).get("dataset", "sample")
             if name == "sample":
                 x, y = datasets.load_sample(train=False)
@@ -380,7 +440,7 @@ def run_plot(args: argparse.Namespace) -> int:
                                      train=False)
             x, y = x[:args.samples].reshape(min(len(x), args.samples), -1), y[:args.samples]
         except (OSError, ValueError, KeyError, datasets.DatasetError) as e:
-            return bad(str(e).replace("\n", " "))
+            return bad(f"--model {args.model}: " + str(e).replace("\n", " "))
     try:
         paths = plot_result(result, args.out, model=model, x=x, y=y)
     except (ValueError, TypeError) as e:

@@ -33,7 +33,7 @@ __all__ = [
 ]
 
 _NORM_KINDS = ("none", "l2", "rms")
-_GOODNESS_KINDS = ("sum", "mean")
+_GOODNESS_KINDS = ("sum", "mean", "neg-sum", "neg-mean")
 
 
 def _f64(x):
@@ -135,18 +135,23 @@ def _goodness_kind(kind):
     return kind
 
 
+def _goodness_scale(kind, D):
+    """goodness = scale * sum of squares: 1 or 1/D (the mean), negated for "neg-sum" / "neg-mean"
+    (Hinton 2022's minus the sum of squares: positive data is trained to low activity)."""
+    kind = _goodness_kind(kind)
+    return (-1.0 if kind.startswith("neg-") else 1.0) / (D if kind.endswith("mean") else 1.0)
+
+
 def goodness_forward(act, kind="sum"):
-    """g (B) = sum over D of act^2 (or the mean), act (B,D)."""
+    """g (B) = sum over D of act^2 (or the mean; negated for the neg- kinds), act (B,D)."""
     a = _f64(act)
-    g = np.sum(a * a, axis=1)
-    return g / a.shape[1] if _goodness_kind(kind) == "mean" else g
+    return np.sum(a * a, axis=1) * _goodness_scale(kind, a.shape[1])
 
 
 def goodness_backward(dg, act, kind="sum"):
-    """dact (B,D) = dg[b] * 2 act (divided by D for the mean)."""
+    """dact (B,D) = dg[b] * 2 act (divided by D for the mean; negated for the neg- kinds)."""
     a = _f64(act)
-    d = 2.0 * _f64(dg)[:, None] * a
-    return d / a.shape[1] if _goodness_kind(kind) == "mean" else d
+    return 2.0 * _f64(dg)[:, None] * a * _goodness_scale(kind, a.shape[1])
 
 
 def _group_view(act, J):

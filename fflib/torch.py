@@ -29,10 +29,11 @@ What one training step does, in both libraries (rows of B samples):
 * block loss on the training rows of its output (ae: the mean squared error of the block's input
   rebuilt from its output by the block's decoder): FF ``softplus(theta - g+) + softplus(g- - theta)``
   or SymBa ``softplus(-alpha (g+ - g-))`` or DF ``log(1 + sum_j exp(g-_j - g+ + margin))`` over
-  the sample's K - 1 wrong labels (the Distance-Forward N-pair margin loss) with goodness the sum or mean of squares; CwC softmax
-  cross-entropy over the K channel-group goodness values, PvN, or their mix (``pvn_weight``);
-  df-cwc: the DF loss with the true group's goodness against the K - 1 other groups';
-  xent: softmax cross-entropy of a K-wide output.  All averaged over the batch.
+  the sample's K - 1 wrong labels (the Distance-Forward N-pair margin loss) with goodness the sum
+  or mean of squares (or minus it); CwC softmax cross-entropy over the K channel-group goodness
+  values, PvN, or their mix (``pvn_weight``); df-cwc: the DF loss with the true group's goodness
+  against the K - 1 other groups'; xent: softmax cross-entropy of a K-wide output.  All averaged
+  over the batch.
 * the one-pass head: Linear + softmax cross-entropy on the concatenated outputs of the head
   layers for the neutral rows, each normalised with the model's ``norm``/``norm_eps``; its input
   is detached.
@@ -420,7 +421,9 @@ class FFNet(torch.nn.Module):
         if loss == "xent":
             return flat if flat.shape[1] == K else out.new_zeros(out.shape[0], K)
         sq = flat.square()
-        return sq.mean(dim=1) if self.config["goodness"] == "mean" else sq.sum(dim=1)
+        good = self.config["goodness"]
+        g = sq.mean(dim=1) if good.endswith("mean") else sq.sum(dim=1)
+        return -g if good.startswith("neg-") else g
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
@@ -449,13 +452,8 @@ class FFNet(torch.nn.Module):
         return out
 
     def _block_selection(self, blocks):
-        nb = self.num_blocks
-        if blocks is None:
-            return list(range(nb))
-        blocks = [blocks] if isinstance(blocks, (int, np.integer)) else list(blocks)
-        if not blocks or any(not -nb <= int(b) < nb for b in blocks):
-            raise ValueError(f"blocks must be block indices in [-{nb}, {nb}), got {blocks!r}")
-        return [int(b) % nb for b in blocks]
+        from .nn import select_blocks
+        return select_blocks(blocks, self.num_blocks)
 
     def predict_multipass(self, x, blocks=None):
         """argmax over labels of the scores summed over ``blocks`` (default all)."""
@@ -708,7 +706,9 @@ class TorchFF:
             loss = F.softplus(z).mean()
             s = torch.sigmoid(z) * (float(cfg["alpha"]) / B)
             dg = torch.cat([-s, s])
-        scale = 2.0 / at.shape[1] if cfg["goodness"] == "mean" else 2.0
+        scale = 2.0 / at.shape[1] if cfg["goodness"].endswith("mean") else 2.0
+        if cfg["goodness"].startswith("neg-"):
+            scale = -scale
         dz = at * (dg * scale).unsqueeze(1)          # relu' is implied: a == 0 where z <= 0
         for p, gp in ((lin.weight, dz.t() @ h[:T]), (lin.bias, dz.sum(dim=0) if lin.bias is not None else None)):
             if p is not None:

@@ -190,8 +190,9 @@ def fit(model, x, y, *, epochs=10, batch_size=100, optimizer=None, scheduler=Non
     resume : with ``checkpoint``, continue from the checkpoint there if there is one (else start
         afresh): the run then ends bit-identical to an uninterrupted one (same thread count).
         The model, data and training settings must be those of the checkpointed run (``epochs``
-        may grow); ``optimizer``/``scheduler``, when given, must be of the saved kinds and
-        settings, and when not given are rebuilt from the checkpoint.
+        may grow, except under a :class:`LinearCooldown`, planned for the run's length);
+        ``optimizer``/``scheduler``, when given, must be of the saved kinds and settings, and
+        when not given are rebuilt from the checkpoint.
     pipeline : train the blocks pipelined (:meth:`FFModel.pipeline_begin`, Pipeline
         Forward-Forward): block k works on minibatch t - k while block k + 1 works on t - k - 1,
         the blocks of a tick at once on fflib's threads.  Each block sees the same input as in

@@ -75,7 +75,9 @@ def reproduce_md(table):
     for row in table:
         r = row["recipe"]
         if row["run"] is None:
-            ours = "untuned: not run" if r.status == "untuned" else f"{r.status}, no JSON yet"
+            ours = ("untuned: not run" if r.status == "untuned" else
+                    f"stopped early, no test error (`{r.evidence}`)" if r.status == "stopped" else
+                    f"{r.status}, no JSON yet")
             rest = " | | | | |"
         else:
             ours = row["ours"] + (" (partial)" if r.status == "partial" else "")
@@ -98,8 +100,9 @@ def readme_table(table):
         r = row["recipe"]
         if row["run"] is None and not (r.survey or r.anchor or r.target):
             continue
-        ours = ("not run" if r.status == "untuned" else "JSON pending") if row["run"] is None else \
-            row["ours"] + (f" ({row['epochs'].split('/')[0]} epochs only)" if r.status == "partial" else "")
+        ours = ({"untuned": "not run", "stopped": "stopped early (see below)"}.get(r.status, "JSON pending")
+                if row["run"] is None else
+                row["ours"] + (f" ({row['epochs'].split('/')[0]} epochs only)" if r.status == "partial" else ""))
         lines.append(f"| {r.row} | {ours} | {r.survey or ''} | {r.anchor or ''} | {r.target or ''} | "
                      f"`{recipes.command(r)}` |")
     lines.append(END)

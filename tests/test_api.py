@@ -421,3 +421,17 @@ def test_classifier_sklearn_interface(rng):
     assert clf.get_params()["hidden"] == (16, 8)
     with pytest.raises(RuntimeError, match="not fitted"):
         fflib.FFClassifier().predict(x)
+
+
+def test_the_submodules_the_readme_uses_need_no_import_of_their_own():
+    """`import fflib` then fflib.uff / fflib.unsupervised / fflib.reference (AttributeError before)."""
+    import subprocess
+    import sys
+    code = ("import fflib; fflib.uff.uff_model; fflib.unsupervised.scff_mlp; fflib.reference.df_loss; import sys; "
+            "print(sorted(m for m in ('torch', 'mpi4py', 'matplotlib', 'sklearn') if m in sys.modules))")
+    from conftest import child_env
+    import os      # from the tests directory: the installed fflib, not the unbuilt sources of a checkout
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=child_env(), timeout=120,
+                         cwd=os.path.dirname(os.path.abspath(__file__)))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"          # and still none of the heavy optional packages

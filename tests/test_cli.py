@@ -38,7 +38,7 @@ def test_train_on_the_sample_writes_the_json_contract(tmp_path):
     assert r["config"]["dataset"] == "sample" and r["config"]["seed"] == 3
     assert r["train_error_samples"] == min(10000, r["config"]["num_train"])
     import fflib
-    assert r["fflib_version"] == fflib.__version__ and r["schema_version"] == 2
+    assert r["fflib_version"] == fflib.__version__ and r["schema_version"] == 3
     assert r["config"]["threads"] == 1
     assert r["config"]["label_encoding"] == "onehot" and r["config"]["loss"] == "symba"   # resolved defaults
     text = out.read_text()
@@ -71,8 +71,21 @@ def test_train_on_the_sample_writes_the_json_contract(tmp_path):
     (["train", "--out", "/nonexistent/dir/r.json"], "--out /nonexistent/dir/r.json: directory"),
     (["train", "--save", "/nonexistent/dir/m.npz"], "--save"),
     (["train", "--checkpoint", "/nonexistent/dir/ck"], "--checkpoint"),
+    (["train", "--checkpoint", "/proc/ck"], "--checkpoint /proc/ck: cannot create the directory"),
+    (["train", "--dataset", "mnist", "--data-dir", "/nonexistent/dir"], "--data-dir DIR on the command line"),
     (["train", "--out", "."], "is a directory"),
     (["train", "--resume"], "--resume needs --checkpoint"),
+    # checked before the training, not after it (the whole run was lost)
+    (["train", "--multipass-blocks=-3"], "--multipass-blocks: blocks must be block indices in [-2, 2)"),
+    (["train", "--multipass-blocks=0,0"], "--multipass-blocks: blocks must be distinct"),
+    # flags that did nothing where they do not apply (silently), now refused like --alpha and --margin
+    (["train", "--threshold", "5"], "--threshold is the FF and PvN losses' theta; it does not apply to --loss symba"),
+    (["train", "--loss", "ff", "--threshold", "5", "--block-thresholds", "1,2"], "give one"),
+    (["train", "--chunk-size", "3"], "does not apply to --routine greedy"),
+    (["train", "--gamma", "0.5"], "--gamma is the factor of the --milestones steps"),
+    (["train", "--loss", "ae"], "train them with --method uff"),
+    (["train", "--early-exit-drop", "0.5"], "give --early-exit"),
+    (["eval", "m.npz", "--early-exit-drop", "0.5"], "give --early-exit"),
     (["bogus"], "invalid choice"),
 ])
 def test_bad_arguments_exit_2_with_one_line(args, msg):
@@ -93,6 +106,15 @@ def test_under_mpirun_only_rank_0_prints_a_usage_error(variable, args):
                              timeout=120, cwd=REPO + "/tests", env=env)
         assert res.returncode == 2
         assert len([l for l in res.stderr.splitlines() if l.strip()]) == printed, (rank, res.stderr)
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback():
+    """`python -m fflib recipes | head -8` printed a BrokenPipeError traceback."""
+    p = subprocess.Popen([sys.executable, "-m", "fflib", "recipes"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         cwd=REPO + "/tests", env=child_env())
+    p.stdout.close()               # before the command writes anything
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=120) == 141 and "Traceback" not in err, err
 
 
 def test_bare_command_prints_help_and_version():

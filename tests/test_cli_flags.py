@@ -80,6 +80,9 @@ def test_loss_xent_and_label_encoding_none(tmp_path, capsys):
     assert r["test_error"]["multi_pass"] < 50            # a 1-epoch softmax MLP on 8,000 images
     assert "--loss" in fails(capsys, "--loss", "hinge")
     assert "fourier" in fails(capsys, "--label-encoding", "fourier")     # needs images
+    # --label-encoding none is xent's default, as --help says (it took the MLP's onehot before)
+    _, m = train(tmp_path, "--loss", "xent", "--layers", "64,10")
+    assert m.label_encoding == "none"
 
 
 def test_recipe_hard_negatives_give_way_to_a_loss_without_them(tmp_path, capsys):
@@ -113,6 +116,9 @@ def test_recipe_validation_split_on_the_sample(tmp_path, monkeypatch):
     r = json.loads(out.read_text())
     assert r["config"]["recipe"] == "mnist-cnn" and r["config"]["val_size"] == 1000
     assert r["config"]["negatives"] == "hard" and r["epochs"][-1]["val_error"]["multi_pass"] is not None
+    # each FF layer's validation accuracy alone, per epoch (the CNN's three blocks)
+    acc = r["epochs"][-1]["val_block_accuracy"]
+    assert len(acc) == 3 and all(0.0 <= a <= 1.0 for a in acc)
     assert cli.main(base + ["--val-size", "300"]) == 0
     assert json.loads(out.read_text())["config"]["val_size"] == 300
 
@@ -313,3 +319,48 @@ def test_a_recipes_norm_reaches_a_cwc_models_head(tmp_path, monkeypatch):
         out = tmp_path / "r.json"
         assert cli.main([*base, *extra, "--out", str(out)]) == 0
         assert json.loads(out.read_text())["config"]["norm"] == want
+
+
+# bars: measured 10.05 / 12.00 (neg-mean) and 13.25 / 22.25 (neg-sum) %, mean goodness 9.25 / 8.95
+@pytest.mark.parametrize("goodness, threshold, bar", [("neg-mean", -1.0, 16), ("neg-sum", -48.0, 28)])
+def test_negative_goodness(tmp_path, capsys, goodness, threshold, bar):
+    """--goodness neg-mean / neg-sum (Hinton's "min ssq"): the FF loss's default threshold is
+    negated, and the model learns (the least active label wins multi-pass)."""
+    r, m = train(tmp_path, "--goodness", goodness, "--loss", "ff", "--epochs", "3")
+    assert m.config["goodness"] == r["config"]["goodness"] == goodness
+    assert m.config["threshold"] == threshold
+    xt, _ = fflib.datasets.load_sample(False)
+    g = m.goodness(xt[:200])
+    assert np.all(g <= 0)
+    np.testing.assert_array_equal(m.predict_multipass(xt[:200]), g.sum(axis=2).argmax(axis=1))
+    assert r["test_error"]["multi_pass"] < bar and r["test_error"]["one_pass"] < bar
+    assert "--goodness" in fails(capsys, "--goodness", "max")
+
+
+def test_negative_goodness_is_refused_without_labels(capsys):
+    """Label-free methods train real images as positives: minus the goodness would silence the
+    features the probe reads (85 % probe error on the sample against 28 %), so it is refused."""
+    for method in ("scff", "hybrid"):
+        assert "needs goodness 'sum' or 'mean'" in fails(capsys, "--method", method, "--goodness", "neg-mean")
+    m = fflib.FFModel(fflib.mlp([784, 20]), 784, 10, label_encoding="none", loss="ff", goodness="neg-sum",
+                      threshold=-3.0)
+    x, y = fflib.datasets.load_sample(True)
+    with pytest.raises(ValueError, match="needs goodness 'sum' or 'mean', got 'neg-sum'"):
+        fflib.fit(m, x[:100].reshape(100, -1), y[:100], method="scff", epochs=1)
+
+
+def test_ff_loss_on_negative_goodness_needs_a_negative_threshold(capsys):
+    """Minus the goodness is <= 0: a threshold >= 0 would leave the positive rows nothing to
+    reach (a silent non-learner), so FFModel and the CLI refuse it, naming the setting."""
+    layers = lambda: fflib.mlp([784, 20, 20])  # noqa: E731
+    with pytest.raises(ValueError, match="needs a negative threshold.*got 2.0"):
+        fflib.FFModel(layers(), 784, 10, goodness="neg-mean")          # FFModel's default threshold
+    with pytest.raises(ValueError, match=r"negative block_thresholds\[1\]"):
+        fflib.FFModel(layers(), 784, 10, goodness="neg-sum", block_thresholds=[-1.0, 3.0])
+    with pytest.raises(ValueError, match="negative threshold"):
+        fflib.FFModel(layers(), 784, 10, goodness="neg-sum", threshold=1e-60)   # 0 in float32
+    m = fflib.FFModel(layers(), 784, 10, goodness="neg-mean", threshold=-1.0)
+    with pytest.raises(ValueError, match="negative threshold"):
+        m.set_config(threshold=0.5)
+    fflib.FFModel(layers(), 784, 10, goodness="neg-mean", loss="symba")      # SymBa has no threshold
+    assert "needs a negative threshold" in fails(capsys, "--goodness", "neg-mean", "--loss", "ff", "--threshold", "1")

@@ -239,10 +239,11 @@ def test_cli_export_verify(tmp_path):
 
 
 @needs_gcc
-@pytest.mark.parametrize("case", ["fourier", "onehot_image", "xent"])
+@pytest.mark.parametrize("case", ["fourier", "onehot_image", "xent", "neg_goodness"])
 def test_other_label_encodings_and_losses(sample, tmp_path, case):
     """Fourier waves and one-hot pixels in every channel plane of an image; the softmax
-    cross-entropy loss (K-wide output, one block, no head)."""
+    cross-entropy loss (K-wide output, one block, no head); minus the sum of squares as
+    goodness (multi-pass then picks the least active label)."""
     x, y, xt, _ = sample
     if case == "fourier":
         model = FFModel(fflib.mlp([784, 50, 30], norm="l2"), (1, 28, 28), 10, label_encoding="fourier",
@@ -251,6 +252,9 @@ def test_other_label_encodings_and_losses(sample, tmp_path, case):
         layers = models.conv_block(1, 8, 5, pool=2, norm="rms") + models.conv_block(8, 16, 5, pool=4, norm="rms")
         model = FFModel(layers, (1, 28, 28), 10, label_encoding="onehot", loss="symba", goodness="mean",
                         threshold=1.0, norm="rms", head_blocks=[0, 1])
+    elif case == "neg_goodness":
+        model = FFModel(fflib.mlp([784, 50, 30], norm="rms"), (1, 28, 28), 10, loss="ff", goodness="neg-sum",
+                        threshold=-50.0, norm="rms")
     else:
         model = FFModel(fflib.mlp([784, 40, 10]), 784, 10, loss="xent", label_encoding="none",
                         head_blocks=None, blocks=[6])

@@ -135,7 +135,7 @@ LAYER_SETS = {
                                                           (12,), [2, 6, 6]])), 3),
        K=mostly(st.sampled_from([2, 4, 5, 10]), st.one_of(st.integers(-1, 12), junk)),
        loss=mostly(st.sampled_from(["ff", "symba", "cwc", "pvn", "df-cwc", "xent"]), junk),
-       goodness=mostly(st.sampled_from(["sum", "mean"]), junk),
+       goodness=mostly(st.sampled_from(["sum", "mean", "neg-sum", "neg-mean"]), junk),
        encoding=mostly(st.sampled_from(["onehot", "fourier", "embedding", "none"]), junk),
        threshold=mostly(st.floats(-3, 3), reals), alpha=mostly(st.floats(0.1, 8), reals),
        norm_eps=mostly(st.floats(0, 1e-2), reals), pvn_weight=mostly(small, reals),
@@ -153,11 +153,17 @@ def test_fuzz_model_construction(which, shape, K, loss, goodness, encoding, thre
     names = ["input_shape", "num_classes", "loss", "goodness", "label_encoding", "threshold", "block_thresholds", "alpha",
              "norm_eps", "pvn_weight", "blocks", "block", "head_blocks", "seed", "layers", "in_features",
              "channels", "kernel", "label", "input", "features", "shape", "size"]
-    invalid = (not good_real(threshold) or not good_real(alpha, 0, lo_open=True) or not good_real(norm_eps, 0, lo_open=True)
+    # the FF loss on minus the goodness (<= 0) needs negative thresholds
+    bt_ok = isinstance(block_thresholds, list) and block_thresholds and all(good_real(t) for t in block_thresholds)
+    neg_ff_bad = (loss == "ff" and isinstance(goodness, str) and goodness.startswith("neg-")
+                  and (not np.float32(threshold) < 0 if block_thresholds is None and good_real(threshold) else
+                       bt_ok and not all(np.float32(t) < 0 for t in block_thresholds)))
+    invalid = (neg_ff_bad or not good_real(threshold) or not good_real(alpha, 0, lo_open=True) or not good_real(norm_eps, 0, lo_open=True)
                or not good_real(pvn_weight, 0, 1)
                or isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 64
                or isinstance(K, bool) or not isinstance(K, int) or K < 2
-               or loss not in ("ff", "symba", "cwc", "pvn", "df-cwc", "xent") or goodness not in ("sum", "mean")
+               or loss not in ("ff", "symba", "cwc", "pvn", "df-cwc", "xent")
+               or goodness not in ("sum", "mean", "neg-sum", "neg-mean")
                or encoding not in ("onehot", "fourier", "embedding", "none")
                or (block_thresholds is not None and (not isinstance(block_thresholds, list) or not block_thresholds
                                                      or not all(good_real(t) for t in block_thresholds))))

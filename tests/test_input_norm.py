@@ -192,3 +192,11 @@ def test_cli_input_norm_channel_uses_the_training_split(tmp_path):
                           "--input-norm", "channel"], env=child_env(), capture_output=True, text=True,
                          cwd=tmp_path)
     assert bad.returncode == 2 and "--input-norm does not apply to --method scff" in bad.stderr
+
+
+def test_channel_stats_on_a_flat_model_says_why():
+    """fflib.channel_stats(x, (3, 32, 32)) gives 3 values; a flat 3072-input MLP takes 1 or 3072
+    (the message offered "3072 per-channel values or 3072 values")."""
+    x = np.random.default_rng(0).random((20, 3072), dtype=np.float32)
+    with pytest.raises(ValueError, match=r"3072 values, one per feature \(a flat model.*image-shaped model"):
+        FFModel(fflib.mlp([3072, 8]), 3072, 10, input_norm=fflib.channel_stats(x, (3, 32, 32)))

@@ -66,7 +66,7 @@ def test_lennorm(rng, B, D, kind, code, eps):
 
 
 @pytest.mark.parametrize("B, D", SHAPES)
-@pytest.mark.parametrize("kind, code", [("sum", 0), ("mean", 1)])
+@pytest.mark.parametrize("kind, code", [("sum", 0), ("mean", 1), ("neg-sum", 2), ("neg-mean", 3)])
 def test_goodness(rng, B, D, kind, code):
     a, dg = f32(rng, B, D), f32(rng, B)
     g = np.zeros(B, np.float32)

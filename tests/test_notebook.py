@@ -117,6 +117,29 @@ def test_plot_functions_check_their_inputs(tmp_path):
         fp.loss_curves(r, path=tmp_path / "missing" / "l.png")
 
 
+def test_layer_curves_from_a_result_and_from_fit_history(tmp_path):
+    """Each layer's validation accuracy per epoch: from a train --out result's
+    val_block_accuracy, from fit()'s history (evaluate's dict as "val"), and written by
+    plot_result only when the run had a validation split."""
+    pytest.importorskip("matplotlib")
+    import fflib.plot as fp
+    r = _cli_result()
+    assert fp.plot_result(r, tmp_path) == [str(tmp_path / n) for n in ("loss_curves.png", "layer_accuracy.png",
+                                                                         "inference.png")]
+    with pytest.raises(ValueError, match="no per-layer validation accuracy"):
+        fp.layer_curves(r)
+    for e, acc in zip(r["epochs"], ([0.5, 0.6], [0.7, 0.9])):
+        e["val_block_accuracy"] = acc
+    lines = fp.layer_curves(r, path=tmp_path / "c.png").axes[0].lines
+    assert [list(ln.get_ydata()) for ln in lines] == [[50.0, 70.0], [60.0, 90.0]]
+    assert (tmp_path / "c.png").read_bytes().startswith(PNG_MAGIC)
+    assert str(tmp_path / "layer_curves.png") in fp.plot_result(r, tmp_path)
+    hist = {"epochs": [{"epoch": 1, "block_loss": [0.7], "val": {"multi_pass": 9.0, "block_accuracy": [0.25]}},
+                       {"epoch": 2, "block_loss": [0.5]}]}        # an epoch without validation: no point
+    lines = fp.layer_curves(hist).axes[0].lines
+    assert [list(ln.get_xdata()) for ln in lines] == [[1]] and list(lines[0].get_ydata()) == [25.0]
+
+
 def test_against_pytorch_notebook_runs_and_draws(tmp_path, monkeypatch):
     """notebooks/against_pytorch.ipynb: fflib and its PyTorch twin on the same networks (1 epoch
     on 2,000 sample images here), with a figure of time, memory and error."""

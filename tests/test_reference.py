@@ -146,14 +146,14 @@ def test_lennorm_forward_values():
 
 # ---------------------------------------------------------------------------- goodness
 
-@pytest.mark.parametrize("kind", ["sum", "mean"])
+@pytest.mark.parametrize("kind", ["sum", "mean", "neg-sum", "neg-mean"])
 @pytest.mark.parametrize("shape,full", [((1, 5), True), ((3, 7), True), ((13, 37), False)])
 def test_goodness_grad(kind, shape, full):
     rng = np.random.default_rng(5)
     x = randn(rng, *shape)
     R = randn(rng, shape[0])
     g = ref.goodness_forward(x, kind)
-    expect = (x ** 2).sum(1) / (shape[1] if kind == "mean" else 1)
+    expect = (x ** 2).sum(1) / (shape[1] if kind.endswith("mean") else 1) * (-1 if kind.startswith("neg-") else 1)
     np.testing.assert_allclose(g, expect, rtol=1e-14)
     check_grad(lambda z: ref.goodness_forward(z, kind), x, ref.goodness_backward(R, x, kind), R,
                rng, full)

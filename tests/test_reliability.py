@@ -256,8 +256,9 @@ def test_foreign_and_missing_files(tmp_path):
     with pytest.raises(ValueError, match="single.npy"):
         fflib.FFModel.load(tmp_path / "single.npy")
     (tmp_path / "text.npz").write_text("hello")
-    with pytest.raises(ValueError, match="text.npz: not a readable"):
+    with pytest.raises(ValueError, match="text.npz: not a readable") as e:
         fflib.FFModel.load(tmp_path / "text.npz")
+    assert "allow_pickle" not in str(e.value)     # numpy's advice to unpickle an untrusted file
     with pytest.raises(FileNotFoundError, match="nothere"):
         fflib.FFModel.load(tmp_path / "nothere")
     with pytest.raises(FileNotFoundError, match="does not exist"):

@@ -147,6 +147,19 @@ def test_resume_into_the_models_own_optimizer(tmp_path):
     assert [r["epoch"] for r in h2["epochs"]] == [1, 2, 3] and same_params(full, m2)
 
 
+def test_a_cooldown_run_resumes_only_at_its_planned_length(tmp_path):
+    """The README's "epochs may grow" holds for a constant rate or milestones; a linear
+    cooldown is planned for the run's length, so a longer resume is refused saying so."""
+    m, opt, _ = make_run("mlp", sgd=False)
+    x, y = data(m, n=16)
+    fflib.fit(m, x, y, epochs=2, batch_size=8, scheduler=fflib.LinearCooldown(opt, 2), progress=False,
+              checkpoint=tmp_path / "ck")
+    m2, opt2, _ = make_run("mlp", sgd=False)
+    with pytest.raises(ValueError, match="linear cooldown was planned for 2 epochs .* this run's for 3"):
+        fflib.fit(m2, x, y, epochs=3, batch_size=8, optimizer=opt2, scheduler=fflib.LinearCooldown(opt2, 3),
+                  progress=False, checkpoint=tmp_path / "ck", resume=True)
+
+
 def test_resume_refuses_another_run(tmp_path):
     m, opt, sched = make_run("mlp", sgd=True)
     x, y = data(m, n=16)

@@ -215,7 +215,7 @@ def test_cli_method_scff(tmp_path):
         main(["train", "--method", "hybrid", "--loss", "symba", "--epochs", "1"])
 
 
-def test_cli_label_free_validation_split_probe_epochs_and_order(tmp_path):
+def test_cli_label_free_validation_split_probe_epochs_and_order(tmp_path, capsys):
     """--val-size holds out the last N training images and scores the probe on them every probe
     epoch; --head-epochs sets the probe's epochs; --order layerwise trains the blocks in turn."""
     from fflib.cli import main
@@ -258,6 +258,12 @@ def test_cli_label_free_validation_split_probe_epochs_and_order(tmp_path):
     assert fig._suptitle.get_text() == "linear probe on label-free features"
     assert main(["plot", str(out), "--out", str(tmp_path / "plots")]) == 0
     assert sorted(q.name for q in (tmp_path / "plots").iterdir()) == ["inference.png", "loss_curves.png"]
+    # with --model: refused up front, naming the model (it wrote two PNGs, then failed naming the JSON)
+    assert main(["plot", str(out), "--out", str(tmp_path / "plots2"), "--model", str(tmp_path / "m.npz")]) == 2
+    assert f"--model {tmp_path / 'm.npz'}: the model was trained without labels" in capsys.readouterr().err
+    assert not (tmp_path / "plots2").exists() or not list((tmp_path / "plots2").iterdir())
+    with pytest.raises(ValueError, match="trained without labels"):
+        fp.goodness_distributions(m, x[:10].reshape(10, -1), y[:10])
     # the schedule spans the whole plan (4 epochs): constant, then the linear cooldown's second half
     assert c["schedule"] == {"kind": "LinearCooldown", "total": 4, "start": 2}
     assert [e["lr"] for e in r["epochs"]] == pytest.approx([3e-3, 3e-3, 3e-3, 1.5e-3])

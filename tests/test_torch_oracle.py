@@ -101,11 +101,12 @@ def train_both(model, twin, data, train_head):
 
 @pytest.mark.parametrize("sizes", [[784, 31, 17], [784, 500, 100]], ids=["784-31-17", "784-500-100"])
 @pytest.mark.parametrize("opt", ["adam", "adamw", "sgd"])
-@pytest.mark.parametrize("goodness", ["sum", "mean"])
+@pytest.mark.parametrize("goodness", ["sum", "mean", "neg-mean"])
 @pytest.mark.parametrize("head", [True, False], ids=["head", "nohead"])
 def test_training_matches_torch(mnist, sizes, opt, goodness, head):
     x, y, _, _ = mnist
-    model, _, twin = make_pair(sizes, goodness, head, opt)
+    # minus the goodness: positive rows are pushed above a negative threshold (Hinton's "min ssq")
+    model, _, twin = make_pair(sizes, goodness, head, opt, **({"threshold": -1.0} if goodness == "neg-mean" else {}))
     w0 = {k: v for k, v in model.state_dict().items() if k.startswith("layers")}
     last = train_both(model, twin, batches(x, y, STEPS), train_head=head)
     assert np.all(np.isfinite(last))
@@ -128,10 +129,12 @@ def test_layer_lr_matches_torch_parameter_groups(mnist, opt):
     compare_weights(model, twin, w0)
 
 
-def test_training_matches_torch_manual_gradients(mnist):
+@pytest.mark.parametrize("goodness", ["sum", "neg-mean"])
+def test_training_matches_torch_manual_gradients(mnist, goodness):
     """The benchmark's closed-form-gradient variant of the torch baseline is the same training."""
     x, y, _, _ = mnist
-    model, _, twin = make_pair([784, 500, 100], "sum", True, "adam", grad="manual")
+    neg = {"threshold": -1.0} if goodness == "neg-mean" else {}
+    model, _, twin = make_pair([784, 500, 100], goodness, True, "adam", grad="manual", **neg)
     train_both(model, twin, batches(x, y, STEPS), train_head=True)
     compare_weights(model, twin)
 
@@ -178,13 +181,14 @@ def test_train_step_without_head_training(mnist):
 
 # ---------------------------------------------------------------------------- gradients
 
-@pytest.mark.parametrize("goodness", ["sum", "mean"])
+@pytest.mark.parametrize("goodness", ["sum", "mean", "neg-sum", "neg-mean"])
 @pytest.mark.parametrize("loss", ["ff", "symba"])
 def test_compute_grads_equal_autograd(mnist, goodness, loss):
     x, y, _, _ = mnist
     # SymBa on sum goodness amplifies float32 rounding (see test_symba_matches_torch): float64 twin
+    neg = {"threshold": -2.0} if goodness.startswith("neg-") else {}
     model, ff_opt, twin = make_pair([784, 31, 17], goodness, True, "adam", loss=loss,
-                                    double=loss == "symba" and goodness == "sum")
+                                    double=loss == "symba" and goodness.endswith("sum"), **neg)
     # take a couple of steps first so the gradients are not those of the initialisation only
     train_both(model, twin, batches(x, y, 2, seed=7), train_head=True)
     (xb, yb, neg), = batches(x, y, 1, seed=8)
@@ -306,14 +310,16 @@ def test_kernel_lennorm(B, D, kind, eps):
 
 
 @pytest.mark.parametrize("B,D", [(1, 3), (7, 13), (13, 33)])
-@pytest.mark.parametrize("kind", [0, 1], ids=["sum", "mean"])
+@pytest.mark.parametrize("kind", [0, 1, 2, 3], ids=["sum", "mean", "neg-sum", "neg-mean"])
 def test_kernel_goodness(B, D, kind):
     rng = np.random.default_rng(D)
     a, dg = rnd(rng, B, D), rnd(rng, B)
     g = np.empty(B, np.float32)
     _core.goodness_forward(g, a, kind)
     ta = t32(a, True)
-    ref = ta.square().sum(1) if kind == 0 else ta.square().mean(1)
+    ref = ta.square().sum(1) if kind in (0, 2) else ta.square().mean(1)
+    if kind >= 2:
+        ref = -ref
     kclose(g, ref.detach().numpy(), "goodness forward")
     ref.backward(t32(dg))
     pre = rnd(rng, B, D)
