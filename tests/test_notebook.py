@@ -222,8 +222,14 @@ def test_cifar10_cnn_study_notebook_runs_and_draws(tmp_path, monkeypatch):
     nb = nbformat.read(str(ROOT / "notebooks" / "cifar10_cnn_study.ipynb"), as_version=4)
     monkeypatch.setenv("FFLIB_REPO", str(ROOT))      # its cached study results (fflib may be installed)
     pngs = _execute(nb, tmp_path, monkeypatch)
-    assert len(pngs) == 3 and all(base64.b64decode(p).startswith(PNG_MAGIC) for p in pngs)
+    assert len(pngs) == 4 and all(base64.b64decode(p).startswith(PNG_MAGIC) for p in pngs)
     rows = {r["run"]: r for r in json.loads((tmp_path / "cifar10_cnn_study_summary.json").read_text())}
+    # the full network trained by the recipe: every block's validation curve (10 epochs), the deeper
+    # blocks level with the first or ahead of it after the last epoch, both test errors under 42
+    full = json.loads((tmp_path / "cifar10_cnn_full_run.json").read_text())
+    assert full["epochs"] == 10 and len(full["val_block_accuracy"]) == 4
+    assert min(full["val_block_accuracy"][1:]) > full["val_block_accuracy"][0]
+    assert max(full["test_error"].values()) < 42
     study = json.loads((ROOT / "benchmarks" / "results" / "cifar10_cnn_study.json").read_text())
     assert set(rows) == set(study)
     # the finding the notebook states: with LenNorm between blocks every deeper block is worse
