@@ -61,11 +61,6 @@ GROUP_LOSSES = ("cwc", "pvn", "mix", "df-cwc")
 
 # ---------------------------------------------------------------------------- losses
 
-def _error_percent(pred, y):
-    """100 * wrong / n, as fflib.train.error_percent (the float nearest the exact fraction)."""
-    return 100.0 * int(np.count_nonzero(np.asarray(pred) != np.asarray(y))) / len(y)
-
-
 def df_loss(gpos, gneg, margin=1.0):
     """The Distance-Forward goodness-based N-pair margin loss (Wu et al. 2024, arXiv:2408.14925)
     in PyTorch: ``mean_b log(1 + sum_j exp(gneg[j, b] - gpos[b] + margin))``, each sample's
@@ -805,10 +800,11 @@ class TorchFF:
             if multipass_blocks is None and net.config["loss"] in GROUP_LOSSES:
                 multipass_blocks = [-2, -1] if g.shape[2] > 1 else [-1]
             sel = net._block_selection(multipass_blocks)
-            res = {"multi_pass": _error_percent(g[:, :, sel].sum(axis=2).argmax(axis=1), y),
+            from .train import error_percent
+            res = {"multi_pass": error_percent(g[:, :, sel].sum(axis=2).argmax(axis=1), y),
                    "block_accuracy": [float((g[:, :, b].argmax(axis=1) == y).mean()) for b in range(g.shape[2])]}
             if net.head is not None:
-                res["one_pass"] = _error_percent(net.predict_onepass(x).numpy(), y)
+                res["one_pass"] = error_percent(net.predict_onepass(x).numpy(), y)
         finally:
             net.blocks = saved
             net.train(was_training)

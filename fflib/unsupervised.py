@@ -63,6 +63,7 @@ import numpy as np
 from . import _core
 from .augment import parse as parse_augment
 from .nn import FFModel, as_float32_batch
+from .train import error_percent
 
 __all__ = ["METHODS", "ORDERS", "SCFF_THRESHOLD", "SCFF_LR", "SCFF_HEAD_LR", "scff_pairs", "hybrid_masks",
            "hybrid_negatives", "scff_mlp", "probe_error", "fit_unsupervised"]
@@ -195,7 +196,7 @@ def probe_error(model, x, y, batch_size=1000):
         pred = np.concatenate([model.predict_onepass(x[s:s + batch_size]) for s in range(0, len(y), batch_size)])
     finally:
         model.train(was)
-    return 100.0 * int(np.count_nonzero(pred != y)) / len(y)
+    return error_percent(pred, y)
 
 
 def _neg_goodness_refusal(method, goodness):
