@@ -295,6 +295,10 @@ def build_parser():
                    help="mlp (the survey's FF MLP), cnn (the survey's FF CNN for the dataset), "
                         "cwcomp, ff_tiny .. ff_deep (channel-wise competitive CNNs)")
     t.add_argument("--layers", type=_int_list, default=None, help="MLP hidden sizes, e.g. 500,100")
+    t.add_argument("--channels", type=_int_list, default=None,
+                   help="the blocks' widths of cwcomp and ff_tiny .. ff_deep, one per block (default: their "
+                        "paper's, e.g. 20,80,240,480 for cwcomp), rounded up to multiples of 10 (one channel "
+                        "group per class) for cwcomp and under the channel-group losses")
     t.add_argument("--epochs", type=_positive(int), default=None, help="epochs (default: the recipe's)")
     t.add_argument("--batch-size", type=_positive(int), default=None, help="default: the recipe's (100; 128 for CwC models)")
     t.add_argument("--lr", type=_positive(float), default=None, help="Adam learning rate")
@@ -588,6 +592,16 @@ def _run_epochs(a, epochs, model):
     return epochs if a.order == "simultaneous" else epochs * model.num_blocks
 
 
+def _block_widths(model):
+    """The output channels of each block of a zoo CNN: its last convolution's."""
+    widths = []
+    for first, end in model.blocks:
+        convs = [layer for layer in model.layers[first:end] if layer.kind == "conv2d"]
+        if convs:
+            widths.append(convs[-1].out_channels)
+    return widths
+
+
 def _api_config(a, model):
     return {"alpha": model.config["alpha"], "pvn_weight": model.config["pvn_weight"],
             "block_thresholds": model.config["block_thresholds"], "head_dropout": model.config["head_dropout"],
@@ -698,6 +712,9 @@ def train_command(a):
     except ValueError as e:
         _bad(str(e))
     norm_given = norm_given or "norm" in supplied    # a recipe that names its norm gives it too
+    if a.channels is not None and a.model not in zoo.GROUP_MODELS:
+        _bad(f"--channels sets the widths of {', '.join(zoo.GROUP_MODELS)}; --model {a.model} has "
+             + ("its hidden sizes in --layers" if a.model == "mlp" else "the survey's fixed widths"))
     _check_output("--out", a.out)
     _check_output("--save", a.save)
     _check_output("--checkpoint", a.checkpoint, directory=True)
@@ -744,7 +761,13 @@ def train_command(a):
         a.label_encoding = None
     if cwc and loss in zoo.LABEL_LOSSES:     # cwcomp: the light models take a label channel for these
         _bad(f"--loss {loss} reads the label from the input, and {a.model} takes no label in its input: use --loss "
-             f"cwc, pvn, df-cwc or xent (the light models ff_tiny .. ff_deep take a label channel for {loss})")
+             f"cwc, pvn or df-cwc (the light models ff_tiny .. ff_deep take a label channel for {loss})")
+    if loss == "xent" and a.model != "mlp":
+        _bad(f"--loss xent is softmax cross-entropy on a 10-wide last layer (the backprop baseline): an MLP "
+             f"ending in 10 units (--model mlp --layers ...,10); {a.model}'s blocks end in feature maps, not logits")
+    if loss == "xent" and a.layers[-1] != 10:
+        _bad(f"--loss xent reads 10 logits from the MLP's last layer: end --layers with 10 (e.g. "
+             f"{','.join(map(str, a.layers))},10), got {','.join(map(str, a.layers))}")
     if not cwc and loss in GROUP_LOSSES and a.model == "mlp":
         _bad(f"--loss {loss} needs a convolutional model with one channel group per class (cwcomp, ff_tiny, ...)")
     epochs = a.epochs or (DEFAULTS["epochs_sample"] if a.dataset == "sample" else DEFAULTS["epochs"])
@@ -789,6 +812,8 @@ def train_command(a):
         else:
             if a.model in zoo.LIGHT_MODELS and image_shape != (3, 32, 32):
                 _bad(f"{a.model} is a CIFAR-10 model (3x32x32 images); use --dataset cifar10")
+            if a.channels is not None:
+                kw["channels"] = a.channels
             model = zoo.build(a.model, a.dataset, **kw)
     except ValueError as e:
         _bad(str(e))
@@ -814,6 +839,8 @@ def train_command(a):
     config = {"recipe": None if recipe is None else recipe.name, "subset": a.subset,
               "dataset": a.dataset, "data_dir": a.data_dir, "model": a.model,
               "layers": [x.shape[1]] + a.layers if a.model == "mlp" else None,
+              # the blocks' widths the model has (a zoo CNN's, after rounding to channel groups)
+              "channels": _block_widths(model) if a.model in zoo.GROUP_MODELS else None,
               # with --windows the blocks' epochs end with the last window (--epochs is not used)
               "epochs": epochs if a.windows is None else max(e for _, e in a.windows),
               "batch_size": batch_size, "lr": lr, "head_lr": head_lr,

@@ -186,8 +186,9 @@ def zoo_model(name, input_shape, num_classes=10, seed=0, **model_kw):
     """:func:`build`'s networks for ``input_shape`` (C, H, W) and ``num_classes``: ``mlp`` for
     any shape; ``cnn`` for 1x28x28 or 3x32x32 images (the survey's two); ``cwcomp`` and the light
     models for any image their pooling leaves at least 1x1, their widths (``channels=``, default
-    the paper's) rounded up to multiples of ``num_classes`` for the channel-group losses (one
-    group per class).  ``model_kw`` overrides the paper's settings (:class:`fflib.FFModel`'s)."""
+    the paper's) rounded up to multiples of ``num_classes`` (one group per class) for cwcomp,
+    whose blocks 2 and 4 are grouped convolutions, and for the light models under the
+    channel-group losses.  ``model_kw`` overrides the paper's settings (:class:`fflib.FFModel`'s)."""
     from .nn import FFModel, GROUP_LOSSES
     image = tuple(int(v) for v in input_shape)
     channels = model_kw.pop("channels", None)
@@ -215,7 +216,10 @@ def zoo_model(name, input_shape, num_classes=10, seed=0, **model_kw):
             # 1.62 % after 6 epochs, against 2.72 % reading blocks 2-3 only (356 features)
             kw["head_blocks"] = [0, 1, 2]
     elif name == "cwcomp":
-        widths = grouped(_widths((20, 80, 240, 480) if channels is None else channels, 4, name))
+        # blocks 2 and 4 are grouped convolutions (one group per class): every width is a
+        # multiple of num_classes whatever the loss
+        widths = tuple(-(-c // num_classes) * num_classes
+                       for c in _widths((20, 80, 240, 480) if channels is None else channels, 4, name))
         layers, shape = cwcomp(image, num_classes, widths)
         # CwComp's goodness is that of each layer's final (batch-normalised) output
         kw = dict(loss="cwc", label_encoding="none", norm="none", threshold=2.0,

@@ -87,6 +87,11 @@ def test_train_on_the_sample_writes_the_json_contract(tmp_path):
     (["train", "--early-exit-drop", "0.5"], "give --early-exit"),
     (["eval", "m.npz", "--early-exit-drop", "0.5"], "give --early-exit"),
     (["bogus"], "invalid choice"),
+    # cross-entropy reads logits from a 10-wide last layer (the core's message named blocks and layers)
+    (["train", "--loss", "xent"], "end --layers with 10 (e.g. 500,100,10), got 500,100"),
+    (["train", "--model", "cwcomp", "--loss", "xent"], "cwcomp's blocks end in feature maps, not logits"),
+    (["train", "--model", "cnn", "--loss", "xent"], "an MLP ending in 10 units"),
+    (["train", "--model", "cwcomp", "--loss", "symba"], "use --loss cwc, pvn or df-cwc (the light models"),
 ])
 def test_bad_arguments_exit_2_with_one_line(args, msg):
     res = run(*args)

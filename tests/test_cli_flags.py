@@ -364,3 +364,50 @@ def test_ff_loss_on_negative_goodness_needs_a_negative_threshold(capsys):
         m.set_config(threshold=0.5)
     fflib.FFModel(layers(), 784, 10, goodness="neg-mean", loss="symba")      # SymBa has no threshold
     assert "needs a negative threshold" in fails(capsys, "--goodness", "neg-mean", "--loss", "ff", "--threshold", "1")
+
+
+def test_channels_sets_a_channel_group_models_widths(tmp_path, capsys, monkeypatch):
+    """--channels widens or narrows cwcomp and the light models from the command line as
+    channels= does in Python (a wider CwComp had no command before): the JSON records the widths
+    the model has (cwcomp's rounded up to multiples of 10, its blocks 2 and 4 being grouped
+    convolutions), the saved model keeps them, and a recipe may name them; elsewhere it is refused."""
+    from fflib import recipes
+    base = ["train", "--model", "cwcomp", "--epochs", "1", "--subset", "200", "--threads", "1", "--no-progress",
+            "--head-blocks", "none"]
+    for extra, want in (([], [20, 80, 240, 480]), (["--channels", "10,30,50,70"], [10, 30, 50, 70]),
+                        (["--channels", "15,25,35,41"], [20, 30, 40, 50])):
+        out, save = tmp_path / "r.json", tmp_path / "m.npz"
+        assert cli.main([*base, *extra, "--out", str(out), "--save", str(save)]) == 0
+        r = json.loads(out.read_text())
+        assert r["config"]["channels"] == want
+        m = fflib.FFModel.load(save)
+        assert [l.out_channels for l in m.layers if l.kind == "conv2d"] == want
+        built = fflib.models.build("cwcomp", "mnist", channels=want, head_blocks=None)
+        assert r["config"]["num_params"] == m.num_parameters() == built.num_parameters()
+    capsys.readouterr()
+    # a recipe's widths, and a flag over them
+    rec = recipes.Recipe("test-cwcomp-narrow", "cwcomp", "mnist", "test",
+                         dict(recipes._CWCOMP, channels=[10, 20, 30, 40], epochs=1), default=False)
+    monkeypatch.setitem(recipes.RECIPES, rec.name, rec)
+    rbase = ["train", "--recipe", rec.name, "--dataset", "sample", "--subset", "200", "--threads", "1",
+             "--no-progress", "--head-blocks", "none"]
+    for extra, want in (([], [10, 20, 30, 40]), (["--channels", "10,10,20,20"], [10, 10, 20, 20])):
+        out = tmp_path / "r.json"
+        assert cli.main([*rbase, *extra, "--out", str(out)]) == 0
+        assert json.loads(out.read_text())["config"]["channels"] == want
+    # the other models' runs record none
+    out = tmp_path / "r.json"
+    assert cli.main(["train", "--epochs", "1", "--subset", "200", "--threads", "1", "--no-progress",
+                     "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["config"]["channels"] is None
+    capsys.readouterr()
+    for args, msg in ((["--model", "mlp"], "--model mlp has its hidden sizes in --layers"),
+                      (["--model", "cnn"], "--model cnn has the survey's fixed widths"),
+                      (["--method", "scff"], "--model mlp has its hidden sizes in --layers"),
+                      (["--model", "cwcomp", "--channels", "10,20"], "channels must be 4 positive ints"),
+                      (["--model", "cwcomp", "--channels", "10,0,20,30"], "--channels: expected positive integers")):
+        with pytest.raises(SystemExit) as e:
+            cli.main(["train", "--epochs", "1", "--subset", "64", *(["--channels", "10,20"] if "--channels" not in args
+                                                                    else []), *args])
+        assert e.value.code == 2
+        assert msg in capsys.readouterr().err, args
