@@ -87,7 +87,8 @@ class FFClassifier(ClassifierMixin, BaseEstimator):
     channels : None or tuple of ints
         The widths of a channel-group CNN's blocks ("cwcomp": 4, a light model: one per block;
         None, the default: the paper's, e.g. CwComp's (20, 80, 240, 480)), each rounded up to a
-        multiple of the number of classes (one channel group per class).
+        multiple of the number of classes (one channel group per class) for "cwcomp" and under
+        the channel-group losses.
     augment : None or str
         Image augmentation of every training minibatch (:mod:`fflib.augment`, e.g. "crop2"),
         for an image model (a CNN ``architecture``, or a label-free method with
