@@ -196,8 +196,11 @@ def zoo_model(name, input_shape, num_classes=10, seed=0, **model_kw):
         raise ValueError(f"channels sets the widths of {', '.join(GROUP_MODELS)}; {name!r} has fixed widths")
     groups = model_kw.get("loss", "cwc") in GROUP_LOSSES
 
-    def grouped(widths):   # one channel group per class
-        return tuple(-(-c // num_classes) * num_classes for c in widths) if groups else widths
+    def multiples(widths):   # rounded up to one channel group per class
+        return tuple(-(-c // num_classes) * num_classes for c in widths)
+
+    def grouped(widths):     # so under the channel-group losses
+        return multiples(widths) if groups else widths
 
     if name == "mlp":
         layers, shape = mlp([image[0] * image[1] * image[2], 500, 100], norm="rms"), image
@@ -218,8 +221,7 @@ def zoo_model(name, input_shape, num_classes=10, seed=0, **model_kw):
     elif name == "cwcomp":
         # blocks 2 and 4 are grouped convolutions (one group per class): every width is a
         # multiple of num_classes whatever the loss
-        widths = tuple(-(-c // num_classes) * num_classes
-                       for c in _widths((20, 80, 240, 480) if channels is None else channels, 4, name))
+        widths = multiples(_widths((20, 80, 240, 480) if channels is None else channels, 4, name))
         layers, shape = cwcomp(image, num_classes, widths)
         # CwComp's goodness is that of each layer's final (batch-normalised) output
         kw = dict(loss="cwc", label_encoding="none", norm="none", threshold=2.0,
