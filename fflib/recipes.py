@@ -287,7 +287,10 @@ _ALL = [
                     "random 2-pixel shifts and mirroring (--augment crop2+flip) instead of the shifts alone ended "
                     "at 7.66 / 8.32 (test 8.09 / 8.90, training error 6.32 / 7.90 %; "
                     "benchmarks/results/runs/fashion-mnist-cwcomp-crop2flip.json): not adopted (the rule, written "
-                    "before the run: one-pass 0.5 below 7.06)",
+                    "before the run: one-pass 0.5 below 7.06); the blocks 1.5 times as wide (--channels "
+                    "30,120,360,720, same rule) ended at 7.20 / 7.68: not adopted on its one-pass, though its test "
+                    "error is 7.12 / 8.32 (training error 4.79 / 5.44 %; "
+                    "benchmarks/results/runs/fashion-mnist-cwcomp-wide.json)",
            notes="the MNIST CwComp recipe's rates, batch and shifts with its one-pass head at 1e-4 on RMS-normalised "
                  "input, 23 epochs with x0.1 steps after epochs 15 and 20, then 7 head-only epochs (129.5 min of "
                  "training on 1 thread beside other runs, over two sessions through its checkpoints): validation "
