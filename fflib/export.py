@@ -1280,18 +1280,43 @@ def build_host(info, work_dir=None, opt="-O3"):
     return exe
 
 
-def run_host(exe, info, x, mode="predict"):
+def run_host(exe, info, x, mode="predict", jobs=None):
     """Run the harness on samples x (N, D): mode "predict" -> (classes (N,), blocks_run (N,),
-    scores (N, K)); "goodness" -> (N, K, NB); "proba" -> (N, K)."""
+    scores (N, K)); "goodness" -> (N, K, NB); "proba" -> (N, K).
+
+    The samples are split into ``jobs`` contiguous chunks run by as many harness processes at
+    once (the exported code is single-threaded by design); the default is fflib's thread count
+    (:func:`fflib.get_num_threads`), at most one process per 64 samples.  Each sample's answer
+    is the same whatever the split."""
     x = np.ascontiguousarray(x, dtype=np.float32).reshape(len(x), -1)
     K, NB = info["num_classes"], info["num_blocks"]
+    if mode not in ("predict", "goodness", "proba"):
+        raise ValueError(f"mode must be 'predict', 'goodness' or 'proba', got {mode!r}")
+    if jobs is None:
+        from . import get_num_threads
+        jobs = get_num_threads()
+    if isinstance(jobs, bool) or int(jobs) != jobs or jobs < 1:
+        raise ValueError(f"jobs must be a positive int, got {jobs!r}")
+    jobs = max(1, min(int(jobs), -(-len(x) // 64)))
+    bounds = np.linspace(0, len(x), jobs + 1).astype(np.int64)
     with tempfile.TemporaryDirectory() as t:
-        fin, fout = os.path.join(t, "in.bin"), os.path.join(t, "out.bin")
-        x.tofile(fin)
-        r = subprocess.run([exe, mode, fin, fout], capture_output=True, text=True)
-        if r.returncode != 0:
-            raise RuntimeError(f"harness failed: {r.stderr}")
-        raw = np.fromfile(fout, dtype=np.float32)
+        procs = []
+        try:
+            for j in range(jobs):
+                fin, fout = os.path.join(t, f"in{j}.bin"), os.path.join(t, f"out{j}.bin")
+                x[bounds[j]:bounds[j + 1]].tofile(fin)
+                procs.append((subprocess.Popen([exe, mode, fin, fout], stdout=subprocess.DEVNULL,
+                                               stderr=subprocess.PIPE, text=True), fout))
+            errs = [(p.communicate()[1], p.returncode) for p, _ in procs]
+        finally:
+            for p, _ in procs:   # an interrupted wait leaves no harness running
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+        for err, rc in errs:
+            if rc != 0:
+                raise RuntimeError(f"harness failed: {err}")
+        raw = np.concatenate([np.fromfile(fout, dtype=np.float32) for _, fout in procs])
     if mode == "predict":
         rec = raw.reshape(len(x), 2 + K)
         ints = rec[:, :2].copy().view(np.int32)
@@ -1340,6 +1365,10 @@ def add_export_parser(subparsers):
                    help="dataset for calibration and --verify (default: sample for models of 784 "
                         "inputs, cifar10 for 3072)")
     e.add_argument("--data-dir", default=None, help="dataset directory (default: $FFLIB_DATA)")
+    e.add_argument("--verify-samples", type=int, default=None, metavar="N",
+                   help="with --verify: the first N test samples (default: the whole test split)")
+    e.add_argument("--threads", type=int, default=None,
+                   help="with --verify: harness processes run at once (default: fflib's thread count)")
     e.add_argument("--arm", action="store_true", help="also build for Cortex-M4 and print flash")
     return e
 
@@ -1372,6 +1401,13 @@ def run_export(a):
         return _fail("--calibration needs --int8")
     if a.calibration is not None and a.calibration <= 0:
         return _fail(f"--calibration must be a positive number of samples, got {a.calibration}")
+    for flag, v in (("--verify-samples", a.verify_samples), ("--threads", a.threads)):
+        if v is not None and not a.verify:
+            return _fail(f"{flag} needs --verify")
+        if v is not None and v <= 0:
+            return _fail(f"{flag} must be a positive number, got {v}")
+    if a.threads is not None and a.threads > 64:
+        return _fail(f"--threads must be at most 64, got {a.threads}")
     need_data = a.int8 or a.verify
     if need_data and data is None:
         return _fail(f"the model takes {D} values per sample; name its dataset with --data")
@@ -1405,9 +1441,15 @@ def run_export(a):
             print(f"ARM Cortex-M4: flash {sz['flash']} bytes (text {sz['text']} + data {sz['data']}), "
                   f"RAM scratch {info['scratch_bytes']} bytes")
     if a.verify:
+        if a.verify_samples is not None:
+            xt, yt = xt[:a.verify_samples], yt[:a.verify_samples]
+        jobs = a.threads
+        if jobs is None:
+            from . import get_num_threads
+            jobs = get_num_threads()
         try:
             exe = build_host(info)
-            cls, used, _ = run_host(exe, info, xt.reshape(len(xt), -1), "predict")
+            cls, used, _ = run_host(exe, info, xt.reshape(len(xt), -1), "predict", jobs=jobs)
         except RuntimeError as e:
             return _fail(str(e))
         ref, _ = reference_predict(model, xt.reshape(len(xt), -1), info)

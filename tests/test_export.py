@@ -236,6 +236,44 @@ def test_cli_export_verify(tmp_path):
                        text=True, env=env, cwd=root)
     assert r.returncode == 2 and "--calibration needs --int8" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+    # a float32 verify of the first 300 test samples in 3 harness processes
+    r = subprocess.run(run + ["--out", str(tmp_path / "e"), "--verify", "--verify-samples", "300",
+                              "--threads", "3"], capture_output=True, text=True, env=env, cwd=root)
+    assert r.returncode == 0, r.stderr
+    assert "test (300 samples): agreement with Python 100.00%" in r.stdout and "verify: OK" in r.stdout
+    for extra, msg in ((["--verify-samples", "10"], "--verify-samples needs --verify"),
+                       (["--threads", "2"], "--threads needs --verify"),
+                       (["--verify", "--verify-samples", "0"], "--verify-samples must be a positive number"),
+                       (["--verify", "--threads", "-1"], "--threads must be a positive number"),
+                       (["--verify", "--threads", "65"], "--threads must be at most 64")):
+        r = subprocess.run(run + ["--out", str(tmp_path / "f"), *extra], capture_output=True, text=True,
+                           env=env, cwd=root)
+        assert r.returncode == 2 and msg in r.stderr, (extra, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1
+
+
+@needs_gcc
+def test_run_host_splits_samples_over_processes(zoo, sample, tmp_path):
+    """run_host(jobs=J) cuts the samples into J chunks run by J harness processes at once: every
+    mode gives the same arrays as one process, whatever J (more than the 64-sample chunks allow
+    is capped), and bad jobs are refused."""
+    model = zoo["mlp"]
+    xt = sample[2][:200]
+    info = export.export_c(model, tmp_path, inference="onepass", name="m_jobs")
+    exe = export.build_host(info)
+    for mode in ("predict", "goodness", "proba"):
+        one = export.run_host(exe, info, xt, mode, jobs=1)
+        for jobs in (2, 3, 50):
+            many = export.run_host(exe, info, xt, mode, jobs=jobs)
+            for a, b in zip(one if mode == "predict" else [one], many if mode == "predict" else [many]):
+                np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(export.run_host(exe, info, xt[:5], "proba", jobs=4),
+                                  export.run_host(exe, info, xt, "proba", jobs=1)[:5])
+    for bad in (0, -2, 1.5, True):
+        with pytest.raises(ValueError, match="jobs must be a positive int"):
+            export.run_host(exe, info, xt, "predict", jobs=bad)
+    with pytest.raises(ValueError, match="mode must be"):
+        export.run_host(exe, info, xt, "logits")
 
 
 @needs_gcc
