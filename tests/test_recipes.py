@@ -307,3 +307,25 @@ def test_cli_recipe_study_ranks_label_free_runs_by_their_probe(tmp_path):
         assert rows[name]["val_one_pass"] is None and rows[name]["val_multi_pass"] is None
     probes = [v["val_probe"] for v in summary["variants"]]
     assert probes == sorted(probes) and "(probe)" in res.stdout
+
+
+def test_zca_screen_whitens_its_fitting_data():
+    """benchmarks/zca_screen.py's map: symmetric, and the fitting data's covariance after it is
+    s / (s + eps) on the eigenvectors (the identity as eps -> 0, for full-rank data)."""
+    import numpy as np
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        spec = importlib.util.spec_from_file_location("_zca_screen", REPO / "benchmarks" / "zca_screen.py")
+        zca_screen = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(zca_screen)
+    finally:
+        sys.path[:] = [p for p in sys.path if p != str(REPO / "benchmarks")]
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((4000, 12)) @ rng.standard_normal((12, 12)) + 3.0).astype(np.float32)
+    s, u = np.linalg.eigh(np.cov(x.astype(np.float64).T, bias=True))
+    for eps in (1e-9, 0.5):
+        mu, w = zca_screen.zca(x, eps)
+        np.testing.assert_allclose(w, w.T, atol=1e-9)
+        np.testing.assert_allclose(mu, x.astype(np.float64).mean(0), atol=1e-9)
+        z = (x - mu) @ w
+        np.testing.assert_allclose(z.T @ z / len(z), (u * (s / (s + eps))) @ u.T, atol=1e-6)
