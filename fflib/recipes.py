@@ -227,7 +227,10 @@ _ALL = [
                     "last 5,000 training images): Fashion-MNIST's run D, 23 epochs with steps at 15 and 20 then 7 "
                     "head-only epochs, 0.48 / 0.94 after the last epoch against 0.68 / 1.12 with the 8-epoch "
                     "schedule (steps at 5 and 7; test 0.72 / 1.17, benchmarks/results/runs/"
-                    "mnist-cwcomp-8ep-val5000.json)",
+                    "mnist-cwcomp-8ep-val5000.json); the blocks 1.5 times as wide (--channels 30,120,360,720; the rule, "
+                    "written before the run: one-pass <= 0.38 and multi-pass <= 0.94) ended at 0.40 / 0.78: not "
+                    "adopted, though its test error is 0.53 / 0.94 (training error 0.16 / 0.06 %; "
+                    "benchmarks/results/runs/mnist-cwcomp-wide-val5000.json)",
            survey="0.8 / 0.7", anchor="CwComp paper 0.58", target="<= 0.55",
            notes="CwC loss, Adam 1e-2, head at a tenth of that, 2-pixel shifts, 23 epochs with x0.1 steps after "
                  "epochs 15 and 20, then 7 head-only epochs; trains on all 60,000 images (110 min of training on "
