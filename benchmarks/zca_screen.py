@@ -22,7 +22,6 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import fflib                      # noqa: E402
 from fflib import cli, datasets   # noqa: E402
 import recipe_study               # noqa: E402
 

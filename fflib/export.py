@@ -1443,13 +1443,9 @@ def run_export(a):
     if a.verify:
         if a.verify_samples is not None:
             xt, yt = xt[:a.verify_samples], yt[:a.verify_samples]
-        jobs = a.threads
-        if jobs is None:
-            from . import get_num_threads
-            jobs = get_num_threads()
         try:
             exe = build_host(info)
-            cls, used, _ = run_host(exe, info, xt.reshape(len(xt), -1), "predict", jobs=jobs)
+            cls, used, _ = run_host(exe, info, xt.reshape(len(xt), -1), "predict", jobs=a.threads)
         except RuntimeError as e:
             return _fail(str(e))
         ref, _ = reference_predict(model, xt.reshape(len(xt), -1), info)
